@@ -1,0 +1,56 @@
+// The blocktime report as the rest of the program sees it: QEMU's
+// query-migrate fields (REFERENCE.md §2) plus our own figures under an
+// `x-` name that no QEMU client reads.
+
+/** Number of latency histogram buckets (QEMU's). */
+export const LATENCY_BUCKETS = 24;
+
+/** QEMU's destination-side blocktime fields of query-migrate. */
+export interface QemuBlocktimeFields {
+  /** total blocktime, ms, rounded down (uint32) */
+  'postcopy-blocktime': number;
+  /** per-vCPU blocktime, ms, rounded down (uint32 each) */
+  'postcopy-vcpu-blocktime': number[];
+  /** average latency over all faults, ns, rounded down (0 without faults) */
+  'postcopy-latency': number;
+  /** per-vCPU average latency, ns */
+  'postcopy-vcpu-latency': number[];
+  /** average latency of faults from threads that are no vCPU, ns */
+  'postcopy-non-vcpu-latency': number;
+  /** 24 bucket counts: bucket N = [2^N us, 2^(N+1) us) */
+  'postcopy-latency-dist': number[];
+}
+
+export interface VcpuBlocktimeStats {
+  index: number;
+  threadId: number;
+  faults: number;
+  blocktimeNs: number;
+  latencyAvgNs: number;
+  latencyP99Ns: number;
+}
+
+/** Our extra figures (query-migrate key `x-blocktime`). */
+export interface BlocktimeExtra {
+  /** 'live' while postcopy runs, 'final' once the migration ended */
+  state: 'live' | 'final';
+  /** the kernel could not give thread ids: why the figures are empty, else absent */
+  unavailable?: string;
+  totalBlocktimeNs: number;
+  vcpus: VcpuBlocktimeStats[];
+  faults: number;
+  nonVcpuFaults: number;
+  latencyP50Ns: number;
+  latencyP90Ns: number;
+  latencyP99Ns: number;
+  latencyMaxNs: number;
+  /** windows during which every vCPU was blocked at once */
+  allBlockedWindows: number;
+  longestAllBlockedNs: number;
+  /** length of the postcopy phase so far (for "share of postcopy"), ns */
+  postcopyNs: number;
+}
+
+export interface BlocktimeReport extends QemuBlocktimeFields {
+  'x-blocktime': BlocktimeExtra;
+}

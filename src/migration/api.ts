@@ -1,0 +1,137 @@
+// The migration's public surface, shared by the engine (which implements it)
+// and the monitors (which drive it): QEMU's status values, capability and
+// parameter names, the query-migrate shape, and the Machine a monitor talks
+// to. Names and units are QEMU's (REFERENCE.md §2).
+
+import type { EventEmitter } from 'node:events';
+import type { BlocktimeReport } from '../blocktime/types.js';
+
+/** QEMU's MigrationStatus values. */
+export const MIGRATION_STATUSES = [
+  'none', 'setup', 'cancelling', 'cancelled', 'active', 'postcopy-active', 'postcopy-paused',
+  'postcopy-recover', 'completed', 'failed', 'pre-switchover', 'device',
+] as const;
+export type MigrationStatus = (typeof MIGRATION_STATUSES)[number];
+
+/** A migration in one of these states is over. */
+export const TERMINAL_STATUSES: ReadonlySet<MigrationStatus> = new Set(['completed', 'failed', 'cancelled']);
+
+/** QEMU's capabilities, in QEMU's order. */
+export const ALL_CAPABILITIES = [
+  'xbzrle', 'rdma-pin-all', 'auto-converge', 'events', 'postcopy-ram', 'x-colo', 'release-ram',
+  'return-path', 'pause-before-switchover', 'multifd', 'dirty-bitmaps', 'postcopy-blocktime',
+  'late-block-activate', 'x-ignore-shared', 'validate-uuid', 'background-snapshot', 'zero-copy-send',
+  'postcopy-preempt', 'switchover-ack', 'dirty-limit', 'mapped-ram',
+] as const;
+export type CapabilityName = (typeof ALL_CAPABILITIES)[number];
+
+/** The capabilities this engine implements; the others are refused with a clear error. */
+export const IMPLEMENTED_CAPABILITIES: readonly CapabilityName[] = [
+  'events', 'postcopy-ram', 'return-path', 'postcopy-blocktime',
+];
+
+export interface CapabilityState {
+  capability: CapabilityName;
+  state: boolean;
+}
+
+/** Migration parameters (QMP names). Units: bandwidth bytes/s (0 = unlimited
+ *  for max-postcopy-bandwidth), downtime-limit ms. `x-blocktime-trace` is
+ *  ours: a path to record the blocktime trace to ('' = off). */
+export interface MigrationParameters {
+  'max-bandwidth': number;
+  'downtime-limit': number;
+  'max-postcopy-bandwidth': number;
+  'x-blocktime-trace': string;
+}
+export type ParameterName = keyof MigrationParameters;
+
+/** Source-side RAM statistics of query-migrate. */
+export interface MigrationRamStats {
+  transferred: number;
+  remaining: number;
+  total: number;
+  duplicate: number;
+  normal: number;
+  'normal-bytes': number;
+  mbps: number;
+  'pages-per-second': number;
+  'dirty-sync-count': number;
+  'postcopy-requests': number;
+  'postcopy-bytes': number;
+  'precopy-bytes': number;
+  'downtime-bytes': number;
+  'page-size': number;
+  'dirty-pages-rate': number;
+}
+
+/** query-migrate's reply. Fields absent where QEMU leaves them out (e.g.
+ *  `ram` before a migration started; blocktime fields only on a destination
+ *  with the capability on). */
+export interface MigrationInfo extends Partial<BlocktimeReport> {
+  status: MigrationStatus;
+  'total-time'?: number;
+  'setup-time'?: number;
+  downtime?: number;
+  'expected-downtime'?: number;
+  ram?: MigrationRamStats;
+  'error-desc'?: string;
+}
+
+/** QEMU's RunState names that this program uses (query-status "status"). */
+export type RunState = 'running' | 'paused' | 'inmigrate' | 'postmigrate' | 'finish-migrate' | 'shutdown';
+
+export interface CpuInfo {
+  /** vCPU index ("cpu-index") */
+  index: number;
+  /** kernel thread id of the vCPU thread */
+  threadId: number;
+}
+
+export interface MachineInfo {
+  role: 'source' | 'destination';
+  ramBytes: number;
+  pageSize: number;
+  vcpus: number;
+  /** the workload spec, e.g. "sweep,end=100M" */
+  workload: string;
+}
+
+/**
+ * One process, one VM: what a monitor (HMP or QMP) drives.
+ * Errors caused by the user or the migration state are thrown as
+ * CommandError with QEMU's text.
+ *
+ * `events` emits:
+ *  - 'migration' (status: MigrationStatus) on every migration status change
+ *  - 'runstate' (state: RunState) on every run state change
+ *  - 'shutdown' () when the machine is quitting
+ */
+export interface Machine {
+  readonly events: EventEmitter;
+  info(): MachineInfo;
+  runState(): RunState;
+  stop(): void;
+  cont(): void;
+  cpus(): CpuInfo[];
+  /** ends vCPUs, migration and listeners; resolves when all is released */
+  quit(): Promise<void>;
+
+  queryMigrate(): MigrationInfo;
+  capabilities(): CapabilityState[];
+  setCapabilities(caps: CapabilityState[]): void;
+  parameters(): MigrationParameters;
+  setParameters(params: Partial<MigrationParameters>): void;
+  /** starts an outgoing migration and returns once it is under way (status
+   *  setup or later); failures after that show as status 'failed' with
+   *  'error-desc'. uri: tcp:HOST:PORT | unix:PATH | 'local' (spawn a matching
+   *  destination process on loopback, the lab of `npm start`). */
+  migrate(uri: string): Promise<void>;
+  /** destination started with `-incoming defer`: start listening on uri */
+  migrateIncoming(uri: string): Promise<void>;
+  startPostcopy(): void;
+  cancel(): void;
+  /** the destination's blocktime report (live or final), or undefined when
+   *  this machine has no blocktime context */
+  blocktime(): BlocktimeReport | undefined;
+}

@@ -132,6 +132,10 @@ export interface Machine {
   startPostcopy(): void;
   cancel(): void;
   /** the destination's blocktime report (live or final), or undefined when
-   *  this machine has no blocktime context */
-  blocktime(): BlocktimeReport | undefined;
+   *  this machine has no blocktime context. On a source that migrated to a
+   *  `local` destination it is fetched from that destination. */
+  blocktime(): Promise<BlocktimeReport | undefined>;
+  /** per-page digests of guest RAM, for "nothing lost" checks: 16 hex digits
+   *  (a 64-bit hash) per page, page 0 first */
+  ramDigest(): string;
 }

@@ -1,0 +1,547 @@
+// The one command table both monitors dispatch through, modelled on QEMU's
+// hmp-commands.hx: every command is a declarative entry (name, args_type,
+// params, help, handler, completion) and the console derives parsing, help
+// and Tab completion from the table instead of hand-coding them per command.
+//
+// Two namespaces over the same operations:
+//  - HMP entries (`addHmp`, and `addInfo` for the `info` sub-table like QEMU's
+//    info_cmds). Arguments are written in QEMU's args_type syntax:
+//      name:s   one word or a "double quoted" string     name:s?  optional
+//      name:S   the rest of the line                     name:S?  optional
+//      name:i   integer (32 bit)   name:l  integer (64 bit)   (both take ?)
+//      name:o   size, MiB when no suffix ("64", "1G", "512k")  name:o?
+//      name:b   on|off ("Expected 'on' or 'off'")
+//      name:-d  flag -d (true when given)
+//    A handler gets the Machine (in the CommandContext) and the typed
+//    ParsedArgs and RETURNS its output ({ text, data? }); it never prints.
+//    `runHmp(ctx, line)` parses and runs one line and returns the text exactly
+//    as the console would print it (errors included), which is also what QMP's
+//    `human-monitor-command` answers.
+//  - QMP entries (`addQmp`): name, a small JSON argument schema checked with
+//    QEMU's error texts (`checkQmpArgs`), and a handler returning the QMP
+//    `return` value. QMP commands reuse the operations the HMP entries use
+//    (src/monitor/commands-*.ts export them) so both monitors behave the same.
+//
+// Errors: handlers throw CommandError (src/errors.ts); runHmp prints them as
+// "Error: <message>" (QEMU's hmp_handle_error). Parse errors print QEMU's
+// own texts ("unknown command: 'x'", "migrate: string expected", ...) and
+// "Try "help x" for more information".
+
+import type { Machine } from '../migration/api.js';
+import { CommandError } from '../errors.js';
+
+// ---------------------------------------------------------------- contexts
+
+/** What a handler may use besides its arguments. Built by the monitor that
+ *  runs the command (HMP console, QMP server, tests). */
+export interface CommandContext {
+  readonly machine: Machine;
+  readonly registry: Registry;
+  /** true when the caller may block on a long command (the HMP console and
+   *  scripts); false under QMP's human-monitor-command, where `migrate`
+   *  continues detached as QEMU's does ("terminal does not allow synchronous
+   *  migration, continuing detached"). */
+  readonly canWait: boolean;
+  /** whether text output may carry ANSI colours */
+  readonly color: boolean;
+  /** aborted when the user interrupts a waiting command (Ctrl-C) */
+  readonly signal?: AbortSignal;
+  /** transient progress for a command that waits; a TTY console shows it on
+   *  its status line, other callers leave it out */
+  readonly progress?: (line: string) => void;
+  /** asks the program to quit once the current reply has been delivered */
+  readonly requestQuit: () => void;
+}
+
+/** What an HMP handler returns: the text to print (may be '' or end without
+ *  a newline; the runner adds one) and optional structured data. */
+export interface CommandOutput {
+  text: string;
+  data?: unknown;
+}
+
+/** The outcome of one console line. `text` is everything the console prints
+ *  for it, errors included, each line ending in '\n' ('' when silent). */
+export interface HmpRunResult {
+  ok: boolean;
+  text: string;
+  data?: unknown;
+  /** the entry that ran (absent for blank lines and unknown commands) */
+  command?: HmpCommand;
+}
+
+// ---------------------------------------------------------------- args_type
+
+export type ArgKind = 's' | 'S' | 'i' | 'l' | 'o' | 'b' | 'flag';
+
+export interface ArgSpec {
+  name: string;
+  kind: ArgKind;
+  optional: boolean;
+  /** for kind 'flag': the option letter (`detach:-d` -> 'd') */
+  flag?: string;
+}
+
+/** Parses QEMU's args_type syntax ("detach:-d,uri:s?") into specs. Throws
+ *  Error on a malformed table entry (a programming error, not user input). */
+export function parseArgsType(argsType: string): ArgSpec[] {
+  if (argsType.trim() === '') return [];
+  return argsType.split(',').map((part) => {
+    const m = /^([A-Za-z0-9_-]+):(-([A-Za-z])|([sSilob])(\?)?)$/.exec(part.trim());
+    if (!m) throw new Error(`bad args_type entry '${part}' in '${argsType}'`);
+    if (m[3]) return { name: m[1], kind: 'flag', optional: true, flag: m[3] };
+    return { name: m[1], kind: m[4] as ArgKind, optional: m[5] === '?' };
+  });
+}
+
+/** The typed arguments a handler receives. */
+export class ParsedArgs {
+  constructor(private readonly values: ReadonlyMap<string, string | number | boolean>) {}
+  has(name: string): boolean { return this.values.has(name); }
+  /** a string argument (s, S); throws when absent */
+  str(name: string): string {
+    const v = this.values.get(name);
+    if (typeof v !== 'string') throw new CommandError(`Parameter '${name}' is missing`);
+    return v;
+  }
+  optStr(name: string): string | undefined {
+    const v = this.values.get(name);
+    return typeof v === 'string' ? v : undefined;
+  }
+  /** an integer or size argument (i, l, o); throws when absent */
+  int(name: string): number {
+    const v = this.values.get(name);
+    if (typeof v !== 'number') throw new CommandError(`Parameter '${name}' is missing`);
+    return v;
+  }
+  optInt(name: string): number | undefined {
+    const v = this.values.get(name);
+    return typeof v === 'number' ? v : undefined;
+  }
+  /** an on/off argument (b); throws when absent */
+  bool(name: string): boolean {
+    const v = this.values.get(name);
+    if (typeof v !== 'boolean') throw new CommandError(`Parameter '${name}' is missing`);
+    return v;
+  }
+  /** a -x flag: true when given */
+  flag(name: string): boolean { return this.values.get(name) === true; }
+  toObject(): Record<string, string | number | boolean> { return Object.fromEntries(this.values); }
+}
+
+// ---------------------------------------------------------------- entries
+
+/** Completion of one argument: `argIndex` is the 0-based index of the word
+ *  being completed after the command name (flags count as words), `words`
+ *  the words before it. Returns the candidates (unfiltered is fine: the
+ *  registry keeps those that start with the prefix). */
+export type Completer = (argIndex: number, prefix: string, words: readonly string[]) => readonly string[];
+
+export interface HmpCommand {
+  /** "name" or "name|alias" as in hmp-commands.hx (e.g. "quit|q") */
+  name: string;
+  /** QEMU args_type, e.g. "capability:s,state:b" */
+  argsType: string;
+  /** parameter synopsis for help, e.g. "capability state" */
+  params: string;
+  help: string;
+  handler: (ctx: CommandContext, args: ParsedArgs) => Promise<CommandOutput>;
+  complete?: Completer;
+}
+
+export type QmpArgType = 'str' | 'int' | 'number' | 'bool' | 'array' | 'object' | 'any';
+
+export interface QmpArgSpec {
+  name: string;
+  type: QmpArgType;
+  optional?: boolean;
+}
+
+export interface QmpCommand {
+  /** QMP name, e.g. "migrate-set-capabilities" */
+  name: string;
+  /** the accepted members of "arguments"; others are refused */
+  args: readonly QmpArgSpec[];
+  /** one line for docs/listings */
+  help?: string;
+  /** returns the QMP "return" value ({} when there is nothing to return) */
+  handler: (ctx: CommandContext, args: Record<string, unknown>) => Promise<unknown>;
+}
+
+/** A user-facing parse failure: `lines` are printed as they are (QEMU prints
+ *  parse errors without an "Error: " prefix). */
+export class HmpParseError extends CommandError {
+  constructor(readonly lines: string[]) {
+    super(lines.join('\n'));
+    this.name = 'HmpParseError';
+  }
+}
+
+// ---------------------------------------------------------------- helpers
+
+/** The names an entry answers to ("quit|q" -> ["quit", "q"]). */
+export function entryNames(cmd: HmpCommand): string[] {
+  return cmd.name.split('|');
+}
+
+/** The primary name ("quit|q" -> "quit"). */
+export function primaryName(cmd: HmpCommand): string {
+  return entryNames(cmd)[0];
+}
+
+/** Makes text safe to echo on a terminal: control and non-ASCII-printable
+ *  characters become \xNN, long texts are cut. */
+export function printable(s: string, max = 80): string {
+  const cut = s.length > max ? s.slice(0, max) : s;
+  // eslint-disable-next-line no-control-regex
+  const safe = cut.replace(/[\x00-\x1f\x7f-\x9f\ufffd]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  return s.length > max ? `${safe}...` : safe;
+}
+
+const isSpace = (c: string | undefined): boolean => c === ' ' || c === '\t' || c === '\n' || c === '\r' || c === '\v' || c === '\f';
+
+class Cursor {
+  pos = 0;
+  constructor(readonly s: string) {}
+  skipSpace(): void { while (this.pos < this.s.length && isSpace(this.s[this.pos])) this.pos++; }
+  atEnd(): boolean { return this.pos >= this.s.length; }
+  peek(): string | undefined { return this.s[this.pos]; }
+  rest(): string { return this.s.slice(this.pos); }
+}
+
+/** QEMU's get_str: one word, or a double-quoted string with \n \r \\ \' \"
+ *  escapes. Returns undefined at end of line; throws a message on a bad
+ *  quoted string. */
+function getStr(c: Cursor): string | undefined {
+  c.skipSpace();
+  if (c.atEnd()) return undefined;
+  if (c.peek() === '"') {
+    c.pos++;
+    let out = '';
+    while (!c.atEnd() && c.peek() !== '"') {
+      let ch = c.s[c.pos++];
+      if (ch === '\\') {
+        const e = c.s[c.pos++];
+        if (e === 'n') ch = '\n';
+        else if (e === 'r') ch = '\r';
+        else if (e === '\\' || e === '\'' || e === '"') ch = e;
+        else throw new Error(`unsupported escape code: '\\${e ?? ''}'`);
+      }
+      out += ch;
+    }
+    if (c.peek() !== '"') throw new Error('unterminated string');
+    c.pos++;
+    return out;
+  }
+  const start = c.pos;
+  while (!c.atEnd() && !isSpace(c.peek())) c.pos++;
+  return c.s.slice(start, c.pos);
+}
+
+/** Parses an HMP integer: decimal, 0x hex or 0 octal, with an optional sign. */
+function getInt(c: Cursor): number {
+  c.skipSpace();
+  if (c.atEnd()) throw new Error('unexpected end of expression');
+  const m = /^[+-]?(0[xX][0-9a-fA-F]+|[0-9]+)/.exec(c.rest());
+  if (!m) throw new Error(`invalid char '${printable(c.peek() ?? '', 1)}' in expression`);
+  c.pos += m[0].length;
+  if (!c.atEnd() && !isSpace(c.peek())) throw new Error(`invalid char '${printable(c.peek() ?? '', 1)}' in expression`);
+  const neg = m[0].startsWith('-');
+  const body = m[0].replace(/^[+-]/, '');
+  const v = body.startsWith('0x') || body.startsWith('0X') ? parseInt(body.slice(2), 16)
+    : body.length > 1 && body.startsWith('0') ? parseInt(body, 8) : parseInt(body, 10);
+  if (!Number.isSafeInteger(v)) throw new Error('number too large');
+  return neg ? -v : v;
+}
+
+const SIZE_UNITS: Record<string, number> = { b: 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, e: 2 ** 60 };
+
+/** QEMU's qemu_strtosz_MiB on one word: a number with an optional
+ *  B/K/M/G/T/P/E suffix, MiB when there is none. Undefined when invalid. */
+export function parseSizeMiB(word: string): number | undefined {
+  const m = /^([0-9]+(?:\.[0-9]+)?)([bBkKmMgGtTpPeE])?$/.exec(word);
+  if (!m) return undefined;
+  const v = Number(m[1]) * SIZE_UNITS[(m[2] ?? 'm').toLowerCase()];
+  if (!Number.isFinite(v) || v > Number.MAX_SAFE_INTEGER) return undefined;
+  if (!Number.isInteger(v)) return undefined;
+  return v;
+}
+
+// ---------------------------------------------------------------- the table
+
+interface ParsedLine {
+  command: HmpCommand;
+  args: ParsedArgs;
+}
+
+/** The command table. One per process; vm-main builds it with the HMP
+ *  entries (commands-*.ts) and hands it to both monitors. */
+export class Registry {
+  private readonly hmp: HmpCommand[] = [];
+  private readonly info: HmpCommand[] = [];
+  private readonly qmpByName = new Map<string, QmpCommand>();
+
+  addHmp(cmd: HmpCommand): this {
+    this.register(this.hmp, cmd);
+    return this;
+  }
+
+  /** adds an `info` subcommand (QEMU's info_cmds) */
+  addInfo(cmd: HmpCommand): this {
+    this.register(this.info, cmd);
+    return this;
+  }
+
+  addQmp(cmd: QmpCommand): this {
+    if (this.qmpByName.has(cmd.name)) throw new Error(`QMP command '${cmd.name}' registered twice`);
+    this.qmpByName.set(cmd.name, cmd);
+    return this;
+  }
+
+  private register(table: HmpCommand[], cmd: HmpCommand): void {
+    parseArgsType(cmd.argsType); // malformed tables fail at start-up, not at use
+    for (const n of entryNames(cmd)) {
+      if (findIn(table, n)) throw new Error(`HMP command '${n}' registered twice`);
+    }
+    table.push(cmd);
+  }
+
+  hmpCommands(): readonly HmpCommand[] { return this.hmp; }
+  infoCommands(): readonly HmpCommand[] { return this.info; }
+  findHmp(name: string): HmpCommand | undefined { return findIn(this.hmp, name); }
+  findInfo(name: string): HmpCommand | undefined { return findIn(this.info, name); }
+  qmp(name: string): QmpCommand | undefined { return this.qmpByName.get(name); }
+  qmpCommands(): readonly QmpCommand[] { return [...this.qmpByName.values()]; }
+
+  /** Parses one console line. Returns undefined for a blank line; throws
+   *  HmpParseError with QEMU's texts for anything it cannot parse. */
+  parseHmp(line: string): ParsedLine | undefined {
+    const c = new Cursor(line);
+    c.skipSpace();
+    if (c.atEnd()) return undefined;
+    const lineStart = c.pos;
+    const name = this.commandName(c);
+    let cmd = this.findHmp(name);
+    if (!cmd) throw new HmpParseError([`unknown command: '${printable(line.slice(lineStart, c.pos))}'`]);
+    c.skipSpace();
+    if (cmd.name === 'info' && !c.atEnd()) {
+      const sub = this.commandName(c);
+      const found = this.findInfo(sub);
+      if (!found) throw new HmpParseError([`unknown command: '${printable(line.slice(lineStart, c.pos))}'`]);
+      cmd = found;
+      c.skipSpace();
+    }
+    const label = line.slice(lineStart, c.pos).trimEnd();
+    const tryHelp = `Try "help ${printable(label)}" for more information`;
+    try {
+      return { command: cmd, args: parseArguments(cmd, c) };
+    } catch (e) {
+      const msg = e instanceof Error ? e.message : String(e);
+      throw new HmpParseError([msg, tryHelp]);
+    }
+  }
+
+  private commandName(c: Cursor): string {
+    const start = c.pos;
+    while (!c.atEnd() && !isSpace(c.peek()) && c.peek() !== '/') c.pos++;
+    return c.s.slice(start, c.pos);
+  }
+
+  /** Parses and runs one console line; never throws for user errors. */
+  async runHmp(ctx: CommandContext, line: string): Promise<HmpRunResult> {
+    let parsed: ParsedLine | undefined;
+    try {
+      parsed = this.parseHmp(line);
+    } catch (e) {
+      if (e instanceof HmpParseError) return { ok: false, text: e.lines.map((l) => `${l}\n`).join('') };
+      throw e;
+    }
+    if (!parsed) return { ok: true, text: '' };
+    try {
+      const out = await parsed.command.handler(ctx, parsed.args);
+      return { ok: true, text: withNewline(out.text), data: out.data, command: parsed.command };
+    } catch (e) {
+      if (e instanceof HmpParseError) return { ok: false, text: e.lines.map((l) => `${l}\n`).join(''), command: parsed.command };
+      if (e instanceof CommandError) return { ok: false, text: `Error: ${e.message}\n`, command: parsed.command };
+      throw e;
+    }
+  }
+
+  /** QEMU's help_cmd: "name params -- help" for every entry, or for the one
+   *  named (`help info`, `help info migrate`, `help migrate`). */
+  helpText(topic?: string): string {
+    const words = (topic ?? '').trim().split(/\s+/).filter((w) => w !== '');
+    const line = (prefix: string, cmd: HmpCommand) =>
+      `${prefix}${cmd.name} ${cmd.params} -- ${cmd.help}\n`;
+    if (words.length === 0) return this.hmp.map((c) => line('', c)).join('');
+    const cmd = this.findHmp(words[0]);
+    if (!cmd) throw new HmpParseError([`unknown command: '${printable(words[0])}'`]);
+    if (cmd.name === 'info') {
+      if (words.length === 1) return this.info.map((c) => line('info ', c)).join('');
+      const sub = this.findInfo(words[1]);
+      if (!sub) throw new HmpParseError([`unknown command: '${printable(`${words[0]} ${words[1]}`)}'`]);
+      return line('info ', sub);
+    }
+    return line('', cmd);
+  }
+
+  /** Tab completion of a partial line (the text up to the cursor), in
+   *  node:readline's completer shape: [candidates, the word completed]. */
+  complete(partial: string): [string[], string] {
+    const endsInSpace = partial === '' || isSpace(partial[partial.length - 1]);
+    const words = partial.trim() === '' ? [] : partial.trim().split(/\s+/);
+    const prefix = endsInSpace ? '' : (words.pop() ?? '');
+    const pick = (cands: readonly string[]) => [...new Set(cands)].filter((x) => x.startsWith(prefix)).sort();
+    if (words.length === 0) return [pick(this.hmp.flatMap(entryNames)), prefix];
+    const cmd = this.findHmp(words[0]);
+    if (!cmd) return [[], prefix];
+    const first = primaryName(cmd);
+    if (first === 'info') {
+      if (words.length === 1) return [pick(this.info.flatMap(entryNames)), prefix];
+      const sub = this.findInfo(words[1]);
+      if (!sub?.complete) return [[], prefix];
+      return [pick(sub.complete(words.length - 2, prefix, words.slice(2))), prefix];
+    }
+    if (first === 'help') {
+      if (words.length === 1) return [pick(this.hmp.flatMap(entryNames)), prefix];
+      if (words.length === 2 && words[1] === 'info') return [pick(this.info.flatMap(entryNames)), prefix];
+      return [[], prefix];
+    }
+    if (!cmd.complete) return [[], prefix];
+    return [pick(cmd.complete(words.length - 1, prefix, words.slice(1))), prefix];
+  }
+
+  /** Checks QMP "arguments" against a command's schema with QEMU's texts;
+   *  returns them as a record. */
+  checkQmpArgs(cmd: QmpCommand, args: unknown): Record<string, unknown> {
+    if (args === undefined) args = {};
+    if (args === null || typeof args !== 'object' || Array.isArray(args)) {
+      throw new CommandError("QMP input member 'arguments' must be an object");
+    }
+    const rec = args as Record<string, unknown>;
+    for (const spec of cmd.args) {
+      const v = rec[spec.name];
+      if (v === undefined) {
+        if (!spec.optional) throw new CommandError(`Parameter '${spec.name}' is missing`);
+        continue;
+      }
+      if (!qmpTypeOk(spec.type, v)) {
+        throw new CommandError(`Invalid parameter type for '${spec.name}', expected: ${qmpTypeName(spec.type)}`);
+      }
+    }
+    for (const k of Object.keys(rec)) {
+      if (!cmd.args.some((s) => s.name === k)) throw new CommandError(`Parameter '${k}' is unexpected`);
+    }
+    return rec;
+  }
+}
+
+function findIn(table: readonly HmpCommand[], name: string): HmpCommand | undefined {
+  return table.find((c) => entryNames(c).includes(name));
+}
+
+function withNewline(text: string): string {
+  return text === '' || text.endsWith('\n') ? text : `${text}\n`;
+}
+
+function qmpTypeOk(type: QmpArgType, v: unknown): boolean {
+  switch (type) {
+    case 'str': return typeof v === 'string';
+    case 'int': return typeof v === 'number' && Number.isInteger(v);
+    case 'number': return typeof v === 'number' && Number.isFinite(v);
+    case 'bool': return typeof v === 'boolean';
+    case 'array': return Array.isArray(v);
+    case 'object': return v !== null && typeof v === 'object' && !Array.isArray(v);
+    case 'any': return true;
+  }
+}
+
+function qmpTypeName(type: QmpArgType): string {
+  switch (type) {
+    case 'str': return 'string';
+    case 'int': return 'integer';
+    case 'number': return 'number';
+    case 'bool': return 'boolean';
+    case 'array': return 'array';
+    case 'object': return 'object';
+    case 'any': return 'any';
+  }
+}
+
+/** QEMU's monitor_parse_arguments over our ArgSpecs. Throws Error with the
+ *  text QEMU prints. */
+function parseArguments(cmd: HmpCommand, c: Cursor): ParsedArgs {
+  const name = cmd.name;
+  const values = new Map<string, string | number | boolean>();
+  const specs = parseArgsType(cmd.argsType);
+  let flagsDone = false;
+  for (const spec of specs) {
+    c.skipSpace();
+    switch (spec.kind) {
+      case 'flag': {
+        // QEMU reads options in table order; we accept the command's flags in
+        // any order, all of them at the first flag spec.
+        if (flagsDone) break;
+        flagsDone = true;
+        while (c.peek() === '-') {
+          const letter = c.s[c.pos + 1];
+          const follows = c.s[c.pos + 2];
+          const owner = specs.find((s) => s.kind === 'flag' && s.flag === letter);
+          if (!owner || (follows !== undefined && !isSpace(follows))) {
+            throw new Error(`${name}: unsupported option -${printable(letter ?? '', 1)}`);
+          }
+          c.pos += 2;
+          values.set(owner.name, true);
+          c.skipSpace();
+        }
+        break;
+      }
+      case 's': {
+        if (spec.optional && c.atEnd()) break;
+        let v: string | undefined;
+        try { v = getStr(c); } catch (e) { throw new Error(`${name}: ${(e as Error).message}`); }
+        if (v === undefined) throw new Error(`${name}: string expected`);
+        values.set(spec.name, v);
+        break;
+      }
+      case 'S': {
+        if (spec.optional && c.atEnd()) break;
+        const rest = c.rest().trimEnd();
+        if (rest === '') throw new Error(`${name}: string expected`);
+        values.set(spec.name, rest);
+        c.pos = c.s.length;
+        break;
+      }
+      case 'i':
+      case 'l': {
+        if (spec.optional && c.atEnd()) break;
+        const v = getInt(c);
+        if (spec.kind === 'i' && (v > 0xffffffff || v < -0x80000000)) {
+          throw new Error(`'${name}' has failed: integer is for 32-bit values`);
+        }
+        values.set(spec.name, v);
+        break;
+      }
+      case 'o': {
+        if (spec.optional && c.atEnd()) break;
+        const word = getStr(c);
+        const v = word === undefined ? undefined : parseSizeMiB(word);
+        if (v === undefined) throw new Error('invalid size');
+        values.set(spec.name, v);
+        break;
+      }
+      case 'b': {
+        const start = c.pos;
+        while (!c.atEnd() && !isSpace(c.peek())) c.pos++;
+        const w = c.s.slice(start, c.pos);
+        if (w === 'on') values.set(spec.name, true);
+        else if (w === 'off') values.set(spec.name, false);
+        else throw new Error("Expected 'on' or 'off'");
+        break;
+      }
+    }
+  }
+  c.skipSpace();
+  if (!c.atEnd()) throw new Error(`${name}: extraneous characters at the end of line`);
+  return new ParsedArgs(values);
+}

@@ -1,0 +1,125 @@
+// The file-backed TraceSink behind the `x-blocktime-trace` parameter: writes
+// the JSON-lines trace (see trace.ts) into a preallocated buffer, digit by
+// digit, so recording an event allocates nothing; the buffer goes to the file
+// with a synchronous write when it fills up and on close.
+
+import { closeSync, openSync, writeSync } from 'node:fs';
+import { CommandError } from '../errors.js';
+import type { TraceSink } from './trace.js';
+
+const CHUNK = 64 * 1024;
+/** room for the longest event line: 4 numbers of <= 16 digits + text */
+const MAX_LINE = 160;
+
+const ascii = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'latin1'));
+const T_OPEN = ascii('{"t":');
+const FAULT_ADDR = ascii(',"ev":"fault","addr":');
+const FAULT_TID = ascii(',"tid":');
+const PLACED_ADDR = ascii(',"ev":"placed","addr":');
+const LINE_END = ascii('}\n');
+
+export class TraceFileSink implements TraceSink {
+  private fd: number;
+  private readonly buf = new Uint8Array(CHUNK);
+  private pos = 0;
+  private failure: string | undefined;
+
+  /** Opens (creates or truncates) `path`. Throws CommandError naming the path
+   *  when it cannot be opened. */
+  constructor(readonly path: string) {
+    try {
+      this.fd = openSync(path, 'w', 0o644);
+    } catch (e) {
+      throw new CommandError(`x-blocktime-trace: cannot open '${path}': ${(e as Error).message}`);
+    }
+  }
+
+  /** Why the trace stopped being written (a write failed), else undefined. */
+  get error(): string | undefined { return this.failure; }
+
+  header(vcpuThreadIds: readonly number[], t0: number): void {
+    this.text(`${JSON.stringify({ vcpus: vcpuThreadIds, t0 })}\n`);
+  }
+
+  fault(t: number, addr: number, tid: number): void {
+    if (this.pos > CHUNK - MAX_LINE) this.flush();
+    this.bytes(T_OPEN);
+    this.uint(t);
+    this.bytes(FAULT_ADDR);
+    this.uint(addr);
+    this.bytes(FAULT_TID);
+    this.uint(tid);
+    this.bytes(LINE_END);
+  }
+
+  placed(t: number, addr: number): void {
+    if (this.pos > CHUNK - MAX_LINE) this.flush();
+    this.bytes(T_OPEN);
+    this.uint(t);
+    this.bytes(PLACED_ADDR);
+    this.uint(addr);
+    this.bytes(LINE_END);
+  }
+
+  end(t: number, status: string): void {
+    this.text(`${JSON.stringify({ t, ev: 'end', status })}\n`);
+  }
+
+  close(): void {
+    if (this.fd < 0) return;
+    this.flush();
+    try { closeSync(this.fd); } catch { /* nothing left to lose */ }
+    this.fd = -1;
+  }
+
+  private text(s: string): void {
+    const b = Buffer.from(s, 'utf8');
+    if (this.pos + b.length > CHUNK) this.flush();
+    if (b.length > CHUNK) { this.write(b, b.length); return; }
+    this.buf.set(b, this.pos);
+    this.pos += b.length;
+  }
+
+  private bytes(b: Uint8Array): void {
+    const buf = this.buf;
+    let p = this.pos;
+    for (let i = 0; i < b.length; i++) buf[p++] = b[i];
+    this.pos = p;
+  }
+
+  // Non-negative integer in decimal (fractions are floored).
+  private uint(n: number): void {
+    const buf = this.buf;
+    let v = n > 0 ? Math.floor(n) : 0;
+    let digits = 1;
+    for (let x = v; x >= 10; x = Math.floor(x / 10)) digits++;
+    let p = this.pos + digits;
+    this.pos = p;
+    if (v < 2147483648) {
+      let i = v | 0;
+      do { buf[--p] = 48 + (i % 10); i = (i / 10) | 0; } while (i > 0);
+    } else {
+      do { buf[--p] = 48 + (v % 10); v = Math.floor(v / 10); } while (v > 0);
+    }
+  }
+
+  private flush(): void {
+    if (this.pos > 0) this.write(this.buf, this.pos);
+    this.pos = 0;
+  }
+
+  private write(b: Uint8Array, len: number): void {
+    if (this.fd < 0 || this.failure !== undefined) return;
+    try {
+      let off = 0;
+      while (off < len) off += writeSync(this.fd, b, off, len - off);
+    } catch (e) {
+      this.failure = `writing '${this.path}' failed: ${(e as Error).message}`;
+    }
+  }
+}
+
+/** The sink for the `x-blocktime-trace` parameter ('' = no trace). */
+export function openTraceFile(path: string): TraceSink | undefined {
+  return path === '' ? undefined : new TraceFileSink(path);
+}

@@ -1,0 +1,131 @@
+// Renders a BlocktimeReport for people: QEMU's `info migrate -a` blocktime
+// block, text for text (migration/migration-hmp-cmds.c, QEMU 10.1), and the
+// richer `info postcopy_blocktime` view (per-vCPU table, summary, latency
+// distribution bar chart), coloured only when the caller asks for it.
+
+import { Chalk, type ChalkInstance } from 'chalk';
+import Table from 'cli-table3';
+import type { BlocktimeReport } from '../blocktime/types.js';
+
+const QEMU_TIME_UNITS = ['us', 'ms', 'sec'] as const;
+
+/** QEMU's bucket label: divide by 1000 while >= 1000 (us -> ms -> sec),
+ *  whole numbers: 1 us, 512 us, 1 ms, 65 ms, 8 sec. */
+export function qemuTimeLabel(us: number): string {
+  let v = us;
+  let unit = 0;
+  while (v >= 1000 && unit + 1 < QEMU_TIME_UNITS.length) {
+    v = Math.floor(v / 1000);
+    unit++;
+  }
+  return `${v} ${QEMU_TIME_UNITS[unit]}`;
+}
+
+// " [a, b, ...]" with a line break after every 10 values, as QEMU prints it.
+function qemuList(values: readonly number[]): string[] {
+  const lines: string[] = [];
+  let line = ' [';
+  values.forEach((v, i) => {
+    line += String(v);
+    if (i + 1 < values.length) {
+      if ((i + 1) % 10 === 0) { lines.push(`${line},`); line = '  '; } else line += ', ';
+    }
+  });
+  lines.push(`${line}]`);
+  return lines;
+}
+
+/** QEMU's `info migrate -a` blocktime block, one string per line. */
+export function formatBlocktimeQemu(report: BlocktimeReport): string[] {
+  const lines = [
+    `Postcopy Blocktime (ms): ${report['postcopy-blocktime']}`,
+    'Postcopy vCPU Blocktime (ms):',
+    ...qemuList(report['postcopy-vcpu-blocktime']),
+    `Postcopy Latency (ns): ${report['postcopy-latency']}`,
+    `Postcopy non-vCPU Latencies (ns): ${report['postcopy-non-vcpu-latency']}`,
+    'Postcopy vCPU Latencies (ns):',
+    ...qemuList(report['postcopy-vcpu-latency']),
+    'Postcopy Latency Distribution:',
+  ];
+  report['postcopy-latency-dist'].forEach((count, n) => {
+    const from = qemuTimeLabel(2 ** n).padStart(8);
+    const to = qemuTimeLabel(2 ** (n + 1)).padStart(8);
+    lines.push(`  [ ${from} - ${to} ]: ${String(count).padStart(10)}`);
+  });
+  return lines;
+}
+
+function sig(v: number): string {
+  return v < 10 ? v.toFixed(2) : v < 100 ? v.toFixed(1) : v.toFixed(0);
+}
+
+/** A duration in ns with a unit chosen for reading: 850 ns, 42.1 µs, 3.20 ms, 1.50 s. */
+export function formatDurationNs(ns: number): string {
+  if (ns < 1000) return `${Math.round(ns)} ns`;
+  if (ns < 1e6) return `${sig(ns / 1e3)} µs`;
+  if (ns < 1e9) return `${sig(ns / 1e6)} ms`;
+  return `${sig(ns / 1e9)} s`;
+}
+
+export interface RichFormatOptions {
+  /** ANSI colours (the caller decides from TTY / NO_COLOR) */
+  color: boolean;
+}
+
+const BAR_WIDTH = 40;
+
+/** The `info postcopy_blocktime` view. */
+export function formatBlocktimeRich(report: BlocktimeReport, opts: RichFormatOptions): string {
+  const c: ChalkInstance = new Chalk({ level: opts.color ? 1 : 0 });
+  const x = report['x-blocktime'];
+  const out: string[] = [];
+
+  const state = x.state === 'final' ? c.green('final') : c.yellow('live (postcopy running)');
+  out.push(`${c.bold('Postcopy blocktime')}: ${state}`);
+  if (x.unavailable !== undefined) out.push(c.red(`Unavailable: ${x.unavailable}`));
+
+  const table = new Table({
+    head: ['vCPU', 'thread id', 'faults', 'blocktime', 'share', 'avg latency', 'p99 latency'],
+    colAligns: ['right', 'right', 'right', 'right', 'right', 'right', 'right'],
+    style: { head: [], border: [] },
+  });
+  for (const v of x.vcpus) {
+    const share = x.postcopyNs > 0 ? (100 * v.blocktimeNs) / x.postcopyNs : 0;
+    table.push([
+      v.index, v.threadId, v.faults,
+      v.blocktimeNs > 0 ? c.bold(formatDurationNs(v.blocktimeNs)) : formatDurationNs(0),
+      `${share.toFixed(1)} %`,
+      v.faults > 0 ? formatDurationNs(v.latencyAvgNs) : '-',
+      v.faults > 0 ? formatDurationNs(v.latencyP99Ns) : '-',
+    ]);
+  }
+  out.push(table.toString());
+
+  const totalShare = x.postcopyNs > 0 ? ` (${((100 * x.totalBlocktimeNs) / x.postcopyNs).toFixed(1)} % of postcopy)` : '';
+  out.push(`Total blocktime (all vCPUs blocked at once): ${c.bold(formatDurationNs(x.totalBlocktimeNs))}${totalShare}`);
+  out.push(`All-blocked windows: ${x.allBlockedWindows}, longest ${formatDurationNs(x.longestAllBlockedNs)}`);
+  out.push(`Postcopy phase: ${formatDurationNs(x.postcopyNs)}`);
+  out.push(`Faults: ${x.faults} (vCPU ${x.faults - x.nonVcpuFaults}, non-vCPU ${x.nonVcpuFaults})`);
+  out.push(`Non-vCPU latency: avg ${x.nonVcpuFaults > 0 ? formatDurationNs(report['postcopy-non-vcpu-latency']) : '-'}`);
+  if (x.faults > 0) {
+    out.push(`Latency: avg ${formatDurationNs(report['postcopy-latency'])}, p50 ${formatDurationNs(x.latencyP50Ns)}, `
+      + `p90 ${formatDurationNs(x.latencyP90Ns)}, p99 ${formatDurationNs(x.latencyP99Ns)}, max ${formatDurationNs(x.latencyMaxNs)}`);
+  } else {
+    out.push('Latency: no faults');
+  }
+
+  const dist = report['postcopy-latency-dist'];
+  const first = dist.findIndex((n) => n > 0);
+  if (first >= 0) {
+    let last = dist.length - 1;
+    while (dist[last] === 0) last--;
+    const peak = Math.max(...dist);
+    out.push('Latency distribution:');
+    for (let n = first; n <= last; n++) {
+      const label = `${qemuTimeLabel(2 ** n).padStart(7)} - ${qemuTimeLabel(2 ** (n + 1)).padStart(7)}`;
+      const len = dist[n] > 0 ? Math.max(1, Math.round((dist[n] / peak) * BAR_WIDTH)) : 0;
+      out.push(`  ${label} │${c.cyan('█'.repeat(len))}${' '.repeat(BAR_WIDTH - len)} ${dist[n]}`);
+    }
+  }
+  return out.join('\n');
+}

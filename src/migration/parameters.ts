@@ -1,0 +1,68 @@
+// Migration parameters (QMP names, QEMU's defaults and units) and their
+// validation. The engine reads the values when it needs them, so a change made
+// during a migration takes effect at once, as QEMU's do for bandwidth limits.
+
+import { CommandError } from '../errors.js';
+import type { MigrationParameters, ParameterName } from './api.js';
+
+export const DEFAULT_PARAMETERS: Readonly<MigrationParameters> = {
+  'max-bandwidth': 134217728,
+  'downtime-limit': 300,
+  'max-postcopy-bandwidth': 0,
+  'x-blocktime-trace': '',
+};
+
+/** QEMU's MAX_MIGRATE_DOWNTIME (2000 s in ms). */
+export const MAX_DOWNTIME_LIMIT_MS = 2000000;
+const MAX_BANDWIDTH = Number.MAX_SAFE_INTEGER;
+
+export const PARAMETER_UNITS: Record<ParameterName, string> = {
+  'max-bandwidth': 'bytes/second',
+  'downtime-limit': 'ms',
+  'max-postcopy-bandwidth': 'bytes/second',
+  'x-blocktime-trace': '',
+};
+
+export class Parameters {
+  private values: MigrationParameters = { ...DEFAULT_PARAMETERS };
+
+  get(): MigrationParameters {
+    return { ...this.values };
+  }
+
+  value<K extends ParameterName>(name: K): MigrationParameters[K] {
+    return this.values[name];
+  }
+
+  /** Validates every given value, then applies them all (or none). */
+  set(changes: Partial<Record<string, unknown>>): void {
+    const next = { ...this.values };
+    for (const [name, v] of Object.entries(changes)) {
+      switch (name) {
+        case 'max-bandwidth':
+        case 'max-postcopy-bandwidth':
+          next[name] = checkInteger(name, v, 0, MAX_BANDWIDTH);
+          break;
+        case 'downtime-limit':
+          next[name] = checkInteger(name, v, 0, MAX_DOWNTIME_LIMIT_MS);
+          break;
+        case 'x-blocktime-trace':
+          if (typeof v !== 'string') throw new CommandError("Invalid parameter type for 'x-blocktime-trace', expected: string");
+          if (v.includes('\0')) throw new CommandError("Parameter 'x-blocktime-trace' expects a file path");
+          next[name] = v;
+          break;
+        default:
+          throw new CommandError(`Parameter '${name}' is unexpected`);
+      }
+    }
+    this.values = next;
+  }
+}
+
+function checkInteger(name: string, v: unknown, min: number, max: number): number {
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new CommandError(`Invalid parameter type for '${name}', expected: integer`);
+  if (!Number.isInteger(v) || v < min || v > max) {
+    throw new CommandError(`Parameter '${name}' expects ${name === 'downtime-limit' ? `an integer in the range of 0 to ${MAX_DOWNTIME_LIMIT_MS} milliseconds` : 'a non-negative integer (bytes per second)'}`);
+  }
+  return v;
+}

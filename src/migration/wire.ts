@@ -1,0 +1,481 @@
+// The migration wire format, both directions, and an incremental decoder.
+// Why a module of its own: the source and the destination must agree byte for
+// byte, and the decoder is the one place that sees untrusted input; keeping it
+// pure (no sockets, no RAM) lets it be tested at every byte boundary.
+//
+// Every record starts with a fixed 16-byte header (little endian):
+//   u8 type | u8 flags | u16 reserved (0) | u32 count | u32 offset_lo | u32 offset_hi
+// `count` is a page count for page records, a byte length for records with a
+// variable payload, and a round number for END_ROUND. Offsets are guest RAM
+// offsets in bytes (page aligned), exact up to 2^53.
+//
+// Stream (source -> destination):
+//   HEADER      count = payload bytes; payload: magic u32, version u32,
+//               page size u32, vCPUs u32, RAM bytes (lo u32, hi u32), workload (utf8)
+//   PAGES       offset, count pages (1..MAX_RUN_PAGES), payload = count * page size
+//   ZERO        offset, count pages that are all zero (no payload)
+//   DISCARD     offset, count pages the destination must drop (dirtied since sent)
+//   END_ROUND   count = round number (one precopy pass done)
+//   SWITCHOVER  flags bit 0 = postcopy; payload = vCPUs * VCPU_STATE_BYTES
+//   END         every page sent; nothing follows
+//   ERROR       count = payload bytes; payload: utf8 reason (the source gave up)
+// Return path (destination -> source):
+//   REQ_PAGES   offset, count = length in bytes (a page request, QEMU's "req pages")
+//   RP_ERROR    count = payload bytes; payload: utf8 reason
+//   RP_RUNNING  the destination took the vCPU state (switchover done)
+//   RP_COMPLETE every page is in place; the destination completed
+//
+// The decoder never allocates per record in steady state: headers are read at
+// fixed offsets from the received chunk, page payloads are handed out as
+// (buffer, offset) views into that chunk, and only a page that straddles two
+// chunks is assembled in a preallocated buffer.
+
+export const WIRE_MAGIC = 0x59504350; // "PCPY" little endian
+export const WIRE_VERSION = 1;
+export const RECORD_HEADER_BYTES = 16;
+/** most pages in one PAGES record (1 MiB of 4 KiB pages) */
+export const MAX_RUN_PAGES = 256;
+/** largest variable payload (header, switchover, error text) */
+export const MAX_VAR_PAYLOAD = 256 * 1024;
+/** bytes of one vCPU's workload state inside SWITCHOVER */
+export const VCPU_STATE_BYTES = 64;
+const HEADER_FIXED = 24;
+
+export const REC_HEADER = 0x01;
+export const REC_PAGES = 0x02;
+export const REC_ZERO = 0x03;
+export const REC_DISCARD = 0x04;
+export const REC_END_ROUND = 0x05;
+export const REC_SWITCHOVER = 0x06;
+export const REC_END = 0x07;
+export const REC_ERROR = 0x08;
+export const RP_REQ_PAGES = 0x41;
+export const RP_ERROR = 0x42;
+export const RP_RUNNING = 0x43;
+export const RP_COMPLETE = 0x44;
+
+export const SWITCHOVER_POSTCOPY = 1;
+
+/** Malformed, truncated or unexpected input; the message says what and where. */
+export class WireError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'WireError';
+  }
+}
+
+export interface StreamHeader {
+  version: number;
+  pageSize: number;
+  vcpus: number;
+  ramBytes: number;
+  workload: string;
+}
+
+// ---------------------------------------------------------------- encoding
+
+/** Writes a record header at buf[pos..pos+16). */
+export function writeRecordHeader(buf: Buffer, pos: number, type: number, flags: number, count: number, offset: number): void {
+  buf[pos] = type;
+  buf[pos + 1] = flags;
+  buf.writeUInt16LE(0, pos + 2);
+  buf.writeUInt32LE(count >>> 0, pos + 4);
+  buf.writeUInt32LE(offset % 0x100000000, pos + 8);
+  buf.writeUInt32LE(Math.floor(offset / 0x100000000), pos + 12);
+}
+
+export function encodeHeader(h: Omit<StreamHeader, 'version'> & { version?: number }): Buffer {
+  const wl = Buffer.from(h.workload, 'utf8');
+  const out = Buffer.alloc(RECORD_HEADER_BYTES + HEADER_FIXED + wl.length);
+  writeRecordHeader(out, 0, REC_HEADER, 0, HEADER_FIXED + wl.length, 0);
+  const p = RECORD_HEADER_BYTES;
+  out.writeUInt32LE(WIRE_MAGIC, p);
+  out.writeUInt32LE(h.version ?? WIRE_VERSION, p + 4);
+  out.writeUInt32LE(h.pageSize, p + 8);
+  out.writeUInt32LE(h.vcpus, p + 12);
+  out.writeUInt32LE(h.ramBytes % 0x100000000, p + 16);
+  out.writeUInt32LE(Math.floor(h.ramBytes / 0x100000000), p + 20);
+  wl.copy(out, p + HEADER_FIXED);
+  return out;
+}
+
+/** A record whose payload is utf8 text (REC_ERROR, RP_ERROR). */
+export function encodeText(type: number, text: string): Buffer {
+  const t = Buffer.from(text.slice(0, 4096), 'utf8');
+  const out = Buffer.alloc(RECORD_HEADER_BYTES + t.length);
+  writeRecordHeader(out, 0, type, 0, t.length, 0);
+  t.copy(out, RECORD_HEADER_BYTES);
+  return out;
+}
+
+/** A record with neither payload nor offset (END, RP_RUNNING, RP_COMPLETE, END_ROUND). */
+export function encodeBare(type: number, count = 0): Buffer {
+  const out = Buffer.alloc(RECORD_HEADER_BYTES);
+  writeRecordHeader(out, 0, type, 0, count, 0);
+  return out;
+}
+
+/** SWITCHOVER with `states` already encoded (vCPUs * VCPU_STATE_BYTES). */
+export function encodeSwitchover(postcopy: boolean, states: Buffer): Buffer {
+  const out = Buffer.alloc(RECORD_HEADER_BYTES + states.length);
+  writeRecordHeader(out, 0, REC_SWITCHOVER, postcopy ? SWITCHOVER_POSTCOPY : 0, states.length, 0);
+  states.copy(out, RECORD_HEADER_BYTES);
+  return out;
+}
+
+// ---------------------------------------------------------------- decoding
+
+/** What the destination does with each stream record. Page payloads are
+ *  views valid only during the call. */
+export interface StreamHandler {
+  header(h: StreamHeader): void;
+  pages(offset: number, count: number, buf: Buffer, pos: number): void;
+  zero(offset: number, count: number): void;
+  discard(offset: number, count: number): void;
+  endRound(round: number): void;
+  switchover(postcopy: boolean, states: Buffer, pos: number, len: number): void;
+  end(): void;
+  error(reason: string): void;
+}
+
+/** What the source does with each return-path record. */
+export interface ReturnHandler {
+  requestPages(offset: number, length: number): void;
+  error(reason: string): void;
+  running(): void;
+  complete(): void;
+}
+
+const STREAM_NAMES: Record<number, string> = {
+  [REC_HEADER]: 'HEADER', [REC_PAGES]: 'PAGES', [REC_ZERO]: 'ZERO', [REC_DISCARD]: 'DISCARD',
+  [REC_END_ROUND]: 'END_ROUND', [REC_SWITCHOVER]: 'SWITCHOVER', [REC_END]: 'END', [REC_ERROR]: 'ERROR',
+};
+const RETURN_NAMES: Record<number, string> = {
+  [RP_REQ_PAGES]: 'REQ_PAGES', [RP_ERROR]: 'ERROR', [RP_RUNNING]: 'RUNNING', [RP_COMPLETE]: 'COMPLETE',
+};
+
+/** Shared framing: header assembly, payload assembly, truncation. */
+abstract class RecordDecoder {
+  /** bytes consumed so far (for error messages) */
+  protected consumed = 0;
+  protected done = false;
+  protected failed: WireError | null = null;
+  private readonly asm: Buffer;
+  private asmLen = 0;
+  private asmWant = 0;
+
+  constructor(asmBytes: number) {
+    this.asm = Buffer.allocUnsafe(asmBytes);
+  }
+
+  /** Feeds received bytes; throws WireError on bad input (and keeps failing after). */
+  push(chunk: Buffer): void {
+    if (this.failed) throw this.failed;
+    try {
+      this.pushInner(chunk);
+    } catch (e) {
+      this.failed = e instanceof WireError ? e : new WireError(`bad record: ${(e as Error).message}`);
+      throw this.failed;
+    }
+  }
+
+  /** The peer closed: throws WireError if it stopped mid-record or before its end. */
+  finish(): void {
+    if (this.failed) throw this.failed;
+    if (this.asmLen > 0 || this.midPayload()) {
+      throw (this.failed = new WireError(`truncated stream: ended inside a record at byte ${this.consumed + this.asmLen}`));
+    }
+    const missing = this.missingEnd();
+    if (missing) throw (this.failed = new WireError(missing));
+  }
+
+  get finished(): boolean { return this.done; }
+
+  private pushInner(chunk: Buffer): void {
+    const len = chunk.length;
+    let pos = 0;
+    while (pos < len) {
+      if (this.done) throw new WireError(`unexpected data after the end of the stream at byte ${this.consumed}`);
+      if (this.midPayload()) {
+        const used = this.continuePayload(chunk, pos, len);
+        pos += used;
+        this.consumed += used;
+        continue;
+      }
+      if (this.asmLen > 0 || len - pos < RECORD_HEADER_BYTES) {
+        // assemble a header (and any payload) across chunks
+        if (this.asmLen < RECORD_HEADER_BYTES) {
+          const take = Math.min(RECORD_HEADER_BYTES - this.asmLen, len - pos);
+          chunk.copy(this.asm, this.asmLen, pos, pos + take);
+          this.asmLen += take;
+          pos += take;
+          if (this.asmLen < RECORD_HEADER_BYTES) return;
+          const payload = this.beginRecord(this.asm, 0);
+          if (payload < 0) { // streamed payload (pages) handled by continuePayload
+            this.consumed += RECORD_HEADER_BYTES;
+            this.asmLen = 0;
+            continue;
+          }
+          this.asmWant = RECORD_HEADER_BYTES + payload;
+        }
+        const take = Math.min(this.asmWant - this.asmLen, len - pos);
+        chunk.copy(this.asm, this.asmLen, pos, pos + take);
+        this.asmLen += take;
+        pos += take;
+        if (this.asmLen < this.asmWant) return;
+        const total = this.asmWant;
+        this.asmLen = 0;
+        this.asmWant = 0;
+        this.completeRecord(this.asm, 0);
+        this.consumed += total;
+        continue;
+      }
+      // fast path: the header is whole in this chunk
+      const payload = this.beginRecord(chunk, pos);
+      if (payload < 0) {
+        pos += RECORD_HEADER_BYTES;
+        this.consumed += RECORD_HEADER_BYTES;
+        continue;
+      }
+      const total = RECORD_HEADER_BYTES + payload;
+      if (len - pos >= total) {
+        this.completeRecord(chunk, pos);
+        pos += total;
+        this.consumed += total;
+      } else {
+        chunk.copy(this.asm, 0, pos, len);
+        this.asmLen = len - pos;
+        this.asmWant = total;
+        pos = len;
+      }
+    }
+  }
+
+  /** Validates the header at buf[pos]; returns the payload length to assemble,
+   *  or -1 when the payload is streamed through continuePayload. */
+  protected abstract beginRecord(buf: Buffer, pos: number): number;
+  /** Dispatches a whole record whose header is at buf[pos]. */
+  protected abstract completeRecord(buf: Buffer, pos: number): void;
+  protected midPayload(): boolean { return false; }
+  protected continuePayload(_chunk: Buffer, _pos: number, _len: number): number { return 0; }
+  protected abstract missingEnd(): string | null;
+
+  protected static offsetAt(buf: Buffer, pos: number): number {
+    const lo = buf.readUInt32LE(pos + 8);
+    const hi = buf.readUInt32LE(pos + 12);
+    if (hi >= 0x200000) throw new WireError(`offset out of range (high word ${hi})`);
+    return hi * 0x100000000 + lo;
+  }
+}
+
+/** Destination side: decodes the source's stream. */
+export class StreamDecoder extends RecordDecoder {
+  private header: StreamHeader | null = null;
+  private pageSize = 0;
+  private ramBytes = 0;
+  private vcpus = 0;
+  private switched = false;
+  // a PAGES record in progress
+  private runOffset = 0;
+  private runLeft = 0;
+  private readonly page: Buffer;
+  private pageHave = 0;
+
+  constructor(private readonly handler: StreamHandler, maxPageSize = 65536) {
+    super(RECORD_HEADER_BYTES + MAX_VAR_PAYLOAD);
+    this.page = Buffer.allocUnsafe(maxPageSize);
+  }
+
+  get streamHeader(): StreamHeader | null { return this.header; }
+
+  protected override midPayload(): boolean { return this.runLeft > 0; }
+
+  protected beginRecord(buf: Buffer, pos: number): number {
+    const type = buf[pos];
+    const at = this.consumed;
+    if (!this.header && type !== REC_HEADER) {
+      throw new WireError(`stream does not start with a header record (first byte 0x${type.toString(16)}): not a postcopy migration stream`);
+    }
+    if (buf[pos + 2] !== 0 || buf[pos + 3] !== 0 || (buf[pos + 1] !== 0 && type !== REC_SWITCHOVER)) {
+      throw new WireError(`record at byte ${at}: reserved bits set (not a migration stream?)`);
+    }
+    const count = buf.readUInt32LE(pos + 4);
+    if (type !== REC_PAGES && type !== REC_ZERO && type !== REC_DISCARD && (buf.readUInt32LE(pos + 8) !== 0 || buf.readUInt32LE(pos + 12) !== 0)) {
+      throw new WireError(`record at byte ${at}: offset set on a record that has none`);
+    }
+    if (!this.header) {
+      if (count < HEADER_FIXED || count > MAX_VAR_PAYLOAD) throw new WireError(`header record has a bad length ${count}`);
+      return count;
+    }
+    switch (type) {
+      case REC_PAGES: {
+        if (count < 1 || count > MAX_RUN_PAGES) throw new WireError(`PAGES record at byte ${at}: bad page count ${count} (1..${MAX_RUN_PAGES})`);
+        const offset = this.checkRange('PAGES', buf, pos, count, at);
+        this.runOffset = offset;
+        this.runLeft = count;
+        this.pageHave = 0;
+        return -1;
+      }
+      case REC_ZERO: case REC_DISCARD: case REC_END_ROUND: case REC_END: return 0;
+      case REC_SWITCHOVER:
+        if (count !== this.vcpus * VCPU_STATE_BYTES) {
+          throw new WireError(`SWITCHOVER record at byte ${at}: ${count} bytes of vCPU state, expected ${this.vcpus * VCPU_STATE_BYTES} for ${this.vcpus} vCPUs`);
+        }
+        return count;
+      case REC_ERROR:
+        if (count > MAX_VAR_PAYLOAD) throw new WireError(`ERROR record at byte ${at}: bad length ${count}`);
+        return count;
+      case REC_HEADER: throw new WireError(`second header record at byte ${at}`);
+      default: throw new WireError(`unknown record type 0x${type.toString(16)} at byte ${at}`);
+    }
+  }
+
+  private checkRange(name: string, buf: Buffer, pos: number, count: number, at: number): number {
+    const offset = RecordDecoder.offsetAt(buf, pos);
+    if (offset % this.pageSize !== 0) throw new WireError(`${name} record at byte ${at}: offset ${offset} is not page aligned`);
+    if (count < 1 || offset + count * this.pageSize > this.ramBytes) {
+      throw new WireError(`${name} record at byte ${at}: ${count} pages at offset ${offset} lie outside guest RAM (${this.ramBytes} bytes)`);
+    }
+    return offset;
+  }
+
+  protected completeRecord(buf: Buffer, pos: number): void {
+    const type = buf[pos];
+    const count = buf.readUInt32LE(pos + 4);
+    const at = this.consumed;
+    const p = pos + RECORD_HEADER_BYTES;
+    if (!this.header) {
+      const magic = buf.readUInt32LE(p);
+      if (magic !== WIRE_MAGIC) throw new WireError(`bad magic 0x${magic.toString(16)}: not a postcopy migration stream`);
+      const version = buf.readUInt32LE(p + 4);
+      if (version !== WIRE_VERSION) throw new WireError(`unsupported stream version ${version} (this side speaks version ${WIRE_VERSION})`);
+      const pageSize = buf.readUInt32LE(p + 8);
+      if (pageSize < 512 || pageSize > this.page.length || (pageSize & (pageSize - 1)) !== 0) throw new WireError(`bad page size ${pageSize} in header`);
+      const vcpus = buf.readUInt32LE(p + 12);
+      if (vcpus < 1 || vcpus > 4096) throw new WireError(`bad vCPU count ${vcpus} in header`);
+      const hi = buf.readUInt32LE(p + 20);
+      if (hi >= 0x200000) throw new WireError('RAM size in header out of range');
+      const ramBytes = hi * 0x100000000 + buf.readUInt32LE(p + 16);
+      if (ramBytes === 0 || ramBytes % pageSize !== 0) throw new WireError(`bad RAM size ${ramBytes} in header`);
+      const workload = buf.toString('utf8', p + HEADER_FIXED, p + count);
+      this.header = { version, pageSize, vcpus, ramBytes, workload };
+      this.pageSize = pageSize;
+      this.ramBytes = ramBytes;
+      this.vcpus = vcpus;
+      this.handler.header(this.header);
+      return;
+    }
+    switch (type) {
+      case REC_ZERO: this.handler.zero(this.checkRange('ZERO', buf, pos, count, at), count); return;
+      case REC_DISCARD:
+        if (this.switched) throw new WireError(`DISCARD record at byte ${at} after the switchover`);
+        this.handler.discard(this.checkRange('DISCARD', buf, pos, count, at), count);
+        return;
+      case REC_END_ROUND: this.handler.endRound(count); return;
+      case REC_SWITCHOVER:
+        if (this.switched) throw new WireError(`second SWITCHOVER record at byte ${at}`);
+        this.switched = true;
+        this.handler.switchover((buf[pos + 1] & SWITCHOVER_POSTCOPY) !== 0, buf, p, count);
+        return;
+      case REC_END:
+        if (!this.switched) throw new WireError(`END record at byte ${at} before the switchover`);
+        this.done = true;
+        this.handler.end();
+        return;
+      case REC_ERROR:
+        this.done = true;
+        this.handler.error(buf.toString('utf8', p, p + count));
+        return;
+    }
+  }
+
+  protected override continuePayload(chunk: Buffer, pos: number, len: number): number {
+    const ps = this.pageSize;
+    let used = 0;
+    if (this.pageHave > 0) { // finish a straddling page
+      const take = Math.min(ps - this.pageHave, len - pos);
+      chunk.copy(this.page, this.pageHave, pos, pos + take);
+      this.pageHave += take;
+      used = take;
+      if (this.pageHave < ps) return used;
+      this.pageHave = 0;
+      this.deliver(1, this.page, 0);
+      if (this.runLeft === 0) return used;
+    }
+    const whole = Math.min(Math.floor((len - pos - used) / ps), this.runLeft);
+    if (whole > 0) {
+      this.deliver(whole, chunk, pos + used);
+      used += whole * ps;
+    }
+    if (this.runLeft > 0 && pos + used < len) { // start of a straddling page
+      const take = len - pos - used; // < ps
+      chunk.copy(this.page, 0, pos + used, len);
+      this.pageHave = take;
+      used += take;
+    }
+    return used;
+  }
+
+  private deliver(n: number, buf: Buffer, pos: number): void {
+    const off = this.runOffset;
+    this.runOffset += n * this.pageSize;
+    this.runLeft -= n;
+    this.handler.pages(off, n, buf, pos);
+  }
+
+  protected missingEnd(): string | null {
+    if (!this.header) return 'stream closed before its header';
+    return this.done ? null : 'stream closed before its end (truncated migration stream)';
+  }
+}
+
+/** Source side: decodes the destination's return path. */
+export class ReturnDecoder extends RecordDecoder {
+  constructor(private readonly handler: ReturnHandler, private readonly ramBytes: number, private readonly pageSize: number) {
+    super(RECORD_HEADER_BYTES + 4096);
+  }
+
+  protected beginRecord(buf: Buffer, pos: number): number {
+    const type = buf[pos];
+    const at = this.consumed;
+    if (buf[pos + 1] !== 0 || buf[pos + 2] !== 0 || buf[pos + 3] !== 0) throw new WireError(`return path record at byte ${at}: reserved bits set`);
+    const count = buf.readUInt32LE(pos + 4);
+    switch (type) {
+      case RP_REQ_PAGES: case RP_RUNNING: case RP_COMPLETE: return 0;
+      case RP_ERROR:
+        if (count > 4096) throw new WireError(`return path ERROR record at byte ${at}: bad length ${count}`);
+        return count;
+      default: throw new WireError(`unknown return path record type 0x${type.toString(16)} at byte ${at}`);
+    }
+  }
+
+  protected completeRecord(buf: Buffer, pos: number): void {
+    const type = buf[pos];
+    const count = buf.readUInt32LE(pos + 4);
+    const at = this.consumed;
+    switch (type) {
+      case RP_REQ_PAGES: {
+        const offset = RecordDecoder.offsetAt(buf, pos);
+        if (offset % this.pageSize !== 0 || count === 0 || offset + count > this.ramBytes) {
+          throw new WireError(`page request at byte ${at}: ${count} bytes at offset ${offset} is not a page range inside guest RAM`);
+        }
+        this.handler.requestPages(offset, count);
+        return;
+      }
+      case RP_RUNNING: this.handler.running(); return;
+      case RP_COMPLETE: this.done = true; this.handler.complete(); return;
+      case RP_ERROR:
+        this.done = true;
+        this.handler.error(buf.toString('utf8', pos + RECORD_HEADER_BYTES, pos + RECORD_HEADER_BYTES + count));
+        return;
+    }
+  }
+
+  protected missingEnd(): string | null {
+    return this.done ? null : 'return path closed by the destination';
+  }
+}
+
+export function recordName(type: number, returnPath = false): string {
+  return (returnPath ? RETURN_NAMES : STREAM_NAMES)[type] ?? `0x${type.toString(16)}`;
+}

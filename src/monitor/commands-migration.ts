@@ -1,0 +1,274 @@
+// HMP entries for migration: migrate, migrate_incoming, migrate_cancel,
+// migrate_start_postcopy, migrate_set_capability, migrate_set_parameter,
+// migrate_wait (ours), info migrate [-a], info migrate_capabilities,
+// info migrate_parameters, info postcopy_blocktime (ours).
+// The argument conversions (HMP words -> typed values) and the wait logic are
+// exported so QMP entries and tests use the same operations.
+
+import { CommandError } from '../errors.js';
+import {
+  ALL_CAPABILITIES, IMPLEMENTED_CAPABILITIES, TERMINAL_STATUSES,
+  type CapabilityName, type Machine, type MigrationParameters, type MigrationStatus, type ParameterName,
+} from '../migration/api.js';
+import type { HmpCommand, Registry } from './registry.js';
+import { parseSizeMiB } from './registry.js';
+import { formatCapabilities, formatInfoMigrate, formatParameters } from './format.js';
+import { formatBlocktimeQemu, formatBlocktimeRich } from './format-blocktime.js';
+
+// ---------------------------------------------------------------- operations
+
+/** The parameters this engine has, in `info migrate_parameters` order. */
+export const PARAMETER_NAMES: readonly ParameterName[] = [
+  'max-bandwidth', 'max-postcopy-bandwidth', 'downtime-limit', 'x-blocktime-trace',
+];
+
+/** HMP's capability name check (qapi_enum_parse): unknown names get QEMU's
+ *  "invalid parameter value: NAME"; the Machine refuses known ones it does
+ *  not implement. */
+export function capabilityName(word: string): CapabilityName {
+  if (!(ALL_CAPABILITIES as readonly string[]).includes(word)) throw new CommandError(`invalid parameter value: ${word}`);
+  return word as CapabilityName;
+}
+
+/** Size with QEMU's qemu_strtosz (bytes when no suffix). */
+function parseSizeBytes(word: string): number | undefined {
+  if (/^[0-9]+$/.test(word)) return Number(word);
+  const mib = parseSizeMiB(word);
+  return /[bBkKmMgGtTpPeE]$/.test(word) ? mib : undefined;
+}
+
+/** HMP's migrate_set_parameter value conversion (hmp_migrate_set_parameter):
+ *  max-bandwidth is a size in MiB unless suffixed ("Invalid size X"), the
+ *  other sizes default to bytes ("Parameter 'X' expects size"). */
+export function parameterFromHmp(name: string, value: string): Partial<MigrationParameters> {
+  switch (name) {
+    case 'max-bandwidth': {
+      const v = parseSizeMiB(value);
+      if (v === undefined) throw new CommandError(`Invalid size ${value}`);
+      return { 'max-bandwidth': v };
+    }
+    case 'max-postcopy-bandwidth':
+    case 'downtime-limit': {
+      const v = parseSizeBytes(value);
+      if (v === undefined || !Number.isSafeInteger(v)) throw new CommandError(`Parameter '${name}' expects size`);
+      return { [name]: v };
+    }
+    case 'x-blocktime-trace':
+      return { 'x-blocktime-trace': value };
+    default:
+      throw new CommandError(`invalid parameter value: ${name}`);
+  }
+}
+
+export type WaitOutcome = MigrationStatus | 'interrupted' | 'timeout' | 'shutdown';
+
+/** Resolves when `until(status)` holds for the machine's migration status
+ *  (checked at once, then on every 'migration' event), or when the signal
+ *  aborts, the timeout passes or the machine shuts down. */
+export function waitForMigration(
+  machine: Machine, until: (s: MigrationStatus) => boolean,
+  opts: { signal?: AbortSignal; timeoutMs?: number } = {},
+): Promise<WaitOutcome> {
+  const now = machine.queryMigrate().status;
+  if (until(now)) return Promise.resolve(now);
+  if (opts.signal?.aborted) return Promise.resolve('interrupted');
+  return new Promise((resolve) => {
+    const done = (o: WaitOutcome) => {
+      machine.events.off('migration', onStatus);
+      machine.events.off('shutdown', onShutdown);
+      opts.signal?.removeEventListener('abort', onAbort);
+      if (timer) clearTimeout(timer);
+      resolve(o);
+    };
+    const onStatus = (s: MigrationStatus) => { if (until(s)) done(s); };
+    const onShutdown = () => done('shutdown');
+    const onAbort = () => done('interrupted');
+    const timer = opts.timeoutMs !== undefined ? setTimeout(() => done('timeout'), opts.timeoutMs) : undefined;
+    machine.events.on('migration', onStatus);
+    machine.events.on('shutdown', onShutdown);
+    opts.signal?.addEventListener('abort', onAbort);
+  });
+}
+
+const isTerminal = (s: MigrationStatus) => TERMINAL_STATUSES.has(s);
+
+function capabilityOn(machine: Machine, name: CapabilityName): boolean {
+  return machine.capabilities().some((c) => c.capability === name && c.state);
+}
+
+// ---------------------------------------------------------------- completion
+
+const onOff = ['on', 'off'];
+
+// ---------------------------------------------------------------- entries
+
+const migrate: HmpCommand = {
+  name: 'migrate',
+  argsType: 'detach:-d,uri:s?',
+  params: '[-d] [uri]',
+  help: 'migrate to URI (tcp:HOST:PORT, unix:PATH; none or "local" = the lab: a new destination process on loopback).'
+    + ' -d returns at once; without it the command waits for the end of the migration'
+    + ' (with postcopy-ram on: until precopy runs, so that migrate_start_postcopy can follow)',
+  handler: async (ctx, args) => {
+    const uri = args.optStr('uri') ?? 'local';
+    const m = ctx.machine;
+    await m.migrate(uri);
+    if (args.flag('detach')) return { text: '' };
+    if (!ctx.canWait) return { text: 'terminal does not allow synchronous migration, continuing detached' };
+    const postcopy = capabilityOn(m, 'postcopy-ram');
+    const outcome = await waitForMigration(m, postcopy ? (s) => s !== 'setup' : isTerminal, { signal: ctx.signal });
+    if (outcome === 'interrupted') return { text: "migration continues in the background ('migrate_cancel' stops it)" };
+    const info = m.queryMigrate();
+    if (info.status === 'failed') throw new CommandError(info['error-desc'] ?? 'migration failed');
+    if (postcopy && !isTerminal(info.status) && info.status !== 'postcopy-active') {
+      return { text: "postcopy-ram is on and precopy is running: 'migrate_start_postcopy' switches to postcopy, 'migrate_wait' waits for the end" };
+    }
+    return { text: '', data: info };
+  },
+  complete: (i) => (i === 0 ? ['-d', 'local', 'tcp:', 'unix:'] : i === 1 ? ['local', 'tcp:', 'unix:'] : []),
+};
+
+const migrateWait: HmpCommand = {
+  name: 'migrate_wait',
+  argsType: 'seconds:i?',
+  params: '[seconds]',
+  help: "wait until the migration (outgoing, or incoming on a destination) ends; fails when it failed or the timeout passed (ours, not QEMU's)",
+  handler: async (ctx, args) => {
+    const m = ctx.machine;
+    const seconds = args.optInt('seconds');
+    if (seconds !== undefined && seconds <= 0) throw new CommandError(`Parameter 'seconds' expects a positive number of seconds`);
+    const status = m.queryMigrate().status;
+    const incoming = m.info().role === 'destination';
+    if (status === 'none' && !incoming) return { text: 'no migration to wait for' };
+    if (!ctx.canWait) throw new CommandError('this monitor cannot wait; poll query-migrate instead');
+    // A finished migration counts only when it is not the one we still expect
+    // (a destination at 'none' has not received its migration yet).
+    const outcome = await waitForMigration(m, isTerminal, {
+      signal: ctx.signal, timeoutMs: seconds !== undefined ? seconds * 1000 : undefined,
+    });
+    if (outcome === 'interrupted') return { text: 'stopped waiting; the migration goes on' };
+    if (outcome === 'timeout') throw new CommandError(`migration still ${m.queryMigrate().status} after ${seconds} s`);
+    if (outcome === 'shutdown') throw new CommandError('the VM is shutting down');
+    const info = m.queryMigrate();
+    if (info.status === 'failed') throw new CommandError(info['error-desc'] ?? 'migration failed');
+    return { text: '', data: info };
+  },
+};
+
+const migrateIncoming: HmpCommand = {
+  name: 'migrate_incoming',
+  argsType: 'uri:s',
+  params: 'uri',
+  help: 'Continue an incoming migration from an -incoming defer',
+  handler: async (ctx, args) => { await ctx.machine.migrateIncoming(args.str('uri')); return { text: '' }; },
+  complete: (i) => (i === 0 ? ['tcp:', 'unix:'] : []),
+};
+
+const migrateCancel: HmpCommand = {
+  name: 'migrate_cancel',
+  argsType: '',
+  params: '',
+  help: 'cancel the current VM migration',
+  handler: async (ctx) => { ctx.machine.cancel(); return { text: '' }; },
+};
+
+const migrateStartPostcopy: HmpCommand = {
+  name: 'migrate_start_postcopy',
+  argsType: '',
+  params: '',
+  help: 'Followup to a migration command to switch the migration to postcopy mode.'
+    + ' The postcopy-ram capability must be set on both source and destination before the original migration command.',
+  handler: async (ctx) => { ctx.machine.startPostcopy(); return { text: '' }; },
+};
+
+const migrateSetCapability: HmpCommand = {
+  name: 'migrate_set_capability',
+  argsType: 'capability:s,state:b',
+  params: 'capability state',
+  help: `Enable/Disable the usage of a capability for migration (implemented: ${IMPLEMENTED_CAPABILITIES.join(', ')})`,
+  handler: async (ctx, args) => {
+    const capability = capabilityName(args.str('capability'));
+    ctx.machine.setCapabilities([{ capability, state: args.bool('state') }]);
+    return { text: '' };
+  },
+  complete: (i) => (i === 0 ? IMPLEMENTED_CAPABILITIES : i === 1 ? onOff : []),
+};
+
+const migrateSetParameter: HmpCommand = {
+  name: 'migrate_set_parameter',
+  argsType: 'parameter:s,value:s',
+  params: 'parameter value',
+  help: `Set the parameter for migration (${PARAMETER_NAMES.join(', ')}; max-bandwidth in MiB/s unless suffixed, downtime-limit in ms)`,
+  handler: async (ctx, args) => {
+    ctx.machine.setParameters(parameterFromHmp(args.str('parameter'), args.str('value')));
+    return { text: '' };
+  },
+  complete: (i) => (i === 0 ? PARAMETER_NAMES : []),
+};
+
+const infoMigrate: HmpCommand = {
+  name: 'migrate',
+  argsType: 'all:-a',
+  params: '[-a]',
+  help: 'show migration status (-a: all details, with the postcopy blocktime block)',
+  handler: async (ctx, args) => {
+    const info = ctx.machine.queryMigrate();
+    const lines = formatInfoMigrate(info);
+    if (args.flag('all')) {
+      const report = await ctx.machine.blocktime();
+      if (report) lines.push(...formatBlocktimeQemu(report));
+    }
+    return { text: lines.join('\n'), data: info };
+  },
+  complete: (i) => (i === 0 ? ['-a'] : []),
+};
+
+const infoMigrateCapabilities: HmpCommand = {
+  name: 'migrate_capabilities',
+  argsType: '',
+  params: '',
+  help: 'show current migration capabilities',
+  handler: async (ctx) => {
+    const caps = ctx.machine.capabilities();
+    return { text: formatCapabilities(caps).join('\n'), data: caps };
+  },
+};
+
+const infoMigrateParameters: HmpCommand = {
+  name: 'migrate_parameters',
+  argsType: '',
+  params: '',
+  help: 'show current migration parameters',
+  handler: async (ctx) => {
+    const params = ctx.machine.parameters();
+    return { text: formatParameters(params).join('\n'), data: params };
+  },
+};
+
+const infoPostcopyBlocktime: HmpCommand = {
+  name: 'postcopy_blocktime',
+  argsType: '',
+  params: '',
+  help: "show the vCPU blocktime measured on the destination during postcopy (live or final; ours, not QEMU's)",
+  handler: async (ctx) => {
+    const report = await ctx.machine.blocktime();
+    if (!report) {
+      const role = ctx.machine.info().role;
+      return {
+        text: role === 'destination'
+          ? 'No blocktime figures: turn on the postcopy-blocktime capability here before the migration starts, then migrate with postcopy.'
+          : 'No blocktime figures: blocktime is measured on the destination. Ask the destination\'s monitor, or migrate'
+            + ' to the lab (migrate with no URI) with postcopy-ram and postcopy-blocktime on and it is fetched from there.',
+      };
+    }
+    return { text: formatBlocktimeRich(report, { color: ctx.color }), data: report };
+  },
+};
+
+/** Adds the migration entries to a registry. */
+export function addMigrationCommands(r: Registry): Registry {
+  r.addHmp(migrate).addHmp(migrateIncoming).addHmp(migrateCancel).addHmp(migrateStartPostcopy)
+    .addHmp(migrateSetCapability).addHmp(migrateSetParameter).addHmp(migrateWait);
+  r.addInfo(infoMigrate).addInfo(infoMigrateCapabilities).addInfo(infoMigrateParameters).addInfo(infoPostcopyBlocktime);
+  return r;
+}

@@ -1,0 +1,339 @@
+// The HMP console: QEMU's `(qemu) ` monitor on stdin/stdout.
+// Interactive (stdin is a TTY): node:readline line editing, history kept in
+// a file across runs, Tab completion derived from the registry, a live
+// progress line above the prompt while a migration runs (redrawn in place so
+// the line being typed is never disturbed), Ctrl-C clears the line (or stops
+// waiting for a synchronous `migrate`), Ctrl-D quits.
+// Scripts (stdin is not a TTY, or -e): commands run one after another, each
+// one's output printed plainly; with exitOnError the first failing command
+// ends the console with failure; at the end of the input the console ends
+// (vm-main then quits the VM, as `quit` would).
+// The console only prints: parsing and running is the registry's job.
+
+import { createInterface, type Interface } from 'node:readline';
+import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { Machine, MigrationStatus } from '../migration/api.js';
+import { TERMINAL_STATUSES } from '../migration/api.js';
+import type { CommandContext, HmpRunResult, Registry } from './registry.js';
+import { formatProgress, painter } from './format.js';
+
+/** QEMU's readline keeps at most 4095 characters; longer lines are refused. */
+export const MAX_LINE = 4096;
+/** History entries kept in the history file. */
+export const HISTORY_SIZE = 1000;
+const PROGRESS_INTERVAL_MS = 500;
+
+export interface ConsoleOptions {
+  machine: Machine;
+  registry: Registry;
+  input: NodeJS.ReadableStream & { isTTY?: boolean; setRawMode?: (raw: boolean) => unknown };
+  output: NodeJS.WritableStream & { isTTY?: boolean; columns?: number };
+  /** line editing, prompt, completion, history, progress line */
+  interactive: boolean;
+  /** commands to run instead of reading input (-e) */
+  commands?: readonly string[];
+  /** end with failure at the first failing command */
+  exitOnError: boolean;
+  color: boolean;
+  /** history file (interactive only); undefined = no history kept */
+  historyFile?: string;
+  /** printed once when an interactive console opens */
+  banner?: string;
+  /** the program's quit (machine.quit, servers closed, exit); the console
+   *  ends itself first */
+  requestQuit: () => void;
+}
+
+export type ConsoleEnd = 'quit' | 'eof' | 'error' | 'closed';
+
+export interface ConsoleResult {
+  /** why the console ended */
+  end: ConsoleEnd;
+  /** number of commands that failed */
+  failures: number;
+}
+
+/** One console on one pair of streams. `done` resolves when it ends. */
+export class HmpConsole {
+  readonly done: Promise<ConsoleResult>;
+  private resolveDone!: (r: ConsoleResult) => void;
+  private rl: Interface | undefined;
+  private readonly queue: string[] = [];
+  private busy = false;
+  private ended = false;
+  private inputClosed = false;
+  private failures = 0;
+  private quitRequested = false;
+  private abort: AbortController | undefined;
+  // progress line state (interactive only)
+  private progressTimer: NodeJS.Timeout | undefined;
+  private progressShown = false;
+  private progressBusy = false;
+  /** a status line sits on the current line while a command runs */
+  private busyLineShown = false;
+  private readonly onMigration = (s: MigrationStatus) => this.migrationChanged(s);
+
+  constructor(private readonly opts: ConsoleOptions) {
+    this.done = new Promise((res) => { this.resolveDone = res; });
+  }
+
+  /** Starts reading (or running -e commands). */
+  start(): void {
+    const o = this.opts;
+    if (o.commands) {
+      for (const c of o.commands) this.queue.push(c);
+      this.inputClosed = true;
+      void this.pump();
+      return;
+    }
+    if (o.interactive) this.startInteractive();
+    else this.startScript();
+  }
+
+  /** Ends the console from outside (QMP `quit`, a signal). */
+  close(): void { this.finish('closed'); }
+
+  private startScript(): void {
+    const rl = createInterface({ input: this.opts.input, terminal: false, crlfDelay: Infinity });
+    this.rl = rl;
+    rl.on('line', (line) => { this.queue.push(line); void this.pump(); });
+    rl.on('close', () => { this.inputClosed = true; void this.pump(); });
+  }
+
+  private startInteractive(): void {
+    const o = this.opts;
+    const history = o.historyFile ? loadHistory(o.historyFile) : [];
+    const rl = createInterface({
+      input: o.input,
+      output: o.output,
+      terminal: true,
+      prompt: '(qemu) ',
+      history,
+      historySize: HISTORY_SIZE,
+      removeHistoryDuplicates: true,
+      completer: (line: string) => o.registry.complete(line),
+    });
+    this.rl = rl;
+    rl.on('history', (h: string[]) => { if (o.historyFile) saveHistory(o.historyFile, h); });
+    rl.on('line', (line) => {
+      this.progressShown = false; // the prompt line scrolled up
+      this.queue.push(line);
+      void this.pump();
+    });
+    rl.on('SIGINT', () => {
+      if (this.busy && this.abort) { this.abort.abort(); return; }
+      // clear the line being typed, as a shell does
+      rl.write(null, { ctrl: true, name: 'e' });
+      rl.write(null, { ctrl: true, name: 'u' });
+      this.opts.output.write('^C\n');
+      this.progressShown = false;
+      rl.prompt();
+    });
+    rl.on('close', () => {
+      // Ctrl-D on an empty line (or the terminal went away)
+      this.inputClosed = true;
+      if (!this.ended) this.opts.output.write('\n');
+      void this.pump();
+    });
+    if (o.banner) o.output.write(o.banner);
+    o.machine.events.on('migration', this.onMigration);
+    const st = o.machine.queryMigrate().status;
+    if (st !== 'none' && !TERMINAL_STATUSES.has(st)) this.startProgress();
+    rl.prompt();
+  }
+
+  /** Runs queued lines one at a time. */
+  private async pump(): Promise<void> {
+    if (this.busy || this.ended) return;
+    this.busy = true;
+    try {
+      while (this.queue.length > 0 && !this.ended) {
+        const line = this.queue.shift() as string;
+        const r = await this.runLine(line);
+        if (this.ended) return;
+        this.print(r.text, !r.ok);
+        if (!r.ok) {
+          this.failures++;
+          if (this.opts.exitOnError) { this.finish('error'); return; }
+        }
+        if (this.quitRequested) { this.finish('quit'); return; }
+      }
+    } finally {
+      this.busy = false;
+    }
+    if (this.inputClosed && this.queue.length === 0) { this.finish('eof'); return; }
+    if (this.opts.interactive && this.rl) this.rl.prompt();
+  }
+
+  private async runLine(raw: string): Promise<HmpRunResult> {
+    const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
+    if (line.length > MAX_LINE) {
+      return { ok: false, text: `Error: line too long (${line.length} characters; the monitor takes at most ${MAX_LINE})\n` };
+    }
+    // comments let scripts explain themselves (QEMU has none; ours)
+    if (/^\s*#/.test(line)) return { ok: true, text: '' };
+    this.abort = new AbortController();
+    const ctx: CommandContext = {
+      machine: this.opts.machine,
+      registry: this.opts.registry,
+      canWait: true,
+      color: this.opts.color,
+      signal: this.abort.signal,
+      requestQuit: () => { this.quitRequested = true; },
+    };
+    try {
+      return await this.opts.registry.runHmp(ctx, line);
+    } catch (e) {
+      // a bug in a handler: report it and keep the console alive
+      const msg = e instanceof Error ? e.message : String(e);
+      return { ok: false, text: `Error: internal error: ${msg}\n` };
+    } finally {
+      this.abort = undefined;
+    }
+  }
+
+  private print(text: string, isError: boolean): void {
+    if (text === '') return;
+    const c = painter(this.opts.color);
+    const out = isError && this.opts.color ? text.split('\n').map((l) => (l === '' ? l : c.red(l))).join('\n') : text;
+    if (this.opts.interactive) {
+      this.progressShown = false;
+      if (this.busyLineShown) this.opts.output.write('\r\x1b[2K');
+      this.busyLineShown = false;
+    }
+    this.opts.output.write(out);
+  }
+
+  private finish(end: ConsoleEnd): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.stopProgress();
+    this.opts.machine.events.off('migration', this.onMigration);
+    const rl = this.rl;
+    this.rl = undefined;
+    if (rl) {
+      rl.removeAllListeners('close');
+      rl.close();
+    }
+    if (this.opts.interactive) this.opts.input.setRawMode?.(false);
+    this.abort?.abort();
+    this.resolveDone({ end, failures: this.failures });
+    if (end === 'quit') this.opts.requestQuit();
+  }
+
+  // ---------------------------------------------------------------- progress
+
+  private migrationChanged(s: MigrationStatus): void {
+    if (this.ended) return;
+    if (TERMINAL_STATUSES.has(s)) {
+      this.stopProgress();
+      const info = this.opts.machine.queryMigrate();
+      const c = painter(this.opts.color);
+      let line: string;
+      if (s === 'completed') {
+        const t = info['total-time'] !== undefined ? ` in ${info['total-time']} ms` : '';
+        const d = info.downtime !== undefined ? `, downtime ${info.downtime} ms` : '';
+        line = c.green(`migration completed${t}${d}`);
+      } else if (s === 'failed') {
+        line = c.red(`migration failed${info['error-desc'] ? `: ${info['error-desc']}` : ''}`);
+      } else {
+        line = c.yellow('migration cancelled');
+      }
+      this.showStatusLine(line);
+      this.progressShown = false;
+    } else if (s !== 'none') {
+      this.startProgress();
+      void this.drawProgress();
+    }
+  }
+
+  private startProgress(): void {
+    if (this.progressTimer || !this.opts.interactive) return;
+    this.progressTimer = setInterval(() => { void this.drawProgress(); }, PROGRESS_INTERVAL_MS);
+    this.progressTimer.unref();
+  }
+
+  private stopProgress(): void {
+    if (this.progressTimer) clearInterval(this.progressTimer);
+    this.progressTimer = undefined;
+  }
+
+  private async drawProgress(): Promise<void> {
+    if (this.progressBusy || this.ended) return;
+    this.progressBusy = true;
+    try {
+      const m = this.opts.machine;
+      const info = m.queryMigrate();
+      if (info.status === 'none' || TERMINAL_STATUSES.has(info.status)) return;
+      let blocktimeMs: number | undefined;
+      if (info.status === 'postcopy-active') {
+        try { blocktimeMs = (await m.blocktime())?.['postcopy-blocktime']; } catch { /* figures not reachable now */ }
+      }
+      if (this.ended || !this.progressTimer) return;
+      this.showStatusLine(formatProgress(m.queryMigrate(), blocktimeMs, this.opts.color));
+    } finally {
+      this.progressBusy = false;
+    }
+  }
+
+  /** Shows `text` on the line above the prompt without touching the line
+   *  being typed: the first time the prompt line is pushed down by one, later
+   *  the same line is rewritten in place (cursor saved and restored). */
+  private showStatusLine(text: string): void {
+    const rl = this.rl;
+    const out = this.opts.output;
+    if (!rl || !this.opts.interactive) return;
+    const width = Math.max(20, (out.columns ?? 80) - 1);
+    const fitted = fitWidth(text, width);
+    if (this.busy) {
+      // a command runs (e.g. a synchronous migrate): no prompt on screen,
+      // keep the status on the current line
+      out.write(`\r\x1b[2K${fitted}`);
+      this.progressShown = false;
+      this.busyLineShown = true;
+      if (TERMINAL_STATUSES.has(this.opts.machine.queryMigrate().status)) {
+        out.write('\n');
+        this.busyLineShown = false;
+      }
+      return;
+    }
+    if (!this.progressShown) {
+      out.write('\r\x1b[2K');
+      out.write(`${fitted}\n`);
+      rl.prompt(true);
+      this.progressShown = true;
+      return;
+    }
+    const rows = rl.getCursorPos().rows + 1;
+    out.write(`\x1b7\x1b[${rows}A\r\x1b[2K${fitted}\x1b8`);
+  }
+}
+
+/** Cuts a line with ANSI colours to `width` visible characters. */
+function fitWidth(text: string, width: number): string {
+  // eslint-disable-next-line no-control-regex
+  const visible = text.replace(/\x1b\[[0-9;]*m/g, '');
+  if (visible.length <= width) return text;
+  return `${visible.slice(0, width - 3)}...`;
+}
+
+/** Reads a history file (oldest first) into readline's order (newest first). */
+export function loadHistory(file: string): string[] {
+  try {
+    return readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() !== '').slice(-HISTORY_SIZE).reverse();
+  } catch {
+    return [];
+  }
+}
+
+/** Writes readline's history (newest first) to the file, oldest first, bounded. */
+export function saveHistory(file: string, newestFirst: readonly string[]): void {
+  try {
+    mkdirSync(dirname(file), { recursive: true });
+    const lines = newestFirst.slice(0, HISTORY_SIZE).reverse();
+    writeFileSync(file, lines.length ? `${lines.join('\n')}\n` : '', { mode: 0o600 });
+  } catch {
+    // history is a convenience: an unwritable file must not break the console
+  }
+}

@@ -1,0 +1,219 @@
+// The VM command line in QEMU's spelling: -m, -smp, -incoming, -qmp,
+// -monitor, -S, plus ours (-workload, -e, --exit-on-error). Every option also
+// takes the double-dash spelling (--smp 4), and "-opt=value" as QEMU allows.
+// Parsing is pure: it returns the options or throws VmOptionError naming the
+// option and what is wrong; vm-main prints that and exits with status 1.
+// With no arguments at all the result is the lab of `npm start`: a source VM
+// of 256 MiB, 2 vCPUs, the `sweep` workload, the console on stdio.
+
+import { parseMigrationUri } from './migration/uri.js';
+
+export class VmOptionError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'VmOptionError';
+  }
+}
+
+/** A parsed `-qmp` value; vm-main hands `spec` to startQmpServer, which
+ *  checks the transport options in detail. */
+export interface QmpOption {
+  /** the -qmp argument as given, e.g. "unix:/tmp/q.sock,server=on,wait=off" */
+  spec: string;
+  transport: 'unix' | 'tcp';
+  /** unix: the socket path; tcp: "HOST:PORT" */
+  address: string;
+}
+
+export interface VmOptions {
+  ramBytes: number;
+  vcpus: number;
+  /** workload spec text, NAME[,key=value...] (parsed by the vm module) */
+  workload: string;
+  /** -incoming: a URI (tcp:HOST:PORT, unix:PATH) or "defer" */
+  incoming?: string;
+  qmp: QmpOption[];
+  monitor: 'stdio' | 'none';
+  /** -S: vCPUs start paused */
+  startPaused: boolean;
+  /** -e: console commands to run instead of reading stdin */
+  execute?: string[];
+  /** --exit-on-error: the first failing console command ends the process (status 1) */
+  exitOnError: boolean;
+  help: boolean;
+  version: boolean;
+}
+
+export const DEFAULT_RAM_BYTES = 256 * 2 ** 20;
+export const DEFAULT_VCPUS = 2;
+export const DEFAULT_WORKLOAD = 'sweep';
+export const MAX_VCPUS = 256;
+const PAGE = 4096;
+
+export const USAGE = `usage: postcopy [options]
+       postcopy run [options]             batch source+destination run (see 'postcopy run --help')
+       postcopy blocktime-replay FILE     report of a recorded blocktime trace
+
+One VM per process, driven like QEMU. With no options: the local lab, a
+source VM (256 MiB, 2 vCPUs, workload 'sweep') with the console on stdio;
+'migrate' with no URI starts a matching destination process on loopback.
+
+Options (QEMU spelling; --name works too):
+  -m SIZE            guest RAM (default 256M; suffixes K M G, MiB when none)
+  -smp N             number of vCPUs (default 2)
+  -workload NAME[,key=value...]
+                     what the vCPUs run (default sweep)
+  -incoming URI      wait for an incoming migration: tcp:HOST:PORT, unix:PATH,
+                     or defer (start it later with migrate_incoming)
+  -qmp unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off
+                     QMP server (may be given more than once)
+  -monitor stdio|none
+                     the HMP console on stdin/stdout (default) or none
+  -S                 start with the vCPUs paused ('cont' starts them)
+  -e 'CMD; CMD'      run these console commands, then quit
+  --exit-on-error    in a script or -e, the first failing command ends the
+                     process with status 1 (otherwise errors print and the
+                     script goes on)
+  -h, --help         this help
+  --version          the version
+`;
+
+/** QEMU -m: "256", "256M", "1G", "size=1G"; MiB when there is no suffix. */
+export function parseRamSize(text: string): number {
+  let t = text;
+  const opts = t.split(',');
+  if (opts.length > 1) {
+    throw new VmOptionError(`-m ${text}: only the size is supported (no slots=/maxmem=)`);
+  }
+  if (t.startsWith('size=')) t = t.slice(5);
+  const m = /^([0-9]+(?:\.[0-9]+)?)([kKmMgGtT]i?[bB]?|[bB])?$/.exec(t);
+  if (!m) throw new VmOptionError(`-m ${text}: invalid size (write e.g. 256M, 1G or 512)`);
+  const unit = (m[2] ?? 'M')[0].toUpperCase();
+  const mul = unit === 'B' ? 1 : unit === 'K' ? 2 ** 10 : unit === 'M' ? 2 ** 20 : unit === 'G' ? 2 ** 30 : 2 ** 40;
+  const bytes = Number(m[1]) * mul;
+  if (!Number.isSafeInteger(bytes) || bytes <= 0) throw new VmOptionError(`-m ${text}: the size must be above 0`);
+  if (bytes % PAGE !== 0) throw new VmOptionError(`-m ${text}: the size must be a multiple of the 4 KiB page size`);
+  return bytes;
+}
+
+/** QEMU -smp: "N" or "cpus=N". */
+export function parseSmp(text: string): number {
+  const m = /^(?:cpus=)?([0-9]+)$/.exec(text);
+  if (!m) {
+    throw new VmOptionError(`-smp ${text}: expected a number of vCPUs (e.g. -smp 4); sockets/cores/threads are not supported`);
+  }
+  const n = Number(m[1]);
+  if (n < 1 || n > MAX_VCPUS) throw new VmOptionError(`-smp ${text}: the number of vCPUs must be from 1 to ${MAX_VCPUS}`);
+  return n;
+}
+
+/** -incoming: "defer" or a migration URI, checked by the migration code's
+ *  parser so that both report a bad address the same way. */
+export function parseIncoming(text: string): string {
+  if (text === 'defer') return text;
+  try {
+    parseMigrationUri(text);
+  } catch (e) {
+    throw new VmOptionError(`-incoming ${text}: ${e instanceof Error ? e.message : String(e)} (or 'defer')`);
+  }
+  return text;
+}
+
+/** Checks the form of -qmp (transport and address); startQmpServer checks
+ *  the server=/wait= options with its own messages. */
+export function parseQmpOption(text: string): QmpOption {
+  const head = text.split(',')[0];
+  if (head.startsWith('unix:') && head.length > 5) return { spec: text, transport: 'unix', address: head.slice(5) };
+  if (/^tcp:.*:[0-9]+$/.test(head)) return { spec: text, transport: 'tcp', address: head.slice(4) };
+  throw new VmOptionError(`-qmp ${text}: expected unix:PATH,server=on,wait=off or tcp:HOST:PORT,server=on,wait=off`);
+}
+
+/** Splits a -e one-liner on ';' outside double quotes. */
+export function splitCommands(text: string): string[] {
+  const out: string[] = [];
+  let cur = '';
+  let quoted = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (ch === '\\' && quoted && i + 1 < text.length) { cur += ch + text[++i]; continue; }
+    if (ch === '"') quoted = !quoted;
+    if (ch === ';' && !quoted) { out.push(cur); cur = ''; continue; }
+    cur += ch;
+  }
+  out.push(cur);
+  return out.map((s) => s.trim()).filter((s) => s !== '');
+}
+
+type Handler = (v: string, o: VmOptions) => void;
+
+/** Options that take a value, by name (without dashes). */
+const WITH_VALUE: Record<string, Handler> = {
+  m: (v, o) => { o.ramBytes = parseRamSize(v); },
+  smp: (v, o) => { o.vcpus = parseSmp(v); },
+  workload: (v, o) => {
+    if (!/^[A-Za-z0-9_-]+(,[A-Za-z0-9_.-]+=[^,]*)*$/.test(v)) {
+      throw new VmOptionError(`-workload ${v}: expected NAME[,key=value...]`);
+    }
+    o.workload = v;
+  },
+  incoming: (v, o) => { o.incoming = parseIncoming(v); },
+  qmp: (v, o) => { o.qmp.push(parseQmpOption(v)); },
+  monitor: (v, o) => {
+    if (v !== 'stdio' && v !== 'none') throw new VmOptionError(`-monitor ${v}: only 'stdio' and 'none' are supported`);
+    o.monitor = v;
+  },
+  e: (v, o) => {
+    const cmds = splitCommands(v);
+    if (cmds.length === 0) throw new VmOptionError(`-e: no command given`);
+    o.execute = [...(o.execute ?? []), ...cmds];
+  },
+};
+
+/** Options without a value. */
+const FLAGS: Record<string, (o: VmOptions) => void> = {
+  S: (o) => { o.startPaused = true; },
+  'exit-on-error': (o) => { o.exitOnError = true; },
+  h: (o) => { o.help = true; },
+  help: (o) => { o.help = true; },
+  version: (o) => { o.version = true; },
+};
+
+export function defaultVmOptions(): VmOptions {
+  return {
+    ramBytes: DEFAULT_RAM_BYTES, vcpus: DEFAULT_VCPUS, workload: DEFAULT_WORKLOAD, qmp: [],
+    monitor: 'stdio', startPaused: false, exitOnError: false, help: false, version: false,
+  };
+}
+
+/** Parses the VM command line (argv without node and script). */
+export function parseVmOptions(argv: readonly string[]): VmOptions {
+  const o = defaultVmOptions();
+  const seen = new Set<string>();
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (!arg.startsWith('-') || arg === '-' || arg === '--') {
+      throw new VmOptionError(`unexpected argument '${arg}' (options start with '-'; see --help)`);
+    }
+    const body = arg.replace(/^--?/, '');
+    const eq = body.indexOf('=');
+    const name = eq > 0 ? body.slice(0, eq) : body;
+    const inline = eq > 0 ? body.slice(eq + 1) : undefined;
+    if (name in FLAGS) {
+      if (inline !== undefined) throw new VmOptionError(`-${name} takes no value`);
+      FLAGS[name](o);
+      continue;
+    }
+    const handler = WITH_VALUE[name];
+    if (!handler) throw new VmOptionError(`unknown option '${arg}' (see --help)`);
+    let value = inline;
+    if (value === undefined) {
+      if (i + 1 >= argv.length) throw new VmOptionError(`-${name} needs a value (see --help)`);
+      value = argv[++i];
+    }
+    if (seen.has(name) && name !== 'qmp' && name !== 'e') throw new VmOptionError(`-${name} given twice`);
+    seen.add(name);
+    handler(value, o);
+  }
+  if (o.monitor === 'none' && o.execute) throw new VmOptionError(`-e needs the console: drop '-monitor none'`);
+  return o;
+}

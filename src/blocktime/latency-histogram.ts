@@ -85,7 +85,8 @@ export class HdrRows {
   /**
    * Nearest-rank percentiles of one row: for each whole percent p in `ps`
    * (ascending, 0 < p <= 100), the value of the bucket that holds the
-   * ceil(p*count/100)-th smallest latency, capped at `max` (the exact maximum).
+   * ceil(p*count/100)-th smallest latency, capped at `max` (the exact
+   * maximum, which is also the answer when the rank is the last sample).
    * Writes into `out`; zeros when the row is empty.
    */
   percentiles(row: number, ps: readonly number[], max: number, out: number[]): void {
@@ -99,8 +100,11 @@ export class HdrRows {
       const c = this.counts[base + b];
       if (c === 0) continue;
       seen += c;
-      while (k < ps.length && seen >= Math.max(1, Math.ceil((ps[k] * total) / 100))) {
-        out[k] = Math.min(hdrBucketValue(b), max);
+      while (k < ps.length) {
+        const rank = Math.max(1, Math.ceil((ps[k] * total) / 100));
+        if (seen < rank) break;
+        // the largest sample is known exactly
+        out[k] = rank >= total ? max : Math.min(hdrBucketValue(b), max);
         k++;
       }
     }

@@ -74,7 +74,8 @@ export async function replayTrace(path: string): Promise<BlocktimeReport> {
 
       const ev = o.ev;
       if (typeof ev !== 'string' || !(TRACE_EVENTS as readonly string[]).includes(ev)) {
-        fail(`unknown "ev" ${JSON.stringify(ev)} (expected "fault", "placed" or "end")`);
+        const what = ev === undefined ? '"ev" is missing' : `unknown "ev" ${JSON.stringify(ev)}`;
+        fail(`${what} (expected "fault", "placed" or "end")`);
       }
       const t = o.t;
       if (!isUint(t)) fail('"t" must be a non-negative integer');

@@ -132,6 +132,8 @@ function errorReply(errorClass: string, desc: string, id?: { value: unknown }): 
 
 class QmpSession {
   negotiated = false;
+  /** the client half-closed: answer what it sent, then close our side */
+  private inputEnded = false;
   private queue: SplitResult[] = [];
   private pumping = false;
   private readonly splitter: QmpStreamSplitter;
@@ -139,7 +141,11 @@ class QmpSession {
   constructor(readonly socket: Socket, private readonly server: QmpServer) {
     this.splitter = new QmpStreamSplitter((r) => this.enqueue(r), server.maxMessageBytes);
     socket.on('data', (d: Buffer) => this.splitter.feed(d));
-    socket.on('end', () => { this.splitter.end(); });
+    socket.on('end', () => {
+      this.splitter.end();
+      this.inputEnded = true;
+      if (!this.pumping) this.socket.end();
+    });
   }
 
   private enqueue(r: SplitResult): void {
@@ -168,6 +174,7 @@ class QmpSession {
     } finally {
       this.pumping = false;
     }
+    if (this.inputEnded) { this.socket.end(); return; }
     if (this.socket.isPaused() && !this.socket.destroyed) this.socket.resume();
   }
 
@@ -288,7 +295,9 @@ export class QmpServer {
     this.maxMessageBytes = opts.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
     this.maxPendingOutputBytes = opts.maxPendingOutputBytes ?? 64 << 20;
     this.lastRunState = machine.runState();
-    this.net = createServer((socket) => this.accept(socket));
+    // half-open: a client that shuts down its side after sending (nc -N,
+    // socat at the end of its input) still gets every reply
+    this.net = createServer({ allowHalfOpen: true }, (socket) => this.accept(socket));
     this.net.on('error', (e) => process.stderr.write(`qmp: server error: ${e.message}\n`));
   }
 

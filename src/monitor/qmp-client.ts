@@ -90,8 +90,8 @@ interface Pending {
 export class QmpClient extends EventEmitter {
   /** every event received so far (the last MAX_EVENT_LOG), oldest first */
   readonly events: QmpEvent[] = [];
+  /** in request order (a Map iterates in insertion order): the first is the oldest */
   private pending = new Map<number, Pending>();
-  private order: number[] = [];
   private nextId = 1;
   private chunks: Buffer[] = [];
   private chunkBytes = 0;
@@ -175,13 +175,11 @@ export class QmpClient extends EventEmitter {
       if (opts.timeoutMs !== undefined) {
         p.timer = setTimeout(() => {
           if (this.pending.delete(id)) {
-            this.order = this.order.filter((x) => x !== id);
             reject(new Error(`QMP ${this.address}: no reply to '${command}' within ${opts.timeoutMs} ms`));
           }
         }, opts.timeoutMs);
       }
       this.pending.set(id, p);
-      this.order.push(id);
       this.socket.write(`${JSON.stringify(req)}\r\n`);
     });
   }
@@ -224,12 +222,11 @@ export class QmpClient extends EventEmitter {
     this.socket.on('close', () => {
       this.closed = true;
       const err = new Error(`QMP ${this.address}: connection closed${this.closeError ? ` (${this.closeError.message})` : ''}`);
-      for (const id of this.order) {
-        const p = this.pending.get(id);
-        if (p) { if (p.timer) clearTimeout(p.timer); p.reject(err); }
+      for (const p of this.pending.values()) {
+        if (p.timer) clearTimeout(p.timer);
+        p.reject(err);
       }
       this.pending.clear();
-      this.order = [];
       this.emit('close');
     });
   }
@@ -276,11 +273,10 @@ export class QmpClient extends EventEmitter {
     }
     if (!('return' in msg) && !('error' in msg)) return;
     // replies come in request order; one without an id (a parse error) answers the oldest request
-    const id = typeof msg.id === 'number' && this.pending.has(msg.id) ? msg.id : this.order[0];
+    const id = typeof msg.id === 'number' && this.pending.has(msg.id) ? msg.id : this.pending.keys().next().value;
     if (id === undefined) return;
     const p = this.pending.get(id);
     this.pending.delete(id);
-    this.order = this.order[0] === id ? this.order.slice(1) : this.order.filter((x) => x !== id);
     if (!p) return;
     if (p.timer) clearTimeout(p.timer);
     if ('error' in msg) {

@@ -1,5 +1,193 @@
-// Placeholder: the module that owns this subcommand replaces this file.
-export async function main(_argv: string[]): Promise<number> {
-  process.stderr.write('postcopy: not built yet\n');
-  return 1;
+// `postcopy [options]`: one VM with its monitors, as one QEMU process is.
+// Parses the command line (vm-options.ts), builds the Machine, starts the
+// QMP servers and the HMP console, and owns the one way out: shutdown()
+// (from `quit` on either monitor, the end of a script, Ctrl-D, SIGTERM/SIGINT)
+// quits the machine, closes the servers and sets the exit status.
+// The engine (machine, vm) is loaded only once the options are good, so
+// --help, --version and option errors answer without loading native code.
+
+import { readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { CommandError } from './errors.js';
+import type { Machine } from './migration/api.js';
+import { parseVmOptions, USAGE, VmOptionError, type VmOptions } from './vm-options.js';
+import { createRegistry } from './monitor/commands.js';
+import { HmpConsole } from './monitor/hmp.js';
+import { colorWanted, formatBanner } from './monitor/format.js';
+import type { Registry } from './monitor/registry.js';
+
+/** What vm-main needs from the engine (src/machine.ts and src/vm/). */
+export interface VmEngine {
+  createMachine(opts: VmOptions): Promise<Machine>;
+}
+
+/** A started monitor server that can be closed (the QMP server). */
+interface Closable { close(): Promise<void> }
+
+export interface VmIo {
+  stdin: NodeJS.ReadStream;
+  stdout: NodeJS.WriteStream;
+  stderr: NodeJS.WritableStream;
+  env: NodeJS.ProcessEnv;
+}
+
+function version(): string {
+  for (const rel of ['../package.json', '../../package.json']) {
+    try {
+      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as { name?: string; version?: string };
+      if (pkg.name === 'postcopy' && pkg.version) return pkg.version;
+    } catch { /* try the next place */ }
+  }
+  return 'unknown';
+}
+
+const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
+
+/** The real engine: the Machine factory of src/machine.ts. */
+async function loadEngine(): Promise<VmEngine> {
+  const machineModule = './machine.js';
+  const load = async (spec: string): Promise<unknown> => {
+    try {
+      return await import(spec);
+    } catch (e) {
+      throw new Error(`this build has no VM engine (${spec} does not load: ${message(e)}); run 'npm run build'`);
+    }
+  };
+  const mod = (await load(machineModule)) as {
+    createMachine?: (o: { ramBytes: number; vcpus: number; workload: unknown; incoming?: string; startPaused: boolean }) => Promise<Machine>;
+  };
+  const workloadModule = './vm/workload.js';
+  const wl = (await load(workloadModule)) as { parseWorkload?: (text: string, ramBytes: number) => unknown };
+  const create = mod.createMachine;
+  const parseWorkload = wl.parseWorkload;
+  if (typeof create !== 'function' || typeof parseWorkload !== 'function') {
+    throw new Error('this build has no VM engine (createMachine/parseWorkload missing)');
+  }
+  return {
+    createMachine: (o) => create({
+      ramBytes: o.ramBytes, vcpus: o.vcpus, workload: parseWorkload(o.workload, o.ramBytes),
+      incoming: o.incoming, startPaused: o.startPaused,
+    }),
+  };
+}
+
+type StartQmp = (machine: Machine, spec: string, registry: Registry,
+  opts: { requestQuit?: () => void }) => Promise<Closable & { address: string }>;
+
+/** The QMP server's entry point, or undefined when this build has none. */
+async function loadQmp(): Promise<{ start: StartQmp; check: (spec: string) => void } | undefined> {
+  try {
+    const qmpModule = './monitor/qmp.js';
+    const mod = (await import(qmpModule)) as { startQmpServer?: StartQmp; parseQmpSpec?: (s: string) => unknown };
+    if (typeof mod.startQmpServer !== 'function') return undefined;
+    const parse = mod.parseQmpSpec;
+    return { start: mod.startQmpServer, check: (s) => { if (typeof parse === 'function') parse(s); } };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Runs one VM until it quits; resolves with the exit status. */
+export async function runVm(opts: VmOptions, loadEngine: () => Promise<VmEngine>, io: VmIo): Promise<number> {
+  const err = (s: string) => io.stderr.write(`postcopy: ${s}\n`);
+
+  // -qmp is checked before the VM exists, so a typo costs nothing
+  const qmp = opts.qmp.length > 0 ? await loadQmp() : undefined;
+  if (opts.qmp.length > 0) {
+    if (!qmp) { err('-qmp: this build has no QMP server'); return 1; }
+    for (const q of opts.qmp) {
+      try { qmp.check(q.spec); } catch (e) { err(message(e)); return 1; }
+    }
+  }
+
+  let machine: Machine;
+  try {
+    const engine = await loadEngine();
+    machine = await engine.createMachine(opts);
+  } catch (e) {
+    err(e instanceof CommandError || e instanceof Error ? message(e) : String(e));
+    return 1;
+  }
+
+  const registry = createRegistry();
+  const servers: Closable[] = [];
+  let console: HmpConsole | undefined;
+  let exitCode = 0;
+  let resolveExit!: (code: number) => void;
+  const exited = new Promise<number>((res) => { resolveExit = res; });
+  let shuttingDown = false;
+
+  const shutdown = (code: number): void => {
+    if (shuttingDown) return;
+    shuttingDown = true;
+    exitCode = code;
+    void (async () => {
+      console?.close();
+      for (const s of servers) await s.close().catch(() => undefined);
+      await machine.quit().catch((e: unknown) => err(`quit: ${message(e)}`));
+      resolveExit(exitCode);
+    })();
+  };
+  const onSignal = (sig: NodeJS.Signals) => {
+    err(`terminating on signal ${sig === 'SIGINT' ? 2 : 15}`);
+    shutdown(0);
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  machine.events.once('shutdown', () => shutdown(exitCode));
+
+  for (const q of opts.qmp) {
+    try {
+      const server = await (qmp as { start: StartQmp }).start(machine, q.spec, registry, { requestQuit: () => shutdown(0) });
+      servers.push(server);
+    } catch (e) {
+      err(message(e));
+      shutdown(1);
+      return finish(await exited);
+    }
+  }
+
+  if (opts.monitor === 'stdio') {
+    const interactive = io.stdin.isTTY === true && !opts.execute;
+    const color = colorWanted(io.stdout, io.env);
+    const info = machine.info();
+    const listen = opts.incoming;
+    console = new HmpConsole({
+      machine, registry, input: io.stdin, output: io.stdout, interactive,
+      commands: opts.execute, exitOnError: opts.exitOnError, color,
+      historyFile: interactive ? (io.env.POSTCOPY_HISTORY || join(homedir(), '.postcopy_history')) : undefined,
+      banner: interactive ? formatBanner(info, version(), color, info.role === 'source', listen) : undefined,
+      requestQuit: () => shutdown(0),
+    });
+    console.start();
+    void console.done.then((r) => {
+      if (r.end === 'error') shutdown(1);
+      else if (r.end === 'eof') shutdown(0);
+    });
+  }
+
+  return finish(await exited);
+
+  function finish(code: number): number {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+    // whatever native thread or socket might still hold the loop, the VM is over
+    setTimeout(() => process.exit(code), 3000).unref();
+    return code;
+  }
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let opts: VmOptions;
+  try {
+    opts = parseVmOptions(argv);
+  } catch (e) {
+    if (!(e instanceof VmOptionError)) throw e;
+    process.stderr.write(`postcopy: ${e.message}\n`);
+    return 1;
+  }
+  if (opts.help) { process.stdout.write(USAGE); return 0; }
+  if (opts.version) { process.stdout.write(`postcopy ${version()}\n`); return 0; }
+  return runVm(opts, loadEngine, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, env: process.env });
 }

@@ -4,10 +4,11 @@
 // clock is injected, events come from EventEmitters, output is a report
 // object, and an optional TraceSink receives every accounted event.
 //
-// Per event the cost is O(1) whatever the number of vCPUs (a Map lookup by
-// thread id, a typed-array hash lookup by page address) and steady state
-// allocates nothing (pooled wait records, preallocated per-vCPU arrays and
-// histograms).
+// Per event the cost is O(1) whatever the number of vCPUs (typed-array hash
+// lookups by thread id and by page address) and steady state allocates
+// nothing (pooled wait records, preallocated per-vCPU state and histograms).
+// A vCPU's figures share one cache line (8 doubles), so a fault touches the
+// same amount of memory with 1 vCPU or 512.
 //
 // Rules (REFERENCE.md §1, without upstream's multi-fault quirk):
 //  - a vCPU is blocked from its first outstanding fault until its last one is
@@ -19,11 +20,11 @@
 //    kept in the blocktime; they get no latency (their page never came).
 
 import type { EventEmitter } from 'node:events';
-import { CommandError } from '../errors.js';
 import { TERMINAL_STATUSES, type MigrationStatus } from '../migration/api.js';
 import { monotonicNs, type Clock } from './clock.js';
 import { HdrRows, hdrBucket, qemuLatencyBucket } from './latency-histogram.js';
 import { PageWaiters } from './page-waiters.js';
+import { VcpuThreads } from './vcpu-threads.js';
 import { floorAverage, nsToMs } from './report.js';
 import type { TraceSink } from './trace.js';
 import { LATENCY_BUCKETS, type BlocktimeReport, type VcpuBlocktimeStats } from './types.js';
@@ -46,13 +47,26 @@ export interface BlocktimeContextOptions {
 
 export type BlocktimeContextState = 'live' | 'final' | 'destroyed';
 
+// Per-vCPU fields, one cache line (8 doubles) per vCPU.
+const STRIDE = 8;
+/** faults seen and not yet resolved */
+const OUTSTANDING = 0;
+/** when the current blocked interval began */
+const DOWN_SINCE = 1;
+/** sum of closed blocked intervals */
+const BLOCKED = 2;
+const FAULTS = 3;
+const RESOLVED = 4;
+const LATENCY_SUM = 5;
+const LATENCY_MAX = 6;
+
 /** Percentiles read from the histograms, in whole percent. */
 const PERCENTILES = [50, 90, 99] as const;
 
 export class BlocktimeContext {
   readonly vcpus: number;
   private readonly threadIds: readonly number[];
-  private readonly tidToVcpu: Map<number, number>;
+  private readonly tidToVcpu: VcpuThreads;
   private readonly clock: Clock;
   private trace: TraceSink | undefined;
   private waiters: PageWaiters;
@@ -60,14 +74,8 @@ export class BlocktimeContext {
   private readonly startNs: number;
   private endNs = 0;
 
-  // per vCPU
-  private readonly outstanding: Int32Array;
-  private readonly downSince: Float64Array;
-  private readonly blockedNs: Float64Array;
-  private readonly vcpuFaults: Float64Array;
-  private readonly vcpuResolved: Float64Array;
-  private readonly vcpuLatencySum: Float64Array;
-  private readonly vcpuLatencyMax: Float64Array;
+  /** per vCPU v, at v*STRIDE + one of the field offsets below */
+  private readonly vs: Float64Array;
 
   // all vCPUs blocked at once
   private cpusDown = 0;
@@ -99,30 +107,12 @@ export class BlocktimeContext {
 
   constructor(opts: BlocktimeContextOptions) {
     const tids = opts.vcpuThreadIds;
-    if (!Array.isArray(tids) || tids.length === 0) {
-      throw new CommandError('blocktime: the VM must have at least one vCPU thread id');
-    }
-    this.tidToVcpu = new Map();
-    tids.forEach((tid, i) => {
-      if (!Number.isSafeInteger(tid) || tid < 0) {
-        throw new CommandError(`blocktime: vCPU ${i} thread id must be a non-negative integer, got ${String(tid)}`);
-      }
-      if (this.tidToVcpu.has(tid)) {
-        throw new CommandError(`blocktime: thread id ${tid} is given for vCPU ${this.tidToVcpu.get(tid)} and vCPU ${i}`);
-      }
-      this.tidToVcpu.set(tid, i);
-    });
+    this.tidToVcpu = new VcpuThreads(tids);
     const n = tids.length;
     this.vcpus = n;
     this.threadIds = [...tids];
     this.clock = opts.clock ?? monotonicNs;
-    this.outstanding = new Int32Array(n);
-    this.downSince = new Float64Array(n);
-    this.blockedNs = new Float64Array(n);
-    this.vcpuFaults = new Float64Array(n);
-    this.vcpuResolved = new Float64Array(n);
-    this.vcpuLatencySum = new Float64Array(n);
-    this.vcpuLatencyMax = new Float64Array(n);
+    this.vs = new Float64Array(n * STRIDE);
     this.hdr = new HdrRows(n + 1);
     this.waiters = new PageWaiters(opts.expectedFaults ?? Math.max(64, 2 * n));
 
@@ -153,17 +143,18 @@ export class BlocktimeContext {
     if (this.stateNow !== 'live') return;
     const t = this.clock();
     if (this.trace !== undefined) this.trace.fault(t, addr, tid);
-    const found = this.tidToVcpu.get(tid);
-    const v = found === undefined ? -1 : found;
+    const v = this.tidToVcpu.indexOf(tid);
     this.waiters.add(addr, t, v);
     this.faults++;
     if (v < 0) {
       this.nonVcpuFaults++;
       return;
     }
-    this.vcpuFaults[v]++;
-    if (this.outstanding[v]++ === 0) {
-      this.downSince[v] = t;
+    const vs = this.vs;
+    const o = v * STRIDE;
+    vs[o + FAULTS]++;
+    if (vs[o + OUTSTANDING]++ === 0) {
+      vs[o + DOWN_SINCE] = t;
       if (++this.cpusDown === this.vcpus) {
         this.allDownSince = t;
         this.windows++;
@@ -184,6 +175,7 @@ export class BlocktimeContext {
     const time = waiters.faultTime;
     const vcpuOf = waiters.faultVcpu;
     const next = waiters.nextRecord;
+    const vs = this.vs;
     while (rec >= 0) {
       const lat = t > time[rec] ? t - time[rec] : 0;
       const v = vcpuOf[rec];
@@ -203,10 +195,11 @@ export class BlocktimeContext {
         continue;
       }
       hdr.add(v + 1, b);
-      this.vcpuResolved[v]++;
-      this.vcpuLatencySum[v] += lat;
-      if (lat > this.vcpuLatencyMax[v]) this.vcpuLatencyMax[v] = lat;
-      if (--this.outstanding[v] === 0) this.vcpuUp(v, t);
+      const o = v * STRIDE;
+      vs[o + RESOLVED]++;
+      vs[o + LATENCY_SUM] += lat;
+      if (lat > vs[o + LATENCY_MAX]) vs[o + LATENCY_MAX] = lat;
+      if (--vs[o + OUTSTANDING] === 0) this.vcpuUp(o, t);
     }
   }
 
@@ -219,10 +212,10 @@ export class BlocktimeContext {
   finish(status: MigrationStatus = 'completed'): void {
     if (this.stateNow !== 'live') return;
     const t = this.clock();
-    for (let v = 0; v < this.vcpus; v++) {
-      if (this.outstanding[v] > 0) {
-        this.outstanding[v] = 0;
-        this.vcpuUp(v, t);
+    for (let o = 0; o < this.vcpus * STRIDE; o += STRIDE) {
+      if (this.vs[o + OUTSTANDING] > 0) {
+        this.vs[o + OUTSTANDING] = 0;
+        this.vcpuUp(o, t);
       }
     }
     this.endNs = t;
@@ -260,15 +253,17 @@ export class BlocktimeContext {
     const hdr = this.hdr;
     const pct = [0, 0, 0];
     const vcpus: VcpuBlocktimeStats[] = [];
+    const vs = this.vs;
     for (let v = 0; v < this.vcpus; v++) {
-      const open = this.outstanding[v] > 0 ? Math.max(0, now - this.downSince[v]) : 0;
-      hdr.percentiles(v + 1, [99], this.vcpuLatencyMax[v], pct);
+      const o = v * STRIDE;
+      const open = vs[o + OUTSTANDING] > 0 ? Math.max(0, now - vs[o + DOWN_SINCE]) : 0;
+      hdr.percentiles(v + 1, [99], vs[o + LATENCY_MAX], pct);
       vcpus.push({
         index: v,
         threadId: this.threadIds[v],
-        faults: this.vcpuFaults[v],
-        blocktimeNs: this.blockedNs[v] + open,
-        latencyAvgNs: floorAverage(this.vcpuLatencySum[v], this.vcpuResolved[v]),
+        faults: vs[o + FAULTS],
+        blocktimeNs: vs[o + BLOCKED] + open,
+        latencyAvgNs: floorAverage(vs[o + LATENCY_SUM], vs[o + RESOLVED]),
         latencyP99Ns: pct[0],
       });
     }
@@ -299,9 +294,9 @@ export class BlocktimeContext {
     };
   }
 
-  // vCPU v has no outstanding fault any more (at time t).
-  private vcpuUp(v: number, t: number): void {
-    this.blockedNs[v] += t - this.downSince[v];
+  // The vCPU whose state starts at vs[o] has no outstanding fault any more (at time t).
+  private vcpuUp(o: number, t: number): void {
+    this.vs[o + BLOCKED] += t - this.vs[o + DOWN_SINCE];
     if (this.cpusDown === this.vcpus) {
       const len = t - this.allDownSince;
       this.totalNs += len;

@@ -64,9 +64,11 @@ export function qemuLatencyBucket(ns: number): number {
 }
 
 /**
- * A set of HDR histogram rows in one Uint32Array (row r uses
- * [r*HDR_BUCKETS, (r+1)*HDR_BUCKETS)). The caller computes the bucket once
- * with hdrBucket() and adds it to as many rows as it wants.
+ * A set of HDR histogram rows in one Uint32Array, laid out bucket-major
+ * (count of row r in bucket b at b*rows + r): latencies cluster in a few
+ * buckets, so the counters that are hot for every row sit on the same few
+ * pages whatever the number of rows. The caller computes the bucket once with
+ * hdrBucket() and adds it to as many rows as it wants.
  */
 export class HdrRows {
   readonly counts: Uint32Array;
@@ -78,7 +80,7 @@ export class HdrRows {
   }
 
   add(row: number, bucket: number): void {
-    this.counts[row * HDR_BUCKETS + bucket]++;
+    this.counts[bucket * this.rows + row]++;
     this.totals[row]++;
   }
 
@@ -93,11 +95,11 @@ export class HdrRows {
     const total = this.totals[row];
     for (let i = 0; i < ps.length; i++) out[i] = 0;
     if (total === 0) return;
-    const base = row * HDR_BUCKETS;
+    const rows = this.rows;
     let seen = 0;
     let k = 0;
     for (let b = 0; b < HDR_BUCKETS && k < ps.length; b++) {
-      const c = this.counts[base + b];
+      const c = this.counts[b * rows + row];
       if (c === 0) continue;
       seen += c;
       while (k < ps.length) {

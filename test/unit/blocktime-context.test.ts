@@ -272,6 +272,6 @@ describe('blocktime context: hand-computed scenarios', () => {
   test('bad thread id lists are refused with a clear error', () => {
     expect(() => new BlocktimeContext({ vcpuThreadIds: [], exitEvents: null })).toThrow(/at least one vCPU/);
     expect(() => new BlocktimeContext({ vcpuThreadIds: [5, 5], exitEvents: null })).toThrow(/thread id 5 is given for vCPU 0 and vCPU 1/);
-    expect(() => new BlocktimeContext({ vcpuThreadIds: [-1], exitEvents: null })).toThrow(/vCPU 0 thread id must be a non-negative integer/);
+    expect(() => new BlocktimeContext({ vcpuThreadIds: [-1], exitEvents: null })).toThrow(/vCPU 0 thread id must be a non-negative 32-bit integer/);
   });
 });

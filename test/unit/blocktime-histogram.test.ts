@@ -110,3 +110,24 @@ describe('PageWaiters (page address -> wait records)', () => {
     expect(w.take(addrOf(1))).toBe(-1);
   });
 });
+
+describe('VcpuThreads (thread id -> vCPU index)', () => {
+  test('every vCPU found, every other thread id is -1, also for 32-bit ids above 2^31', async () => {
+    const { VcpuThreads } = await import('../../src/blocktime/vcpu-threads.js');
+    const rnd = mulberry32(5);
+    const tids = new Set<number>();
+    while (tids.size < 512) tids.add(Math.floor(rnd() * 2 ** 32));
+    tids.add(0);
+    const list = [...tids];
+    const map = new VcpuThreads(list);
+    const wrong = list.filter((tid, i) => map.indexOf(tid) !== i);
+    expect(wrong).toEqual([]);
+    let strays = 0;
+    for (let i = 0; i < 20000; i++) {
+      const tid = Math.floor(rnd() * 2 ** 32);
+      if (!tids.has(tid) && map.indexOf(tid) !== -1) strays++;
+    }
+    expect(strays).toBe(0);
+    expect(() => new VcpuThreads([1, 2 ** 32])).toThrow(/vCPU 1 thread id must be a non-negative 32-bit integer/);
+  });
+});

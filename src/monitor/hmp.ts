@@ -123,11 +123,11 @@ export class HmpConsole {
     });
     rl.on('SIGINT', () => {
       if (this.busy && this.abort) { this.abort.abort(); return; }
-      // clear the line being typed, as a shell does
+      // drop the line being typed, as a shell does: "^C", then a fresh prompt
       rl.write(null, { ctrl: true, name: 'e' });
-      rl.write(null, { ctrl: true, name: 'u' });
       this.opts.output.write('^C\n');
       this.progressShown = false;
+      rl.write(null, { ctrl: true, name: 'u' });
       rl.prompt();
     });
     rl.on('close', () => {

@@ -60,6 +60,24 @@ const RESOLVED = 4;
 const LATENCY_SUM = 5;
 const LATENCY_MAX = 6;
 
+// Running totals (offsets into BlocktimeContext.g).
+/** vCPUs with an outstanding fault */
+const G_CPUS_DOWN = 0;
+/** when the current all-vCPUs-blocked window began */
+const G_ALL_DOWN_SINCE = 1;
+/** sum of closed all-blocked windows */
+const G_TOTAL = 2;
+const G_WINDOWS = 3;
+const G_LONGEST = 4;
+const G_NON_VCPU_FAULTS = 5;
+const G_NON_VCPU_RESOLVED = 6;
+const G_NON_VCPU_LATENCY_SUM = 7;
+const G_FAULTS = 8;
+const G_RESOLVED = 9;
+const G_LATENCY_SUM = 10;
+const G_LATENCY_MAX = 11;
+const G_FIELDS = 12;
+
 /** Percentiles read from the histograms, in whole percent. */
 const PERCENTILES = [50, 90, 99] as const;
 
@@ -77,23 +95,9 @@ export class BlocktimeContext {
   /** per vCPU v, at v*STRIDE + one of the field offsets below */
   private readonly vs: Float64Array;
 
-  // all vCPUs blocked at once
-  private cpusDown = 0;
-  private allDownSince = 0;
-  private totalNs = 0;
-  private windows = 0;
-  private longestNs = 0;
-
-  // threads that are no vCPU
-  private nonVcpuFaults = 0;
-  private nonVcpuResolved = 0;
-  private nonVcpuLatencySum = 0;
-
-  // every fault
-  private faults = 0;
-  private resolved = 0;
-  private latencySum = 0;
-  private latencyMax = 0;
+  /** the running totals, at the G_* offsets below: kept in a typed array
+   *  rather than in number fields, whose stores V8 may box (allocate) */
+  private readonly g = new Float64Array(G_FIELDS);
   private readonly dist = new Float64Array(LATENCY_BUCKETS);
   /** row 0: every fault; row 1+i: vCPU i */
   private hdr: HdrRows | undefined;
@@ -145,9 +149,9 @@ export class BlocktimeContext {
     if (this.trace !== undefined) this.trace.fault(t, addr, tid);
     const v = this.tidToVcpu.indexOf(tid);
     this.waiters.add(addr, t, v);
-    this.faults++;
+    this.g[G_FAULTS]++;
     if (v < 0) {
-      this.nonVcpuFaults++;
+      this.g[G_NON_VCPU_FAULTS]++;
       return;
     }
     const vs = this.vs;
@@ -155,9 +159,9 @@ export class BlocktimeContext {
     vs[o + FAULTS]++;
     if (vs[o + OUTSTANDING]++ === 0) {
       vs[o + DOWN_SINCE] = t;
-      if (++this.cpusDown === this.vcpus) {
-        this.allDownSince = t;
-        this.windows++;
+      if (++this.g[G_CPUS_DOWN] === this.vcpus) {
+        this.g[G_ALL_DOWN_SINCE] = t;
+        this.g[G_WINDOWS]++;
       }
     }
   }
@@ -177,21 +181,21 @@ export class BlocktimeContext {
     const next = waiters.nextRecord;
     const vs = this.vs;
     while (rec >= 0) {
-      const lat = t > time[rec] ? t - time[rec] : 0;
+      const lat = Math.max(0, t - time[rec]);
       const v = vcpuOf[rec];
       const following = next[rec];
       waiters.release(rec);
       rec = following;
 
-      this.resolved++;
-      this.latencySum += lat;
-      if (lat > this.latencyMax) this.latencyMax = lat;
+      this.g[G_RESOLVED]++;
+      this.g[G_LATENCY_SUM] += lat;
+      if (lat > this.g[G_LATENCY_MAX]) this.g[G_LATENCY_MAX] = lat;
       this.dist[qemuLatencyBucket(lat)]++;
       const b = hdrBucket(lat);
       hdr.add(0, b);
       if (v < 0) {
-        this.nonVcpuResolved++;
-        this.nonVcpuLatencySum += lat;
+        this.g[G_NON_VCPU_RESOLVED]++;
+        this.g[G_NON_VCPU_LATENCY_SUM] += lat;
         continue;
       }
       hdr.add(v + 1, b);
@@ -267,28 +271,28 @@ export class BlocktimeContext {
         latencyP99Ns: pct[0],
       });
     }
-    const openAll = live && this.cpusDown === this.vcpus ? Math.max(0, now - this.allDownSince) : 0;
-    const total = this.totalNs + openAll;
-    hdr.percentiles(0, PERCENTILES, this.latencyMax, pct);
+    const openAll = live && this.g[G_CPUS_DOWN] === this.vcpus ? Math.max(0, now - this.g[G_ALL_DOWN_SINCE]) : 0;
+    const total = this.g[G_TOTAL] + openAll;
+    hdr.percentiles(0, PERCENTILES, this.g[G_LATENCY_MAX], pct);
     return {
       'postcopy-blocktime': nsToMs(total),
       'postcopy-vcpu-blocktime': vcpus.map((s) => nsToMs(s.blocktimeNs)),
-      'postcopy-latency': floorAverage(this.latencySum, this.resolved),
+      'postcopy-latency': floorAverage(this.g[G_LATENCY_SUM], this.g[G_RESOLVED]),
       'postcopy-vcpu-latency': vcpus.map((s) => s.latencyAvgNs),
-      'postcopy-non-vcpu-latency': floorAverage(this.nonVcpuLatencySum, this.nonVcpuResolved),
+      'postcopy-non-vcpu-latency': floorAverage(this.g[G_NON_VCPU_LATENCY_SUM], this.g[G_NON_VCPU_RESOLVED]),
       'postcopy-latency-dist': Array.from(this.dist),
       'x-blocktime': {
         state: live ? 'live' : 'final',
         totalBlocktimeNs: total,
         vcpus,
-        faults: this.faults,
-        nonVcpuFaults: this.nonVcpuFaults,
+        faults: this.g[G_FAULTS],
+        nonVcpuFaults: this.g[G_NON_VCPU_FAULTS],
         latencyP50Ns: pct[0],
         latencyP90Ns: pct[1],
         latencyP99Ns: pct[2],
-        latencyMaxNs: this.latencyMax,
-        allBlockedWindows: this.windows,
-        longestAllBlockedNs: Math.max(this.longestNs, openAll),
+        latencyMaxNs: this.g[G_LATENCY_MAX],
+        allBlockedWindows: this.g[G_WINDOWS],
+        longestAllBlockedNs: Math.max(this.g[G_LONGEST], openAll),
         postcopyNs: Math.max(0, now - this.startNs),
       },
     };
@@ -297,11 +301,11 @@ export class BlocktimeContext {
   // The vCPU whose state starts at vs[o] has no outstanding fault any more (at time t).
   private vcpuUp(o: number, t: number): void {
     this.vs[o + BLOCKED] += t - this.vs[o + DOWN_SINCE];
-    if (this.cpusDown === this.vcpus) {
-      const len = t - this.allDownSince;
-      this.totalNs += len;
-      if (len > this.longestNs) this.longestNs = len;
+    if (this.g[G_CPUS_DOWN] === this.vcpus) {
+      const len = t - this.g[G_ALL_DOWN_SINCE];
+      this.g[G_TOTAL] += len;
+      if (len > this.g[G_LONGEST]) this.g[G_LONGEST] = len;
     }
-    this.cpusDown--;
+    this.g[G_CPUS_DOWN]--;
   }
 }

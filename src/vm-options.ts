@@ -47,7 +47,7 @@ export interface VmOptions {
 export const DEFAULT_RAM_BYTES = 256 * 2 ** 20;
 export const DEFAULT_VCPUS = 2;
 export const DEFAULT_WORKLOAD = 'sweep';
-export const MAX_VCPUS = 256;
+export const MAX_VCPUS = 512;
 const PAGE = 4096;
 
 export const USAGE = `usage: postcopy [options]

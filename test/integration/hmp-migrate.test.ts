@@ -1,0 +1,155 @@
+// A postcopy migration driven only through consoles, as an operator with two
+// QEMU monitors would: a destination process (`-incoming tcp:...`) and a
+// source process fed a script on stdin, both the real program. Checks the
+// source's `info migrate` lines (QEMU's format) and the blocktime figures the
+// destination's `info postcopy_blocktime` / `info migrate -a` print; then the
+// lab: `migrate` with no URI from one console, blocktime fetched back.
+import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { requireUffd } from '../helpers/uffd-available.js';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const cli = process.env.POSTCOPY_CLI ?? join(root, 'dist', 'src', 'cli.js');
+const haveUffd = requireUffd();
+const maybe = haveUffd ? describe : describe.skip;
+
+function newest(d: string): number {
+  let t = 0;
+  for (const e of readdirSync(d, { withFileTypes: true })) {
+    const p = join(d, e.name);
+    if (e.isDirectory()) t = Math.max(t, newest(p));
+    else if (e.name.endsWith('.ts')) t = Math.max(t, statSync(p).mtimeMs);
+  }
+  return t;
+}
+
+beforeAll(() => {
+  if (process.env.POSTCOPY_CLI === undefined && (!existsSync(cli) || statSync(cli).mtimeMs < newest(join(root, 'src')))) {
+    spawnSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', root], { cwd: root, stdio: 'ignore' });
+  }
+  if (!existsSync(cli)) throw new Error(`${cli} is missing: build with npx tsc -p .`);
+}, 180_000);
+
+interface Vm {
+  p: ChildProcessWithoutNullStreams;
+  out: () => string;
+  exit: Promise<number | null>;
+}
+const vms: Vm[] = [];
+
+afterAll(() => {
+  for (const v of vms) if (v.p.exitCode === null && v.p.signalCode === null) v.p.kill('SIGKILL');
+});
+
+function vm(args: string[]): Vm {
+  const p = spawn(process.execPath, [cli, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
+  let out = '';
+  p.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  p.stderr.on('data', (d: Buffer) => { out += d.toString(); });
+  const v = { p, out: () => out, exit: new Promise<number | null>((r) => p.on('exit', (c) => r(c))) };
+  vms.push(v);
+  return v;
+}
+
+async function waitOut(v: Vm, re: RegExp, what: string, timeoutMs = 60_000): Promise<RegExpMatchArray> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    const m = re.exec(v.out());
+    if (m) return m;
+    if (v.p.exitCode !== null) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`no ${what}; output:\n${v.out()}`);
+}
+
+function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      const port = typeof a === 'object' && a ? a.port : 0;
+      s.close(() => res(port));
+    });
+  });
+}
+
+/** checks the rich blocktime view for 2 vCPUs and returns its fault count */
+function checkRichView(text: string): number {
+  expect(text).toMatch(/Postcopy blocktime: final/);
+  expect(text).toMatch(/│\s+0 │\s+\d+ │/); // vCPU 0 row: index, thread id
+  expect(text).toMatch(/│\s+1 │\s+\d+ │/);
+  expect(text).toMatch(/Total blocktime \(all vCPUs blocked at once\): /);
+  const faults = /Faults: (\d+) \(vCPU (\d+), non-vCPU (\d+)\)/.exec(text);
+  expect(faults).not.toBeNull();
+  return Number((faults as RegExpExecArray)[1]);
+}
+
+maybe('migration through the consoles', () => {
+  it('source script -> destination -incoming tcp: info migrate and blocktime', async () => {
+    const port = await freePort();
+    const dst = vm(['-m', '64M', '-smp', '2', '-incoming', `tcp:127.0.0.1:${port}`]);
+    dst.p.stdin.write('migrate_set_capability postcopy-ram on\nmigrate_set_capability postcopy-blocktime on\ninfo status\n');
+    await waitOut(dst, /VM status: paused \(inmigrate\)\n/, 'destination ready');
+
+    const src = vm(['-m', '64M', '-smp', '2', '--exit-on-error']);
+    src.p.stdin.end([
+      'migrate_set_capability postcopy-ram on',
+      'migrate_set_parameter max-bandwidth 16', // 16 MiB/s: postcopy starts long before precopy could finish
+      `migrate -d tcp:127.0.0.1:${port}`,
+      'migrate_start_postcopy',
+      'migrate_wait 120',
+      'info migrate',
+      'info status',
+      '',
+    ].join('\n'));
+    expect(await src.exit).toBe(0);
+    const lines = src.out().split('\n');
+    expect(lines[0]).toBe('Status: \t\tcompleted');
+    expect(lines[1]).toMatch(/^Time \(ms\): \t\ttotal=\d+(, setup=\d+)?(, exp_down=\d+)?(, down=\d+)?$/);
+    expect(lines[2]).toBe('RAM info:');
+    expect(lines[3]).toMatch(/^ {2}Throughput \(Mbps\): \t\d+\.\d\d$/);
+    expect(lines[4]).toBe('  Sizes: \t\tpagesize=4 KiB, total=64 MiB');
+    expect(lines[5]).toMatch(/^ {2}Transfers: \t\ttransferred=[\d.]+ [KMG]?i?B, remain=0 B$/);
+    expect(lines[6]).toMatch(/^ {4}Channels: \t\tprecopy=[\d.]+ [KMG]?i?B, multifd=0 B, postcopy=[\d.]+ [KMG]?i?B$/);
+    expect(lines[7]).toMatch(/^ {4}Page Types: \tnormal=\d+, zero=\d+$/);
+    expect(lines[8]).toMatch(/^ {2}Page Rates \(pps\): \ttransfer=\d+/);
+    expect(lines[9]).toMatch(/^ {2}Others: \t\tdirty_syncs=\d+/);
+    expect(lines[10]).toBe('VM status: paused (postmigrate)');
+
+    dst.p.stdin.end('migrate_wait 60\ninfo status\ninfo postcopy_blocktime\ninfo migrate -a\n');
+    expect(await dst.exit).toBe(0);
+    const d = dst.out();
+    expect(d).toContain('VM status: running\n');
+    const faults = checkRichView(d);
+    expect(faults).toBeGreaterThan(0); // the vCPUs really ran into missing pages
+    expect(d).toContain('Status: \t\tcompleted\n');
+    expect(d).toMatch(/\nPostcopy Blocktime \(ms\): \d+\n/);
+    expect(d).toMatch(/\nPostcopy vCPU Blocktime \(ms\):\n \[\d+, \d+\]\n/);
+    expect(d).toMatch(/\nPostcopy Latency Distribution:\n {2}\[ {4}1 us - {4}2 us \]: +\d+\n/);
+  }, 180_000);
+
+  it('the lab: migrate with no URI, blocktime fetched from the destination it started', async () => {
+    const src = vm(['-m', '64M', '--exit-on-error']);
+    src.p.stdin.end([
+      'migrate_set_capability postcopy-ram on',
+      'migrate_set_capability postcopy-blocktime on',
+      'migrate_set_parameter max-bandwidth 16',
+      'migrate',
+      'migrate_start_postcopy',
+      'migrate_wait 120',
+      'info postcopy_blocktime',
+      'info migrate',
+      '',
+    ].join('\n'));
+    expect(await src.exit).toBe(0);
+    const out = src.out();
+    expect(out.split('\n')[0]).toBe(
+      "postcopy-ram is on and precopy is running: 'migrate_start_postcopy' switches to postcopy, 'migrate_wait' waits for the end");
+    checkRichView(out);
+    expect(out).toContain('Status: \t\tcompleted\n');
+  }, 180_000);
+});

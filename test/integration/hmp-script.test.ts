@@ -1,0 +1,201 @@
+// The console end to end, fed scripts on a pipe: the real program
+// (`node dist/src/cli.js`) with a real VM behind it. Checks the lines it
+// prints, QEMU's error texts, that bad input (unknown commands, missing or
+// extra arguments, wrong types, a 1 MB line, binary garbage) never stops it,
+// --exit-on-error, -e, start-up option errors and exit codes.
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const cli = process.env.POSTCOPY_CLI ?? join(root, 'dist', 'src', 'cli.js');
+
+function newest(d: string): number {
+  let t = 0;
+  for (const e of readdirSync(d, { withFileTypes: true })) {
+    const p = join(d, e.name);
+    if (e.isDirectory()) t = Math.max(t, newest(p));
+    else if (e.name.endsWith('.ts')) t = Math.max(t, statSync(p).mtimeMs);
+  }
+  return t;
+}
+
+beforeAll(() => {
+  if (process.env.POSTCOPY_CLI === undefined && (!existsSync(cli) || statSync(cli).mtimeMs < newest(join(root, 'src')))) {
+    // tsc emits even when another module has a type error; only a missing output is fatal
+    spawnSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', root], { cwd: root, stdio: 'ignore' });
+  }
+  if (!existsSync(cli)) throw new Error(`${cli} is missing: build with npx tsc -p .`);
+}, 180_000);
+
+interface Run { code: number | null; out: string; err: string }
+
+/** Runs the program with `args`, writes `input` to its stdin and closes it. */
+function run(args: string[], input: string | Buffer = '', timeoutMs = 60_000): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [cli, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    p.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+    const t = setTimeout(() => { p.kill('SIGKILL'); reject(new Error(`timed out; output so far:\n${out}\n${err}`)); }, timeoutMs);
+    p.on('exit', (code) => { clearTimeout(t); resolve({ code, out, err }); });
+    p.stdin.on('error', () => { /* the program may end before reading everything (exit-on-error) */ });
+    p.stdin.end(input);
+  });
+}
+
+const SMALL = ['-m', '64M'];
+
+describe('piped scripts', () => {
+  it('runs commands in order, prints their output plainly and quits at the end of input', async () => {
+    const r = await run([...SMALL, '-smp', '3'], [
+      'info status',
+      'info cpus',
+      'stop',
+      'info status',
+      'cont',
+      'info status',
+      'info migrate_capabilities',
+      'info migrate_parameters',
+      'info migrate',
+    ].join('\n'));
+    expect(r.err).toBe('');
+    expect(r.code).toBe(0);
+    const lines = r.out.split('\n');
+    expect(lines[0]).toBe('VM status: running');
+    expect(lines[1]).toMatch(/^\* CPU #0: thread_id=\d+$/);
+    expect(lines[2]).toMatch(/^ {2}CPU #1: thread_id=\d+$/);
+    expect(lines[3]).toMatch(/^ {2}CPU #2: thread_id=\d+$/);
+    const tids = lines.slice(1, 4).map((l) => Number(l.split('=')[1]));
+    expect(new Set(tids).size).toBe(3); // real, distinct vCPU threads
+    expect(tids.every((t) => t > 0 && t !== process.pid)).toBe(true);
+    expect(lines.slice(4, 6)).toEqual(['VM status: paused', 'VM status: running']);
+    expect(lines).toContain('postcopy-ram: off');
+    expect(lines).toContain('postcopy-blocktime: off');
+    expect(lines).toContain('max-bandwidth: 134217728 bytes/second');
+    expect(lines).toContain('downtime-limit: 300 ms');
+    // no migration yet: QEMU's info migrate prints nothing
+    expect(lines[lines.length - 1]).toBe('');
+    expect(lines[lines.length - 2]).toMatch(/^x-blocktime-trace: /);
+  });
+
+  it('prints QEMU error texts for bad input and goes on', async () => {
+    const garbage = Buffer.concat([Buffer.from([0x00, 0xff, 0xfe, 0x1b, 0x5b, 0x48, 0x07, 0x0a]), Buffer.from('\x01\x02junk\n')]);
+    const input = Buffer.concat([
+      Buffer.from([
+        'frobnicate now',
+        'info nothing',
+        'migrate_set_capability',
+        'migrate_set_capability postcopy-ram',
+        'migrate_set_capability postcopy-ram yes',
+        'migrate_set_capability postcopy-ram on extra',
+        'migrate_set_capability no-such-cap on',
+        'migrate_set_capability xbzrle on',
+        'migrate_set_parameter downtime-limit soon',
+        'migrate_set_parameter max-bandwidth lots',
+        'migrate_wait abc',
+        'migrate -x',
+        'info status extra',
+        `${'y'.repeat(1 << 20)}`,
+        '',
+      ].join('\n')),
+      garbage,
+      Buffer.from('info status\n'),
+    ]);
+    const r = await run(SMALL, input);
+    expect(r.code).toBe(0);
+    const lines = r.out.split('\n');
+    const expected = [
+      "unknown command: 'frobnicate'",
+      "unknown command: 'info nothing'",
+      'migrate_set_capability: string expected',
+      'Try "help migrate_set_capability" for more information',
+      "Expected 'on' or 'off'",
+      'Try "help migrate_set_capability" for more information',
+      "Expected 'on' or 'off'",
+      'Try "help migrate_set_capability" for more information',
+      'migrate_set_capability: extraneous characters at the end of line',
+      'Try "help migrate_set_capability" for more information',
+      'Error: invalid parameter value: no-such-cap',
+    ];
+    expect(lines.slice(0, expected.length)).toEqual(expected);
+    let i = expected.length;
+    expect(lines[i++]).toMatch(/^Error: .*xbzrle.*not supported/);
+    expect(lines[i++]).toBe("Error: Parameter 'downtime-limit' expects size");
+    expect(lines[i++]).toBe('Error: Invalid size lots');
+    expect(lines.slice(i, i + 2)).toEqual(["invalid char 'a' in expression", 'Try "help migrate_wait" for more information']);
+    i += 2;
+    expect(lines.slice(i, i + 2)).toEqual(['migrate: unsupported option -x', 'Try "help migrate" for more information']);
+    i += 2;
+    expect(lines.slice(i, i + 2)).toEqual(['status: extraneous characters at the end of line', 'Try "help info status" for more information']);
+    i += 2;
+    expect(lines[i++]).toBe(`Error: line too long (${1 << 20} characters; the monitor takes at most 4096)`);
+    expect(lines[i++]).toMatch(/^unknown command: '\\x00/);
+    expect(lines[i++]).toBe("unknown command: '\\x01\\x02junk'");
+    expect(lines[i++]).toBe('VM status: running');
+    expect(lines[i]).toBe('');
+    expect(r.out).not.toContain('\x1b'); // nothing the terminal would interpret
+  });
+
+  it('--exit-on-error ends at the first failing command with status 1', async () => {
+    const r = await run([...SMALL, '--exit-on-error'], 'stop\ninfo status\nmigrate_set_capability postcopy-ram perhaps\ncont\ninfo status\n');
+    expect(r.code).toBe(1);
+    expect(r.out).toBe("VM status: paused\nExpected 'on' or 'off'\nTry \"help migrate_set_capability\" for more information\n");
+  });
+
+  it('without --exit-on-error a failing script still ends with status 0', async () => {
+    const r = await run(SMALL, 'nonsense\n');
+    expect(r.code).toBe(0);
+    expect(r.out).toBe("unknown command: 'nonsense'\n");
+  });
+
+  it('-e runs a one-liner and quits; -S starts paused', async () => {
+    const r = await run([...SMALL, '-S', '-e', 'info status; cont; info status; help migrate_start_postcopy']);
+    expect(r.code).toBe(0);
+    const lines = r.out.split('\n');
+    expect(lines.slice(0, 2)).toEqual(['VM status: paused', 'VM status: running']);
+    expect(lines[2]).toMatch(/^migrate_start_postcopy {2}-- Followup to a migration command/);
+  });
+
+  it('quit ends the process at once; the rest of the script does not run', async () => {
+    const r = await run(SMALL, 'info status\nquit\ninfo status\n');
+    expect(r.code).toBe(0);
+    expect(r.out).toBe('VM status: running\n');
+  });
+
+  it('an incoming VM reports its run state and refuses outgoing commands with QEMU texts', async () => {
+    const r = await run([...SMALL, '-incoming', 'defer'], 'info status\nmigrate_start_postcopy\ninfo postcopy_blocktime\n');
+    expect(r.code).toBe(0);
+    const lines = r.out.split('\n');
+    expect(lines[0]).toBe('VM status: paused (inmigrate)');
+    expect(lines[1]).toMatch(/^Error: /);
+    expect(lines[2]).toMatch(/^No blocktime figures/);
+  });
+});
+
+describe('start-up errors', () => {
+  it.each([
+    [['--frobnicate'], "postcopy: unknown option '--frobnicate' (see --help)"],
+    [['-m'], 'postcopy: -m needs a value (see --help)'],
+    [['-m', 'lots'], 'postcopy: -m lots: invalid size (write e.g. 256M, 1G or 512)'],
+    [['--smp', 'zero'], 'postcopy: -smp zero: expected a number of vCPUs (e.g. -smp 4); sockets/cores/threads are not supported'],
+    [['-monitor', 'vc'], "postcopy: -monitor vc: only 'stdio' and 'none' are supported"],
+    [['-qmp', 'unix:/tmp/x.sock,server=on,wait=on'], 'postcopy: -qmp unix:/tmp/x.sock,server=on,wait=on: wait=on is not supported'],
+  ])('%j', async (args, message) => {
+    const r = await run(args as string[]);
+    expect(r.code).toBe(1);
+    expect(r.out).toBe('');
+    expect(r.err.startsWith(message)).toBe(true);
+  });
+
+  it('--help and --version', async () => {
+    const h = await run(['--help']);
+    expect(h.code).toBe(0);
+    expect(h.out).toMatch(/^usage: postcopy \[options\]/);
+    expect(h.out).toContain('--exit-on-error');
+    const v = await run(['--version']);
+    expect(v).toEqual({ code: 0, out: 'postcopy 0.1.0\n', err: '' });
+  });
+});

@@ -5,8 +5,10 @@
 // object, and an optional TraceSink receives every accounted event.
 //
 // Per event the cost is O(1) whatever the number of vCPUs (typed-array hash
-// lookups by thread id and by page address) and steady state allocates
-// nothing (pooled wait records, preallocated per-vCPU state and histograms).
+// lookups by thread id and by page address) and, once warmed up, its own
+// structures allocate nothing per event (pooled wait records, preallocated
+// per-vCPU state, totals and histograms; see docs/blocktime.md for the
+// short-lived number boxing V8 may still do at call boundaries).
 // A vCPU's figures share one cache line (8 doubles), so a fault touches the
 // same amount of memory with 1 vCPU or 512.
 //

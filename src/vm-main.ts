@@ -149,7 +149,10 @@ export async function runVm(opts: VmOptions, loadEngine: () => Promise<VmEngine>
   }
 
   if (opts.monitor === 'stdio') {
-    const interactive = io.stdin.isTTY === true && !opts.execute;
+    // line editing needs a terminal on both sides; otherwise it is a script
+    const interactive = io.stdin.isTTY === true && io.stdout.isTTY === true && !opts.execute;
+    // a reader that goes away (`postcopy -e help | head -1`) ends the VM, not a crash
+    io.stdout.on('error', () => shutdown(exitCode));
     const color = colorWanted(io.stdout, io.env);
     const info = machine.info();
     const listen = opts.incoming;

@@ -131,8 +131,10 @@ export class HmpConsole {
       rl.prompt();
     });
     rl.on('close', () => {
-      // Ctrl-D on an empty line (or the terminal went away)
+      // Ctrl-D on an empty line (or the terminal went away): also stop
+      // waiting for a synchronous migrate, the user wants out
       this.inputClosed = true;
+      this.abort?.abort();
       if (!this.ended) this.opts.output.write('\n');
       void this.pump();
     });

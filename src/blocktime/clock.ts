@@ -6,8 +6,9 @@
  *  stays far below 2^53). */
 export type Clock = () => number;
 
-const origin = process.hrtime.bigint();
+import { performance } from 'node:perf_hooks';
 
-/** Production clock: CLOCK_MONOTONIC through process.hrtime, ns since this
- *  module was loaded. */
-export const monotonicNs: Clock = () => Number(process.hrtime.bigint() - origin);
+/** Production clock: CLOCK_MONOTONIC (libuv's hrtime behind
+ *  performance.now()), ns since process start. A double, not a BigInt, so
+ *  reading it allocates nothing on the fault path; resolution ~30 ns here. */
+export const monotonicNs: Clock = () => Math.round(performance.now() * 1e6);

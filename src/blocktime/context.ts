@@ -34,7 +34,7 @@ import { LATENCY_BUCKETS, type BlocktimeReport, type VcpuBlocktimeStats } from '
 export interface BlocktimeContextOptions {
   /** kernel thread id of each vCPU thread; position = vCPU index */
   vcpuThreadIds: readonly number[];
-  /** monotonic ns; default: process.hrtime-based */
+  /** monotonic ns; default: monotonicNs (performance.now-based) */
   clock?: Clock;
   /** emits 'migration' (MigrationStatus) on every status change, like
    *  Machine.events; a terminal status ends the per-fault accounting */

@@ -1,0 +1,99 @@
+// Native memory that JS can read and write and native threads can keep using:
+// anonymous mmap'ed mappings (guest RAM, staging pages) and small koffi.alloc'ed
+// control blocks. Never a Buffer: a Buffer handed to native code is valid only
+// for one call (REFERENCE.md §4).
+import koffi from 'koffi';
+import * as libc from './libc.js';
+
+export class NativeMappingError extends Error {
+  constructor(message: string, readonly errno?: number) {
+    super(message);
+    this.name = 'NativeMappingError';
+  }
+}
+
+/**
+ * An anonymous private mapping. Untouched pages stay unpopulated (no memory
+ * used, and a userfaultfd MISSING fault fires on first touch when registered).
+ */
+export class NativeMapping {
+  readonly #ptr: bigint;
+  readonly address: number;
+  readonly bytes: number;
+  #buf: Buffer | undefined;
+  #disposed = false;
+
+  private constructor(ptr: bigint, bytes: number) {
+    this.#ptr = ptr;
+    this.address = libc.addressOf(ptr);
+    this.bytes = bytes;
+  }
+
+  /** maps `bytes` (a multiple of 4096) of zeroed, unpopulated, NORESERVE anonymous memory */
+  static create(bytes: number): NativeMapping {
+    if (!(Number.isSafeInteger(bytes) && bytes > 0 && bytes % 4096 === 0)) {
+      throw new NativeMappingError(`mmap: size ${bytes} is not a positive multiple of 4096`);
+    }
+    const ptr = libc.mmap(null, bytes, libc.PROT_READ | libc.PROT_WRITE,
+      libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE, -1, 0);
+    if (ptr === libc.MAP_FAILED || ptr === 0n || ptr === -1n) {
+      const e = libc.errno();
+      throw new NativeMappingError(`mmap of ${bytes} bytes failed: ${libc.strerror(e)} (${libc.errnoName(e)})`, e);
+    }
+    return new NativeMapping(ptr, bytes);
+  }
+
+  get disposed(): boolean { return this.#disposed; }
+
+  /** a Buffer over the whole mapping (no copy). Touching it populates pages (and faults under userfaultfd). */
+  buffer(): Buffer {
+    if (this.#disposed) throw new NativeMappingError('the mapping was unmapped');
+    this.#buf ??= Buffer.from(koffi.view(this.#ptr, this.bytes));
+    return this.#buf;
+  }
+
+  /** gives pages back to the kernel: [offset, offset+len) reads as zero again and is unpopulated */
+  discard(offset: number, len: number): void {
+    if (this.#disposed) throw new NativeMappingError('the mapping was unmapped');
+    if (libc.madvise(this.address + offset, len, libc.MADV_DONTNEED) !== 0) {
+      const e = libc.errno();
+      throw new NativeMappingError(`madvise(DONTNEED) failed: ${libc.strerror(e)}`, e);
+    }
+  }
+
+  /** unmaps; any view obtained before must not be used afterwards. Idempotent. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#buf = undefined;
+    libc.munmap(this.#ptr, this.bytes);
+  }
+}
+
+/** a zeroed block of native memory from koffi.alloc, 8-byte aligned, for control blocks shared with threads */
+export class NativeBlock {
+  readonly ptr: bigint;
+  readonly address: number;
+  readonly bytes: number;
+  readonly buffer: ArrayBuffer;
+  #freed = false;
+
+  constructor(bytes: number) {
+    const words = Math.max(1, Math.ceil(bytes / 8));
+    const p = koffi.alloc('uint64_t', words) as unknown;
+    this.ptr = typeof p === 'bigint' ? p : koffi.address(p);
+    this.address = libc.addressOf(this.ptr);
+    this.bytes = words * 8;
+    this.buffer = koffi.view(this.ptr, this.bytes);
+    new Uint8Array(this.buffer).fill(0);
+  }
+
+  get freed(): boolean { return this.#freed; }
+
+  /** frees the memory; only once no native thread uses it any more. Idempotent. */
+  free(): void {
+    if (this.#freed) return;
+    this.#freed = true;
+    koffi.free(this.ptr);
+  }
+}

@@ -1,0 +1,235 @@
+/* vCPU threads: real pthreads that report their kernel thread id and run a
+ * guest workload over guest RAM at native speed (sweep / random / hotset /
+ * idle) until told to pause or stop. Pause is a real wait on a futex; the
+ * thread acknowledges it by publishing PC_STATE_PAUSED after its last access
+ * completed and its workload state was written back, so the state can be
+ * snapshotted on the source and restored on the destination. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#include "vcpu.h"
+
+_Static_assert(sizeof(struct pc_vcpu) == 128, "pc_vcpu is 128 bytes");
+_Static_assert(offsetof(struct pc_vcpu, position) == 40, "position at 40");
+_Static_assert(offsetof(struct pc_vcpu, thread) == 104, "thread at 104");
+_Static_assert(sizeof(pthread_t) <= 8, "pthread_t fits 8 bytes");
+
+static int ld32(const int32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static void st32(int32_t *p, int32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static void st64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+
+static void futex_wait(int32_t *addr, int32_t expected)
+{
+    syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+}
+
+static void futex_wake(int32_t *addr)
+{
+    syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+}
+
+static void publish_state(struct pc_vcpu *v, int32_t s)
+{
+    st32(&v->state, s);
+    futex_wake(&v->state);
+}
+
+static inline uint64_t xorshift64s(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+/* uniform in [0, n) without division */
+static inline uint64_t below(uint64_t r, uint64_t n)
+{
+    return (uint64_t)(((unsigned __int128)r * n) >> 64);
+}
+
+static inline void touch(uint64_t base, uint64_t page, uint64_t page_size)
+{
+    volatile uint8_t *p = (volatile uint8_t *)(uintptr_t)(base + page * page_size);
+    *p = (uint8_t)(*p + 1);
+}
+
+/* Waits while cmd says PAUSE; returns the command that ended the wait. */
+static int wait_paused(struct pc_vcpu *v)
+{
+    int c;
+    publish_state(v, PC_STATE_PAUSED);
+    while ((c = ld32(&v->cmd)) == PC_CMD_PAUSE)
+        futex_wait(&v->cmd, PC_CMD_PAUSE);
+    return c;
+}
+
+/* Parked after reaching a limit: waits until STOP (PAUSE/RUN leave it DONE). */
+static void wait_done(struct pc_vcpu *v)
+{
+    int c;
+    publish_state(v, PC_STATE_DONE);
+    while ((c = ld32(&v->cmd)) != PC_CMD_STOP)
+        futex_wait(&v->cmd, c);
+}
+
+static int limit_reached(const struct pc_vcpu *v)
+{
+    return (v->max_sweeps && v->sweeps >= v->max_sweeps) || (v->max_accesses && v->accesses >= v->max_accesses);
+}
+
+static void *vcpu_main(void *arg)
+{
+    struct pc_vcpu *v = arg;
+    v->tid = (int32_t)syscall(SYS_gettid);
+    for (;;) {
+        int c = ld32(&v->cmd);
+        if (c == PC_CMD_STOP)
+            break;
+        if (c == PC_CMD_PAUSE) {
+            if (wait_paused(v) == PC_CMD_STOP)
+                break;
+            continue; /* state fields may have been set while paused: reload below */
+        }
+        if (limit_reached(v)) {
+            wait_done(v);
+            break;
+        }
+        publish_state(v, PC_STATE_RUNNING);
+        const uint64_t base = v->base, start = v->start, end = v->end, ps = v->page_size;
+        const uint64_t max_sweeps = v->max_sweeps, max_accesses = v->max_accesses;
+        uint64_t pos = v->position, sweeps = v->sweeps, accesses = v->accesses, rng = v->rng;
+        const uint64_t n = end - start, hot = v->hot_pages, share = v->hot_share;
+        switch (v->kind) {
+        case PC_WL_IDLE:
+            while ((c = ld32(&v->cmd)) == PC_CMD_RUN)
+                futex_wait(&v->cmd, PC_CMD_RUN);
+            break;
+        case PC_WL_SWEEP:
+            while (ld32(&v->cmd) == PC_CMD_RUN) {
+                touch(base, pos, ps);
+                accesses++;
+                if (++pos >= end) {
+                    pos = start;
+                    sweeps++;
+                    st64(&v->sweeps, sweeps);
+                }
+                st64(&v->position, pos);
+                st64(&v->accesses, accesses);
+                if ((max_sweeps && sweeps >= max_sweeps) || (max_accesses && accesses >= max_accesses))
+                    break;
+            }
+            break;
+        case PC_WL_RANDOM:
+        case PC_WL_HOTSET:
+            while (ld32(&v->cmd) == PC_CMD_RUN) {
+                uint64_t page;
+                if (v->kind == PC_WL_RANDOM) {
+                    page = start + below(xorshift64s(&rng), n);
+                } else {
+                    int in_hot = (xorshift64s(&rng) >> 32) < share;
+                    uint64_t r = xorshift64s(&rng);
+                    if (hot == n || (in_hot && hot > 0))
+                        page = start + below(r, hot);
+                    else
+                        page = start + hot + below(r, n - hot);
+                }
+                touch(base, page, ps);
+                accesses++;
+                st64(&v->rng, rng);
+                st64(&v->accesses, accesses);
+                if (max_accesses && accesses >= max_accesses)
+                    break;
+            }
+            break;
+        default:
+            /* unknown workload: behave as idle */
+            while (ld32(&v->cmd) == PC_CMD_RUN)
+                futex_wait(&v->cmd, PC_CMD_RUN);
+            break;
+        }
+    }
+    publish_state(v, PC_STATE_STOPPED);
+    return NULL;
+}
+
+/* Starts the thread of vCPU `index` of the block array. Returns 0 or an errno. */
+int pc_vcpu_start(struct pc_vcpu *vcpus, int index)
+{
+    struct pc_vcpu *v = &vcpus[index];
+    pthread_attr_t attr;
+    pthread_t t;
+    int err = pthread_attr_init(&attr);
+    if (err)
+        return err;
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    st32(&v->state, PC_STATE_STARTING);
+    err = pthread_create(&t, &attr, vcpu_main, v);
+    pthread_attr_destroy(&attr);
+    if (err)
+        return err;
+    memcpy(&v->thread, &t, sizeof t);
+    return 0;
+}
+
+/* Sets the command of vCPUs [first, first+count) and wakes them. */
+void pc_vcpu_command(struct pc_vcpu *vcpus, int first, int count, int cmd)
+{
+    for (int i = first; i < first + count; i++) {
+        st32(&vcpus[i].cmd, cmd);
+        futex_wake(&vcpus[i].cmd);
+    }
+}
+
+/* Joins the threads of vCPUs [0, count) (they must have been told to stop).
+ * Blocks: call it through koffi's .async. Returns the number joined. */
+int pc_vcpu_join(struct pc_vcpu *vcpus, int count)
+{
+    int joined = 0;
+    for (int i = 0; i < count; i++) {
+        pthread_t t;
+        memcpy(&t, &vcpus[i].thread, sizeof t);
+        if (vcpus[i].thread && pthread_join(t, NULL) == 0)
+            joined++;
+        vcpus[i].thread = 0;
+    }
+    return joined;
+}
+
+/* Waits up to timeout_ms until every vCPU of [0, count) is in a state of
+ * `mask` (bit per pc_vcpu_state). Blocks: call through .async. Returns 1 when
+ * all are, 0 on timeout. */
+int pc_vcpu_wait_states(struct pc_vcpu *vcpus, int count, int mask, int timeout_ms)
+{
+    struct timespec now, deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    for (int i = 0; i < count; i++) {
+        int s;
+        while (!((1 << (s = ld32(&vcpus[i].state))) & mask)) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            long left_ns = (deadline.tv_sec - now.tv_sec) * 1000000000L + (deadline.tv_nsec - now.tv_nsec);
+            if (left_ns <= 0)
+                return 0;
+            struct timespec rel = { left_ns / 1000000000L, left_ns % 1000000000L };
+            if (rel.tv_sec > 0 || rel.tv_nsec > 1000000L)
+                rel = (struct timespec){ 0, 1000000L }; /* re-check at least every ms */
+            syscall(SYS_futex, &vcpus[i].state, FUTEX_WAIT_PRIVATE, s, &rel, NULL, 0);
+        }
+    }
+    return 1;
+}

@@ -1,0 +1,40 @@
+/* The vCPU control block shared between a vCPU thread and TypeScript. The
+ * memory comes from koffi.alloc (never a JS Buffer); TypeScript reads and
+ * writes it at the fixed offsets below (src/native/vcpu-layout.ts mirrors them,
+ * and pc_vcpu_layout() lets it check). One block per vCPU, 128 bytes. */
+#ifndef POSTCOPY_VCPU_H
+#define POSTCOPY_VCPU_H
+#include <stdint.h>
+
+enum pc_vcpu_cmd { PC_CMD_RUN = 0, PC_CMD_PAUSE = 1, PC_CMD_STOP = 2 };
+enum pc_vcpu_state {
+    PC_STATE_STARTING = 0, /* thread not yet running its loop */
+    PC_STATE_RUNNING = 1,
+    PC_STATE_PAUSED = 2,   /* acknowledged a pause: no access in flight, state fields stable */
+    PC_STATE_STOPPED = 3,  /* thread has left its loop */
+    PC_STATE_DONE = 4,     /* reached its sweeps/accesses limit; parked until stop */
+};
+enum pc_workload { PC_WL_SWEEP = 0, PC_WL_RANDOM = 1, PC_WL_HOTSET = 2, PC_WL_IDLE = 3 };
+
+struct pc_vcpu {
+    int32_t cmd;           /*   0 futex word, written by TS through pc_vcpu_command() */
+    int32_t state;         /*   4 futex word, written by the thread */
+    int32_t tid;           /*   8 kernel thread id (gettid) */
+    int32_t kind;          /*  12 enum pc_workload */
+    uint64_t base;         /*  16 guest RAM base address */
+    uint64_t start;        /*  24 first page index of the range (relative to base) */
+    uint64_t end;          /*  32 end page index (exclusive) */
+    uint64_t position;     /*  40 sweep: page index touched next */
+    uint64_t sweeps;       /*  48 completed sweeps */
+    uint64_t accesses;     /*  56 completed accesses */
+    uint64_t rng;          /*  64 xorshift64* state (random, hotset) */
+    uint64_t max_sweeps;   /*  72 0 = unlimited */
+    uint64_t max_accesses; /*  80 0 = unlimited */
+    uint64_t hot_pages;    /*  88 hotset: pages [start, start+hot_pages) are hot */
+    uint64_t hot_share;    /*  96 hotset: probability of a hot access, scaled to 2^32 */
+    uint64_t thread;       /* 104 pthread_t */
+    uint64_t page_size;    /* 112 */
+    uint64_t reserved;     /* 120 */
+};
+
+#endif

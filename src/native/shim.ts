@@ -1,0 +1,69 @@
+// The koffi binding of native-shim (libpostcopy_shim.so): finds the built
+// library, checks that its control-block layout matches ours, and declares
+// its functions. Nothing here runs a thread; vcpu.ts and fault-handler.ts use
+// these declarations.
+import koffi from 'koffi';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { KoffiFunc } from './libc.js';
+import { VCPU_BLOCK_SIZE, VCPU_OFF_POSITION } from './vcpu-layout.js';
+
+export const SHIM_VERSION = 2;
+const LIB_NAME = 'libpostcopy_shim.so';
+
+/** the library path: $POSTCOPY_SHIM, else native-shim/build/ of the nearest enclosing package */
+function findLibrary(): string {
+  const env = process.env.POSTCOPY_SHIM;
+  if (env) return env;
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const candidate = join(dir, 'native-shim', 'build', LIB_NAME);
+    if (existsSync(candidate)) return candidate;
+    const up = dirname(dir);
+    if (up === dir) break;
+    dir = up;
+  }
+  throw new Error(`${LIB_NAME} not found (looked in native-shim/build/ above ${dirname(fileURLToPath(import.meta.url))}); ` +
+    `build it with 'npm run build' (needs a C compiler, e.g. apt-get install gcc libc6-dev)`);
+}
+
+export interface Shim {
+  version(): number;
+  vcpuStart(blocks: bigint, index: number): number;
+  vcpuCommand(blocks: bigint, first: number, count: number, cmd: number): void;
+  vcpuJoin: KoffiFunc<[blocks: bigint, count: number], number>;
+  vcpuWaitStates: KoffiFunc<[blocks: bigint, count: number, mask: number, timeoutMs: number], number>;
+  faultHandlerRun: KoffiFunc<[uffd: number, src: number, pageSize: number, expected: number, stopFd: number], number | bigint>;
+  pageDigests(base: number, pageSize: number, first: number, count: number, out: BigUint64Array): void;
+}
+
+let shim: Shim | undefined;
+
+/** loads the shim once (throws a clear error when it is missing or stale) */
+export function loadShim(): Shim {
+  if (shim) return shim;
+  const path = findLibrary();
+  const lib = koffi.load(path);
+  const version = lib.func('int postcopy_shim_version(void)') as () => number;
+  if (version() !== SHIM_VERSION) {
+    throw new Error(`${path} is version ${version()}, this program needs ${SHIM_VERSION}: rebuild it with 'npm run build'`);
+  }
+  const layout = (lib.func('int pc_vcpu_layout(void)') as () => number)();
+  if (layout !== VCPU_BLOCK_SIZE * 1000 + VCPU_OFF_POSITION) {
+    throw new Error(`${path}: vCPU control block layout ${layout} does not match the binding; rebuild with 'npm run build'`);
+  }
+  shim = {
+    version,
+    vcpuStart: lib.func('int pc_vcpu_start(void *vcpus, int index)') as Shim['vcpuStart'],
+    vcpuCommand: lib.func('void pc_vcpu_command(void *vcpus, int first, int count, int cmd)') as Shim['vcpuCommand'],
+    vcpuJoin: lib.func('int pc_vcpu_join(void *vcpus, int count)') as unknown as Shim['vcpuJoin'],
+    vcpuWaitStates: lib.func('int pc_vcpu_wait_states(void *vcpus, int count, int mask, int timeout_ms)') as unknown as
+      Shim['vcpuWaitStates'],
+    faultHandlerRun: lib.func('int64_t pc_fault_handler_run(int uffd, uint64_t src, uint64_t page_size, int64_t expected, int stop_fd)') as
+      unknown as Shim['faultHandlerRun'],
+    pageDigests: lib.func('void pc_page_digests(uint64_t base, uint64_t page_size, uint64_t first, uint64_t count, _Out_ uint64_t *out)') as
+      unknown as Shim['pageDigests'],
+  };
+  return shim;
+}

@@ -1,0 +1,133 @@
+// TypeScript side of native-shim's vCPU threads: one koffi.alloc'ed array of
+// control blocks (struct pc_vcpu), read and written at fixed offsets, plus
+// start / command / wait / join. Policy (what a pause means for a VM) lives
+// in src/vm/vcpus.ts; this module only moves numbers to and from the threads.
+import { NativeBlock } from './memory.js';
+import { loadShim, type Shim } from './shim.js';
+import * as L from './vcpu-layout.js';
+
+const TWO32 = 4294967296;
+
+export interface NativeWorkload {
+  kind: number;           // L.WL_*
+  base: number;           // guest RAM address
+  startPage: number;
+  endPage: number;
+  pageSize: number;
+  maxSweeps: number;      // 0 = unlimited
+  maxAccesses: number;    // 0 = unlimited
+  hotPages: number;
+  hotShare: number;       // 0..1
+}
+
+export class NativeVcpus {
+  readonly count: number;
+  readonly #block: NativeBlock;
+  readonly #i32: Int32Array;
+  readonly #u32: Uint32Array;
+  readonly #u64: BigUint64Array;
+  readonly #shim: Shim;
+  #started = false;
+  #joined = false;
+
+  constructor(count: number) {
+    this.#shim = loadShim();
+    this.count = count;
+    this.#block = new NativeBlock(count * L.VCPU_BLOCK_SIZE);
+    this.#i32 = new Int32Array(this.#block.buffer);
+    this.#u32 = new Uint32Array(this.#block.buffer);
+    this.#u64 = new BigUint64Array(this.#block.buffer);
+  }
+
+  #w(i: number, off: number): number { return (i * L.VCPU_BLOCK_SIZE + off) >> 2; }
+
+  get64(i: number, off: number): number {
+    const w = this.#w(i, off);
+    return this.#u32[w] + this.#u32[w + 1] * TWO32;
+  }
+  set64(i: number, off: number, v: number): void {
+    const w = this.#w(i, off);
+    this.#u32[w] = v >>> 0;
+    this.#u32[w + 1] = Math.floor(v / TWO32);
+  }
+  getBig(i: number, off: number): bigint { return this.#u64[(i * L.VCPU_BLOCK_SIZE + off) >> 3]; }
+  setBig(i: number, off: number, v: bigint): void { this.#u64[(i * L.VCPU_BLOCK_SIZE + off) >> 3] = BigInt.asUintN(64, v); }
+  get32(i: number, off: number): number { return Atomics.load(this.#i32, this.#w(i, off)); }
+
+  state(i: number): number { return this.get32(i, L.VCPU_OFF_STATE); }
+  command(i: number): number { return this.get32(i, L.VCPU_OFF_CMD); }
+  tid(i: number): number { return this.get32(i, L.VCPU_OFF_TID); }
+
+  /** fills vCPU i's block before its thread starts */
+  configure(i: number, w: NativeWorkload, initialCmd: number): void {
+    const w32 = this.#w(i, 0);
+    this.#i32[w32 + (L.VCPU_OFF_CMD >> 2)] = initialCmd;
+    this.#i32[w32 + (L.VCPU_OFF_STATE >> 2)] = L.STATE_STARTING;
+    this.#i32[w32 + (L.VCPU_OFF_KIND >> 2)] = w.kind;
+    this.set64(i, L.VCPU_OFF_BASE, w.base);
+    this.set64(i, L.VCPU_OFF_START, w.startPage);
+    this.set64(i, L.VCPU_OFF_END, w.endPage);
+    this.set64(i, L.VCPU_OFF_POSITION, w.startPage);
+    this.set64(i, L.VCPU_OFF_PAGE_SIZE, w.pageSize);
+    this.set64(i, L.VCPU_OFF_MAX_SWEEPS, w.maxSweeps);
+    this.set64(i, L.VCPU_OFF_MAX_ACCESSES, w.maxAccesses);
+    this.set64(i, L.VCPU_OFF_HOT_PAGES, w.hotPages);
+    this.set64(i, L.VCPU_OFF_HOT_SHARE, Math.min(TWO32, Math.round(w.hotShare * TWO32)));
+  }
+
+  /** starts thread i; throws with the pthread error */
+  start(i: number): void {
+    const err = this.#shim.vcpuStart(this.#block.ptr, i);
+    if (err !== 0) throw new Error(`vCPU ${i}: pthread_create failed (errno ${err})`);
+    this.#started = true;
+  }
+
+  /** sets the command of every vCPU and wakes them */
+  commandAll(cmd: number): void {
+    this.#shim.vcpuCommand(this.#block.ptr, 0, this.count, cmd);
+  }
+
+  /** resolves true once every vCPU is in a state of `mask` (bits 1<<STATE_*), false after timeoutMs */
+  waitStates(mask: number, timeoutMs: number): Promise<boolean> {
+    return new Promise((resolve, reject) => {
+      this.#shim.vcpuWaitStates.async(this.#block.ptr, this.count, mask, timeoutMs, (err, res) => {
+        if (err) reject(err instanceof Error ? err : new Error(String(err)));
+        else resolve(res === 1);
+      });
+    });
+  }
+
+  /** every vCPU is in a state of mask right now */
+  allIn(mask: number): boolean {
+    for (let i = 0; i < this.count; i++) if (((1 << this.state(i)) & mask) === 0) return false;
+    return true;
+  }
+
+  /** tells every thread to stop and joins them off the main thread (the blocks stay readable until free()) */
+  async join(): Promise<void> {
+    if (this.#joined) return;
+    this.#joined = true;
+    if (!this.#started) return;
+    this.commandAll(L.CMD_STOP);
+    await new Promise<void>((resolve, reject) => {
+      this.#shim.vcpuJoin.async(this.#block.ptr, this.count, (err) => {
+        if (err) reject(err instanceof Error ? err : new Error(String(err)));
+        else resolve();
+      });
+    });
+  }
+
+  /** frees the control blocks; only after join(). Idempotent. */
+  free(): void {
+    if (!this.#joined && this.#started) throw new Error('vCPU control blocks freed while their threads may run: join() first');
+    this.#block.free();
+  }
+
+  /** join() then free() */
+  async stopAndJoin(): Promise<void> {
+    await this.join();
+    this.free();
+  }
+
+  get freed(): boolean { return this.#block.freed; }
+}

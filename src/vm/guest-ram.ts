@@ -1,0 +1,72 @@
+// Guest RAM: one anonymous private mapping, page-granular, zero-filled and
+// unpopulated until touched, so that a destination registered with
+// userfaultfd sees a MISSING fault on every page's first touch.
+import { CommandError } from '../errors.js';
+import { NativeMapping, pageDigests } from '../native/index.js';
+import { MAX_RAM_BYTES, PAGE_SIZE, formatSize } from './size.js';
+
+export class GuestRam {
+  readonly #map: NativeMapping;
+  /** native address of guest page 0 */
+  readonly base: number;
+  readonly bytes: number;
+  readonly pages: number;
+
+  private constructor(map: NativeMapping) {
+    this.#map = map;
+    this.base = map.address;
+    this.bytes = map.bytes;
+    this.pages = map.bytes / PAGE_SIZE;
+  }
+
+  /** maps `bytes` of guest RAM (a positive page multiple, at most 1T) */
+  static create(bytes: number): GuestRam {
+    if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes % PAGE_SIZE !== 0 || bytes > MAX_RAM_BYTES) {
+      throw new CommandError(`guest RAM size ${bytes} must be a positive multiple of ${PAGE_SIZE} up to ${formatSize(MAX_RAM_BYTES)}`);
+    }
+    try {
+      return new GuestRam(NativeMapping.create(bytes));
+    } catch (e) {
+      throw new CommandError(`cannot map ${formatSize(bytes)} of guest RAM: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
+
+  get disposed(): boolean { return this.#map.disposed; }
+
+  /** the whole RAM as bytes (no copy). Reading a page populates it (and faults under userfaultfd). */
+  view(): Buffer {
+    return this.#map.buffer();
+  }
+
+  /** address of guest page `page` */
+  pageAddress(page: number): number {
+    return this.base + page * PAGE_SIZE;
+  }
+
+  /** 64-bit digests of pages [first, first+count) (default: all) */
+  pageDigests(first = 0, count = this.pages - first): BigUint64Array {
+    if (this.#map.disposed) throw new Error('guest RAM was disposed');
+    if (!(first >= 0 && count >= 0 && first + count <= this.pages)) {
+      throw new RangeError(`pages [${first}, ${first + count}) are outside guest RAM (${this.pages} pages)`);
+    }
+    return pageDigests(this.base, PAGE_SIZE, first, count);
+  }
+
+  /** the digests as 16 hex digits per page, page 0 first (Machine.ramDigest()) */
+  digestHex(): string {
+    const d = this.pageDigests();
+    let s = '';
+    for (const h of d) s += h.toString(16).padStart(16, '0');
+    return s;
+  }
+
+  /** gives pages back: they read as zero again and are unpopulated */
+  discard(firstPage: number, count: number): void {
+    this.#map.discard(firstPage * PAGE_SIZE, count * PAGE_SIZE);
+  }
+
+  /** unmaps (stop the vCPUs first). Idempotent. */
+  dispose(): void {
+    this.#map.dispose();
+  }
+}

@@ -16,6 +16,7 @@ import { createRegistry } from './monitor/commands.js';
 import { HmpConsole } from './monitor/hmp.js';
 import { colorWanted, formatBanner } from './monitor/format.js';
 import type { Registry } from './monitor/registry.js';
+import { parseWorkload, type WorkloadSpec } from './vm/workload.js';
 
 /** What vm-main needs from the engine (src/machine.ts and src/vm/). */
 export interface VmEngine {
@@ -44,32 +45,33 @@ function version(): string {
 
 const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
-/** The real engine: the Machine factory of src/machine.ts. */
+/** The real engine: the Machine factory of src/machine.ts (loaded here, not
+ *  imported, so that option errors and --help never load native code). */
 async function loadEngine(): Promise<VmEngine> {
   const machineModule = './machine.js';
-  const load = async (spec: string): Promise<unknown> => {
-    try {
-      return await import(spec);
-    } catch (e) {
-      throw new Error(`this build has no VM engine (${spec} does not load: ${message(e)}); run 'npm run build'`);
-    }
-  };
-  const mod = (await load(machineModule)) as {
-    createMachine?: (o: { ramBytes: number; vcpus: number; workload: unknown; incoming?: string; startPaused: boolean }) => Promise<Machine>;
-  };
-  const workloadModule = './vm/workload.js';
-  const wl = (await load(workloadModule)) as { parseWorkload?: (text: string, ramBytes: number) => unknown };
-  const create = mod.createMachine;
-  const parseWorkload = wl.parseWorkload;
-  if (typeof create !== 'function' || typeof parseWorkload !== 'function') {
-    throw new Error('this build has no VM engine (createMachine/parseWorkload missing)');
+  let mod: { createMachine?: (o: MachineOptions) => Promise<Machine> };
+  try {
+    mod = (await import(machineModule)) as typeof mod;
+  } catch (e) {
+    throw new Error(`this build has no VM engine (${machineModule} does not load: ${message(e)}); run 'npm run build'`);
   }
+  const create = mod.createMachine;
+  if (typeof create !== 'function') throw new Error(`this build has no VM engine (${machineModule} has no createMachine)`);
   return {
     createMachine: (o) => create({
       ramBytes: o.ramBytes, vcpus: o.vcpus, workload: parseWorkload(o.workload, o.ramBytes),
       incoming: o.incoming, startPaused: o.startPaused,
     }),
   };
+}
+
+/** src/machine.ts's options (its MachineOptions). */
+interface MachineOptions {
+  ramBytes: number;
+  vcpus: number;
+  workload: WorkloadSpec;
+  incoming?: string;
+  startPaused: boolean;
 }
 
 type StartQmp = (machine: Machine, spec: string, registry: Registry,

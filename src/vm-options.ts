@@ -6,7 +6,10 @@
 // With no arguments at all the result is the lab of `npm start`: a source VM
 // of 256 MiB, 2 vCPUs, the `sweep` workload, the console on stdio.
 
+import { CommandError } from './errors.js';
 import { parseMigrationUri } from './migration/uri.js';
+import { MAX_VCPUS, parseSize, parseSmp } from './vm/size.js';
+import { parseWorkload } from './vm/workload.js';
 
 export class VmOptionError extends Error {
   constructor(message: string) {
@@ -47,8 +50,7 @@ export interface VmOptions {
 export const DEFAULT_RAM_BYTES = 256 * 2 ** 20;
 export const DEFAULT_VCPUS = 2;
 export const DEFAULT_WORKLOAD = 'sweep';
-export const MAX_VCPUS = 512;
-const PAGE = 4096;
+export { MAX_VCPUS };
 
 export const USAGE = `usage: postcopy [options]
        postcopy run [options]             batch source+destination run (see 'postcopy run --help')
@@ -59,10 +61,12 @@ source VM (256 MiB, 2 vCPUs, workload 'sweep') with the console on stdio;
 'migrate' with no URI starts a matching destination process on loopback.
 
 Options (QEMU spelling; --name works too):
-  -m SIZE            guest RAM (default 256M; suffixes K M G, MiB when none)
-  -smp N             number of vCPUs (default 2)
+  -m SIZE            guest RAM (default 256M; suffixes K M G T, MiB when none)
+  -smp N             number of vCPUs, 1..512 (default 2; cpus=N and
+                     sockets/cores/threads spellings accepted)
   -workload NAME[,key=value...]
-                     what the vCPUs run (default sweep)
+                     what the vCPUs run (default sweep): sweep, random,
+                     hotset, idle; keys e.g. start=, end=, seed=, fraction=
   -incoming URI      wait for an incoming migration: tcp:HOST:PORT, unix:PATH,
                      or defer (start it later with migrate_incoming)
   -qmp unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off
@@ -78,33 +82,26 @@ Options (QEMU spelling; --name works too):
   --version          the version
 `;
 
-/** QEMU -m: "256", "256M", "1G", "size=1G"; MiB when there is no suffix. */
+/** QEMU -m, parsed by the vm module (plain number = MiB, K/M/G/T, a
+ *  positive page multiple up to 1T). */
 export function parseRamSize(text: string): number {
-  let t = text;
-  const opts = t.split(',');
-  if (opts.length > 1) {
-    throw new VmOptionError(`-m ${text}: only the size is supported (no slots=/maxmem=)`);
-  }
-  if (t.startsWith('size=')) t = t.slice(5);
-  const m = /^([0-9]+(?:\.[0-9]+)?)([kKmMgGtT]i?[bB]?|[bB])?$/.exec(t);
-  if (!m) throw new VmOptionError(`-m ${text}: invalid size (write e.g. 256M, 1G or 512)`);
-  const unit = (m[2] ?? 'M')[0].toUpperCase();
-  const mul = unit === 'B' ? 1 : unit === 'K' ? 2 ** 10 : unit === 'M' ? 2 ** 20 : unit === 'G' ? 2 ** 30 : 2 ** 40;
-  const bytes = Number(m[1]) * mul;
-  if (!Number.isSafeInteger(bytes) || bytes <= 0) throw new VmOptionError(`-m ${text}: the size must be above 0`);
-  if (bytes % PAGE !== 0) throw new VmOptionError(`-m ${text}: the size must be a multiple of the 4 KiB page size`);
-  return bytes;
+  return asOptionError('-m', text, () => parseSize(text.startsWith('size=') ? text.slice(5) : text));
 }
 
-/** QEMU -smp: "N" or "cpus=N". */
-export function parseSmp(text: string): number {
-  const m = /^(?:cpus=)?([0-9]+)$/.exec(text);
-  if (!m) {
-    throw new VmOptionError(`-smp ${text}: expected a number of vCPUs (e.g. -smp 4); sockets/cores/threads are not supported`);
+/** QEMU -smp ("4", "cpus=4", "4,sockets=1,cores=2,threads=2"), by the vm module. */
+export function parseSmpOption(text: string): number {
+  return asOptionError('-smp', text, () => parseSmp(text));
+}
+
+function asOptionError<T>(option: string, value: string, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof CommandError) {
+      throw new VmOptionError(e.message.startsWith(option) ? e.message : `${option} ${value}: ${e.message}`);
+    }
+    throw e;
   }
-  const n = Number(m[1]);
-  if (n < 1 || n > MAX_VCPUS) throw new VmOptionError(`-smp ${text}: the number of vCPUs must be from 1 to ${MAX_VCPUS}`);
-  return n;
 }
 
 /** -incoming: "defer" or a migration URI, checked by the migration code's
@@ -149,13 +146,8 @@ type Handler = (v: string, o: VmOptions) => void;
 /** Options that take a value, by name (without dashes). */
 const WITH_VALUE: Record<string, Handler> = {
   m: (v, o) => { o.ramBytes = parseRamSize(v); },
-  smp: (v, o) => { o.vcpus = parseSmp(v); },
-  workload: (v, o) => {
-    if (!/^[A-Za-z0-9_-]+(,[A-Za-z0-9_.-]+=[^,]*)*$/.test(v)) {
-      throw new VmOptionError(`-workload ${v}: expected NAME[,key=value...]`);
-    }
-    o.workload = v;
-  },
+  smp: (v, o) => { o.vcpus = parseSmpOption(v); },
+  workload: (v, o) => { o.workload = v; }, // checked against -m once all options are read
   incoming: (v, o) => { o.incoming = parseIncoming(v); },
   qmp: (v, o) => { o.qmp.push(parseQmpOption(v)); },
   monitor: (v, o) => {
@@ -214,6 +206,7 @@ export function parseVmOptions(argv: readonly string[]): VmOptions {
     seen.add(name);
     handler(value, o);
   }
+  asOptionError('-workload', o.workload, () => parseWorkload(o.workload, o.ramBytes));
   if (o.monitor === 'none' && o.execute) throw new VmOptionError(`-e needs the console: drop '-monitor none'`);
   return o;
 }

@@ -179,8 +179,9 @@ describe('start-up errors', () => {
   it.each([
     [['--frobnicate'], "postcopy: unknown option '--frobnicate' (see --help)"],
     [['-m'], 'postcopy: -m needs a value (see --help)'],
-    [['-m', 'lots'], 'postcopy: -m lots: invalid size (write e.g. 256M, 1G or 512)'],
-    [['--smp', 'zero'], 'postcopy: -smp zero: expected a number of vCPUs (e.g. -smp 4); sockets/cores/threads are not supported'],
+    [['-m', 'lots'], "postcopy: -m lots: RAM size 'lots' is not a size"],
+    [['--smp', 'zero'], "postcopy: -smp zero: vCPU count 'zero' is not a whole number"],
+    [['-workload', 'juggle'], "postcopy: -workload juggle: unknown workload 'juggle'"],
     [['-monitor', 'vc'], "postcopy: -monitor vc: only 'stdio' and 'none' are supported"],
     [['-qmp', 'unix:/tmp/x.sock,server=on,wait=on'], 'postcopy: -qmp unix:/tmp/x.sock,server=on,wait=on: wait=on is not supported'],
   ])('%j', async (args, message) => {

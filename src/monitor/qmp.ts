@@ -275,6 +275,7 @@ export class QmpServer {
   private socketIno: number | undefined;
   private closed = false;
   private quitting = false;
+  private shutdownSent = false;
   private lastRunState: RunState;
   private readonly onMigration = (status: MigrationStatus): void => {
     const events = this.machine.capabilities().find((c) => c.capability === 'events');
@@ -286,9 +287,7 @@ export class QmpServer {
     if (state === 'running' && prev !== 'running') this.broadcast('RESUME');
     else if (prev === 'running' && state !== 'running' && state !== 'shutdown') this.broadcast('STOP');
   };
-  private readonly onShutdown = (): void => {
-    this.broadcast('SHUTDOWN', { guest: false, reason: 'host-qmp-quit' });
-  };
+  private readonly onShutdown = (): void => this.sendShutdown('host-qmp-quit');
   private readonly onExit = (): void => this.removeSocketFile();
 
   constructor(readonly machine: Machine, readonly registry: Registry, private readonly opts: QmpServerOptions = {}) {
@@ -376,17 +375,30 @@ export class QmpServer {
     for (const s of this.sessions) if (s.negotiated) s.write(line);
   }
 
+  /** QEMU's SHUTDOWN event, once: before the connections close, whichever
+   *  way the process is going down (QMP or HMP quit, the machine quitting,
+   *  the program closing this server). */
+  private sendShutdown(reason: string): void {
+    if (this.shutdownSent) return;
+    this.shutdownSent = true;
+    this.broadcast('SHUTDOWN', { guest: false, reason });
+  }
+
   /** `quit` over QMP: the reply is out; now end the machine (once). */
   quit(): void {
     if (this.quitting) return;
     this.quitting = true;
+    this.sendShutdown('host-qmp-quit');
     if (this.opts.requestQuit) { this.opts.requestQuit(); return; }
     this.machine.quit().catch((e: unknown) => process.stderr.write(`qmp: quit failed: ${e instanceof Error ? e.message : String(e)}\n`));
   }
 
-  /** Stops listening, flushes and closes every client, removes the socket file. */
-  async close(): Promise<void> {
+  /** Stops listening, sends SHUTDOWN (QEMU's reason names: 'host-qmp-quit',
+   *  'host-signal', ...) unless it went out already, flushes and closes
+   *  every client, removes the socket file. */
+  async close(opts: { shutdownReason?: string } = {}): Promise<void> {
     if (this.closed) return;
+    this.sendShutdown(opts.shutdownReason ?? 'host-qmp-quit');
     this.closed = true;
     const ev = this.machine.events;
     ev.off('migration', this.onMigration);

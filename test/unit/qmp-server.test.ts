@@ -271,6 +271,46 @@ describe('commands', () => {
   });
 });
 
+describe('quit as vm-main does it (servers closed first, then the machine)', () => {
+  test('the client gets the reply, SHUTDOWN once, then the connection closes; the socket file is gone', async () => {
+    const p2 = join(dir, 'vm2.qmp');
+    let srv: QmpServer | undefined;
+    let quits = 0;
+    let down: Promise<void> | undefined;
+    srv = await startQmpServer(machine, `unix:${p2}`, registry(), {
+      requestQuit: () => { quits++; down = srv!.close().then(() => machine.quit()); },
+    });
+    const r = await Raw.connect(p2);
+    await r.line();
+    r.send('{"execute": "qmp_capabilities"}{"execute": "quit"}{"execute": "query-status"}');
+    expect(await r.line()).toBe('{"return": {}}\r\n');
+    expect(await r.line()).toBe('{"return": {}}\r\n');
+    expect(await r.json()).toMatchObject({ event: 'SHUTDOWN', data: { guest: false, reason: 'host-qmp-quit' } });
+    // whatever else arrives, it is no second SHUTDOWN, and the server closes the connection
+    const rest: string[] = [];
+    await expect((async () => { for (;;) rest.push(await r.line()); })()).rejects.toThrow(/connection closed/);
+    expect(rest.filter((l) => l.includes('SHUTDOWN'))).toEqual([]);
+    expect(quits).toBe(1);
+    await down;
+    expect(machine.quitCount).toBe(1);
+    expect(existsSync(p2)).toBe(false);
+  });
+
+  test('HMP quit through human-monitor-command quits the same way', async () => {
+    const reg = registry();
+    reg.addHmp({ name: 'quit|q', argsType: '', params: '', help: 'quit', handler: async (ctx) => { ctx.requestQuit(); return { text: '' }; } });
+    const p3 = join(dir, 'vm3.qmp');
+    let quits = 0;
+    const srv = await startQmpServer(machine, `unix:${p3}`, reg, { requestQuit: () => { quits++; } });
+    const c = await QmpClient.connect(p3);
+    expect(await c.execute('human-monitor-command', { 'command-line': 'q' })).toBe('');
+    await c.waitForEvent('SHUTDOWN', { timeoutMs: 5000 });
+    expect(quits).toBe(1);
+    await c.close();
+    await srv.close();
+  });
+});
+
 describe('clients and framing over the socket', () => {
   test('several clients at once; events go only to negotiated ones', async () => {
     const a = await QmpClient.connect(path);

@@ -226,8 +226,6 @@ int pc_vcpu_wait_states(struct pc_vcpu *vcpus, int count, int mask, int timeout_
             if (left_ns <= 0)
                 return 0;
             struct timespec rel = { left_ns / 1000000000L, left_ns % 1000000000L };
-            if (rel.tv_sec > 0 || rel.tv_nsec > 1000000L)
-                rel = (struct timespec){ 0, 1000000L }; /* re-check at least every ms */
             syscall(SYS_futex, &vcpus[i].state, FUTEX_WAIT_PRIVATE, s, &rel, NULL, 0);
         }
     }

@@ -8,3 +8,4 @@ export type { CFaultHandler } from './fault-handler.js';
 export { pageDigests } from './digest.js';
 export { loadShim, SHIM_VERSION } from './shim.js';
 export * as vcpuLayout from './vcpu-layout.js';
+export { pinProcessToCpu, currentCpu } from './affinity.js';

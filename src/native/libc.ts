@@ -17,17 +17,30 @@ export const ioctl = libc.func('int ioctl(int fd, unsigned long request, void *a
   (fd: number, request: number, arg: Uint8Array | bigint | number | null) => number;
 export const read = libc.func('long read(int fd, void *buf, size_t count)') as
   (fd: number, buf: Uint8Array | bigint | number, count: number) => number;
+/** read(2)/ioctl(2) into native memory given by address as a plain number: the cheapest koffi call (hot paths) */
+export const readAt = libc.func('long read(int fd, uintptr_t buf, size_t count)') as
+  (fd: number, buf: number, count: number) => number;
+export const ioctlAt = libc.func('int ioctl(int fd, unsigned long request, uintptr_t arg)') as
+  (fd: number, request: number, arg: number) => number;
 export const write = libc.func('long write(int fd, void *buf, size_t count)') as
   (fd: number, buf: Uint8Array | bigint | number, count: number) => number;
 /** poll(2) over a pollfd array in native memory (koffi.alloc), so it can run with .async */
 export const poll = libc.func('int poll(void *fds, unsigned long nfds, int timeout)') as unknown as
   KoffiFunc<[fds: bigint | number, nfds: number, timeout: number], number>;
+/** ppoll(2) with a timespec timeout (us resolution) and no signal mask change; called synchronously */
+export const ppoll = libc.func('int ppoll(void *fds, unsigned long nfds, void *tmo, void *sigmask)') as
+  (fds: bigint | number, nfds: number, tmo: Uint8Array, sigmask: null) => number;
 export const eventfd = libc.func('int eventfd(unsigned int initval, int flags)') as (init: number, flags: number) => number;
 export const mmap = libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)') as
   (addr: bigint | number | null, length: number, prot: number, flags: number, fd: number, offset: number) => bigint;
 export const munmap = libc.func('int munmap(void *addr, size_t length)') as (addr: bigint | number, length: number) => number;
 export const madvise = libc.func('int madvise(void *addr, size_t length, int advice)') as
   (addr: bigint | number, length: number, advice: number) => number;
+export const sched_getcpu = libc.func('int sched_getcpu(void)') as () => number;
+export const sched_getaffinity = libc.func('int sched_getaffinity(int pid, size_t size, void *mask)') as
+  (pid: number, size: number, mask: Uint8Array) => number;
+export const sched_setaffinity = libc.func('int sched_setaffinity(int pid, size_t size, void *mask)') as
+  (pid: number, size: number, mask: Uint8Array) => number;
 export const strerror = libc.func('const char *strerror(int errnum)') as (errnum: number) => string;
 
 /** a koffi function with its .async form */

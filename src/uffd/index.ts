@@ -17,6 +17,6 @@ export { Userfaultfd, probeSupportedFeatures } from './userfaultfd.js';
 export type { PlaceResult, OpenOptions, RegisterMode } from './userfaultfd.js';
 export { decodeEvent } from './events.js';
 export type { UffdEvent } from './events.js';
-export { UffdPoller } from './poller.js';
+export { UffdPoller, DEFAULT_SPIN_MICROS } from './poller.js';
 export type { PollerOptions, ReadableHandler } from './poller.js';
 export { StagingArea } from './staging.js';

@@ -1,21 +1,30 @@
 // Event-loop integration for a userfaultfd: calls the handler whenever fault
 // messages may be pending, without ever blocking the Node event loop.
 //
-// Design (measured in docs/foundation.md): after a batch of events the poller
-// keeps calling the handler (each call is one non-blocking read) for a short
-// spin window (default 200 us since the last event), yielding to the event
-// loop with setImmediate at least every sliceMicros. A vCPU that faults again
-// right after its page arrived is thus served without a thread wake-up. Once
-// the window passes with no event, the poller parks in poll(2) on a koffi
-// worker thread (fn.async) over the uffd and an eventfd that stop() signals.
+// Design (measured in docs/foundation.md): the poller parks in poll(2) on a
+// koffi worker thread (fn.async) over the uffd and an eventfd that stop()
+// signals; when it returns, the handler runs on the main thread and is called
+// again until it finds nothing. Optionally (spinMicros > 0) the poller then
+// waits a short "hot window" for the next event in a synchronous ppoll(2) on
+// the main thread (sleeping in the kernel, not burning CPU), so a fault
+// stream is served with one thread wake-up per fault, as a C handler would;
+// it yields to the event loop with setImmediate at least every sliceMicros.
 import koffi from 'koffi';
 import { performance } from 'node:perf_hooks';
 import * as libc from '../native/libc.js';
 import { UffdError } from './errors.js';
 import type { Userfaultfd } from './userfaultfd.js';
 
+/**
+ * Default spin window: 0, i.e. park in poll(2) as soon as a read finds
+ * nothing. Measured on the 2-core machine: spinning on the main thread keeps
+ * the vCPU and the handler on different cores, so every fault pays a
+ * cross-core wake-up, and was 2-4x slower than parking (docs/foundation.md).
+ */
+export const DEFAULT_SPIN_MICROS = 0;
+
 export interface PollerOptions {
-  /** keep polling without parking for this long after the last event (us); 0 = park at once */
+  /** hot window: after the handler found nothing, wait this long (us) on the main thread for the next event before parking; 0 = park at once */
   spinMicros?: number;
   /** longest stretch the poller keeps the event loop busy before yielding (us) */
   sliceMicros?: number;
@@ -46,13 +55,15 @@ export class UffdPoller {
   #lastEvent = 0;
   #stopWaiters: Array<() => void> = [];
   readonly #eight = new Uint8Array(8);
+  readonly #timespec = new Uint32Array(4);
+  readonly #timespecBytes = new Uint8Array(this.#timespec.buffer);
   /** times the poller parked in poll(2) (for benchmarks) */
   parks = 0;
 
   constructor(uffd: Userfaultfd, onReadable: ReadableHandler, opts: PollerOptions = {}) {
     this.#uffd = uffd;
     this.#onReadable = onReadable;
-    this.#spinMs = (opts.spinMicros ?? 200) / 1000;
+    this.#spinMs = (opts.spinMicros ?? DEFAULT_SPIN_MICROS) / 1000;
     this.#sliceMs = (opts.sliceMicros ?? 2000) / 1000;
     this.#onError = opts.onError;
   }
@@ -108,7 +119,8 @@ export class UffdPoller {
   readonly #spin = (): void => {
     if (this.#stopping) { this.#finish(); return; }
     const sliceStart = performance.now();
-    for (;;) {
+    let used = 0;
+    for (let iter = 1; ; iter++) {
       let n: number | void;
       try {
         n = this.#onReadable();
@@ -117,12 +129,26 @@ export class UffdPoller {
         return;
       }
       if (this.#stopping) { this.#finish(); return; }
-      const now = performance.now();
-      if (typeof n === 'number' && n > 0) this.#lastEvent = now;
-      else if (typeof n !== 'number' || now - this.#lastEvent >= this.#spinMs) { this.#park(); return; }
-      if (now - sliceStart >= this.#sliceMs) { setImmediate(this.#spin); return; }
+      if (typeof n !== 'number') { this.#park(); return; }
+      // more may have come while we handled these (a vCPU woken by our copy often faults again at once);
+      // the clock is read every 16 batches only, it costs as much as a read(2)
+      if (n > 0 && (iter & 15) !== 0) continue;
+      used = performance.now() - sliceStart;
+      if (used >= this.#sliceMs) { setImmediate(this.#spin); return; }
+      if (n > 0) continue;
+      if (this.#spinMs <= 0 || !this.#waitHot(Math.min(this.#spinMs, this.#sliceMs - used))) { this.#park(); return; }
     }
   };
+
+  /** synchronous ppoll(2) on the uffd alone for up to ms; true when it became readable */
+  #waitHot(ms: number): boolean {
+    const v = this.#pollView!;
+    v[0] = this.#uffd.fd; v[1] = libc.POLLIN;
+    const ns = Math.max(1000, Math.round(ms * 1e6));
+    this.#timespec[0] = Math.floor(ns / 1e9); this.#timespec[1] = 0;
+    this.#timespec[2] = ns % 1e9; this.#timespec[3] = 0;
+    return libc.ppoll(this.#pollfds!, 1, this.#timespecBytes, null) > 0;
+  }
 
   #park(): void {
     if (this.#uffd.closed) { this.#fail(new UffdError('poller: the userfaultfd was closed while polling', 'CLOSED')); return; }

@@ -4,12 +4,14 @@
 // the fault accessors, copy, zeropage, wake) reuse preallocated argument
 // buffers and never allocate or decode structs.
 import * as libc from '../native/libc.js';
+import { ioctlAt, readAt } from '../native/libc.js';
 import * as abi from './abi.js';
 import type { FeatureName } from './abi.js';
 import { UffdError, badArgument, closedError, sysError } from './errors.js';
 import { featureSet, negotiateFeatures, type FeatureRequest } from './features.js';
 import { openUffdFd } from './open.js';
 import { decodeEvent, type UffdEvent } from './events.js';
+import { NativeBlock } from '../native/memory.js';
 
 export type PlaceResult = 'placed' | 'exists' | 'again';
 
@@ -76,15 +78,20 @@ export class Userfaultfd {
   // reusable ioctl argument blocks (u32 views so 64-bit fields are written as two halves, no BigInt)
   readonly #rangeArg = new Uint32Array(abi.RANGE_SIZE / 4);
   readonly #rangeBytes = new Uint8Array(this.#rangeArg.buffer);
-  readonly #copyArg = new Uint32Array(abi.COPY_SIZE / 4);
-  readonly #copyBytes = new Uint8Array(this.#copyArg.buffer);
+  // the per-fault blocks live in native memory and are passed to the kernel by address (cheapest koffi call)
+  readonly #copyBlock = new NativeBlock(abi.COPY_SIZE);
+  readonly #copyAddr = this.#copyBlock.address;
+  #copyArg = new Uint32Array(this.#copyBlock.buffer, 0, abi.COPY_SIZE / 4);
   readonly #zeroArg = new Uint32Array(abi.ZEROPAGE_SIZE / 4);
   readonly #zeroBytes = new Uint8Array(this.#zeroArg.buffer);
   readonly #wpArg = new Uint32Array(abi.WRITEPROTECT_SIZE / 4);
   readonly #wpBytes = new Uint8Array(this.#wpArg.buffer);
   // message buffer of the last readEvents()
-  #msgBytes = new Uint8Array(INITIAL_MSGS * abi.UFFD_MSG_SIZE);
-  #msgU32 = new Uint32Array(this.#msgBytes.buffer);
+  #msgBlock = new NativeBlock(INITIAL_MSGS * abi.UFFD_MSG_SIZE);
+  #msgAddr = this.#msgBlock.address;
+  #msgCap = this.#msgBlock.bytes;
+  #msgBytes = new Uint8Array(this.#msgBlock.buffer);
+  #msgU32 = new Uint32Array(this.#msgBlock.buffer);
   #count = 0;
 
   private constructor(fd: number, userModeOnly: boolean, supportedMask: number, enabledMask: number) {
@@ -170,21 +177,27 @@ export class Userfaultfd {
    * message i of this batch; the next readEvents() overwrites them.
    */
   readEvents(): number {
-    const fd = this.#live('readEvents');
-    let bytes = libc.read(fd, this.#msgBytes, this.#msgBytes.byteLength);
+    const fd = this.#fd;
+    if (fd < 0) throw closedError('readEvents');
+    let bytes = readAt(fd, this.#msgAddr, this.#msgCap);
     if (bytes < 0) {
       const e = libc.errno();
       this.#count = 0;
       if (e === libc.E.EAGAIN || e === libc.E.EINTR) return 0;
       throw sysError('reading userfaultfd events', e);
     }
-    while (bytes === this.#msgBytes.byteLength) {
+    while (bytes === this.#msgCap) {
       // the buffer was full: there may be more; grow (rare, the buffer keeps its size) and read the rest
-      const bigger = new Uint8Array(this.#msgBytes.byteLength * 2);
-      bigger.set(this.#msgBytes);
-      this.#msgBytes = bigger;
+      const bigger = new NativeBlock(this.#msgCap * 2);
+      const bytesView = new Uint8Array(bigger.buffer);
+      bytesView.set(this.#msgBytes);
+      this.#msgBlock.free();
+      this.#msgBlock = bigger;
+      this.#msgAddr = bigger.address;
+      this.#msgCap = bigger.bytes;
+      this.#msgBytes = bytesView;
       this.#msgU32 = new Uint32Array(bigger.buffer);
-      const more = libc.read(fd, bigger.subarray(bytes), bigger.byteLength - bytes);
+      const more = readAt(fd, this.#msgAddr + bytes, this.#msgCap - bytes);
       if (more <= 0) break;
       bytes += more;
     }
@@ -220,7 +233,17 @@ export class Userfaultfd {
    * present pages skips them and returns 'placed' if it placed any page.
    */
   copy(dst: number, src: number, len: number, opts?: { dontWake?: boolean; wp?: boolean }): PlaceResult {
-    const fd = this.#live('copy');
+    const fd = this.#fd;
+    if (fd < 0) throw closedError('copy');
+    // fast path: one page, default mode, valid addresses (the fault handler's case)
+    if (len === PAGE && opts === undefined && dst > 0 && dst % PAGE === 0 && dst < ADDRESS_LIMIT &&
+        src > 0 && src % PAGE === 0 && src < ADDRESS_LIMIT) {
+      const a = this.#copyArg;
+      a[0] = dst >>> 0; a[1] = (dst / TWO32) >>> 0;
+      a[2] = src >>> 0; a[3] = (src / TWO32) >>> 0;
+      a[4] = PAGE; a[5] = 0; a[6] = 0; a[7] = 0;
+      if (ioctlAt(fd, abi.UFFDIO_COPY, this.#copyAddr) === 0) return 'placed';
+    }
     checkRange('copy', dst, len);
     if (!(src > 0) || src % PAGE !== 0 || src >= ADDRESS_LIMIT) {
       throw badArgument(`copy: source ${fmt(src)} is not a page-aligned native address`);
@@ -235,7 +258,7 @@ export class Userfaultfd {
       put64(a, 2, src);
       put64(a, 4, len);
       a[6] = mode; a[7] = 0;
-      if (libc.ioctl(fd, abi.UFFDIO_COPY, this.#copyBytes) === 0) return 'placed';
+      if (ioctlAt(fd, abi.UFFDIO_COPY, this.#copyAddr) === 0) return 'placed';
       const e = libc.errno();
       const done = a[8] + (a[9] | 0) * TWO32;
       if (done > 0) { // partial copy: those pages are in (and woken); go on with the rest
@@ -337,6 +360,12 @@ export class Userfaultfd {
     this.#fd = -1;
     this.#count = 0;
     libc.close(fd);
+    // drop the views before freeing the native blocks they look at
+    this.#msgBytes = new Uint8Array(0);
+    this.#msgU32 = new Uint32Array(0);
+    this.#copyArg = new Uint32Array(0);
+    this.#msgBlock.free();
+    this.#copyBlock.free();
   }
 }
 

@@ -34,8 +34,8 @@ export const eventfd = libc.func('int eventfd(unsigned int initval, int flags)')
 export const mmap = libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)') as
   (addr: bigint | number | null, length: number, prot: number, flags: number, fd: number, offset: number) => bigint;
 export const munmap = libc.func('int munmap(void *addr, size_t length)') as (addr: bigint | number, length: number) => number;
-export const madvise = libc.func('int madvise(void *addr, size_t length, int advice)') as
-  (addr: bigint | number, length: number, advice: number) => number;
+export const madvise = libc.func('int madvise(void *addr, size_t length, int advice)') as unknown as
+  KoffiFunc<[addr: bigint | number, length: number, advice: number], number>;
 export const sched_getcpu = libc.func('int sched_getcpu(void)') as () => number;
 export const sched_getaffinity = libc.func('int sched_getaffinity(int pid, size_t size, void *mask)') as
   (pid: number, size: number, mask: Uint8Array) => number;

@@ -61,6 +61,23 @@ export class NativeMapping {
     }
   }
 
+  /**
+   * discard() on a koffi worker thread. With a userfaultfd that has
+   * EVENT_REMOVE enabled, madvise waits until the uffd reader has read the
+   * REMOVE event, so a discard issued on the reader's own thread would wait
+   * forever: use this one there.
+   */
+  discardAsync(offset: number, len: number): Promise<void> {
+    if (this.#disposed) return Promise.reject(new NativeMappingError('the mapping was unmapped'));
+    return new Promise((resolve, reject) => {
+      libc.madvise.async(this.address + offset, len, libc.MADV_DONTNEED, (err, res) => {
+        if (err) reject(err instanceof Error ? err : new Error(String(err)));
+        else if (res !== 0) reject(new NativeMappingError(`madvise(DONTNEED) failed: ${libc.strerror(libc.errno())}`));
+        else resolve();
+      });
+    });
+  }
+
   /** unmaps; any view obtained before must not be used afterwards. Idempotent. */
   dispose(): void {
     if (this.#disposed) return;

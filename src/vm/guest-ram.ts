@@ -65,6 +65,11 @@ export class GuestRam {
     this.#map.discard(firstPage * PAGE_SIZE, count * PAGE_SIZE);
   }
 
+  /** discard() off the main thread (needed when the main thread reads a uffd with EVENT_REMOVE) */
+  discardAsync(firstPage: number, count: number): Promise<void> {
+    return this.#map.discardAsync(firstPage * PAGE_SIZE, count * PAGE_SIZE);
+  }
+
   /** unmaps (stop the vCPUs first). Idempotent. */
   dispose(): void {
     this.#map.dispose();

@@ -231,6 +231,27 @@ maybe('userfaultfd with vCPU threads', () => {
     other.dispose();
   });
 
+  it('non-cooperative events: a REMOVE (madvise DONTNEED) is read and decoded', async () => {
+    const ram = GuestRam.create(1 * MiB);
+    const uffd = Userfaultfd.open({ features: ['EVENT_REMOVE'] });
+    uffd.register(ram.base, ram.bytes, { missing: true });
+    const events: unknown[] = [];
+    const poller = new UffdPoller(uffd, () => {
+      const n = uffd.readEvents();
+      for (let i = 0; i < n; i++) events.push(uffd.event(i));
+      return n;
+    });
+    poller.start();
+    try {
+      await ram.discardAsync(2, 3); // blocks its worker until the event is read
+      expect(events).toEqual([{ kind: 'remove', start: ram.base + 2 * PAGE_SIZE, end: ram.base + 5 * PAGE_SIZE }]);
+    } finally {
+      await poller.stop();
+      uffd.close();
+      ram.dispose();
+    }
+  });
+
   it('the poller reports a throwing handler and stops', async () => {
     const ram = GuestRam.create(1 * MiB);
     const uffd = Userfaultfd.open();

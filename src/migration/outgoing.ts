@@ -1,0 +1,561 @@
+// The source side of a migration (QEMU's migration.c outgoing path + ram.c):
+// connect, send the header, precopy rounds over pages that are new or dirty,
+// converge (stop-and-copy) or switch to postcopy (discard, vCPU state, then
+// serve page requests before the background push), and finish when the
+// destination says every page is in place.
+//
+// Send path: pages are copied from guest RAM into pooled chunk buffers
+// (no allocation per page) as PAGES runs and ZERO runs; a chunk goes to the
+// socket only while the socket's write backlog is small, so a page request
+// never waits behind megabytes of background data in our own queue. Page
+// requests go to an urgent queue that is drained before any more background
+// data is queued, and the background push continues just after the requested
+// page (its neighbours are the likeliest next faults).
+
+import net from 'node:net';
+import type { EventEmitter } from 'node:events';
+import type { MigrationRamStats } from './api.js';
+import type { GuestMemory, VcpuControl } from './guest.js';
+import type { MigrationStatusMachine } from './status.js';
+import type { Parameters } from './parameters.js';
+import { RateLimiter } from './rate-limit.js';
+import { startDirtyTracking, type DirtyTracker, type DirtyTrackingMode } from './dirty-tracker.js';
+import { formatMigrationUri, type MigrationAddress } from './uri.js';
+import {
+  ReturnDecoder, encodeHeader, encodeBare, encodeSwitchover, encodeText, writeRecordHeader, WireError,
+  RECORD_HEADER_BYTES, REC_PAGES, REC_ZERO, REC_DISCARD, REC_END_ROUND, REC_END, REC_ERROR,
+  VCPU_STATE_BYTES, MAX_RUN_PAGES, type ReturnHandler,
+} from './wire.js';
+
+/** data pages per background chunk (256 KiB of 4 KiB pages) */
+const CHUNK_PAGES = 64;
+/** pages a chunk may scan (zero runs cost no room) */
+const CHUNK_SCAN = 4096;
+const POOL_CHUNKS = 8;
+/** background data queued in the socket beyond which we wait for 'drain' */
+const PRECOPY_BACKLOG = 1 << 20;
+const POSTCOPY_BACKLOG = 64 * 1024;
+const CONNECT_TIMEOUT_MS = 10000;
+/** longest stretch the send loop runs before yielding to the event loop */
+const PUMP_SLICE_MS = 4;
+/** a round shorter than this says little about bandwidth */
+const MIN_MEASURE_BYTES = 1 << 20;
+
+// page flags
+const NEED = 1; // must be sent (never sent, or dirtied since)
+const HAS = 2;  // the destination holds a copy (sent since the last discard)
+
+export interface OutgoingOptions {
+  ram: GuestMemory;
+  vcpus: VcpuControl;
+  workload: string;
+  status: MigrationStatusMachine;
+  params: Parameters;
+  /** postcopy-ram capability at start */
+  postcopy: boolean;
+  /** run state changes the Machine must make visible */
+  setRunState(state: 'running' | 'finish-migrate' | 'postmigrate' | 'paused'): void;
+  /** were the vCPUs running when the migration started (resume them on failure) */
+  wasRunning: boolean;
+  /** force a dirty-tracking mechanism (benchmarks/tests) */
+  trackingMode?: DirtyTrackingMode;
+  events?: EventEmitter;
+}
+
+type Phase = 'connecting' | 'precopy' | 'switching' | 'postcopy' | 'finishing' | 'done';
+
+export class OutgoingMigration implements ReturnHandler {
+  private readonly ram: GuestMemory;
+  private readonly ramBuf: Buffer;
+  private readonly ps: number;
+  private readonly pages: number;
+  private readonly flags: Uint8Array;
+  private readonly zeroPage: Buffer;
+  private socket: net.Socket | null = null;
+  private decoder: ReturnDecoder;
+  private tracker: DirtyTracker | null = null;
+  private phase: Phase = 'connecting';
+  private readonly limiter: RateLimiter;
+  private readonly pool: Buffer[] = [];
+  private readonly urgentPool: Buffer[] = [];
+  private timer: NodeJS.Timeout | null = null;
+  private pumping = false;
+  private yielded = false;
+  private starved = false;
+  private postcopyRequested = false;
+  private cursor = 0;
+  private round = 0;
+  private needCount: number;
+  private readonly urgent: Int32Array;
+  private urgentHead = 0;
+  private urgentTail = 0;
+  private vcpusStopped = false;
+  private destRunning = false;
+  private roundStartMs = 0;
+  private roundBytes = 0;
+  private bandwidth = 0; // bytes/s measured over the last round
+  private lastSyncMs = 0;
+  private dirtyRate = 0;
+  // counters (query-migrate ram)
+  private transferred = 0;
+  private normal = 0;
+  private duplicate = 0;
+  private syncs = 0;
+  private requests = 0;
+  private precopyBytes = 0;
+  private postcopyBytes = 0;
+  private downtimeBytes = 0;
+  private startMs = 0;
+  private endMs = -1;
+
+  constructor(private readonly o: OutgoingOptions) {
+    this.ram = o.ram;
+    this.ramBuf = o.ram.buffer();
+    this.ps = o.ram.pageSize;
+    this.pages = o.ram.bytes / this.ps;
+    this.flags = new Uint8Array(this.pages).fill(NEED);
+    this.needCount = this.pages;
+    this.zeroPage = Buffer.alloc(this.ps);
+    this.urgent = new Int32Array(this.pages + 1);
+    this.limiter = new RateLimiter(() => performance.now());
+    this.decoder = new ReturnDecoder(this, o.ram.bytes, this.ps);
+    const chunkBytes = CHUNK_PAGES * this.ps + RECORD_HEADER_BYTES * (2 * CHUNK_PAGES + 4);
+    for (let i = 0; i < POOL_CHUNKS; i++) this.pool.push(Buffer.allocUnsafe(chunkBytes));
+    for (let i = 0; i < 4; i++) this.urgentPool.push(Buffer.allocUnsafe(chunkBytes));
+  }
+
+  get trackingMode(): DirtyTrackingMode | undefined { return this.tracker?.mode; }
+  get postcopyActive(): boolean { return this.phase === 'postcopy' || (this.phase === 'finishing' && this.postcopyRequested); }
+
+  /** Connects and starts sending; failures end in status 'failed'. */
+  start(addr: MigrationAddress): void {
+    const st = this.o.status;
+    st.moveTo('setup');
+    this.startMs = performance.now();
+    const sock = addr.transport === 'tcp' ? net.connect({ host: addr.host, port: addr.port }) : net.connect({ path: addr.path });
+    this.socket = sock;
+    const timer = setTimeout(() => sock.destroy(new Error(`timed out after ${CONNECT_TIMEOUT_MS / 1000} s`)), CONNECT_TIMEOUT_MS);
+    sock.once('connect', () => {
+      clearTimeout(timer);
+      if (this.phase === 'done') return;
+      sock.setNoDelay(true);
+      try {
+        this.tracker = startDirtyTracking(this.ram, this.o.trackingMode);
+      } catch (e) {
+        this.fail(`cannot track dirty pages: ${(e as Error).message}`);
+        return;
+      }
+      this.write(encodeHeader({ pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload }));
+      this.phase = 'precopy';
+      this.roundStartMs = performance.now();
+      this.lastSyncMs = this.roundStartMs;
+      st.moveTo('active');
+      this.pump();
+    });
+    sock.on('data', (chunk: Buffer) => {
+      try {
+        this.decoder.push(chunk);
+      } catch (e) {
+        this.fail(`return path: ${(e as Error).message}`);
+      }
+    });
+    sock.on('drain', () => this.pump());
+    sock.on('error', (e: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      if (this.phase === 'connecting') this.fail(`Failed to connect to '${formatMigrationUri(addr)}': ${e.code ?? ''} ${e.message}`.replace(/ +/g, ' '));
+      else this.fail(`migration connection error: ${e.message}`);
+    });
+    sock.on('close', () => {
+      clearTimeout(timer);
+      if (this.phase === 'done') return;
+      try {
+        this.decoder.finish();
+        this.fail('the destination closed the connection');
+      } catch (e) {
+        this.fail(e instanceof WireError ? `${e.message} (the destination closed the connection)` : String(e));
+      }
+    });
+  }
+
+  /** migrate_start_postcopy: switch at the next opportunity. */
+  requestPostcopy(): void {
+    this.postcopyRequested = true;
+    if (this.phase === 'precopy') setImmediate(() => this.pump());
+  }
+
+  get postcopyPending(): boolean { return this.postcopyRequested; }
+
+  /** migrate_cancel */
+  cancel(): void {
+    const st = this.o.status;
+    if (!st.active || this.phase === 'done') return;
+    st.moveTo('cancelling');
+    if (this.socket && !this.socket.destroyed && this.phase !== 'connecting') {
+      this.socket.end(encodeText(REC_ERROR, 'migration cancelled by the source'));
+    }
+    void this.finishUp('cancelled');
+  }
+
+  // ---------------------------------------------------------------- return path
+
+  requestPages(offset: number, length: number): void {
+    if (this.phase !== 'postcopy' && this.phase !== 'finishing') return; // stale or early: ignore
+    const first = offset / this.ps;
+    const last = Math.ceil((offset + length) / this.ps);
+    for (let p = first; p < last; p++) {
+      this.requests++;
+      if ((this.flags[p] & NEED) === 0) continue; // already on its way
+      this.urgent[this.urgentTail] = p;
+      this.urgentTail = (this.urgentTail + 1) % this.urgent.length;
+    }
+    this.cursor = last < this.pages ? last : 0;
+    this.pump();
+  }
+
+  error(reason: string): void {
+    this.fail(`destination: ${reason}`);
+  }
+
+  running(): void {
+    this.destRunning = true;
+    this.o.status.markDowntimeEnd();
+  }
+
+  complete(): void {
+    if (this.phase !== 'finishing') {
+      this.fail('destination reported completion before the end of the stream');
+      return;
+    }
+    void this.finishUp('completed');
+  }
+
+  // ---------------------------------------------------------------- sending
+
+  private write(buf: Buffer, cb?: () => void): void {
+    const n = buf.length;
+    this.transferred += n;
+    this.roundBytes += n;
+    if (this.phase === 'postcopy' || this.phase === 'finishing' && this.postcopyRequested) this.postcopyBytes += n;
+    else this.precopyBytes += n;
+    if (this.vcpusStopped && !this.destRunning) this.downtimeBytes += n;
+    this.socket!.write(buf, cb);
+  }
+
+  /** The send loop: runs until the socket is backed up, the rate limit
+   *  says wait, or there is nothing to send. Re-entered from 'drain',
+   *  timers and page requests. */
+  private pump(): void {
+    if (this.pumping || !this.socket || this.socket.destroyed) return;
+    this.pumping = true;
+    try {
+      this.pumpInner();
+    } catch (e) {
+      this.fail(`sending: ${(e as Error).message}`);
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private pumpInner(): void {
+    const sock = this.socket!;
+    const budgetEnd = performance.now() + PUMP_SLICE_MS;
+    for (;;) {
+      if (performance.now() > budgetEnd) { // let the event loop breathe (monitors, return path)
+        if (!this.yielded) { this.yielded = true; setImmediate(() => { this.yielded = false; this.pump(); }); }
+        return;
+      }
+      if (this.phase === 'postcopy' || this.phase === 'finishing') this.sendUrgent();
+      if (this.phase === 'precopy') {
+        if (this.postcopyRequested) { void this.switchToPostcopy(); return; }
+        if (sock.writableLength > PRECOPY_BACKLOG) return; // 'drain' resumes
+        if (this.pool.length === 0) { this.starved = true; return; } // a chunk's write callback resumes
+        if (this.cursor >= this.pages) { if (!this.endOfRound()) return; continue; }
+        const limit = this.o.params.value('max-bandwidth');
+        if (this.throttled(limit)) return;
+        this.sendChunk(limit);
+        continue;
+      }
+      if (this.phase === 'postcopy') {
+        if (sock.writableLength > POSTCOPY_BACKLOG) return;
+        if (this.pool.length === 0) { this.starved = true; return; }
+        if (this.needCount === 0) {
+          this.phase = 'finishing';
+          this.write(encodeBare(REC_END));
+          return;
+        }
+        const limit = this.o.params.value('max-postcopy-bandwidth');
+        if (this.throttled(limit)) return;
+        if (this.cursor >= this.pages) this.cursor = 0;
+        this.sendChunk(limit);
+        continue;
+      }
+      return;
+    }
+  }
+
+  private throttled(limit: number): boolean {
+    const d = this.limiter.delayFor(CHUNK_PAGES * this.ps, limit);
+    if (d <= 0) return false;
+    if (!this.timer) this.timer = setTimeout(() => { this.timer = null; this.pump(); }, d);
+    return true;
+  }
+
+  /** Sends one chunk of background pages from the cursor on. */
+  private sendChunk(limit: number): void {
+    const buf = this.pool.pop()!;
+    const used = this.fillChunk(buf, false);
+    if (used === 0) { this.pool.push(buf); return; }
+    this.limiter.consume(used, limit);
+    this.write(buf.subarray(0, used), () => this.release(buf));
+  }
+
+  private release(buf: Buffer): void {
+    if (this.pool.length < POOL_CHUNKS) this.pool.push(buf);
+    if (this.starved) {
+      this.starved = false;
+      setImmediate(() => this.pump());
+    }
+  }
+
+  /** Requested pages first, before any more background data is queued. */
+  private sendUrgent(): void {
+    while (this.urgentHead !== this.urgentTail) {
+      const buf = this.urgentPool.pop() ?? Buffer.allocUnsafe(this.pool[0]?.length ?? (CHUNK_PAGES * this.ps + 4096));
+      const used = this.fillChunk(buf, true);
+      if (used === 0) { this.urgentPool.push(buf); continue; }
+      this.write(buf.subarray(0, used), () => { if (this.urgentPool.length < 4) this.urgentPool.push(buf); });
+    }
+  }
+
+  /**
+   * Fills `buf` with PAGES and ZERO records for pages that need sending,
+   * taken from the urgent queue or from the background cursor; clears their
+   * NEED flag. Returns the bytes used (0 when nothing was left).
+   */
+  private fillChunk(buf: Buffer, urgent: boolean): number {
+    const ps = this.ps;
+    const flags = this.flags;
+    let pos = 0;
+    let data = 0;
+    let scanned = 0;
+    // the open run: kind 0 none, 1 pages, 2 zero
+    let kind = 0;
+    let runHdr = 0;
+    let runStart = 0;
+    let runLen = 0;
+    const close = (): void => {
+      if (kind === 0) return;
+      writeRecordHeader(buf, runHdr, kind === 1 ? REC_PAGES : REC_ZERO, 0, runLen, runStart * ps);
+      kind = 0;
+    };
+    while (data < CHUNK_PAGES && scanned < CHUNK_SCAN) {
+      let p: number;
+      if (urgent) {
+        if (this.urgentHead === this.urgentTail) break;
+        p = this.urgent[this.urgentHead];
+        this.urgentHead = (this.urgentHead + 1) % this.urgent.length;
+      } else {
+        if (this.cursor >= this.pages) break;
+        p = this.cursor++;
+      }
+      scanned++;
+      if ((flags[p] & NEED) === 0) continue;
+      flags[p] = HAS;
+      this.needCount--;
+      const off = p * ps;
+      const isZero = this.ramBuf.compare(this.zeroPage, 0, ps, off, off + ps) === 0;
+      const k = isZero ? 2 : 1;
+      if (kind !== k || p !== runStart + runLen || (k === 1 && runLen >= MAX_RUN_PAGES)) {
+        close();
+        kind = k;
+        runHdr = pos;
+        pos += RECORD_HEADER_BYTES;
+        runStart = p;
+        runLen = 0;
+      }
+      runLen++;
+      if (isZero) {
+        this.duplicate++;
+      } else {
+        this.ramBuf.copy(buf, pos, off, off + ps);
+        pos += ps;
+        data++;
+        this.normal++;
+      }
+    }
+    close();
+    return pos;
+  }
+
+  /** End of a precopy pass: sync the dirty set, then converge or go round again.
+   *  Returns false when the loop must stop (switching). */
+  private endOfRound(): boolean {
+    const now = performance.now();
+    const roundMs = Math.max(1, now - this.roundStartMs);
+    if (this.roundBytes >= MIN_MEASURE_BYTES || this.bandwidth === 0) this.bandwidth = (this.roundBytes * 1000) / roundMs;
+    this.round++;
+    this.write(encodeBare(REC_END_ROUND, this.round));
+    const dirtied = this.tracker!.collect(this.flags);
+    this.syncs++;
+    this.needCount += dirtied;
+    this.dirtyRate = (dirtied * 1000) / Math.max(1, now - this.lastSyncMs);
+    this.lastSyncMs = now;
+    this.cursor = 0;
+    this.roundStartMs = now;
+    this.roundBytes = 0;
+    const expectedMs = this.needCount === 0 ? 0 : this.bandwidth > 0 ? (this.needCount * this.ps * 1000) / this.bandwidth : Infinity;
+    if (!this.postcopyRequested && expectedMs <= this.o.params.value('downtime-limit')) {
+      void this.completePrecopy();
+      return false;
+    }
+    return true;
+  }
+
+  private async stopVcpus(): Promise<void> {
+    this.o.status.markDowntimeStart();
+    this.vcpusStopped = true;
+    this.o.setRunState('finish-migrate');
+    await this.o.vcpus.pause();
+  }
+
+  private statesRecord(postcopy: boolean): Buffer {
+    const states = Buffer.alloc(this.o.vcpus.count * VCPU_STATE_BYTES);
+    this.o.vcpus.saveStates(states, 0);
+    return encodeSwitchover(postcopy, states);
+  }
+
+  /** Converged: stop the vCPUs, send what is left and the vCPU state. */
+  private async completePrecopy(): Promise<void> {
+    this.phase = 'switching';
+    await this.stopVcpus();
+    if (this.isOver()) return;
+    try {
+      this.needCount += this.tracker!.collect(this.flags);
+      this.syncs++;
+      await this.tracker!.stop();
+      this.o.status.moveTo('device');
+      // every remaining page, unthrottled (downtime)
+      this.cursor = 0;
+      while (this.needCount > 0) {
+        const buf = this.pool.pop() ?? Buffer.allocUnsafe(this.urgentPool[0].length);
+        const used = this.fillChunk(buf, false);
+        if (used > 0) this.write(buf.subarray(0, used), () => { if (this.pool.length < POOL_CHUNKS) this.pool.push(buf); });
+        else if (this.pool.length < POOL_CHUNKS) this.pool.push(buf);
+        if (this.socket!.writableLength > PRECOPY_BACKLOG) await this.drained();
+        if (this.isOver()) return;
+      }
+      this.write(this.statesRecord(false));
+      this.phase = 'finishing';
+      this.write(encodeBare(REC_END));
+    } catch (e) {
+      this.fail(`switchover: ${(e as Error).message}`);
+    }
+  }
+
+  /** migrate_start_postcopy took effect: discard, vCPU state, then postcopy. */
+  private async switchToPostcopy(): Promise<void> {
+    this.phase = 'switching';
+    await this.stopVcpus();
+    if (this.isOver()) return;
+    try {
+      this.o.status.moveTo('postcopy-active');
+      this.needCount += this.tracker!.collect(this.flags);
+      this.syncs++;
+      await this.tracker!.stop();
+      // pages dirtied since the destination got them: it must drop its copy
+      const flags = this.flags;
+      const disc = Buffer.allocUnsafe(RECORD_HEADER_BYTES * 256);
+      let dpos = 0;
+      for (let p = 0; p < this.pages; p++) {
+        if (flags[p] !== (NEED | HAS)) continue;
+        let q = p;
+        while (q < this.pages && flags[q] === (NEED | HAS)) { flags[q] = NEED; q++; }
+        writeRecordHeader(disc, dpos, REC_DISCARD, 0, q - p, p * this.ps);
+        dpos += RECORD_HEADER_BYTES;
+        if (dpos === disc.length) { this.write(Buffer.from(disc)); dpos = 0; }
+        p = q;
+      }
+      if (dpos > 0) this.write(Buffer.from(disc.subarray(0, dpos)));
+      this.write(this.statesRecord(true));
+      this.phase = 'postcopy';
+      this.cursor = 0;
+      this.pump();
+    } catch (e) {
+      this.fail(`postcopy switchover: ${(e as Error).message}`);
+    }
+  }
+
+  private drained(): Promise<void> {
+    return new Promise((resolve) => {
+      const s = this.socket!;
+      if (s.destroyed || s.writableLength === 0) { resolve(); return; }
+      const done = (): void => { s.off('drain', done); s.off('close', done); resolve(); };
+      s.once('drain', done);
+      s.once('close', done);
+    });
+  }
+
+  private isOver(): boolean {
+    return this.phase === 'done' || !this.o.status.active;
+  }
+
+  // ---------------------------------------------------------------- ending
+
+  private fail(reason: string): void {
+    if (this.phase === 'done') return;
+    if (this.o.status.fail(reason) || this.o.status.status === 'failed') {
+      void this.finishUp('failed');
+    }
+  }
+
+  private async finishUp(how: 'completed' | 'failed' | 'cancelled'): Promise<void> {
+    if (this.phase === 'done') return;
+    const switched = this.vcpusStopped && (this.postcopyRequested || this.phase === 'finishing' || how === 'completed');
+    this.phase = 'done';
+    this.endMs = performance.now();
+    if (this.timer) { clearTimeout(this.timer); this.timer = null; }
+    const st = this.o.status;
+    if (how === 'completed') st.moveTo('completed');
+    else if (how === 'cancelled' && st.status === 'cancelling') st.moveTo('cancelled');
+    const sock = this.socket;
+    if (sock) {
+      if (how === 'failed') sock.destroy();
+      else {
+        sock.end();
+        setTimeout(() => sock.destroy(), 2000).unref();
+      }
+    }
+    try { await this.tracker?.stop(); } catch { /* already released */ }
+    if (how === 'completed' || (switched && this.destRunning) || (this.postcopyRequested && this.vcpusStopped)) {
+      // the guest now lives on the destination: never run it here again
+      this.o.setRunState('postmigrate');
+    } else if (this.vcpusStopped || !this.o.wasRunning) {
+      if (this.o.wasRunning) { this.o.vcpus.resume(); this.o.setRunState('running'); } else this.o.setRunState('paused');
+    }
+  }
+
+  // ---------------------------------------------------------------- stats
+
+  ramStats(): MigrationRamStats {
+    const end = this.endMs >= 0 ? this.endMs : performance.now();
+    const secs = Math.max(0.001, (end - this.startMs) / 1000);
+    const sent = this.normal + this.duplicate;
+    return {
+      transferred: this.transferred,
+      remaining: this.needCount * this.ps,
+      total: this.ram.bytes,
+      duplicate: this.duplicate,
+      normal: this.normal,
+      'normal-bytes': this.normal * this.ps,
+      mbps: Math.round(((this.transferred * 8) / 1e6 / secs) * 100) / 100,
+      'pages-per-second': Math.round(sent / secs),
+      'dirty-sync-count': this.syncs,
+      'postcopy-requests': this.requests,
+      'postcopy-bytes': this.postcopyBytes,
+      'precopy-bytes': this.precopyBytes,
+      'downtime-bytes': this.downtimeBytes,
+      'page-size': this.ps,
+      'dirty-pages-rate': Math.round(this.dirtyRate),
+    };
+  }
+}

@@ -46,8 +46,8 @@ export interface IncomingOptions {
   params: Parameters;
   /** postcopy-blocktime capability (read when postcopy starts) */
   blocktimeEnabled(): boolean;
-  /** -S: keep the vCPUs paused after the migration */
-  startPaused: boolean;
+  /** start the vCPUs when the guest arrives (false with -S, or after `stop`) */
+  autostart(): boolean;
   setRunState(state: 'running' | 'paused'): void;
   /** the Machine's emitter: the blocktime context listens to its 'migration' events */
   events: EventEmitter;
@@ -98,9 +98,9 @@ export class IncomingMigration implements StreamHandler {
     for (let i = 0; i < REQ_POOL; i++) this.reqPool.push(this.newReqSlot());
   }
 
-  /** Listens on `addr` (status 'setup'); resolves once listening. */
+  /** Listens on `addr`; resolves once listening. The status stays 'none'
+   *  (capabilities can still be set) until the source connects. */
   listen(addr: MigrationAddress): Promise<void> {
-    const st = this.o.status;
     return new Promise<void>((resolve, reject) => {
       const server = net.createServer((s) => this.accept(s));
       this.server = server;
@@ -109,7 +109,7 @@ export class IncomingMigration implements StreamHandler {
         reject(new CommandError(`Failed to listen on '${formatMigrationUri(addr)}': ${e.code === 'EADDRINUSE' ? 'Address already in use' : e.message}`));
       });
       if (addr.transport === 'tcp') {
-        server.listen({ host: addr.host, port: addr.port }, () => { st.moveTo('setup'); resolve(); });
+        server.listen({ host: addr.host, port: addr.port }, () => resolve());
       } else {
         if (socketFileExists(addr.path)) {
           reject(new CommandError(`Failed to listen on '${formatMigrationUri(addr)}': Address already in use (remove ${addr.path} if no VM uses it)`));
@@ -120,7 +120,6 @@ export class IncomingMigration implements StreamHandler {
           server.listen({ path: addr.path }, () => {
             this.unixPath = addr.path;
             try { chmodSync(addr.path, 0o600); } catch { /* umask did it */ }
-            st.moveTo('setup');
             resolve();
           });
         } finally {
@@ -141,6 +140,7 @@ export class IncomingMigration implements StreamHandler {
     if (this.socket || this.over) { s.destroy(); return; } // one migration per listen
     this.socket = s;
     this.startMs = performance.now();
+    this.o.status.moveTo('setup');
     s.setNoDelay(true);
     this.server?.close(); // no more connections
     this.removeSocketFile();
@@ -249,11 +249,11 @@ export class IncomingMigration implements StreamHandler {
   }
 
   private startVcpus(): void {
-    if (this.o.startPaused) {
-      this.o.setRunState('paused');
-    } else {
+    if (this.o.autostart()) {
       this.o.vcpus.resume();
       this.o.setRunState('running');
+    } else {
+      this.o.setRunState('paused');
     }
     this.reply(encodeBare(RP_RUNNING));
   }
@@ -410,6 +410,11 @@ export class IncomingMigration implements StreamHandler {
     this.staging?.dispose();
     this.staging = null;
     this.stagingBuf = null;
+  }
+
+  /** migrate_cancel on the destination: the incoming migration fails. */
+  cancel(): void {
+    if (!this.over) this.failWith('migration cancelled on the destination', true);
   }
 
   /** Quit: stop listening, drop the connection, release everything. */

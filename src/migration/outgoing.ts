@@ -184,6 +184,15 @@ export class OutgoingMigration implements ReturnHandler {
   }
 
   get postcopyPending(): boolean { return this.postcopyRequested; }
+  /** postcopy-ram was on when this migration started */
+  get postcopyEnabled(): boolean { return this.o.postcopy; }
+
+  /** Quit: drop the connection and release the dirty tracker. */
+  async close(): Promise<void> {
+    if (this.phase !== 'done') await this.finishUp(this.o.status.status === 'cancelling' ? 'cancelled' : 'failed');
+    this.socket?.destroy();
+    try { await this.tracker?.stop(); } catch { /* released */ }
+  }
 
   /** migrate_cancel */
   cancel(): void {

@@ -76,7 +76,7 @@ function pair(bytes: number, vcpus: number, opts: { dstBytes?: number; dstVcpus?
   });
   const dst = new IncomingMigration({
     ram: dstRam, vcpus: dstCpus, workload: 'idle', status: dstStatus, params: new Parameters(), blocktimeEnabled: () => true,
-    startPaused: true, setRunState: (s) => runStates.push(`dst:${s}`), events: dstEv,
+    autostart: () => false, setRunState: (s) => runStates.push(`dst:${s}`), events: dstEv,
   });
   return { src, dst, srcEv, dstEv, srcStatus, dstStatus, srcRam, dstRam, srcCpus, dstCpus, srcParams, runStates };
 }

@@ -1,0 +1,285 @@
+// The Machine: one VM (guest RAM + vCPU threads) with its migration engine,
+// as one QEMU process is. Monitors drive it through the Machine interface of
+// src/migration/api.ts; this module holds the run state, the capabilities and
+// parameters, and hands the migration work to src/migration/ (outgoing for a
+// source, incoming for a destination, local-destination for `migrate local`).
+
+import { EventEmitter } from 'node:events';
+import { CommandError } from './errors.js';
+import type {
+  CapabilityState, CpuInfo, Machine, MachineInfo, MigrationInfo, MigrationParameters, RunState,
+} from './migration/api.js';
+import type { BlocktimeReport } from './blocktime/types.js';
+import { GuestRam, VcpuSet, PAGE_SIZE, formatWorkload, encodeVcpuState, decodeVcpuState, type WorkloadSpec } from './vm/index.js';
+import { Capabilities } from './migration/capabilities.js';
+import { Parameters } from './migration/parameters.js';
+import { MigrationStatusMachine } from './migration/status.js';
+import { parseMigrationUri } from './migration/uri.js';
+import { OutgoingMigration } from './migration/outgoing.js';
+import { IncomingMigration } from './migration/incoming.js';
+import { VCPU_STATE_BYTES } from './migration/wire.js';
+import type { GuestMemory, VcpuControl } from './migration/guest.js';
+import type { DirtyTrackingMode } from './migration/dirty-tracker.js';
+
+export { parseMigrationUri, formatMigrationUri } from './migration/uri.js';
+export type { MigrationAddress } from './migration/uri.js';
+
+export interface MachineOptions {
+  ramBytes: number;
+  vcpus: number;
+  workload: WorkloadSpec;
+  /** 'tcp:H:P' | 'unix:PATH' | 'defer': this VM is a destination */
+  incoming?: string;
+  /** -S: vCPUs start paused (and stay paused after an incoming migration) */
+  startPaused: boolean;
+  /** force a dirty-tracking mechanism (tests, benchmarks) */
+  dirtyTracking?: DirtyTrackingMode;
+}
+
+export async function createMachine(opts: MachineOptions): Promise<Machine> {
+  const incoming = opts.incoming;
+  if (incoming !== undefined && incoming !== 'defer') parseMigrationUri(incoming); // bad URI: refuse before mapping RAM
+  const ram = GuestRam.create(opts.ramBytes);
+  let vcpus: VcpuSet;
+  try {
+    vcpus = await VcpuSet.create(ram, opts.vcpus, opts.workload, { paused: incoming !== undefined || opts.startPaused });
+  } catch (e) {
+    ram.dispose();
+    throw e;
+  }
+  const m = new VmMachine(ram, vcpus, opts);
+  if (incoming !== undefined && incoming !== 'defer') {
+    try {
+      await m.migrateIncoming(incoming);
+    } catch (e) {
+      await m.quit();
+      throw e;
+    }
+  }
+  return m;
+}
+
+/** the local-destination module, loaded on first `migrate local` */
+interface LocalDestinationLike {
+  readonly uri: string;
+  queryMigrate(): Promise<MigrationInfo>;
+  quit(): Promise<void>;
+}
+
+class VmMachine implements Machine {
+  readonly events = new EventEmitter();
+  private readonly caps = new Capabilities();
+  private readonly params = new Parameters();
+  private readonly status: MigrationStatusMachine;
+  private readonly workloadText: string;
+  private readonly memory: GuestMemory;
+  private readonly control: VcpuControl;
+  private state: RunState;
+  private readonly isDestination: boolean;
+  private autostart: boolean;
+  private outgoing: OutgoingMigration | null = null;
+  private incoming: IncomingMigration | null = null;
+  private incomingStarted = false;
+  private local: LocalDestinationLike | null = null;
+  private quitting: Promise<void> | null = null;
+
+  constructor(private readonly ram: GuestRam, private readonly vcpus: VcpuSet, private readonly opts: MachineOptions) {
+    this.events.setMaxListeners(100);
+    this.status = new MigrationStatusMachine(this.events);
+    this.workloadText = formatWorkload(opts.workload);
+    this.isDestination = opts.incoming !== undefined;
+    this.autostart = !opts.startPaused;
+    this.state = this.isDestination ? 'inmigrate' : opts.startPaused ? 'paused' : 'running';
+    this.memory = {
+      base: ram.base, bytes: ram.bytes, pageSize: PAGE_SIZE,
+      buffer: () => ram.view(),
+      discard: (offset, len) => ram.discard(offset / PAGE_SIZE, len / PAGE_SIZE),
+    };
+    const v = vcpus;
+    this.control = {
+      count: v.count,
+      threadIds: () => v.threadIds(),
+      pause: () => v.pause(),
+      resume: () => v.resume(),
+      saveStates: (out, pos) => { for (let i = 0; i < v.count; i++) encodeVcpuState(v.state(i), out, pos + i * VCPU_STATE_BYTES); },
+      loadStates: (buf, pos) => { for (let i = 0; i < v.count; i++) v.setState(i, decodeVcpuState(buf, pos + i * VCPU_STATE_BYTES)); },
+    };
+  }
+
+  private setRunState(s: RunState): void {
+    if (this.state === s) return;
+    this.state = s;
+    this.events.emit('runstate', s);
+  }
+
+  info(): MachineInfo {
+    return {
+      role: this.isDestination ? 'destination' : 'source',
+      ramBytes: this.ram.bytes, pageSize: PAGE_SIZE, vcpus: this.vcpus.count, workload: this.workloadText,
+    };
+  }
+
+  runState(): RunState { return this.state; }
+
+  stop(): void {
+    this.live('stop');
+    if (this.state === 'inmigrate') { this.autostart = false; return; } // as QEMU: the VM stays paused after the migration
+    if (this.state !== 'running') return;
+    void this.vcpus.pause().catch(() => undefined);
+    this.setRunState('paused');
+  }
+
+  cont(): void {
+    this.live('cont');
+    if (this.state === 'inmigrate') { this.autostart = true; return; }
+    if (this.state === 'running') return;
+    if (this.state === 'finish-migrate') throw new CommandError('Migration is switching over; the VM cannot be continued now');
+    if (this.state === 'postmigrate') {
+      throw new CommandError('The guest has migrated away (run state postmigrate); continuing it here would run it twice');
+    }
+    if (this.incoming && this.status.status === 'failed' && !this.incoming.ramReadable) {
+      throw new CommandError('Postcopy failed: guest RAM is incomplete, the VM cannot be continued');
+    }
+    this.vcpus.resume();
+    this.setRunState('running');
+  }
+
+  cpus(): CpuInfo[] {
+    return this.vcpus.threadIds().map((threadId, index) => ({ index, threadId }));
+  }
+
+  // ---------------------------------------------------------------- migration
+
+  queryMigrate(): MigrationInfo {
+    const info: MigrationInfo = { status: this.status.status };
+    if (this.status.status === 'none') return info;
+    Object.assign(info, this.status.times());
+    const ram = this.outgoing?.ramStats() ?? this.incoming?.ramStats();
+    if (ram) info.ram = ram;
+    if (this.status.status === 'failed' && this.status.errorDesc) info['error-desc'] = this.status.errorDesc;
+    if (this.incoming && this.caps.has('postcopy-blocktime')) {
+      const r = this.incoming.blocktimeReport();
+      if (r) Object.assign(info, r);
+    }
+    return info;
+  }
+
+  capabilities(): CapabilityState[] { return this.caps.list(); }
+
+  setCapabilities(caps: CapabilityState[]): void {
+    this.caps.set(caps, this.status.active);
+  }
+
+  parameters(): MigrationParameters { return this.params.get(); }
+
+  setParameters(params: Partial<MigrationParameters>): void {
+    this.params.set(params as Record<string, unknown>);
+  }
+
+  async migrate(uri: string): Promise<void> {
+    this.live('migrate');
+    if (this.status.active) throw new CommandError("There's a migration process in progress");
+    if (this.state === 'inmigrate') throw new CommandError('Guest is waiting for an incoming migration');
+    if (this.incoming && !this.incoming.ramReadable) throw new CommandError('Guest RAM is incomplete after a failed incoming migration');
+    let target: string = uri;
+    if (uri === 'local') {
+      await this.local?.quit().catch(() => undefined);
+      this.local = null;
+      const { LocalDestination } = await import('./migration/local-destination.js');
+      this.local = await LocalDestination.spawn({
+        ramBytes: this.ram.bytes, vcpus: this.vcpus.count, workload: this.workloadText,
+        capabilities: this.caps.list(), parameters: this.params.get(),
+      });
+      target = this.local.uri;
+    }
+    const addr = parseMigrationUri(target);
+    this.outgoing = new OutgoingMigration({
+      ram: this.memory, vcpus: this.control, workload: this.workloadText, status: this.status, params: this.params,
+      postcopy: this.caps.has('postcopy-ram'), wasRunning: this.state === 'running',
+      setRunState: (s) => this.setRunState(s), trackingMode: this.opts.dirtyTracking, events: this.events,
+    });
+    this.outgoing.start(addr);
+  }
+
+  async migrateIncoming(uri: string): Promise<void> {
+    this.live('migrate-incoming');
+    if (!this.isDestination) throw new CommandError("'-incoming' was not specified on the command line");
+    if (this.incomingStarted) throw new CommandError('The incoming migration has already been started');
+    const addr = parseMigrationUri(uri);
+    this.incomingStarted = true;
+    const inc = new IncomingMigration({
+      ram: this.memory, vcpus: this.control, workload: this.workloadText, status: this.status, params: this.params,
+      blocktimeEnabled: () => this.caps.has('postcopy-blocktime'),
+      autostart: () => this.autostart,
+      setRunState: (s) => this.setRunState(s), events: this.events,
+    });
+    try {
+      await inc.listen(addr);
+    } catch (e) {
+      this.incomingStarted = false;
+      throw e;
+    }
+    this.incoming = inc;
+  }
+
+  /** where an incoming migration listens (tcp port resolved), or null */
+  incomingAddress(): string | null { return this.incoming?.address() ?? null; }
+
+  startPostcopy(): void {
+    this.live('migrate-start-postcopy');
+    if (!this.outgoing || !this.status.active) throw new CommandError('Postcopy must be started after migration has been started');
+    if (!this.caps.has('postcopy-ram') || !this.outgoingPostcopyEnabled()) {
+      throw new CommandError('Enable postcopy with migrate_set_capability before the start of migration');
+    }
+    this.outgoing.requestPostcopy();
+  }
+
+  private outgoingPostcopyEnabled(): boolean {
+    return this.outgoing !== null && this.outgoing.postcopyEnabled;
+  }
+
+  cancel(): void {
+    if (this.outgoing && this.status.active) { this.outgoing.cancel(); return; }
+    if (this.incoming && this.status.active) this.incoming.cancel();
+  }
+
+  async blocktime(): Promise<BlocktimeReport | undefined> {
+    if (this.incoming) return this.incoming.blocktimeReport();
+    if (this.local) {
+      const info = await this.local.queryMigrate();
+      if (info['x-blocktime'] === undefined) return undefined;
+      return info as unknown as BlocktimeReport;
+    }
+    return undefined;
+  }
+
+  ramDigest(): string {
+    this.live('ram digest');
+    if (this.incoming && !this.incoming.ramReadable) {
+      throw new CommandError('Guest RAM is being filled by postcopy (registered with userfaultfd): its digest is available once the migration completed');
+    }
+    return this.ram.digestHex();
+  }
+
+  // ---------------------------------------------------------------- quit
+
+  quit(): Promise<void> {
+    this.quitting ??= this.doQuit();
+    return this.quitting;
+  }
+
+  private async doQuit(): Promise<void> {
+    this.events.emit('shutdown');
+    if (this.outgoing && this.status.active) this.outgoing.cancel();
+    await this.outgoing?.close();
+    await this.incoming?.close();
+    await this.local?.quit().catch(() => undefined);
+    await this.vcpus.stop();
+    this.setRunState('shutdown');
+    this.ram.dispose();
+  }
+
+  private live(op: string): void {
+    if (this.quitting) throw new CommandError(`cannot ${op}: the VM is quitting`);
+  }
+}

@@ -1,0 +1,134 @@
+// Spawns a destination VM process that matches a source (same RAM size,
+// vCPUs, workload, capabilities and parameters) and drives it over QMP: the
+// lab behind `migrate local` and the destination half of `postcopy run`.
+// Sockets live in a private 0700 temporary directory; the child is killed if
+// it does not quit when asked.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createServer } from 'node:net';
+import { CommandError } from '../errors.js';
+import { connectWithRetry, type QmpClient, type QmpEvent } from '../monitor/qmp-client.js';
+import type { CapabilityState, MigrationInfo, MigrationParameters } from './api.js';
+
+export interface LocalDestinationOptions {
+  ramBytes: number;
+  vcpus: number;
+  /** workload text (formatWorkload), must match the source's */
+  workload: string;
+  capabilities: CapabilityState[];
+  parameters: MigrationParameters;
+  /** 'unix' (default, in the private temp dir) or 'tcp' (127.0.0.1, a free port) */
+  transport?: 'unix' | 'tcp';
+  /** -S on the destination */
+  startPaused?: boolean;
+  /** ms to wait for the child to come up (default 20000) */
+  startTimeoutMs?: number;
+}
+
+/** dist/src/cli.js, whether we run from dist/ or from the TypeScript sources (jest) */
+export function cliPath(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const candidates = [join(here, '..', 'cli.js'), resolve(here, '..', '..', 'dist', 'src', 'cli.js'), resolve(here, '..', '..', '..', 'dist', 'src', 'cli.js')];
+  for (const c of candidates) if (existsSync(c)) return c;
+  throw new CommandError(`cannot find the postcopy program (looked for ${candidates.join(', ')}); run 'npm run build'`);
+}
+
+export async function freeTcpPort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen({ host: '127.0.0.1', port: 0 }, () => {
+      const a = s.address();
+      const port = typeof a === 'object' && a ? a.port : 0;
+      s.close(() => res(port));
+    });
+  });
+}
+
+export class LocalDestination {
+  private exited = false;
+  private stderrTail = '';
+  readonly events: QmpEvent[] = [];
+
+  private constructor(
+    readonly child: ChildProcess,
+    readonly qmp: QmpClient,
+    readonly uri: string,
+    readonly qmpAddress: string,
+    private readonly dir: string,
+  ) {
+    child.once('exit', () => { this.exited = true; });
+    qmp.on('event', (e: QmpEvent) => this.events.push(e));
+  }
+
+  static async spawn(o: LocalDestinationOptions): Promise<LocalDestination> {
+    const dir = mkdtempSync(join(tmpdir(), 'postcopy-lab-')); // 0700
+    const qmpAddress = `unix:${join(dir, 'qmp.sock')}`;
+    const uri = o.transport === 'tcp' ? `tcp:127.0.0.1:${await freeTcpPort()}` : `unix:${join(dir, 'migrate.sock')}`;
+    const args = [cliPath(), '-m', `${o.ramBytes}B`, '-smp', String(o.vcpus), '-workload', o.workload,
+      '-incoming', uri, '-monitor', 'none', '-qmp', `${qmpAddress},server=on,wait=off`];
+    if (o.startPaused) args.push('-S');
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let tail = '';
+    child.stderr?.on('data', (b: Buffer) => { tail = (tail + b.toString()).slice(-4000); });
+    const early = new Promise<never>((_, rej) => {
+      child.once('exit', (code, sig) => rej(new CommandError(`the destination process exited (${sig ?? `status ${code}`}) before it was ready: ${tail.trim() || 'no message'}`)));
+      child.once('error', (e) => rej(new CommandError(`cannot start the destination process: ${e.message}`)));
+    });
+    early.catch(() => undefined);
+    let qmp: QmpClient;
+    try {
+      qmp = await Promise.race([connectWithRetry(qmpAddress, o.startTimeoutMs ?? 20000), early]);
+    } catch (e) {
+      child.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+      throw e instanceof CommandError ? e : new CommandError(`the destination did not answer on QMP: ${(e as Error).message}`);
+    }
+    const d = new LocalDestination(child, qmp, uri, qmpAddress, dir);
+    child.stderr?.on('data', (b: Buffer) => { d.stderrTail = (d.stderrTail + b.toString()).slice(-4000); });
+    try {
+      const caps = o.capabilities.filter((c) => c.state);
+      if (caps.length > 0) await qmp.execute('migrate-set-capabilities', { capabilities: caps });
+      await qmp.execute('migrate-set-parameters', { ...o.parameters });
+    } catch (e) {
+      await d.quit();
+      throw new CommandError(`configuring the destination failed: ${(e as Error).message}`);
+    }
+    return d;
+  }
+
+  queryMigrate(): Promise<MigrationInfo> {
+    return this.qmp.execute<MigrationInfo>('query-migrate', undefined);
+  }
+
+  /** resolves with the destination's query-migrate once its status is terminal */
+  async waitDone(timeoutMs: number): Promise<MigrationInfo> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const info = await this.queryMigrate();
+      if (info.status === 'completed' || info.status === 'failed' || info.status === 'cancelled') return info;
+      if (Date.now() > deadline) throw new CommandError(`the destination did not finish within ${timeoutMs} ms (status ${info.status})`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  /** asks the child to quit, kills it if it does not within 5 s, removes the temp dir */
+  async quit(): Promise<void> {
+    if (!this.exited) {
+      const gone = new Promise<void>((r) => { if (this.exited) r(); else this.child.once('exit', () => r()); });
+      try { await this.qmp.execute('quit', undefined, { timeoutMs: 3000 }); } catch { /* dying anyway */ }
+      const t = setTimeout(() => this.child.kill('SIGKILL'), 5000);
+      await gone;
+      clearTimeout(t);
+    }
+    try { await this.qmp.close(); } catch { /* closed */ }
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  /** the child's recent stderr (for error messages) */
+  get stderr(): string { return this.stderrTail; }
+}

@@ -49,74 +49,69 @@ export async function freeTcpPort(): Promise<number> {
   });
 }
 
-export class LocalDestination {
+/** A VM process (`node cli.js ...`) with a QMP connection to it. */
+export class VmProcess {
   private exited = false;
-  private stderrTail = '';
+  private tail = '';
   readonly events: QmpEvent[] = [];
 
-  private constructor(
-    readonly child: ChildProcess,
-    readonly qmp: QmpClient,
-    readonly uri: string,
-    readonly qmpAddress: string,
-    private readonly dir: string,
-  ) {
+  private constructor(readonly child: ChildProcess, readonly qmp: QmpClient, readonly qmpAddress: string) {
     child.once('exit', () => { this.exited = true; });
+    child.stderr?.on('data', (b: Buffer) => { this.tail = (this.tail + b.toString()).slice(-4000); });
     qmp.on('event', (e: QmpEvent) => this.events.push(e));
   }
 
-  static async spawn(o: LocalDestinationOptions): Promise<LocalDestination> {
-    const dir = mkdtempSync(join(tmpdir(), 'postcopy-lab-')); // 0700
-    const qmpAddress = `unix:${join(dir, 'qmp.sock')}`;
-    const uri = o.transport === 'tcp' ? `tcp:127.0.0.1:${await freeTcpPort()}` : `unix:${join(dir, 'migrate.sock')}`;
-    const args = [cliPath(), '-m', `${o.ramBytes}B`, '-smp', String(o.vcpus), '-workload', o.workload,
-      '-incoming', uri, '-monitor', 'none', '-qmp', `${qmpAddress},server=on,wait=off`];
-    if (o.startPaused) args.push('-S');
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  /** Starts `postcopy VMARGS -monitor none -qmp unix:QMPPATH` and connects to its QMP socket. */
+  static async spawn(vmArgs: string[], qmpPath: string, timeoutMs = 20000): Promise<VmProcess> {
+    const qmpAddress = `unix:${qmpPath}`;
+    const child = spawn(process.execPath, [cliPath(), ...vmArgs, '-monitor', 'none', '-qmp', `${qmpAddress},server=on,wait=off`],
+      { stdio: ['ignore', 'ignore', 'pipe'] });
     let tail = '';
-    child.stderr?.on('data', (b: Buffer) => { tail = (tail + b.toString()).slice(-4000); });
+    const onErr = (b: Buffer): void => { tail = (tail + b.toString()).slice(-4000); };
+    child.stderr?.on('data', onErr);
     const early = new Promise<never>((_, rej) => {
-      child.once('exit', (code, sig) => rej(new CommandError(`the destination process exited (${sig ?? `status ${code}`}) before it was ready: ${tail.trim() || 'no message'}`)));
-      child.once('error', (e) => rej(new CommandError(`cannot start the destination process: ${e.message}`)));
+      child.once('exit', (code, sig) => rej(new CommandError(`the VM process exited (${sig ?? `status ${code}`}) before it was ready: ${tail.trim() || 'no message'}`)));
+      child.once('error', (e) => rej(new CommandError(`cannot start the VM process: ${e.message}`)));
     });
     early.catch(() => undefined);
-    let qmp: QmpClient;
     try {
-      qmp = await Promise.race([connectWithRetry(qmpAddress, o.startTimeoutMs ?? 20000), early]);
+      const qmp = await Promise.race([connectWithRetry(qmpAddress, timeoutMs), early]);
+      child.stderr?.off('data', onErr);
+      const p = new VmProcess(child, qmp, qmpAddress);
+      p.tail = tail;
+      return p;
     } catch (e) {
       child.kill('SIGKILL');
-      rmSync(dir, { recursive: true, force: true });
-      throw e instanceof CommandError ? e : new CommandError(`the destination did not answer on QMP: ${(e as Error).message}`);
+      throw e instanceof CommandError ? e : new CommandError(`the VM process did not answer on QMP: ${(e as Error).message}`);
     }
-    const d = new LocalDestination(child, qmp, uri, qmpAddress, dir);
-    child.stderr?.on('data', (b: Buffer) => { d.stderrTail = (d.stderrTail + b.toString()).slice(-4000); });
-    try {
-      const caps = o.capabilities.filter((c) => c.state);
-      if (caps.length > 0) await qmp.execute('migrate-set-capabilities', { capabilities: caps });
-      await qmp.execute('migrate-set-parameters', { ...o.parameters });
-    } catch (e) {
-      await d.quit();
-      throw new CommandError(`configuring the destination failed: ${(e as Error).message}`);
-    }
-    return d;
   }
+
+  get alive(): boolean { return !this.exited; }
+  /** the child's recent stderr (for error messages) */
+  get stderr(): string { return this.tail; }
 
   queryMigrate(): Promise<MigrationInfo> {
-    return this.qmp.execute<MigrationInfo>('query-migrate', undefined);
+    return this.qmp.execute<MigrationInfo>('query-migrate', undefined, { timeoutMs: 10000 });
   }
 
-  /** resolves with the destination's query-migrate once its status is terminal */
+  async configure(capabilities: CapabilityState[], parameters: Partial<MigrationParameters>): Promise<void> {
+    const caps = capabilities.filter((c) => c.state);
+    if (caps.length > 0) await this.qmp.execute('migrate-set-capabilities', { capabilities: caps });
+    if (Object.keys(parameters).length > 0) await this.qmp.execute('migrate-set-parameters', { ...parameters });
+  }
+
+  /** resolves with query-migrate once the status is terminal */
   async waitDone(timeoutMs: number): Promise<MigrationInfo> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const info = await this.queryMigrate();
       if (info.status === 'completed' || info.status === 'failed' || info.status === 'cancelled') return info;
-      if (Date.now() > deadline) throw new CommandError(`the destination did not finish within ${timeoutMs} ms (status ${info.status})`);
-      await new Promise((r) => setTimeout(r, 20));
+      if (Date.now() > deadline) throw new CommandError(`migration did not finish within ${timeoutMs} ms (status ${info.status})`);
+      await new Promise((r) => setTimeout(r, 10));
     }
   }
 
-  /** asks the child to quit, kills it if it does not within 5 s, removes the temp dir */
+  /** asks the VM to quit; kills it if it has not exited within 5 s */
   async quit(): Promise<void> {
     if (!this.exited) {
       const gone = new Promise<void>((r) => { if (this.exited) r(); else this.child.once('exit', () => r()); });
@@ -126,9 +121,40 @@ export class LocalDestination {
       clearTimeout(t);
     }
     try { await this.qmp.close(); } catch { /* closed */ }
-    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** A destination VM matching a source, listening in a private 0700 directory. */
+export class LocalDestination {
+  private constructor(readonly vm: VmProcess, readonly uri: string, private readonly dir: string) {}
+
+  static async spawn(o: LocalDestinationOptions): Promise<LocalDestination> {
+    const dir = mkdtempSync(join(tmpdir(), 'postcopy-lab-')); // 0700
+    try {
+      const uri = o.transport === 'tcp' ? `tcp:127.0.0.1:${await freeTcpPort()}` : `unix:${join(dir, 'migrate.sock')}`;
+      const args = ['-m', `${o.ramBytes}B`, '-smp', String(o.vcpus), '-workload', o.workload, '-incoming', uri];
+      if (o.startPaused) args.push('-S');
+      const vm = await VmProcess.spawn(args, join(dir, 'qmp.sock'), o.startTimeoutMs);
+      const d = new LocalDestination(vm, uri, dir);
+      try {
+        await vm.configure(o.capabilities, o.parameters);
+      } catch (e) {
+        await d.quit();
+        throw new CommandError(`configuring the destination failed: ${(e as Error).message}`);
+      }
+      return d;
+    } catch (e) {
+      rmSync(dir, { recursive: true, force: true });
+      throw e;
+    }
   }
 
-  /** the child's recent stderr (for error messages) */
-  get stderr(): string { return this.stderrTail; }
+  get qmp(): QmpClient { return this.vm.qmp; }
+  queryMigrate(): Promise<MigrationInfo> { return this.vm.queryMigrate(); }
+  waitDone(timeoutMs: number): Promise<MigrationInfo> { return this.vm.waitDone(timeoutMs); }
+
+  async quit(): Promise<void> {
+    await this.vm.quit();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
 }

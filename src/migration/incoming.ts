@@ -20,7 +20,7 @@ import type { Parameters } from './parameters.js';
 import { formatMigrationUri, type MigrationAddress } from './uri.js';
 import {
   StreamDecoder, encodeBare, encodeText, writeRecordHeader, WireError,
-  RECORD_HEADER_BYTES, RP_REQ_PAGES, RP_RUNNING, RP_COMPLETE, RP_ERROR, MAX_RUN_PAGES,
+  RECORD_HEADER_BYTES, RP_REQ_PAGES, RP_RUNNING, RP_COMPLETE, RP_ERROR, RP_ACK, MAX_RUN_PAGES,
   type StreamHandler, type StreamHeader,
 } from './wire.js';
 import { Userfaultfd, UffdPoller, StagingArea, EVENT_PAGEFAULT } from '../uffd/index.js';
@@ -37,6 +37,8 @@ const WAITED = 8;    // a fault is accounted in blocktime for it
 const REQ_BATCH = 32;
 const REQ_POOL = 16;
 const PLACE_RETRIES = 1000;
+/** acknowledge the main stream every this many bytes (the source's postcopy window is larger) */
+const ACK_EVERY = 64 * 1024;
 
 export interface IncomingOptions {
   ram: GuestMemory;
@@ -65,6 +67,10 @@ export class IncomingMigration implements StreamHandler {
   private receivedCount = 0;
   private server: net.Server | null = null;
   private socket: net.Socket | null = null;
+  private urgentSocket: net.Socket | null = null;
+  private readonly urgentDecoder: StreamDecoder;
+  /** END arrived while requested pages were still in flight on the urgent channel */
+  private endPending = false;
   private unixPath: string | null = null;
   private readonly decoder: StreamDecoder;
   private uffd: Userfaultfd | null = null;
@@ -79,6 +85,8 @@ export class IncomingMigration implements StreamHandler {
   private readonly reqPool: ReqSlot[] = [];
   // counters
   private bytesIn = 0;
+  private mainIn = 0;
+  private mainAcked = 0;
   private normal = 0;
   private duplicate = 0;
   private requestsSent = 0;
@@ -95,6 +103,7 @@ export class IncomingMigration implements StreamHandler {
     this.pageCount = o.ram.bytes / this.ps;
     this.flags = new Uint8Array(this.pageCount);
     this.decoder = new StreamDecoder(this, Math.max(65536, this.ps));
+    this.urgentDecoder = new StreamDecoder(this.urgentHandler, Math.max(65536, this.ps), true);
     for (let i = 0; i < REQ_POOL; i++) this.reqPool.push(this.newReqSlot());
   }
 
@@ -137,18 +146,19 @@ export class IncomingMigration implements StreamHandler {
   }
 
   private accept(s: net.Socket): void {
-    if (this.socket || this.over) { s.destroy(); return; } // one migration per listen
+    if (this.over || (this.socket && this.urgentSocket)) { s.destroy(); return; } // one migration per listen
+    if (this.socket) { this.acceptUrgent(s); return; }
     this.socket = s;
     this.startMs = performance.now();
     this.o.status.moveTo('setup');
     s.setNoDelay(true);
-    this.server?.close(); // no more connections
-    this.removeSocketFile();
     s.on('data', (chunk: Buffer) => {
       if (this.over) return;
       this.bytesIn += chunk.length;
+      this.mainIn += chunk.length;
       try {
         this.decoder.push(chunk);
+        if (this.postcopy && this.mainIn - this.mainAcked >= ACK_EVERY) this.sendAck();
       } catch (e) {
         this.failWith(e instanceof WireError ? `migration stream: ${e.message}` : `migration: ${(e as Error).message}`, true);
       }
@@ -165,16 +175,61 @@ export class IncomingMigration implements StreamHandler {
     });
   }
 
+  /** the second connection: requested pages only */
+  private acceptUrgent(s: net.Socket): void {
+    this.urgentSocket = s;
+    s.setNoDelay(true);
+    this.server?.close(); // both connections are in
+    this.removeSocketFile();
+    s.on('data', (chunk: Buffer) => {
+      if (this.over && !this.endPending) return;
+      this.bytesIn += chunk.length;
+      try {
+        this.urgentDecoder.push(chunk);
+      } catch (e) {
+        this.failWith(e instanceof WireError ? `urgent channel: ${e.message}` : `migration: ${(e as Error).message}`, true);
+      }
+    });
+    s.on('error', (e) => this.failWith(`urgent channel error: ${e.message}`, false));
+    s.on('close', () => {
+      if (this.over && !this.endPending) return;
+      this.failWith('the source closed the urgent channel before the migration completed', false);
+    });
+  }
+
+  private readonly urgentHandler: StreamHandler = {
+    header: (h) => { this.checkHeader(h); },
+    pages: (offset, count, buf, pos) => {
+      if (!this.postcopy) throw new WireError('requested pages arrived before the postcopy switchover');
+      this.pages(offset, count, buf, pos);
+      if (this.endPending) this.maybeComplete();
+    },
+    zero: (offset, count) => {
+      if (!this.postcopy) throw new WireError('requested pages arrived before the postcopy switchover');
+      this.zero(offset, count);
+      if (this.endPending) this.maybeComplete();
+    },
+    discard: () => { throw new WireError('DISCARD on the urgent channel'); },
+    endRound: () => { throw new WireError('END_ROUND on the urgent channel'); },
+    switchover: () => { throw new WireError('SWITCHOVER on the urgent channel'); },
+    end: () => { throw new WireError('END on the urgent channel'); },
+    error: (reason) => { this.error(reason); },
+  };
+
   // ---------------------------------------------------------------- stream records
 
   header(h: StreamHeader): void {
+    this.checkHeader(h);
+    this.o.status.moveTo('active');
+  }
+
+  private checkHeader(h: StreamHeader): void {
     const problems: string[] = [];
     if (h.ramBytes !== this.ram.bytes) problems.push(`RAM size mismatch: the source has ${h.ramBytes} bytes, this VM ${this.ram.bytes} (-m)`);
     if (h.vcpus !== this.o.vcpus.count) problems.push(`vCPU count mismatch: the source has ${h.vcpus}, this VM ${this.o.vcpus.count} (-smp)`);
     if (h.pageSize !== this.ps) problems.push(`page size mismatch: the source uses ${h.pageSize}, this VM ${this.ps}`);
     if (h.workload !== this.o.workload) problems.push(`workload mismatch: the source runs '${h.workload}', this VM was started with '${this.o.workload}' (-workload)`);
     if (problems.length > 0) throw new WireError(problems.join('; '));
-    this.o.status.moveTo('active');
   }
 
   pages(offset: number, count: number, buf: Buffer, pos: number): void {
@@ -242,7 +297,7 @@ export class IncomingMigration implements StreamHandler {
       }
     }
     this.postcopy = true;
-    this.poller = new UffdPoller(uffd, this.onFaults, { onError: (e) => this.failWith(`userfaultfd: ${e.message}`, true) });
+    this.poller = new UffdPoller(uffd, this.onFaults, { spinMicros: 0, onError: (e) => this.failWith(`userfaultfd: ${e.message}`, true) });
     this.poller.start();
     this.o.status.moveTo('postcopy-active');
     this.startVcpus();
@@ -260,8 +315,27 @@ export class IncomingMigration implements StreamHandler {
 
   end(): void {
     if (this.receivedCount !== this.pageCount) {
+      const u = this.urgentSocket;
+      if (this.postcopy && u && !u.destroyed) { // the rest is on the urgent channel
+        this.endPending = true;
+        return;
+      }
       throw new WireError(`the stream ended with ${this.pageCount - this.receivedCount} of ${this.pageCount} pages never received`);
     }
+    this.complete();
+  }
+
+  private maybeComplete(): void {
+    if (this.receivedCount === this.pageCount) {
+      this.endPending = false;
+      this.complete();
+    }
+  }
+
+  private complete(): void {
+    this.server?.close();
+    this.server = null;
+    this.removeSocketFile();
     if (!this.postcopy) this.startVcpus();
     this.over = true;
     this.endMs = performance.now();
@@ -270,6 +344,7 @@ export class IncomingMigration implements StreamHandler {
       this.o.status.moveTo('completed');
       this.reply(encodeBare(RP_COMPLETE));
       this.socket?.end();
+      this.urgentSocket?.end();
     }, (e: unknown) => {
       this.over = false;
       this.failWith(`releasing userfaultfd: ${(e as Error).message}`, true);
@@ -355,6 +430,13 @@ export class IncomingMigration implements StreamHandler {
     return n;
   };
 
+  private sendAck(): void {
+    this.mainAcked = this.mainIn;
+    const slot = this.reqPool.pop() ?? this.newReqSlot();
+    writeRecordHeader(slot.buf, 0, RP_ACK, 0, 0, this.mainIn);
+    this.sendRequests(slot, 1);
+  }
+
   private sendRequests(slot: ReqSlot, k: number): void {
     const s = this.socket;
     if (!s || s.destroyed) { slot.release(); return; }
@@ -377,8 +459,10 @@ export class IncomingMigration implements StreamHandler {
   }
 
   private failWith(reason: string, tellSource: boolean): void {
-    if (this.over) return;
+    if (this.over && !this.endPending) return;
+    this.endPending = false;
     this.over = true;
+    this.urgentSocket?.destroy();
     this.endMs = performance.now();
     const s = this.socket;
     if (s && !s.destroyed) {
@@ -424,6 +508,7 @@ export class IncomingMigration implements StreamHandler {
     this.server = null;
     this.removeSocketFile();
     this.socket?.destroy();
+    this.urgentSocket?.destroy();
     await this.releaseUffd();
   }
 

@@ -35,6 +35,8 @@ const POOL_CHUNKS = 8;
 /** background data queued in the socket beyond which we wait for 'drain' */
 const PRECOPY_BACKLOG = 1 << 20;
 const POSTCOPY_BACKLOG = 64 * 1024;
+/** main-stream bytes the destination has not yet consumed, at most, in postcopy */
+const POSTCOPY_WINDOW = 512 * 1024;
 const CONNECT_TIMEOUT_MS = 10000;
 /** longest stretch the send loop runs before yielding to the event loop */
 const PUMP_SLICE_MS = 4;
@@ -72,6 +74,8 @@ export class OutgoingMigration implements ReturnHandler {
   private readonly flags: Uint8Array;
   private readonly zeroPage: Buffer;
   private socket: net.Socket | null = null;
+  /** second connection for requested pages (see wire.ts) */
+  private urgentSocket: net.Socket | null = null;
   private decoder: ReturnDecoder;
   private tracker: DirtyTracker | null = null;
   private phase: Phase = 'connecting';
@@ -102,6 +106,10 @@ export class OutgoingMigration implements ReturnHandler {
   private duplicate = 0;
   private syncs = 0;
   private requests = 0;
+  private mainSent = 0;
+  private mainAcked = 0;
+  /** requested pages that were already sent (in flight on the main stream) */
+  private inflightHits = 0;
   private precopyBytes = 0;
   private postcopyBytes = 0;
   private downtimeBytes = 0;
@@ -146,6 +154,7 @@ export class OutgoingMigration implements ReturnHandler {
         return;
       }
       this.write(encodeHeader({ pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload }));
+      this.connectUrgent(addr);
       this.phase = 'precopy';
       this.roundStartMs = performance.now();
       this.lastSyncMs = this.roundStartMs;
@@ -177,6 +186,20 @@ export class OutgoingMigration implements ReturnHandler {
     });
   }
 
+  private connectUrgent(addr: MigrationAddress): void {
+    const u = addr.transport === 'tcp' ? net.connect({ host: addr.host, port: addr.port }) : net.connect({ path: addr.path });
+    this.urgentSocket = u;
+    u.once('connect', () => {
+      u.setNoDelay(true);
+      u.write(encodeHeader({ pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload, urgent: true }));
+    });
+    u.on('data', () => { /* nothing flows back on this channel */ });
+    // the main connection usually says why (RP_ERROR, close): give it a moment to win
+    const later = (why: string): void => { setTimeout(() => this.fail(why), 500).unref(); };
+    u.on('error', (e) => later(`urgent channel error: ${e.message}`));
+    u.on('close', () => { if (this.phase !== 'done') later('the destination closed the urgent channel'); });
+  }
+
   /** migrate_start_postcopy: switch at the next opportunity. */
   requestPostcopy(): void {
     this.postcopyRequested = true;
@@ -191,6 +214,7 @@ export class OutgoingMigration implements ReturnHandler {
   async close(): Promise<void> {
     if (this.phase !== 'done') await this.finishUp(this.o.status.status === 'cancelling' ? 'cancelled' : 'failed');
     this.socket?.destroy();
+    this.urgentSocket?.destroy();
     try { await this.tracker?.stop(); } catch { /* released */ }
   }
 
@@ -213,7 +237,7 @@ export class OutgoingMigration implements ReturnHandler {
     const last = Math.ceil((offset + length) / this.ps);
     for (let p = first; p < last; p++) {
       this.requests++;
-      if ((this.flags[p] & NEED) === 0) continue; // already on its way
+      if ((this.flags[p] & NEED) === 0) { this.inflightHits++; continue; } // already on its way
       this.urgent[this.urgentTail] = p;
       this.urgentTail = (this.urgentTail + 1) % this.urgent.length;
     }
@@ -223,6 +247,11 @@ export class OutgoingMigration implements ReturnHandler {
 
   error(reason: string): void {
     this.fail(`destination: ${reason}`);
+  }
+
+  ack(consumed: number): void {
+    if (consumed > this.mainAcked) this.mainAcked = consumed;
+    if (this.phase === 'postcopy') this.pump();
   }
 
   running(): void {
@@ -240,14 +269,15 @@ export class OutgoingMigration implements ReturnHandler {
 
   // ---------------------------------------------------------------- sending
 
-  private write(buf: Buffer, cb?: () => void): void {
+  private write(buf: Buffer, cb?: () => void, sock: net.Socket = this.socket!): void {
     const n = buf.length;
     this.transferred += n;
     this.roundBytes += n;
     if (this.phase === 'postcopy' || this.phase === 'finishing' && this.postcopyRequested) this.postcopyBytes += n;
     else this.precopyBytes += n;
     if (this.vcpusStopped && !this.destRunning) this.downtimeBytes += n;
-    this.socket!.write(buf, cb);
+    if (sock === this.socket) this.mainSent += n;
+    sock.write(buf, cb);
   }
 
   /** The send loop: runs until the socket is backed up, the rate limit
@@ -286,6 +316,7 @@ export class OutgoingMigration implements ReturnHandler {
       }
       if (this.phase === 'postcopy') {
         if (sock.writableLength > POSTCOPY_BACKLOG) return;
+        if (this.mainSent - this.mainAcked > POSTCOPY_WINDOW) return; // an ACK resumes
         if (this.pool.length === 0) { this.starved = true; return; }
         if (this.needCount === 0) {
           this.phase = 'finishing';
@@ -296,7 +327,9 @@ export class OutgoingMigration implements ReturnHandler {
         if (this.throttled(limit)) return;
         if (this.cursor >= this.pages) this.cursor = 0;
         this.sendChunk(limit);
-        continue;
+        // one chunk per turn of the event loop: a page request waits at most one chunk
+        if (!this.yielded) { this.yielded = true; setImmediate(() => { this.yielded = false; this.pump(); }); }
+        return;
       }
       return;
     }
@@ -332,7 +365,9 @@ export class OutgoingMigration implements ReturnHandler {
       const buf = this.urgentPool.pop() ?? Buffer.allocUnsafe(this.pool[0]?.length ?? (CHUNK_PAGES * this.ps + 4096));
       const used = this.fillChunk(buf, true);
       if (used === 0) { this.urgentPool.push(buf); continue; }
-      this.write(buf.subarray(0, used), () => { if (this.urgentPool.length < 4) this.urgentPool.push(buf); });
+      const u = this.urgentSocket;
+      this.write(buf.subarray(0, used), () => { if (this.urgentPool.length < 4) this.urgentPool.push(buf); },
+        u && !u.connecting && !u.destroyed ? u : this.socket!);
     }
   }
 
@@ -526,6 +561,10 @@ export class OutgoingMigration implements ReturnHandler {
     const st = this.o.status;
     if (how === 'completed') st.moveTo('completed');
     else if (how === 'cancelled' && st.status === 'cancelling') st.moveTo('cancelled');
+    const urgent = this.urgentSocket;
+    if (urgent) {
+      if (how === 'failed') urgent.destroy(); else urgent.end();
+    }
     const sock = this.socket;
     if (sock) {
       if (how === 'failed') sock.destroy();
@@ -544,6 +583,9 @@ export class OutgoingMigration implements ReturnHandler {
   }
 
   // ---------------------------------------------------------------- stats
+
+  /** requested pages already on their way when asked for (served by the main stream) */
+  get requestsInFlight(): number { return this.inflightHits; }
 
   ramStats(): MigrationRamStats {
     const end = this.endMs >= 0 ? this.endMs : performance.now();

@@ -10,7 +10,7 @@
 // offsets in bytes (page aligned), exact up to 2^53.
 //
 // Stream (source -> destination):
-//   HEADER      count = payload bytes; payload: magic u32, version u32,
+//   HEADER      count = payload bytes; flags bit 0 = urgent channel; payload: magic u32, version u32,
 //               page size u32, vCPUs u32, RAM bytes (lo u32, hi u32), workload (utf8)
 //   PAGES       offset, count pages (1..MAX_RUN_PAGES), payload = count * page size
 //   ZERO        offset, count pages that are all zero (no payload)
@@ -19,11 +19,18 @@
 //   SWITCHOVER  flags bit 0 = postcopy; payload = vCPUs * VCPU_STATE_BYTES
 //   END         every page sent; nothing follows
 //   ERROR       count = payload bytes; payload: utf8 reason (the source gave up)
-// Return path (destination -> source):
+// A migration uses two connections: the main stream above, and an urgent
+// channel (QEMU's postcopy-preempt idea) that starts with its own HEADER
+// (flag URGENT_CHANNEL) and then carries only PAGES/ZERO records answering
+// page requests, so a requested page never queues behind background pages.
+// Return path (destination -> source, on the main connection):
 //   REQ_PAGES   offset, count = length in bytes (a page request, QEMU's "req pages")
 //   RP_ERROR    count = payload bytes; payload: utf8 reason
 //   RP_RUNNING  the destination took the vCPU state (switchover done)
 //   RP_COMPLETE every page is in place; the destination completed
+//   RP_ACK      offset = bytes of the main stream consumed so far (flow control:
+//               in postcopy the source keeps little background data in flight,
+//               so a fault on a page already sent waits for little)
 //
 // The decoder never allocates per record in steady state: headers are read at
 // fixed offsets from the received chunk, page payloads are handed out as
@@ -53,8 +60,10 @@ export const RP_REQ_PAGES = 0x41;
 export const RP_ERROR = 0x42;
 export const RP_RUNNING = 0x43;
 export const RP_COMPLETE = 0x44;
+export const RP_ACK = 0x45;
 
 export const SWITCHOVER_POSTCOPY = 1;
+export const HEADER_URGENT_CHANNEL = 1;
 
 /** Malformed, truncated or unexpected input; the message says what and where. */
 export class WireError extends Error {
@@ -84,10 +93,10 @@ export function writeRecordHeader(buf: Buffer, pos: number, type: number, flags:
   buf.writeUInt32LE(Math.floor(offset / 0x100000000), pos + 12);
 }
 
-export function encodeHeader(h: Omit<StreamHeader, 'version'> & { version?: number }): Buffer {
+export function encodeHeader(h: Omit<StreamHeader, 'version'> & { version?: number; urgent?: boolean }): Buffer {
   const wl = Buffer.from(h.workload, 'utf8');
   const out = Buffer.alloc(RECORD_HEADER_BYTES + HEADER_FIXED + wl.length);
-  writeRecordHeader(out, 0, REC_HEADER, 0, HEADER_FIXED + wl.length, 0);
+  writeRecordHeader(out, 0, REC_HEADER, h.urgent ? HEADER_URGENT_CHANNEL : 0, HEADER_FIXED + wl.length, 0);
   const p = RECORD_HEADER_BYTES;
   out.writeUInt32LE(WIRE_MAGIC, p);
   out.writeUInt32LE(h.version ?? WIRE_VERSION, p + 4);
@@ -144,6 +153,7 @@ export interface ReturnHandler {
   error(reason: string): void;
   running(): void;
   complete(): void;
+  ack(consumed: number): void;
 }
 
 const STREAM_NAMES: Record<number, string> = {
@@ -151,7 +161,7 @@ const STREAM_NAMES: Record<number, string> = {
   [REC_END_ROUND]: 'END_ROUND', [REC_SWITCHOVER]: 'SWITCHOVER', [REC_END]: 'END', [REC_ERROR]: 'ERROR',
 };
 const RETURN_NAMES: Record<number, string> = {
-  [RP_REQ_PAGES]: 'REQ_PAGES', [RP_ERROR]: 'ERROR', [RP_RUNNING]: 'RUNNING', [RP_COMPLETE]: 'COMPLETE',
+  [RP_REQ_PAGES]: 'REQ_PAGES', [RP_ERROR]: 'ERROR', [RP_RUNNING]: 'RUNNING', [RP_COMPLETE]: 'COMPLETE', [RP_ACK]: 'ACK',
 };
 
 /** Shared framing: header assembly, payload assembly, truncation. */
@@ -281,7 +291,8 @@ export class StreamDecoder extends RecordDecoder {
   private readonly page: Buffer;
   private pageHave = 0;
 
-  constructor(private readonly handler: StreamHandler, maxPageSize = 65536) {
+  /** `urgent`: decode the urgent channel (its header has the flag, then only PAGES/ZERO, no END) */
+  constructor(private readonly handler: StreamHandler, maxPageSize = 65536, private readonly urgent = false) {
     super(RECORD_HEADER_BYTES + MAX_VAR_PAYLOAD);
     this.page = Buffer.allocUnsafe(maxPageSize);
   }
@@ -296,7 +307,7 @@ export class StreamDecoder extends RecordDecoder {
     if (!this.header && type !== REC_HEADER) {
       throw new WireError(`stream does not start with a header record (first byte 0x${type.toString(16)}): not a postcopy migration stream`);
     }
-    if (buf[pos + 2] !== 0 || buf[pos + 3] !== 0 || (buf[pos + 1] !== 0 && type !== REC_SWITCHOVER)) {
+    if (buf[pos + 2] !== 0 || buf[pos + 3] !== 0 || (buf[pos + 1] !== 0 && type !== REC_SWITCHOVER && type !== REC_HEADER)) {
       throw new WireError(`record at byte ${at}: reserved bits set (not a migration stream?)`);
     }
     const count = buf.readUInt32LE(pos + 4);
@@ -305,7 +316,13 @@ export class StreamDecoder extends RecordDecoder {
     }
     if (!this.header) {
       if (count < HEADER_FIXED || count > MAX_VAR_PAYLOAD) throw new WireError(`header record has a bad length ${count}`);
+      if (buf[pos + 1] !== (this.urgent ? HEADER_URGENT_CHANNEL : 0)) {
+        throw new WireError(this.urgent ? 'the urgent channel did not start with an urgent-channel header' : 'header flags: an urgent channel where the main stream was expected');
+      }
       return count;
+    }
+    if (this.urgent && type !== REC_PAGES && type !== REC_ZERO) {
+      throw new WireError(`record type 0x${type.toString(16)} at byte ${at} on the urgent channel (only PAGES and ZERO belong there)`);
     }
     switch (type) {
       case REC_PAGES: {
@@ -425,6 +442,7 @@ export class StreamDecoder extends RecordDecoder {
 
   protected missingEnd(): string | null {
     if (!this.header) return 'stream closed before its header';
+    if (this.urgent) return null; // the urgent channel has no end record
     return this.done ? null : 'stream closed before its end (truncated migration stream)';
   }
 }
@@ -441,7 +459,7 @@ export class ReturnDecoder extends RecordDecoder {
     if (buf[pos + 1] !== 0 || buf[pos + 2] !== 0 || buf[pos + 3] !== 0) throw new WireError(`return path record at byte ${at}: reserved bits set`);
     const count = buf.readUInt32LE(pos + 4);
     switch (type) {
-      case RP_REQ_PAGES: case RP_RUNNING: case RP_COMPLETE: return 0;
+      case RP_REQ_PAGES: case RP_RUNNING: case RP_COMPLETE: case RP_ACK: return 0;
       case RP_ERROR:
         if (count > 4096) throw new WireError(`return path ERROR record at byte ${at}: bad length ${count}`);
         return count;
@@ -463,6 +481,7 @@ export class ReturnDecoder extends RecordDecoder {
         return;
       }
       case RP_RUNNING: this.handler.running(); return;
+      case RP_ACK: this.handler.ack(RecordDecoder.offsetAt(buf, pos)); return;
       case RP_COMPLETE: this.done = true; this.handler.complete(); return;
       case RP_ERROR:
         this.done = true;

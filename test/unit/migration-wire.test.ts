@@ -2,7 +2,7 @@
 import {
   StreamDecoder, ReturnDecoder, WireError, encodeHeader, encodeBare, encodeText, encodeSwitchover,
   writeRecordHeader, RECORD_HEADER_BYTES, REC_PAGES, REC_ZERO, REC_DISCARD, REC_END, REC_END_ROUND, REC_ERROR,
-  RP_REQ_PAGES, RP_RUNNING, RP_COMPLETE, RP_ERROR, VCPU_STATE_BYTES, WIRE_VERSION,
+  RP_REQ_PAGES, RP_RUNNING, RP_COMPLETE, RP_ERROR, RP_ACK, VCPU_STATE_BYTES, WIRE_VERSION,
   type StreamHandler, type StreamHeader, type ReturnHandler,
 } from '../../src/migration/wire.js';
 
@@ -207,9 +207,11 @@ describe('return path decoder', () => {
     error(r: string): void { this.log.push(`error ${r}`); }
     running(): void { this.log.push('running'); }
     complete(): void { this.log.push('complete'); }
+    ack(n: number): void { this.log.push(`ack ${n}`); }
   }
   const req = (o: number, l: number): Buffer => { const b = Buffer.alloc(16); writeRecordHeader(b, 0, RP_REQ_PAGES, 0, l, o); return b; };
-  const rp = Buffer.concat([req(PS, PS), encodeBare(RP_RUNNING), req(8 * PS, 2 * PS), encodeBare(RP_COMPLETE)]);
+  const ack = (n: number): Buffer => { const b = Buffer.alloc(16); writeRecordHeader(b, 0, RP_ACK, 0, 0, n); return b; };
+  const rp = Buffer.concat([req(PS, PS), encodeBare(RP_RUNNING), ack(5 * 2 ** 32 + 7), req(8 * PS, 2 * PS), encodeBare(RP_COMPLETE)]);
 
   test('every split gives the same requests', () => {
     for (let cut = 0; cut <= rp.length; cut++) {
@@ -218,7 +220,7 @@ describe('return path decoder', () => {
       d.push(rp.subarray(0, cut));
       d.push(rp.subarray(cut));
       d.finish();
-      expect(l.log).toEqual([`req ${PS} ${PS}`, 'running', `req ${8 * PS} ${2 * PS}`, 'complete']);
+      expect(l.log).toEqual([`req ${PS} ${PS}`, 'running', `ack ${5 * 2 ** 32 + 7}`, `req ${8 * PS} ${2 * PS}`, 'complete']);
     }
   });
 

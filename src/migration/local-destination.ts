@@ -61,11 +61,13 @@ export class VmProcess {
     qmp.on('event', (e: QmpEvent) => this.events.push(e));
   }
 
-  /** Starts `postcopy VMARGS -monitor none -qmp unix:QMPPATH` and connects to its QMP socket. */
-  static async spawn(vmArgs: string[], qmpPath: string, timeoutMs = 20000): Promise<VmProcess> {
+  /** Starts `postcopy VMARGS -monitor none -qmp unix:QMPPATH` and connects to its QMP socket.
+   *  `wrapper` runs it under another command (e.g. ['ip', 'netns', 'exec', 'ns1']). */
+  static async spawn(vmArgs: string[], qmpPath: string, timeoutMs = 20000, wrapper: string[] = []): Promise<VmProcess> {
     const qmpAddress = `unix:${qmpPath}`;
-    const child = spawn(process.execPath, [cliPath(), ...vmArgs, '-monitor', 'none', '-qmp', `${qmpAddress},server=on,wait=off`],
-      { stdio: ['ignore', 'ignore', 'pipe'] });
+    const argv = [process.execPath, cliPath(), ...vmArgs, '-monitor', 'none', '-qmp', `${qmpAddress},server=on,wait=off`];
+    const all = [...wrapper, ...argv];
+    const child = spawn(all[0], all.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
     let tail = '';
     const onErr = (b: Buffer): void => { tail = (tail + b.toString()).slice(-4000); };
     child.stderr?.on('data', onErr);

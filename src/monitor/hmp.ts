@@ -165,7 +165,9 @@ export class HmpConsole {
       this.busy = false;
     }
     if (this.inputClosed && this.queue.length === 0) { this.finish('eof'); return; }
-    if (this.opts.interactive && this.rl) this.rl.prompt();
+    // keep the cursor where the user is typing: a line typed ahead while a
+    // command ran stays editable and completable where it ends
+    if (this.opts.interactive && this.rl) this.rl.prompt(true);
   }
 
   private async runLine(raw: string): Promise<HmpRunResult> {

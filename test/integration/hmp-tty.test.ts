@@ -73,8 +73,8 @@ async function key(name: string): Promise<void> {
   await sleep(150);
 }
 
-function startVm(mem = '64M'): void {
-  const cmd = `env POSTCOPY_HISTORY='${historyFile}' '${process.execPath}' '${cli}' -m ${mem}; echo EXITED-$?; sleep 60`;
+function startVm(mem = '64M', extra = ''): void {
+  const cmd = `env POSTCOPY_HISTORY='${historyFile}' '${process.execPath}' '${cli}' -m ${mem} ${extra}; echo EXITED-$?; sleep 60`;
   tmux('new-session', '-d', '-s', 'vm', '-x', '200', '-y', '50', cmd);
 }
 
@@ -158,7 +158,8 @@ maybe('interactive console (tmux)', () => {
 
   it('a live progress line above the prompt while a migration runs; the typed line stays intact', async () => {
     if (!requireUffd()) return;
-    startVm('128M');
+    // one pass of the sweep, then the guest stops dirtying: precopy converges
+    startVm('128M', '-workload sweep,end=128M,sweeps=1');
     await waitScreen((x) => lastLine(x) === '(qemu)', 'the prompt');
     await type('migrate_set_parameter max-bandwidth 24'); // ~5 s for 128 MiB
     await key('Enter');

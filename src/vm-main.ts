@@ -119,11 +119,16 @@ export async function runVm(opts: VmOptions, loadEngine: () => Promise<VmEngine>
   let resolveExit!: (code: number) => void;
   const exited = new Promise<number>((res) => { resolveExit = res; });
   let shuttingDown = false;
+  // The VM runs until shutdown(), whatever holds the event loop: with
+  // `-monitor none` and no -qmp nothing else would, and Node must not end
+  // while vCPU threads still run over guest RAM.
+  const keepAlive = setInterval(() => undefined, 1 << 30);
 
   const shutdown = (code: number): void => {
     if (shuttingDown) return;
     shuttingDown = true;
     exitCode = code;
+    clearInterval(keepAlive);
     void (async () => {
       console?.close();
       for (const s of servers) await s.close().catch(() => undefined);
@@ -155,7 +160,8 @@ export async function runVm(opts: VmOptions, loadEngine: () => Promise<VmEngine>
     const interactive = io.stdin.isTTY === true && io.stdout.isTTY === true && !opts.execute;
     // a reader that goes away (`postcopy -e help | head -1`) ends the VM, not a crash
     io.stdout.on('error', () => shutdown(exitCode));
-    const color = colorWanted(io.stdout, io.env);
+    // colour for people at a terminal; scripts get plain text
+    const color = interactive && colorWanted(io.stdout, io.env);
     const info = machine.info();
     const listen = opts.incoming;
     console = new HmpConsole({
@@ -175,6 +181,7 @@ export async function runVm(opts: VmOptions, loadEngine: () => Promise<VmEngine>
   return finish(await exited);
 
   function finish(code: number): number {
+    clearInterval(keepAlive);
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
     // whatever native thread or socket might still hold the loop, the VM is over

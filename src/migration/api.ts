@@ -25,6 +25,17 @@ export const ALL_CAPABILITIES = [
 ] as const;
 export type CapabilityName = (typeof ALL_CAPABILITIES)[number];
 
+/** QEMU's migration parameters (10.x), so that one this engine lacks is
+ *  refused as such rather than as a name nobody knows. */
+export const QEMU_PARAMETERS: readonly string[] = [
+  'announce-initial', 'announce-max', 'announce-rounds', 'announce-step', 'throttle-trigger-threshold',
+  'cpu-throttle-initial', 'cpu-throttle-increment', 'cpu-throttle-tailslow', 'tls-creds', 'tls-hostname',
+  'tls-authz', 'max-bandwidth', 'avail-switchover-bandwidth', 'downtime-limit', 'x-checkpoint-delay',
+  'multifd-channels', 'xbzrle-cache-size', 'max-postcopy-bandwidth', 'max-cpu-throttle', 'multifd-compression',
+  'multifd-zlib-level', 'multifd-zstd-level', 'multifd-qatzip-level', 'block-bitmap-mapping',
+  'x-vcpu-dirty-limit-period', 'vcpu-dirty-limit', 'mode', 'zero-page-detection', 'direct-io',
+];
+
 /** The capabilities this engine implements; the others are refused with a clear error. */
 export const IMPLEMENTED_CAPABILITIES: readonly CapabilityName[] = [
   'events', 'postcopy-ram', 'return-path', 'postcopy-blocktime',

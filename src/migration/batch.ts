@@ -108,8 +108,13 @@ export function parseBatchArgs(argv: string[]): BatchOptions {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** Runs one migration between two fresh VM processes. */
-export async function runBatch(o: BatchOptions): Promise<BatchResult> {
+/** The two VM processes of a batch run, for callers that look at them when
+ *  the migration has ended and before they quit (benchmarks read /proc). */
+export interface BatchProcesses { sourcePid: number; destinationPid: number }
+
+/** Runs one migration between two fresh VM processes; `atEnd` (optional) runs
+ *  once both sides have ended, while both processes are still alive. */
+export async function runBatch(o: BatchOptions, atEnd?: (p: BatchProcesses) => void): Promise<BatchResult> {
   const dir = mkdtempSync(join(tmpdir(), 'postcopy-run-')); // 0700
   const caps: CapabilityState[] = [
     { capability: 'events', state: true }, { capability: 'return-path', state: true },
@@ -144,6 +149,7 @@ export async function runBatch(o: BatchOptions): Promise<BatchResult> {
     const srcInfo = await source.waitDone(Math.max(1, deadline - Date.now()));
     const dstInfo = await dest.waitDone(Math.max(1000, deadline - Date.now()));
     const wall = (performance.now() - t0) / 1000;
+    atEnd?.({ sourcePid: source.child.pid ?? 0, destinationPid: dest.vm.child.pid ?? 0 });
     return { wall_s: Math.round(wall * 1000) / 1000, source: srcInfo, destination: dstInfo };
   } finally {
     await Promise.all([source?.quit(), dest?.quit()].map((p) => p?.catch(() => undefined)));

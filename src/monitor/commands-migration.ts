@@ -7,7 +7,7 @@
 
 import { CommandError } from '../errors.js';
 import {
-  ALL_CAPABILITIES, IMPLEMENTED_CAPABILITIES, TERMINAL_STATUSES,
+  ALL_CAPABILITIES, IMPLEMENTED_CAPABILITIES, QEMU_PARAMETERS, TERMINAL_STATUSES,
   type CapabilityName, type Machine, type MigrationParameters, type MigrationStatus, type ParameterName,
 } from '../migration/api.js';
 import type { HmpCommand, Registry } from './registry.js';
@@ -56,6 +56,9 @@ export function parameterFromHmp(name: string, value: string): Partial<Migration
     case 'x-blocktime-trace':
       return { 'x-blocktime-trace': value };
     default:
+      if (QEMU_PARAMETERS.includes(name)) {
+        throw new CommandError(`Parameter '${name}' is not supported by this migration engine (supported: ${PARAMETER_NAMES.join(', ')})`);
+      }
       throw new CommandError(`invalid parameter value: ${name}`);
   }
 }

@@ -189,13 +189,27 @@ export function primaryName(cmd: HmpCommand): string {
   return entryNames(cmd)[0];
 }
 
-/** Makes text safe to echo on a terminal: control and non-ASCII-printable
- *  characters become \xNN, long texts are cut. */
-export function printable(s: string, max = 80): string {
-  const cut = s.length > max ? s.slice(0, max) : s;
+/** Escapes what a terminal would act on: C0/C1 control characters become
+ *  \xNN and the replacement character (what undecodable bytes turn into)
+ *  \ufffd; line breaks stay when `keepNewlines`. */
+export function escapeControls(s: string, keepNewlines = false): string {
   // eslint-disable-next-line no-control-regex
-  const safe = cut.replace(/[\x00-\x1f\x7f-\x9f\ufffd]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  return s.replace(/[\x00-\x1f\x7f-\x9f\ufffd]/g, (c) => {
+    if (keepNewlines && c === '\n') return c;
+    const code = c.charCodeAt(0);
+    return code > 0xff ? `\\u${code.toString(16)}` : `\\x${code.toString(16).padStart(2, '0')}`;
+  });
+}
+
+/** Makes a piece of input safe to echo in a message: escaped, long texts cut. */
+export function printable(s: string, max = 80): string {
+  const safe = escapeControls(s.length > max ? s.slice(0, max) : s);
   return s.length > max ? `${safe}...` : safe;
+}
+
+/** An error's lines as the monitor prints them, with any echoed input escaped. */
+function errorText(lines: readonly string[]): string {
+  return lines.map((l) => `${escapeControls(l)}\n`).join('');
 }
 
 const isSpace = (c: string | undefined): boolean => c === ' ' || c === '\t' || c === '\n' || c === '\r' || c === '\v' || c === '\f';
@@ -353,7 +367,7 @@ export class Registry {
     try {
       parsed = this.parseHmp(line);
     } catch (e) {
-      if (e instanceof HmpParseError) return { ok: false, text: e.lines.map((l) => `${l}\n`).join('') };
+      if (e instanceof HmpParseError) return { ok: false, text: errorText(e.lines) };
       throw e;
     }
     if (!parsed) return { ok: true, text: '' };
@@ -361,8 +375,8 @@ export class Registry {
       const out = await parsed.command.handler(ctx, parsed.args);
       return { ok: true, text: withNewline(out.text), data: out.data, command: parsed.command };
     } catch (e) {
-      if (e instanceof HmpParseError) return { ok: false, text: e.lines.map((l) => `${l}\n`).join(''), command: parsed.command };
-      if (e instanceof CommandError) return { ok: false, text: `Error: ${e.message}\n`, command: parsed.command };
+      if (e instanceof HmpParseError) return { ok: false, text: errorText(e.lines), command: parsed.command };
+      if (e instanceof CommandError) return { ok: false, text: `Error: ${escapeControls(e.message, true)}\n`, command: parsed.command };
       throw e;
     }
   }
@@ -391,7 +405,11 @@ export class Registry {
     const endsInSpace = partial === '' || isSpace(partial[partial.length - 1]);
     const words = partial.trim() === '' ? [] : partial.trim().split(/\s+/);
     const prefix = endsInSpace ? '' : (words.pop() ?? '');
-    const pick = (cands: readonly string[]) => [...new Set(cands)].filter((x) => x.startsWith(prefix)).sort();
+    // one candidate left: complete it and the space after it, as QEMU's readline does
+    const pick = (cands: readonly string[]) => {
+      const hits = [...new Set(cands)].filter((x) => x.startsWith(prefix)).sort();
+      return hits.length === 1 ? [`${hits[0]} `] : hits;
+    };
     if (words.length === 0) return [pick(this.hmp.flatMap(entryNames)), prefix];
     const cmd = this.findHmp(words[0]);
     if (!cmd) return [[], prefix];

@@ -159,6 +159,32 @@ describe('piped scripts', () => {
     expect(lines[2]).toMatch(/^migrate_start_postcopy {2}-- Followup to a migration command/);
   });
 
+  it('echoes no control character back: escape sequences and bells in arguments print escaped', async () => {
+    const r = await run([...SMALL, '-incoming', 'defer'], Buffer.from(
+      'migrate_set_capability \x1b[2J\x1b[31mX on\nmigrate_set_parameter max-bandwidth \x1b]0;pwned\x07\nmigrate_incoming \x07bell\nbogus\xff\n', 'latin1'));
+    expect(r.code).toBe(0);
+    expect(r.out).not.toMatch(/[\x00-\x09\x0b-\x1f\x7f]/); // nothing a terminal would act on
+    expect(r.out.split('\n')).toEqual([
+      'Error: invalid parameter value: \\x1b[2J\\x1b[31mX',
+      'Error: Invalid size \\x1b]0;pwned\\x07',
+      expect.stringMatching(/^Error: .*\\x07bell/),
+      "unknown command: 'bogus\\ufffd'",
+      '',
+    ]);
+  });
+
+  it('-monitor none: the VM runs without a console until a signal ends it cleanly', async () => {
+    const p = spawn(process.execPath, [cli, ...SMALL, '-monitor', 'none'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    p.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+    const ended = new Promise<[number | null, string | null]>((r) => p.on('exit', (code, sig) => r([code, sig])));
+    const early = await Promise.race([ended, new Promise<null>((r) => setTimeout(() => r(null), 1500))]);
+    expect(early).toBeNull(); // still running after 1.5 s
+    p.kill('SIGTERM');
+    expect(await ended).toEqual([0, null]);
+    expect(err).toBe('postcopy: terminating on signal 15\n');
+  });
+
   it('quit ends the process at once; the rest of the script does not run', async () => {
     const r = await run(SMALL, 'info status\nquit\ninfo status\n');
     expect(r.code).toBe(0);

@@ -121,10 +121,10 @@ describe('help and completion', () => {
   it('completes names, info items and arguments', () => {
     const r = table();
     expect(r.complete('mig')).toEqual([['migrate', 'migrate_set_capability'], 'mig']);
-    expect(r.complete('info s')).toEqual([['status'], 's']);
+    expect(r.complete('info s')).toEqual([['status '], 's']);
     expect(r.complete('cap_complete postcopy-')).toEqual([['postcopy-blocktime', 'postcopy-ram'], 'postcopy-']);
     expect(r.complete('cap_complete events o')).toEqual([['off', 'on'], 'o']);
-    expect(r.complete('help info m')).toEqual([['migrate'], 'm']);
+    expect(r.complete('help info m')).toEqual([['migrate '], 'm']);
   });
 });
 

@@ -157,18 +157,21 @@ export class UffdPoller {
     v[2] = this.#efd; v[3] = libc.POLLIN;
     this.#parked = true;
     this.parks++;
-    libc.poll.async(this.#pollfds!, 2, -1, (err: unknown, res: number) => {
-      this.#parked = false;
-      if (this.#stopping) { this.#finish(); return; }
-      if (err) { this.#fail(err); return; }
-      const uffdRevents = (v[1] >>> 16) & 0xffff;
-      if (res < 0 || (uffdRevents & (libc.POLLERR | libc.POLLNVAL)) !== 0) {
-        this.#fail(new UffdError(`poller: poll(2) on the userfaultfd failed (${res < 0 ? 'error' : `revents 0x${uffdRevents.toString(16)}`})`,
-          'EPOLL'));
-        return;
-      }
-      this.#lastEvent = performance.now();
-      this.#spin();
-    });
+    libc.poll.async(this.#pollfds!, 2, -1, this.#unparked);
   }
+
+  /** poll(2)'s completion; one function for every park (no closure per fault) */
+  readonly #unparked = (err: unknown, res: number): void => {
+    this.#parked = false;
+    if (this.#stopping) { this.#finish(); return; }
+    if (err) { this.#fail(err); return; }
+    const uffdRevents = (this.#pollView![1] >>> 16) & 0xffff;
+    if (res < 0 || (uffdRevents & (libc.POLLERR | libc.POLLNVAL)) !== 0) {
+      this.#fail(new UffdError(`poller: poll(2) on the userfaultfd failed (${res < 0 ? 'error' : `revents 0x${uffdRevents.toString(16)}`})`,
+        'EPOLL'));
+      return;
+    }
+    this.#lastEvent = performance.now();
+    this.#spin();
+  };
 }

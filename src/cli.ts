@@ -9,7 +9,7 @@ type Main = (argv: string[]) => Promise<number>;
 
 const subcommands: Record<string, () => Promise<{ main: Main }>> = {
   'run': () => import('./migration/batch.js'),
-  'blocktime-replay': () => import('./blocktime/replay-command.js'),
+  'blocktime-replay': () => import('./blocktime-trace/replay-command.js'),
 };
 
 async function dispatch(argv: string[]): Promise<number> {

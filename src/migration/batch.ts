@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { CommandError } from '../errors.js';
 import { parseSize, parseSmp, parseWorkload, formatWorkload } from '../vm/index.js';
 import { LocalDestination, VmProcess } from './local-destination.js';
-import { openTraceFile } from '../blocktime/index.js';
+import { openTraceFile } from '../blocktime-trace/index.js';
 import type { CapabilityState, MigrationInfo } from './api.js';
 
 export const USAGE = `usage: postcopy run [options]

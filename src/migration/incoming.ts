@@ -24,7 +24,8 @@ import {
   type StreamHandler, type StreamHeader,
 } from './wire.js';
 import { Userfaultfd, UffdPoller, StagingArea, EVENT_PAGEFAULT } from '../uffd/index.js';
-import { BlocktimeContext, emptyReport, openTraceFile, type BlocktimeReport } from '../blocktime/index.js';
+import { BlocktimeContext, emptyReport, type BlocktimeReport } from '../blocktime/index.js';
+import { openTraceFile } from '../blocktime-trace/index.js';
 import { CommandError } from '../errors.js';
 
 // page flags

@@ -7,9 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jest } from '@jest/globals';
 import { BlocktimeContext } from '../../src/blocktime/context.js';
-import { replayTrace } from '../../src/blocktime/replay.js';
-import { main } from '../../src/blocktime/replay-command.js';
-import { TraceFileSink, openTraceFile } from '../../src/blocktime/trace-file.js';
+import { replayTrace } from '../../src/blocktime-trace/replay.js';
+import { main } from '../../src/blocktime-trace/replay-command.js';
+import { TraceFileSink, openTraceFile } from '../../src/blocktime-trace/trace-file.js';
 
 let dir: string;
 beforeAll(() => { dir = mkdtempSync(join(tmpdir(), 'blocktime-replay-')); });

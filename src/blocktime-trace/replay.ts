@@ -8,9 +8,9 @@ import { stat } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { CommandError } from '../errors.js';
 import { TERMINAL_STATUSES, type MigrationStatus } from '../migration/api.js';
-import { BlocktimeContext } from './context.js';
-import { TRACE_EVENTS, type TraceEventName } from './trace.js';
-import type { BlocktimeReport } from './types.js';
+import { BlocktimeContext } from '../blocktime/context.js';
+import { TRACE_EVENTS, type TraceEventName } from '../blocktime/trace.js';
+import type { BlocktimeReport } from '../blocktime/types.js';
 
 /** A trace that cannot be replayed; the message starts with FILE[:LINE]:. */
 export class TraceError extends CommandError {}

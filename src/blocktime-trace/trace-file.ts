@@ -5,7 +5,7 @@
 
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { CommandError } from '../errors.js';
-import type { TraceSink } from './trace.js';
+import type { TraceSink } from '../blocktime/trace.js';
 
 const CHUNK = 64 * 1024;
 /** room for the longest event line: 4 numbers of <= 16 digits + text */

@@ -1,4 +1,4 @@
-// `npm run bench -- migrate [--json] [--reps N] [--warm S] [--rss-mib N]`:
+// `npm run bench -- migrate [--json] [--reps N (5)] [--warm S (4)] [--rss-mib N]`:
 // whole postcopy migrations between two real VM processes on loopback, the
 // batch mode's job (`postcopy run -m 150M -smp N -workload sweep,end=100M
 // --warm 4 --postcopy-after 0.3`), with 1 and 4 vCPUs. Per vCPU count it runs
@@ -29,7 +29,7 @@ function options(argv: string[]): Options {
     if (!Number.isFinite(v) || v < min) throw new Error(`--${name} needs a number >= ${min}, got '${argv[i + 1] ?? ''}'`);
     return v;
   };
-  return { reps: Math.floor(get('reps', 3, 1)), warmS: get('warm', 4, 0), rssMib: Math.floor(get('rss-mib', 1024, 64)) };
+  return { reps: Math.floor(get('reps', 5, 1)), warmS: get('warm', 4, 0), rssMib: Math.floor(get('rss-mib', 1024, 64)) };
 }
 
 const MiB = 1024 * 1024;

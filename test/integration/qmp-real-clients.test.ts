@@ -77,6 +77,23 @@ afterEach(async () => {
   expect(text).toMatch(/^postcopy-blocktime: on$/m);
 });
 
+(hasNc ? test : test.skip)("the seed's example verbatim, plain nc -U: the replies arrive (nc itself waits for the server, as with QEMU)", async () => {
+  const p = spawn('nc', ['-U', path], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let stdout = '';
+  p.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+  const want = `${GREETING}{"return": {}}\r\n{"return": {}}\r\n`;
+  try {
+    p.stdin.end(SEED_INPUT);
+    const deadline = Date.now() + 10000;
+    while (stdout.length < want.length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(stdout).toBe(want);
+    expect(p.exitCode).toBeNull(); // nc without -N keeps the connection open after its input ends
+  } finally {
+    p.kill('SIGTERM');
+  }
+  expect(machine.capabilities().find((c) => c.capability === 'postcopy-blocktime')?.state).toBe(true);
+});
+
 (hasNc ? test : test.skip)('nc -q 1 (implies -N) works too; a malformed line between good ones is answered and skipped', async () => {
   const input = '{"execute":"qmp_capabilities"}\n{"execute": "query-status",}\n{"execute":"query-status","id":"s"}\n';
   const { stdout } = await run('nc', ['-q', '1', '-U', path], input);

@@ -92,8 +92,10 @@ export class VmProcess {
   /** the child's recent stderr (for error messages) */
   get stderr(): string { return this.tail; }
 
-  queryMigrate(): Promise<MigrationInfo> {
-    return this.qmp.execute<MigrationInfo>('query-migrate', undefined, { timeoutMs: 10000 });
+  /** query-migrate; QMP's {} before any migration reads as status 'none' */
+  async queryMigrate(): Promise<MigrationInfo> {
+    const info = await this.qmp.execute<Partial<MigrationInfo>>('query-migrate', undefined, { timeoutMs: 10000 });
+    return { ...info, status: info.status ?? 'none' };
   }
 
   async configure(capabilities: CapabilityState[], parameters: Partial<MigrationParameters>): Promise<void> {

@@ -335,7 +335,8 @@ export function loadHistory(file: string): string[] {
 export function saveHistory(file: string, newestFirst: readonly string[]): void {
   try {
     mkdirSync(dirname(file), { recursive: true });
-    const lines = newestFirst.slice(0, HISTORY_SIZE).reverse();
+    // completion leaves a space after the last word: not worth keeping
+    const lines = newestFirst.slice(0, HISTORY_SIZE).map((l) => l.trimEnd()).reverse();
     writeFileSync(file, lines.length ? `${lines.join('\n')}\n` : '', { mode: 0o600 });
   } catch {
     // history is a convenience: an unwritable file must not break the console

@@ -121,7 +121,11 @@ export function qmpCommands(): QmpCommand[] {
       name: 'query-migrate',
       args: [],
       help: 'migration status and statistics (destination: blocktime)',
-      handler: async (ctx) => ctx.machine.queryMigrate(),
+      // before any migration QEMU answers {} (no "status"), and so do we
+      handler: async (ctx) => {
+        const info = ctx.machine.queryMigrate();
+        return info.status === 'none' ? {} : info;
+      },
     },
     {
       name: 'query-migrate-capabilities',

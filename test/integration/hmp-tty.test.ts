@@ -73,8 +73,10 @@ async function key(name: string): Promise<void> {
   await sleep(150);
 }
 
-function startVm(mem = '64M', extra = ''): void {
-  const cmd = `env POSTCOPY_HISTORY='${historyFile}' '${process.execPath}' '${cli}' -m ${mem} ${extra}; echo EXITED-$?; sleep 60`;
+/** starts the console in tmux; mem null: no options at all (what `npm start` runs) */
+function startVm(mem: string | null = '64M', extra = ''): void {
+  const args = mem === null ? '' : `-m ${mem} ${extra}`;
+  const cmd = `env POSTCOPY_HISTORY='${historyFile}' '${process.execPath}' '${cli}' ${args}; echo EXITED-$?; sleep 60`;
   tmux('new-session', '-d', '-s', 'vm', '-x', '200', '-y', '50', cmd);
 }
 
@@ -113,8 +115,10 @@ maybe('interactive console (tmux)', () => {
     // capability names, then on/off (two candidates: Tab twice lists them)
     await type('migrate_set_capability postcopy-b');
     await key('Tab');
-    await waitScreen((x) => lastLine(x) === '(qemu) migrate_set_capability postcopy-blocktime', 'capability completed');
-    await type(' o');
+    await waitScreen((x) => lastLine(x).trimEnd() === '(qemu) migrate_set_capability postcopy-blocktime', 'capability completed');
+    await type('o');
+    // a single match completes with the space after it, as QEMU's readline does
+    await waitScreen((x) => lastLine(x) === '(qemu) migrate_set_capability postcopy-blocktime o', 'the space came with the completion');
     await key('Tab');
     await key('Tab');
     s = await waitScreen((x) => /off\s+on/.test(x), 'on/off listed');
@@ -188,4 +192,28 @@ maybe('interactive console (tmux)', () => {
     await waitScreen((x) => x.includes('EXITED-0'), 'exit after quit');
     tmux('kill-session', '-t', 'vm');
   }, 150_000);
+  it("npm start's lab, as the banner teaches it: five commands, real blocktime figures from the destination", async () => {
+    if (!requireUffd()) return;
+    startVm(null);
+    await waitScreen((x) => x.includes('This is the local lab') && lastLine(x) === '(qemu)', 'the banner and the prompt');
+    for (const cmd of ['migrate_set_capability postcopy-ram on', 'migrate_set_capability postcopy-blocktime on', 'migrate']) {
+      await type(cmd);
+      await key('Enter');
+    }
+    await waitScreen((x) => x.includes("'migrate_start_postcopy' switches to postcopy"), 'migrate says how to go on');
+    await type('migrate_start_postcopy');
+    await key('Enter');
+    await waitScreen((x) => /migration completed in \d+ ms/.test(x), 'the migration completed', 60_000);
+    await type('info postcopy_blocktime');
+    await key('Enter');
+    const s = await waitScreen((x) => /Latency distribution:/.test(x) && lastLine(x) === '(qemu)', 'the blocktime view');
+    expect(s).toContain('Postcopy blocktime: final');
+    const rows = [...s.matchAll(/│ +(\d) │ +(\d+) │ +(\d+) │/g)];
+    expect(rows.map((r) => Number(r[1]))).toEqual([0, 1]); // both vCPUs of the lab VM
+    expect(rows.reduce((n, r) => n + Number(r[3]), 0)).toBeGreaterThan(0); // they really faulted
+    await type('quit');
+    await key('Enter');
+    await waitScreen((x) => x.includes('EXITED-0'), 'exit after quit');
+    tmux('kill-session', '-t', 'vm');
+  }, 120_000);
 });

@@ -210,6 +210,7 @@ describe('commands', () => {
   });
 
   test('migrate returns {} at once; MIGRATION events only with the events capability', async () => {
+    expect(await c.execute('query-migrate')).toEqual({}); // QEMU's answer before any migration
     expect(await c.execute('migrate', { uri: 'tcp:127.0.0.1:1' })).toEqual({});
     expect(await c.execute('query-migrate')).toEqual({ status: 'setup' });
     machine.moveTo('completed');

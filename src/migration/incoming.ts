@@ -40,6 +40,10 @@ const REQ_POOL = 16;
 const PLACE_RETRIES = 1000;
 /** acknowledge the main stream every this many bytes (the source's postcopy window is larger) */
 const ACK_EVERY = 64 * 1024;
+/** main-stream bytes handled per turn of the event loop in postcopy: libuv
+ *  would otherwise read up to 2 MiB from one socket in one go, and a
+ *  requested page on the urgent channel or a fault would wait behind it */
+const POSTCOPY_MAIN_SLICE = 128 * 1024;
 
 export interface IncomingOptions {
   ram: GuestMemory;
@@ -69,6 +73,9 @@ export class IncomingMigration implements StreamHandler {
   private server: net.Server | null = null;
   private socket: net.Socket | null = null;
   private urgentSocket: net.Socket | null = null;
+  /** main-stream bytes handled in this turn of the event loop (postcopy) */
+  private sliceBytes = 0;
+  private mainPaused = false;
   private readonly urgentDecoder: StreamDecoder;
   /** END arrived while requested pages were still in flight on the urgent channel */
   private endPending = false;
@@ -162,6 +169,12 @@ export class IncomingMigration implements StreamHandler {
         if (this.postcopy && this.mainIn - this.mainAcked >= ACK_EVERY) this.sendAck();
       } catch (e) {
         this.failWith(e instanceof WireError ? `migration stream: ${e.message}` : `migration: ${(e as Error).message}`, true);
+        return;
+      }
+      if (this.postcopy && (this.sliceBytes += chunk.length) >= POSTCOPY_MAIN_SLICE && !this.mainPaused) {
+        this.mainPaused = true;
+        s.pause();
+        setImmediate(this.resumeMain);
       }
     });
     s.on('error', (e) => this.failWith(`migration connection error: ${e.message}`, false));
@@ -175,6 +188,14 @@ export class IncomingMigration implements StreamHandler {
       }
     });
   }
+
+  /** the main stream's next slice, after the other I/O of this turn */
+  private readonly resumeMain = (): void => {
+    this.mainPaused = false;
+    this.sliceBytes = 0;
+    const s = this.socket;
+    if (s && !s.destroyed) s.resume();
+  };
 
   /** the second connection: requested pages only */
   private acceptUrgent(s: net.Socket): void {
@@ -202,11 +223,13 @@ export class IncomingMigration implements StreamHandler {
     header: (h) => { this.checkHeader(h); },
     pages: (offset, count, buf, pos) => {
       if (!this.postcopy) throw new WireError('requested pages arrived before the postcopy switchover');
+      if (this.over) return; // a second copy of a requested page, after the last page was placed
       this.pages(offset, count, buf, pos);
       if (this.endPending) this.maybeComplete();
     },
     zero: (offset, count) => {
       if (!this.postcopy) throw new WireError('requested pages arrived before the postcopy switchover');
+      if (this.over) return;
       this.zero(offset, count);
       if (this.endPending) this.maybeComplete();
     },

@@ -46,6 +46,7 @@ const MIN_MEASURE_BYTES = 1 << 20;
 // page flags
 const NEED = 1; // must be sent (never sent, or dirtied since)
 const HAS = 2;  // the destination holds a copy (sent since the last discard)
+const QUEUED = 4; // in the urgent queue (a page is queued once, however often it is asked for)
 
 export interface OutgoingOptions {
   ram: GuestMemory;
@@ -235,13 +236,25 @@ export class OutgoingMigration implements ReturnHandler {
     if (this.phase !== 'postcopy' && this.phase !== 'finishing') return; // stale or early: ignore
     const first = offset / this.ps;
     const last = Math.ceil((offset + length) / this.ps);
+    let unsent = false;
     for (let p = first; p < last; p++) {
       this.requests++;
-      if ((this.flags[p] & NEED) === 0) { this.inflightHits++; continue; } // already on its way
+      // A page already sent in the background is sent again on the urgent
+      // channel: the destination asked because it has not placed it yet, and
+      // the background copy may sit behind up to a window of data. The second
+      // copy is the same bytes (the vCPUs here are stopped); whichever
+      // arrives second is refused by the kernel with EEXIST and ignored.
+      const f = this.flags[p];
+      if ((f & QUEUED) !== 0) continue;
+      if ((f & NEED) === 0) this.inflightHits++;
+      else unsent = true;
+      this.flags[p] = f | QUEUED;
       this.urgent[this.urgentTail] = p;
       this.urgentTail = (this.urgentTail + 1) % this.urgent.length;
     }
-    this.cursor = last < this.pages ? last : 0;
+    // the background push goes on just after a page it had not reached yet
+    // (its neighbours are the likeliest next faults)
+    if (unsent) this.cursor = last < this.pages ? last : 0;
     this.pump();
   }
 
@@ -398,14 +411,18 @@ export class OutgoingMigration implements ReturnHandler {
         if (this.urgentHead === this.urgentTail) break;
         p = this.urgent[this.urgentHead];
         this.urgentHead = (this.urgentHead + 1) % this.urgent.length;
+        flags[p] &= ~QUEUED;
       } else {
         if (this.cursor >= this.pages) break;
         p = this.cursor++;
       }
       scanned++;
-      if ((flags[p] & NEED) === 0) continue;
-      flags[p] = HAS;
-      this.needCount--;
+      if ((flags[p] & NEED) !== 0) {
+        flags[p] = (flags[p] & QUEUED) | HAS;
+        this.needCount--;
+      } else if (!urgent) {
+        continue;
+      }
       const off = p * ps;
       const isZero = this.ramBuf.compare(this.zeroPage, 0, ps, off, off + ps) === 0;
       const k = isZero ? 2 : 1;
@@ -584,7 +601,7 @@ export class OutgoingMigration implements ReturnHandler {
 
   // ---------------------------------------------------------------- stats
 
-  /** requested pages already on their way when asked for (served by the main stream) */
+  /** requested pages already sent in the background when asked for (sent again, urgently) */
   get requestsInFlight(): number { return this.inflightHits; }
 
   ramStats(): MigrationRamStats {

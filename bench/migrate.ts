@@ -7,7 +7,14 @@
 // blocktime on plus the wall-time change that blocktime costs (medians).
 // Then one 1 GiB migration whose destination is inspected through
 // /proc/PID/smaps at completion: resident memory beyond the guest RAM mapping
-// (rss_overhead_mib).
+// (rss_overhead_mib), and whose postcopy phase is long enough to measure the
+// background push (postcopy_mbps_1g).
+//
+// Background throughput: a 1 GiB precopy-only migration without a bandwidth
+// limit (the guest wrote every page, then stopped writing), over TCP and over
+// a unix socket, median of --reps; against the C baseline in the same run
+// (native-shim/stream_baseline.c: the same bytes through the same kind of
+// socket into fresh memory, two threads, no per-page work): `ratio`.
 //
 // Fields per row: wall_s (migrate -> completed), postcopy_requests, blocktime
 // (total, ms), latency_avg_us / latency_p99_us (remote-fault latency as the
@@ -18,6 +25,7 @@
 
 import { readFileSync } from 'node:fs';
 import { runBatch, type BatchOptions, type BatchResult } from '../src/migration/batch.js';
+import { streamBaselineMbps } from '../src/native/index.js';
 
 interface Options { reps: number; warmS: number; rssMib: number }
 
@@ -69,7 +77,6 @@ function row(vcpus: number, on: BatchResult[], off: BatchResult[]): Row {
   const r = [...on].sort((a, b) => a.wall_s - b.wall_s)[on.length >> 1];
   const s = r.source.ram!;
   const bt = r.destination['x-blocktime'];
-  const postcopyS = (bt?.postcopyNs ?? 0) / 1e9;
   return {
     vcpus,
     wall_s: r.wall_s,
@@ -78,7 +85,7 @@ function row(vcpus: number, on: BatchResult[], off: BatchResult[]): Row {
     latency_avg_us: round((r.destination['postcopy-latency'] ?? 0) / 1000, 1),
     latency_p99_us: round((bt?.latencyP99Ns ?? 0) / 1000, 1),
     mbps: s.mbps,
-    postcopy_mbps: postcopyS > 0 ? round((s['postcopy-bytes'] * 8) / 1e6 / postcopyS, 1) : 0,
+    postcopy_mbps: postcopyMbps(r),
     wall_s_blocktime_off: offWall,
     blocktime_wall_change_pct: round(((onWall - offWall) / offWall) * 100, 1),
   };
@@ -110,6 +117,31 @@ export function residentBeyondGuestRam(pid: number, ramBytes: number): number {
   return total;
 }
 
+function postcopyMbps(r: BatchResult): number {
+  const postcopyS = (r.destination['x-blocktime']?.postcopyNs ?? 0) / 1e9;
+  return postcopyS > 0 ? round((r.source.ram!['postcopy-bytes'] * 8) / 1e6 / postcopyS, 1) : 0;
+}
+
+interface Background { transport: 'tcp' | 'unix'; mbps: number; c_mbps: number; ratio: number }
+
+/** precopy-only 1 GiB migrations without a rate limit, and the C baseline, alternating */
+async function background(transport: 'tcp' | 'unix', reps: number): Promise<Background> {
+  const ours: number[] = [];
+  const c: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const r = await runBatch({
+      ramBytes: 1024 * MiB, vcpus: 1, workload: 'sweep,end=1000M,sweeps=1', warmS: 2, postcopyAfterS: null,
+      transport, blocktime: false, trace: '', timeoutS: 300, json: true, maxBandwidth: 2 ** 50,
+    });
+    checkCompleted(r, `1 GiB precopy over ${transport}`);
+    ours.push(r.source.ram!.mbps);
+    c.push(await streamBaselineMbps(1024 * MiB, transport));
+  }
+  const mbps = median(ours);
+  const cMbps = median(c);
+  return { transport, mbps: round(mbps, 1), c_mbps: round(cMbps, 1), ratio: round(mbps / cMbps, 3) };
+}
+
 export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const o = options(argv);
   const results: Row[] = [];
@@ -130,11 +162,14 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     overhead = residentBeyondGuestRam(p.destinationPid, o.rssMib * MiB);
   });
   checkCompleted(big, `${o.rssMib} MiB guest`);
+  const bgReps = Math.max(1, Math.min(o.reps, 3));
   return {
     bench: 'migrate',
     results,
     rss_overhead_mib: round(overhead / MiB, 1),
     rss_guest_mib: o.rssMib,
+    postcopy_mbps_1g: postcopyMbps(big),
+    background: [await background('tcp', bgReps), await background('unix', bgReps)],
     reps: o.reps,
   };
 }

@@ -35,8 +35,10 @@ const POOL_CHUNKS = 8;
 /** background data queued in the socket beyond which we wait for 'drain' */
 const PRECOPY_BACKLOG = 1 << 20;
 const POSTCOPY_BACKLOG = 64 * 1024;
-/** main-stream bytes the destination has not yet consumed, at most, in postcopy */
-const POSTCOPY_WINDOW = 512 * 1024;
+/** main-stream bytes the destination has not yet consumed, at most, in
+ *  postcopy (a requested page never waits for these: it goes again on the
+ *  urgent channel; the window only keeps the destination's queue short) */
+const POSTCOPY_WINDOW = 2 * 1024 * 1024;
 const CONNECT_TIMEOUT_MS = 10000;
 /** longest stretch the send loop runs before yielding to the event loop */
 const PUMP_SLICE_MS = 4;

@@ -29,8 +29,8 @@
 //   RP_RUNNING  the destination took the vCPU state (switchover done)
 //   RP_COMPLETE every page is in place; the destination completed
 //   RP_ACK      offset = bytes of the main stream consumed so far (flow control:
-//               in postcopy the source keeps little background data in flight,
-//               so a fault on a page already sent waits for little)
+//               in postcopy the source keeps a bounded window of background
+//               data in flight, so the destination's queue stays short)
 //
 // The decoder never allocates per record in steady state: headers are read at
 // fixed offsets from the received chunk, page payloads are handed out as

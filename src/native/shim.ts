@@ -36,6 +36,7 @@ export interface Shim {
   vcpuWaitStates: KoffiFunc<[blocks: bigint, count: number, mask: number, timeoutMs: number], number>;
   faultHandlerRun: KoffiFunc<[uffd: number, src: number, pageSize: number, expected: number, stopFd: number], number | bigint>;
   pageDigests(base: number, pageSize: number, first: number, count: number, out: BigUint64Array): void;
+  streamBaseline: KoffiFunc<[bytes: number, tcp: number], number | bigint>;
 }
 
 let shim: Shim | undefined;
@@ -64,6 +65,7 @@ export function loadShim(): Shim {
       unknown as Shim['faultHandlerRun'],
     pageDigests: lib.func('void pc_page_digests(uint64_t base, uint64_t page_size, uint64_t first, uint64_t count, _Out_ uint64_t *out)') as
       unknown as Shim['pageDigests'],
+    streamBaseline: lib.func('int64_t pc_stream_baseline(uint64_t bytes, int tcp)') as unknown as Shim['streamBaseline'],
   };
   return shim;
 }

@@ -40,6 +40,8 @@ const POSTCOPY_BACKLOG = 64 * 1024;
  *  urgent channel; the window only keeps the destination's queue short) */
 const POSTCOPY_WINDOW = 2 * 1024 * 1024;
 const CONNECT_TIMEOUT_MS = 10000;
+/** longest wait of a throttled send loop before it reads the rate limit again */
+const THROTTLE_RECHECK_MS = 100;
 /** longest stretch the send loop runs before yielding to the event loop */
 const PUMP_SLICE_MS = 4;
 /** a round shorter than this says little about bandwidth */
@@ -353,7 +355,9 @@ export class OutgoingMigration implements ReturnHandler {
   private throttled(limit: number): boolean {
     const d = this.limiter.delayFor(CHUNK_PAGES * this.ps, limit);
     if (d <= 0) return false;
-    if (!this.timer) this.timer = setTimeout(() => { this.timer = null; this.pump(); }, d);
+    // look again at least every THROTTLE_RECHECK_MS: a new max-bandwidth /
+    // max-postcopy-bandwidth set meanwhile applies within that time
+    if (!this.timer) this.timer = setTimeout(() => { this.timer = null; this.pump(); }, Math.min(d, THROTTLE_RECHECK_MS));
     return true;
   }
 

@@ -138,6 +138,34 @@ maybe('migration engine, one process', () => {
     P.srcRam.map.dispose(); P.dstRam.map.dispose();
   });
 
+  test('a requested page already sent goes again on the urgent channel; the second copy changes nothing', async () => {
+    const P = pair(16 << 20, 1, { postcopy: true });
+    const sb = P.srcRam.buffer();
+    fillPattern(sb, 5);
+    P.srcParams.set({ 'max-postcopy-bandwidth': 1 }); // after its first burst the background push stands still
+    await P.dst.listen(parseMigrationUri('tcp:127.0.0.1:0'));
+    const addr = parseMigrationUri(P.dst.address()!);
+    const done = Promise.all([waitStatus(P.srcEv, ['completed', 'failed']), waitStatus(P.dstEv, ['completed', 'failed'])]);
+    const switched = waitStatus(P.dstEv, ['postcopy-active']);
+    P.src.start(addr);
+    await waitStatus(P.srcEv, ['active']);
+    await new Promise((r) => setTimeout(r, 100)); // precopy has sent the first megabytes
+    P.src.requestPostcopy();
+    await switched;
+    await new Promise((r) => setTimeout(r, 100)); // the burst is out
+    const normalBefore = P.src.ramStats().normal;
+    // page 1 holds data and was sent before the switch: ask for it as a fault would
+    P.src.requestPages(1 * PS, PS);
+    expect(P.src.requestsInFlight).toBe(1);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(P.src.ramStats().normal).toBe(normalBefore + 1); // sent again (the background push stands still)
+    P.srcParams.set({ 'max-postcopy-bandwidth': 0 }); // applies within 100 ms, though the limiter had asked for days
+    expect(await done).toEqual(['completed', 'completed']);
+    expect(digest(P.dstRam.buffer())).toBe(digest(sb));
+    await P.dst.close();
+    P.srcRam.map.dispose(); P.dstRam.map.dispose();
+  });
+
   test('RAM size and vCPU count mismatches fail on both sides with a clear error', async () => {
     for (const o of [{ dstBytes: 8 << 20 }, { dstVcpus: 3 }]) {
       const P = pair(4 << 20, 2, o);

@@ -4,7 +4,8 @@
 // extra arguments, wrong types, a 1 MB line, binary garbage) never stops it,
 // --exit-on-error, -e, start-up option errors and exit codes.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -183,6 +184,30 @@ describe('piped scripts', () => {
     p.kill('SIGTERM');
     expect(await ended).toEqual([0, null]);
     expect(err).toBe('postcopy: terminating on signal 15\n');
+  });
+
+  it('-qmp unix socket: created 0600 at start, removed when a signal ends the VM', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hmp-qmp-'));
+    const sock = join(dir, 'vm.qmp');
+    try {
+      const p = spawn(process.execPath, [cli, ...SMALL, '-monitor', 'none', '-qmp', `unix:${sock},server=on,wait=off`],
+        { stdio: ['ignore', 'pipe', 'pipe'] });
+      const ended = new Promise<number | null>((r) => p.on('exit', (code) => r(code)));
+      const deadline = Date.now() + 20_000;
+      while (!existsSync(sock) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      expect(statSync(sock).mode & 0o777).toBe(0o600);
+      p.kill('SIGTERM');
+      expect(await ended).toBe(0);
+      expect(existsSync(sock)).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('-e with --exit-on-error: the first failing command ends the process with status 1', async () => {
+    const r = await run([...SMALL, '--exit-on-error', '-e', 'info status; migrate_set_capability postcopy-ram maybe; info status']);
+    expect(r.code).toBe(1);
+    expect(r.out).toBe("VM status: running\nExpected 'on' or 'off'\nTry \"help migrate_set_capability\" for more information\n");
   });
 
   it('quit ends the process at once; the rest of the script does not run', async () => {

@@ -17,6 +17,7 @@ import { MigrationStatusMachine } from './migration/status.js';
 import { parseMigrationUri } from './migration/uri.js';
 import { OutgoingMigration } from './migration/outgoing.js';
 import { IncomingMigration } from './migration/incoming.js';
+import { checkTracePath } from './blocktime-trace/index.js';
 import { VCPU_STATE_BYTES } from './migration/wire.js';
 import type { GuestMemory, VcpuControl } from './migration/guest.js';
 import type { DirtyTrackingMode } from './migration/dirty-tracker.js';
@@ -173,6 +174,9 @@ class VmMachine implements Machine {
   parameters(): MigrationParameters { return this.params.get(); }
 
   setParameters(params: Partial<MigrationParameters>): void {
+    // a trace that could not be written would only show when postcopy starts
+    const trace: unknown = params['x-blocktime-trace'];
+    if (typeof trace === 'string') checkTracePath(trace);
     this.params.set(params as Record<string, unknown>);
   }
 

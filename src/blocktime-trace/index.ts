@@ -2,5 +2,5 @@
 // the recorder behind the `x-blocktime-trace` parameter and the replay of a
 // recorded trace (`postcopy blocktime-replay`).
 
-export { TraceFileSink, openTraceFile } from './trace-file.js';
+export { TraceFileSink, openTraceFile, checkTracePath } from './trace-file.js';
 export { replayTrace, TraceError } from './replay.js';

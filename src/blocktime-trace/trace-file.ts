@@ -3,7 +3,8 @@
 // digit, so recording an event allocates nothing; the buffer goes to the file
 // with a synchronous write when it fills up and on close.
 
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, openSync, statSync, writeSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { CommandError } from '../errors.js';
 import type { TraceSink } from '../blocktime/trace.js';
 
@@ -116,6 +117,31 @@ export class TraceFileSink implements TraceSink {
     } catch (e) {
       this.failure = `writing '${this.path}' failed: ${(e as Error).message}`;
     }
+  }
+}
+
+/** Checks, without creating or touching anything, that `path` can be
+ *  written as a trace when postcopy starts: its directory exists and is
+ *  writable, and the file, if it exists, is a writable regular file. Throws
+ *  a CommandError that names the problem. */
+export function checkTracePath(path: string): void {
+  if (path === '') return;
+  const fail = (why: string): never => { throw new CommandError(`x-blocktime-trace: cannot write '${path}': ${why}`); };
+  const dir = dirname(resolve(path));
+  try {
+    if (!statSync(dir).isDirectory()) fail(`${dir} is not a directory`);
+    accessSync(dir, constants.W_OK);
+  } catch (e) {
+    if (e instanceof CommandError) throw e;
+    fail((e as Error).message);
+  }
+  if (!existsSync(path)) return;
+  try {
+    if (!statSync(path).isFile()) fail('not a regular file');
+    accessSync(path, constants.W_OK);
+  } catch (e) {
+    if (e instanceof CommandError) throw e;
+    fail((e as Error).message);
   }
 }
 

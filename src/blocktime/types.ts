@@ -36,6 +36,8 @@ export interface BlocktimeExtra {
   state: 'live' | 'final';
   /** the kernel could not give thread ids: why the figures are empty, else absent */
   unavailable?: string;
+  /** x-blocktime-trace named a file that could not be opened when postcopy started: why (the figures are whole) */
+  traceError?: string;
   totalBlocktimeNs: number;
   vcpus: VcpuBlocktimeStats[];
   faults: number;

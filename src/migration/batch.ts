@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { CommandError } from '../errors.js';
 import { parseSize, parseSmp, parseWorkload, formatWorkload } from '../vm/index.js';
 import { LocalDestination, VmProcess } from './local-destination.js';
-import { openTraceFile } from '../blocktime-trace/index.js';
+import { checkTracePath } from '../blocktime-trace/index.js';
 import type { CapabilityState, MigrationInfo } from './api.js';
 
 export const USAGE = `usage: postcopy run [options]
@@ -100,9 +100,7 @@ export function parseBatchArgs(argv: string[]): BatchOptions {
   } catch (e) {
     throw new CommandError(`${(e as Error).message} (with -m ${ramText})`);
   }
-  if (o.trace) { // fail now on an unwritable path, not after the migration
-    openTraceFile(o.trace)?.close();
-  }
+  checkTracePath(o.trace); // fail now on an unwritable path, not after the migration
   return o;
 }
 
@@ -144,7 +142,7 @@ export async function runBatch(o: BatchOptions, atEnd?: (p: BatchProcesses) => v
     if (o.postcopyAfterS !== null) {
       await sleep(o.postcopyAfterS * 1000);
       const now = await source.queryMigrate();
-      if (now.status === 'active') await source.qmp.execute('migrate-start-postcopy');
+      if (now.status === 'setup' || now.status === 'active') await source.qmp.execute('migrate-start-postcopy');
     }
     const srcInfo = await source.waitDone(Math.max(1, deadline - Date.now()));
     const dstInfo = await dest.waitDone(Math.max(1000, deadline - Date.now()));

@@ -73,6 +73,14 @@ export class IncomingMigration implements StreamHandler {
   private server: net.Server | null = null;
   private socket: net.Socket | null = null;
   private urgentSocket: net.Socket | null = null;
+  /** precopy rounds the source finished (its dirty syncs) */
+  private rounds = 0;
+  /** bytes received (both channels) when the switchover record came */
+  private bytesAtSwitch = 0;
+  /** opened when the header advised postcopy, taken by startPostcopy */
+  private uffdReady: Userfaultfd | null = null;
+  /** why the blocktime trace could not be recorded ('' = it could, or none was asked for) */
+  traceError = '';
   /** main-stream bytes handled in this turn of the event loop (postcopy) */
   private sliceBytes = 0;
   private mainPaused = false;
@@ -244,7 +252,19 @@ export class IncomingMigration implements StreamHandler {
 
   header(h: StreamHeader): void {
     this.checkHeader(h);
+    if (h.postcopy) this.advise();
     this.o.status.moveTo('active');
+  }
+
+  /** The source may switch to postcopy: open the userfaultfd now, so a
+   *  destination that cannot do postcopy fails the migration before the
+   *  source stops its guest (QEMU's postcopy advise). */
+  private advise(): void {
+    try {
+      this.uffdReady = Userfaultfd.open({ optionalFeatures: ['THREAD_ID'] });
+    } catch (e) {
+      throw new WireError(`this destination cannot do postcopy: ${(e as Error).message}`);
+    }
   }
 
   private checkHeader(h: StreamHeader): void {
@@ -293,9 +313,10 @@ export class IncomingMigration implements StreamHandler {
     }
   }
 
-  endRound(_round: number): void { /* informational */ }
+  endRound(round: number): void { this.rounds = round; }
 
   switchover(postcopy: boolean, states: Buffer, pos: number, _len: number): void {
+    this.bytesAtSwitch = this.bytesIn;
     this.o.vcpus.loadStates(states, pos);
     this.switched = true;
     if (!postcopy) return; // precopy: the vCPUs start at the end of the stream
@@ -303,7 +324,8 @@ export class IncomingMigration implements StreamHandler {
   }
 
   private startPostcopy(): void {
-    const uffd = Userfaultfd.open({ optionalFeatures: ['THREAD_ID'] });
+    const uffd = this.uffdReady ?? Userfaultfd.open({ optionalFeatures: ['THREAD_ID'] });
+    this.uffdReady = null;
     this.uffd = uffd;
     uffd.register(this.base, this.ram.bytes, { missing: true });
     this.staging = StagingArea.create(1, MAX_RUN_PAGES * this.ps);
@@ -314,7 +336,7 @@ export class IncomingMigration implements StreamHandler {
         this.blocktime = new BlocktimeContext({
           vcpuThreadIds: tids,
           migrationEvents: this.o.events,
-          trace: openTraceFile(this.o.params.value('x-blocktime-trace')),
+          trace: this.openTrace(),
         });
       } else {
         this.blocktimeFallback = emptyReport(tids, 'the kernel does not report the faulting thread (UFFD_FEATURE_THREAD_ID unsupported): faults cannot be attributed to vCPUs');
@@ -325,6 +347,18 @@ export class IncomingMigration implements StreamHandler {
     this.poller.start();
     this.o.status.moveTo('postcopy-active');
     this.startVcpus();
+  }
+
+  /** The trace file, when x-blocktime-trace names one. A file that cannot be
+   *  opened now (it was checked when the parameter was set) costs the trace,
+   *  never the guest: the vCPUs on the source are already stopped. */
+  private openTrace(): ReturnType<typeof openTraceFile> {
+    try {
+      return openTraceFile(this.o.params.value('x-blocktime-trace'));
+    } catch (e) {
+      this.traceError = (e as Error).message;
+      return undefined;
+    }
   }
 
   private startVcpus(): void {
@@ -495,6 +529,7 @@ export class IncomingMigration implements StreamHandler {
       setTimeout(() => s.destroy(), 2000).unref();
     }
     this.o.status.fail(reason);
+    this.closeAdvisedUffd(); // postcopy never started: nothing registered
     if (this.postcopy) {
       // vCPUs that touch a page that never came stay blocked in their fault
       // (the uffd stays registered); the others are paused. Nothing runs on
@@ -515,9 +550,15 @@ export class IncomingMigration implements StreamHandler {
       u.close();
     }
     this.uffd = null;
+    this.closeAdvisedUffd();
     this.staging?.dispose();
     this.staging = null;
     this.stagingBuf = null;
+  }
+
+  private closeAdvisedUffd(): void {
+    if (this.uffdReady && !this.uffdReady.closed) this.uffdReady.close();
+    this.uffdReady = null;
   }
 
   /** migrate_cancel on the destination: the incoming migration fails. */
@@ -548,7 +589,11 @@ export class IncomingMigration implements StreamHandler {
   get listening(): boolean { return this.server !== null && this.socket === null; }
 
   blocktimeReport(): BlocktimeReport | undefined {
-    if (this.blocktime && this.blocktime.state !== 'destroyed') return this.blocktime.report();
+    if (this.blocktime && this.blocktime.state !== 'destroyed') {
+      const r = this.blocktime.report();
+      if (this.traceError) r['x-blocktime'].traceError = this.traceError;
+      return r;
+    }
     return this.blocktimeFallback ?? undefined;
   }
 
@@ -564,10 +609,10 @@ export class IncomingMigration implements StreamHandler {
       'normal-bytes': this.normal * this.ps,
       mbps: Math.round(((this.bytesIn * 8) / 1e6 / secs) * 100) / 100,
       'pages-per-second': Math.round((this.normal + this.duplicate) / secs),
-      'dirty-sync-count': 0,
+      'dirty-sync-count': this.rounds,
       'postcopy-requests': this.requestsSent,
-      'postcopy-bytes': 0,
-      'precopy-bytes': 0,
+      'postcopy-bytes': this.postcopy ? this.bytesIn - this.bytesAtSwitch : 0,
+      'precopy-bytes': this.postcopy ? this.bytesAtSwitch : this.bytesIn,
       'downtime-bytes': 0,
       'page-size': this.ps,
       'dirty-pages-rate': 0,

@@ -158,7 +158,9 @@ export class OutgoingMigration implements ReturnHandler {
         this.fail(`cannot track dirty pages: ${(e as Error).message}`);
         return;
       }
-      this.write(encodeHeader({ pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload }));
+      this.write(encodeHeader({
+        pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload, postcopy: this.o.postcopy,
+      }));
       this.connectUrgent(addr);
       this.phase = 'precopy';
       this.roundStartMs = performance.now();
@@ -590,11 +592,12 @@ export class OutgoingMigration implements ReturnHandler {
     }
     const sock = this.socket;
     if (sock) {
-      if (how === 'failed') sock.destroy();
-      else {
-        sock.end();
-        setTimeout(() => sock.destroy(), 2000).unref();
-      }
+      // a failure says why on the stream (ERROR) while the connection still
+      // takes it, so the destination fails with the same reason
+      if (how === 'failed' && sock.writable && !sock.connecting) sock.end(encodeText(REC_ERROR, st.errorDesc ?? 'the source failed'));
+      else if (how === 'failed') sock.destroy();
+      else sock.end();
+      setTimeout(() => sock.destroy(), 2000).unref();
     }
     try { await this.tracker?.stop(); } catch { /* already released */ }
     if (how === 'completed' || (switched && this.destRunning) || (this.postcopyRequested && this.vcpusStopped)) {

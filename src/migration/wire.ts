@@ -64,6 +64,13 @@ export const RP_ACK = 0x45;
 
 export const SWITCHOVER_POSTCOPY = 1;
 export const HEADER_URGENT_CHANNEL = 1;
+/** main-stream HEADER flag: the source has postcopy-ram on (QEMU's postcopy
+ *  advise): the destination gets ready for postcopy (opens its userfaultfd)
+ *  before any page moves, so a destination that cannot do postcopy fails the
+ *  migration while the source's guest still runs there */
+export const HEADER_POSTCOPY = 2;
+/** longest text payload (ERROR, RP_ERROR), in bytes */
+export const MAX_TEXT_BYTES = 4096;
 
 /** Malformed, truncated or unexpected input; the message says what and where. */
 export class WireError extends Error {
@@ -79,6 +86,8 @@ export interface StreamHeader {
   vcpus: number;
   ramBytes: number;
   workload: string;
+  /** the source may switch to postcopy (HEADER_POSTCOPY) */
+  postcopy: boolean;
 }
 
 // ---------------------------------------------------------------- encoding
@@ -93,10 +102,13 @@ export function writeRecordHeader(buf: Buffer, pos: number, type: number, flags:
   buf.writeUInt32LE(Math.floor(offset / 0x100000000), pos + 12);
 }
 
-export function encodeHeader(h: Omit<StreamHeader, 'version'> & { version?: number; urgent?: boolean }): Buffer {
+export function encodeHeader(
+  h: Omit<StreamHeader, 'version' | 'postcopy'> & { version?: number; urgent?: boolean; postcopy?: boolean },
+): Buffer {
   const wl = Buffer.from(h.workload, 'utf8');
   const out = Buffer.alloc(RECORD_HEADER_BYTES + HEADER_FIXED + wl.length);
-  writeRecordHeader(out, 0, REC_HEADER, h.urgent ? HEADER_URGENT_CHANNEL : 0, HEADER_FIXED + wl.length, 0);
+  const flags = h.urgent ? HEADER_URGENT_CHANNEL : h.postcopy ? HEADER_POSTCOPY : 0;
+  writeRecordHeader(out, 0, REC_HEADER, flags, HEADER_FIXED + wl.length, 0);
   const p = RECORD_HEADER_BYTES;
   out.writeUInt32LE(WIRE_MAGIC, p);
   out.writeUInt32LE(h.version ?? WIRE_VERSION, p + 4);
@@ -108,9 +120,15 @@ export function encodeHeader(h: Omit<StreamHeader, 'version'> & { version?: numb
   return out;
 }
 
-/** A record whose payload is utf8 text (REC_ERROR, RP_ERROR). */
+/** A record whose payload is utf8 text (REC_ERROR, RP_ERROR), cut to
+ *  MAX_TEXT_BYTES on a character boundary. */
 export function encodeText(type: number, text: string): Buffer {
-  const t = Buffer.from(text.slice(0, 4096), 'utf8');
+  let t = Buffer.from(text, 'utf8');
+  if (t.length > MAX_TEXT_BYTES) {
+    let end = MAX_TEXT_BYTES;
+    while (end > 0 && (t[end] & 0xc0) === 0x80) end--; // not inside a UTF-8 sequence
+    t = t.subarray(0, end);
+  }
   const out = Buffer.alloc(RECORD_HEADER_BYTES + t.length);
   writeRecordHeader(out, 0, type, 0, t.length, 0);
   t.copy(out, RECORD_HEADER_BYTES);
@@ -316,7 +334,8 @@ export class StreamDecoder extends RecordDecoder {
     }
     if (!this.header) {
       if (count < HEADER_FIXED || count > MAX_VAR_PAYLOAD) throw new WireError(`header record has a bad length ${count}`);
-      if (buf[pos + 1] !== (this.urgent ? HEADER_URGENT_CHANNEL : 0)) {
+      const flags = buf[pos + 1];
+      if (this.urgent ? flags !== HEADER_URGENT_CHANNEL : flags !== 0 && flags !== HEADER_POSTCOPY) {
         throw new WireError(this.urgent ? 'the urgent channel did not start with an urgent-channel header' : 'header flags: an urgent channel where the main stream was expected');
       }
       return count;
@@ -375,7 +394,7 @@ export class StreamDecoder extends RecordDecoder {
       const ramBytes = hi * 0x100000000 + buf.readUInt32LE(p + 16);
       if (ramBytes === 0 || ramBytes % pageSize !== 0) throw new WireError(`bad RAM size ${ramBytes} in header`);
       const workload = buf.toString('utf8', p + HEADER_FIXED, p + count);
-      this.header = { version, pageSize, vcpus, ramBytes, workload };
+      this.header = { version, pageSize, vcpus, ramBytes, workload, postcopy: buf[pos + 1] === HEADER_POSTCOPY };
       this.pageSize = pageSize;
       this.ramBytes = ramBytes;
       this.vcpus = vcpus;
@@ -450,7 +469,7 @@ export class StreamDecoder extends RecordDecoder {
 /** Source side: decodes the destination's return path. */
 export class ReturnDecoder extends RecordDecoder {
   constructor(private readonly handler: ReturnHandler, private readonly ramBytes: number, private readonly pageSize: number) {
-    super(RECORD_HEADER_BYTES + 4096);
+    super(RECORD_HEADER_BYTES + MAX_TEXT_BYTES);
   }
 
   protected beginRecord(buf: Buffer, pos: number): number {
@@ -461,7 +480,7 @@ export class ReturnDecoder extends RecordDecoder {
     switch (type) {
       case RP_REQ_PAGES: case RP_RUNNING: case RP_COMPLETE: case RP_ACK: return 0;
       case RP_ERROR:
-        if (count > 4096) throw new WireError(`return path ERROR record at byte ${at}: bad length ${count}`);
+        if (count > MAX_TEXT_BYTES) throw new WireError(`return path ERROR record at byte ${at}: bad length ${count}`);
         return count;
       default: throw new WireError(`unknown return path record type 0x${type.toString(16)} at byte ${at}`);
     }

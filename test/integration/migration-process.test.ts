@@ -44,6 +44,10 @@ run('migration between two VM processes', () => {
     expect(d['postcopy-vcpu-blocktime']).toHaveLength(1);
     expect(d['x-blocktime']?.state).toBe('final');
     expect(d['postcopy-latency-dist']!.reduce((a, b) => a + b, 0)).toBe(d['x-blocktime']!.faults);
+    // the destination counts what came before and after the switch, and the rounds
+    expect(d.ram!['precopy-bytes']).toBeGreaterThan(0);
+    expect(d.ram!['postcopy-bytes']).toBeGreaterThan(0);
+    expect(d.ram!['precopy-bytes'] + d.ram!['postcopy-bytes']).toBe(d.ram!.transferred);
     // nothing lost: the destination's sweep went on from where the source's stopped
     await dst.qmp.execute('stop');
     const pages = await stableDigest(dst);
@@ -112,6 +116,9 @@ run('migration between two VM processes', () => {
     const uri = `unix:${lab.path('r.sock')}`;
     const dst = await lab.vm('dst', ['-m', '64M', '-smp', '1', '-incoming', uri]);
     const src = await lab.vm('src', ['-m', '64M', '-smp', '1']);
+    // a trace file that could not be written is refused when set, not when postcopy starts
+    await expect(dst.qmp.execute('migrate-set-parameters', { 'x-blocktime-trace': lab.path('no-such-dir/t.jsonl') }))
+      .rejects.toThrow(/x-blocktime-trace: cannot write '.*no-such-dir\/t\.jsonl': ENOENT/);
     await expect(src.qmp.execute('migrate-start-postcopy')).rejects.toThrow('Postcopy must be started after migration has been started');
     await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 8 * MiB });
     await src.qmp.execute('migrate', { uri });

@@ -237,4 +237,33 @@ describe('return path decoder', () => {
     new ReturnDecoder(l, RAM, PS).push(encodeText(RP_ERROR, 'RAM size mismatch'));
     expect(l.log).toEqual(['error RAM size mismatch']);
   });
+
+  test('a long error text in multi-byte characters still arrives, cut on a character boundary', () => {
+    const l = new RLog();
+    const rec = encodeText(RP_ERROR, `workload mismatch: '${'é'.repeat(3000)}'`);
+    expect(rec.length - RECORD_HEADER_BYTES).toBeLessThanOrEqual(4096);
+    new ReturnDecoder(l, RAM, PS).push(rec);
+    expect(l.log).toHaveLength(1);
+    expect(l.log[0]).toMatch(/^error workload mismatch: 'é+$/); // no broken character at the end
+  });
+});
+
+describe('postcopy advise (HEADER_POSTCOPY)', () => {
+  const hdr = (postcopy: boolean, urgent = false): Buffer =>
+    encodeHeader({ pageSize: PS, vcpus: 1, ramBytes: RAM, workload: 'idle', postcopy, urgent });
+
+  test('the main stream header says whether the source may switch to postcopy', () => {
+    for (const postcopy of [false, true]) {
+      let seen: StreamHeader | undefined;
+      const r = new Recorder();
+      r.header = (h) => { seen = h; };
+      new StreamDecoder(r).push(hdr(postcopy));
+      expect(seen?.postcopy).toBe(postcopy);
+    }
+  });
+
+  test('the urgent channel header carries only its own flag', () => {
+    expect(() => new StreamDecoder(new Recorder(), 65536, true).push(hdr(true))).toThrow(/urgent-channel header/);
+    expect(() => new StreamDecoder(new Recorder(), 65536, true).push(hdr(false, true))).not.toThrow();
+  });
 });

@@ -80,7 +80,7 @@ export class IncomingMigration implements StreamHandler {
   /** opened when the header advised postcopy, taken by startPostcopy */
   private uffdReady: Userfaultfd | null = null;
   /** why the blocktime trace could not be recorded ('' = it could, or none was asked for) */
-  traceError = '';
+  private traceError = '';
   /** main-stream bytes handled in this turn of the event loop (postcopy) */
   private sliceBytes = 0;
   private mainPaused = false;

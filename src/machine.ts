@@ -260,7 +260,7 @@ class VmMachine implements Machine {
   ramDigest(): string {
     this.live('ram digest');
     if (this.incoming && !this.incoming.ramReadable) {
-      throw new CommandError('Guest RAM is being filled by postcopy (registered with userfaultfd): its digest is available once the migration completed');
+      throw new CommandError('Guest RAM is being filled by the incoming migration (registered with userfaultfd, as postcopy needs): its digest is available once the migration completed');
     }
     return this.ram.digestHex();
   }

@@ -149,7 +149,8 @@ maybe('migration engine, one process', () => {
     const switched = waitStatus(P.dstEv, ['postcopy-active']);
     P.src.start(addr);
     await waitStatus(P.srcEv, ['active']);
-    await new Promise((r) => setTimeout(r, 100)); // precopy has sent the first megabytes
+    // precopy sends pages in order: once a data page is out, page 1 (the first) is
+    while (P.src.ramStats().normal < 1) await new Promise((r) => setTimeout(r, 5));
     P.src.requestPostcopy();
     await switched;
     await new Promise((r) => setTimeout(r, 100)); // the burst is out

@@ -50,7 +50,7 @@ const MIN_MEASURE_BYTES = 1 << 20;
 // page flags
 const NEED = 1; // must be sent (never sent, or dirtied since)
 const HAS = 2;  // the destination holds a copy (sent since the last discard)
-const QUEUED = 4; // in the urgent queue (a page is queued once, however often it is asked for)
+const QUEUED = 4; // in the urgent queue (at most once there, however often it is asked for meanwhile)
 
 export interface OutgoingOptions {
   ram: GuestMemory;

@@ -79,6 +79,8 @@ export class IncomingMigration implements StreamHandler {
   private bytesAtSwitch = 0;
   /** why the blocktime trace could not be recorded ('' = it could, or none was asked for) */
   private traceError = '';
+  /** pages requested and not yet placed */
+  private awaited = 0;
   /** main-stream bytes handled in this turn of the event loop (postcopy) */
   private sliceBytes = 0;
   private mainPaused = false;
@@ -177,7 +179,10 @@ export class IncomingMigration implements StreamHandler {
         this.failWith(e instanceof WireError ? `migration stream: ${e.message}` : `migration: ${(e as Error).message}`, true);
         return;
       }
-      if (this.postcopy && (this.sliceBytes += chunk.length) >= POSTCOPY_MAIN_SLICE && !this.mainPaused) {
+      // while requested pages are awaited, one read of the main stream per
+      // turn: the urgent channel is looked at between any two
+      const slice = this.awaited > 0 ? 1 : POSTCOPY_MAIN_SLICE;
+      if (this.postcopy && (this.sliceBytes += chunk.length) >= slice && !this.mainPaused) {
         this.mainPaused = true;
         s.pause();
         setImmediate(this.resumeMain);
@@ -485,7 +490,10 @@ export class IncomingMigration implements StreamHandler {
     const flags = this.flags;
     for (let p = first; p < first + count; p++) {
       const f = flags[p];
-      if ((f & RECEIVED) === 0) this.receivedCount++;
+      if ((f & RECEIVED) === 0) {
+        this.receivedCount++;
+        if ((f & REQUESTED) !== 0) this.awaited--;
+      }
       flags[p] = (f & ~WAITED) | RECEIVED;
       if ((f & WAITED) !== 0 && bt !== null) bt.end(this.base + p * this.ps);
     }
@@ -521,6 +529,7 @@ export class IncomingMigration implements StreamHandler {
       }
       if ((f & REQUESTED) !== 0) continue;
       flags[page] |= REQUESTED;
+      this.awaited++;
       this.requestsSent++;
       if (slot === null) slot = this.reqPool.pop() ?? this.newReqSlot();
       writeRecordHeader(slot.buf, k * RECORD_HEADER_BYTES, RP_REQ_PAGES, 0, ps, page * ps);

@@ -17,6 +17,7 @@
 import { currentCpu, pinProcessToCpu, startCFaultHandler } from '../src/native/index.js';
 import { DEFAULT_SPIN_MICROS, StagingArea, UffdPoller, Userfaultfd } from '../src/uffd/index.js';
 import { GuestRam, PAGE_SIZE, VcpuSet, parseWorkload } from '../src/vm/index.js';
+import { numberOption } from './_options.js';
 
 interface Options { mib: number; reps: number; spinUs: number; vcpus: number[]; placement: string }
 
@@ -28,13 +29,7 @@ interface Options { mib: number; reps: number; spinUs: number; vcpus: number[]; 
 const BENCH_SPIN_MICROS = 40;
 
 function options(argv: string[]): Options {
-  const get = (name: string, def: number): number => {
-    const i = argv.indexOf(`--${name}`);
-    if (i < 0) return def;
-    const v = Number(argv[i + 1]);
-    if (!Number.isFinite(v) || v < 0) throw new Error(`--${name} needs a number >= 0, got '${argv[i + 1]}'`);
-    return v;
-  };
+  const get = (name: string, def: number): number => numberOption(argv, name, def, 0);
   const pi = argv.indexOf('--placement');
   const placement = pi < 0 ? 'both' : argv[pi + 1];
   if (!['one', 'all', 'both'].includes(placement)) throw new Error(`--placement is one, all or both, not '${placement}'`);

@@ -26,18 +26,16 @@
 import { readFileSync } from 'node:fs';
 import { runBatch, type BatchOptions, type BatchResult } from '../src/migration/batch.js';
 import { streamBaselineMbps } from '../src/native/index.js';
+import { numberOption } from './_options.js';
 
 interface Options { reps: number; warmS: number; rssMib: number }
 
 function options(argv: string[]): Options {
-  const get = (name: string, def: number, min: number): number => {
-    const i = argv.indexOf(`--${name}`);
-    if (i < 0) return def;
-    const v = Number(argv[i + 1]);
-    if (!Number.isFinite(v) || v < min) throw new Error(`--${name} needs a number >= ${min}, got '${argv[i + 1] ?? ''}'`);
-    return v;
+  return {
+    reps: Math.floor(numberOption(argv, 'reps', 5, 1)),
+    warmS: numberOption(argv, 'warm', 4, 0),
+    rssMib: Math.floor(numberOption(argv, 'rss-mib', 1024, 64)),
   };
-  return { reps: Math.floor(get('reps', 5, 1)), warmS: get('warm', 4, 0), rssMib: Math.floor(get('rss-mib', 1024, 64)) };
 }
 
 const MiB = 1024 * 1024;

@@ -128,7 +128,6 @@ export async function runVm(opts: VmOptions, loadEngine: () => Promise<VmEngine>
     if (shuttingDown) return;
     shuttingDown = true;
     exitCode = code;
-    clearInterval(keepAlive);
     void (async () => {
       console?.close();
       for (const s of servers) await s.close().catch(() => undefined);

@@ -125,23 +125,21 @@ export class TraceFileSink implements TraceSink {
  *  writable, and the file, if it exists, is a writable regular file. Throws
  *  a CommandError that names the problem. */
 export function checkTracePath(path: string): void {
-  if (path === '') return;
-  const fail = (why: string): never => { throw new CommandError(`x-blocktime-trace: cannot write '${path}': ${why}`); };
-  const dir = dirname(resolve(path));
+  const why = path === '' ? null : tracePathProblem(path);
+  if (why !== null) throw new CommandError(`x-blocktime-trace: cannot write '${path}': ${why}`);
+}
+
+function tracePathProblem(path: string): string | null {
   try {
-    if (!statSync(dir).isDirectory()) fail(`${dir} is not a directory`);
+    const dir = dirname(resolve(path));
+    if (!statSync(dir).isDirectory()) return `${dir} is not a directory`;
     accessSync(dir, constants.W_OK);
-  } catch (e) {
-    if (e instanceof CommandError) throw e;
-    fail((e as Error).message);
-  }
-  if (!existsSync(path)) return;
-  try {
-    if (!statSync(path).isFile()) fail('not a regular file');
+    if (!existsSync(path)) return null;
+    if (!statSync(path).isFile()) return 'not a regular file';
     accessSync(path, constants.W_OK);
+    return null;
   } catch (e) {
-    if (e instanceof CommandError) throw e;
-    fail((e as Error).message);
+    return (e as Error).message;
   }
 }
 

@@ -83,7 +83,6 @@ export class IncomingMigration implements StreamHandler {
   private awaited = 0;
   /** main-stream bytes handled in this turn of the event loop (postcopy) */
   private sliceBytes = 0;
-  private mainPaused = false;
   private readonly urgentDecoder: StreamDecoder;
   /** END arrived while requested pages were still in flight on the urgent channel */
   private endPending = false;
@@ -182,8 +181,7 @@ export class IncomingMigration implements StreamHandler {
       // while requested pages are awaited, one read of the main stream per
       // turn: the urgent channel is looked at between any two
       const slice = this.awaited > 0 ? 1 : POSTCOPY_MAIN_SLICE;
-      if (this.postcopy && (this.sliceBytes += chunk.length) >= slice && !this.mainPaused) {
-        this.mainPaused = true;
+      if (this.postcopy && (this.sliceBytes += chunk.length) >= slice && !s.isPaused()) {
         s.pause();
         setImmediate(this.resumeMain);
       }
@@ -202,7 +200,6 @@ export class IncomingMigration implements StreamHandler {
 
   /** the main stream's next slice, after the other I/O of this turn */
   private readonly resumeMain = (): void => {
-    this.mainPaused = false;
     this.sliceBytes = 0;
     const s = this.socket;
     if (s && !s.destroyed) s.resume();
@@ -314,29 +311,25 @@ export class IncomingMigration implements StreamHandler {
     const ps = this.ps;
     const flags = this.flags;
     const end = first + count;
-    for (let p = first; p < end;) {
-      const populated = this.uffd === null || (flags[p] & POPULATED) !== 0;
-      let q = p + 1;
-      while (q < end && (this.uffd === null || (flags[q] & POPULATED) !== 0) === populated) q++;
-      const from = pos + (p - first) * ps;
-      const to = pos + (q - first) * ps;
-      if (populated) {
-        buf.copy(this.ramBuf, p * ps, from, to);
-      } else {
-        buf.copy(this.stagingBuf!, 0, from, to);
-        this.copyIn(p * ps, (q - p) * ps);
+    if (this.uffd === null) { // not registered: plain writes
+      buf.copy(this.ramBuf, first * ps, pos, pos + count * ps);
+    } else {
+      for (let p = first; p < end;) { // runs of pages alike: already written, or not yet
+        const populated = (flags[p] & POPULATED) !== 0;
+        let q = p + 1;
+        while (q < end && ((flags[q] & POPULATED) !== 0) === populated) q++;
+        const from = pos + (p - first) * ps;
+        const to = pos + (q - first) * ps;
+        if (populated) {
+          buf.copy(this.ramBuf, p * ps, from, to);
+        } else {
+          buf.copy(this.stagingBuf!, 0, from, to);
+          this.placeRun(p * ps, q - p, true);
+        }
+        p = q;
       }
-      for (let r = p; r < q; r++) this.markReceived(r, POPULATED);
-      p = q;
     }
-  }
-
-  /** UFFDIO_COPY from staging, retried while the kernel says EAGAIN */
-  private copyIn(offset: number, len: number): void {
-    for (let attempt = 0; this.uffd!.copy(this.base + offset, this.staging!.base, len) === 'again'; attempt++) {
-      if (attempt >= PLACE_RETRIES) throw new Error(`placing ${len / this.ps} pages at offset ${offset}: the kernel kept answering EAGAIN`);
-    }
-    this.placeCalls++;
+    for (let p = first; p < end; p++) this.markReceived(p, POPULATED);
   }
 
   zero(offset: number, count: number): void {
@@ -474,17 +467,9 @@ export class IncomingMigration implements StreamHandler {
     this.flags[p] = (this.flags[p] & (REQUESTED | WAITED)) | RECEIVED | extra;
   }
 
-  /** UFFDIO_COPY (from staging) or UFFDIO_ZEROPAGE of a run, then wake-up accounting. */
+  /** Postcopy placement of a run, then the accounting of the faults it ends. */
   private place(offset: number, count: number, copy: boolean): void {
-    const uffd = this.uffd!;
-    const addr = this.base + offset;
-    const len = count * this.ps;
-    for (let attempt = 0; ; attempt++) {
-      const r = copy ? uffd.copy(addr, this.staging!.base, len) : uffd.zeropage(addr, len);
-      this.placeCalls++;
-      if (r !== 'again') break;
-      if (attempt >= PLACE_RETRIES) throw new Error(`placing ${count} pages at offset ${offset}: the kernel kept answering EAGAIN`);
-    }
+    this.placeRun(offset, count, copy);
     const first = offset / this.ps;
     const bt = this.blocktime;
     const flags = this.flags;
@@ -496,6 +481,20 @@ export class IncomingMigration implements StreamHandler {
       }
       flags[p] = (f & ~WAITED) | RECEIVED;
       if ((f & WAITED) !== 0 && bt !== null) bt.end(this.base + p * this.ps);
+    }
+  }
+
+  /** UFFDIO_COPY (from staging) or UFFDIO_ZEROPAGE of a run, retried while
+   *  the kernel answers EAGAIN (the address space is changing) */
+  private placeRun(offset: number, count: number, copy: boolean): void {
+    const uffd = this.uffd!;
+    const addr = this.base + offset;
+    const len = count * this.ps;
+    for (let attempt = 0; ; attempt++) {
+      const r = copy ? uffd.copy(addr, this.staging!.base, len) : uffd.zeropage(addr, len);
+      this.placeCalls++;
+      if (r !== 'again') return;
+      if (attempt >= PLACE_RETRIES) throw new Error(`placing ${count} pages at offset ${offset}: the kernel kept answering EAGAIN`);
     }
   }
 
@@ -584,8 +583,9 @@ export class IncomingMigration implements StreamHandler {
     this.o.status.fail(reason);
     // before postcopy nothing can fill the pages still missing: plain memory
     // again (a read of guest RAM must not block forever)
-    if (!this.postcopy) void this.releaseUffd();
-    if (this.postcopy) {
+    if (!this.postcopy) {
+      void this.releaseUffd();
+    } else {
       // vCPUs that touch a page that never came stay blocked in their fault
       // (the uffd stays registered); the others are paused. Nothing runs on
       // stale memory. quit() releases them.

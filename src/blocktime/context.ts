@@ -144,10 +144,12 @@ export class BlocktimeContext {
     return this.stateNow === 'live' && this.waiters.has(addr);
   }
 
-  /** A fault was read for the missing page at `addr`, raised by thread `tid`. */
-  begin(addr: number, tid: number): void {
+  /** A fault was read for the missing page at `addr`, raised by thread `tid`,
+   *  at time `at` (the clock's scale; default now: a reader on another thread
+   *  passes the time it read the fault). */
+  begin(addr: number, tid: number, at?: number): void {
     if (this.stateNow !== 'live') return;
-    const t = this.clock();
+    const t = at ?? this.clock();
     if (this.trace !== undefined) this.trace.fault(t, addr, tid);
     const v = this.tidToVcpu.indexOf(tid);
     this.waiters.add(addr, t, v);
@@ -168,14 +170,14 @@ export class BlocktimeContext {
     }
   }
 
-  /** The page at `addr` was placed: every fault waiting on it is resolved.
-   *  A page nobody waited on records nothing. */
-  end(addr: number): void {
+  /** The page at `addr` was placed (at time `at`, default now): every fault
+   *  waiting on it is resolved. A page nobody waited on records nothing. */
+  end(addr: number, at?: number): void {
     if (this.stateNow !== 'live') return;
     const waiters = this.waiters;
     let rec = waiters.take(addr);
     if (rec < 0) return;
-    const t = this.clock();
+    const t = at ?? this.clock();
     if (this.trace !== undefined) this.trace.placed(t, addr);
     const hdr = this.hdr as HdrRows;
     const time = waiters.faultTime;
@@ -302,9 +304,11 @@ export class BlocktimeContext {
 
   // The vCPU whose state starts at vs[o] has no outstanding fault any more (at time t).
   private vcpuUp(o: number, t: number): void {
-    this.vs[o + BLOCKED] += t - this.vs[o + DOWN_SINCE];
+    // times from two threads (the fault thread's, ours) may be out of order
+    // by a few microseconds: an interval never counts negative
+    this.vs[o + BLOCKED] += Math.max(0, t - this.vs[o + DOWN_SINCE]);
     if (this.g[G_CPUS_DOWN] === this.vcpus) {
-      const len = t - this.g[G_ALL_DOWN_SINCE];
+      const len = Math.max(0, t - this.g[G_ALL_DOWN_SINCE]);
       this.g[G_TOTAL] += len;
       if (len > this.g[G_LONGEST]) this.g[G_LONGEST] = len;
     }

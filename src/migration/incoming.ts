@@ -1,14 +1,18 @@
 // The destination side of a migration (QEMU's incoming path + postcopy-ram.c):
-// listen, check the header against this VM, write precopy pages straight into
-// guest RAM, drop discarded pages, and at the postcopy switchover register
-// guest RAM with userfaultfd (MISSING), start the vCPUs and turn their faults
-// into page requests on the return path. Pages arriving in postcopy are placed
-// atomically with UFFDIO_COPY (a whole run per ioctl) or UFFDIO_ZEROPAGE, and
-// each placed page ends the blocktime accounting of the faults waiting on it.
+// listen, check the header against this VM, place precopy pages into guest RAM
+// (registered with userfaultfd, MISSING, from the start), drop discarded
+// pages, and at the postcopy switchover start the vCPUs with the native fault
+// thread (native-shim/fault_thread.c) serving their faults: it requests each
+// missing page on the urgent channel and places it when it comes back, with
+// no event loop on the way. The main stream's background pages are placed
+// here, a whole run per UFFDIO_COPY, or with UFFDIO_ZEROPAGE.
 //
-// Hot paths (fault read -> request, page run -> copy -> blocktime end) use
-// typed-array flags per page and preallocated buffers; nothing is allocated
-// per fault or per page in steady state.
+// The blocktime context is fed from both: FAULT and PLACED events the fault
+// thread pushes to its ring (with its own timestamps), drained here every few
+// milliseconds and before each main-stream placement, and the placements made
+// here. Hot paths use typed-array flags per page (in native memory, which the
+// fault thread reads) and preallocated buffers: nothing is allocated per fault
+// or per page in steady state.
 
 import net from 'node:net';
 import { chmodSync, unlinkSync, lstatSync } from 'node:fs';
@@ -20,30 +24,26 @@ import type { Parameters } from './parameters.js';
 import { formatMigrationUri, type MigrationAddress } from './uri.js';
 import {
   StreamDecoder, encodeBare, encodeText, writeRecordHeader, WireError,
-  RECORD_HEADER_BYTES, RP_REQ_PAGES, RP_RUNNING, RP_COMPLETE, RP_ERROR, RP_ACK, MAX_RUN_PAGES,
+  RECORD_HEADER_BYTES, RP_RUNNING, RP_COMPLETE, RP_ERROR, RP_ACK, MAX_RUN_PAGES,
   type StreamHandler, type StreamHeader,
 } from './wire.js';
-import { Userfaultfd, UffdPoller, StagingArea, EVENT_PAGEFAULT } from '../uffd/index.js';
+import { Userfaultfd, StagingArea } from '../uffd/index.js';
+import { NativeBlock } from '../native/memory.js';
+import { PageChannel, ChannelEvent, FaultThreadStat, type ChannelEventSink } from '../native/page-channel.js';
 import { BlocktimeContext, emptyReport, type BlocktimeReport } from '../blocktime/index.js';
 import { openTraceFile } from '../blocktime-trace/index.js';
 import { CommandError } from '../errors.js';
 
-// page flags
+// page flags (bit RECEIVED is read by the fault thread: native-shim/channel.h)
 const RECEIVED = 1;  // the page's content is here (or it is known to be zero)
 const POPULATED = 2; // the page holds data written by us (precopy)
-const REQUESTED = 4; // asked for on the return path
 const WAITED = 8;    // a fault is accounted in blocktime for it
 
-/** request records per return-path write */
-const REQ_BATCH = 32;
-const REQ_POOL = 16;
 const PLACE_RETRIES = 1000;
 /** acknowledge the main stream every this many bytes (the source's postcopy window is larger) */
 const ACK_EVERY = 64 * 1024;
-/** main-stream bytes handled per turn of the event loop in postcopy: libuv
- *  would otherwise read up to 2 MiB from one socket in one go, and a
- *  requested page on the urgent channel or a fault would wait behind it */
-const POSTCOPY_MAIN_SLICE = 128 * 1024;
+/** how often the fault thread's events are drained and its state looked at */
+const DRAIN_EVERY_MS = 2;
 
 export interface IncomingOptions {
   ram: GuestMemory;
@@ -60,14 +60,14 @@ export interface IncomingOptions {
   events: EventEmitter;
 }
 
-interface ReqSlot { buf: Buffer; views: Buffer[]; release: () => void }
-
 export class IncomingMigration implements StreamHandler {
   private readonly ram: GuestMemory;
   private readonly ramBuf: Buffer;
   private readonly base: number;
   private readonly ps: number;
   private readonly pageCount: number;
+  /** page flags, in native memory the fault thread reads */
+  private readonly flagsBlock: NativeBlock;
   private readonly flags: Uint8Array;
   private receivedCount = 0;
   private server: net.Server | null = null;
@@ -79,17 +79,17 @@ export class IncomingMigration implements StreamHandler {
   private bytesAtSwitch = 0;
   /** why the blocktime trace could not be recorded ('' = it could, or none was asked for) */
   private traceError = '';
-  /** pages requested and not yet placed */
-  private awaited = 0;
-  /** main-stream bytes handled in this turn of the event loop (postcopy) */
-  private sliceBytes = 0;
   private readonly urgentDecoder: StreamDecoder;
+  /** the urgent channel's HEADER arrived (the fault thread can take the channel) */
+  private urgentReady = false;
   /** END arrived while requested pages were still in flight on the urgent channel */
   private endPending = false;
   private unixPath: string | null = null;
   private readonly decoder: StreamDecoder;
   private uffd: Userfaultfd | null = null;
-  private poller: UffdPoller | null = null;
+  /** the native fault thread, from the postcopy switchover until the end */
+  private channel: PageChannel | null = null;
+  private drainTimer: NodeJS.Timeout | null = null;
   private staging: StagingArea | null = null;
   private stagingBuf: Buffer | null = null;
   private blocktime: BlocktimeContext | null = null;
@@ -97,16 +97,16 @@ export class IncomingMigration implements StreamHandler {
   private postcopy = false;
   private switched = false;
   private over = false;
-  private readonly reqPool: ReqSlot[] = [];
   // counters
   private bytesIn = 0;
   private mainIn = 0;
   private mainAcked = 0;
   private normal = 0;
   private duplicate = 0;
-  private requestsSent = 0;
   private discarded = 0;
   private placeCalls = 0;
+  /** the fault thread's figures: requests, pages placed, zero pages placed, bytes in */
+  private channelStats: [number, number, number, number] = [0, 0, 0, 0];
   private startMs = 0;
   private endMs = -1;
 
@@ -116,10 +116,10 @@ export class IncomingMigration implements StreamHandler {
     this.base = o.ram.base;
     this.ps = o.ram.pageSize;
     this.pageCount = o.ram.bytes / this.ps;
-    this.flags = new Uint8Array(this.pageCount);
+    this.flagsBlock = new NativeBlock(this.pageCount);
+    this.flags = new Uint8Array(this.flagsBlock.buffer, 0, this.pageCount);
     this.decoder = new StreamDecoder(this, Math.max(65536, this.ps));
     this.urgentDecoder = new StreamDecoder(this.urgentHandler, Math.max(65536, this.ps), true);
-    for (let i = 0; i < REQ_POOL; i++) this.reqPool.push(this.newReqSlot());
   }
 
   /** Listens on `addr`; resolves once listening. The status stays 'none'
@@ -172,18 +172,13 @@ export class IncomingMigration implements StreamHandler {
       this.bytesIn += chunk.length;
       this.mainIn += chunk.length;
       try {
+        // faults the thread read before this chunk's pages are placed here
+        // are accounted first: their placement ends them
+        this.channel?.drain(this.onChannelEvent);
         this.decoder.push(chunk);
         if (this.postcopy && this.mainIn - this.mainAcked >= ACK_EVERY) this.sendAck();
       } catch (e) {
         this.failWith(e instanceof WireError ? `migration stream: ${e.message}` : `migration: ${(e as Error).message}`, true);
-        return;
-      }
-      // while requested pages are awaited, one read of the main stream per
-      // turn: the urgent channel is looked at between any two
-      const slice = this.awaited > 0 ? 1 : POSTCOPY_MAIN_SLICE;
-      if (this.postcopy && (this.sliceBytes += chunk.length) >= slice && !s.isPaused()) {
-        s.pause();
-        setImmediate(this.resumeMain);
       }
     });
     s.on('error', (e) => this.failWith(`migration connection error: ${e.message}`, false));
@@ -198,21 +193,16 @@ export class IncomingMigration implements StreamHandler {
     });
   }
 
-  /** the main stream's next slice, after the other I/O of this turn */
-  private readonly resumeMain = (): void => {
-    this.sliceBytes = 0;
-    const s = this.socket;
-    if (s && !s.destroyed) s.resume();
-  };
-
-  /** the second connection: requested pages only */
+  /** The second connection: page requests and requested pages. Read here
+   *  up to its HEADER; the fault thread takes it over at the switchover
+   *  (nothing else comes on it before the thread's first request). */
   private acceptUrgent(s: net.Socket): void {
     this.urgentSocket = s;
     s.setNoDelay(true);
     this.server?.close(); // both connections are in
     this.removeSocketFile();
     s.on('data', (chunk: Buffer) => {
-      if (this.over && !this.endPending) return;
+      if (this.over) return;
       this.bytesIn += chunk.length;
       try {
         this.urgentDecoder.push(chunk);
@@ -222,25 +212,18 @@ export class IncomingMigration implements StreamHandler {
     });
     s.on('error', (e) => this.failWith(`urgent channel error: ${e.message}`, false));
     s.on('close', () => {
-      if (this.over && !this.endPending) return;
-      this.failWith('the source closed the urgent channel before the migration completed', false);
+      if (!this.over) this.failWith('the source closed the urgent channel before the migration completed', false);
     });
   }
 
   private readonly urgentHandler: StreamHandler = {
-    header: (h) => { this.checkHeader(h); },
-    pages: (offset, count, buf, pos) => {
-      if (!this.postcopy) throw new WireError('requested pages arrived before the postcopy switchover');
-      if (this.over) return; // a second copy of a requested page, after the last page was placed
-      this.pages(offset, count, buf, pos);
-      if (this.endPending) this.maybeComplete();
+    header: (h) => {
+      this.checkHeader(h);
+      this.urgentReady = true;
+      this.maybeStartPostcopy();
     },
-    zero: (offset, count) => {
-      if (!this.postcopy) throw new WireError('requested pages arrived before the postcopy switchover');
-      if (this.over) return;
-      this.zero(offset, count);
-      if (this.endPending) this.maybeComplete();
-    },
+    pages: () => { throw new WireError('pages arrived before the postcopy switchover'); },
+    zero: () => { throw new WireError('pages arrived before the postcopy switchover'); },
     discard: () => { throw new WireError('DISCARD on the urgent channel'); },
     endRound: () => { throw new WireError('END_ROUND on the urgent channel'); },
     switchover: () => { throw new WireError('SWITCHOVER on the urgent channel'); },
@@ -362,13 +345,17 @@ export class IncomingMigration implements StreamHandler {
     this.o.vcpus.loadStates(states, pos);
     this.switched = true;
     if (!postcopy) return; // precopy: the vCPUs start at the end of the stream
-    this.startPostcopy();
+    // registered since the header advised postcopy
+    if (this.uffd === null) throw new WireError('postcopy switchover, but the stream header did not advise postcopy');
+    this.postcopy = true; // pages from here on are placed atomically
+    this.maybeStartPostcopy();
   }
 
-  private startPostcopy(): void {
-    // registered since the header advised postcopy
-    const uffd = this.uffd;
-    if (uffd === null) throw new WireError('postcopy switchover, but the stream header did not advise postcopy');
+  /** Starts the vCPUs with the fault thread once both the switchover and
+   *  the urgent channel's HEADER are here (the two connections race). */
+  private maybeStartPostcopy(): void {
+    if (!this.postcopy || !this.urgentReady || this.channel !== null || this.over) return;
+    const uffd = this.uffd!;
     const tids = this.o.vcpus.threadIds();
     if (this.o.blocktimeEnabled()) {
       if (uffd.enabled.has('THREAD_ID')) {
@@ -381,11 +368,57 @@ export class IncomingMigration implements StreamHandler {
         this.blocktimeFallback = emptyReport(tids, 'the kernel does not report the faulting thread (UFFD_FEATURE_THREAD_ID unsupported): faults cannot be attributed to vCPUs');
       }
     }
-    this.postcopy = true;
-    this.poller = new UffdPoller(uffd, this.onFaults, { spinMicros: 0, onError: (e) => this.failWith(`userfaultfd: ${e.message}`, true) });
-    this.poller.start();
+    this.channel = PageChannel.startFaultThread({
+      uffd: uffd.fd, sock: this.urgentSocket!, ramBase: this.base, pageSize: this.ps, pages: this.pageCount,
+      flags: this.flagsBlock.address, blocktime: this.blocktime !== null,
+    });
+    this.drainTimer = setInterval(this.drainChannel, DRAIN_EVERY_MS);
     this.o.status.moveTo('postcopy-active');
     this.startVcpus();
+  }
+
+  /** The fault thread's events so far; its failure fails the migration;
+   *  completes when END waited for requested pages. */
+  private readonly drainChannel = (): void => {
+    const ch = this.channel;
+    if (ch === null) return;
+    ch.drain(this.onChannelEvent);
+    const st = ch.state;
+    if (st === 'closed') this.failWith('the source closed the urgent channel before the migration completed', false);
+    else if (st === 'failed') this.failWith(ch.error, true);
+    else if (this.endPending) this.maybeComplete();
+  };
+
+  /** one event from the fault thread's ring */
+  private readonly onChannelEvent: ChannelEventSink = (kind, page, arg, t) => {
+    const flags = this.flags;
+    const bt = this.blocktime;
+    if (kind === ChannelEvent.Fault) {
+      // a page the main stream placed since the fault was read: the thread
+      // was woken by that placement, and nobody accounts the short wait
+      if (bt === null || (flags[page] & RECEIVED) !== 0) return;
+      bt.begin(this.base + page * this.ps, arg, t);
+      flags[page] |= WAITED;
+      return;
+    }
+    for (let p = page, end = page + arg; p < end; p++) {
+      const f = flags[p];
+      if ((f & RECEIVED) === 0) this.receivedCount++;
+      flags[p] = (f & ~WAITED) | RECEIVED;
+      if ((f & WAITED) !== 0 && bt !== null) bt.end(this.base + p * this.ps, t);
+    }
+  };
+
+  /** Stops the fault thread and takes its last events and figures. */
+  private stopChannel(): void {
+    const ch = this.channel;
+    if (ch === null) return;
+    if (this.drainTimer) { clearInterval(this.drainTimer); this.drainTimer = null; }
+    ch.stop();
+    ch.drain(this.onChannelEvent);
+    this.channelStats = [ch.stat(FaultThreadStat.Requests), ch.stat(FaultThreadStat.Placed), ch.stat(FaultThreadStat.ZeroPlaced), ch.stat(FaultThreadStat.BytesIn)];
+    ch.dispose();
+    this.channel = null;
   }
 
   /** The trace file, when x-blocktime-trace names one. A file that cannot be
@@ -411,9 +444,9 @@ export class IncomingMigration implements StreamHandler {
   }
 
   end(): void {
+    this.channel?.drain(this.onChannelEvent);
     if (this.receivedCount !== this.pageCount) {
-      const u = this.urgentSocket;
-      if (this.postcopy && u && !u.destroyed) { // the rest is on the urgent channel
+      if (this.channel !== null && this.channel.state === 'running') { // the rest is on the urgent channel
         this.endPending = true;
         return;
       }
@@ -433,11 +466,12 @@ export class IncomingMigration implements StreamHandler {
     this.server?.close();
     this.server = null;
     this.removeSocketFile();
+    this.stopChannel();
     this.over = true;
     this.endMs = performance.now();
     // un-register first: once 'completed' is visible, guest RAM is plain memory
-    // again (after precopy that happens at once, there is no poller to stop:
-    // the vCPUs start on plain memory)
+    // again (the fault thread is stopped already; after precopy there is none
+    // and the vCPUs start on plain memory)
     const released = this.releaseUffd();
     if (!this.postcopy) this.startVcpus();
     released.then(() => {
@@ -464,7 +498,7 @@ export class IncomingMigration implements StreamHandler {
 
   private markReceived(p: number, extra: number): void {
     if ((this.flags[p] & RECEIVED) === 0) this.receivedCount++;
-    this.flags[p] = (this.flags[p] & (REQUESTED | WAITED)) | RECEIVED | extra;
+    this.flags[p] = (this.flags[p] & WAITED) | RECEIVED | extra;
   }
 
   /** Postcopy placement of a run, then the accounting of the faults it ends. */
@@ -475,10 +509,7 @@ export class IncomingMigration implements StreamHandler {
     const flags = this.flags;
     for (let p = first; p < first + count; p++) {
       const f = flags[p];
-      if ((f & RECEIVED) === 0) {
-        this.receivedCount++;
-        if ((f & REQUESTED) !== 0) this.awaited--;
-      }
+      if ((f & RECEIVED) === 0) this.receivedCount++;
       flags[p] = (f & ~WAITED) | RECEIVED;
       if ((f & WAITED) !== 0 && bt !== null) bt.end(this.base + p * this.ps);
     }
@@ -498,67 +529,11 @@ export class IncomingMigration implements StreamHandler {
     }
   }
 
-  /** Fault reader: every fault either resolves at once (page already here)
-   *  or becomes a page request; returns the number of messages handled. */
-  private readonly onFaults = (): number => {
-    const uffd = this.uffd;
-    if (!uffd || uffd.closed) return 0;
-    const n = uffd.readEvents();
-    if (n === 0) return 0;
-    const base = this.base;
-    const ps = this.ps;
-    const flags = this.flags;
-    const bt = this.blocktime;
-    let slot: ReqSlot | null = null;
-    let k = 0;
-    for (let i = 0; i < n; i++) {
-      if (uffd.eventKind(i) !== EVENT_PAGEFAULT) continue;
-      const page = Math.floor((uffd.faultAddress(i) - base) / ps);
-      if (page < 0 || page >= this.pageCount) continue;
-      const addr = base + page * ps;
-      const f = flags[page];
-      if ((f & RECEIVED) !== 0) { // here already (a zero page left untouched, or placed meanwhile)
-        if (uffd.zeropage(addr, ps) === 'again') uffd.wake(addr, ps);
-        continue;
-      }
-      if (this.over) continue; // failed: no more requests; the thread stays blocked
-      if (bt !== null) {
-        bt.begin(addr, uffd.faultThreadId(i));
-        flags[page] = f | WAITED;
-      }
-      if ((f & REQUESTED) !== 0) continue;
-      flags[page] |= REQUESTED;
-      this.awaited++;
-      this.requestsSent++;
-      if (slot === null) slot = this.reqPool.pop() ?? this.newReqSlot();
-      writeRecordHeader(slot.buf, k * RECORD_HEADER_BYTES, RP_REQ_PAGES, 0, ps, page * ps);
-      if (++k === REQ_BATCH) { this.sendRequests(slot, k); slot = null; k = 0; }
-    }
-    if (slot !== null) {
-      if (k > 0) this.sendRequests(slot, k); else this.reqPool.push(slot);
-    }
-    return n;
-  };
-
   private sendAck(): void {
     this.mainAcked = this.mainIn;
-    const slot = this.reqPool.pop() ?? this.newReqSlot();
-    writeRecordHeader(slot.buf, 0, RP_ACK, 0, 0, this.mainIn);
-    this.sendRequests(slot, 1);
-  }
-
-  private sendRequests(slot: ReqSlot, k: number): void {
-    const s = this.socket;
-    if (!s || s.destroyed) { slot.release(); return; }
-    s.write(slot.views[k - 1], slot.release);
-  }
-
-  private newReqSlot(): ReqSlot {
-    const buf = Buffer.allocUnsafe(REQ_BATCH * RECORD_HEADER_BYTES);
-    const views: Buffer[] = [];
-    for (let j = 1; j <= REQ_BATCH; j++) views.push(buf.subarray(0, j * RECORD_HEADER_BYTES));
-    const slot: ReqSlot = { buf, views, release: () => { if (this.reqPool.length < REQ_POOL) this.reqPool.push(slot); } };
-    return slot;
+    const ack = Buffer.allocUnsafe(RECORD_HEADER_BYTES); // one per ACK_EVERY bytes
+    writeRecordHeader(ack, 0, RP_ACK, 0, 0, this.mainIn);
+    this.reply(ack);
   }
 
   // ---------------------------------------------------------------- ending
@@ -569,8 +544,9 @@ export class IncomingMigration implements StreamHandler {
   }
 
   private failWith(reason: string, tellSource: boolean): void {
-    if (this.over && !this.endPending) return;
+    if (this.over) return;
     this.endPending = false;
+    this.stopChannel(); // no more requests; the blocktime keeps what was placed
     this.over = true;
     this.urgentSocket?.destroy();
     this.endMs = performance.now();
@@ -595,12 +571,10 @@ export class IncomingMigration implements StreamHandler {
   }
 
   /** After completion (or a failure before postcopy): un-register guest RAM;
-   *  untouched zero pages fault normally from now on. Without a poller to
+   *  untouched zero pages fault normally from now on. Without a fault thread to
    *  stop, the un-registering is done when this returns. */
   private async releaseUffd(): Promise<void> {
-    const poller = this.poller;
-    this.poller = null;
-    if (poller) await poller.stop();
+    this.stopChannel();
     const u = this.uffd;
     if (u && !u.closed) {
       try { u.unregister(this.base, this.ram.bytes); } catch { /* RAM gone */ }
@@ -626,6 +600,7 @@ export class IncomingMigration implements StreamHandler {
     this.socket?.destroy();
     this.urgentSocket?.destroy();
     await this.releaseUffd();
+    this.flagsBlock.free();
   }
 
   private removeSocketFile(): void {
@@ -640,6 +615,7 @@ export class IncomingMigration implements StreamHandler {
   get listening(): boolean { return this.server !== null && this.socket === null; }
 
   blocktimeReport(): BlocktimeReport | undefined {
+    this.channel?.drain(this.onChannelEvent);
     if (this.blocktime && this.blocktime.state !== 'destroyed') {
       const r = this.blocktime.report();
       if (this.traceError) r['x-blocktime'].traceError = this.traceError;
@@ -649,20 +625,29 @@ export class IncomingMigration implements StreamHandler {
   }
 
   ramStats(): MigrationRamStats {
+    const ch = this.channel;
+    if (ch !== null) {
+      ch.drain(this.onChannelEvent);
+      this.channelStats = [ch.stat(FaultThreadStat.Requests), ch.stat(FaultThreadStat.Placed), ch.stat(FaultThreadStat.ZeroPlaced), ch.stat(FaultThreadStat.BytesIn)];
+    }
+    const [requests, urgentNormal, urgentZero, urgentBytes] = this.channelStats;
+    const bytesIn = this.bytesIn + urgentBytes;
+    const normal = this.normal + urgentNormal;
+    const duplicate = this.duplicate + urgentZero;
     const end = this.endMs >= 0 ? this.endMs : performance.now();
     const secs = Math.max(0.001, (end - (this.startMs || end)) / 1000);
     return {
-      transferred: this.bytesIn,
+      transferred: bytesIn,
       remaining: (this.pageCount - this.receivedCount) * this.ps,
       total: this.ram.bytes,
-      duplicate: this.duplicate,
-      normal: this.normal,
-      'normal-bytes': this.normal * this.ps,
-      mbps: Math.round(((this.bytesIn * 8) / 1e6 / secs) * 100) / 100,
-      'pages-per-second': Math.round((this.normal + this.duplicate) / secs),
+      duplicate,
+      normal,
+      'normal-bytes': normal * this.ps,
+      mbps: Math.round(((bytesIn * 8) / 1e6 / secs) * 100) / 100,
+      'pages-per-second': Math.round((normal + duplicate) / secs),
       'dirty-sync-count': this.rounds,
-      'postcopy-requests': this.requestsSent,
-      'postcopy-bytes': this.postcopy ? this.bytesIn - this.bytesAtSwitch : 0,
+      'postcopy-requests': requests,
+      'postcopy-bytes': this.postcopy ? bytesIn - this.bytesAtSwitch : 0,
       'precopy-bytes': this.postcopy ? this.bytesAtSwitch : this.bytesIn,
       'downtime-bytes': 0,
       'page-size': this.ps,

@@ -6,11 +6,12 @@
 //
 // Send path: pages are copied from guest RAM into pooled chunk buffers
 // (no allocation per page) as PAGES runs and ZERO runs; a chunk goes to the
-// socket only while the socket's write backlog is small, so a page request
-// never waits behind megabytes of background data in our own queue. Page
-// requests go to an urgent queue that is drained before any more background
-// data is queued, and the background push continues just after the requested
-// page (its neighbours are the likeliest next faults).
+// socket only while the socket's write backlog is small. In postcopy, page
+// requests never reach this event loop: the native page server
+// (native-shim/page_server.c) answers them on the urgent channel straight
+// from guest RAM, and reports what it sent through its ring; drained here, a
+// sent page is skipped by the background push, which goes on just after the
+// requested page (its neighbours are the likeliest next faults).
 
 import net from 'node:net';
 import type { EventEmitter } from 'node:events';
@@ -21,6 +22,7 @@ import type { Parameters } from './parameters.js';
 import { RateLimiter } from './rate-limit.js';
 import { startDirtyTracking, type DirtyTracker, type DirtyTrackingMode } from './dirty-tracker.js';
 import { formatMigrationUri, type MigrationAddress } from './uri.js';
+import { PageChannel, PageServerStat, type ChannelEventSink } from '../native/page-channel.js';
 import {
   ReturnDecoder, encodeHeader, encodeBare, encodeSwitchover, encodeText, writeRecordHeader, WireError,
   RECORD_HEADER_BYTES, REC_PAGES, REC_ZERO, REC_DISCARD, REC_END_ROUND, REC_END, REC_ERROR,
@@ -46,11 +48,12 @@ const THROTTLE_RECHECK_MS = 100;
 const PUMP_SLICE_MS = 4;
 /** a round shorter than this says little about bandwidth */
 const MIN_MEASURE_BYTES = 1 << 20;
+/** how often the page server's ring is drained and its state looked at */
+const DRAIN_EVERY_MS = 2;
 
 // page flags
 const NEED = 1; // must be sent (never sent, or dirtied since)
 const HAS = 2;  // the destination holds a copy (sent since the last discard)
-const QUEUED = 4; // in the urgent queue (at most once there, however often it is asked for meanwhile)
 
 export interface OutgoingOptions {
   ram: GuestMemory;
@@ -81,12 +84,18 @@ export class OutgoingMigration implements ReturnHandler {
   private socket: net.Socket | null = null;
   /** second connection for requested pages (see wire.ts) */
   private urgentSocket: net.Socket | null = null;
+  /** resolves once the urgent channel's HEADER is written (rejects if it failed) */
+  private urgentReady: Promise<void> | null = null;
+  /** the native page server, in postcopy */
+  private pageServer: PageChannel | null = null;
+  private drainTimer: NodeJS.Timeout | null = null;
+  /** the page server's figures: requests, pages, zero pages, bytes out */
+  private serverStats: [number, number, number, number] = [0, 0, 0, 0];
   private decoder: ReturnDecoder;
   private tracker: DirtyTracker | null = null;
   private phase: Phase = 'connecting';
   private readonly limiter: RateLimiter;
   private readonly pool: Buffer[] = [];
-  private readonly urgentPool: Buffer[] = [];
   private timer: NodeJS.Timeout | null = null;
   private pumping = false;
   private yielded = false;
@@ -95,9 +104,6 @@ export class OutgoingMigration implements ReturnHandler {
   private cursor = 0;
   private round = 0;
   private needCount: number;
-  private readonly urgent: Int32Array;
-  private urgentHead = 0;
-  private urgentTail = 0;
   private vcpusStopped = false;
   private destRunning = false;
   private roundStartMs = 0;
@@ -110,7 +116,6 @@ export class OutgoingMigration implements ReturnHandler {
   private normal = 0;
   private duplicate = 0;
   private syncs = 0;
-  private requests = 0;
   private mainSent = 0;
   private mainAcked = 0;
   /** requested pages that were already sent (in flight on the main stream) */
@@ -129,12 +134,10 @@ export class OutgoingMigration implements ReturnHandler {
     this.flags = new Uint8Array(this.pages).fill(NEED);
     this.needCount = this.pages;
     this.zeroPage = Buffer.alloc(this.ps);
-    this.urgent = new Int32Array(this.pages + 1);
     this.limiter = new RateLimiter(() => performance.now());
     this.decoder = new ReturnDecoder(this, o.ram.bytes, this.ps);
     const chunkBytes = CHUNK_PAGES * this.ps + RECORD_HEADER_BYTES * (2 * CHUNK_PAGES + 4);
     for (let i = 0; i < POOL_CHUNKS; i++) this.pool.push(Buffer.allocUnsafe(chunkBytes));
-    for (let i = 0; i < 4; i++) this.urgentPool.push(Buffer.allocUnsafe(chunkBytes));
   }
 
   get trackingMode(): DirtyTrackingMode | undefined { return this.tracker?.mode; }
@@ -193,18 +196,64 @@ export class OutgoingMigration implements ReturnHandler {
     });
   }
 
+  /** The urgent channel: this side writes its HEADER, then the page server
+   *  takes it over at the postcopy switchover (nothing comes back on it
+   *  before: the destination's fault thread starts after the switchover). */
   private connectUrgent(addr: MigrationAddress): void {
     const u = addr.transport === 'tcp' ? net.connect({ host: addr.host, port: addr.port }) : net.connect({ path: addr.path });
     this.urgentSocket = u;
-    u.once('connect', () => {
-      u.setNoDelay(true);
-      u.write(encodeHeader({ pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload, urgent: true }));
+    this.urgentReady = new Promise<void>((resolve, reject) => {
+      u.once('connect', () => {
+        u.setNoDelay(true);
+        u.write(encodeHeader({ pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload, urgent: true }),
+          (e) => { if (e) reject(e); else resolve(); });
+      });
+      u.once('close', () => reject(new Error('the destination closed the urgent channel')));
     });
-    u.on('data', () => { /* nothing flows back on this channel */ });
-    // the main connection usually says why (RP_ERROR, close): give it a moment to win
-    const later = (why: string): void => { setTimeout(() => this.fail(why), 500).unref(); };
-    u.on('error', (e) => later(`urgent channel error: ${e.message}`));
-    u.on('close', () => { if (this.phase !== 'done') later('the destination closed the urgent channel'); });
+    this.urgentReady.catch(() => undefined); // failures are reported by the listeners below
+    u.on('data', () => { /* nothing comes back on this channel before the page server takes it */ });
+    u.on('error', (e) => this.failLater(`urgent channel error: ${e.message}`));
+    u.on('close', () => { if (this.phase !== 'done') this.failLater('the destination closed the urgent channel'); });
+  }
+
+  /** the main connection usually says why (RP_ERROR, close): give it a moment to win */
+  private failLater(why: string): void {
+    setTimeout(() => this.fail(why), 500).unref();
+  }
+
+  /** The page server's sends so far: pages it sent need no background copy,
+   *  and the push goes on just after a page it had not reached yet. */
+  private readonly onServed: ChannelEventSink = (_kind, page, count) => {
+    const flags = this.flags;
+    let unsent = false;
+    for (let p = page, end = page + count; p < end; p++) {
+      if ((flags[p] & NEED) === 0) { this.inflightHits++; continue; }
+      flags[p] = HAS;
+      this.needCount--;
+      unsent = true;
+    }
+    if (unsent) this.cursor = page + count < this.pages ? page + count : 0;
+  };
+
+  private readonly drainServer = (): void => {
+    const ps = this.pageServer;
+    if (ps === null) return;
+    if (ps.drain(this.onServed) > 0) this.pump();
+    const st = ps.state;
+    if (st === 'closed' && this.phase !== 'done') this.failLater('the destination closed the urgent channel');
+    else if (st === 'failed') this.fail(ps.error);
+  };
+
+  /** Stops the page server and keeps its figures. */
+  private stopPageServer(): void {
+    const ps = this.pageServer;
+    if (ps === null) return;
+    if (this.drainTimer) { clearInterval(this.drainTimer); this.drainTimer = null; }
+    ps.stop();
+    ps.drain(this.onServed);
+    this.serverStats = [ps.stat(PageServerStat.Requests), ps.stat(PageServerStat.Normal), ps.stat(PageServerStat.Zero), ps.stat(PageServerStat.BytesOut)];
+    ps.dispose();
+    this.pageServer = null;
   }
 
   /** migrate_start_postcopy: switch at the next opportunity. */
@@ -238,30 +287,8 @@ export class OutgoingMigration implements ReturnHandler {
 
   // ---------------------------------------------------------------- return path
 
-  requestPages(offset: number, length: number): void {
-    if (this.phase !== 'postcopy' && this.phase !== 'finishing') return; // stale or early: ignore
-    const first = offset / this.ps;
-    const last = Math.ceil((offset + length) / this.ps);
-    let unsent = false;
-    for (let p = first; p < last; p++) {
-      this.requests++;
-      // A page already sent in the background is sent again on the urgent
-      // channel: the destination asked because it has not placed it yet, and
-      // the background copy may sit behind up to a window of data. The second
-      // copy is the same bytes (the vCPUs here are stopped); whichever
-      // arrives second is refused by the kernel with EEXIST and ignored.
-      const f = this.flags[p];
-      if ((f & QUEUED) !== 0) continue;
-      if ((f & NEED) === 0) this.inflightHits++;
-      else unsent = true;
-      this.flags[p] = f | QUEUED;
-      this.urgent[this.urgentTail] = p;
-      this.urgentTail = (this.urgentTail + 1) % this.urgent.length;
-    }
-    // the background push goes on just after a page it had not reached yet
-    // (its neighbours are the likeliest next faults)
-    if (unsent) this.cursor = last < this.pages ? last : 0;
-    this.pump();
+  requestPages(): void {
+    this.fail('return path: a page request on the main connection (requests come on the urgent channel)');
   }
 
   error(reason: string): void {
@@ -322,7 +349,7 @@ export class OutgoingMigration implements ReturnHandler {
         if (!this.yielded) { this.yielded = true; setImmediate(() => { this.yielded = false; this.pump(); }); }
         return;
       }
-      if (this.phase === 'postcopy' || this.phase === 'finishing') this.sendUrgent();
+      if (this.phase === 'postcopy') this.pageServer?.drain(this.onServed);
       if (this.phase === 'precopy') {
         if (this.postcopyRequested) { void this.switchToPostcopy(); return; }
         if (sock.writableLength > PRECOPY_BACKLOG) return; // 'drain' resumes
@@ -366,7 +393,7 @@ export class OutgoingMigration implements ReturnHandler {
   /** Sends one chunk of background pages from the cursor on. */
   private sendChunk(limit: number): void {
     const buf = this.pool.pop()!;
-    const used = this.fillChunk(buf, false);
+    const used = this.fillChunk(buf);
     if (used === 0) { this.pool.push(buf); return; }
     this.limiter.consume(used, limit);
     this.write(buf.subarray(0, used), () => this.release(buf));
@@ -380,24 +407,12 @@ export class OutgoingMigration implements ReturnHandler {
     }
   }
 
-  /** Requested pages first, before any more background data is queued. */
-  private sendUrgent(): void {
-    while (this.urgentHead !== this.urgentTail) {
-      const buf = this.urgentPool.pop() ?? Buffer.allocUnsafe(this.pool[0]?.length ?? (CHUNK_PAGES * this.ps + 4096));
-      const used = this.fillChunk(buf, true);
-      if (used === 0) { this.urgentPool.push(buf); continue; }
-      const u = this.urgentSocket;
-      this.write(buf.subarray(0, used), () => { if (this.urgentPool.length < 4) this.urgentPool.push(buf); },
-        u && !u.connecting && !u.destroyed ? u : this.socket!);
-    }
-  }
-
   /**
    * Fills `buf` with PAGES and ZERO records for pages that need sending,
-   * taken from the urgent queue or from the background cursor; clears their
-   * NEED flag. Returns the bytes used (0 when nothing was left).
+   * from the background cursor on; clears their NEED flag. Returns the bytes
+   * used (0 when nothing was left).
    */
-  private fillChunk(buf: Buffer, urgent: boolean): number {
+  private fillChunk(buf: Buffer): number {
     const ps = this.ps;
     const flags = this.flags;
     let pos = 0;
@@ -414,23 +429,12 @@ export class OutgoingMigration implements ReturnHandler {
       kind = 0;
     };
     while (data < CHUNK_PAGES && scanned < CHUNK_SCAN) {
-      let p: number;
-      if (urgent) {
-        if (this.urgentHead === this.urgentTail) break;
-        p = this.urgent[this.urgentHead];
-        this.urgentHead = (this.urgentHead + 1) % this.urgent.length;
-        flags[p] &= ~QUEUED;
-      } else {
-        if (this.cursor >= this.pages) break;
-        p = this.cursor++;
-      }
+      if (this.cursor >= this.pages) break;
+      const p = this.cursor++;
       scanned++;
-      if ((flags[p] & NEED) !== 0) {
-        flags[p] = (flags[p] & QUEUED) | HAS;
-        this.needCount--;
-      } else if (!urgent) {
-        continue;
-      }
+      if ((flags[p] & NEED) === 0) continue;
+      flags[p] = HAS;
+      this.needCount--;
       const off = p * ps;
       const isZero = this.ramBuf.compare(this.zeroPage, 0, ps, off, off + ps) === 0;
       const k = isZero ? 2 : 1;
@@ -506,8 +510,8 @@ export class OutgoingMigration implements ReturnHandler {
       // every remaining page, unthrottled (downtime)
       this.cursor = 0;
       while (this.needCount > 0) {
-        const buf = this.pool.pop() ?? Buffer.allocUnsafe(this.urgentPool[0].length);
-        const used = this.fillChunk(buf, false);
+        const buf = this.pool.pop() ?? Buffer.allocUnsafe(CHUNK_PAGES * this.ps + RECORD_HEADER_BYTES * (2 * CHUNK_PAGES + 4));
+        const used = this.fillChunk(buf);
         if (used > 0) this.write(buf.subarray(0, used), () => { if (this.pool.length < POOL_CHUNKS) this.pool.push(buf); });
         else if (this.pool.length < POOL_CHUNKS) this.pool.push(buf);
         if (this.socket!.writableLength > PRECOPY_BACKLOG) await this.drained();
@@ -545,6 +549,11 @@ export class OutgoingMigration implements ReturnHandler {
         p = q;
       }
       if (dpos > 0) this.write(Buffer.from(disc.subarray(0, dpos)));
+      // the page server must be serving before the destination's vCPUs run
+      await this.urgentReady;
+      if (this.isOver()) return;
+      this.pageServer = PageChannel.startPageServer({ sock: this.urgentSocket!, ramBase: this.ram.base, pageSize: this.ps, pages: this.pages });
+      this.drainTimer = setInterval(this.drainServer, DRAIN_EVERY_MS);
       this.write(this.statesRecord(true));
       this.phase = 'postcopy';
       this.cursor = 0;
@@ -582,6 +591,7 @@ export class OutgoingMigration implements ReturnHandler {
     const switched = this.vcpusStopped && (this.postcopyRequested || this.phase === 'finishing' || how === 'completed');
     this.phase = 'done';
     this.endMs = performance.now();
+    this.stopPageServer();
     if (this.timer) { clearTimeout(this.timer); this.timer = null; }
     const st = this.o.status;
     if (how === 'completed') st.moveTo('completed');
@@ -614,21 +624,29 @@ export class OutgoingMigration implements ReturnHandler {
   get requestsInFlight(): number { return this.inflightHits; }
 
   ramStats(): MigrationRamStats {
+    const ps = this.pageServer;
+    if (ps !== null) {
+      ps.drain(this.onServed);
+      this.serverStats = [ps.stat(PageServerStat.Requests), ps.stat(PageServerStat.Normal), ps.stat(PageServerStat.Zero), ps.stat(PageServerStat.BytesOut)];
+    }
+    const [requests, urgentNormal, urgentZero, urgentBytes] = this.serverStats;
+    const transferred = this.transferred + urgentBytes;
+    const normal = this.normal + urgentNormal;
+    const duplicate = this.duplicate + urgentZero;
     const end = this.endMs >= 0 ? this.endMs : performance.now();
     const secs = Math.max(0.001, (end - this.startMs) / 1000);
-    const sent = this.normal + this.duplicate;
     return {
-      transferred: this.transferred,
+      transferred,
       remaining: this.needCount * this.ps,
       total: this.ram.bytes,
-      duplicate: this.duplicate,
-      normal: this.normal,
-      'normal-bytes': this.normal * this.ps,
-      mbps: Math.round(((this.transferred * 8) / 1e6 / secs) * 100) / 100,
-      'pages-per-second': Math.round(sent / secs),
+      duplicate,
+      normal,
+      'normal-bytes': normal * this.ps,
+      mbps: Math.round(((transferred * 8) / 1e6 / secs) * 100) / 100,
+      'pages-per-second': Math.round((normal + duplicate) / secs),
       'dirty-sync-count': this.syncs,
-      'postcopy-requests': this.requests,
-      'postcopy-bytes': this.postcopyBytes,
+      'postcopy-requests': requests,
+      'postcopy-bytes': this.postcopyBytes + urgentBytes,
       'precopy-bytes': this.precopyBytes,
       'downtime-bytes': this.downtimeBytes,
       'page-size': this.ps,

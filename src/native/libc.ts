@@ -30,6 +30,9 @@ export const poll = libc.func('int poll(void *fds, unsigned long nfds, int timeo
 /** ppoll(2) with a timespec timeout (us resolution) and no signal mask change; called synchronously */
 export const ppoll = libc.func('int ppoll(void *fds, unsigned long nfds, void *tmo, void *sigmask)') as
   (fds: bigint | number, nfds: number, tmo: Uint8Array, sigmask: null) => number;
+/** fcntl(2) with an int argument (F_DUPFD_CLOEXEC) */
+export const fcntl = libc.func('int fcntl(int fd, int cmd, int arg)') as (fd: number, cmd: number, arg: number) => number;
+export const F_DUPFD_CLOEXEC = 1030;
 export const eventfd = libc.func('int eventfd(unsigned int initval, int flags)') as (init: number, flags: number) => number;
 export const mmap = libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)') as
   (addr: bigint | number | null, length: number, prot: number, flags: number, fd: number, offset: number) => bigint;

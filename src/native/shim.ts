@@ -9,7 +9,10 @@ import { fileURLToPath } from 'node:url';
 import type { KoffiFunc } from './libc.js';
 import { VCPU_BLOCK_SIZE, VCPU_OFF_POSITION } from './vcpu-layout.js';
 
-export const SHIM_VERSION = 2;
+/** struct pc_channel_status: sizeof * 1000 + offsetof(stats) (page-channel.ts mirrors it) */
+const CHANNEL_LAYOUT = 400 * 1000 + 16;
+
+export const SHIM_VERSION = 3;
 const LIB_NAME = 'libpostcopy_shim.so';
 
 /** the library path: $POSTCOPY_SHIM, else native-shim/build/ of the nearest enclosing package */
@@ -37,6 +40,11 @@ export interface Shim {
   faultHandlerRun: KoffiFunc<[uffd: number, src: number, pageSize: number, expected: number, stopFd: number], number | bigint>;
   pageDigests(base: number, pageSize: number, first: number, count: number, out: BigUint64Array): void;
   streamBaseline: KoffiFunc<[bytes: number, tcp: number], number | bigint>;
+  faultThreadStart(uffd: number, sock: number, ramBase: number, pageSize: number, pages: number, flags: number,
+    status: bigint, ring: bigint, ringSize: number, blocktime: number, clockBase: number, spinUs: number): number | bigint;
+  pageServerStart(sock: number, ramBase: number, pageSize: number, pages: number,
+    status: bigint, ring: bigint, ringSize: number, clockBase: number, spinUs: number): number | bigint;
+  channelStop(handle: bigint): number;
 }
 
 let shim: Shim | undefined;
@@ -54,6 +62,10 @@ export function loadShim(): Shim {
   if (layout !== VCPU_BLOCK_SIZE * 1000 + VCPU_OFF_POSITION) {
     throw new Error(`${path}: vCPU control block layout ${layout} does not match the binding; rebuild with 'npm run build'`);
   }
+  const channel = (lib.func('int pc_channel_layout(void)') as () => number)();
+  if (channel !== CHANNEL_LAYOUT) {
+    throw new Error(`${path}: page channel status layout ${channel} does not match the binding; rebuild with 'npm run build'`);
+  }
   shim = {
     version,
     vcpuStart: lib.func('int pc_vcpu_start(void *vcpus, int index)') as Shim['vcpuStart'],
@@ -66,6 +78,12 @@ export function loadShim(): Shim {
     pageDigests: lib.func('void pc_page_digests(uint64_t base, uint64_t page_size, uint64_t first, uint64_t count, _Out_ uint64_t *out)') as
       unknown as Shim['pageDigests'],
     streamBaseline: lib.func('int64_t pc_stream_baseline(uint64_t bytes, int tcp)') as unknown as Shim['streamBaseline'],
+    faultThreadStart: lib.func('uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t page_size, ' +
+      'uint64_t pages, uint64_t flags, void *status, void *ring, uint32_t ring_size, int blocktime, double clock_base, int spin_us)') as
+      Shim['faultThreadStart'],
+    pageServerStart: lib.func('uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, ' +
+      'void *status, void *ring, uint32_t ring_size, double clock_base, int spin_us)') as Shim['pageServerStart'],
+    channelStop: lib.func('int pc_channel_stop(uint64_t handle)') as Shim['channelStop'],
   };
   return shim;
 }

@@ -1,0 +1,222 @@
+/* What the destination's fault thread and the source's page server share:
+ * starting and stopping the thread, the event ring to TypeScript, failure
+ * reporting, and non-blocking socket I/O that a stop request can interrupt. */
+#define _GNU_SOURCE
+#include "channel.h"
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+double pc_channel_now(const struct pc_channel *c)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec - c->clock_base;
+}
+
+/* Appends an event; waits while the ring is full (TypeScript drains it every
+ * few ms). Returns -1 when asked to stop meanwhile. */
+int pc_channel_push(struct pc_channel *c, int kind, double page, double arg, double t)
+{
+    struct pc_channel_status *st = c->st;
+    uint32_t tail = st->ring_tail;
+    while (tail - __atomic_load_n(&st->ring_head, __ATOMIC_ACQUIRE) > c->ring_mask) {
+        if (__atomic_load_n(&c->stop, __ATOMIC_RELAXED))
+            return -1;
+        usleep(100);
+    }
+    double *e = c->ring + 4 * (size_t)(tail & c->ring_mask);
+    e[0] = kind;
+    e[1] = page;
+    e[2] = arg;
+    e[3] = t;
+    __atomic_store_n(&st->ring_tail, tail + 1, __ATOMIC_RELEASE);
+    return 0;
+}
+
+void pc_channel_fail(struct pc_channel *c, int state, int err, const char *fmt, ...)
+{
+    if (c->st->state != PC_CH_RUNNING)
+        return; /* the first reason wins */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->st->error, PC_ERROR_BYTES, fmt, ap);
+    va_end(ap);
+    c->st->err = err;
+    __atomic_store_n(&c->st->state, state, __ATOMIC_RELEASE);
+}
+
+int pc_channel_flush(struct pc_channel *c)
+{
+    while (c->out_off < c->out_len) {
+        ssize_t n = send(c->sock, c->out + c->out_off, c->out_len - c->out_off, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return 1;
+            if (errno == EINTR)
+                continue;
+            pc_channel_fail(c, errno == EPIPE || errno == ECONNRESET ? PC_CH_CLOSED : PC_CH_FAILED, errno,
+                            "urgent channel: send: %s", strerror(errno));
+            return -1;
+        }
+        c->out_off += (size_t)n;
+    }
+    c->out_off = c->out_len = 0;
+    return 0;
+}
+
+int pc_channel_fill(struct pc_channel *c)
+{
+    if (c->in_len == c->in_cap)
+        return 0;
+    for (;;) {
+        ssize_t n = recv(c->sock, c->in + c->in_len, c->in_cap - c->in_len, MSG_DONTWAIT);
+        if (n > 0) {
+            c->in_len += (size_t)n;
+            c->st->stats[c->stat_bytes_in] += (double)n;
+            return 1;
+        }
+        if (n == 0) {
+            pc_channel_fail(c, PC_CH_CLOSED, 0, "the peer closed the urgent channel");
+            return -1;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        pc_channel_fail(c, errno == ECONNRESET ? PC_CH_CLOSED : PC_CH_FAILED, errno, "urgent channel: recv: %s", strerror(errno));
+        return -1;
+    }
+}
+
+int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in)
+{
+    struct pollfd p[3] = {
+        { .fd = c->wake_fd, .events = POLLIN },
+        { .fd = c->sock, .events = (short)((want_in ? POLLIN : 0) | (c->out_len > c->out_off ? POLLOUT : 0)) },
+        { .fd = extra_fd, .events = POLLIN },
+    };
+    nfds_t n = extra_fd >= 0 ? 3 : 2;
+    /* the hot window: a request or a fault usually follows within microseconds
+     * of the last one, and a wake-up from poll costs more than that here */
+    if (c->spin_us > 0) {
+        double until = pc_channel_now(c) + c->spin_us * 1000.0;
+        do {
+            if (poll(p, n, 0) > 0)
+                return (p[0].revents & POLLIN) ? 1 : 0;
+        } while (pc_channel_now(c) < until);
+    }
+    while (poll(p, n, -1) < 0) {
+        if (errno != EINTR)
+            return 1;
+    }
+    return (p[0].revents & POLLIN) ? 1 : 0;
+}
+
+struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, uint64_t pages,
+                                  struct pc_channel_status *st, double *ring, uint32_t ring_size,
+                                  double clock_base, int spin_us, size_t in_cap, size_t out_cap)
+{
+    struct pc_channel *c = ring_size != 0 && (ring_size & (ring_size - 1)) == 0 ? calloc(1, sizeof *c) : NULL;
+    if (!c) {
+        close(sock);
+        return NULL;
+    }
+    c->sock = sock;
+    c->uffd = -1;
+    c->base = base;
+    c->page_size = page_size;
+    c->pages = pages;
+    c->st = st;
+    c->ring = ring;
+    c->ring_mask = ring_size - 1;
+    c->clock_base = clock_base;
+    c->spin_us = spin_us;
+    c->in_cap = in_cap;
+    c->out_cap = out_cap;
+    c->in = malloc(in_cap);
+    c->out = malloc(out_cap);
+    c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (!c->in || !c->out || c->wake_fd < 0) {
+        close(sock);
+        if (c->wake_fd >= 0)
+            close(c->wake_fd);
+        free(c->in);
+        free(c->out);
+        free(c);
+        return NULL;
+    }
+    st->state = PC_CH_RUNNING;
+    return c;
+}
+
+void pc_channel_free(struct pc_channel *c)
+{
+    close(c->sock);
+    close(c->wake_fd);
+    free(c->in);
+    free(c->out);
+    free(c->requested);
+    free(c);
+}
+
+int pc_channel_spawn(struct pc_channel *c, void *(*run)(void *))
+{
+    int e = pthread_create(&c->thread, NULL, run, c);
+    if (e != 0)
+        pc_channel_free(c);
+    return e;
+}
+
+/* Stops the thread (it leaves poll at once), joins it, closes its socket and
+ * frees its state. The uffd stays open: it belongs to TypeScript. */
+int pc_channel_stop(uint64_t handle)
+{
+    struct pc_channel *c = (struct pc_channel *)(uintptr_t)handle;
+    if (!c)
+        return -EINVAL;
+    __atomic_store_n(&c->stop, 1, __ATOMIC_RELAXED);
+    uint64_t one = 1;
+    if (write(c->wake_fd, &one, sizeof one) < 0) { /* the stop flag is enough */ }
+    pthread_join(c->thread, NULL);
+    if (c->st->state == PC_CH_RUNNING)
+        c->st->state = PC_CH_STOPPED;
+    pc_channel_free(c);
+    return 0;
+}
+
+/* sizeof * 1000 + offsetof(stats): what TypeScript checks */
+int pc_channel_layout(void)
+{
+    return (int)(sizeof(struct pc_channel_status) * 1000 + offsetof(struct pc_channel_status, stats));
+}
+
+uint64_t pc_le64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+uint32_t pc_le32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+void pc_put_record(uint8_t *p, int type, uint32_t count, uint64_t offset)
+{
+    p[0] = (uint8_t)type;
+    p[1] = 0;
+    p[2] = p[3] = 0;
+    memcpy(p + 4, &count, 4);
+    memcpy(p + 8, &offset, 8);
+}

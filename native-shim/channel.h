@@ -1,0 +1,105 @@
+/* The postcopy page path in native threads (QEMU's postcopy fault thread on
+ * the destination, its return-path handling of page requests on the source),
+ * and what they share with TypeScript.
+ *
+ * Both threads own the urgent channel's socket once postcopy starts: the
+ * destination's thread reads userfaultfd faults, writes page requests on the
+ * urgent channel and places the pages that come back with UFFDIO_COPY; the
+ * source's thread reads those requests and answers each with the page read
+ * straight from guest RAM. No event loop sits on the path of a requested page.
+ *
+ * TypeScript learns what happened through a status block (state, error text,
+ * counters) and an event ring, both allocated by TypeScript (koffi.alloc) and
+ * laid out below; src/native/page-channel.ts mirrors the offsets and
+ * pc_channel_layout() lets it check them. */
+#ifndef POSTCOPY_CHANNEL_H
+#define POSTCOPY_CHANNEL_H
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* wire.ts, byte for byte */
+#define PC_RECORD_HEADER 16
+#define PC_MAX_RUN_PAGES 256
+#define PC_REC_PAGES 0x02
+#define PC_REC_ZERO 0x03
+#define PC_RP_REQ_PAGES 0x41
+
+/* destination page flags (incoming.ts): the page's content is here */
+#define PC_PAGE_RECEIVED 1
+
+enum pc_channel_state { PC_CH_RUNNING = 0, PC_CH_STOPPED = 1, PC_CH_CLOSED = 2, PC_CH_FAILED = 3 };
+
+/* ring entry kinds: 4 doubles each {kind, page, arg, t_ns} */
+enum pc_channel_event {
+    PC_EV_FAULT = 1,  /* destination: a vCPU (thread id = arg) faulted on a missing page */
+    PC_EV_PLACED = 2, /* destination: arg pages from page were placed */
+    PC_EV_SERVED = 3, /* source: arg pages from page were sent on request */
+};
+
+/* destination counters (stats[]) */
+enum { PC_DST_FAULTS = 0, PC_DST_REQUESTS, PC_DST_PLACED, PC_DST_ZERO_PLACED, PC_DST_LOCAL_ZERO, PC_DST_EXISTED,
+       PC_DST_BYTES_IN, PC_DST_BYTES_OUT };
+/* source counters (stats[]) */
+enum { PC_SRC_REQUESTS = 0, PC_SRC_NORMAL, PC_SRC_ZERO, PC_SRC_BYTES_OUT, PC_SRC_BYTES_IN };
+
+#define PC_STATS 16
+#define PC_ERROR_BYTES 256
+
+struct pc_channel_status {
+    uint32_t ring_tail;   /*   0 entries pushed (the thread stores, release) */
+    uint32_t ring_head;   /*   4 entries consumed (TypeScript stores) */
+    int32_t state;        /*   8 enum pc_channel_state */
+    int32_t err;          /*  12 errno of a failure, 0 for a protocol error */
+    double stats[PC_STATS]; /* 16 */
+    char error[PC_ERROR_BYTES]; /* 144 */
+};
+
+/* One thread's state; common to both sides. The thread owns `sock` (a dup
+ * TypeScript handed over) and closes it when stopped. */
+struct pc_channel {
+    pthread_t thread;
+    int sock;
+    int wake_fd;          /* eventfd: pc_channel_stop() wakes the thread */
+    int stop;
+    int spin_us;          /* busy-poll this long after work before sleeping in poll */
+    uint64_t base, page_size, pages;
+    struct pc_channel_status *st;
+    double *ring;
+    uint32_t ring_mask;
+    double clock_base;
+    /* input (socket) */
+    uint8_t *in;
+    size_t in_len, in_cap;
+    int stat_bytes_in;    /* stats[] index counting bytes read */
+    /* output (socket) */
+    uint8_t *out;
+    size_t out_off, out_len, out_cap;
+    /* side specific */
+    int uffd;             /* destination */
+    int blocktime;        /* destination: push FAULT events */
+    const uint8_t *flags; /* destination: page flags shared with TypeScript */
+    uint8_t *requested;   /* destination: asked for already */
+};
+
+double pc_channel_now(const struct pc_channel *c);
+int pc_channel_push(struct pc_channel *c, int kind, double page, double arg, double t);
+void pc_channel_fail(struct pc_channel *c, int state, int err, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* writes what is queued; 0 = all out, 1 = some left (socket full), -1 = failed */
+int pc_channel_flush(struct pc_channel *c);
+/* reads what the socket has into c->in; 1 = got bytes, 0 = nothing now, -1 = closed or failed */
+int pc_channel_fill(struct pc_channel *c);
+/* waits for the socket (and uffd when >= 0), spinning first; 1 = stop asked */
+int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in);
+/* NULL when out of memory (the socket is closed then) */
+struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, uint64_t pages,
+                                  struct pc_channel_status *st, double *ring, uint32_t ring_size,
+                                  double clock_base, int spin_us, size_t in_cap, size_t out_cap);
+/* starts run(c); on failure frees c (and closes its socket) */
+int pc_channel_spawn(struct pc_channel *c, void *(*run)(void *));
+void pc_channel_free(struct pc_channel *c);
+uint64_t pc_le64(const uint8_t *p);
+uint32_t pc_le32(const uint8_t *p);
+void pc_put_record(uint8_t *p, int type, uint32_t count, uint64_t offset);
+
+#endif

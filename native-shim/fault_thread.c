@@ -1,0 +1,200 @@
+/* The destination's postcopy fault thread (QEMU's postcopy_ram_fault_thread,
+ * with the preempt channel's page placement folded in): one thread that
+ *  - reads the userfaultfd's fault messages and, for each fault on a page not
+ *    yet here, sends a page request (REQ_PAGES) on the urgent channel, once
+ *    per page, and pushes a FAULT event (page, faulting thread id, time) to
+ *    the ring for the blocktime context;
+ *  - resolves a fault on a page known to be zero (received as ZERO in precopy,
+ *    never populated) with UFFDIO_ZEROPAGE at once;
+ *  - places the requested pages the source sends back with UFFDIO_COPY or
+ *    UFFDIO_ZEROPAGE, which wakes the faulting threads, and pushes a PLACED
+ *    event (page, count, time).
+ * The main stream's background pages are placed by TypeScript into the same
+ * userfaultfd; whichever copy of a page comes second gets EEXIST, and a
+ * thread that faulted on it was woken by the first. */
+#define _GNU_SOURCE
+#include "channel.h"
+#include <errno.h>
+#include <linux/userfaultfd.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#define PLACE_RETRIES 1000
+
+static void wake(struct pc_channel *c, uint64_t addr, uint64_t len)
+{
+    struct uffdio_range r = { .start = addr, .len = len };
+    ioctl(c->uffd, UFFDIO_WAKE, &r);
+}
+
+/* UFFDIO_COPY from `src` (or UFFDIO_ZEROPAGE when src is NULL) of `count`
+ * pages at `off`; a page placed meanwhile by the main stream is skipped (and
+ * its waiters woken). Returns -1 when the kernel refused (the channel failed). */
+static int place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *src)
+{
+    const uint64_t ps = c->page_size;
+    uint64_t done = 0;
+    int again = 0;
+    while (done < count) {
+        uint64_t dst = c->base + off + done * ps, len = (count - done) * ps;
+        int64_t got;
+        int rc;
+        if (src) {
+            struct uffdio_copy cp = { .dst = dst, .src = (uint64_t)(uintptr_t)(src + done * ps), .len = len, .mode = 0 };
+            rc = ioctl(c->uffd, UFFDIO_COPY, &cp);
+            got = cp.copy;
+        } else {
+            struct uffdio_zeropage zp = { .range = { .start = dst, .len = len }, .mode = 0 };
+            rc = ioctl(c->uffd, UFFDIO_ZEROPAGE, &zp);
+            got = zp.zeropage;
+        }
+        if (rc == 0)
+            break;
+        int e = errno;
+        if (got > 0)
+            done += (uint64_t)got / ps;
+        if (e == EAGAIN) {
+            if (++again > PLACE_RETRIES) {
+                pc_channel_fail(c, PC_CH_FAILED, e, "placing %llu pages at offset %llu: the kernel kept answering EAGAIN",
+                                (unsigned long long)count, (unsigned long long)off);
+                return -1;
+            }
+            continue;
+        }
+        if (e == EEXIST) { /* placed by the main stream: its waiters were woken then */
+            wake(c, c->base + off + done * ps, ps);
+            c->st->stats[PC_DST_EXISTED]++;
+            done++;
+            continue;
+        }
+        pc_channel_fail(c, PC_CH_FAILED, e, "%s of %llu pages at offset %llu: %s", src ? "UFFDIO_COPY" : "UFFDIO_ZEROPAGE",
+                        (unsigned long long)count, (unsigned long long)off, strerror(e));
+        return -1;
+    }
+    c->st->stats[src ? PC_DST_PLACED : PC_DST_ZERO_PLACED] += (double)count;
+    return pc_channel_push(c, PC_EV_PLACED, (double)(off / c->page_size), (double)count, pc_channel_now(c));
+}
+
+/* Places every complete record in c->in. Returns -1 when the channel failed. */
+static int place_arrived(struct pc_channel *c)
+{
+    const uint64_t ps = c->page_size;
+    size_t pos = 0;
+    while (c->in_len - pos >= PC_RECORD_HEADER) {
+        const uint8_t *r = c->in + pos;
+        uint32_t count = pc_le32(r + 4);
+        uint64_t off = pc_le64(r + 8);
+        if (r[0] != PC_REC_PAGES && r[0] != PC_REC_ZERO) {
+            pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: unexpected record type 0x%02x (expected PAGES or ZERO)", r[0]);
+            return -1;
+        }
+        if (count == 0 || count > PC_MAX_RUN_PAGES || off % ps != 0 || off / ps >= c->pages || count > c->pages - off / ps) {
+            pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: %s record of %u pages at offset %llu is outside guest RAM (%llu pages)",
+                            r[0] == PC_REC_PAGES ? "PAGES" : "ZERO", count, (unsigned long long)off, (unsigned long long)c->pages);
+            return -1;
+        }
+        size_t len = PC_RECORD_HEADER + (r[0] == PC_REC_PAGES ? (size_t)count * ps : 0);
+        if (c->in_len - pos < len)
+            break; /* the rest of the record is still on its way */
+        if (place(c, off, count, r[0] == PC_REC_PAGES ? r + PC_RECORD_HEADER : NULL) < 0)
+            return -1;
+        pos += len;
+    }
+    if (pos > 0) {
+        memmove(c->in, c->in + pos, c->in_len - pos);
+        c->in_len -= pos;
+    }
+    return 0;
+}
+
+/* Reads the pending fault messages. Returns how many, or -1 (failed). */
+static int read_faults(struct pc_channel *c)
+{
+    struct uffd_msg msgs[64];
+    ssize_t n = read(c->uffd, msgs, sizeof msgs);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR)
+            return 0;
+        pc_channel_fail(c, PC_CH_FAILED, errno, "reading userfaultfd: %s", strerror(errno));
+        return -1;
+    }
+    const uint64_t ps = c->page_size;
+    int k = (int)(n / (ssize_t)sizeof msgs[0]);
+    for (int i = 0; i < k; i++) {
+        if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
+            continue;
+        uint64_t addr = msgs[i].arg.pagefault.address & ~(ps - 1);
+        if (addr < c->base || (addr - c->base) / ps >= c->pages)
+            continue;
+        uint64_t page = (addr - c->base) / ps;
+        c->st->stats[PC_DST_FAULTS]++;
+        if (__atomic_load_n(&c->flags[page], __ATOMIC_ACQUIRE) & PC_PAGE_RECEIVED) {
+            /* known to be zero and never written, or placed since the fault */
+            struct uffdio_zeropage zp = { .range = { .start = addr, .len = ps }, .mode = 0 };
+            if (ioctl(c->uffd, UFFDIO_ZEROPAGE, &zp) != 0)
+                wake(c, addr, ps);
+            c->st->stats[PC_DST_LOCAL_ZERO]++;
+            continue;
+        }
+        if (c->blocktime && pc_channel_push(c, PC_EV_FAULT, (double)page, (double)msgs[i].arg.pagefault.feat.ptid, pc_channel_now(c)) < 0)
+            return -1;
+        if (c->requested[page])
+            continue;
+        c->requested[page] = 1;
+        pc_put_record(c->out + c->out_len, PC_RP_REQ_PAGES, (uint32_t)ps, page * ps);
+        c->out_len += PC_RECORD_HEADER;
+        c->st->stats[PC_DST_REQUESTS]++;
+        c->st->stats[PC_DST_BYTES_OUT] += PC_RECORD_HEADER;
+    }
+    return k;
+}
+
+static void *fault_thread_run(void *arg)
+{
+    struct pc_channel *c = arg;
+    /* room for one read of fault messages */
+    const size_t headroom = 64 * PC_RECORD_HEADER;
+    while (!__atomic_load_n(&c->stop, __ATOMIC_RELAXED) && c->st->state == PC_CH_RUNNING) {
+        int room = c->out_cap - c->out_len >= headroom;
+        int faults = room ? read_faults(c) : 0;
+        if (faults < 0 || pc_channel_flush(c) < 0)
+            break;
+        int got = pc_channel_fill(c);
+        if (got < 0 || place_arrived(c) < 0)
+            break;
+        if (faults > 0 || got > 0)
+            continue;
+        if (pc_channel_wait(c, c->out_cap - c->out_len >= headroom ? c->uffd : -1, c->in_len < c->in_cap) != 0)
+            break;
+    }
+    return NULL;
+}
+
+/* Starts the fault thread: faults from `uffd` (guest RAM registered MISSING,
+ * non-blocking), requests and pages on `sock` (the urgent channel,
+ * non-blocking), `flags` = TypeScript's page flags (bit RECEIVED). Returns a
+ * handle for pc_channel_stop(), or 0 when it could not start. */
+uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, uint64_t flags,
+                               struct pc_channel_status *st, double *ring, uint32_t ring_size, int blocktime,
+                               double clock_base, int spin_us)
+{
+    size_t rec = PC_RECORD_HEADER + PC_MAX_RUN_PAGES * page_size;
+    struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base, spin_us,
+                                          2 * rec, 4096 * PC_RECORD_HEADER);
+    if (!c)
+        return 0;
+    c->uffd = uffd;
+    c->blocktime = blocktime;
+    c->flags = (const uint8_t *)(uintptr_t)flags;
+    c->stat_bytes_in = PC_DST_BYTES_IN;
+    c->requested = calloc(pages, 1);
+    if (!c->requested) {
+        pc_channel_free(c);
+        return 0;
+    }
+    if (pc_channel_spawn(c, fault_thread_run) != 0)
+        return 0;
+    return (uint64_t)(uintptr_t)c;
+}

@@ -1,0 +1,102 @@
+/* The source's page server (QEMU's return-path page requests, served at once):
+ * a thread that reads page requests (REQ_PAGES) from the urgent channel and
+ * answers each with its pages read straight from guest RAM, as one PAGES or
+ * ZERO record per request. The source's vCPUs are stopped in postcopy, so
+ * RAM does not change under it. Each answered request is pushed to the event
+ * ring (SERVED) so the background push in TypeScript skips those pages and
+ * goes on just after them. */
+#define _GNU_SOURCE
+#include "channel.h"
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int page_is_zero(const uint8_t *p, uint64_t len)
+{
+    const uint64_t *w = (const uint64_t *)p;
+    for (uint64_t i = 0; i < len / 8; i += 4)
+        if (w[i] | w[i + 1] | w[i + 2] | w[i + 3])
+            return 0;
+    return 1;
+}
+
+/* Answers the complete requests in c->in while the output has room.
+ * Returns -1 on a malformed request (the channel failed). */
+static int serve(struct pc_channel *c)
+{
+    const uint64_t ps = c->page_size;
+    size_t pos = 0;
+    while (c->in_len - pos >= PC_RECORD_HEADER) {
+        const uint8_t *r = c->in + pos;
+        uint32_t len = pc_le32(r + 4);
+        uint64_t off = pc_le64(r + 8);
+        if (r[0] != PC_RP_REQ_PAGES) {
+            pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: unexpected record type 0x%02x from the destination (expected a page request)", r[0]);
+            return -1;
+        }
+        if (len == 0 || len % ps != 0 || len / ps > PC_MAX_RUN_PAGES || off % ps != 0 || off / ps >= c->pages ||
+            len / ps > c->pages - off / ps) {
+            pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: bad page request: offset %llu length %u (RAM is %llu pages of %llu bytes)",
+                            (unsigned long long)off, len, (unsigned long long)c->pages, (unsigned long long)ps);
+            return -1;
+        }
+        uint64_t count = len / ps;
+        const uint8_t *src = (const uint8_t *)(uintptr_t)(c->base + off);
+        int zero = 1;
+        for (uint64_t i = 0; i < count && zero; i++)
+            zero = page_is_zero(src + i * ps, ps);
+        size_t need = PC_RECORD_HEADER + (zero ? 0 : len);
+        if (c->out_cap - c->out_len < need)
+            break; /* the rest once the socket took this */
+        pc_put_record(c->out + c->out_len, zero ? PC_REC_ZERO : PC_REC_PAGES, (uint32_t)count, off);
+        if (!zero)
+            memcpy(c->out + c->out_len + PC_RECORD_HEADER, src, len);
+        c->out_len += need;
+        double *s = c->st->stats;
+        s[PC_SRC_REQUESTS] += (double)count;
+        s[zero ? PC_SRC_ZERO : PC_SRC_NORMAL] += (double)count;
+        s[PC_SRC_BYTES_OUT] += (double)need;
+        if (pc_channel_push(c, PC_EV_SERVED, (double)(off / ps), (double)count, pc_channel_now(c)) < 0)
+            return -1;
+        pos += PC_RECORD_HEADER;
+    }
+    memmove(c->in, c->in + pos, c->in_len - pos);
+    c->in_len -= pos;
+    return 0;
+}
+
+static void *page_server_run(void *arg)
+{
+    struct pc_channel *c = arg;
+    while (!__atomic_load_n(&c->stop, __ATOMIC_RELAXED) && c->st->state == PC_CH_RUNNING) {
+        int got = pc_channel_fill(c);
+        if (got < 0 || serve(c) < 0)
+            break;
+        int pending = pc_channel_flush(c);
+        if (pending < 0)
+            break;
+        if (got > 0 || (pending == 0 && c->in_len >= PC_RECORD_HEADER))
+            continue; /* more may be there, or room again to answer the rest */
+        /* read more only while there is room to answer */
+        if (pc_channel_wait(c, -1, c->in_len < c->in_cap) != 0)
+            break;
+    }
+    return NULL;
+}
+
+/* Starts the page server on `sock` (the urgent channel, non-blocking).
+ * Returns a handle for pc_channel_stop(), or 0 when it could not start. */
+uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages,
+                              struct pc_channel_status *st, double *ring, uint32_t ring_size,
+                              double clock_base, int spin_us)
+{
+    size_t rec = PC_RECORD_HEADER + PC_MAX_RUN_PAGES * page_size;
+    struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base, spin_us,
+                                          64 * PC_RECORD_HEADER, 2 * rec);
+    if (!c)
+        return 0;
+    c->stat_bytes_in = PC_SRC_BYTES_IN;
+    if (pc_channel_spawn(c, page_server_run) != 0)
+        return 0;
+    return (uint64_t)(uintptr_t)c;
+}

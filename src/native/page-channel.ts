@@ -1,0 +1,164 @@
+// The koffi binding of the native page path (native-shim/channel.h): the
+// destination's fault thread and the source's page server. A thread is
+// started on a socket this module takes over from Node (a dup of its fd; the
+// Node socket is destroyed, so no event loop reads or writes it any more),
+// reports through a status block and an event ring in koffi.alloc'ed memory,
+// and is stopped (joined) synchronously: it never blocks outside poll(2).
+//
+// Draining the ring reads four doubles per event straight from native
+// memory; nothing is allocated or decoded per event.
+import type net from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { NativeBlock } from './memory.js';
+import { loadShim } from './shim.js';
+import * as libc from './libc.js';
+
+// struct pc_channel_status
+const ST_TAIL = 0; // u32 index
+const ST_HEAD = 1;
+const ST_STATE = 2;
+const ST_ERRNO = 3;
+const ST_STATS_BYTES = 16;
+const ST_STATS = 16;
+const ST_ERROR_BYTES = 144;
+const ST_ERROR_LEN = 256;
+const STATUS_BYTES = ST_ERROR_BYTES + ST_ERROR_LEN; // checked against the library by loadShim()
+
+export const enum ChannelEvent { Fault = 1, Placed = 2, Served = 3 }
+/** stats[] of the destination's fault thread */
+export const enum FaultThreadStat { Faults = 0, Requests, Placed, ZeroPlaced, LocalZero, Existed, BytesIn, BytesOut }
+/** stats[] of the source's page server */
+export const enum PageServerStat { Requests = 0, Normal, Zero, BytesOut, BytesIn }
+
+export type ChannelState = 'running' | 'stopped' | 'closed' | 'failed';
+const STATES: readonly ChannelState[] = ['running', 'stopped', 'closed', 'failed'];
+
+/** receives drained events: kind, first page, fault thread id or page count, time (monotonicNs clock) */
+export type ChannelEventSink = (kind: number, page: number, arg: number, tNs: number) => void;
+
+/** ring entries (a power of two): ~40 ms of the fastest fault rate seen here; drained every few ms */
+const RING_ENTRIES = 1 << 14;
+/** default busy-poll window after work, in microseconds */
+export const DEFAULT_SPIN_US = 0;
+
+/**
+ * CLOCK_MONOTONIC ns minus this = the blocktime clock (monotonicNs, which is
+ * performance.now(): ns since this process's time origin).
+ */
+function clockBaseNs(): number {
+  return Number(process.hrtime.bigint()) - performance.now() * 1e6;
+}
+
+/**
+ * Takes a connected socket away from Node: returns a dup of its fd (still
+ * non-blocking) and destroys the Node socket without touching the connection
+ * (close(2) of one of two fds). The caller must have removed its listeners;
+ * the socket must have no write pending and nothing unread in Node.
+ */
+export function handOverSocket(s: net.Socket): number {
+  const handle = (s as unknown as { _handle?: { fd?: number } | null })._handle;
+  const fd = handle?.fd ?? -1;
+  if (fd < 0) throw new Error('the socket has no file descriptor (closed, or not a TCP/unix socket)');
+  if (s.writableLength > 0) throw new Error(`the socket still has ${s.writableLength} bytes to write`);
+  const dup = libc.fcntl(fd, libc.F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) throw new Error(`dup of socket fd ${fd}: ${libc.strerror(libc.errno())}`);
+  s.removeAllListeners('data');
+  s.removeAllListeners('close');
+  s.removeAllListeners('end');
+  s.removeAllListeners('error');
+  s.on('error', () => { /* the connection is the thread's now */ });
+  s.destroy();
+  return dup;
+}
+
+/** One native page-path thread: its status block, its ring, its handle. */
+export class PageChannel {
+  readonly #status = new NativeBlock(STATUS_BYTES);
+  readonly #ring = new NativeBlock(RING_ENTRIES * 32);
+  readonly #u32 = new Uint32Array(this.#status.buffer, 0, 2);
+  readonly #i32 = new Int32Array(this.#status.buffer, 0, 4);
+  readonly #stats = new Float64Array(this.#status.buffer, ST_STATS_BYTES, ST_STATS);
+  readonly #events = new Float64Array(this.#ring.buffer);
+  #handle = 0n;
+  #stopped = false;
+
+  private constructor() {}
+
+  /** The destination's fault thread (see native-shim/fault_thread.c); takes `sock` over. */
+  static startFaultThread(o: {
+    uffd: number; sock: net.Socket; ramBase: number; pageSize: number; pages: number;
+    /** address of the page flags (bit 0 = received) */
+    flags: number; blocktime: boolean; spinUs?: number;
+  }): PageChannel {
+    const ch = new PageChannel();
+    const fd = handOverSocket(o.sock);
+    ch.#start(loadShim().faultThreadStart(o.uffd, fd, o.ramBase, o.pageSize, o.pages, o.flags, ch.#status.ptr, ch.#ring.ptr,
+      RING_ENTRIES, o.blocktime ? 1 : 0, clockBaseNs(), o.spinUs ?? DEFAULT_SPIN_US), 'fault thread');
+    return ch;
+  }
+
+  /** The source's page server (see native-shim/page_server.c); takes `sock` over. */
+  static startPageServer(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number; spinUs?: number }): PageChannel {
+    const ch = new PageChannel();
+    const fd = handOverSocket(o.sock);
+    ch.#start(loadShim().pageServerStart(fd, o.ramBase, o.pageSize, o.pages, ch.#status.ptr, ch.#ring.ptr, RING_ENTRIES,
+      clockBaseNs(), o.spinUs ?? DEFAULT_SPIN_US), 'page server');
+    return ch;
+  }
+
+  #start(handle: number | bigint, what: string): void {
+    if (BigInt(handle) === 0n) {
+      this.#dispose();
+      throw new Error(`the native ${what} could not start (out of memory or threads)`);
+    }
+    this.#handle = BigInt(handle);
+  }
+
+  get state(): ChannelState { return STATES[Atomics.load(this.#i32, ST_STATE)] ?? 'failed'; }
+  /** why the thread stopped on its own ('' while running) */
+  get error(): string {
+    const b = Buffer.from(this.#status.buffer, ST_ERROR_BYTES, ST_ERROR_LEN);
+    const end = b.indexOf(0);
+    return b.toString('utf8', 0, end < 0 ? ST_ERROR_LEN : end);
+  }
+  get errno(): number { return this.#i32[ST_ERRNO]; }
+  stat(i: number): number { return this.#stats[i]; }
+
+  /** Hands every event pushed so far to `sink`, in order; returns how many. */
+  drain(sink: ChannelEventSink): number {
+    const u32 = this.#u32;
+    const tail = Atomics.load(u32, ST_TAIL);
+    let head = u32[ST_HEAD];
+    const n = (tail - head) >>> 0;
+    if (n === 0) return 0;
+    const ev = this.#events;
+    const mask = RING_ENTRIES - 1;
+    for (let i = 0; i < n; i++, head = (head + 1) >>> 0) {
+      const o = (head & mask) * 4;
+      sink(ev[o], ev[o + 1], ev[o + 2], ev[o + 3]);
+    }
+    Atomics.store(u32, ST_HEAD, head);
+    return n;
+  }
+
+  /** Stops and joins the thread (closes its socket); the ring and the
+   *  figures stay readable until dispose(). Idempotent. */
+  stop(): void {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    if (this.#handle !== 0n) loadShim().channelStop(this.#handle);
+    this.#handle = 0n;
+  }
+
+  /** stop(), then frees the native memory */
+  dispose(): void {
+    this.stop();
+    this.#dispose();
+  }
+
+  #dispose(): void {
+    this.#stopped = true;
+    this.#status.free();
+    this.#ring.free();
+  }
+}

@@ -39,7 +39,7 @@ export type ChannelEventSink = (kind: number, page: number, arg: number, tNs: nu
 /** ring entries (a power of two): ~40 ms of the fastest fault rate seen here; drained every few ms */
 const RING_ENTRIES = 1 << 14;
 /** default busy-poll window after work, in microseconds */
-export const DEFAULT_SPIN_US = 0;
+export const DEFAULT_SPIN_US = Number(process.env.PC_SPIN ?? 0);
 
 /**
  * CLOCK_MONOTONIC ns minus this = the blocktime clock (monotonicNs, which is

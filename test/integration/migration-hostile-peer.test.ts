@@ -1,11 +1,16 @@
 // A real VM process facing a peer that is no migration engine: garbage, a
 // wrong version or a truncated stream sent to a destination, a garbage return
-// path answered to a source. Each time the migration fails with a message that
-// says what was wrong, and the process stays up and usable (its monitor
-// answers; a source's guest runs again).
+// path answered to a source, and in postcopy garbage on the urgent channel,
+// which the native threads read (the destination's fault thread, the source's
+// page server). Each time the migration fails with a message that says what
+// was wrong, and the process stays up and usable (its monitor answers; a
+// source's guest runs again when it had not moved yet).
 import net from 'node:net';
 import { Lab, setCaps, waitStatus, TERMINAL } from './migration-procs.js';
-import { encodeHeader, writeRecordHeader, RECORD_HEADER_BYTES, REC_PAGES } from '../../src/migration/wire.js';
+import {
+  encodeHeader, encodeSwitchover, writeRecordHeader, RECORD_HEADER_BYTES, REC_PAGES, RP_REQ_PAGES, RP_RUNNING, VCPU_STATE_BYTES,
+} from '../../src/migration/wire.js';
+import { encodeVcpuState } from '../../src/vm/vcpu-state.js';
 import { requireUffd } from '../helpers/uffd-available.js';
 
 const MiB = 1 << 20;
@@ -66,6 +71,70 @@ run('a migration peer that is no migration engine', () => {
       expect(s['error-desc']).toMatch(/return path record at byte 0: (reserved bits set|unknown return path record type)/);
       expect(await src.qmp.execute('query-status')).toMatchObject({ status: 'running', running: true });
     } finally {
+      fake.close();
+    }
+  });
+
+  test.each([
+    ['a record that is no page', (() => { const r = Buffer.alloc(RECORD_HEADER_BYTES); r[0] = 0x99; return r; })(),
+      /urgent channel: unexpected record type 0x99 \(expected PAGES or ZERO\)/],
+    ['pages outside guest RAM', (() => {
+      const r = Buffer.alloc(RECORD_HEADER_BYTES + 4096);
+      writeRecordHeader(r, 0, REC_PAGES, 0, 1, 64 * MiB);
+      return r;
+    })(), /urgent channel: PAGES record of 1 pages at offset 67108864 is outside guest RAM \(16384 pages\)/],
+  ])('destination in postcopy fed %s on the urgent channel: failed with the reason, monitor still answers', async (_what, garbage, reason) => {
+    const path = lab.path('pc.sock');
+    const dst = await lab.vm('dst', ['-m', '64M', '-smp', '1', '-workload', 'sweep,end=64M', '-incoming', `unix:${path}`]);
+    const main = await sendTo(path, Buffer.concat([ // a header and at once the switchover: every page comes on request
+      encodeHeader({ pageSize: 4096, vcpus: 1, ramBytes: 64 * MiB, workload: 'sweep,end=64M', postcopy: true }),
+      encodeSwitchover(true, (() => { // a vCPU about to sweep from page 0
+        const st = Buffer.alloc(VCPU_STATE_BYTES);
+        encodeVcpuState({ position: 0, sweeps: 0, accesses: 0, rng: 1n }, st);
+        return st;
+      })()),
+    ]), false);
+    const urgent = await sendTo(path, encodeHeader({ pageSize: 4096, vcpus: 1, ramBytes: 64 * MiB, workload: 'sweep,end=64M', urgent: true }), false);
+    // the destination's vCPU runs and faults: its fault thread asks for the page
+    const request = new Promise<Buffer>((resolve) => urgent.once('data', resolve));
+    const running = new Promise<void>((resolve) => main.on('data', (b: Buffer) => { if (b.includes(RP_RUNNING)) resolve(); }));
+    await running;
+    expect((await request)[0]).toBe(RP_REQ_PAGES);
+    urgent.write(garbage);
+    const d = await waitStatus(dst, TERMINAL as never, 10000);
+    main.destroy();
+    urgent.destroy();
+    expect(d.status).toBe('failed');
+    expect(d['error-desc']).toMatch(reason);
+    expect(await dst.qmp.execute('query-status')).toMatchObject({ status: 'paused' });
+  });
+
+  test('source in postcopy sent a bad page request on the urgent channel: failed with the reason, monitor still answers', async () => {
+    const path = lab.path('fake-pc.sock');
+    const conns: net.Socket[] = [];
+    const fake = net.createServer((c) => {
+      conns.push(c);
+      c.on('data', () => undefined);
+      c.on('error', () => undefined);
+    });
+    await new Promise<void>((r) => fake.listen(path, r));
+    try {
+      const src = await lab.vm('src', ['-m', '64M', '-smp', '1']);
+      await setCaps(src, ['postcopy-ram']);
+      await src.qmp.execute('migrate', { uri: `unix:${path}` });
+      await src.qmp.execute('migrate-start-postcopy');
+      await waitStatus(src, ['postcopy-active']);
+      while (conns.length < 2) await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, 200)); // the page server has taken the urgent channel
+      const req = Buffer.alloc(RECORD_HEADER_BYTES);
+      writeRecordHeader(req, 0, RP_REQ_PAGES, 0, 4096, 64 * MiB); // one page past the end of RAM
+      conns[1].write(req);
+      const s = await waitStatus(src, TERMINAL as never, 10000);
+      expect(s.status).toBe('failed');
+      expect(s['error-desc']).toMatch(/urgent channel: bad page request: offset 67108864 length 4096 \(RAM is 16384 pages of 4096 bytes\)/);
+      expect(await src.qmp.execute('query-status')).toMatchObject({ status: 'postmigrate' });
+    } finally {
+      for (const c of conns) c.destroy();
       fake.close();
     }
   });

@@ -16,6 +16,13 @@
 // (native-shim/stream_baseline.c: the same bytes through the same kind of
 // socket into fresh memory, two threads, no per-page work): `ratio`.
 //
+// Remote-fault latency: 1-vCPU postcopy migrations over TCP and over a unix
+// socket, median of --reps (at most 3) average latencies, against the C
+// baseline in the same run (native-shim/remote_fault_baseline.c: one thread
+// sweeps memory registered with userfaultfd, every fault is requested over
+// the same kind of socket from a server thread and placed with UFFDIO_COPY;
+// nothing else runs): `ratio` = C / ours.
+//
 // Fields per row: wall_s (migrate -> completed), postcopy_requests, blocktime
 // (total, ms), latency_avg_us / latency_p99_us (remote-fault latency as the
 // destination's blocktime context measured it), mbps (the source's
@@ -25,7 +32,7 @@
 
 import { readFileSync } from 'node:fs';
 import { runBatch, type BatchOptions, type BatchResult } from '../src/migration/batch.js';
-import { streamBaselineMbps } from '../src/native/index.js';
+import { streamBaselineMbps, remoteFaultBaselineUs } from '../src/native/index.js';
 import { numberOption } from './_options.js';
 
 interface Options { reps: number; warmS: number; rssMib: number }
@@ -140,6 +147,27 @@ async function background(transport: 'tcp' | 'unix', reps: number): Promise<Back
   return { transport, mbps: round(mbps, 1), c_mbps: round(cMbps, 1), ratio: round(mbps / cMbps, 3) };
 }
 
+interface RemoteFault { transport: 'tcp' | 'unix'; latency_avg_us: number; latency_p50_us: number; c_latency_us: number; ratio: number }
+
+/** 1-vCPU postcopy migrations over `transport` and the C remote-fault
+ *  baseline, alternating: average fault latency, ours against plain C's
+ *  (ratio = C / ours: 1 is as fast as C) */
+async function remoteFault(transport: 'tcp' | 'unix', reps: number, warmS: number): Promise<RemoteFault> {
+  const ours: number[] = [];
+  const p50: number[] = [];
+  const c: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const r = await runBatch({ ...batch(1, 150, true, warmS), transport });
+    checkCompleted(r, `1 vCPU over ${transport}`);
+    ours.push((r.destination['postcopy-latency'] ?? 0) / 1000);
+    p50.push((r.destination['x-blocktime']?.latencyP50Ns ?? 0) / 1000);
+    c.push(await remoteFaultBaselineUs(20000, transport));
+  }
+  const avg = median(ours);
+  const cAvg = median(c);
+  return { transport, latency_avg_us: round(avg, 1), latency_p50_us: round(median(p50), 1), c_latency_us: round(cAvg, 1), ratio: round(cAvg / avg, 3) };
+}
+
 export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const o = options(argv);
   const results: Row[] = [];
@@ -168,6 +196,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     rss_guest_mib: o.rssMib,
     postcopy_mbps_1g: postcopyMbps(big),
     background: [await background('tcp', bgReps), await background('unix', bgReps)],
+    remote_fault: [await remoteFault('tcp', bgReps, Math.min(o.warmS, 2)), await remoteFault('unix', bgReps, Math.min(o.warmS, 2))],
     reps: o.reps,
   };
 }

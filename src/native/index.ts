@@ -6,7 +6,7 @@ export type { NativeWorkload } from './vcpu.js';
 export { startCFaultHandler } from './fault-handler.js';
 export type { CFaultHandler } from './fault-handler.js';
 export { pageDigests } from './digest.js';
-export { streamBaselineMbps } from './stream-baseline.js';
+export { streamBaselineMbps, remoteFaultBaselineUs } from './stream-baseline.js';
 export { loadShim, SHIM_VERSION } from './shim.js';
 export * as vcpuLayout from './vcpu-layout.js';
 export { pinProcessToCpu, currentCpu } from './affinity.js';

@@ -45,6 +45,7 @@ export interface Shim {
   pageServerStart(sock: number, ramBase: number, pageSize: number, pages: number,
     status: bigint, ring: bigint, ringSize: number, clockBase: number, spinUs: number): number | bigint;
   channelStop(handle: bigint): number;
+  remoteFaultBaseline: KoffiFunc<[pages: number, tcp: number], number>;
 }
 
 let shim: Shim | undefined;
@@ -84,6 +85,7 @@ export function loadShim(): Shim {
     pageServerStart: lib.func('uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, ' +
       'void *status, void *ring, uint32_t ring_size, double clock_base, int spin_us)') as Shim['pageServerStart'],
     channelStop: lib.func('int pc_channel_stop(uint64_t handle)') as Shim['channelStop'],
+    remoteFaultBaseline: lib.func('double pc_remote_fault_baseline(uint64_t pages, int tcp)') as unknown as Shim['remoteFaultBaseline'],
   };
   return shim;
 }

@@ -17,3 +17,17 @@ export function streamBaselineMbps(bytes: number, transport: 'tcp' | 'unix'): Pr
     });
   });
 }
+
+/** Sweeps `pages` pages whose every fault is served over the socket kind
+ *  given, in plain C with nothing else running (native-shim/
+ *  remote_fault_baseline.c); resolves with the average fault latency in us. */
+export function remoteFaultBaselineUs(pages: number, transport: 'tcp' | 'unix'): Promise<number> {
+  const shim = loadShim();
+  return new Promise((resolve, reject) => {
+    shim.remoteFaultBaseline.async(pages, transport === 'tcp' ? 1 : 0, (err, res) => {
+      if (err) reject(err instanceof Error ? err : new Error(String(err)));
+      else if (res < 0) reject(new Error(`C remote-fault baseline failed: ${libc.strerror(-res)} (${libc.errnoName(-res)})`));
+      else resolve(res / 1000);
+    });
+  });
+}

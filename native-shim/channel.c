@@ -104,15 +104,8 @@ int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in)
         { .fd = extra_fd, .events = POLLIN },
     };
     nfds_t n = extra_fd >= 0 ? 3 : 2;
-    /* the hot window: a request or a fault usually follows within microseconds
-     * of the last one, and a wake-up from poll costs more than that here */
-    if (c->spin_us > 0) {
-        double until = pc_channel_now(c) + c->spin_us * 1000.0;
-        do {
-            if (poll(p, n, 0) > 0)
-                return (p[0].revents & POLLIN) ? 1 : 0;
-        } while (pc_channel_now(c) < until);
-    }
+    /* no busy-poll window: measured here, spinning 20-50 us after work took
+     * the CPU the event loops need and doubled the fault latency */
     while (poll(p, n, -1) < 0) {
         if (errno != EINTR)
             return 1;
@@ -122,7 +115,7 @@ int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in)
 
 struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, uint64_t pages,
                                   struct pc_channel_status *st, double *ring, uint32_t ring_size,
-                                  double clock_base, int spin_us, size_t in_cap, size_t out_cap)
+                                  double clock_base, size_t in_cap, size_t out_cap)
 {
     struct pc_channel *c = ring_size != 0 && (ring_size & (ring_size - 1)) == 0 ? calloc(1, sizeof *c) : NULL;
     if (!c) {
@@ -138,7 +131,6 @@ struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, u
     c->ring = ring;
     c->ring_mask = ring_size - 1;
     c->clock_base = clock_base;
-    c->spin_us = spin_us;
     c->in_cap = in_cap;
     c->out_cap = out_cap;
     c->in = malloc(in_cap);

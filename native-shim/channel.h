@@ -62,7 +62,6 @@ struct pc_channel {
     int sock;
     int wake_fd;          /* eventfd: pc_channel_stop() wakes the thread */
     int stop;
-    int spin_us;          /* busy-poll this long after work before sleeping in poll */
     uint64_t base, page_size, pages;
     struct pc_channel_status *st;
     double *ring;
@@ -89,12 +88,12 @@ void pc_channel_fail(struct pc_channel *c, int state, int err, const char *fmt, 
 int pc_channel_flush(struct pc_channel *c);
 /* reads what the socket has into c->in; 1 = got bytes, 0 = nothing now, -1 = closed or failed */
 int pc_channel_fill(struct pc_channel *c);
-/* waits for the socket (and uffd when >= 0), spinning first; 1 = stop asked */
+/* waits in poll for the socket (and extra_fd when >= 0); 1 = stop asked */
 int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in);
 /* NULL when out of memory (the socket is closed then) */
 struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, uint64_t pages,
                                   struct pc_channel_status *st, double *ring, uint32_t ring_size,
-                                  double clock_base, int spin_us, size_t in_cap, size_t out_cap);
+                                  double clock_base, size_t in_cap, size_t out_cap);
 /* starts run(c); on failure frees c (and closes its socket) */
 int pc_channel_spawn(struct pc_channel *c, void *(*run)(void *));
 void pc_channel_free(struct pc_channel *c);

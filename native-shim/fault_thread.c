@@ -178,10 +178,10 @@ static void *fault_thread_run(void *arg)
  * handle for pc_channel_stop(), or 0 when it could not start. */
 uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, uint64_t flags,
                                struct pc_channel_status *st, double *ring, uint32_t ring_size, int blocktime,
-                               double clock_base, int spin_us)
+                               double clock_base)
 {
     size_t rec = PC_RECORD_HEADER + PC_MAX_RUN_PAGES * page_size;
-    struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base, spin_us,
+    struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base,
                                           2 * rec, 4096 * PC_RECORD_HEADER);
     if (!c)
         return 0;

@@ -88,10 +88,10 @@ static void *page_server_run(void *arg)
  * Returns a handle for pc_channel_stop(), or 0 when it could not start. */
 uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages,
                               struct pc_channel_status *st, double *ring, uint32_t ring_size,
-                              double clock_base, int spin_us)
+                              double clock_base)
 {
     size_t rec = PC_RECORD_HEADER + PC_MAX_RUN_PAGES * page_size;
-    struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base, spin_us,
+    struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base,
                                           64 * PC_RECORD_HEADER, 2 * rec);
     if (!c)
         return 0;

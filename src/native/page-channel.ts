@@ -38,8 +38,6 @@ export type ChannelEventSink = (kind: number, page: number, arg: number, tNs: nu
 
 /** ring entries (a power of two): ~40 ms of the fastest fault rate seen here; drained every few ms */
 const RING_ENTRIES = 1 << 14;
-/** default busy-poll window after work, in microseconds */
-export const DEFAULT_SPIN_US = Number(process.env.PC_SPIN ?? 0);
 
 /**
  * CLOCK_MONOTONIC ns minus this = the blocktime clock (monotonicNs, which is
@@ -88,21 +86,21 @@ export class PageChannel {
   static startFaultThread(o: {
     uffd: number; sock: net.Socket; ramBase: number; pageSize: number; pages: number;
     /** address of the page flags (bit 0 = received) */
-    flags: number; blocktime: boolean; spinUs?: number;
+    flags: number; blocktime: boolean;
   }): PageChannel {
     const ch = new PageChannel();
     const fd = handOverSocket(o.sock);
     ch.#start(loadShim().faultThreadStart(o.uffd, fd, o.ramBase, o.pageSize, o.pages, o.flags, ch.#status.ptr, ch.#ring.ptr,
-      RING_ENTRIES, o.blocktime ? 1 : 0, clockBaseNs(), o.spinUs ?? DEFAULT_SPIN_US), 'fault thread');
+      RING_ENTRIES, o.blocktime ? 1 : 0, clockBaseNs()), 'fault thread');
     return ch;
   }
 
   /** The source's page server (see native-shim/page_server.c); takes `sock` over. */
-  static startPageServer(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number; spinUs?: number }): PageChannel {
+  static startPageServer(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number }): PageChannel {
     const ch = new PageChannel();
     const fd = handOverSocket(o.sock);
     ch.#start(loadShim().pageServerStart(fd, o.ramBase, o.pageSize, o.pages, ch.#status.ptr, ch.#ring.ptr, RING_ENTRIES,
-      clockBaseNs(), o.spinUs ?? DEFAULT_SPIN_US), 'page server');
+      clockBaseNs()), 'page server');
     return ch;
   }
 

@@ -41,9 +41,9 @@ export interface Shim {
   pageDigests(base: number, pageSize: number, first: number, count: number, out: BigUint64Array): void;
   streamBaseline: KoffiFunc<[bytes: number, tcp: number], number | bigint>;
   faultThreadStart(uffd: number, sock: number, ramBase: number, pageSize: number, pages: number, flags: number,
-    status: bigint, ring: bigint, ringSize: number, blocktime: number, clockBase: number, spinUs: number): number | bigint;
+    status: bigint, ring: bigint, ringSize: number, blocktime: number, clockBase: number): number | bigint;
   pageServerStart(sock: number, ramBase: number, pageSize: number, pages: number,
-    status: bigint, ring: bigint, ringSize: number, clockBase: number, spinUs: number): number | bigint;
+    status: bigint, ring: bigint, ringSize: number, clockBase: number): number | bigint;
   channelStop(handle: bigint): number;
   remoteFaultBaseline: KoffiFunc<[pages: number, tcp: number], number>;
 }
@@ -80,10 +80,10 @@ export function loadShim(): Shim {
       unknown as Shim['pageDigests'],
     streamBaseline: lib.func('int64_t pc_stream_baseline(uint64_t bytes, int tcp)') as unknown as Shim['streamBaseline'],
     faultThreadStart: lib.func('uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t page_size, ' +
-      'uint64_t pages, uint64_t flags, void *status, void *ring, uint32_t ring_size, int blocktime, double clock_base, int spin_us)') as
+      'uint64_t pages, uint64_t flags, void *status, void *ring, uint32_t ring_size, int blocktime, double clock_base)') as
       Shim['faultThreadStart'],
     pageServerStart: lib.func('uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, ' +
-      'void *status, void *ring, uint32_t ring_size, double clock_base, int spin_us)') as Shim['pageServerStart'],
+      'void *status, void *ring, uint32_t ring_size, double clock_base)') as Shim['pageServerStart'],
     channelStop: lib.func('int pc_channel_stop(uint64_t handle)') as Shim['channelStop'],
     remoteFaultBaseline: lib.func('double pc_remote_fault_baseline(uint64_t pages, int tcp)') as unknown as Shim['remoteFaultBaseline'],
   };

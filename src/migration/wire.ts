@@ -21,16 +21,21 @@
 //   ERROR       count = payload bytes; payload: utf8 reason (the source gave up)
 // A migration uses two connections: the main stream above, and an urgent
 // channel (QEMU's postcopy-preempt idea) that starts with its own HEADER
-// (flag URGENT_CHANNEL) and then carries only PAGES/ZERO records answering
-// page requests, so a requested page never queues behind background pages.
+// (flag URGENT_CHANNEL). In postcopy it belongs to two native threads
+// (native-shim/channel.h): the destination's fault thread sends REQ_PAGES on
+// it, one per missing page a thread faulted on, and the source's page server
+// answers each with one PAGES or ZERO record, so a requested page never
+// queues behind background pages nor waits for an event loop.
 // Return path (destination -> source, on the main connection):
-//   REQ_PAGES   offset, count = length in bytes (a page request, QEMU's "req pages")
 //   RP_ERROR    count = payload bytes; payload: utf8 reason
 //   RP_RUNNING  the destination took the vCPU state (switchover done)
 //   RP_COMPLETE every page is in place; the destination completed
 //   RP_ACK      offset = bytes of the main stream consumed so far (flow control:
 //               in postcopy the source keeps a bounded window of background
 //               data in flight, so the destination's queue stays short)
+// Page requests (destination -> source, on the urgent channel):
+//   REQ_PAGES   offset, count = length in bytes (QEMU's "req pages"); a
+//               REQ_PAGES on the main connection is a protocol error
 //
 // The decoder never allocates per record in steady state: headers are read at
 // fixed offsets from the received chunk, page payloads are handed out as

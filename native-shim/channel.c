@@ -67,6 +67,7 @@ int pc_channel_flush(struct pc_channel *c)
             return -1;
         }
         c->out_off += (size_t)n;
+        c->st->stats[c->stat_bytes_out] += (double)n;
     }
     c->out_off = c->out_len = 0;
     return 0;
@@ -204,10 +205,10 @@ uint32_t pc_le32(const uint8_t *p)
     return v;
 }
 
-void pc_put_record(uint8_t *p, int type, uint32_t count, uint64_t offset)
+void pc_put_record(uint8_t *p, int type, int flags, uint32_t count, uint64_t offset)
 {
     p[0] = (uint8_t)type;
-    p[1] = 0;
+    p[1] = (uint8_t)flags;
     p[2] = p[3] = 0;
     memcpy(p + 4, &count, 4);
     memcpy(p + 8, &offset, 8);

@@ -24,6 +24,8 @@
 #define PC_REC_PAGES 0x02
 #define PC_REC_ZERO 0x03
 #define PC_RP_REQ_PAGES 0x41
+/* REQ_PAGES flag: pages after a faulted one, asked for ahead of need */
+#define PC_REQ_READAHEAD 0x01
 
 /* destination page flags (incoming.ts): the page's content is here */
 #define PC_PAGE_RECEIVED 1
@@ -39,9 +41,9 @@ enum pc_channel_event {
 
 /* destination counters (stats[]) */
 enum { PC_DST_FAULTS = 0, PC_DST_REQUESTS, PC_DST_PLACED, PC_DST_ZERO_PLACED, PC_DST_LOCAL_ZERO, PC_DST_EXISTED,
-       PC_DST_BYTES_IN, PC_DST_BYTES_OUT };
+       PC_DST_BYTES_IN, PC_DST_BYTES_OUT, PC_DST_READAHEAD };
 /* source counters (stats[]) */
-enum { PC_SRC_REQUESTS = 0, PC_SRC_NORMAL, PC_SRC_ZERO, PC_SRC_BYTES_OUT, PC_SRC_BYTES_IN };
+enum { PC_SRC_REQUESTS = 0, PC_SRC_NORMAL, PC_SRC_ZERO, PC_SRC_BYTES_OUT, PC_SRC_BYTES_IN, PC_SRC_READAHEAD };
 
 #define PC_STATS 16
 #define PC_ERROR_BYTES 256
@@ -71,6 +73,7 @@ struct pc_channel {
     uint8_t *in;
     size_t in_len, in_cap;
     int stat_bytes_in;    /* stats[] index counting bytes read */
+    int stat_bytes_out;   /* stats[] index counting bytes written */
     /* output (socket) */
     uint8_t *out;
     size_t out_off, out_len, out_cap;
@@ -78,7 +81,9 @@ struct pc_channel {
     int uffd;             /* destination */
     int blocktime;        /* destination: push FAULT events */
     const uint8_t *flags; /* destination: page flags shared with TypeScript */
-    uint8_t *requested;   /* destination: asked for already */
+    uint8_t *requested;   /* destination: asked for already, or placed here */
+    uint32_t readahead;   /* destination: pages after a faulted one asked for with it */
+    uint64_t head_placed; /* destination: pages already placed of the record at c->in[0] */
 };
 
 double pc_channel_now(const struct pc_channel *c);
@@ -99,6 +104,6 @@ int pc_channel_spawn(struct pc_channel *c, void *(*run)(void *));
 void pc_channel_free(struct pc_channel *c);
 uint64_t pc_le64(const uint8_t *p);
 uint32_t pc_le32(const uint8_t *p);
-void pc_put_record(uint8_t *p, int type, uint32_t count, uint64_t offset);
+void pc_put_record(uint8_t *p, int type, int flags, uint32_t count, uint64_t offset);
 
 #endif

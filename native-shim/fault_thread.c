@@ -2,8 +2,9 @@
  * with the preempt channel's page placement folded in): one thread that
  *  - reads the userfaultfd's fault messages and, for each fault on a page not
  *    yet here, sends a page request (REQ_PAGES) on the urgent channel, once
- *    per page, and pushes a FAULT event (page, faulting thread id, time) to
- *    the ring for the blocktime context;
+ *    per page, with a read-ahead request for the pages after it, and pushes a
+ *    FAULT event (page, faulting thread id, time) to the ring for the
+ *    blocktime context;
  *  - resolves a fault on a page known to be zero (received as ZERO in precopy,
  *    never populated) with UFFDIO_ZEROPAGE at once;
  *  - places the requested pages the source sends back with UFFDIO_COPY or
@@ -22,6 +23,9 @@
 #include <unistd.h>
 
 #define PLACE_RETRIES 1000
+/* c->requested[page] */
+#define ASKED 1       /* a request was sent */
+#define PLACED_HERE 2 /* this thread placed it (asked for, or read ahead by the source) */
 
 static void wake(struct pc_channel *c, uint64_t addr, uint64_t len)
 {
@@ -73,11 +77,15 @@ static int place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8
                         (unsigned long long)count, (unsigned long long)off, strerror(e));
         return -1;
     }
+    memset(c->requested + off / ps, PLACED_HERE, count);
     c->st->stats[src ? PC_DST_PLACED : PC_DST_ZERO_PLACED] += (double)count;
     return pc_channel_push(c, PC_EV_PLACED, (double)(off / c->page_size), (double)count, pc_channel_now(c));
 }
 
-/* Places every complete record in c->in. Returns -1 when the channel failed. */
+/* Places what arrived: every complete record in c->in, and the complete
+ * pages of a PAGES record still arriving (c->head_placed of them placed so
+ * far), so a vCPU following a read-ahead run waits for its page only, not for
+ * the whole run. Returns -1 when the channel failed. */
 static int place_arrived(struct pc_channel *c)
 {
     const uint64_t ps = c->page_size;
@@ -96,10 +104,20 @@ static int place_arrived(struct pc_channel *c)
             return -1;
         }
         size_t len = PC_RECORD_HEADER + (r[0] == PC_REC_PAGES ? (size_t)count * ps : 0);
-        if (c->in_len - pos < len)
-            break; /* the rest of the record is still on its way */
-        if (place(c, off, count, r[0] == PC_REC_PAGES ? r + PC_RECORD_HEADER : NULL) < 0)
+        uint64_t done = pos == 0 ? c->head_placed : 0;
+        if (c->in_len - pos < len) { /* the rest is on its way: place the whole pages here */
+            uint64_t whole = r[0] == PC_REC_PAGES ? (c->in_len - pos - PC_RECORD_HEADER) / ps : 0;
+            if (whole > done) {
+                if (place(c, off + done * ps, whole - done, r + PC_RECORD_HEADER + done * ps) < 0)
+                    return -1;
+                done = whole;
+            }
+            c->head_placed = done; /* of this record, at the front after the memmove below */
+            break;
+        }
+        if (place(c, off + done * ps, count - done, r[0] == PC_REC_PAGES ? r + PC_RECORD_HEADER + done * ps : NULL) < 0)
             return -1;
+        c->head_placed = 0;
         pos += len;
     }
     if (pos > 0) {
@@ -107,6 +125,29 @@ static int place_arrived(struct pc_channel *c)
         c->in_len -= pos;
     }
     return 0;
+}
+
+/* Asks for `page` and, in a second request flagged READAHEAD, for the pages
+ * after it that are neither here nor asked for, up to c->readahead of them:
+ * a guest that touches memory in order finds them in place instead of
+ * faulting on each (the source answers in order, so the faulted page comes
+ * first and its vCPU resumes before the rest is placed). */
+static void request(struct pc_channel *c, uint64_t page)
+{
+    const uint64_t ps = c->page_size;
+    uint64_t end = page + 1;
+    while (end < c->pages && end - page <= c->readahead && c->requested[end] == 0 &&
+           !(__atomic_load_n(&c->flags[end], __ATOMIC_ACQUIRE) & PC_PAGE_RECEIVED))
+        end++;
+    memset(c->requested + page, ASKED, end - page);
+    pc_put_record(c->out + c->out_len, PC_RP_REQ_PAGES, 0, (uint32_t)ps, page * ps);
+    c->out_len += PC_RECORD_HEADER;
+    c->st->stats[PC_DST_REQUESTS]++;
+    if (end > page + 1) {
+        pc_put_record(c->out + c->out_len, PC_RP_REQ_PAGES, PC_REQ_READAHEAD, (uint32_t)((end - page - 1) * ps), (page + 1) * ps);
+        c->out_len += PC_RECORD_HEADER;
+        c->st->stats[PC_DST_READAHEAD] += (double)(end - page - 1);
+    }
 }
 
 /* Reads the pending fault messages. Returns how many, or -1 (failed). */
@@ -138,15 +179,17 @@ static int read_faults(struct pc_channel *c)
             c->st->stats[PC_DST_LOCAL_ZERO]++;
             continue;
         }
+        if (c->requested[page] == PLACED_HERE) {
+            /* raised while this thread was placing it (a vCPU running ahead
+             * into pages the source read ahead): that placement woke it */
+            wake(c, addr, ps);
+            continue;
+        }
         if (c->blocktime && pc_channel_push(c, PC_EV_FAULT, (double)page, (double)msgs[i].arg.pagefault.feat.ptid, pc_channel_now(c)) < 0)
             return -1;
-        if (c->requested[page])
+        if (c->requested[page] == ASKED)
             continue;
-        c->requested[page] = 1;
-        pc_put_record(c->out + c->out_len, PC_RP_REQ_PAGES, (uint32_t)ps, page * ps);
-        c->out_len += PC_RECORD_HEADER;
-        c->st->stats[PC_DST_REQUESTS]++;
-        c->st->stats[PC_DST_BYTES_OUT] += PC_RECORD_HEADER;
+        request(c, page);
     }
     return k;
 }
@@ -154,8 +197,8 @@ static int read_faults(struct pc_channel *c)
 static void *fault_thread_run(void *arg)
 {
     struct pc_channel *c = arg;
-    /* room for one read of fault messages */
-    const size_t headroom = 64 * PC_RECORD_HEADER;
+    /* room for one read of fault messages (two requests each) */
+    const size_t headroom = 2 * 64 * PC_RECORD_HEADER;
     while (!__atomic_load_n(&c->stop, __ATOMIC_RELAXED) && c->st->state == PC_CH_RUNNING) {
         int room = c->out_cap - c->out_len >= headroom;
         int faults = room ? read_faults(c) : 0;
@@ -174,10 +217,11 @@ static void *fault_thread_run(void *arg)
 
 /* Starts the fault thread: faults from `uffd` (guest RAM registered MISSING,
  * non-blocking), requests and pages on `sock` (the urgent channel,
- * non-blocking), `flags` = TypeScript's page flags (bit RECEIVED). Returns a
- * handle for pc_channel_stop(), or 0 when it could not start. */
+ * non-blocking), `flags` = TypeScript's page flags (bit RECEIVED),
+ * `readahead` = pages after a faulted one asked for with it (see request()).
+ * Returns a handle for pc_channel_stop(), or 0 when it could not start. */
 uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, uint64_t flags,
-                               struct pc_channel_status *st, double *ring, uint32_t ring_size, int blocktime,
+                               uint32_t readahead, struct pc_channel_status *st, double *ring, uint32_t ring_size, int blocktime,
                                double clock_base)
 {
     size_t rec = PC_RECORD_HEADER + PC_MAX_RUN_PAGES * page_size;
@@ -187,8 +231,10 @@ uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t p
         return 0;
     c->uffd = uffd;
     c->blocktime = blocktime;
+    c->readahead = readahead < PC_MAX_RUN_PAGES ? readahead : PC_MAX_RUN_PAGES - 1;
     c->flags = (const uint8_t *)(uintptr_t)flags;
     c->stat_bytes_in = PC_DST_BYTES_IN;
+    c->stat_bytes_out = PC_DST_BYTES_OUT;
     c->requested = calloc(pages, 1);
     if (!c->requested) {
         pc_channel_free(c);

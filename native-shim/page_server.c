@@ -1,7 +1,8 @@
 /* The source's page server (QEMU's return-path page requests, served at once):
- * a thread that reads page requests (REQ_PAGES) from the urgent channel and
- * answers each with its pages read straight from guest RAM, as one PAGES or
- * ZERO record per request. The source's vCPUs are stopped in postcopy, so
+ * a thread that reads page requests (REQ_PAGES, faulted pages and read-ahead)
+ * from the urgent channel and answers each with its pages read straight from
+ * guest RAM, as PAGES and ZERO records (runs of data pages and of zero
+ * pages), in the order asked. The source's vCPUs are stopped in postcopy, so
  * RAM does not change under it. Each answered request is pushed to the event
  * ring (SERVED) so the background push in TypeScript skips those pages and
  * goes on just after them. */
@@ -30,8 +31,10 @@ static int serve(struct pc_channel *c)
         const uint8_t *r = c->in + pos;
         uint32_t len = pc_le32(r + 4);
         uint64_t off = pc_le64(r + 8);
-        if (r[0] != PC_RP_REQ_PAGES) {
-            pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: unexpected record type 0x%02x from the destination (expected a page request)", r[0]);
+        if (r[0] != PC_RP_REQ_PAGES || (r[1] & ~PC_REQ_READAHEAD) != 0 || r[2] != 0 || r[3] != 0) {
+            pc_channel_fail(c, PC_CH_FAILED, 0, r[0] != PC_RP_REQ_PAGES
+                            ? "urgent channel: unexpected record type 0x%02x from the destination (expected a page request)"
+                            : "urgent channel: page request with reserved bits set (type 0x%02x)", r[0]);
             return -1;
         }
         if (len == 0 || len % ps != 0 || len / ps > PC_MAX_RUN_PAGES || off % ps != 0 || off / ps >= c->pages ||
@@ -41,21 +44,24 @@ static int serve(struct pc_channel *c)
             return -1;
         }
         uint64_t count = len / ps;
-        const uint8_t *src = (const uint8_t *)(uintptr_t)(c->base + off);
-        int zero = 1;
-        for (uint64_t i = 0; i < count && zero; i++)
-            zero = page_is_zero(src + i * ps, ps);
-        size_t need = PC_RECORD_HEADER + (zero ? 0 : len);
-        if (c->out_cap - c->out_len < need)
+        /* worst case: every page a record of its own */
+        if (c->out_cap - c->out_len < count * (PC_RECORD_HEADER + ps))
             break; /* the rest once the socket took this */
-        pc_put_record(c->out + c->out_len, zero ? PC_REC_ZERO : PC_REC_PAGES, (uint32_t)count, off);
-        if (!zero)
-            memcpy(c->out + c->out_len + PC_RECORD_HEADER, src, len);
-        c->out_len += need;
-        double *s = c->st->stats;
-        s[PC_SRC_REQUESTS] += (double)count;
-        s[zero ? PC_SRC_ZERO : PC_SRC_NORMAL] += (double)count;
-        s[PC_SRC_BYTES_OUT] += (double)need;
+        c->st->stats[r[1] & PC_REQ_READAHEAD ? PC_SRC_READAHEAD : PC_SRC_REQUESTS] += (double)count;
+        const uint8_t *src = (const uint8_t *)(uintptr_t)(c->base + off);
+        for (uint64_t i = 0; i < count;) { /* runs of zero pages and of data pages */
+            int zero = page_is_zero(src + i * ps, ps);
+            uint64_t j = i + 1;
+            while (j < count && page_is_zero(src + j * ps, ps) == zero)
+                j++;
+            size_t bytes = PC_RECORD_HEADER + (zero ? 0 : (j - i) * ps);
+            pc_put_record(c->out + c->out_len, zero ? PC_REC_ZERO : PC_REC_PAGES, 0, (uint32_t)(j - i), off + i * ps);
+            if (!zero)
+                memcpy(c->out + c->out_len + PC_RECORD_HEADER, src + i * ps, (j - i) * ps);
+            c->out_len += bytes;
+            c->st->stats[zero ? PC_SRC_ZERO : PC_SRC_NORMAL] += (double)(j - i);
+            i = j;
+        }
         if (pc_channel_push(c, PC_EV_SERVED, (double)(off / ps), (double)count, pc_channel_now(c)) < 0)
             return -1;
         pos += PC_RECORD_HEADER;
@@ -96,6 +102,7 @@ uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, u
     if (!c)
         return 0;
     c->stat_bytes_in = PC_SRC_BYTES_IN;
+    c->stat_bytes_out = PC_SRC_BYTES_OUT;
     if (pc_channel_spawn(c, page_server_run) != 0)
         return 0;
     return (uint64_t)(uintptr_t)c;

@@ -47,13 +47,16 @@ export interface CapabilityState {
 }
 
 /** Migration parameters (QMP names). Units: bandwidth bytes/s (0 = unlimited
- *  for max-postcopy-bandwidth), downtime-limit ms. `x-blocktime-trace` is
- *  ours: a path to record the blocktime trace to ('' = off). */
+ *  for max-postcopy-bandwidth), downtime-limit ms. Ours: `x-blocktime-trace`,
+ *  a path to record the blocktime trace to ('' = off); `x-postcopy-readahead`,
+ *  pages after a faulted one the destination asks for with it (0 = QEMU's
+ *  behaviour: the faulted page only). */
 export interface MigrationParameters {
   'max-bandwidth': number;
   'downtime-limit': number;
   'max-postcopy-bandwidth': number;
   'x-blocktime-trace': string;
+  'x-postcopy-readahead': number;
 }
 export type ParameterName = keyof MigrationParameters;
 

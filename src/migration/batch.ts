@@ -11,6 +11,7 @@ import { CommandError } from '../errors.js';
 import { parseSize, parseSmp, parseWorkload, formatWorkload } from '../vm/index.js';
 import { LocalDestination, VmProcess } from './local-destination.js';
 import { checkTracePath } from '../blocktime-trace/index.js';
+import { MAX_POSTCOPY_READAHEAD } from './parameters.js';
 import type { CapabilityState, MigrationInfo } from './api.js';
 
 export const USAGE = `usage: postcopy run [options]
@@ -25,6 +26,8 @@ export const USAGE = `usage: postcopy run [options]
   --trace FILE          record the blocktime trace (x-blocktime-trace)
   --max-bandwidth B/S   precopy bandwidth limit (bytes/s)                 [134217728]
   --max-postcopy-bandwidth B/S  postcopy limit (bytes/s, 0 = none)        [0]
+  --readahead PAGES     pages after a faulted one the destination asks
+                        for with it (x-postcopy-readahead, 0..255)        [0]
   --timeout SECONDS     give up after this long                           [120]
   --json                one JSON line: {"wall_s", "source", "destination"}
 `;
@@ -41,6 +44,8 @@ export interface BatchOptions {
   trace: string;
   maxBandwidth?: number;
   maxPostcopyBandwidth?: number;
+  /** x-postcopy-readahead on the destination */
+  readahead?: number;
   timeoutS: number;
   json: boolean;
 }
@@ -88,6 +93,12 @@ export function parseBatchArgs(argv: string[]): BatchOptions {
       case '--trace': { const v = val(); if (!v) throw new CommandError('--trace needs a file name'); o.trace = v; break; }
       case '--max-bandwidth': o.maxBandwidth = bytesPerSecond(a, val()); break;
       case '--max-postcopy-bandwidth': o.maxPostcopyBandwidth = bytesPerSecond(a, val()); break;
+      case '--readahead': {
+        const v = val();
+        if (v === undefined || !/^\d+$/.test(v) || Number(v) > MAX_POSTCOPY_READAHEAD) throw new CommandError(`--readahead '${v ?? ''}' is not a number of pages in 0..${MAX_POSTCOPY_READAHEAD}`);
+        o.readahead = Number(v);
+        break;
+      }
       case '--timeout': o.timeoutS = seconds(a, val()); if (o.timeoutS === 0) throw new CommandError('--timeout must be > 0'); break;
       case '--json': o.json = true; break;
       case '-h': case '--help': throw new CommandError(USAGE.trimEnd());
@@ -130,7 +141,10 @@ export async function runBatch(o: BatchOptions, atEnd?: (p: BatchProcesses) => v
       LocalDestination.spawn({
         ramBytes: o.ramBytes, vcpus: o.vcpus, workload: o.workload, transport: o.transport,
         capabilities: [...caps, { capability: 'postcopy-blocktime', state: o.blocktime }],
-        parameters: { ...params, ...(o.trace ? { 'x-blocktime-trace': o.trace } : {}) } as never,
+        parameters: {
+          ...params, ...(o.trace ? { 'x-blocktime-trace': o.trace } : {}),
+          ...(o.readahead !== undefined ? { 'x-postcopy-readahead': o.readahead } : {}),
+        } as never,
       }),
       VmProcess.spawn(common, join(dir, 'source-qmp.sock')),
     ]);

@@ -371,6 +371,7 @@ export class IncomingMigration implements StreamHandler {
     this.channel = PageChannel.startFaultThread({
       uffd: uffd.fd, sock: this.urgentSocket!, ramBase: this.base, pageSize: this.ps, pages: this.pageCount,
       flags: this.flagsBlock.address, blocktime: this.blocktime !== null,
+      readahead: this.o.params.value('x-postcopy-readahead'),
     });
     this.drainTimer = setInterval(this.drainChannel, DRAIN_EVERY_MS);
     this.o.status.moveTo('postcopy-active');

@@ -10,7 +10,11 @@ export const DEFAULT_PARAMETERS: Readonly<MigrationParameters> = {
   'downtime-limit': 300,
   'max-postcopy-bandwidth': 0,
   'x-blocktime-trace': '',
+  'x-postcopy-readahead': 0,
 };
+
+/** most pages a read-ahead request may ask for (a request is one PAGES run, 256 pages at most, with the faulted page) */
+export const MAX_POSTCOPY_READAHEAD = 255;
 
 /** QEMU's MAX_MIGRATE_DOWNTIME (2000 s in ms). */
 export const MAX_DOWNTIME_LIMIT_MS = 2000000;
@@ -21,6 +25,7 @@ export const PARAMETER_UNITS: Record<ParameterName, string> = {
   'downtime-limit': 'ms',
   'max-postcopy-bandwidth': 'bytes/second',
   'x-blocktime-trace': '',
+  'x-postcopy-readahead': 'pages',
 };
 
 export class Parameters {
@@ -46,6 +51,9 @@ export class Parameters {
         case 'downtime-limit':
           next[name] = checkInteger(name, v, 0, MAX_DOWNTIME_LIMIT_MS);
           break;
+        case 'x-postcopy-readahead':
+          next[name] = checkInteger(name, v, 0, MAX_POSTCOPY_READAHEAD);
+          break;
         case 'x-blocktime-trace':
           if (typeof v !== 'string') throw new CommandError("Invalid parameter type for 'x-blocktime-trace', expected: string");
           if (v.includes('\0')) throw new CommandError("Parameter 'x-blocktime-trace' expects a file path");
@@ -59,10 +67,15 @@ export class Parameters {
   }
 }
 
+const RANGE_TEXT: Record<string, string> = {
+  'downtime-limit': `an integer in the range of 0 to ${MAX_DOWNTIME_LIMIT_MS} milliseconds`,
+  'x-postcopy-readahead': `an integer in the range of 0 to ${MAX_POSTCOPY_READAHEAD} (pages)`,
+};
+
 function checkInteger(name: string, v: unknown, min: number, max: number): number {
   if (typeof v !== 'number' || !Number.isFinite(v)) throw new CommandError(`Invalid parameter type for '${name}', expected: integer`);
   if (!Number.isInteger(v) || v < min || v > max) {
-    throw new CommandError(`Parameter '${name}' expects ${name === 'downtime-limit' ? `an integer in the range of 0 to ${MAX_DOWNTIME_LIMIT_MS} milliseconds` : 'a non-negative integer (bytes per second)'}`);
+    throw new CommandError(`Parameter '${name}' expects ${RANGE_TEXT[name] ?? 'a non-negative integer (bytes per second)'}`);
   }
   return v;
 }

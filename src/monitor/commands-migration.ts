@@ -19,7 +19,7 @@ import { formatBlocktimeQemu, formatBlocktimeRich } from './format-blocktime.js'
 
 /** The parameters this engine has, in `info migrate_parameters` order. */
 export const PARAMETER_NAMES: readonly ParameterName[] = [
-  'max-bandwidth', 'max-postcopy-bandwidth', 'downtime-limit', 'x-blocktime-trace',
+  'max-bandwidth', 'max-postcopy-bandwidth', 'downtime-limit', 'x-blocktime-trace', 'x-postcopy-readahead',
 ];
 
 /** HMP's capability name check (qapi_enum_parse): unknown names get QEMU's
@@ -55,6 +55,10 @@ export function parameterFromHmp(name: string, value: string): Partial<Migration
     }
     case 'x-blocktime-trace':
       return { 'x-blocktime-trace': value };
+    case 'x-postcopy-readahead': {
+      if (!/^[0-9]+$/.test(value)) throw new CommandError(`Parameter '${name}' expects a number of pages`);
+      return { 'x-postcopy-readahead': Number(value) };
+    }
     default:
       if (QEMU_PARAMETERS.includes(name)) {
         throw new CommandError(`Parameter '${name}' is not supported by this migration engine (supported: ${PARAMETER_NAMES.join(', ')})`);

@@ -109,6 +109,7 @@ export function formatParameters(p: MigrationParameters): string[] {
     `max-postcopy-bandwidth: ${u(p['max-postcopy-bandwidth'])} bytes/second`,
     `downtime-limit: ${u(p['downtime-limit'])} ms`,
     `x-blocktime-trace: '${p['x-blocktime-trace']}'`,
+    `x-postcopy-readahead: ${p['x-postcopy-readahead']} pages`,
   ];
 }
 

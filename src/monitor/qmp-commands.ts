@@ -156,6 +156,7 @@ export function qmpCommands(): QmpCommand[] {
         { name: 'downtime-limit', type: 'int', optional: true },
         { name: 'max-postcopy-bandwidth', type: 'int', optional: true },
         { name: 'x-blocktime-trace', type: 'str', optional: true },
+        { name: 'x-postcopy-readahead', type: 'int', optional: true },
       ],
       help: 'set migration parameters',
       handler: async (ctx, args) => {

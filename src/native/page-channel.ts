@@ -26,9 +26,9 @@ const STATUS_BYTES = ST_ERROR_BYTES + ST_ERROR_LEN; // checked against the libra
 
 export const enum ChannelEvent { Fault = 1, Placed = 2, Served = 3 }
 /** stats[] of the destination's fault thread */
-export const enum FaultThreadStat { Faults = 0, Requests, Placed, ZeroPlaced, LocalZero, Existed, BytesIn, BytesOut }
+export const enum FaultThreadStat { Faults = 0, Requests, Placed, ZeroPlaced, LocalZero, Existed, BytesIn, BytesOut, Readahead }
 /** stats[] of the source's page server */
-export const enum PageServerStat { Requests = 0, Normal, Zero, BytesOut, BytesIn }
+export const enum PageServerStat { Requests = 0, Normal, Zero, BytesOut, BytesIn, Readahead }
 
 export type ChannelState = 'running' | 'stopped' | 'closed' | 'failed';
 const STATES: readonly ChannelState[] = ['running', 'stopped', 'closed', 'failed'];
@@ -87,10 +87,12 @@ export class PageChannel {
     uffd: number; sock: net.Socket; ramBase: number; pageSize: number; pages: number;
     /** address of the page flags (bit 0 = received) */
     flags: number; blocktime: boolean;
+    /** pages after a faulted one asked for with it, when neither here nor asked for (at most 255) */
+    readahead: number;
   }): PageChannel {
     const ch = new PageChannel();
     const fd = handOverSocket(o.sock);
-    ch.#start(loadShim().faultThreadStart(o.uffd, fd, o.ramBase, o.pageSize, o.pages, o.flags, ch.#status.ptr, ch.#ring.ptr,
+    ch.#start(loadShim().faultThreadStart(o.uffd, fd, o.ramBase, o.pageSize, o.pages, o.flags, o.readahead, ch.#status.ptr, ch.#ring.ptr,
       RING_ENTRIES, o.blocktime ? 1 : 0, clockBaseNs()), 'fault thread');
     return ch;
   }

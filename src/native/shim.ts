@@ -40,7 +40,7 @@ export interface Shim {
   faultHandlerRun: KoffiFunc<[uffd: number, src: number, pageSize: number, expected: number, stopFd: number], number | bigint>;
   pageDigests(base: number, pageSize: number, first: number, count: number, out: BigUint64Array): void;
   streamBaseline: KoffiFunc<[bytes: number, tcp: number], number | bigint>;
-  faultThreadStart(uffd: number, sock: number, ramBase: number, pageSize: number, pages: number, flags: number,
+  faultThreadStart(uffd: number, sock: number, ramBase: number, pageSize: number, pages: number, flags: number, readahead: number,
     status: bigint, ring: bigint, ringSize: number, blocktime: number, clockBase: number): number | bigint;
   pageServerStart(sock: number, ramBase: number, pageSize: number, pages: number,
     status: bigint, ring: bigint, ringSize: number, clockBase: number): number | bigint;
@@ -80,7 +80,7 @@ export function loadShim(): Shim {
       unknown as Shim['pageDigests'],
     streamBaseline: lib.func('int64_t pc_stream_baseline(uint64_t bytes, int tcp)') as unknown as Shim['streamBaseline'],
     faultThreadStart: lib.func('uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t page_size, ' +
-      'uint64_t pages, uint64_t flags, void *status, void *ring, uint32_t ring_size, int blocktime, double clock_base)') as
+      'uint64_t pages, uint64_t flags, uint32_t readahead, void *status, void *ring, uint32_t ring_size, int blocktime, double clock_base)') as
       Shim['faultThreadStart'],
     pageServerStart: lib.func('uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, ' +
       'void *status, void *ring, uint32_t ring_size, double clock_base)') as Shim['pageServerStart'],

@@ -79,7 +79,8 @@ describe('piped scripts', () => {
     expect(lines).toContain('downtime-limit: 300 ms');
     // no migration yet: QEMU's info migrate prints nothing
     expect(lines[lines.length - 1]).toBe('');
-    expect(lines[lines.length - 2]).toMatch(/^x-blocktime-trace: /);
+    expect(lines[lines.length - 3]).toMatch(/^x-blocktime-trace: /);
+    expect(lines[lines.length - 2]).toBe('x-postcopy-readahead: 0 pages');
   });
 
   it('prints QEMU error texts for bad input and goes on', async () => {

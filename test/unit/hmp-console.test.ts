@@ -23,7 +23,7 @@ class FakeMachine implements Machine {
   errorDesc: string | undefined;
   state: RunState = 'running';
   caps = new Map<string, boolean>(IMPLEMENTED_CAPABILITIES.map((c) => [c, false]));
-  params: MigrationParameters = { 'max-bandwidth': 134217728, 'downtime-limit': 300, 'max-postcopy-bandwidth': 0, 'x-blocktime-trace': '' };
+  params: MigrationParameters = { 'max-bandwidth': 134217728, 'downtime-limit': 300, 'max-postcopy-bandwidth': 0, 'x-blocktime-trace': '', 'x-postcopy-readahead': 0 };
   report: BlocktimeReport | undefined;
   migrateCalls: string[] = [];
   quitCalls = 0;
@@ -196,6 +196,8 @@ describe('HMP console, scripts', () => {
       'migrate_set_parameter max-bandwidth 64',
       'migrate_set_parameter downtime-limit 500',
       'migrate_set_parameter max-postcopy-bandwidth 1M',
+      'migrate_set_parameter x-postcopy-readahead 32',
+      'migrate_set_parameter x-postcopy-readahead 1M',
       'migrate_set_parameter nonsense 1',
       'migrate_set_parameter multifd-channels 4',
       'info migrate_capabilities',
@@ -204,6 +206,8 @@ describe('HMP console, scripts', () => {
     expect(machine.params['max-bandwidth']).toBe(64 * 2 ** 20);
     expect(machine.params['downtime-limit']).toBe(500);
     expect(machine.params['max-postcopy-bandwidth']).toBe(2 ** 20);
+    expect(machine.params['x-postcopy-readahead']).toBe(32);
+    expect(text).toContain("Error: Parameter 'x-postcopy-readahead' expects a number of pages\n");
     expect(text).toContain('Error: invalid parameter value: nonsense\n');
     // QEMU has it, this engine does not: said so, with what it has
     expect(text).toContain("Error: Parameter 'multifd-channels' is not supported by this migration engine (supported: max-bandwidth, ");

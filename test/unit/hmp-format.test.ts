@@ -83,9 +83,9 @@ describe('other info views', () => {
   it('capabilities and parameters', () => {
     expect(formatCapabilities([{ capability: 'postcopy-ram', state: true }, { capability: 'events', state: false }]))
       .toEqual(['postcopy-ram: on', 'events: off']);
-    expect(formatParameters({ 'max-bandwidth': 134217728, 'downtime-limit': 300, 'max-postcopy-bandwidth': 0, 'x-blocktime-trace': '' }))
+    expect(formatParameters({ 'max-bandwidth': 134217728, 'downtime-limit': 300, 'max-postcopy-bandwidth': 0, 'x-blocktime-trace': '', 'x-postcopy-readahead': 16 }))
       .toEqual(['max-bandwidth: 134217728 bytes/second', 'max-postcopy-bandwidth: 0 bytes/second',
-        'downtime-limit: 300 ms', "x-blocktime-trace: ''"]);
+        'downtime-limit: 300 ms', "x-blocktime-trace: ''", 'x-postcopy-readahead: 16 pages']);
   });
   it('progress line: status, percent, throughput, blocktime; no colour codes when off', () => {
     const line = formatProgress({ status: 'postcopy-active', ram: { ...ram, 'postcopy-requests': 9 } }, 42, false);

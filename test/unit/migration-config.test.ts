@@ -57,8 +57,9 @@ describe('Capabilities', () => {
 describe('Parameters', () => {
   test('QEMU defaults and validated updates', () => {
     const p = new Parameters();
-    expect(p.get()).toEqual({ 'max-bandwidth': 134217728, 'downtime-limit': 300, 'max-postcopy-bandwidth': 0, 'x-blocktime-trace': '' });
-    p.set({ 'max-bandwidth': 1000, 'downtime-limit': 50, 'x-blocktime-trace': '/tmp/t.jsonl' });
+    expect(p.get()).toEqual({ 'max-bandwidth': 134217728, 'downtime-limit': 300, 'max-postcopy-bandwidth': 0, 'x-blocktime-trace': '', 'x-postcopy-readahead': 0 });
+    p.set({ 'max-bandwidth': 1000, 'downtime-limit': 50, 'x-blocktime-trace': '/tmp/t.jsonl', 'x-postcopy-readahead': 255 });
+    expect(p.value('x-postcopy-readahead')).toBe(255);
     expect(p.value('max-bandwidth')).toBe(1000);
     expect(p.value('downtime-limit')).toBe(50);
     expect(p.value('x-blocktime-trace')).toBe('/tmp/t.jsonl');
@@ -67,6 +68,8 @@ describe('Parameters', () => {
     [{ 'max-bandwidth': -1 }, /non-negative integer/], [{ 'max-bandwidth': 1.5 }, /non-negative integer/],
     [{ 'downtime-limit': 3000000 }, /range of 0 to 2000000/], [{ 'downtime-limit': 'x' }, /expected: integer/],
     [{ 'no-such': 1 }, /Parameter 'no-such' is unexpected/], [{ 'x-blocktime-trace': 5 }, /expected: string/],
+    [{ 'x-postcopy-readahead': 256 }, /'x-postcopy-readahead' expects an integer in the range of 0 to 255 \(pages\)/],
+    [{ 'x-postcopy-readahead': -1 }, /range of 0 to 255/], [{ 'x-postcopy-readahead': '8' }, /expected: integer/],
   ])('%j refused, nothing applied', (change, re) => {
     const p = new Parameters();
     expect(() => p.set({ 'max-bandwidth': 5, ...change })).toThrow(re);

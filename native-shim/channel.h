@@ -24,7 +24,8 @@
 #define PC_REC_PAGES 0x02
 #define PC_REC_ZERO 0x03
 #define PC_RP_REQ_PAGES 0x41
-/* REQ_PAGES flag: pages after a faulted one, asked for ahead of need */
+/* flag of REQ_PAGES, and of the PAGES/ZERO records answering it: pages
+ * after a faulted one, asked for ahead of need */
 #define PC_REQ_READAHEAD 0x01
 
 /* destination page flags (incoming.ts): the page's content is here */

@@ -82,48 +82,93 @@ static int place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8
     return pc_channel_push(c, PC_EV_PLACED, (double)(off / c->page_size), (double)count, pc_channel_now(c));
 }
 
-/* Places what arrived: every complete record in c->in, and the complete
- * pages of a PAGES record still arriving (c->head_placed of them placed so
- * far), so a vCPU following a read-ahead run waits for its page only, not for
- * the whole run. Returns -1 when the channel failed. */
-static int place_arrived(struct pc_channel *c)
+static int read_faults(struct pc_channel *c);
+
+/* flags byte of a record in c->in: placed already (ours, never on the wire) */
+#define REC_DONE 0x80
+/* read-ahead is placed this many pages at a time, with a look at new faults between */
+#define READAHEAD_PIECE 16
+
+/* Checks the record header at r; returns its length, or 0 (the channel failed). */
+static size_t record_length(struct pc_channel *c, const uint8_t *r)
 {
     const uint64_t ps = c->page_size;
-    size_t pos = 0;
-    while (c->in_len - pos >= PC_RECORD_HEADER) {
-        const uint8_t *r = c->in + pos;
-        uint32_t count = pc_le32(r + 4);
-        uint64_t off = pc_le64(r + 8);
-        if (r[0] != PC_REC_PAGES && r[0] != PC_REC_ZERO) {
-            pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: unexpected record type 0x%02x (expected PAGES or ZERO)", r[0]);
+    uint32_t count = pc_le32(r + 4);
+    uint64_t off = pc_le64(r + 8);
+    if (r[0] != PC_REC_PAGES && r[0] != PC_REC_ZERO) {
+        pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: unexpected record type 0x%02x (expected PAGES or ZERO)", r[0]);
+        return 0;
+    }
+    if ((r[1] & ~(PC_REQ_READAHEAD | REC_DONE)) != 0 || r[2] != 0 || r[3] != 0) {
+        pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: %s record with reserved bits set", r[0] == PC_REC_PAGES ? "PAGES" : "ZERO");
+        return 0;
+    }
+    if (count == 0 || count > PC_MAX_RUN_PAGES || off % ps != 0 || off / ps >= c->pages || count > c->pages - off / ps) {
+        pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: %s record of %u pages at offset %llu is outside guest RAM (%llu pages)",
+                        r[0] == PC_REC_PAGES ? "PAGES" : "ZERO", count, (unsigned long long)off, (unsigned long long)c->pages);
+        return 0;
+    }
+    return PC_RECORD_HEADER + (r[0] == PC_REC_PAGES ? (size_t)count * ps : 0);
+}
+
+/* Places pages [from, to) of the record at r. Read-ahead goes in pieces,
+ * with new faults read (and their requests sent) between pieces. */
+static int place_record(struct pc_channel *c, const uint8_t *r, uint64_t from, uint64_t to)
+{
+    const uint64_t ps = c->page_size;
+    uint64_t off = pc_le64(r + 8);
+    const uint8_t *data = r[0] == PC_REC_PAGES ? r + PC_RECORD_HEADER : NULL;
+    while (from < to) {
+        uint64_t n = (r[1] & PC_REQ_READAHEAD) && to - from > READAHEAD_PIECE ? READAHEAD_PIECE : to - from;
+        if (place(c, off + from * ps, n, data ? data + from * ps : NULL) < 0)
             return -1;
-        }
-        if (count == 0 || count > PC_MAX_RUN_PAGES || off % ps != 0 || off / ps >= c->pages || count > c->pages - off / ps) {
-            pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: %s record of %u pages at offset %llu is outside guest RAM (%llu pages)",
-                            r[0] == PC_REC_PAGES ? "PAGES" : "ZERO", count, (unsigned long long)off, (unsigned long long)c->pages);
+        from += n;
+        if (from < to && c->out_cap - c->out_len >= 2 * 64 * PC_RECORD_HEADER &&
+            (read_faults(c) < 0 || pc_channel_flush(c) < 0))
             return -1;
-        }
-        size_t len = PC_RECORD_HEADER + (r[0] == PC_REC_PAGES ? (size_t)count * ps : 0);
-        uint64_t done = pos == 0 ? c->head_placed : 0;
-        if (c->in_len - pos < len) { /* the rest is on its way: place the whole pages here */
-            uint64_t whole = r[0] == PC_REC_PAGES ? (c->in_len - pos - PC_RECORD_HEADER) / ps : 0;
-            if (whole > done) {
-                if (place(c, off + done * ps, whole - done, r + PC_RECORD_HEADER + done * ps) < 0)
-                    return -1;
-                done = whole;
-            }
-            c->head_placed = done; /* of this record, at the front after the memmove below */
+    }
+    return 0;
+}
+
+/* Places what arrived in c->in: first the complete records that answer
+ * faults, wherever they are behind read-ahead, then the complete read-ahead
+ * records, then the whole pages of a record still arriving (c->head_placed
+ * counts those of the record at c->in[0]), so a vCPU following a read-ahead
+ * run waits for its page only. Returns -1 when the channel failed. */
+static int place_arrived(struct pc_channel *c)
+{
+    size_t end = 0, len = 0;
+    while (c->in_len - end >= PC_RECORD_HEADER) { /* the complete records: [0, end) */
+        if ((len = record_length(c, c->in + end)) == 0)
+            return -1;
+        if (c->in_len - end < len)
             break;
+        end += len;
+    }
+    for (int readahead = 0; readahead <= 1; readahead++) {
+        for (size_t pos = 0; pos < end; pos += record_length(c, c->in + pos)) {
+            uint8_t *r = c->in + pos;
+            if ((r[1] & REC_DONE) || ((r[1] & PC_REQ_READAHEAD) != 0) != readahead)
+                continue;
+            if (place_record(c, r, pos == 0 ? c->head_placed : 0, pc_le32(r + 4)) < 0)
+                return -1;
+            r[1] |= REC_DONE;
         }
-        if (place(c, off + done * ps, count - done, r[0] == PC_REC_PAGES ? r + PC_RECORD_HEADER + done * ps : NULL) < 0)
-            return -1;
-        c->head_placed = 0;
-        pos += len;
     }
-    if (pos > 0) {
-        memmove(c->in, c->in + pos, c->in_len - pos);
-        c->in_len -= pos;
+    uint64_t done = end == 0 ? c->head_placed : 0;
+    if (c->in_len - end >= PC_RECORD_HEADER && c->in[end] == PC_REC_PAGES) { /* arriving: its whole pages */
+        uint64_t whole = (c->in_len - end - PC_RECORD_HEADER) / c->page_size;
+        if (whole > done) {
+            if (place_record(c, c->in + end, done, whole) < 0)
+                return -1;
+            done = whole;
+        }
     }
+    if (end > 0) {
+        memmove(c->in, c->in + end, c->in_len - end);
+        c->in_len -= end;
+    }
+    c->head_placed = c->in_len >= PC_RECORD_HEADER ? done : 0;
     return 0;
 }
 

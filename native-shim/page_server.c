@@ -21,13 +21,44 @@ static int page_is_zero(const uint8_t *p, uint64_t len)
     return 1;
 }
 
-/* Answers the complete requests in c->in while the output has room.
- * Returns -1 on a malformed request (the channel failed). */
+/* Answers the request at r (checked), if the output has room: PAGES and
+ * ZERO records, flagged READAHEAD when the request was. 0 = no room yet,
+ * 1 = answered, -1 = stop asked. */
+static int answer(struct pc_channel *c, const uint8_t *r)
+{
+    const uint64_t ps = c->page_size;
+    uint64_t off = pc_le64(r + 8);
+    uint64_t count = pc_le32(r + 4) / ps;
+    int readahead = r[1] & PC_REQ_READAHEAD;
+    /* worst case: every page a record of its own */
+    if (c->out_cap - c->out_len < count * (PC_RECORD_HEADER + ps))
+        return 0;
+    c->st->stats[readahead ? PC_SRC_READAHEAD : PC_SRC_REQUESTS] += (double)count;
+    const uint8_t *src = (const uint8_t *)(uintptr_t)(c->base + off);
+    for (uint64_t i = 0; i < count;) { /* runs of zero pages and of data pages */
+        int zero = page_is_zero(src + i * ps, ps);
+        uint64_t j = i + 1;
+        while (j < count && page_is_zero(src + j * ps, ps) == zero)
+            j++;
+        size_t bytes = PC_RECORD_HEADER + (zero ? 0 : (j - i) * ps);
+        pc_put_record(c->out + c->out_len, zero ? PC_REC_ZERO : PC_REC_PAGES, readahead, (uint32_t)(j - i), off + i * ps);
+        if (!zero)
+            memcpy(c->out + c->out_len + PC_RECORD_HEADER, src + i * ps, (j - i) * ps);
+        c->out_len += bytes;
+        c->st->stats[zero ? PC_SRC_ZERO : PC_SRC_NORMAL] += (double)(j - i);
+        i = j;
+    }
+    return pc_channel_push(c, PC_EV_SERVED, (double)(off / ps), (double)count, pc_channel_now(c)) < 0 ? -1 : 1;
+}
+
+/* Answers the complete requests in c->in while the output has room: those
+ * for faulted pages first, then read-ahead. Returns -1 on a malformed
+ * request (the channel failed) or when asked to stop. */
 static int serve(struct pc_channel *c)
 {
     const uint64_t ps = c->page_size;
-    size_t pos = 0;
-    while (c->in_len - pos >= PC_RECORD_HEADER) {
+    size_t end = c->in_len - c->in_len % PC_RECORD_HEADER;
+    for (size_t pos = 0; pos < end; pos += PC_RECORD_HEADER) {
         const uint8_t *r = c->in + pos;
         uint32_t len = pc_le32(r + 4);
         uint64_t off = pc_le64(r + 8);
@@ -43,31 +74,31 @@ static int serve(struct pc_channel *c)
                             (unsigned long long)off, len, (unsigned long long)c->pages, (unsigned long long)ps);
             return -1;
         }
-        uint64_t count = len / ps;
-        /* worst case: every page a record of its own */
-        if (c->out_cap - c->out_len < count * (PC_RECORD_HEADER + ps))
-            break; /* the rest once the socket took this */
-        c->st->stats[r[1] & PC_REQ_READAHEAD ? PC_SRC_READAHEAD : PC_SRC_REQUESTS] += (double)count;
-        const uint8_t *src = (const uint8_t *)(uintptr_t)(c->base + off);
-        for (uint64_t i = 0; i < count;) { /* runs of zero pages and of data pages */
-            int zero = page_is_zero(src + i * ps, ps);
-            uint64_t j = i + 1;
-            while (j < count && page_is_zero(src + j * ps, ps) == zero)
-                j++;
-            size_t bytes = PC_RECORD_HEADER + (zero ? 0 : (j - i) * ps);
-            pc_put_record(c->out + c->out_len, zero ? PC_REC_ZERO : PC_REC_PAGES, 0, (uint32_t)(j - i), off + i * ps);
-            if (!zero)
-                memcpy(c->out + c->out_len + PC_RECORD_HEADER, src + i * ps, (j - i) * ps);
-            c->out_len += bytes;
-            c->st->stats[zero ? PC_SRC_ZERO : PC_SRC_NORMAL] += (double)(j - i);
-            i = j;
-        }
-        if (pc_channel_push(c, PC_EV_SERVED, (double)(off / ps), (double)count, pc_channel_now(c)) < 0)
-            return -1;
-        pos += PC_RECORD_HEADER;
     }
-    memmove(c->in, c->in + pos, c->in_len - pos);
-    c->in_len -= pos;
+    for (int readahead = 0; readahead <= 1; readahead++) {
+        for (size_t pos = 0; pos < end; pos += PC_RECORD_HEADER) {
+            uint8_t *r = c->in + pos;
+            if (r[0] == 0 || (r[1] & PC_REQ_READAHEAD) != readahead)
+                continue;
+            int a = answer(c, r);
+            if (a < 0)
+                return -1;
+            if (a == 0)
+                goto compact; /* the rest once the socket took this */
+            r[0] = 0; /* answered (no record of type 0 is left after the compaction below) */
+        }
+    }
+compact: { /* drop the answered requests, keep the others in order */
+        size_t kept = 0;
+        for (size_t pos = 0; pos < c->in_len; pos += PC_RECORD_HEADER) {
+            size_t n = c->in_len - pos < PC_RECORD_HEADER ? c->in_len - pos : PC_RECORD_HEADER;
+            if (n == PC_RECORD_HEADER && c->in[pos] == 0)
+                continue;
+            memmove(c->in + kept, c->in + pos, n);
+            kept += n;
+        }
+        c->in_len = kept;
+    }
     return 0;
 }
 

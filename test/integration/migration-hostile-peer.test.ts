@@ -83,6 +83,11 @@ run('a migration peer that is no migration engine', () => {
       writeRecordHeader(r, 0, REC_PAGES, 0, 1, 64 * MiB);
       return r;
     })(), /urgent channel: PAGES record of 1 pages at offset 67108864 is outside guest RAM \(16384 pages\)/],
+    ['pages with reserved flag bits', (() => {
+      const r = Buffer.alloc(RECORD_HEADER_BYTES + 4096);
+      writeRecordHeader(r, 0, REC_PAGES, 0x40, 1, 0);
+      return r;
+    })(), /urgent channel: PAGES record with reserved bits set/],
   ])('destination in postcopy fed %s on the urgent channel: failed with the reason, monitor still answers', async (_what, garbage, reason) => {
     const path = lab.path('pc.sock');
     const dst = await lab.vm('dst', ['-m', '64M', '-smp', '1', '-workload', 'sweep,end=64M', '-incoming', `unix:${path}`]);

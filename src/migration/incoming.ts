@@ -410,14 +410,19 @@ export class IncomingMigration implements StreamHandler {
     }
   };
 
+  /** the fault thread's events so far, and its counters */
+  private takeChannelFigures(ch: PageChannel): void {
+    ch.drain(this.onChannelEvent);
+    this.channelStats = [ch.stat(FaultThreadStat.Requests), ch.stat(FaultThreadStat.Placed), ch.stat(FaultThreadStat.ZeroPlaced), ch.stat(FaultThreadStat.BytesIn)];
+  }
+
   /** Stops the fault thread and takes its last events and figures. */
   private stopChannel(): void {
     const ch = this.channel;
     if (ch === null) return;
     if (this.drainTimer) { clearInterval(this.drainTimer); this.drainTimer = null; }
     ch.stop();
-    ch.drain(this.onChannelEvent);
-    this.channelStats = [ch.stat(FaultThreadStat.Requests), ch.stat(FaultThreadStat.Placed), ch.stat(FaultThreadStat.ZeroPlaced), ch.stat(FaultThreadStat.BytesIn)];
+    this.takeChannelFigures(ch);
     ch.dispose();
     this.channel = null;
   }
@@ -571,9 +576,9 @@ export class IncomingMigration implements StreamHandler {
     }
   }
 
-  /** After completion (or a failure before postcopy): un-register guest RAM;
-   *  untouched zero pages fault normally from now on. Without a fault thread to
-   *  stop, the un-registering is done when this returns. */
+  /** After completion (or a failure before postcopy): stop the fault thread
+   *  (joined at once), un-register guest RAM; untouched zero pages fault
+   *  normally from now on. All done when this returns. */
   private async releaseUffd(): Promise<void> {
     this.stopChannel();
     const u = this.uffd;
@@ -626,11 +631,7 @@ export class IncomingMigration implements StreamHandler {
   }
 
   ramStats(): MigrationRamStats {
-    const ch = this.channel;
-    if (ch !== null) {
-      ch.drain(this.onChannelEvent);
-      this.channelStats = [ch.stat(FaultThreadStat.Requests), ch.stat(FaultThreadStat.Placed), ch.stat(FaultThreadStat.ZeroPlaced), ch.stat(FaultThreadStat.BytesIn)];
-    }
+    if (this.channel !== null) this.takeChannelFigures(this.channel);
     const [requests, urgentNormal, urgentZero, urgentBytes] = this.channelStats;
     const bytesIn = this.bytesIn + urgentBytes;
     const normal = this.normal + urgentNormal;

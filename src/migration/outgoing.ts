@@ -240,9 +240,17 @@ export class OutgoingMigration implements ReturnHandler {
     if (ps === null) return;
     if (ps.drain(this.onServed) > 0) this.pump();
     const st = ps.state;
+    if (st === 'running') return;
+    if (this.drainTimer) { clearInterval(this.drainTimer); this.drainTimer = null; } // said once
     if (st === 'closed' && this.phase !== 'done') this.failLater('the destination closed the urgent channel');
     else if (st === 'failed') this.fail(ps.error);
   };
+
+  /** the page server's sends so far, and its counters */
+  private takeServerFigures(ps: PageChannel): void {
+    ps.drain(this.onServed);
+    this.serverStats = [ps.stat(PageServerStat.Requests), ps.stat(PageServerStat.Normal), ps.stat(PageServerStat.Zero), ps.stat(PageServerStat.BytesOut)];
+  }
 
   /** Stops the page server and keeps its figures. */
   private stopPageServer(): void {
@@ -250,8 +258,7 @@ export class OutgoingMigration implements ReturnHandler {
     if (ps === null) return;
     if (this.drainTimer) { clearInterval(this.drainTimer); this.drainTimer = null; }
     ps.stop();
-    ps.drain(this.onServed);
-    this.serverStats = [ps.stat(PageServerStat.Requests), ps.stat(PageServerStat.Normal), ps.stat(PageServerStat.Zero), ps.stat(PageServerStat.BytesOut)];
+    this.takeServerFigures(ps);
     ps.dispose();
     this.pageServer = null;
   }
@@ -624,11 +631,7 @@ export class OutgoingMigration implements ReturnHandler {
   get requestsInFlight(): number { return this.inflightHits; }
 
   ramStats(): MigrationRamStats {
-    const ps = this.pageServer;
-    if (ps !== null) {
-      ps.drain(this.onServed);
-      this.serverStats = [ps.stat(PageServerStat.Requests), ps.stat(PageServerStat.Normal), ps.stat(PageServerStat.Zero), ps.stat(PageServerStat.BytesOut)];
-    }
+    if (this.pageServer !== null) this.takeServerFigures(this.pageServer);
     const [requests, urgentNormal, urgentZero, urgentBytes] = this.serverStats;
     const transferred = this.transferred + urgentBytes;
     const normal = this.normal + urgentNormal;

@@ -116,7 +116,7 @@ int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in)
 
 struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, uint64_t pages,
                                   struct pc_channel_status *st, double *ring, uint32_t ring_size,
-                                  double clock_base, size_t in_cap, size_t out_cap)
+                                  double clock_base, size_t in_cap, size_t out_cap, int stat_bytes_in, int stat_bytes_out)
 {
     struct pc_channel *c = ring_size != 0 && (ring_size & (ring_size - 1)) == 0 ? calloc(1, sizeof *c) : NULL;
     if (!c) {
@@ -133,6 +133,8 @@ struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, u
     c->ring_mask = ring_size - 1;
     c->clock_base = clock_base;
     c->in_cap = in_cap;
+    c->stat_bytes_in = stat_bytes_in;
+    c->stat_bytes_out = stat_bytes_out;
     c->out_cap = out_cap;
     c->in = malloc(in_cap);
     c->out = malloc(out_cap);

@@ -99,7 +99,7 @@ int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in);
 /* NULL when out of memory (the socket is closed then) */
 struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, uint64_t pages,
                                   struct pc_channel_status *st, double *ring, uint32_t ring_size,
-                                  double clock_base, size_t in_cap, size_t out_cap);
+                                  double clock_base, size_t in_cap, size_t out_cap, int stat_bytes_in, int stat_bytes_out);
 /* starts run(c); on failure frees c (and closes its socket) */
 int pc_channel_spawn(struct pc_channel *c, void *(*run)(void *));
 void pc_channel_free(struct pc_channel *c);

@@ -271,15 +271,13 @@ uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t p
 {
     size_t rec = PC_RECORD_HEADER + PC_MAX_RUN_PAGES * page_size;
     struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base,
-                                          2 * rec, 4096 * PC_RECORD_HEADER);
+                                          2 * rec, 4096 * PC_RECORD_HEADER, PC_DST_BYTES_IN, PC_DST_BYTES_OUT);
     if (!c)
         return 0;
     c->uffd = uffd;
     c->blocktime = blocktime;
     c->readahead = readahead < PC_MAX_RUN_PAGES ? readahead : PC_MAX_RUN_PAGES - 1;
     c->flags = (const uint8_t *)(uintptr_t)flags;
-    c->stat_bytes_in = PC_DST_BYTES_IN;
-    c->stat_bytes_out = PC_DST_BYTES_OUT;
     c->requested = calloc(pages, 1);
     if (!c->requested) {
         pc_channel_free(c);

@@ -129,12 +129,8 @@ uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, u
 {
     size_t rec = PC_RECORD_HEADER + PC_MAX_RUN_PAGES * page_size;
     struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base,
-                                          64 * PC_RECORD_HEADER, 2 * rec);
-    if (!c)
-        return 0;
-    c->stat_bytes_in = PC_SRC_BYTES_IN;
-    c->stat_bytes_out = PC_SRC_BYTES_OUT;
-    if (pc_channel_spawn(c, page_server_run) != 0)
+                                          64 * PC_RECORD_HEADER, 2 * rec, PC_SRC_BYTES_IN, PC_SRC_BYTES_OUT);
+    if (!c || pc_channel_spawn(c, page_server_run) != 0)
         return 0;
     return (uint64_t)(uintptr_t)c;
 }

@@ -105,8 +105,8 @@ export class IncomingMigration implements StreamHandler {
   private duplicate = 0;
   private discarded = 0;
   private placeCalls = 0;
-  /** the fault thread's figures: requests, pages placed, zero pages placed, bytes in */
-  private channelStats: [number, number, number, number] = [0, 0, 0, 0];
+  /** the fault thread's counters once it stopped (FaultThreadStat indices) */
+  private channelStats: Float64Array = new Float64Array(16);
   private startMs = 0;
   private endMs = -1;
 
@@ -410,20 +410,12 @@ export class IncomingMigration implements StreamHandler {
     }
   };
 
-  /** the fault thread's events so far, and its counters */
-  private takeChannelFigures(ch: PageChannel): void {
-    ch.drain(this.onChannelEvent);
-    this.channelStats = [ch.stat(FaultThreadStat.Requests), ch.stat(FaultThreadStat.Placed), ch.stat(FaultThreadStat.ZeroPlaced), ch.stat(FaultThreadStat.BytesIn)];
-  }
-
   /** Stops the fault thread and takes its last events and figures. */
   private stopChannel(): void {
     const ch = this.channel;
     if (ch === null) return;
     if (this.drainTimer) { clearInterval(this.drainTimer); this.drainTimer = null; }
-    ch.stop();
-    this.takeChannelFigures(ch);
-    ch.dispose();
+    this.channelStats = ch.close(this.onChannelEvent);
     this.channel = null;
   }
 
@@ -631,8 +623,11 @@ export class IncomingMigration implements StreamHandler {
   }
 
   ramStats(): MigrationRamStats {
-    if (this.channel !== null) this.takeChannelFigures(this.channel);
-    const [requests, urgentNormal, urgentZero, urgentBytes] = this.channelStats;
+    const f = this.channel?.figures(this.onChannelEvent) ?? this.channelStats;
+    const requests = f[FaultThreadStat.Requests];
+    const urgentNormal = f[FaultThreadStat.Placed];
+    const urgentZero = f[FaultThreadStat.ZeroPlaced];
+    const urgentBytes = f[FaultThreadStat.BytesIn];
     const bytesIn = this.bytesIn + urgentBytes;
     const normal = this.normal + urgentNormal;
     const duplicate = this.duplicate + urgentZero;

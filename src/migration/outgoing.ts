@@ -89,8 +89,8 @@ export class OutgoingMigration implements ReturnHandler {
   /** the native page server, in postcopy */
   private pageServer: PageChannel | null = null;
   private drainTimer: NodeJS.Timeout | null = null;
-  /** the page server's figures: requests, pages, zero pages, bytes out */
-  private serverStats: [number, number, number, number] = [0, 0, 0, 0];
+  /** the page server's counters once it stopped (PageServerStat indices) */
+  private serverStats: Float64Array = new Float64Array(16);
   private decoder: ReturnDecoder;
   private tracker: DirtyTracker | null = null;
   private phase: Phase = 'connecting';
@@ -246,20 +246,12 @@ export class OutgoingMigration implements ReturnHandler {
     else if (st === 'failed') this.fail(ps.error);
   };
 
-  /** the page server's sends so far, and its counters */
-  private takeServerFigures(ps: PageChannel): void {
-    ps.drain(this.onServed);
-    this.serverStats = [ps.stat(PageServerStat.Requests), ps.stat(PageServerStat.Normal), ps.stat(PageServerStat.Zero), ps.stat(PageServerStat.BytesOut)];
-  }
-
   /** Stops the page server and keeps its figures. */
   private stopPageServer(): void {
     const ps = this.pageServer;
     if (ps === null) return;
     if (this.drainTimer) { clearInterval(this.drainTimer); this.drainTimer = null; }
-    ps.stop();
-    this.takeServerFigures(ps);
-    ps.dispose();
+    this.serverStats = ps.close(this.onServed);
     this.pageServer = null;
   }
 
@@ -631,8 +623,11 @@ export class OutgoingMigration implements ReturnHandler {
   get requestsInFlight(): number { return this.inflightHits; }
 
   ramStats(): MigrationRamStats {
-    if (this.pageServer !== null) this.takeServerFigures(this.pageServer);
-    const [requests, urgentNormal, urgentZero, urgentBytes] = this.serverStats;
+    const f = this.pageServer?.figures(this.onServed) ?? this.serverStats;
+    const requests = f[PageServerStat.Requests];
+    const urgentNormal = f[PageServerStat.Normal];
+    const urgentZero = f[PageServerStat.Zero];
+    const urgentBytes = f[PageServerStat.BytesOut];
     const transferred = this.transferred + urgentBytes;
     const normal = this.normal + urgentNormal;
     const duplicate = this.duplicate + urgentZero;

@@ -124,6 +124,21 @@ export class PageChannel {
   get errno(): number { return this.#i32[ST_ERRNO]; }
   stat(i: number): number { return this.#stats[i]; }
 
+  /** The events so far to `sink`, then the counters (a live view: read it now). */
+  figures(sink: ChannelEventSink): Float64Array {
+    this.drain(sink);
+    return this.#stats;
+  }
+
+  /** Stops the thread, hands its last events to `sink`, frees the native
+   *  memory; returns a copy of the final counters. */
+  close(sink: ChannelEventSink): Float64Array {
+    this.stop();
+    const last = this.figures(sink).slice();
+    this.dispose();
+    return last;
+  }
+
   /** Hands every event pushed so far to `sink`, in order; returns how many. */
   drain(sink: ChannelEventSink): number {
     const u32 = this.#u32;

@@ -27,30 +27,17 @@
 #define PS 4096
 #define HDR 16
 
-static int read_full(int fd, uint8_t *b, size_t n)
+/* reads (out = 0) or writes (out = 1) exactly n bytes; -1 on EOF or error */
+static int transfer_full(int fd, uint8_t *b, size_t n, int out)
 {
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = read(fd, b + got, n - got);
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = out ? write(fd, b + done, n - done) : read(fd, b + done, n - done);
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0)
             return -1;
-        got += (size_t)r;
-    }
-    return 0;
-}
-
-static int write_full(int fd, const uint8_t *b, size_t n)
-{
-    size_t put = 0;
-    while (put < n) {
-        ssize_t r = write(fd, b + put, n - put);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        put += (size_t)r;
+        done += (size_t)r;
     }
     return 0;
 }
@@ -77,9 +64,9 @@ static void *server(void *arg)
     int fd = *(int *)arg;
     uint8_t req[HDR], out[HDR + PS];
     memset(out, 0x5a, sizeof out);
-    while (read_full(fd, req, HDR) == 0) {
+    while (transfer_full(fd, req, HDR, 0) == 0) {
         memcpy(out, req, HDR); /* the reply names the page */
-        if (write_full(fd, out, sizeof out) != 0)
+        if (transfer_full(fd, out, sizeof out, 1) != 0)
             break;
     }
     return NULL;
@@ -145,7 +132,7 @@ double pc_remote_fault_baseline(uint64_t pages, int tcp)
         double t0 = now_ns();
         uint64_t addr = msg.arg.pagefault.address & ~(uint64_t)(PS - 1);
         memcpy(req + 8, &addr, 8);
-        if (write_full(fds[0], req, HDR) != 0 || read_full(fds[0], in, sizeof in) != 0) { err = -EPIPE; break; }
+        if (transfer_full(fds[0], req, HDR, 1) != 0 || transfer_full(fds[0], in, sizeof in, 0) != 0) { err = -EPIPE; break; }
         struct uffdio_copy cp = { .dst = addr, .src = (uint64_t)(uintptr_t)(in + HDR), .len = PS, .mode = 0 };
         if (ioctl(uffd, UFFDIO_COPY, &cp) < 0 && errno != EEXIST) { err = -errno; break; }
         sum += now_ns() - t0;

@@ -44,6 +44,8 @@ const PLACE_RETRIES = 1000;
 const ACK_EVERY = 64 * 1024;
 /** how often the fault thread's events are drained and its state looked at */
 const DRAIN_EVERY_MS = 2;
+/** how long the postcopy switchover waits for the urgent channel's HEADER */
+const URGENT_WAIT_MS = 5000;
 
 export interface IncomingOptions {
   ram: GuestMemory;
@@ -349,6 +351,11 @@ export class IncomingMigration implements StreamHandler {
     if (this.uffd === null) throw new WireError('postcopy switchover, but the stream header did not advise postcopy');
     this.postcopy = true; // pages from here on are placed atomically
     this.maybeStartPostcopy();
+    if (!this.urgentReady) {
+      setTimeout(() => {
+        if (!this.urgentReady) this.failWith(`postcopy switchover, but the urgent channel did not come within ${URGENT_WAIT_MS / 1000} s`, true);
+      }, URGENT_WAIT_MS).unref();
+    }
   }
 
   /** Starts the vCPUs with the fault thread once both the switchover and

@@ -105,6 +105,9 @@ export class OutgoingMigration implements ReturnHandler {
   private round = 0;
   private needCount: number;
   private vcpusStopped = false;
+  /** the postcopy SWITCHOVER (the vCPU state) went out: the guest may run on
+   *  the destination now, so it never runs here again */
+  private postcopyStatesSent = false;
   private destRunning = false;
   private roundStartMs = 0;
   private roundBytes = 0;
@@ -202,11 +205,14 @@ export class OutgoingMigration implements ReturnHandler {
   private connectUrgent(addr: MigrationAddress): void {
     const u = addr.transport === 'tcp' ? net.connect({ host: addr.host, port: addr.port }) : net.connect({ path: addr.path });
     this.urgentSocket = u;
+    const timer = setTimeout(() => u.destroy(new Error(`connecting timed out after ${CONNECT_TIMEOUT_MS / 1000} s`)), CONNECT_TIMEOUT_MS);
+    timer.unref();
     this.urgentReady = new Promise<void>((resolve, reject) => {
       u.once('connect', () => {
+        clearTimeout(timer);
         u.setNoDelay(true);
         u.write(encodeHeader({ pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload, urgent: true }),
-          (e) => { if (e) reject(e); else resolve(); });
+          (e) => { if (e) reject(new Error(`urgent channel: ${e.message}`)); else resolve(); });
       });
       u.once('close', () => reject(new Error('the destination closed the urgent channel')));
     });
@@ -551,8 +557,10 @@ export class OutgoingMigration implements ReturnHandler {
       // the page server must be serving before the destination's vCPUs run
       await this.urgentReady;
       if (this.isOver()) return;
+      if (this.urgentSocket!.destroyed) throw new Error('the destination closed the urgent channel');
       this.pageServer = PageChannel.startPageServer({ sock: this.urgentSocket!, ramBase: this.ram.base, pageSize: this.ps, pages: this.pages });
       this.drainTimer = setInterval(this.drainServer, DRAIN_EVERY_MS);
+      this.postcopyStatesSent = true;
       this.write(this.statesRecord(true));
       this.phase = 'postcopy';
       this.cursor = 0;
@@ -609,7 +617,7 @@ export class OutgoingMigration implements ReturnHandler {
       setTimeout(() => sock.destroy(), 2000).unref();
     }
     try { await this.tracker?.stop(); } catch { /* already released */ }
-    if (how === 'completed' || (switched && this.destRunning) || (this.postcopyRequested && this.vcpusStopped)) {
+    if (how === 'completed' || (switched && this.destRunning) || this.postcopyStatesSent) {
       // the guest now lives on the destination: never run it here again
       this.o.setRunState('postmigrate');
     } else if (this.vcpusStopped || !this.o.wasRunning) {

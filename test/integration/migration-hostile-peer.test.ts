@@ -28,6 +28,13 @@ function sendTo(path: string, bytes: Buffer, close: boolean): Promise<net.Socket
   });
 }
 
+/** one vCPU's SWITCHOVER state: about to sweep from page 0 */
+function sweepFromStart(): Buffer {
+  const st = Buffer.alloc(VCPU_STATE_BYTES);
+  encodeVcpuState({ position: 0, sweeps: 0, accesses: 0, rng: 1n }, st);
+  return st;
+}
+
 run('a migration peer that is no migration engine', () => {
   let lab: Lab;
   beforeEach(() => { lab = new Lab(); });
@@ -93,11 +100,7 @@ run('a migration peer that is no migration engine', () => {
     const dst = await lab.vm('dst', ['-m', '64M', '-smp', '1', '-workload', 'sweep,end=64M', '-incoming', `unix:${path}`]);
     const main = await sendTo(path, Buffer.concat([ // a header and at once the switchover: every page comes on request
       encodeHeader({ pageSize: 4096, vcpus: 1, ramBytes: 64 * MiB, workload: 'sweep,end=64M', postcopy: true }),
-      encodeSwitchover(true, (() => { // a vCPU about to sweep from page 0
-        const st = Buffer.alloc(VCPU_STATE_BYTES);
-        encodeVcpuState({ position: 0, sweeps: 0, accesses: 0, rng: 1n }, st);
-        return st;
-      })()),
+      encodeSwitchover(true, sweepFromStart()),
     ]), false);
     const urgent = await sendTo(path, encodeHeader({ pageSize: 4096, vcpus: 1, ramBytes: 64 * MiB, workload: 'sweep,end=64M', urgent: true }), false);
     // the destination's vCPU runs and faults: its fault thread asks for the page
@@ -111,6 +114,21 @@ run('a migration peer that is no migration engine', () => {
     urgent.destroy();
     expect(d.status).toBe('failed');
     expect(d['error-desc']).toMatch(reason);
+    expect(await dst.qmp.execute('query-status')).toMatchObject({ status: 'paused' });
+  });
+
+  test('destination told to switch to postcopy without an urgent channel: failed within 5 s, monitor still answers', async () => {
+    const path = lab.path('no-urgent-in.sock');
+    const dst = await lab.vm('dst', ['-m', '64M', '-smp', '1', '-workload', 'sweep,end=64M', '-incoming', `unix:${path}`]);
+    const main = await sendTo(path, Buffer.concat([
+      encodeHeader({ pageSize: 4096, vcpus: 1, ramBytes: 64 * MiB, workload: 'sweep,end=64M', postcopy: true }),
+      encodeSwitchover(true, sweepFromStart()),
+    ]), false);
+    main.on('data', () => undefined);
+    const d = await waitStatus(dst, TERMINAL as never, 10000);
+    main.destroy();
+    expect(d.status).toBe('failed');
+    expect(d['error-desc']).toMatch(/postcopy switchover, but the urgent channel did not come within 5 s/);
     expect(await dst.qmp.execute('query-status')).toMatchObject({ status: 'paused' });
   });
 
@@ -140,6 +158,31 @@ run('a migration peer that is no migration engine', () => {
       expect(await src.qmp.execute('query-status')).toMatchObject({ status: 'postmigrate' });
     } finally {
       for (const c of conns) c.destroy();
+      fake.close();
+    }
+  });
+
+  test('a destination that drops the urgent channel: postcopy never starts, the source fails and its guest runs again', async () => {
+    const path = lab.path('no-urgent.sock');
+    let n = 0;
+    const kept: net.Socket[] = [];
+    const fake = net.createServer((c) => {
+      c.on('error', () => undefined);
+      if (n++ === 0) { kept.push(c); c.on('data', () => undefined); } else c.destroy();
+    });
+    await new Promise<void>((r) => fake.listen(path, r));
+    try {
+      const src = await lab.vm('src', ['-m', '64M', '-smp', '1']);
+      await setCaps(src, ['postcopy-ram']);
+      await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 1 << 20 }); // still in precopy when asked to switch
+      await src.qmp.execute('migrate', { uri: `unix:${path}` });
+      await src.qmp.execute('migrate-start-postcopy');
+      const s = await waitStatus(src, TERMINAL as never, 10000);
+      expect(s.status).toBe('failed');
+      expect(s['error-desc']).toMatch(/urgent channel/);
+      expect(await src.qmp.execute('query-status')).toMatchObject({ status: 'running', running: true });
+    } finally {
+      for (const c of kept) c.destroy();
       fake.close();
     }
   });

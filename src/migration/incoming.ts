@@ -18,6 +18,7 @@ import net from 'node:net';
 import { chmodSync, unlinkSync, lstatSync } from 'node:fs';
 import type { EventEmitter } from 'node:events';
 import type { MigrationRamStats } from './api.js';
+import { ramStatsOf } from './ram-stats.js';
 import type { GuestMemory, VcpuControl } from './guest.js';
 import type { MigrationStatusMachine } from './status.js';
 import type { Parameters } from './parameters.js';
@@ -91,7 +92,6 @@ export class IncomingMigration implements StreamHandler {
   private uffd: Userfaultfd | null = null;
   /** the native fault thread, from the postcopy switchover until the end */
   private channel: PageChannel | null = null;
-  private drainTimer: NodeJS.Timeout | null = null;
   private staging: StagingArea | null = null;
   private stagingBuf: Buffer | null = null;
   private blocktime: BlocktimeContext | null = null;
@@ -380,7 +380,7 @@ export class IncomingMigration implements StreamHandler {
       flags: this.flagsBlock.address, blocktime: this.blocktime !== null,
       readahead: this.o.params.value('x-postcopy-readahead'),
     });
-    this.drainTimer = setInterval(this.drainChannel, DRAIN_EVERY_MS);
+    this.channel.tickEvery(DRAIN_EVERY_MS, this.drainChannel);
     this.o.status.moveTo('postcopy-active');
     this.startVcpus();
   }
@@ -419,10 +419,8 @@ export class IncomingMigration implements StreamHandler {
 
   /** Stops the fault thread and takes its last events and figures. */
   private stopChannel(): void {
-    const ch = this.channel;
-    if (ch === null) return;
-    if (this.drainTimer) { clearInterval(this.drainTimer); this.drainTimer = null; }
-    this.channelStats = ch.close(this.onChannelEvent);
+    if (this.channel === null) return;
+    this.channelStats = this.channel.close(this.onChannelEvent);
     this.channel = null;
   }
 
@@ -631,32 +629,23 @@ export class IncomingMigration implements StreamHandler {
 
   ramStats(): MigrationRamStats {
     const f = this.channel?.figures(this.onChannelEvent) ?? this.channelStats;
-    const requests = f[FaultThreadStat.Requests];
-    const urgentNormal = f[FaultThreadStat.Placed];
-    const urgentZero = f[FaultThreadStat.ZeroPlaced];
-    const urgentBytes = f[FaultThreadStat.BytesIn];
-    const bytesIn = this.bytesIn + urgentBytes;
-    const normal = this.normal + urgentNormal;
-    const duplicate = this.duplicate + urgentZero;
+    const bytesIn = this.bytesIn + f[FaultThreadStat.BytesIn];
     const end = this.endMs >= 0 ? this.endMs : performance.now();
-    const secs = Math.max(0.001, (end - (this.startMs || end)) / 1000);
-    return {
+    return ramStatsOf({
       transferred: bytesIn,
       remaining: (this.pageCount - this.receivedCount) * this.ps,
       total: this.ram.bytes,
-      duplicate,
-      normal,
-      'normal-bytes': normal * this.ps,
-      mbps: Math.round(((bytesIn * 8) / 1e6 / secs) * 100) / 100,
-      'pages-per-second': Math.round((normal + duplicate) / secs),
-      'dirty-sync-count': this.rounds,
-      'postcopy-requests': requests,
-      'postcopy-bytes': this.postcopy ? bytesIn - this.bytesAtSwitch : 0,
-      'precopy-bytes': this.postcopy ? this.bytesAtSwitch : this.bytesIn,
-      'downtime-bytes': 0,
-      'page-size': this.ps,
-      'dirty-pages-rate': 0,
-    };
+      normal: this.normal + f[FaultThreadStat.Placed],
+      duplicate: this.duplicate + f[FaultThreadStat.ZeroPlaced],
+      pageSize: this.ps,
+      elapsedMs: end - (this.startMs || end),
+      syncs: this.rounds,
+      requests: f[FaultThreadStat.Requests],
+      postcopyBytes: this.postcopy ? bytesIn - this.bytesAtSwitch : 0,
+      precopyBytes: this.postcopy ? this.bytesAtSwitch : this.bytesIn,
+      downtimeBytes: 0,
+      dirtyPagesRate: 0,
+    });
   }
 
   /** pages dropped on the source's DISCARD (dirtied after they were sent) */

@@ -16,6 +16,7 @@
 import net from 'node:net';
 import type { EventEmitter } from 'node:events';
 import type { MigrationRamStats } from './api.js';
+import { ramStatsOf } from './ram-stats.js';
 import type { GuestMemory, VcpuControl } from './guest.js';
 import type { MigrationStatusMachine } from './status.js';
 import type { Parameters } from './parameters.js';
@@ -88,7 +89,6 @@ export class OutgoingMigration implements ReturnHandler {
   private urgentReady: Promise<void> | null = null;
   /** the native page server, in postcopy */
   private pageServer: PageChannel | null = null;
-  private drainTimer: NodeJS.Timeout | null = null;
   /** the page server's counters once it stopped (PageServerStat indices) */
   private serverStats: Float64Array = new Float64Array(16);
   private decoder: ReturnDecoder;
@@ -247,17 +247,15 @@ export class OutgoingMigration implements ReturnHandler {
     if (ps.drain(this.onServed) > 0) this.pump();
     const st = ps.state;
     if (st === 'running') return;
-    if (this.drainTimer) { clearInterval(this.drainTimer); this.drainTimer = null; } // said once
+    ps.stopTicking(); // said once
     if (st === 'closed' && this.phase !== 'done') this.failLater('the destination closed the urgent channel');
     else if (st === 'failed') this.fail(ps.error);
   };
 
   /** Stops the page server and keeps its figures. */
   private stopPageServer(): void {
-    const ps = this.pageServer;
-    if (ps === null) return;
-    if (this.drainTimer) { clearInterval(this.drainTimer); this.drainTimer = null; }
-    this.serverStats = ps.close(this.onServed);
+    if (this.pageServer === null) return;
+    this.serverStats = this.pageServer.close(this.onServed);
     this.pageServer = null;
   }
 
@@ -559,7 +557,7 @@ export class OutgoingMigration implements ReturnHandler {
       if (this.isOver()) return;
       if (this.urgentSocket!.destroyed) throw new Error('the destination closed the urgent channel');
       this.pageServer = PageChannel.startPageServer({ sock: this.urgentSocket!, ramBase: this.ram.base, pageSize: this.ps, pages: this.pages });
-      this.drainTimer = setInterval(this.drainServer, DRAIN_EVERY_MS);
+      this.pageServer.tickEvery(DRAIN_EVERY_MS, this.drainServer);
       this.postcopyStatesSent = true;
       this.write(this.statesRecord(true));
       this.phase = 'postcopy';
@@ -632,31 +630,21 @@ export class OutgoingMigration implements ReturnHandler {
 
   ramStats(): MigrationRamStats {
     const f = this.pageServer?.figures(this.onServed) ?? this.serverStats;
-    const requests = f[PageServerStat.Requests];
-    const urgentNormal = f[PageServerStat.Normal];
-    const urgentZero = f[PageServerStat.Zero];
     const urgentBytes = f[PageServerStat.BytesOut];
-    const transferred = this.transferred + urgentBytes;
-    const normal = this.normal + urgentNormal;
-    const duplicate = this.duplicate + urgentZero;
-    const end = this.endMs >= 0 ? this.endMs : performance.now();
-    const secs = Math.max(0.001, (end - this.startMs) / 1000);
-    return {
-      transferred,
+    return ramStatsOf({
+      transferred: this.transferred + urgentBytes,
       remaining: this.needCount * this.ps,
       total: this.ram.bytes,
-      duplicate,
-      normal,
-      'normal-bytes': normal * this.ps,
-      mbps: Math.round(((transferred * 8) / 1e6 / secs) * 100) / 100,
-      'pages-per-second': Math.round((normal + duplicate) / secs),
-      'dirty-sync-count': this.syncs,
-      'postcopy-requests': requests,
-      'postcopy-bytes': this.postcopyBytes + urgentBytes,
-      'precopy-bytes': this.precopyBytes,
-      'downtime-bytes': this.downtimeBytes,
-      'page-size': this.ps,
-      'dirty-pages-rate': Math.round(this.dirtyRate),
-    };
+      normal: this.normal + f[PageServerStat.Normal],
+      duplicate: this.duplicate + f[PageServerStat.Zero],
+      pageSize: this.ps,
+      elapsedMs: (this.endMs >= 0 ? this.endMs : performance.now()) - this.startMs,
+      syncs: this.syncs,
+      requests: f[PageServerStat.Requests],
+      postcopyBytes: this.postcopyBytes + urgentBytes,
+      precopyBytes: this.precopyBytes,
+      downtimeBytes: this.downtimeBytes,
+      dirtyPagesRate: this.dirtyRate,
+    });
   }
 }

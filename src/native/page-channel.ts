@@ -79,6 +79,7 @@ export class PageChannel {
   readonly #events = new Float64Array(this.#ring.buffer);
   #handle = 0n;
   #stopped = false;
+  #ticker: NodeJS.Timeout | null = null;
 
   private constructor() {}
 
@@ -130,9 +131,22 @@ export class PageChannel {
     return this.#stats;
   }
 
-  /** Stops the thread, hands its last events to `sink`, frees the native
-   *  memory; returns a copy of the final counters. */
+  /** Calls `tick` every `ms` (to drain the ring and look at the state)
+   *  until stopTicking() or close(). */
+  tickEvery(ms: number, tick: () => void): void {
+    this.stopTicking();
+    this.#ticker = setInterval(tick, ms);
+  }
+
+  stopTicking(): void {
+    if (this.#ticker) clearInterval(this.#ticker);
+    this.#ticker = null;
+  }
+
+  /** Stops the ticking and the thread, hands its last events to `sink`,
+   *  frees the native memory; returns a copy of the final counters. */
   close(sink: ChannelEventSink): Float64Array {
+    this.stopTicking();
     this.stop();
     const last = this.figures(sink).slice();
     this.dispose();

@@ -399,22 +399,16 @@ export class IncomingMigration implements StreamHandler {
 
   /** one event from the fault thread's ring */
   private readonly onChannelEvent: ChannelEventSink = (kind, page, arg, t) => {
-    const flags = this.flags;
-    const bt = this.blocktime;
-    if (kind === ChannelEvent.Fault) {
-      // a page the main stream placed since the fault was read: the thread
-      // was woken by that placement, and nobody accounts the short wait
-      if (bt === null || (flags[page] & RECEIVED) !== 0) return;
-      bt.begin(this.base + page * this.ps, arg, t);
-      flags[page] |= WAITED;
+    if (kind !== ChannelEvent.Fault) {
+      this.placed(page, arg, t);
       return;
     }
-    for (let p = page, end = page + arg; p < end; p++) {
-      const f = flags[p];
-      if ((f & RECEIVED) === 0) this.receivedCount++;
-      flags[p] = (f & ~WAITED) | RECEIVED;
-      if ((f & WAITED) !== 0 && bt !== null) bt.end(this.base + p * this.ps, t);
-    }
+    // a page the main stream placed since the fault was read: the thread
+    // was woken by that placement, and nobody accounts the short wait
+    const bt = this.blocktime;
+    if (bt === null || (this.flags[page] & RECEIVED) !== 0) return;
+    bt.begin(this.base + page * this.ps, arg, t);
+    this.flags[page] |= WAITED;
   };
 
   /** Stops the fault thread and takes its last events and figures. */
@@ -507,14 +501,19 @@ export class IncomingMigration implements StreamHandler {
   /** Postcopy placement of a run, then the accounting of the faults it ends. */
   private place(offset: number, count: number, copy: boolean): void {
     this.placeRun(offset, count, copy);
-    const first = offset / this.ps;
+    this.placed(offset / this.ps, count, undefined);
+  }
+
+  /** Pages [first, first+count) are in place (here, or by the fault thread
+   *  at time `at`): counted once, and every fault waiting on one is resolved. */
+  private placed(first: number, count: number, at: number | undefined): void {
     const bt = this.blocktime;
     const flags = this.flags;
-    for (let p = first; p < first + count; p++) {
+    for (let p = first, end = first + count; p < end; p++) {
       const f = flags[p];
       if ((f & RECEIVED) === 0) this.receivedCount++;
       flags[p] = (f & ~WAITED) | RECEIVED;
-      if ((f & WAITED) !== 0 && bt !== null) bt.end(this.base + p * this.ps);
+      if ((f & WAITED) !== 0 && bt !== null) bt.end(this.base + p * this.ps, at);
     }
   }
 

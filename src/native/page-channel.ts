@@ -17,7 +17,6 @@ import * as libc from './libc.js';
 const ST_TAIL = 0; // u32 index
 const ST_HEAD = 1;
 const ST_STATE = 2;
-const ST_ERRNO = 3;
 const ST_STATS_BYTES = 16;
 const ST_STATS = 16;
 const ST_ERROR_BYTES = 144;
@@ -123,7 +122,6 @@ export class PageChannel {
     const end = b.indexOf(0);
     return b.toString('utf8', 0, end < 0 ? ST_ERROR_LEN : end);
   }
-  get errno(): number { return this.#i32[ST_ERRNO]; }
   stat(i: number): number { return this.#stats[i]; }
 
   /** The events so far to `sink`, then the counters (a live view: read it now). */

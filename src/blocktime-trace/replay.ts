@@ -1,7 +1,9 @@
-// Replays a recorded blocktime trace (format in trace.ts) through a fresh
-// context whose clock is the events' own times, and returns its report.
-// Every line is checked; the first bad one stops the replay with an error
-// that names the file and line, so no partial report is ever returned.
+// Replays a recorded blocktime trace (format in trace.ts) through the
+// postcopy rules (rules.ts, the same code the live destination runs) into a
+// fresh context whose clock is the events' own times, and optionally into
+// more algorithms (QEMU's), and returns their reports. Every line is checked;
+// the first bad one stops the replay with an error that names the file and
+// line, so no partial report is ever returned.
 
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
@@ -9,6 +11,8 @@ import { createInterface } from 'node:readline';
 import { CommandError } from '../errors.js';
 import { TERMINAL_STATUSES, type MigrationStatus } from '../migration/api.js';
 import { BlocktimeContext } from '../blocktime/context.js';
+import type { AlgorithmStart, BlocktimeAlgorithm } from '../blocktime/algorithm.js';
+import { PageStateMap, PostcopyRules } from '../blocktime/rules.js';
 import { TRACE_EVENTS, type TraceEventName } from '../blocktime/trace.js';
 import type { BlocktimeReport } from '../blocktime/types.js';
 
@@ -23,7 +27,22 @@ function isUint(v: unknown): v is number {
   return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 }
 
+/** Builds one more consumer of a replayed trace (QEMU's algorithms). */
+export type AlgorithmFactory = (start: AlgorithmStart) => BlocktimeAlgorithm<unknown>;
+
+/** The exact report, and one report per extra algorithm, by its name. */
+export interface ReplayResult {
+  exact: BlocktimeReport;
+  [algorithm: string]: unknown;
+}
+
+/** Replays the trace file at `path`; the exact report. */
 export async function replayTrace(path: string): Promise<BlocktimeReport> {
+  return (await replayTraceWith(path, {})).exact;
+}
+
+/** Replays the trace file at `path` through our context and `algorithms`. */
+export async function replayTraceWith(path: string, algorithms: Record<string, AlgorithmFactory>): Promise<ReplayResult> {
   try {
     const st = await stat(path);
     if (st.isDirectory()) throw new TraceError(`${path}: is a directory, not a trace file`);
@@ -32,24 +51,37 @@ export async function replayTrace(path: string): Promise<BlocktimeReport> {
     const code = (e as NodeJS.ErrnoException).code;
     throw new TraceError(code === 'ENOENT' ? `${path}: no such file` : `${path}: cannot read: ${(e as Error).message}`);
   }
-
   const lines = createInterface({ input: createReadStream(path, { encoding: 'utf8' }), crlfDelay: Infinity });
+  try {
+    return await replayLines(lines, path, algorithms);
+  } finally {
+    lines.close();
+  }
+}
+
+/**
+ * Replays trace lines (one JSON object each; `name` prefixes errors, as a
+ * file name does) through the postcopy rules into our context and into each
+ * of `algorithms`. The first bad line stops the replay with a TraceError
+ * naming NAME:LINE, so no partial report is ever returned.
+ */
+export async function replayLines(
+  lines: AsyncIterable<string> | Iterable<string>, name: string, algorithms: Record<string, AlgorithmFactory> = {},
+): Promise<ReplayResult> {
   let lineNo = 0;
-  const fail = (msg: string): never => { throw new TraceError(`${path}:${lineNo}: ${msg}`); };
+  const fail = (msg: string): never => { throw new TraceError(`${name}:${lineNo}: ${msg}`); };
 
   let header: { vcpus: number[]; t0: number | undefined } | undefined;
-  let ctx: BlocktimeContext | undefined;
+  let run: Replaying | undefined;
   let now = 0;
   let lastT = -1;
   let ended = false;
-  const start = (t0: number): BlocktimeContext => {
+  const start = (t0: number): Replaying => {
     now = t0;
-    return new BlocktimeContext({
-      vcpuThreadIds: (header as { vcpus: number[] }).vcpus,
-      clock: () => now,
-      migrationEvents: null,
-      exitEvents: null,
-    });
+    const vcpuThreadIds = (header as { vcpus: number[] }).vcpus;
+    const exact = new BlocktimeContext({ vcpuThreadIds, clock: () => now, migrationEvents: null, exitEvents: null });
+    const others = Object.entries(algorithms).map(([k, make]) => [k, make({ vcpuThreadIds, startNs: t0 })] as const);
+    return { exact, others, rules: new PostcopyRules(new PageStateMap(), [exact, ...others.map(([, a]) => a)]) };
   };
 
   try {
@@ -67,7 +99,7 @@ export async function replayTrace(path: string): Promise<BlocktimeReport> {
 
       if (header === undefined) {
         header = parseHeader(o, fail);
-        if (header.t0 !== undefined) { ctx = start(header.t0); lastT = header.t0; }
+        if (header.t0 !== undefined) { run = start(header.t0); lastT = header.t0; }
         continue;
       }
       if (ended) fail('event after the "end" line');
@@ -75,26 +107,26 @@ export async function replayTrace(path: string): Promise<BlocktimeReport> {
       const ev = o.ev;
       if (typeof ev !== 'string' || !(TRACE_EVENTS as readonly string[]).includes(ev)) {
         const what = ev === undefined ? '"ev" is missing' : `unknown "ev" ${JSON.stringify(ev)}`;
-        fail(`${what} (expected "fault", "placed" or "end")`);
+        fail(`${what} (expected ${orList(TRACE_EVENTS.map((e) => `"${e}"`))})`);
       }
       const t = o.t;
       if (!isUint(t)) fail('"t" must be a non-negative integer');
       const tn = t as number;
       if (tn < lastT) fail(`"t" goes backwards (${tn} after ${lastT})`);
       lastT = tn;
-      if (ctx === undefined) ctx = start(tn);
+      if (run === undefined) run = start(tn);
       now = tn;
 
       switch (ev as TraceEventName) {
         case 'fault': {
           if (!isUint(o.addr)) fail('"addr" must be a non-negative integer');
           if (!isUint(o.tid) || (o.tid as number) > MAX_TID) fail('"tid" must be a non-negative 32-bit integer');
-          ctx.begin(o.addr as number, o.tid as number);
+          run.rules.fault(tn, o.addr as number, o.tid as number);
           break;
         }
         case 'placed': {
           if (!isUint(o.addr)) fail('"addr" must be a non-negative integer');
-          ctx.end(o.addr as number);
+          run.rules.placed(tn, o.addr as number);
           break;
         }
         case 'end': {
@@ -102,23 +134,29 @@ export async function replayTrace(path: string): Promise<BlocktimeReport> {
           if (typeof status !== 'string' || !TERMINAL_STATUSES.has(status as MigrationStatus)) {
             fail(`"status" must be "completed", "failed" or "cancelled", got ${JSON.stringify(status)}`);
           }
-          ctx.finish(status as MigrationStatus);
+          run.rules.finish(status as MigrationStatus, tn);
           ended = true;
           break;
         }
       }
     }
   } catch (e) {
-    lines.close();
     if (e instanceof TraceError) throw e;
-    throw new TraceError(`${path}${lineNo > 0 ? `:${lineNo}` : ''}: ${(e as Error).message}`);
+    throw new TraceError(`${name}${lineNo > 0 ? `:${lineNo}` : ''}: ${(e as Error).message}`);
   }
 
-  if (header === undefined) throw new TraceError(`${path}: empty trace (the first line must be the header {"vcpus": [...]})`);
-  if (ctx === undefined) ctx = start(0);
-  const report = ctx.report();
-  ctx.destroy();
-  return report;
+  if (header === undefined) throw new TraceError(`${name}: empty trace (the first line must be the header {"vcpus": [...]})`);
+  if (run === undefined) run = start(0);
+  const result: ReplayResult = { exact: run.exact.report() };
+  for (const [k, a] of run.others) result[k] = a.report();
+  run.exact.destroy();
+  return result;
+}
+
+interface Replaying {
+  exact: BlocktimeContext;
+  others: (readonly [string, BlocktimeAlgorithm<unknown>])[];
+  rules: PostcopyRules;
 }
 
 function parseHeader(o: Fields, fail: (msg: string) => never): { vcpus: number[]; t0: number | undefined } {
@@ -136,4 +174,9 @@ function parseHeader(o: Fields, fail: (msg: string) => never): { vcpus: number[]
   });
   if (o.t0 !== undefined && !isUint(o.t0)) fail('"t0" must be a non-negative integer');
   return { vcpus: list as number[], t0: o.t0 as number | undefined };
+}
+
+/** "a", "b" or "c" */
+function orList(items: readonly string[]): string {
+  return items.length < 2 ? items.join('') : `${items.slice(0, -1).join(', ')} or ${items[items.length - 1]}`;
 }

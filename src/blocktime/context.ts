@@ -29,6 +29,7 @@ import { PageWaiters } from './page-waiters.js';
 import { VcpuThreads } from './vcpu-threads.js';
 import { floorAverage, nsToMs } from './report.js';
 import type { TraceSink } from './trace.js';
+import type { BlocktimeAlgorithm } from './algorithm.js';
 import { LATENCY_BUCKETS, type BlocktimeReport, type VcpuBlocktimeStats } from './types.js';
 
 export interface BlocktimeContextOptions {
@@ -83,7 +84,7 @@ const G_FIELDS = 12;
 /** Percentiles read from the histograms, in whole percent. */
 const PERCENTILES = [50, 90, 99] as const;
 
-export class BlocktimeContext {
+export class BlocktimeContext implements BlocktimeAlgorithm<BlocktimeReport> {
   readonly vcpus: number;
   private readonly threadIds: readonly number[];
   private readonly tidToVcpu: VcpuThreads;
@@ -215,11 +216,11 @@ export class BlocktimeContext {
    * The migration ended: close the blocked intervals still open at this
    * moment, drop the per-fault tracking, keep the totals. Later begin/end
    * calls are ignored. Called by the 'migration' listener on a terminal
-   * status; idempotent.
+   * status (at its own time; `at` = when it ended, for replay); idempotent.
    */
-  finish(status: MigrationStatus = 'completed'): void {
+  finish(status: MigrationStatus = 'completed', at?: number): void {
     if (this.stateNow !== 'live') return;
-    const t = this.clock();
+    const t = at ?? this.clock();
     for (let o = 0; o < this.vcpus * STRIDE; o += STRIDE) {
       if (this.vs[o + OUTSTANDING] > 0) {
         this.vs[o + OUTSTANDING] = 0;

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jest } from '@jest/globals';
 import { BlocktimeContext } from '../../src/blocktime/context.js';
+import { PageStateMap, PostcopyRules } from '../../src/blocktime/rules.js';
 import { replayTrace } from '../../src/blocktime-trace/replay.js';
 import { main } from '../../src/blocktime-trace/replay-command.js';
 import { TraceFileSink, openTraceFile } from '../../src/blocktime-trace/trace-file.js';
@@ -26,7 +27,8 @@ function mulberry32(seed: number): () => number {
   };
 }
 
-/** Drives a recording context with `events` random events; returns it and its clock. */
+/** Drives a recording context, through the postcopy rules as the destination
+ *  does, with `events` random events; returns it and its clock. */
 function record(path: string, events: number, seed: number) {
   const rnd = mulberry32(seed);
   const tids = [4101, 4102, 4103, 4104];
@@ -35,16 +37,17 @@ function record(path: string, events: number, seed: number) {
   const ctx = new BlocktimeContext({
     vcpuThreadIds: tids, clock: () => clock.now, migrationEvents: migration, exitEvents: null, trace: new TraceFileSink(path),
   });
+  const rules = new PostcopyRules(new PageStateMap(), [ctx]);
   const pending: number[] = [];
   for (let i = 0; i < events; i++) {
     clock.now += 1 + Math.floor(rnd() * 200_000);
     if (rnd() < 0.55 || pending.length === 0) {
       const addr = rnd() < 0.2 && pending.length > 0 ? pending[0] : 0x7ffd_0000_0000 + Math.floor(rnd() * 1e6) * 4096;
-      ctx.begin(addr, rnd() < 0.1 ? 77 : tids[Math.floor(rnd() * tids.length)]);
+      rules.fault(clock.now, addr, rnd() < 0.1 ? 77 : tids[Math.floor(rnd() * tids.length)]);
       pending.push(addr);
     } else {
       const k = Math.floor(rnd() * pending.length);
-      ctx.end(pending[k]);
+      rules.placed(clock.now, pending[k]);
       pending.splice(k, 1);
     }
   }

@@ -97,6 +97,12 @@ int pc_channel_fill(struct pc_channel *c)
     }
 }
 
+void pc_channel_mark(struct pc_channel *c)
+{
+    double t = pc_channel_now(c);
+    __atomic_store(&c->st->watermark, &t, __ATOMIC_RELEASE);
+}
+
 int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in)
 {
     struct pollfd p[3] = {
@@ -107,10 +113,16 @@ int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in)
     nfds_t n = extra_fd >= 0 ? 3 : 2;
     /* no busy-poll window: measured here, spinning 20-50 us after work took
      * the CPU the event loops need and doubled the fault latency */
-    while (poll(p, n, -1) < 0) {
-        if (errno != EINTR)
-            return 1;
-    }
+    /* the reader takes "idle" as: nothing stamped before it looked will
+     * still be pushed (every event is stamped after idle = 0) */
+    pc_channel_mark(c);
+    __atomic_store_n(&c->st->idle, 1, __ATOMIC_SEQ_CST);
+    int rc;
+    while ((rc = poll(p, n, -1)) < 0 && errno == EINTR)
+        ;
+    __atomic_store_n(&c->st->idle, 0, __ATOMIC_SEQ_CST);
+    if (rc < 0)
+        return 1;
     return (p[0].revents & POLLIN) ? 1 : 0;
 }
 

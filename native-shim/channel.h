@@ -56,6 +56,11 @@ struct pc_channel_status {
     int32_t err;          /*  12 errno of a failure, 0 for a protocol error */
     double stats[PC_STATS]; /* 16 */
     char error[PC_ERROR_BYTES]; /* 144 */
+    /* 400: the thread's clock (as its events') when it last had pushed every
+     * event it had stamped: events pushed later are stamped at or after it */
+    double watermark;
+    int32_t idle;         /* 408: 1 while the thread waits in poll (stamps nothing) */
+    int32_t pad;          /* 412 */
 };
 
 /* One thread's state; common to both sides. The thread owns `sock` (a dup
@@ -94,7 +99,10 @@ void pc_channel_fail(struct pc_channel *c, int state, int err, const char *fmt, 
 int pc_channel_flush(struct pc_channel *c);
 /* reads what the socket has into c->in; 1 = got bytes, 0 = nothing now, -1 = closed or failed */
 int pc_channel_fill(struct pc_channel *c);
-/* waits in poll for the socket (and extra_fd when >= 0); 1 = stop asked */
+/* publishes the watermark: every event stamped so far has been pushed */
+void pc_channel_mark(struct pc_channel *c);
+/* waits in poll for the socket (and extra_fd when >= 0); 1 = stop asked.
+ * Marks the thread idle meanwhile (see pc_channel_status.idle). */
 int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in);
 /* NULL when out of memory (the socket is closed then) */
 struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, uint64_t pages,

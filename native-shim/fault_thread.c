@@ -195,7 +195,22 @@ static void request(struct pc_channel *c, uint64_t page)
     }
 }
 
-/* Reads the pending fault messages. Returns how many, or -1 (failed). */
+/* The page index of a fault message on guest RAM, or -1. */
+static int64_t fault_page(const struct pc_channel *c, const struct uffd_msg *m)
+{
+    if (m->event != UFFD_EVENT_PAGEFAULT)
+        return -1;
+    uint64_t addr = m->arg.pagefault.address & ~(c->page_size - 1);
+    if (addr < c->base || (addr - c->base) / c->page_size >= c->pages)
+        return -1;
+    return (int64_t)((addr - c->base) / c->page_size);
+}
+
+/* Reads the pending fault messages. Returns how many, or -1 (failed).
+ * With blocktime, every fault is pushed as a FAULT event first, all stamped
+ * at the read, before any event this read causes (the ring stays in time
+ * order); whether it waited on a page is for the rules to say, in the merged
+ * time order of all placements (src/blocktime/rules.ts). */
 static int read_faults(struct pc_channel *c)
 {
     struct uffd_msg msgs[64];
@@ -206,21 +221,31 @@ static int read_faults(struct pc_channel *c)
         pc_channel_fail(c, PC_CH_FAILED, errno, "reading userfaultfd: %s", strerror(errno));
         return -1;
     }
+    /* stamped right at the read: the nearest this thread gets to when the
+     * faults were raised (the kernel's message carries no time) */
+    const double seen = pc_channel_now(c);
     const uint64_t ps = c->page_size;
     int k = (int)(n / (ssize_t)sizeof msgs[0]);
+    for (int i = 0; c->blocktime && i < k; i++) {
+        int64_t page = fault_page(c, &msgs[i]);
+        if (page >= 0 && pc_channel_push(c, PC_EV_FAULT, (double)page, (double)msgs[i].arg.pagefault.feat.ptid, seen) < 0)
+            return -1;
+    }
     for (int i = 0; i < k; i++) {
-        if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
+        int64_t sp = fault_page(c, &msgs[i]);
+        if (sp < 0)
             continue;
-        uint64_t addr = msgs[i].arg.pagefault.address & ~(ps - 1);
-        if (addr < c->base || (addr - c->base) / ps >= c->pages)
-            continue;
-        uint64_t page = (addr - c->base) / ps;
+        uint64_t page = (uint64_t)sp, addr = c->base + page * ps;
         c->st->stats[PC_DST_FAULTS]++;
         if (__atomic_load_n(&c->flags[page], __ATOMIC_ACQUIRE) & PC_PAGE_RECEIVED) {
-            /* known to be zero and never written, or placed since the fault */
+            /* known to be zero and never written (placed here, now: the
+             * fault waited for this), or placed by the main stream since the
+             * fault (EEXIST: that placement woke it) */
             struct uffdio_zeropage zp = { .range = { .start = addr, .len = ps }, .mode = 0 };
             if (ioctl(c->uffd, UFFDIO_ZEROPAGE, &zp) != 0)
                 wake(c, addr, ps);
+            else if (c->blocktime && pc_channel_push(c, PC_EV_PLACED, (double)page, 1, pc_channel_now(c)) < 0)
+                return -1;
             c->st->stats[PC_DST_LOCAL_ZERO]++;
             continue;
         }
@@ -230,8 +255,6 @@ static int read_faults(struct pc_channel *c)
             wake(c, addr, ps);
             continue;
         }
-        if (c->blocktime && pc_channel_push(c, PC_EV_FAULT, (double)page, (double)msgs[i].arg.pagefault.feat.ptid, pc_channel_now(c)) < 0)
-            return -1;
         if (c->requested[page] == ASKED)
             continue;
         request(c, page);
@@ -245,6 +268,7 @@ static void *fault_thread_run(void *arg)
     /* room for one read of fault messages (two requests each) */
     const size_t headroom = 2 * 64 * PC_RECORD_HEADER;
     while (!__atomic_load_n(&c->stop, __ATOMIC_RELAXED) && c->st->state == PC_CH_RUNNING) {
+        pc_channel_mark(c); /* what the last pass stamped is in the ring */
         int room = c->out_cap - c->out_len >= headroom;
         int faults = room ? read_faults(c) : 0;
         if (faults < 0 || pc_channel_flush(c) < 0)

@@ -7,10 +7,11 @@
 // no event loop on the way. The main stream's background pages are placed
 // here, a whole run per UFFDIO_COPY, or with UFFDIO_ZEROPAGE.
 //
-// The blocktime context is fed from both: FAULT and PLACED events the fault
-// thread pushes to its ring (with its own timestamps), drained here every few
-// milliseconds and before each main-stream placement, and the placements made
-// here. Hot paths use typed-array flags per page (in native memory, which the
+// The blocktime context is fed from both, merged in time order by
+// PostcopyAccounting: FAULT and PLACED events the fault thread pushes to its
+// ring (with its own timestamps), drained here every few milliseconds and
+// before each main-stream chunk, and the placements made here, stamped right
+// after their ioctl. Hot paths use typed-array flags per page (in native memory, which the
 // fault thread reads) and preallocated buffers: nothing is allocated per fault
 // or per page in steady state.
 
@@ -31,14 +32,17 @@ import {
 import { Userfaultfd, StagingArea } from '../uffd/index.js';
 import { NativeBlock } from '../native/memory.js';
 import { PageChannel, ChannelEvent, FaultThreadStat, type ChannelEventSink } from '../native/page-channel.js';
-import { BlocktimeContext, emptyReport, type BlocktimeReport } from '../blocktime/index.js';
+import { BlocktimeContext, emptyReport, monotonicNs, type BlocktimeReport } from '../blocktime/index.js';
+import { PAGE_PLACED, PAGE_WAITED } from '../blocktime/rules.js';
+import { PostcopyAccounting } from './postcopy-accounting.js';
 import { openTraceFile } from '../blocktime-trace/index.js';
 import { CommandError } from '../errors.js';
 
 // page flags (bit RECEIVED is read by the fault thread: native-shim/channel.h)
 const RECEIVED = 1;  // the page's content is here (or it is known to be zero)
 const POPULATED = 2; // the page holds data written by us (precopy)
-const WAITED = 8;    // a fault is accounted in blocktime for it
+/** the blocktime rules' bits (waited on, placed in the merged time order) */
+const ACCOUNTING = PAGE_WAITED | PAGE_PLACED;
 
 const PLACE_RETRIES = 1000;
 /** acknowledge the main stream every this many bytes (the source's postcopy window is larger) */
@@ -95,6 +99,8 @@ export class IncomingMigration implements StreamHandler {
   private staging: StagingArea | null = null;
   private stagingBuf: Buffer | null = null;
   private blocktime: BlocktimeContext | null = null;
+  /** the blocktime context's feed, merging both placers' events in time order */
+  private accounting: PostcopyAccounting | null = null;
   private blocktimeFallback: BlocktimeReport | null = null;
   private postcopy = false;
   private switched = false;
@@ -174,9 +180,8 @@ export class IncomingMigration implements StreamHandler {
       this.bytesIn += chunk.length;
       this.mainIn += chunk.length;
       try {
-        // faults the thread read before this chunk's pages are placed here
-        // are accounted first: their placement ends them
-        this.channel?.drain(this.onChannelEvent);
+        // the fault thread's events so far, before this chunk's placements
+        this.drainEvents();
         this.decoder.push(chunk);
         if (this.postcopy && this.mainIn - this.mainAcked >= ACK_EVERY) this.sendAck();
       } catch (e) {
@@ -371,6 +376,7 @@ export class IncomingMigration implements StreamHandler {
           migrationEvents: this.o.events,
           trace: this.openTrace(),
         });
+        this.accounting = new PostcopyAccounting(this.blocktime, this.base, this.ps, this.flags);
       } else {
         this.blocktimeFallback = emptyReport(tids, 'the kernel does not report the faulting thread (UFFD_FEATURE_THREAD_ID unsupported): faults cannot be attributed to vCPUs');
       }
@@ -390,7 +396,7 @@ export class IncomingMigration implements StreamHandler {
   private readonly drainChannel = (): void => {
     const ch = this.channel;
     if (ch === null) return;
-    ch.drain(this.onChannelEvent);
+    this.drainEvents();
     const st = ch.state;
     if (st === 'closed') this.failWith('the source closed the urgent channel before the migration completed', false);
     else if (st === 'failed') this.failWith(ch.error, true);
@@ -399,23 +405,29 @@ export class IncomingMigration implements StreamHandler {
 
   /** one event from the fault thread's ring */
   private readonly onChannelEvent: ChannelEventSink = (kind, page, arg, t) => {
-    if (kind !== ChannelEvent.Fault) {
-      this.placed(page, arg, t);
+    if (kind === ChannelEvent.Fault) {
+      this.accounting?.fault(page, arg, t);
       return;
     }
-    // a page the main stream placed since the fault was read: the thread
-    // was woken by that placement, and nobody accounts the short wait
-    const bt = this.blocktime;
-    if (bt === null || (this.flags[page] & RECEIVED) !== 0) return;
-    bt.begin(this.base + page * this.ps, arg, t);
-    this.flags[page] |= WAITED;
+    this.received(page, arg);
+    this.accounting?.placedThere(page, arg, t);
   };
+
+  /** The fault thread's events so far, then this side's placements that no
+   *  event of the thread can precede any more. */
+  private drainEvents(): void {
+    const ch = this.channel;
+    if (ch === null) return;
+    const horizon = ch.drainOrdered(this.onChannelEvent, monotonicNs());
+    this.accounting?.releaseBefore(horizon);
+  }
 
   /** Stops the fault thread and takes its last events and figures. */
   private stopChannel(): void {
     if (this.channel === null) return;
     this.channelStats = this.channel.close(this.onChannelEvent);
     this.channel = null;
+    this.accounting?.releaseBefore(Infinity);
   }
 
   /** The trace file, when x-blocktime-trace names one. A file that cannot be
@@ -441,7 +453,7 @@ export class IncomingMigration implements StreamHandler {
   }
 
   end(): void {
-    this.channel?.drain(this.onChannelEvent);
+    this.drainEvents();
     if (this.receivedCount !== this.pageCount) {
       if (this.channel !== null && this.channel.state === 'running') { // the rest is on the urgent channel
         this.endPending = true;
@@ -495,25 +507,28 @@ export class IncomingMigration implements StreamHandler {
 
   private markReceived(p: number, extra: number): void {
     if ((this.flags[p] & RECEIVED) === 0) this.receivedCount++;
-    this.flags[p] = (this.flags[p] & WAITED) | RECEIVED | extra;
+    this.flags[p] = (this.flags[p] & ACCOUNTING) | RECEIVED | extra;
   }
 
-  /** Postcopy placement of a run, then the accounting of the faults it ends. */
+  /** Postcopy placement of a run, stamped right after the ioctl (its
+   *  waiters are woken at its end); the faults it ends are accounted in
+   *  time order with the fault thread's events. */
   private place(offset: number, count: number, copy: boolean): void {
     this.placeRun(offset, count, copy);
-    this.placed(offset / this.ps, count, undefined);
+    const first = offset / this.ps;
+    this.accounting?.placedHere(first, count, monotonicNs());
+    this.received(first, count);
   }
 
-  /** Pages [first, first+count) are in place (here, or by the fault thread
-   *  at time `at`): counted once, and every fault waiting on one is resolved. */
-  private placed(first: number, count: number, at: number | undefined): void {
-    const bt = this.blocktime;
+  /** Pages [first, first+count) are in place (here, or by the fault thread): counted once. */
+  private received(first: number, count: number): void {
     const flags = this.flags;
     for (let p = first, end = first + count; p < end; p++) {
       const f = flags[p];
-      if ((f & RECEIVED) === 0) this.receivedCount++;
-      flags[p] = (f & ~WAITED) | RECEIVED;
-      if ((f & WAITED) !== 0 && bt !== null) bt.end(this.base + p * this.ps, at);
+      if ((f & RECEIVED) === 0) {
+        this.receivedCount++;
+        flags[p] = f | RECEIVED;
+      }
     }
   }
 
@@ -617,7 +632,7 @@ export class IncomingMigration implements StreamHandler {
   get listening(): boolean { return this.server !== null && this.socket === null; }
 
   blocktimeReport(): BlocktimeReport | undefined {
-    this.channel?.drain(this.onChannelEvent);
+    this.drainEvents();
     if (this.blocktime && this.blocktime.state !== 'destroyed') {
       const r = this.blocktime.report();
       if (this.traceError) r['x-blocktime'].traceError = this.traceError;

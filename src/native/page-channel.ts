@@ -21,7 +21,9 @@ const ST_STATS_BYTES = 16;
 const ST_STATS = 16;
 const ST_ERROR_BYTES = 144;
 const ST_ERROR_LEN = 256;
-const STATUS_BYTES = ST_ERROR_BYTES + ST_ERROR_LEN; // checked against the library by loadShim()
+const ST_WATERMARK = 400 / 8; // double index
+const ST_IDLE = 408 / 4;      // i32 index
+const STATUS_BYTES = 416; // checked against the library by loadShim()
 
 export const enum ChannelEvent { Fault = 1, Placed = 2, Served = 3 }
 /** stats[] of the destination's fault thread */
@@ -74,7 +76,8 @@ export class PageChannel {
   readonly #status = new NativeBlock(STATUS_BYTES);
   readonly #ring = new NativeBlock(RING_ENTRIES * 32);
   readonly #u32 = new Uint32Array(this.#status.buffer, 0, 2);
-  readonly #i32 = new Int32Array(this.#status.buffer, 0, 4);
+  readonly #i32 = new Int32Array(this.#status.buffer, 0, STATUS_BYTES / 4);
+  readonly #f64 = new Float64Array(this.#status.buffer, 0, STATUS_BYTES / 8);
   readonly #stats = new Float64Array(this.#status.buffer, ST_STATS_BYTES, ST_STATS);
   readonly #events = new Float64Array(this.#ring.buffer);
   #handle = 0n;
@@ -167,6 +170,23 @@ export class PageChannel {
     }
     Atomics.store(u32, ST_HEAD, head);
     return n;
+  }
+
+  /**
+   * drain(), for a reader that merges these events with events of its own in
+   * time order: returns the horizon, the time (monotonicNs clock) before which
+   * the thread will push no more events, read before the drain: `now` when
+   * the thread sat idle in poll, else its watermark (native-shim/channel.h).
+   * Infinity once the thread is stopped.
+   */
+  drainOrdered(sink: ChannelEventSink, now: number): number {
+    let horizon = Infinity;
+    if (!this.#stopped) {
+      const idle = Atomics.load(this.#i32, ST_IDLE) === 1;
+      horizon = idle ? now : Math.min(now, this.#f64[ST_WATERMARK]);
+    }
+    this.drain(sink);
+    return horizon;
   }
 
   /** Stops and joins the thread (closes its socket); the ring and the

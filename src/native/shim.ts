@@ -10,7 +10,7 @@ import type { KoffiFunc } from './libc.js';
 import { VCPU_BLOCK_SIZE, VCPU_OFF_POSITION } from './vcpu-layout.js';
 
 /** struct pc_channel_status: sizeof * 1000 + offsetof(stats) (page-channel.ts mirrors it) */
-const CHANNEL_LAYOUT = 400 * 1000 + 16;
+const CHANNEL_LAYOUT = 416 * 1000 + 16;
 
 export const SHIM_VERSION = 3;
 const LIB_NAME = 'libpostcopy_shim.so';

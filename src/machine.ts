@@ -20,6 +20,7 @@ import { IncomingMigration } from './migration/incoming.js';
 import { checkTracePath } from './blocktime-trace/index.js';
 import { VCPU_STATE_BYTES } from './migration/wire.js';
 import type { GuestMemory, VcpuControl } from './migration/guest.js';
+import { readSchedstat } from './vm/schedstat.js';
 import type { DirtyTrackingMode } from './migration/dirty-tracker.js';
 
 export { parseMigrationUri, formatMigrationUri } from './migration/uri.js';
@@ -104,6 +105,11 @@ class VmMachine implements Machine {
       resume: () => v.resume(),
       saveStates: (out, pos) => { for (let i = 0; i < v.count; i++) encodeVcpuState(v.state(i), out, pos + i * VCPU_STATE_BYTES); },
       loadStates: (buf, pos) => { for (let i = 0; i < v.count; i++) v.setState(i, decodeVcpuState(buf, pos + i * VCPU_STATE_BYTES)); },
+      kernelTimes: (i) => {
+        if (!v.running) return 'the vCPUs are paused';
+        const status = v.status(i); // 'paused' for a moment after resume(): woken, not yet running
+        return status === 'done' || status === 'stopped' ? `vCPU ${i} is ${status}, not running its workload` : readSchedstat(v.threadIds()[i]);
+      },
     };
   }
 

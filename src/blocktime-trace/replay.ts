@@ -129,6 +129,17 @@ export async function replayLines(
           run.rules.placed(tn, o.addr as number);
           break;
         }
+        case 'schedstat': {
+          const v = (header as { vcpus: number[] }).vcpus.indexOf(o.tid as number);
+          if (v < 0) fail(`"tid" ${JSON.stringify(o.tid)} is no vCPU of the header (schedstat samples are of vCPU threads)`);
+          if (typeof o.unavailable === 'string') {
+            run.exact.kernelSample(v, tn, o.unavailable);
+          } else {
+            if (!isUint(o.run) || !isUint(o.wait)) fail('"run" and "wait" must be non-negative integers (ns), or "unavailable" a reason');
+            run.exact.kernelSample(v, tn, { runNs: o.run as number, waitNs: o.wait as number });
+          }
+          break;
+        }
         case 'end': {
           const status = o.status === undefined ? 'completed' : o.status;
           if (typeof status !== 'string' || !TERMINAL_STATUSES.has(status as MigrationStatus)) {

@@ -7,6 +7,7 @@ import { accessSync, closeSync, constants, existsSync, openSync, statSync, write
 import { dirname, resolve } from 'node:path';
 import { CommandError } from '../errors.js';
 import type { TraceSink } from '../blocktime/trace.js';
+import type { KernelTimes } from '../blocktime/types.js';
 
 const CHUNK = 64 * 1024;
 /** room for the longest event line: 4 numbers of <= 16 digits + text */
@@ -60,6 +61,11 @@ export class TraceFileSink implements TraceSink {
     this.bytes(PLACED_ADDR);
     this.uint(addr);
     this.bytes(LINE_END);
+  }
+
+  schedstat(t: number, tid: number, sample: KernelTimes | string): void {
+    const s = typeof sample === 'string' ? { unavailable: sample } : { run: sample.runNs, wait: sample.waitNs };
+    this.text(`${JSON.stringify({ t, ev: 'schedstat', tid, ...s })}\n`);
   }
 
   end(t: number, status: string): void {

@@ -20,6 +20,9 @@
 //  - when the migration ends (completed/failed/cancelled) while faults are
 //    still outstanding, their blocked intervals are closed at that moment and
 //    kept in the blocktime; they get no latency (their page never came).
+// Beside them, the kernel's figure (REFERENCE.md §9): samples of each vCPU
+// thread's schedstat times, first and last kept; blocked = elapsed - on CPU
+// - waiting on a run queue between them.
 
 import type { EventEmitter } from 'node:events';
 import { TERMINAL_STATUSES, type MigrationStatus } from '../migration/api.js';
@@ -30,7 +33,7 @@ import { VcpuThreads } from './vcpu-threads.js';
 import { floorAverage, nsToMs } from './report.js';
 import type { TraceSink } from './trace.js';
 import type { BlocktimeAlgorithm } from './algorithm.js';
-import { LATENCY_BUCKETS, type BlocktimeReport, type VcpuBlocktimeStats } from './types.js';
+import { LATENCY_BUCKETS, type BlocktimeReport, type KernelTimes, type VcpuBlocktimeStats } from './types.js';
 
 export interface BlocktimeContextOptions {
   /** kernel thread id of each vCPU thread; position = vCPU index */
@@ -81,6 +84,9 @@ const G_LATENCY_SUM = 10;
 const G_LATENCY_MAX = 11;
 const G_FIELDS = 12;
 
+/** kernel samples per vCPU: first (t, run, wait), last (t, run, wait) */
+const K_STRIDE = 6;
+
 /** Percentiles read from the histograms, in whole percent. */
 const PERCENTILES = [50, 90, 99] as const;
 
@@ -104,6 +110,11 @@ export class BlocktimeContext implements BlocktimeAlgorithm<BlocktimeReport> {
   private readonly dist = new Float64Array(LATENCY_BUCKETS);
   /** row 0: every fault; row 1+i: vCPU i */
   private hdr: HdrRows | undefined;
+  /** per vCPU v at v*K_STRIDE: first and last kernel sample (t, run, wait) */
+  private readonly kernel: Float64Array;
+  private readonly kernelSamples: Int32Array;
+  /** why vCPU v has no kernel figure (undefined: it has, or has no samples yet) */
+  private readonly kernelWhy: (string | undefined)[];
 
   private readonly migrationEvents: EventEmitter | null;
   private readonly exitEvents: EventEmitter | null;
@@ -120,6 +131,9 @@ export class BlocktimeContext implements BlocktimeAlgorithm<BlocktimeReport> {
     this.threadIds = [...tids];
     this.clock = opts.clock ?? monotonicNs;
     this.vs = new Float64Array(n * STRIDE);
+    this.kernel = new Float64Array(n * K_STRIDE);
+    this.kernelSamples = new Int32Array(n);
+    this.kernelWhy = new Array<string | undefined>(n).fill(undefined);
     this.hdr = new HdrRows(n + 1);
     this.waiters = new PageWaiters(opts.expectedFaults ?? Math.max(64, 2 * n));
 
@@ -213,6 +227,27 @@ export class BlocktimeContext implements BlocktimeAlgorithm<BlocktimeReport> {
   }
 
   /**
+   * A kernel sample of vCPU `vcpu`'s thread at `at` (its schedstat times),
+   * or why there is none: one reason makes the vCPU's kernel figure
+   * unavailable for good. The first sample opens the window, the latest
+   * closes it. `trace`: false for a sample taken only for a live report.
+   */
+  kernelSample(vcpu: number, at: number, sample: KernelTimes | string, trace = true): void {
+    if (this.stateNow !== 'live' || !(vcpu >= 0 && vcpu < this.vcpus)) return;
+    if (!trace && this.kernelSamples[vcpu] === 0) return; // a live report's sample only moves the window's end
+    if (trace && this.trace !== undefined) this.trace.schedstat(at, this.threadIds[vcpu], sample);
+    if (typeof sample === 'string') {
+      this.kernelWhy[vcpu] ??= sample;
+      return;
+    }
+    const o = vcpu * K_STRIDE + (this.kernelSamples[vcpu] === 0 ? 0 : 3);
+    this.kernel[o] = at;
+    this.kernel[o + 1] = sample.runNs;
+    this.kernel[o + 2] = sample.waitNs;
+    if (this.kernelSamples[vcpu] < 2) this.kernelSamples[vcpu]++;
+  }
+
+  /**
    * The migration ended: close the blocked intervals still open at this
    * moment, drop the per-fault tracking, keep the totals. Later begin/end
    * calls are ignored. Called by the 'migration' listener on a terminal
@@ -274,6 +309,7 @@ export class BlocktimeContext implements BlocktimeAlgorithm<BlocktimeReport> {
         blocktimeNs: vs[o + BLOCKED] + open,
         latencyAvgNs: floorAverage(vs[o + LATENCY_SUM], vs[o + RESOLVED]),
         latencyP99Ns: pct[0],
+        ...this.kernelFigure(v),
       });
     }
     const openAll = live && this.g[G_CPUS_DOWN] === this.vcpus ? Math.max(0, now - this.g[G_ALL_DOWN_SINCE]) : 0;
@@ -301,6 +337,15 @@ export class BlocktimeContext implements BlocktimeAlgorithm<BlocktimeReport> {
         postcopyNs: Math.max(0, now - this.startNs),
       },
     };
+  }
+
+  private kernelFigure(v: number): Pick<VcpuBlocktimeStats, 'kernelBlockedNs' | 'kernelUnavailable'> {
+    if (this.kernelSamples[v] === 0 && this.kernelWhy[v] === undefined) return {};
+    if (this.kernelWhy[v] !== undefined) return { kernelUnavailable: this.kernelWhy[v] };
+    if (this.kernelSamples[v] < 2) return { kernelUnavailable: 'one kernel sample only (the window never closed)' };
+    const k = this.kernel;
+    const o = v * K_STRIDE;
+    return { kernelBlockedNs: Math.max(0, (k[o + 3] - k[o]) - (k[o + 4] - k[o + 1]) - (k[o + 5] - k[o + 2])) };
   }
 
   // The vCPU whose state starts at vs[o] has no outstanding fault any more (at time t).

@@ -28,6 +28,19 @@ export interface VcpuBlocktimeStats {
   blocktimeNs: number;
   latencyAvgNs: number;
   latencyP99Ns: number;
+  /** the kernel's figure over the same window: elapsed - on CPU - waiting on
+   *  a run queue, from /proc/.../schedstat (docs/blocktime.md); absent when
+   *  not known, with the reason in kernelUnavailable */
+  kernelBlockedNs?: number;
+  kernelUnavailable?: string;
+}
+
+/** A thread's times from the kernel's schedstat, ns. */
+export interface KernelTimes {
+  /** time on a CPU */
+  runNs: number;
+  /** time runnable, waiting on a run queue */
+  waitNs: number;
 }
 
 /** Our extra figures (query-migrate key `x-blocktime`). */

@@ -4,6 +4,8 @@
 // adapts src/vm's GuestRam and VcpuSet to them; the engine knows nothing else
 // about the VM, which keeps source and destination testable on their own.
 
+import type { KernelTimes } from '../blocktime/types.js';
+
 export interface GuestMemory {
   /** native address of guest RAM offset 0 (page aligned) */
   readonly base: number;
@@ -26,4 +28,7 @@ export interface VcpuControl {
   saveStates(out: Buffer, pos: number): void;
   /** loads every vCPU's workload state from buf[pos..] (before resume) */
   loadStates(buf: Buffer, pos: number): void;
+  /** the kernel's times of vCPU i's thread now, or why they say nothing of
+   *  its blocktime (no schedstat; the vCPU is not running its workload) */
+  kernelTimes(i: number): KernelTimes | string;
 }

@@ -422,6 +422,13 @@ export class IncomingMigration implements StreamHandler {
     this.accounting?.releaseBefore(horizon);
   }
 
+  /** The last kernel samples, as postcopy ends (before the vCPUs pause). */
+  private endKernelWindow(): void {
+    if (this.accounting === null) return;
+    this.o.events.off('runstate', this.onRunState);
+    if (this.blocktime?.state === 'live') this.sampleKernel();
+  }
+
   /** Stops the fault thread and takes its last events and figures. */
   private stopChannel(): void {
     if (this.channel === null) return;
@@ -449,8 +456,30 @@ export class IncomingMigration implements StreamHandler {
     } else {
       this.o.setRunState('paused');
     }
+    this.sampleKernel(); // the kernel's window opens as the vCPUs run
+    if (this.accounting !== null) this.o.events.on('runstate', this.onRunState);
     this.reply(encodeBare(RP_RUNNING));
   }
+
+  /** Every vCPU thread's kernel times (or why they say nothing) into the
+   *  blocktime feed, in time order with the events: the window's start, then
+   *  its end as postcopy ends. */
+  private sampleKernel(): void {
+    const acc = this.accounting;
+    if (acc === null) return;
+    const v = this.o.vcpus;
+    for (let i = 0; i < v.count; i++) acc.kernelSample(i, monotonicNs(), v.kernelTimes(i));
+    if (this.channel === null) acc.releaseBefore(Infinity);
+    else this.drainEvents();
+  }
+
+  /** `stop` during postcopy: a paused vCPU sleeps, so the kernel's figure
+   *  would count the pause as blocktime. */
+  private readonly onRunState = (state: string): void => {
+    const acc = this.accounting;
+    if (state !== 'paused' || acc === null || this.over) return;
+    for (let i = 0; i < this.o.vcpus.count; i++) acc.kernelSample(i, monotonicNs(), 'the vCPUs were paused (stop) during postcopy');
+  };
 
   end(): void {
     this.drainEvents();
@@ -476,6 +505,7 @@ export class IncomingMigration implements StreamHandler {
     this.server = null;
     this.removeSocketFile();
     this.stopChannel();
+    this.endKernelWindow();
     this.over = true;
     this.endMs = performance.now();
     // un-register first: once 'completed' is visible, guest RAM is plain memory
@@ -564,6 +594,7 @@ export class IncomingMigration implements StreamHandler {
     if (this.over) return;
     this.endPending = false;
     this.stopChannel(); // no more requests; the blocktime keeps what was placed
+    this.endKernelWindow();
     this.over = true;
     this.urgentSocket?.destroy();
     this.endMs = performance.now();
@@ -633,6 +664,11 @@ export class IncomingMigration implements StreamHandler {
 
   blocktimeReport(): BlocktimeReport | undefined {
     this.drainEvents();
+    const bt = this.blocktime;
+    if (bt?.state === 'live') { // the kernel's figure up to now (not traced)
+      const v = this.o.vcpus;
+      for (let i = 0; i < v.count; i++) bt.kernelSample(i, monotonicNs(), v.kernelTimes(i), false);
+    }
     if (this.blocktime && this.blocktime.state !== 'destroyed') {
       const r = this.blocktime.report();
       if (this.traceError) r['x-blocktime'].traceError = this.traceError;

@@ -5,6 +5,7 @@
 import { EventEmitter } from 'node:events';
 import { BlocktimeContext } from '../../src/blocktime/context.js';
 import type { TraceSink } from '../../src/blocktime/trace.js';
+import type { KernelTimes } from '../../src/blocktime/types.js';
 
 const A = 0x7f00_0000_0000;
 const B = A + 4096;
@@ -16,6 +17,9 @@ class MemorySink implements TraceSink {
   header(v: readonly number[], t0: number): void { this.lines.push(`header ${v.join(',')} ${t0}`); }
   fault(t: number, addr: number, tid: number): void { this.lines.push(`fault ${t} ${addr} ${tid}`); }
   placed(t: number, addr: number): void { this.lines.push(`placed ${t} ${addr}`); }
+  schedstat(t: number, tid: number, s: KernelTimes | string): void {
+    this.lines.push(`schedstat ${t} ${tid} ${typeof s === 'string' ? s : `${s.runNs} ${s.waitNs}`}`);
+  }
   end(t: number, status: string): void { this.lines.push(`end ${t} ${status}`); }
   close(): void { this.closed++; }
 }
@@ -110,5 +114,36 @@ describe('blocktime context lifecycle', () => {
     }
     expect(process.listenerCount('exit')).toBe(exitBefore);
     expect(migration.listenerCount('migration')).toBe(0);
+  });
+});
+
+describe('kernel samples (the ground truth beside the figures)', () => {
+  test('blocked = elapsed - on CPU - run-queue wait between the first and the latest sample', () => {
+    const { ctx, trace } = setup();
+    ctx.kernelSample(0, 1_000, { runNs: 50_000, waitNs: 7_000 });
+    ctx.kernelSample(1, 1_000, { runNs: 10, waitNs: 0 });
+    ctx.kernelSample(0, 101_000, { runNs: 80_000, waitNs: 17_000 }, false); // a live report's: not traced
+    let v = ctx.report()['x-blocktime'].vcpus;
+    expect(v[0].kernelBlockedNs).toBe(100_000 - 30_000 - 10_000);
+    expect(v[1].kernelBlockedNs).toBeUndefined();
+    expect(v[1].kernelUnavailable).toMatch(/one kernel sample/);
+    ctx.kernelSample(0, 201_000, { runNs: 150_000, waitNs: 20_000 });
+    ctx.kernelSample(1, 201_000, 'vCPU 1 was paused at the end of the window');
+    v = ctx.report()['x-blocktime'].vcpus;
+    expect(v[0].kernelBlockedNs).toBe(200_000 - 100_000 - 13_000);
+    expect(v[1]).toMatchObject({ kernelUnavailable: 'vCPU 1 was paused at the end of the window' });
+    expect(trace.lines.filter((l) => l.startsWith('schedstat'))).toEqual([
+      'schedstat 1000 10 50000 7000', 'schedstat 1000 11 10 0', 'schedstat 201000 10 150000 20000',
+      'schedstat 201000 11 vCPU 1 was paused at the end of the window',
+    ]);
+  });
+
+  test('without samples a report has no kernel fields; after the end samples change nothing', () => {
+    const { ctx, migration } = setup();
+    expect(ctx.report()['x-blocktime'].vcpus[0]).not.toHaveProperty('kernelBlockedNs');
+    expect(ctx.report()['x-blocktime'].vcpus[0]).not.toHaveProperty('kernelUnavailable');
+    migration.emit('migration', 'completed');
+    ctx.kernelSample(0, 5_000, { runNs: 1, waitNs: 1 });
+    expect(ctx.report()['x-blocktime'].vcpus[0]).not.toHaveProperty('kernelUnavailable');
   });
 });

@@ -74,6 +74,22 @@ export interface RichFormatOptions {
 
 const BAR_WIDTH = 40;
 
+/** The kernel column's summary: the largest relative difference of a vCPU's
+ *  blocktime from the kernel's figure for its thread, or why there is none. */
+function kernelComparison(vcpus: BlocktimeReport['x-blocktime']['vcpus']): string {
+  let worst: { v: number; pct: number } | undefined;
+  for (const v of vcpus) {
+    if (v.kernelBlockedNs === undefined || v.kernelBlockedNs <= 0) continue;
+    const pct = (100 * (v.blocktimeNs - v.kernelBlockedNs)) / v.kernelBlockedNs;
+    if (worst === undefined || Math.abs(pct) > Math.abs(worst.pct)) worst = { v: v.index, pct };
+  }
+  if (worst !== undefined) {
+    return `Kernel (schedstat: time asleep): largest difference vCPU ${worst.v}, ${worst.pct >= 0 ? '+' : ''}${worst.pct.toFixed(1)} %`;
+  }
+  const why = vcpus.find((v) => v.kernelUnavailable !== undefined)?.kernelUnavailable;
+  return `Kernel (schedstat): no figure${why !== undefined ? ` (${why})` : ''}`;
+}
+
 /** The `info postcopy_blocktime` view. */
 export function formatBlocktimeRich(report: BlocktimeReport, opts: RichFormatOptions): string {
   const c: ChalkInstance = new Chalk({ level: opts.color ? 1 : 0 });
@@ -84,9 +100,10 @@ export function formatBlocktimeRich(report: BlocktimeReport, opts: RichFormatOpt
   out.push(`${c.bold('Postcopy blocktime')}: ${state}`);
   if (x.unavailable !== undefined) out.push(c.red(`Unavailable: ${x.unavailable}`));
 
+  const kernel = x.vcpus.some((v) => v.kernelBlockedNs !== undefined || v.kernelUnavailable !== undefined);
   const table = new Table({
-    head: ['vCPU', 'thread id', 'faults', 'blocktime', 'share', 'avg latency', 'p99 latency'],
-    colAligns: ['right', 'right', 'right', 'right', 'right', 'right', 'right'],
+    head: ['vCPU', 'thread id', 'faults', 'blocktime', 'share', 'avg latency', 'p99 latency', ...(kernel ? ['kernel'] : [])],
+    colAligns: ['right', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
     style: { head: [], border: [] },
   });
   for (const v of x.vcpus) {
@@ -97,9 +114,11 @@ export function formatBlocktimeRich(report: BlocktimeReport, opts: RichFormatOpt
       `${share.toFixed(1)} %`,
       v.faults > 0 ? formatDurationNs(v.latencyAvgNs) : '-',
       v.faults > 0 ? formatDurationNs(v.latencyP99Ns) : '-',
+      ...(kernel ? [v.kernelBlockedNs !== undefined ? formatDurationNs(v.kernelBlockedNs) : 'n/a'] : []),
     ]);
   }
   out.push(table.toString());
+  if (kernel) out.push(kernelComparison(x.vcpus));
 
   const totalShare = x.postcopyNs > 0 ? ` (${((100 * x.totalBlocktimeNs) / x.postcopyNs).toFixed(1)} % of postcopy)` : '';
   out.push(`Total blocktime (all vCPUs blocked at once): ${c.bold(formatDurationNs(x.totalBlocktimeNs))}${totalShare}`);

@@ -132,6 +132,23 @@ describe('rich view', () => {
     expect(formatBlocktimeRich(known(), { color: true })).toContain(ESC);
   });
 
+  test('the kernel column: its figure or n/a, and the largest relative difference', () => {
+    const r = known();
+    expect(formatBlocktimeRich(r, { color: false })).not.toContain('kernel');
+    r['x-blocktime'].vcpus.forEach((v) => { v.kernelBlockedNs = v.blocktimeNs; });
+    r['x-blocktime'].vcpus[3].kernelBlockedNs = 55_000_000; // ours 44.0 ms: -20.0 %
+    r['x-blocktime'].vcpus[5].kernelBlockedNs = 35_000_000; // ours 34 ms: -2.9 %
+    delete r['x-blocktime'].vcpus[11].kernelBlockedNs;
+    r['x-blocktime'].vcpus[11].kernelUnavailable = 'vCPU 11 is done, not running its workload';
+    const s = formatBlocktimeRich(r, { color: false });
+    expect(s.split('\n')[2]).toMatch(/│\s+kernel │/);
+    expect(s.split('\n').find((l) => /│\s+3 │\s+5003 │/.test(l))).toMatch(/│\s+55\.0 ms │$/);
+    expect(s.split('\n').find((l) => /│\s+11 │\s+5011 │/.test(l))).toMatch(/│\s+n\/a │$/);
+    expect(s).toContain('Kernel (schedstat: time asleep): largest difference vCPU 3, -20.0 %');
+    r['x-blocktime'].vcpus.forEach((v) => { delete v.kernelBlockedNs; v.kernelUnavailable = 'the vCPUs are paused'; });
+    expect(formatBlocktimeRich(r, { color: false })).toContain('Kernel (schedstat): no figure (the vCPUs are paused)');
+  });
+
   test.each([[0, '0 ns'], [850, '850 ns'], [42_100, '42.1 µs'], [3_200_000, '3.20 ms'], [1_500_000_000, '1.50 s'], [125_000_000_000, '125 s']])(
     'duration %d ns reads %s', (ns, text) => { expect(formatDurationNs(ns)).toBe(text); },
   );

@@ -3,7 +3,8 @@
 // the module that owns it. Nothing else lives here.
 //   postcopy [QEMU-style options]          one VM with its monitors (the default)
 //   postcopy run [options]                 batch: a source and a destination on loopback
-//   postcopy blocktime-replay FILE [--json] report of a recorded blocktime trace
+//   postcopy blocktime-replay FILE [--json | --qemu | --compare [--json]]
+//                                          report of a recorded blocktime trace
 
 type Main = (argv: string[]) => Promise<number>;
 

@@ -1,44 +1,61 @@
-// `postcopy blocktime-replay FILE [--json | --qemu] [--no-color]`: prints the
-// report of a recorded blocktime trace. --json: one JSON line in the
-// query-migrate BlocktimeReport shape; --qemu: QEMU's `info migrate -a`
-// blocktime block; default: the console's `info postcopy_blocktime` view.
-// A bad trace prints `postcopy: FILE:LINE: problem` and exits 1.
+// `postcopy blocktime-replay FILE [--json | --qemu | --compare [--json]] [--no-color]`:
+// prints the report of a recorded blocktime trace. --json: one JSON line in
+// the query-migrate BlocktimeReport shape; --qemu: QEMU's `info migrate -a`
+// blocktime block; --compare: our exact figures beside QEMU 10.1's and 7.2's
+// algorithms on the same events (with --json: one line
+// {"exact":...,"qemu-10.1":...,"qemu-7.2":...}); default: the console's
+// `info postcopy_blocktime` view. Conflicting output modes exit 2; a bad
+// trace prints `postcopy: FILE:LINE: problem` and exits 1.
 
 import { formatBlocktimeQemu, formatBlocktimeRich } from '../monitor/format-blocktime.js';
+import { formatBlocktimeCompare } from '../monitor/format-blocktime-compare.js';
+import { compareTrace } from './compare.js';
 import { replayTrace } from './replay.js';
 
-const USAGE = 'usage: postcopy blocktime-replay FILE [--json | --qemu] [--no-color]\n';
+const USAGE = 'usage: postcopy blocktime-replay FILE [--json | --qemu | --compare [--json]] [--no-color]\n';
+
+type Mode = 'rich' | 'json' | 'qemu' | 'compare' | 'compare-json';
 
 export async function main(argv: string[]): Promise<number> {
   const files: string[] = [];
-  let mode: 'rich' | 'json' | 'qemu' = 'rich';
+  let json = false;
+  let qemu = false;
+  let compare = false;
   let noColor = false;
   for (const a of argv) {
-    if (a === '--json') mode = 'json';
-    else if (a === '--qemu') mode = 'qemu';
+    if (a === '--json') json = true;
+    else if (a === '--qemu') qemu = true;
+    else if (a === '--compare') compare = true;
     else if (a === '--no-color') noColor = true;
     else if (a === '-h' || a === '--help') { process.stdout.write(USAGE); return 0; }
     else if (a.startsWith('-') && a !== '-') { process.stderr.write(`postcopy: blocktime-replay: unknown option '${a}'\n${USAGE}`); return 2; }
     else files.push(a);
   }
-  if (files.length !== 1) {
-    process.stderr.write(`postcopy: blocktime-replay: ${files.length === 0 ? 'no trace file given' : 'give exactly one trace file'}\n${USAGE}`);
+  const conflict = qemu && (json || compare) ? `--qemu and ${json ? '--json' : '--compare'} are two output modes: give one` : undefined;
+  const usageError = conflict
+    ?? (files.length === 0 ? 'no trace file given' : files.length > 1 ? 'give exactly one trace file' : undefined);
+  if (usageError !== undefined) {
+    process.stderr.write(`postcopy: blocktime-replay: ${usageError}\n${USAGE}`);
     return 2;
   }
+  const mode: Mode = compare ? (json ? 'compare-json' : 'compare') : json ? 'json' : qemu ? 'qemu' : 'rich';
+  const color = !noColor && process.stdout.isTTY === true && process.env.NO_COLOR === undefined;
 
-  let report;
+  let out: string;
   try {
-    report = await replayTrace(files[0]);
+    if (mode === 'compare' || mode === 'compare-json') {
+      const c = await compareTrace(files[0]);
+      out = mode === 'compare' ? formatBlocktimeCompare(c, { color }) : JSON.stringify(c);
+    } else {
+      const report = await replayTrace(files[0]);
+      if (mode === 'json') out = JSON.stringify(report);
+      else if (mode === 'qemu') out = formatBlocktimeQemu(report).join('\n');
+      else out = formatBlocktimeRich(report, { color });
+    }
   } catch (e) {
     process.stderr.write(`postcopy: ${(e as Error).message}\n`);
     return 1;
   }
-
-  if (mode === 'json') process.stdout.write(`${JSON.stringify(report)}\n`);
-  else if (mode === 'qemu') process.stdout.write(`${formatBlocktimeQemu(report).join('\n')}\n`);
-  else {
-    const color = !noColor && process.stdout.isTTY === true && process.env.NO_COLOR === undefined;
-    process.stdout.write(`${formatBlocktimeRich(report, { color })}\n`);
-  }
+  process.stdout.write(`${out}\n`);
   return 0;
 }

@@ -1,33 +1,25 @@
 // The real `postcopy blocktime-replay` process (node dist/src/cli.js): a good
 // trace prints the report and exits 0; a bad one prints FILE:LINE: problem on
-// stderr, nothing on stdout, and exits non-zero. Compiles dist/ first when it
-// is older than the sources it runs.
+// stderr, nothing on stdout, and exits non-zero; --compare puts QEMU's
+// algorithms beside ours; conflicting output modes exit 2. Compiles dist/
+// first when it is older than the sources it runs.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { compareTrace } from '../../src/blocktime-trace/compare.js';
 import { replayTrace } from '../../src/blocktime-trace/replay.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const cli = join(root, 'dist', 'src', 'cli.js');
 let dir: string;
 
-function newestSource(): number {
-  const dirs = [join(root, 'src', 'blocktime')];
-  const files = dirs.flatMap((d) => readdirSync(d).map((f) => join(d, f)));
-  files.push(join(root, 'src', 'monitor', 'format-blocktime.ts'), join(root, 'src', 'cli.ts'));
-  return Math.max(...files.filter((f) => f.endsWith('.ts')).map((f) => statSync(f).mtimeMs));
-}
-
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'blocktime-cli-'));
-  const built = join(root, 'dist', 'src', 'blocktime', 'replay-command.js');
-  if (!existsSync(cli) || !existsSync(built) || statSync(built).mtimeMs < newestSource()) {
-    // tsc emits even when another module has a type error; only a missing output is fatal
-    spawnSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', root], { cwd: root, stdio: 'ignore' });
-  }
-  if (!existsSync(cli)) throw new Error(`${cli} is missing: build with npx tsc -p .`);
+  // what `npm test` does first: compile dist/ when a source is newer than it
+  spawnSync(process.execPath, [join(root, 'scripts', 'build.mjs'), '--if-stale'], { cwd: root, stdio: 'ignore' });
+  if (!existsSync(cli)) throw new Error(`${cli} is missing: build with node scripts/build.mjs`);
 }, 180_000);
 afterAll(() => { rmSync(dir, { recursive: true, force: true }); });
 
@@ -87,4 +79,62 @@ test('a missing file and a missing argument', () => {
   const u = run();
   expect(u.code).toBe(2);
   expect(u.err).toContain('usage: postcopy blocktime-replay FILE');
+});
+
+describe('--compare', () => {
+  // docs/blocktime-compare.md's example (hand-computed there)
+  const trace = (): string => join(root, 'docs', 'examples', 'blocktime-compare.jsonl');
+
+  test('prints one table (exact, QEMU 10.1, QEMU 7.2, kernel) and one difference line per QEMU', () => {
+    const r = run(trace(), '--compare');
+    expect(r.err).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/│ +│ exact \(ours\) │ QEMU 10\.1 │ QEMU 7\.2 │ kernel │/);
+    expect(r.out).toMatch(/│ vCPU 0 blocktime \(ms\) +│ +8 \(8\.000\) │ +6 │ +6 │ +n\/a │/);
+    expect(r.out).toMatch(/│ vCPU 1 blocktime \(ms\) +│ +5 \(5\.200\) │ +5 │ +6 │ +n\/a │/);
+    expect(r.out).toMatch(/│ total blocktime \(ms\) +│ +4 \(4\.000\) │ +4 │ +3 │ +n\/a │/);
+    expect(r.out).toMatch(/^QEMU 10\.1: largest difference from exact: /m);
+    expect(r.out).toMatch(/^QEMU 7\.2: largest difference from exact: vCPU 0 blocktime .* 6 ms against 8 ms \(-2 ms\)$/m);
+    expect(r.out).not.toContain('\x1b[');
+  });
+
+  test('--compare --json: one line {"exact","qemu-10.1","qemu-7.2"}, each in the query-migrate shape', async () => {
+    const path = trace();
+    for (const args of [[path, '--compare', '--json'], ['--json', path, '--compare']]) {
+      const r = run(...args);
+      expect(r.code).toBe(0);
+      expect(r.out.trimEnd().split('\n')).toHaveLength(1);
+      const c = JSON.parse(r.out);
+      expect(Object.keys(c)).toEqual(['exact', 'qemu-10.1', 'qemu-7.2']);
+      expect(c).toEqual(await compareTrace(path));
+      expect(c.exact).toEqual(await replayTrace(path));
+      expect(c['qemu-7.2']).toEqual({ 'postcopy-blocktime': 3, 'postcopy-vcpu-blocktime': [6, 6] });
+      expect(Object.keys(c['qemu-10.1'])).toEqual(['postcopy-blocktime', 'postcopy-vcpu-blocktime', 'postcopy-latency',
+        'postcopy-vcpu-latency', 'postcopy-non-vcpu-latency', 'postcopy-latency-dist']);
+    }
+  });
+
+  test('a bad trace exits 1 with FILE:LINE, as without --compare', () => {
+    const path = join(dir, 'bad-compare.jsonl');
+    writeFileSync(path, '{"vcpus":[201]}\n{"t":5,"ev":"fault","addr":4096,"tid":201}\n{"t":4,"ev":"placed","addr":4096}\n');
+    const r = run(path, '--compare');
+    expect(r.code).toBe(1);
+    expect(r.out).toBe('');
+    expect(r.err).toBe(`postcopy: ${path}:3: "t" goes backwards (4 after 5)\n`);
+  });
+});
+
+test('conflicting output modes: a clear error, the usage, exit 2, nothing on stdout', () => {
+  const path = join(dir, 'modes.jsonl');
+  writeFileSync(path, '{"vcpus":[201]}\n');
+  for (const [args, message] of [
+    [['--json', '--qemu'], '--qemu and --json are two output modes: give one'],
+    [['--qemu', '--compare'], '--qemu and --compare are two output modes: give one'],
+  ] as const) {
+    const r = run(path, ...args);
+    expect(r.code).toBe(2);
+    expect(r.out).toBe('');
+    expect(r.err).toBe(`postcopy: blocktime-replay: ${message}\nusage: postcopy blocktime-replay FILE [--json | --qemu | --compare [--json]] [--no-color]\n`);
+  }
+  expect(run('--help').out).toBe('usage: postcopy blocktime-replay FILE [--json | --qemu | --compare [--json]] [--no-color]\n');
 });

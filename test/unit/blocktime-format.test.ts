@@ -1,11 +1,16 @@
 // Rendering of a blocktime report: QEMU's `info migrate -a` block, text for
-// text, and the rich `info postcopy_blocktime` view (right numbers, no ANSI
-// escapes unless colour is asked for).
+// text, the rich `info postcopy_blocktime` view (right numbers, no ANSI
+// escapes unless colour is asked for), and the `blocktime-replay --compare`
+// table.
+import { fileURLToPath } from 'node:url';
+import { compareLines, compareTrace, type BlocktimeComparison } from '../../src/blocktime-trace/compare.js';
 import { emptyReport } from '../../src/blocktime/report.js';
 import type { BlocktimeReport } from '../../src/blocktime/types.js';
 import { formatBlocktimeQemu, formatBlocktimeRich, formatDurationNs, qemuTimeLabel } from '../../src/monitor/format-blocktime.js';
+import { formatBlocktimeCompare } from '../../src/monitor/format-blocktime-compare.js';
 
 const ESC = '\x1b[';
+const EXAMPLE_TRACE = fileURLToPath(new URL('../../docs/examples/blocktime-compare.jsonl', import.meta.url));
 
 /** 12 vCPUs (so the lists wrap after 10 values), vCPU 11 idle. */
 function known(): BlocktimeReport {
@@ -161,5 +166,49 @@ describe('emptyReport', () => {
     expect(r['postcopy-latency-dist']).toHaveLength(24);
     expect(r['x-blocktime'].unavailable).toBe('no THREAD_ID');
     expect(r['x-blocktime'].vcpus.map((v) => v.threadId)).toEqual([31, 32, 33]);
+  });
+});
+
+describe('compare view', () => {
+  // docs/blocktime-compare.md's example: vCPU 0 faults twice before its first
+  // page comes (QEMU undercounts it), vCPU 1 waits 0.6 ms across ms
+  // boundaries (7.2 rounds each up), one I/O-thread fault
+  const example = (): Promise<BlocktimeComparison> => compareTrace(EXAMPLE_TRACE);
+  const row = (s: string, label: string): string[] | undefined => s.split('\n')
+    .find((l) => l.startsWith(`│ ${label} `))?.split('│').slice(2, -1).map((cell) => cell.trim());
+
+  test('one row per vCPU, the totals and the latencies; n/a where a figure is missing, never 0', async () => {
+    const s = formatBlocktimeCompare(await example(), { color: false });
+    expect(s).not.toContain(ESC);
+    expect(s.split('\n')[2]).toMatch(/│ +│ exact \(ours\) │ QEMU 10\.1 │ QEMU 7\.2 │ kernel │/);
+    expect(row(s, 'vCPU 0 blocktime (ms)')).toEqual(['8 (8.000)', '6', '6', 'n/a']);
+    expect(row(s, 'vCPU 1 blocktime (ms)')).toEqual(['5 (5.200)', '5', '6', 'n/a']);
+    expect(row(s, 'total blocktime (ms)')).toEqual(['4 (4.000)', '4', '3', 'n/a']);
+    expect(row(s, 'latency avg (ns)')).toEqual(['3850000', '2850000', 'n/a', 'n/a']);
+    expect(row(s, 'vCPU 0 latency avg (ns)')).toEqual(['6000000', '3000000', 'n/a', 'n/a']);
+    expect(row(s, 'vCPU 1 latency avg (ns)')).toEqual(['1733333', '1733333', 'n/a', 'n/a']);
+    expect(row(s, 'non-vCPU latency avg (ns)')).toEqual(['5900000', '5900000', 'n/a', 'n/a']);
+    expect(row(s, 'latency distribution')).toEqual(['6 faults', 'same', 'n/a', 'n/a']);
+    // differences in ns: 10.1's 3 ms of vCPU 0 latency outweighs its 2 ms of vCPU 0 blocktime
+    expect(s).toContain('QEMU 10.1: largest difference from exact: vCPU 0 latency avg (postcopy-vcpu-latency[0]) 3000000 ns against 6000000 ns (-3000000 ns)');
+    expect(s).toContain('QEMU 7.2: largest difference from exact: vCPU 0 blocktime (postcopy-vcpu-blocktime[0]) 6 ms against 8 ms (-2 ms)');
+    expect(formatBlocktimeCompare(await example(), { color: true })).toContain(ESC);
+  });
+
+  test("the kernel's figure when the trace carries it (a 0 is a figure), n/a for the vCPUs it lacks", async () => {
+    const c = await example();
+    c.exact['x-blocktime'].vcpus = c.exact['x-blocktime'].vcpus.map((v, i) => (i === 1 ? { ...v, kernelBlockedNs: 5_323_456 } : v));
+    const s = formatBlocktimeCompare(c, { color: false });
+    expect(row(s, 'vCPU 0 blocktime (ms)')?.[3]).toBe('n/a');
+    expect(row(s, 'vCPU 1 blocktime (ms)')?.[3]).toBe('5.323');
+    c.exact['x-blocktime'].vcpus = c.exact['x-blocktime'].vcpus.map((v) => ({ ...v, kernelBlockedNs: 0 }));
+    expect(row(formatBlocktimeCompare(c, { color: false }), 'vCPU 0 blocktime (ms)')?.[3]).toBe('0.000');
+  });
+
+  test('an algorithm that agrees everywhere says so', async () => {
+    const trace = ['{"vcpus":[10,11],"t0":0}', '{"t":2000000,"ev":"fault","addr":8192,"tid":11}', '{"t":6000000,"ev":"placed","addr":8192}'];
+    const s = formatBlocktimeCompare(await compareLines(trace, 't'), { color: false });
+    expect(s).toContain('QEMU 10.1: the same as exact in every field it reports');
+    expect(s).toContain('QEMU 7.2: the same as exact in every field it reports');
   });
 });

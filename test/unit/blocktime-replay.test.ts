@@ -196,5 +196,19 @@ describe('blocktime-replay main()', () => {
     expect(await main(['a', 'b'])).toBe(2);
     expect(await main(['--frobnicate', 'a'])).toBe(2);
     expect(err).toMatch(/unknown option '--frobnicate'/);
+    err = '';
+    expect(await main([good(), '--json', '--qemu'])).toBe(2);
+    expect(err).toMatch(/^postcopy: blocktime-replay: --qemu and --json are two output modes: give one\nusage: /);
+    expect(await main([good(), '--compare', '--qemu'])).toBe(2);
+    expect(out).toBe('');
+  });
+
+  test('--compare and --compare --json', async () => {
+    expect(await main([good(), '--compare'])).toBe(0);
+    // 7.2: the fault in the first ms counts from ms 1, the placement is at ms 2
+    expect(out).toMatch(/│ vCPU 0 blocktime \(ms\) +│ +2 \(2\.000\) │ +2 │ +1 │ +n\/a │/);
+    out = '';
+    expect(await main([good(), '--compare', '--json'])).toBe(0);
+    expect(Object.keys(JSON.parse(out))).toEqual(['exact', 'qemu-10.1', 'qemu-7.2']);
   });
 });

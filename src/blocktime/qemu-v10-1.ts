@@ -8,7 +8,8 @@
 //   hash of lists), each {fault time, vCPU or -1}.
 // - Per vCPU: faults seen (all of them, resolved or not) and outstanding
 //   faults. A vCPU whose outstanding count goes 0 -> 1 is down; last_begin =
-//   that fault's time.
+//   that fault's time. (QEMU keeps the outstanding count in a u8 and asserts
+//   it stays <= 255; it is not bounded here.)
 // - On placement, every waiter's latency goes into the 24-bucket histogram;
 //   a vCPU's blocktime grows by the latency of the waiter that brings its
 //   count to 0 (upstream's quirk: with two outstanding faults only the last

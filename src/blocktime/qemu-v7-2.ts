@@ -37,6 +37,9 @@ export type Qemu72Report = Pick<QemuBlocktimeFields, 'postcopy-blocktime' | 'pos
 
 /** an empty slot (QEMU uses address 0; trace addresses can be 0) */
 const EMPTY = -1;
+const TOTAL = 0;
+/** the latest vCPU fault's time */
+const LAST_BEGIN = 1;
 
 export class Qemu72Blocktime implements BlocktimeAlgorithm<Qemu72Report> {
   private readonly tidToVcpu: VcpuThreads;
@@ -49,7 +52,7 @@ export class Qemu72Blocktime implements BlocktimeAlgorithm<Qemu72Report> {
   private readonly slotTime: Uint32Array;
   /** per-vCPU blocktime, ms (a Uint32Array wraps like uint32_t) */
   private readonly blocktime: Uint32Array;
-  /** [total blocktime, last_begin], ms */
+  /** total blocktime and last_begin (ms, at TOTAL and LAST_BEGIN), uint32_t */
   private readonly g = new Uint32Array(2);
   private cpusDown = 0;
   private done = false;
@@ -69,7 +72,7 @@ export class Qemu72Blocktime implements BlocktimeAlgorithm<Qemu72Report> {
     if (v < 0) return;
     const now = this.msSinceStart(at);
     if (this.slotAddr[v] === EMPTY) this.cpusDown++;
-    this.g[1] = now;
+    this.g[LAST_BEGIN] = now;
     this.slotTime[v] = now;
     this.slotAddr[v] = addr;
   }
@@ -86,7 +89,7 @@ export class Qemu72Blocktime implements BlocktimeAlgorithm<Qemu72Report> {
       affected++;
     }
     this.cpusDown -= affected;
-    if (allDown && affected > 0) this.g[0] += now - this.g[1];
+    if (allDown && affected > 0) this.g[TOTAL] += now - this.g[LAST_BEGIN];
   }
 
   /** Closes nothing (QEMU doesn't); later events are ignored. */
@@ -95,7 +98,7 @@ export class Qemu72Blocktime implements BlocktimeAlgorithm<Qemu72Report> {
   }
 
   report(): Qemu72Report {
-    return { 'postcopy-blocktime': this.g[0], 'postcopy-vcpu-blocktime': Array.from(this.blocktime) };
+    return { 'postcopy-blocktime': this.g[TOTAL], 'postcopy-vcpu-blocktime': Array.from(this.blocktime) };
   }
 
   // QEMU's get_low_time_offset(): ms since the start, at least 1, u32.

@@ -20,7 +20,8 @@ const QEMU_COLUMNS = [['qemu-10.1', 'QEMU 10.1'], ['qemu-7.2', 'QEMU 7.2']] as c
 type Fields = Partial<QemuBlocktimeFields>;
 
 interface Row {
-  label: string;
+  /** what the row holds (the table adds the unit) */
+  name: string;
   /** the query-migrate field, as an operator would look it up */
   field: string;
   unit: 'ms' | 'ns';
@@ -49,19 +50,19 @@ function rows(c: BlocktimeComparison): Row[] {
   x.vcpus.forEach((v, i) => {
     const k = kernelBlockedNs(v);
     out.push({
-      label: `vCPU ${i} blocktime (ms)`, field: `postcopy-vcpu-blocktime[${i}]`, unit: 'ms',
+      name: `vCPU ${i} blocktime`, field: `postcopy-vcpu-blocktime[${i}]`, unit: 'ms',
       value: (r) => r['postcopy-vcpu-blocktime']?.[i],
       exact: `${e['postcopy-vcpu-blocktime'][i]} (${preciseMs(v.blocktimeNs)})`,
       kernel: k === undefined ? NA : preciseMs(k),
     });
   });
   out.push({
-    label: 'total blocktime (ms)', field: 'postcopy-blocktime', unit: 'ms',
+    name: 'total blocktime', field: 'postcopy-blocktime', unit: 'ms',
     value: (r) => r['postcopy-blocktime'],
     exact: `${e['postcopy-blocktime']} (${preciseMs(x.totalBlocktimeNs)})`, kernel: NA,
   });
-  const ns = (label: string, field: string, value: (r: Fields) => number | undefined): Row => ({
-    label: `${label} (ns)`, field, unit: 'ns', value, exact: String(value(e)), kernel: NA,
+  const ns = (name: string, field: string, value: (r: Fields) => number | undefined): Row => ({
+    name, field, unit: 'ns', value, exact: String(value(e)), kernel: NA,
   });
   out.push(ns('latency avg', 'postcopy-latency', (r) => r['postcopy-latency']));
   x.vcpus.forEach((_, i) => {
@@ -99,7 +100,7 @@ function largestDifference(name: string, got: Fields, exact: Fields, all: readon
   if (best === undefined) return `${name}: the same as exact in every field it reports`;
   const { row, value, want } = best;
   const d = value - want;
-  return `${name}: largest difference from exact: ${row.label.replace(/ \((ms|ns)\)$/, '')} (${row.field}) `
+  return `${name}: largest difference from exact: ${row.name} (${row.field}) `
     + `${value} ${row.unit} against ${want} ${row.unit} (${d > 0 ? '+' : ''}${d} ${row.unit})`;
 }
 
@@ -119,7 +120,7 @@ export function formatBlocktimeCompare(c: BlocktimeComparison, opts: RichFormatO
       if (v === undefined) return NA;
       return v === want ? String(v) : paint.yellow(String(v));
     });
-    table.push([row.label, row.exact, ...qemu, row.kernel]);
+    table.push([`${row.name} (${row.unit})`, row.exact, ...qemu, row.kernel]);
   }
   table.push(['latency distribution', ...distCells(c, paint)]);
 

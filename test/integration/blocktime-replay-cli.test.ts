@@ -4,7 +4,7 @@
 // algorithms beside ours; conflicting output modes exit 2. Compiles dist/
 // first when it is older than the sources it runs.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -137,4 +137,17 @@ test('conflicting output modes: a clear error, the usage, exit 2, nothing on std
     expect(r.err).toBe(`postcopy: blocktime-replay: ${message}\nusage: postcopy blocktime-replay FILE [--json | --qemu | --compare [--json]] [--no-color]\n`);
   }
   expect(run('--help').out).toBe('usage: postcopy blocktime-replay FILE [--json | --qemu | --compare [--json]] [--no-color]\n');
+});
+
+test("docs/blocktime-compare.md: each command prints what the doc shows below it", () => {
+  const doc = readFileSync(join(root, 'docs', 'blocktime-compare.md'), 'utf8');
+  const blocks = [...doc.matchAll(/```(\w+)\n([\s\S]*?)```/g)].map((m) => ({ lang: m[1], body: m[2] }));
+  const runs = blocks.flatMap((b, i) => (b.lang === 'sh' ? [{ command: b.body.trim(), shown: blocks[i + 1]?.body }] : []));
+  expect(runs.length).toBeGreaterThanOrEqual(2);
+  for (const { command, shown } of runs) {
+    const r = spawnSync('bash', ['-c', command], { cwd: root, encoding: 'utf8', timeout: 30_000, env: { ...process.env, NO_COLOR: '1' } });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toBe(shown);
+  }
 });

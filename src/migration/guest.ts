@@ -1,16 +1,28 @@
 // What the migration engine needs from the VM, as two small interfaces: guest
-// RAM (native memory with a Buffer view and a way to drop pages) and the vCPU
+// RAM (native memory, its bytes copied in and out by offset, and a way to drop
+// pages; never one Buffer over all of it, which Node caps at 4 GiB) and the vCPU
 // set (pause/resume, thread ids, workload state in wire form). The Machine
 // adapts src/vm's GuestRam and VcpuSet to them; the engine knows nothing else
 // about the VM, which keeps source and destination testable on their own.
+
+/** Copies and zero tests on guest RAM by byte offset, split internally at the
+ *  windows one Buffer can cover; none allocates. */
+export interface GuestBytes {
+  /** copies src[srcPos, srcPos+len) into guest RAM at [offset, offset+len) */
+  copyIn(offset: number, src: Uint8Array, srcPos: number, len: number): void;
+  /** copies guest RAM [offset, offset+len) to dst[dstPos, dstPos+len) */
+  copyOut(offset: number, dst: Uint8Array, dstPos: number, len: number): void;
+  /** whether guest RAM [offset, offset+len) is all zero */
+  isZero(offset: number, len: number): boolean;
+}
 
 export interface GuestMemory {
   /** native address of guest RAM offset 0 (page aligned) */
   readonly base: number;
   readonly bytes: number;
   readonly pageSize: number;
-  /** a Buffer over the whole mapping (no copy); touching it populates pages */
-  buffer(): Buffer;
+  /** guest RAM's bytes by offset (src/native's MemoryWindows); touching them populates pages */
+  readonly contents: GuestBytes;
   /** MADV_DONTNEED: [offset, offset+len) becomes unpopulated (reads as zero, faults again under userfaultfd) */
   discard(offset: number, len: number): void;
 }

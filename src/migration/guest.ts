@@ -5,15 +5,16 @@
 // adapts src/vm's GuestRam and VcpuSet to them; the engine knows nothing else
 // about the VM, which keeps source and destination testable on their own.
 
-/** Copies and zero tests on guest RAM by byte offset, split internally at the
- *  windows one Buffer can cover; none allocates. */
+/** Copies and zero tests on guest RAM, split internally at the windows one
+ *  Buffer can cover (src/native/memory-windows.ts); none allocates. Positions
+ *  are page numbers (pageSize, 4 KiB), lengths bytes. */
 export interface GuestBytes {
-  /** copies src[srcPos, srcPos+len) into guest RAM at [offset, offset+len) */
-  copyIn(offset: number, src: Uint8Array, srcPos: number, len: number): void;
-  /** copies guest RAM [offset, offset+len) to dst[dstPos, dstPos+len) */
-  copyOut(offset: number, dst: Uint8Array, dstPos: number, len: number): void;
-  /** whether guest RAM [offset, offset+len) is all zero */
-  isZero(offset: number, len: number): boolean;
+  /** copies src[srcPos, srcPos+len) into guest RAM from the start of page `page` on */
+  copyIn(page: number, src: Uint8Array, srcPos: number, len: number): void;
+  /** copies len bytes of guest RAM, from the start of page `page` on, to dst[dstPos, dstPos+len) */
+  copyOut(page: number, dst: Uint8Array, dstPos: number, len: number): void;
+  /** whether the len bytes from the start of page `page` on are all zero */
+  isZero(page: number, len: number): boolean;
 }
 
 export interface GuestMemory {
@@ -21,7 +22,7 @@ export interface GuestMemory {
   readonly base: number;
   readonly bytes: number;
   readonly pageSize: number;
-  /** guest RAM's bytes by offset (src/native's MemoryWindows); touching them populates pages */
+  /** guest RAM's bytes (src/native's MemoryWindows); touching them populates pages */
   readonly contents: GuestBytes;
   /** MADV_DONTNEED: [offset, offset+len) becomes unpopulated (reads as zero, faults again under userfaultfd) */
   discard(offset: number, len: number): void;

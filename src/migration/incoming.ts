@@ -295,7 +295,7 @@ export class IncomingMigration implements StreamHandler {
     const flags = this.flags;
     const end = first + count;
     if (this.uffd === null) { // not registered: plain writes
-      this.ram.contents.copyIn(first * ps, buf, pos, count * ps);
+      this.ram.contents.copyIn(first, buf, pos, count * ps);
     } else {
       for (let p = first; p < end;) { // runs of pages alike: already written, or not yet
         const populated = (flags[p] & POPULATED) !== 0;
@@ -304,7 +304,7 @@ export class IncomingMigration implements StreamHandler {
         const from = pos + (p - first) * ps;
         const to = pos + (q - first) * ps;
         if (populated) {
-          this.ram.contents.copyIn(p * ps, buf, from, to - from);
+          this.ram.contents.copyIn(p, buf, from, to - from);
         } else {
           buf.copy(this.stagingBuf!, 0, from, to);
           this.placeRun(p * ps, q - p, true);

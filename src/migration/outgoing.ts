@@ -436,8 +436,7 @@ export class OutgoingMigration implements ReturnHandler {
       if ((flags[p] & NEED) === 0) continue;
       flags[p] = HAS;
       this.needCount--;
-      const off = p * ps;
-      const isZero = this.contents.isZero(off, ps);
+      const isZero = this.contents.isZero(p, ps);
       const k = isZero ? 2 : 1;
       if (kind !== k || p !== runStart + runLen || (k === 1 && runLen >= MAX_RUN_PAGES)) {
         close();
@@ -451,7 +450,7 @@ export class OutgoingMigration implements ReturnHandler {
       if (isZero) {
         this.duplicate++;
       } else {
-        this.contents.copyOut(off, buf, pos, ps);
+        this.contents.copyOut(p, buf, pos, ps);
         pos += ps;
         data++;
         this.normal++;

@@ -94,7 +94,7 @@ class VmMachine implements Machine {
     this.state = this.isDestination ? 'inmigrate' : opts.startPaused ? 'paused' : 'running';
     this.memory = {
       base: ram.base, bytes: ram.bytes, pageSize: PAGE_SIZE,
-      buffer: () => ram.view(),
+      contents: ram.windows,
       discard: (offset, len) => ram.discard(offset / PAGE_SIZE, len / PAGE_SIZE),
     };
     const v = vcpus;

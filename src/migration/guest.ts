@@ -1,18 +1,31 @@
 // What the migration engine needs from the VM, as two small interfaces: guest
-// RAM (native memory with a Buffer view and a way to drop pages) and the vCPU
+// RAM (native memory, its bytes copied in and out by offset, and a way to drop
+// pages; never one Buffer over all of it, which Node caps at 4 GiB) and the vCPU
 // set (pause/resume, thread ids, workload state in wire form). The Machine
 // adapts src/vm's GuestRam and VcpuSet to them; the engine knows nothing else
 // about the VM, which keeps source and destination testable on their own.
 
 import type { KernelTimes } from '../blocktime/types.js';
 
+/** Copies and zero tests on guest RAM, split internally at the windows one
+ *  Buffer can cover (src/native/memory-windows.ts); none allocates. Positions
+ *  are page numbers (pageSize, 4 KiB), lengths bytes. */
+export interface GuestBytes {
+  /** copies src[srcPos, srcPos+len) into guest RAM from the start of page `page` on */
+  copyIn(page: number, src: Uint8Array, srcPos: number, len: number): void;
+  /** copies len bytes of guest RAM, from the start of page `page` on, to dst[dstPos, dstPos+len) */
+  copyOut(page: number, dst: Uint8Array, dstPos: number, len: number): void;
+  /** whether the len bytes from the start of page `page` on are all zero */
+  isZero(page: number, len: number): boolean;
+}
+
 export interface GuestMemory {
   /** native address of guest RAM offset 0 (page aligned) */
   readonly base: number;
   readonly bytes: number;
   readonly pageSize: number;
-  /** a Buffer over the whole mapping (no copy); touching it populates pages */
-  buffer(): Buffer;
+  /** guest RAM's bytes (src/native's MemoryWindows); touching them populates pages */
+  readonly contents: GuestBytes;
   /** MADV_DONTNEED: [offset, offset+len) becomes unpopulated (reads as zero, faults again under userfaultfd) */
   discard(offset: number, len: number): void;
 }

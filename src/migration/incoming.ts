@@ -69,7 +69,6 @@ export interface IncomingOptions {
 
 export class IncomingMigration implements StreamHandler {
   private readonly ram: GuestMemory;
-  private readonly ramBuf: Buffer;
   private readonly base: number;
   private readonly ps: number;
   private readonly pageCount: number;
@@ -120,7 +119,6 @@ export class IncomingMigration implements StreamHandler {
 
   constructor(private readonly o: IncomingOptions) {
     this.ram = o.ram;
-    this.ramBuf = o.ram.buffer();
     this.base = o.ram.base;
     this.ps = o.ram.pageSize;
     this.pageCount = o.ram.bytes / this.ps;
@@ -302,7 +300,7 @@ export class IncomingMigration implements StreamHandler {
     const flags = this.flags;
     const end = first + count;
     if (this.uffd === null) { // not registered: plain writes
-      buf.copy(this.ramBuf, first * ps, pos, pos + count * ps);
+      this.ram.contents.copyIn(first, buf, pos, count * ps);
     } else {
       for (let p = first; p < end;) { // runs of pages alike: already written, or not yet
         const populated = (flags[p] & POPULATED) !== 0;
@@ -311,7 +309,7 @@ export class IncomingMigration implements StreamHandler {
         const from = pos + (p - first) * ps;
         const to = pos + (q - first) * ps;
         if (populated) {
-          buf.copy(this.ramBuf, p * ps, from, to);
+          this.ram.contents.copyIn(p, buf, from, to - from);
         } else {
           buf.copy(this.stagingBuf!, 0, from, to);
           this.placeRun(p * ps, q - p, true);

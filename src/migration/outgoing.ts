@@ -17,7 +17,7 @@ import net from 'node:net';
 import type { EventEmitter } from 'node:events';
 import type { MigrationRamStats } from './api.js';
 import { ramStatsOf } from './ram-stats.js';
-import type { GuestMemory, VcpuControl } from './guest.js';
+import type { GuestBytes, GuestMemory, VcpuControl } from './guest.js';
 import type { MigrationStatusMachine } from './status.js';
 import type { Parameters } from './parameters.js';
 import { RateLimiter } from './rate-limit.js';
@@ -77,11 +77,10 @@ type Phase = 'connecting' | 'precopy' | 'switching' | 'postcopy' | 'finishing' |
 
 export class OutgoingMigration implements ReturnHandler {
   private readonly ram: GuestMemory;
-  private readonly ramBuf: Buffer;
+  private readonly contents: GuestBytes;
   private readonly ps: number;
   private readonly pages: number;
   private readonly flags: Uint8Array;
-  private readonly zeroPage: Buffer;
   private socket: net.Socket | null = null;
   /** second connection for requested pages (see wire.ts) */
   private urgentSocket: net.Socket | null = null;
@@ -131,12 +130,11 @@ export class OutgoingMigration implements ReturnHandler {
 
   constructor(private readonly o: OutgoingOptions) {
     this.ram = o.ram;
-    this.ramBuf = o.ram.buffer();
+    this.contents = o.ram.contents;
     this.ps = o.ram.pageSize;
     this.pages = o.ram.bytes / this.ps;
     this.flags = new Uint8Array(this.pages).fill(NEED);
     this.needCount = this.pages;
-    this.zeroPage = Buffer.alloc(this.ps);
     this.limiter = new RateLimiter(() => performance.now());
     this.decoder = new ReturnDecoder(this, o.ram.bytes, this.ps);
     const chunkBytes = CHUNK_PAGES * this.ps + RECORD_HEADER_BYTES * (2 * CHUNK_PAGES + 4);
@@ -438,8 +436,7 @@ export class OutgoingMigration implements ReturnHandler {
       if ((flags[p] & NEED) === 0) continue;
       flags[p] = HAS;
       this.needCount--;
-      const off = p * ps;
-      const isZero = this.ramBuf.compare(this.zeroPage, 0, ps, off, off + ps) === 0;
+      const isZero = this.contents.isZero(p, ps);
       const k = isZero ? 2 : 1;
       if (kind !== k || p !== runStart + runLen || (k === 1 && runLen >= MAX_RUN_PAGES)) {
         close();
@@ -453,7 +450,7 @@ export class OutgoingMigration implements ReturnHandler {
       if (isZero) {
         this.duplicate++;
       } else {
-        this.ramBuf.copy(buf, pos, off, off + ps);
+        this.contents.copyOut(p, buf, pos, ps);
         pos += ps;
         data++;
         this.normal++;

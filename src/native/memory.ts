@@ -4,6 +4,7 @@
 // for one call (REFERENCE.md §4).
 import koffi from 'koffi';
 import * as libc from './libc.js';
+import { MemoryWindows } from './memory-windows.js';
 
 export class NativeMappingError extends Error {
   constructor(message: string, readonly errno?: number) {
@@ -20,13 +21,16 @@ export class NativeMapping {
   readonly #ptr: bigint;
   readonly address: number;
   readonly bytes: number;
-  #buf: Buffer | undefined;
+  /** the mapping's bytes, through Buffers over 1 GiB windows (one Buffer stops at 4 GiB).
+   *  Touching them populates pages (and faults under userfaultfd). */
+  readonly windows: MemoryWindows;
   #disposed = false;
 
   private constructor(ptr: bigint, bytes: number) {
     this.#ptr = ptr;
     this.address = libc.addressOf(ptr);
     this.bytes = bytes;
+    this.windows = new MemoryWindows(ptr, bytes);
   }
 
   /** maps `bytes` (a multiple of 4096) of zeroed, unpopulated, NORESERVE anonymous memory */
@@ -44,13 +48,6 @@ export class NativeMapping {
   }
 
   get disposed(): boolean { return this.#disposed; }
-
-  /** a Buffer over the whole mapping (no copy). Touching it populates pages (and faults under userfaultfd). */
-  buffer(): Buffer {
-    if (this.#disposed) throw new NativeMappingError('the mapping was unmapped');
-    this.#buf ??= Buffer.from(koffi.view(this.#ptr, this.bytes));
-    return this.#buf;
-  }
 
   /** gives pages back to the kernel: [offset, offset+len) reads as zero again and is unpopulated */
   discard(offset: number, len: number): void {
@@ -78,11 +75,11 @@ export class NativeMapping {
     });
   }
 
-  /** unmaps; any view obtained before must not be used afterwards. Idempotent. */
+  /** unmaps; any windows.view() obtained before must not be used afterwards. Idempotent. */
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    this.#buf = undefined;
+    this.windows.release();
     libc.munmap(this.#ptr, this.bytes);
   }
 }

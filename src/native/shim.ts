@@ -12,7 +12,7 @@ import { VCPU_BLOCK_SIZE, VCPU_OFF_POSITION } from './vcpu-layout.js';
 /** struct pc_channel_status: sizeof * 1000 + offsetof(stats) (page-channel.ts mirrors it) */
 const CHANNEL_LAYOUT = 416 * 1000 + 16;
 
-export const SHIM_VERSION = 3;
+export const SHIM_VERSION = 4;
 const LIB_NAME = 'libpostcopy_shim.so';
 
 /** the library path: $POSTCOPY_SHIM, else native-shim/build/ of the nearest enclosing package */
@@ -39,6 +39,7 @@ export interface Shim {
   vcpuWaitStates: KoffiFunc<[blocks: bigint, count: number, mask: number, timeoutMs: number], number>;
   faultHandlerRun: KoffiFunc<[uffd: number, src: number, pageSize: number, expected: number, stopFd: number], number | bigint>;
   pageDigests(base: number, pageSize: number, first: number, count: number, out: BigUint64Array): void;
+  copyBytes(dst: Uint8Array, dstPos: number, src: Uint8Array, srcPos: number, n: number): void;
   streamBaseline: KoffiFunc<[bytes: number, tcp: number], number | bigint>;
   faultThreadStart(uffd: number, sock: number, ramBase: number, pageSize: number, pages: number, flags: number, readahead: number,
     status: bigint, ring: bigint, ringSize: number, blocktime: number, clockBase: number): number | bigint;
@@ -78,6 +79,8 @@ export function loadShim(): Shim {
       unknown as Shim['faultHandlerRun'],
     pageDigests: lib.func('void pc_page_digests(uint64_t base, uint64_t page_size, uint64_t first, uint64_t count, _Out_ uint64_t *out)') as
       unknown as Shim['pageDigests'],
+    copyBytes: lib.func('void pc_copy_bytes(uint8_t *dst, uint64_t dst_pos, const uint8_t *src, uint64_t src_pos, uint64_t n)') as
+      Shim['copyBytes'],
     streamBaseline: lib.func('int64_t pc_stream_baseline(uint64_t bytes, int tcp)') as unknown as Shim['streamBaseline'],
     faultThreadStart: lib.func('uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t page_size, ' +
       'uint64_t pages, uint64_t flags, uint32_t readahead, void *status, void *ring, uint32_t ring_size, int blocktime, double clock_base)') as

@@ -1,7 +1,9 @@
 // Native staging pages for UFFDIO_COPY: page bytes that arrive from a socket
 // into a JS Buffer are copied into a slot here (one memcpy, no allocation),
-// and the slot's native address is the copy's source.
+// and the slot's native address is the copy's source. The area is small (a run
+// of pages), so one Buffer covers it: at most one MemoryWindows window.
 import { NativeMapping } from '../native/memory.js';
+import { WINDOW_BYTES } from '../native/memory-windows.js';
 import { badArgument } from './errors.js';
 
 export class StagingArea {
@@ -14,7 +16,7 @@ export class StagingArea {
 
   private constructor(map: NativeMapping, slots: number, slotSize: number) {
     this.#map = map;
-    this.#buf = map.buffer();
+    this.#buf = map.windows.view(0, map.bytes);
     this.slots = slots;
     this.slotSize = slotSize;
     this.base = map.address;
@@ -25,6 +27,9 @@ export class StagingArea {
     if (!(Number.isSafeInteger(slots) && slots > 0)) throw badArgument(`staging: slot count ${slots} must be a positive integer`);
     if (!(Number.isSafeInteger(slotSize) && slotSize > 0 && slotSize % 4096 === 0)) {
       throw badArgument(`staging: slot size ${slotSize} must be a positive multiple of 4096`);
+    }
+    if (slots * slotSize > WINDOW_BYTES) {
+      throw badArgument(`staging: ${slots} slots of ${slotSize} bytes exceed ${WINDOW_BYTES} bytes (one Buffer's window)`);
     }
     return new StagingArea(NativeMapping.create(slots * slotSize), slots, slotSize);
   }

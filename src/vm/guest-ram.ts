@@ -1,8 +1,9 @@
 // Guest RAM: one anonymous private mapping, page-granular, zero-filled and
 // unpopulated until touched, so that a destination registered with
-// userfaultfd sees a MISSING fault on every page's first touch.
+// userfaultfd sees a MISSING fault on every page's first touch. JavaScript
+// reaches its bytes through MemoryWindows (src/native/memory-windows.ts).
 import { CommandError } from '../errors.js';
-import { NativeMapping, pageDigests } from '../native/index.js';
+import { NativeMapping, pageDigests, type MemoryWindows } from '../native/index.js';
 import { MAX_RAM_BYTES, PAGE_SIZE, formatSize } from './size.js';
 
 export class GuestRam {
@@ -33,9 +34,10 @@ export class GuestRam {
 
   get disposed(): boolean { return this.#map.disposed; }
 
-  /** the whole RAM as bytes (no copy). Reading a page populates it (and faults under userfaultfd). */
-  view(): Buffer {
-    return this.#map.buffer();
+  /** the RAM's bytes by offset, through 1 GiB windows (no Buffer spans all of a guest
+   *  over 4 GiB). Reading a page populates it (and faults under userfaultfd). */
+  get windows(): MemoryWindows {
+    return this.#map.windows;
   }
 
   /** address of guest page `page` */

@@ -30,9 +30,14 @@ function scan(addr: number, c: number): Promise<number> {
 
 const PS = 4096;
 
-function guest(bytes: number): GuestMemory & { map: NativeMapping } {
+/** guest RAM for the engine; whole() is one Buffer over all of it, which these
+ *  small guests allow (they fit one MemoryWindows window) */
+function guest(bytes: number): GuestMemory & { map: NativeMapping; whole(): Buffer } {
   const map = NativeMapping.create(bytes);
-  return { map, base: map.address, bytes, pageSize: PS, buffer: () => map.buffer(), discard: (o, l) => map.discard(o, l) };
+  return {
+    map, base: map.address, bytes, pageSize: PS, contents: map.windows,
+    whole: () => map.windows.view(0, bytes), discard: (o, l) => map.discard(o, l),
+  };
 }
 
 /** vCPUs that never run: state is a byte pattern per vCPU */
@@ -101,14 +106,14 @@ const maybe = requireUffd() ? describe : describe.skip;
 maybe('migration engine, one process', () => {
   test('precopy over a unix socket: converges, RAM and vCPU state arrive exactly; socket file is 0600', async () => {
     const P = pair(16 << 20, 2);
-    fillPattern(P.srcRam.buffer(), 1);
+    fillPattern(P.srcRam.whole(), 1);
     const addr = parseMigrationUri(`unix:${join(dir, 'a.sock')}`);
     await P.dst.listen(addr);
     expect(statSync(join(dir, 'a.sock')).mode & 0o777).toBe(0o600);
     const done = Promise.all([waitStatus(P.srcEv, ['completed', 'failed']), waitStatus(P.dstEv, ['completed', 'failed'])]);
     P.src.start(addr);
     expect(await done).toEqual(['completed', 'completed']);
-    expect(digest(P.dstRam.buffer())).toBe(digest(P.srcRam.buffer()));
+    expect(digest(P.dstRam.whole())).toBe(digest(P.srcRam.whole()));
     expect(P.dstCpus.state.equals(P.srcCpus.state)).toBe(true);
     const st = P.src.ramStats();
     expect(st.normal + st.duplicate).toBeGreaterThanOrEqual(4096);
@@ -123,7 +128,7 @@ maybe('migration engine, one process', () => {
 
   test('postcopy over TCP loopback: discards pages written after they were sent, background push completes', async () => {
     const P = pair(32 << 20, 1, { postcopy: true });
-    const sb = P.srcRam.buffer();
+    const sb = P.srcRam.whole();
     fillPattern(sb, 3);
     P.srcParams.set({ 'max-bandwidth': 16 << 20 }); // slow precopy so the switch lands mid-round
     await P.dst.listen(parseMigrationUri('tcp:127.0.0.1:0'));
@@ -141,7 +146,7 @@ maybe('migration engine, one process', () => {
     P.src.requestPostcopy();
     expect(await done).toEqual(['completed', 'completed']);
     expect(seen).toEqual(['setup', 'active', 'postcopy-active', 'completed']);
-    expect(digest(P.dstRam.buffer())).toBe(digest(sb));
+    expect(digest(P.dstRam.whole())).toBe(digest(sb));
     expect(P.dstCpus.state.equals(P.srcCpus.state)).toBe(true);
     expect(P.src.ramStats()['postcopy-bytes']).toBeGreaterThan(0);
     expect(P.dst.discardedPages).toBeGreaterThan(0);
@@ -152,7 +157,7 @@ maybe('migration engine, one process', () => {
   test.each([0, 8])('a fault on a page not yet sent is served by the native threads while the background push stands still (read-ahead %i)', async (readahead) => {
     const P = pair(16 << 20, 1, { postcopy: true });
     P.dstParams.set({ 'x-postcopy-readahead': readahead });
-    const sb = P.srcRam.buffer();
+    const sb = P.srcRam.whole();
     fillPattern(sb, 5);
     P.srcParams.set({ 'max-postcopy-bandwidth': 1 }); // after its first burst the background push stands still
     await P.dst.listen(parseMigrationUri('tcp:127.0.0.1:0'));
@@ -184,7 +189,7 @@ maybe('migration engine, one process', () => {
     expect(P.src.requestsInFlight).toBe(0); // none had been sent
     P.srcParams.set({ 'max-postcopy-bandwidth': 0 }); // applies within 100 ms, though the limiter had asked for days
     expect(await done).toEqual(['completed', 'completed']);
-    expect(digest(P.dstRam.buffer())).toBe(digest(sb));
+    expect(digest(P.dstRam.whole())).toBe(digest(sb));
     const bt = P.dst.blocktimeReport()!;
     expect(bt['x-blocktime'].nonVcpuFaults).toBe(faulted); // the koffi worker thread is no vCPU
     await P.dst.close();
@@ -218,7 +223,7 @@ maybe('migration engine, one process', () => {
 
   test('cancel during precopy: source cancelled, destination failed, source vCPU state untouched', async () => {
     const P = pair(32 << 20, 1);
-    fillPattern(P.srcRam.buffer(), 2);
+    fillPattern(P.srcRam.whole(), 2);
     P.srcParams.set({ 'max-bandwidth': 4 << 20 });
     const addr = parseMigrationUri(`unix:${join(dir, 'c.sock')}`);
     await P.dst.listen(addr);

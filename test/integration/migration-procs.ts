@@ -64,8 +64,7 @@ let table: Map<string, number> | undefined;
 export function firstByteTable(): Map<string, number> {
   if (table) return table;
   const ram = GuestRam.create(256 * 4096);
-  const v = ram.view();
-  for (let b = 0; b < 256; b++) v[b * 4096] = b;
+  for (let b = 0; b < 256; b++) ram.windows.copyIn(b, Uint8Array.of(b), 0, 1);
   const d = ram.digestHex().match(/.{16}/g)!;
   ram.dispose();
   table = new Map(d.map((h, b) => [h, b]));

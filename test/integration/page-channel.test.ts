@@ -55,7 +55,7 @@ describe('page server', () => {
   let ram: NativeMapping;
   beforeEach(() => {
     ram = NativeMapping.create(PAGES * PS);
-    const b = ram.buffer();
+    const b = ram.windows.view(0, ram.bytes);
     for (let p = 0; p < PAGES; p++) if (p % 4 !== 0) b.fill(p, p * PS, (p + 1) * PS); // every 4th page zero
   });
   afterEach(() => { ram.dispose(); });

@@ -90,7 +90,7 @@ maybe('userfaultfd with vCPU threads', () => {
       expect([...h.tids].every((t) => tids.has(t))).toBe(true);
       expect(h.tids.size).toBe(count);
       // every byte of every page: the pattern, and the sweep's +1 on the first byte
-      const mem = Buffer.from(ram.view().buffer, ram.view().byteOffset, ram.bytes);
+      const mem = ram.windows.view(0, ram.bytes);
       const expected = Buffer.alloc(PAGE_SIZE, PATTERN);
       expected[0] = PATTERN + 1;
       const wrong: number[] = [];
@@ -111,7 +111,7 @@ maybe('userfaultfd with vCPU threads', () => {
 
   it('write-protect: a writing vCPU gets a WP fault, un-protecting lets it go on', async () => {
     const ram = GuestRam.create(1 * MiB);
-    ram.view().fill(7); // populate: WP applies to present pages
+    ram.windows.view(0, ram.bytes).fill(7); // populate: WP applies to present pages
     const uffd = Userfaultfd.open({ features: ['PAGEFAULT_FLAG_WP'], optionalFeatures: ['THREAD_ID'] });
     uffd.register(ram.base, ram.bytes, { wp: true });
     uffd.writeProtect(ram.base, ram.bytes, true);
@@ -135,7 +135,7 @@ maybe('userfaultfd with vCPU threads', () => {
       await vcpus.whenDone({ timeoutMs: 30_000 });
       expect(flagsOk).toBe(true);
       expect(seen).toEqual(Array.from({ length: ram.pages }, (_, p) => p));
-      expect(ram.view()[0]).toBe(8);
+      expect(ram.windows.view(0, 1)[0]).toBe(8);
     } finally {
       await vcpus.stop();
       await poller.stop();
@@ -245,7 +245,7 @@ maybe('userfaultfd with vCPU threads', () => {
       four.dispose();
       expect(uffd.zeropage(ram.base, PAGE_SIZE * 2)).toBe('exists');
       uffd.wake(ram.base, ram.bytes);
-      const mem = ram.view();
+      const mem = ram.windows.view(0, ram.bytes);
       expect([mem[0], mem[PAGE_SIZE], mem[2 * PAGE_SIZE], mem[3 * PAGE_SIZE + 5]]).toEqual([PATTERN, 0, 3, 4]);
       uffd.unregister(ram.base, ram.bytes);
     } finally {

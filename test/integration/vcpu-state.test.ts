@@ -8,9 +8,12 @@ import { GuestRam, VcpuSet, PAGE_SIZE, parseWorkload, type VcpuState } from '../
 const MiB = 2 ** 20;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** one Buffer over all of a small guest's RAM (it fits one MemoryWindows window) */
+const all = (ram: GuestRam): Buffer => ram.windows.view(0, ram.bytes);
+
 /** first byte of every page */
 function firstBytes(ram: GuestRam): number[] {
-  const v = ram.view();
+  const v = all(ram);
   return Array.from({ length: ram.pages }, (_, p) => v[p * PAGE_SIZE]);
 }
 
@@ -44,7 +47,7 @@ describe('vCPU threads', () => {
 
     // destination: same memory, state set while paused, bounded to 3 more sweeps
     const dst = GuestRam.create(4 * MiB);
-    dst.view().set(src.view());
+    all(dst).set(all(src));
     const target = Math.max(moved[0].sweeps, moved[1].sweeps) + 3;
     const next = await VcpuSet.create(dst, 2, parseWorkload(`sweep,split=on,sweeps=${target}`, dst.bytes), { paused: true });
     next.setState(0, moved[0]);
@@ -80,7 +83,7 @@ describe('vCPU threads', () => {
     await b.stop();
     expect(mid.accesses).toBe(1234567);
     const second = GuestRam.create(2 * MiB);
-    second.view().set(first.view());
+    all(second).set(all(first));
     const c = await VcpuSet.create(second, 1, spec(second), { paused: true });
     c.setState(0, mid);
     c.resume();
@@ -88,7 +91,7 @@ describe('vCPU threads', () => {
     await c.stop();
     expect(c.progress(0).accesses).toBe(N);
     expect(second.digestHex()).toBe(whole.digestHex());
-    expect(Buffer.compare(second.view(), whole.view())).toBe(0);
+    expect(Buffer.compare(all(second), all(whole))).toBe(0);
     for (const r of [whole, first, second]) r.dispose();
   });
 

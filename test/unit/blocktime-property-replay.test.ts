@@ -3,7 +3,8 @@
 // a second, naive implementation of the documented rules
 // (test/helpers/naive-blocktime.ts, no code shared with src/blocktime/) on
 // random traces (test/helpers/random-blocktime-trace.ts): every field of the
-// query-migrate shape must be equal.
+// query-migrate shape must be equal. Then each rule on a hand-written trace,
+// with figures computed by hand, through both implementations.
 //
 // BLOCKTIME_SEED (first seed) and BLOCKTIME_TRACES (how many) rerun a case.
 // (blocktime-property.test.ts checks the context alone, fed directly.)
@@ -121,4 +122,143 @@ describe('replay against a naive implementation of the rules, on random traces',
     const seconds = (performance.now() - started) / 1000;
     process.stdout.write(`blocktime property replay: ${TRACES} traces, ${lines} lines, ${seconds.toFixed(1)} s\n`);
   }, 120_000);
+});
+
+const header = (vcpus: number[], t0?: number): string => JSON.stringify(t0 === undefined ? { vcpus } : { vcpus, t0 });
+const fault = (t: number, addr: number, tid: number): string => JSON.stringify({ t, ev: 'fault', addr, tid });
+const placed = (t: number, addr: number): string => JSON.stringify({ t, ev: 'placed', addr });
+const end = (t: number, status?: string): string => JSON.stringify(status === undefined ? { t, ev: 'end' } : { t, ev: 'end', status });
+const A = 0x7f00_0000_0000;
+const B = A + 4096;
+const C = A + 8192;
+const Z = A + 0x10_0000;
+
+/** Both implementations on a hand-written trace (they must agree); the report. */
+async function byHand(...lines: string[]): Promise<BlocktimeReport> {
+  return (await both(lines, 'hand-written trace')).replay;
+}
+
+describe('each rule on a hand-written trace (replay and the naive rules agree; figures by hand)', () => {
+  test('a fault on a page placed earlier records nothing (issue 10: vCPU 0 used to get 31 ms)', async () => {
+    const r = await byHand(
+      '{"vcpus":[1000,1001]}',
+      '{"t":2897092,"ev":"placed","addr":139637976727552}',
+      '{"t":2898592,"ev":"fault","addr":139637976727552,"tid":1000}',
+      '{"t":34150112,"ev":"placed","addr":139637976797184}',
+    );
+    expect(r['postcopy-vcpu-blocktime']).toEqual([0, 0]);
+    expect(r['x-blocktime']).toMatchObject({
+      state: 'live', faults: 0, totalBlocktimeNs: 0, postcopyNs: 34150112 - 2897092,
+      vcpus: [{ faults: 0, blocktimeNs: 0 }, { faults: 0, blocktimeNs: 0 }],
+    });
+    // placed earlier at the same nanosecond: earlier in the trace
+    const same = await byHand(header([1]), placed(5, A), fault(5, A, 1));
+    expect(same['x-blocktime']).toMatchObject({ faults: 0, totalBlocktimeNs: 0, allBlockedWindows: 0 });
+  });
+
+  test('a placement nobody waits on records nothing, and the page counts as placed', async () => {
+    const r = await byHand(header([1], 0), placed(100, A), fault(200, B, 1), placed(300, B), placed(400, B), fault(500, A, 1));
+    expect(r['postcopy-latency-dist'][0]).toBe(1);
+    expect(r['postcopy-latency']).toBe(100);
+    expect(r['x-blocktime']).toMatchObject({
+      faults: 1, totalBlocktimeNs: 100, allBlockedWindows: 1, longestAllBlockedNs: 100, postcopyNs: 500,
+      vcpus: [{ faults: 1, blocktimeNs: 100 }],
+    });
+  });
+
+  test('one placement resolves every waiter on its page (vCPUs, the same vCPU twice, other threads)', async () => {
+    const r = await byHand(header([1, 2], 0), fault(0, A, 1), fault(10_000, A, 2), fault(20_000, A, 99), fault(20_000, A, 1), placed(50_000, A));
+    // latencies 50, 40, 30 and 30 us
+    expect(r['postcopy-latency']).toBe(37_500);
+    expect(r['postcopy-vcpu-latency']).toEqual([40_000, 40_000]);
+    expect(r['postcopy-non-vcpu-latency']).toBe(30_000);
+    expect(r['postcopy-latency-dist'].slice(4, 6)).toEqual([2, 2]);
+    expect(r['x-blocktime']).toMatchObject({
+      faults: 4, nonVcpuFaults: 1, totalBlocktimeNs: 30_000 + 10_000, allBlockedWindows: 1,
+      vcpus: [{ faults: 2, blocktimeNs: 50_000 }, { faults: 1, blocktimeNs: 40_000 }],
+    });
+  });
+
+  test.each([
+    ['the first fault resolved first', [placed(20, A), placed(50, B)]],
+    ['the last fault resolved first', [placed(20, B), placed(50, A)]],
+  ])('a vCPU with several outstanding faults stays blocked until the last is resolved: %s', async (_, placements) => {
+    // upstream QEMU would add only the latency of the fault resolved last (40 or 50)
+    const r = await byHand(header([1], 0), fault(0, A, 1), fault(10, B, 1), ...placements, fault(70, C, 1), placed(100, C));
+    expect(r['x-blocktime']).toMatchObject({ vcpus: [{ faults: 3, blocktimeNs: 50 + 30 }], allBlockedWindows: 2, longestAllBlockedNs: 50 });
+  });
+
+  test('total blocktime is the time during which every vCPU was blocked at once; an idle vCPU keeps it at 0', async () => {
+    const faults = [fault(0, A, 1), fault(10, B, 2), placed(30, A), placed(40, B)];
+    const two = await byHand(header([1, 2], 0), ...faults);
+    expect(two['x-blocktime']).toMatchObject({
+      totalBlocktimeNs: 20, allBlockedWindows: 1, longestAllBlockedNs: 20, vcpus: [{ blocktimeNs: 30 }, { blocktimeNs: 30 }],
+    });
+    const idle = await byHand(header([1, 2, 3], 0), ...faults);
+    expect(idle['x-blocktime']).toMatchObject({ totalBlocktimeNs: 0, allBlockedWindows: 0, longestAllBlockedNs: 0 });
+  });
+
+  test('faults of threads that are no vCPU count only in the latency figures', async () => {
+    const r = await byHand(header([1], 0), fault(0, A, 77), placed(1000, A));
+    expect(r['postcopy-vcpu-blocktime']).toEqual([0]);
+    expect(r['postcopy-vcpu-latency']).toEqual([0]);
+    expect([r['postcopy-latency'], r['postcopy-non-vcpu-latency'], r['postcopy-latency-dist'][0]]).toEqual([1000, 1000, 1]);
+    expect(r['x-blocktime']).toMatchObject({
+      faults: 1, nonVcpuFaults: 1, totalBlocktimeNs: 0, allBlockedWindows: 0, latencyMaxNs: 1000, vcpus: [{ faults: 0, blocktimeNs: 0 }],
+    });
+  });
+
+  test('latencies in QEMU\'s buckets: N = [2^N us, 2^(N+1) us), below 1 us in 0, from 2^23 us in 23; averages round down', async () => {
+    const latencies = [0, 999, 1000, 1999, 2000, 2 ** 23 * 1000 - 1, 2 ** 23 * 1000, 2 ** 30 * 1000];
+    const pages = latencies.map((_, i) => A + i * 4096);
+    const r = await byHand(header([1], 0), ...pages.map((p) => fault(0, p, 77)), ...latencies.map((l, i) => placed(l, pages[i])));
+    const dist = new Array<number>(24).fill(0);
+    [dist[0], dist[1], dist[22], dist[23]] = [4, 1, 1, 2];
+    expect(r['postcopy-latency-dist']).toEqual(dist);
+    expect(r['postcopy-latency']).toBe(136_314_880_749); // 1_090_519_045_997 / 8, rounded down
+  });
+
+  test('equal timestamps are legal, the trace order decides: a fault placed at its own nanosecond, and two windows at one ns', async () => {
+    const zero = await byHand(header([1]), fault(5, A, 1), placed(5, A));
+    expect(zero['x-blocktime']).toMatchObject({ faults: 1, latencyMaxNs: 0, totalBlocktimeNs: 0, allBlockedWindows: 1, longestAllBlockedNs: 0 });
+    // vCPU 0 comes back up at 20 (B placed) and goes down again at 20 (C): it ran in between
+    const r = await byHand(header([1, 2], 0), fault(0, A, 2), fault(10, B, 1), placed(20, B), fault(20, C, 1), placed(30, C), placed(40, A));
+    expect(r['x-blocktime']).toMatchObject({
+      totalBlocktimeNs: 20, allBlockedWindows: 2, longestAllBlockedNs: 10, vcpus: [{ blocktimeNs: 20 }, { blocktimeNs: 40 }],
+    });
+  });
+
+  const outstanding = [fault(1_000_000, A, 1), fault(2_000_000, B, 2), fault(3_000_000, C, 99)];
+  test.each([
+    ['completed', 'completed'], ['failed', 'failed'], ['cancelled', 'cancelled'], ['no status', undefined],
+  ])('outstanding faults at the end (%s) are closed there, with no latency', async (_, status) => {
+    const r = await byHand(header([1, 2], 0), ...outstanding, end(10_000_000, status));
+    expect(r['postcopy-vcpu-blocktime']).toEqual([9, 8]);
+    expect([r['postcopy-blocktime'], r['postcopy-latency'], r['postcopy-latency-dist'].every((c) => c === 0)]).toEqual([8, 0, true]);
+    expect(r['x-blocktime']).toMatchObject({
+      state: 'final', faults: 3, nonVcpuFaults: 1, totalBlocktimeNs: 8_000_000, allBlockedWindows: 1, postcopyNs: 10_000_000, latencyMaxNs: 0,
+    });
+  });
+
+  test('without an end line the report is live at the last event; without t0 postcopy starts at the first event', async () => {
+    const r = await byHand(header([1, 2]), ...outstanding, placed(10_000_000, Z));
+    expect(r['postcopy-vcpu-blocktime']).toEqual([9, 8]);
+    expect(r['x-blocktime']).toMatchObject({ state: 'live', totalBlocktimeNs: 8_000_000, allBlockedWindows: 1, postcopyNs: 9_000_000 });
+  });
+
+  test('percentiles: the middle of the histogram bucket of the nearest rank; the last rank is the exact max', async () => {
+    const r = await byHand(header([1], 0), fault(0, A, 1), fault(0, B, 1), fault(0, C, 1), placed(100, A), placed(1000, B), placed(5000, C));
+    // rank 2 of 3 is 1000 ns, in the bucket [1000, 1008)
+    expect(r['x-blocktime']).toMatchObject({ latencyP50Ns: 1003, latencyP90Ns: 5000, latencyP99Ns: 5000, latencyMaxNs: 5000, vcpus: [{ latencyP99Ns: 5000 }] });
+  });
+
+  // FINDING (reported to the lead): docs/blocktime.md promises percentiles
+  // within 0.8 %, but latencies from 2^41 ns (~37 min, e.g. a long
+  // postcopy-paused) share the histogram's top bucket: p50 is reported as
+  // 2190433320959 ns for 2 faults of 2^42 ns (50 % low). Flip to `test`
+  // once the docs or the histogram are fixed.
+  test.failing('FINDING: the documented 0.8 % percentile bound also holds from 2^41 ns', async () => {
+    const r = await byHand(header([1], 0), fault(0, A, 1), fault(0, B, 1), placed(2 ** 42, A), placed(2 ** 42, B));
+    expect(Math.abs(r['x-blocktime'].latencyP50Ns - 2 ** 42)).toBeLessThanOrEqual(2 ** 42 / 128);
+  });
 });

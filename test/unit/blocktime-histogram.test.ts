@@ -3,17 +3,7 @@
 // ranks, and the hash table's behaviour under collisions, deletion and growth.
 import { HDR_BUCKETS, HdrRows, hdrBucket, hdrBucketLow, hdrBucketValue, qemuLatencyBucket } from '../../src/blocktime/latency-histogram.js';
 import { PageWaiters } from '../../src/blocktime/page-waiters.js';
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 } from '../helpers/prng.js';
 
 describe('QEMU latency buckets', () => {
   test.each([

@@ -6,17 +6,7 @@
 import { EventEmitter } from 'node:events';
 import { BlocktimeContext } from '../../src/blocktime/context.js';
 import type { BlocktimeReport } from '../../src/blocktime/types.js';
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 } from '../helpers/prng.js';
 
 type Ev = { t: number; ev: 'fault'; addr: number; tid: number } | { t: number; ev: 'placed'; addr: number };
 interface Trace { tids: number[]; t0: number; events: Ev[]; endT: number; terminal: boolean }

@@ -11,21 +11,11 @@ import { PageStateMap, PostcopyRules } from '../../src/blocktime/rules.js';
 import { replayTrace } from '../../src/blocktime-trace/replay.js';
 import { main } from '../../src/blocktime-trace/replay-command.js';
 import { TraceFileSink, openTraceFile } from '../../src/blocktime-trace/trace-file.js';
+import { mulberry32 } from '../helpers/prng.js';
 
 let dir: string;
 beforeAll(() => { dir = mkdtempSync(join(tmpdir(), 'blocktime-replay-')); });
 afterAll(() => { rmSync(dir, { recursive: true, force: true }); });
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Drives a recording context, through the postcopy rules as the destination
  *  does, with `events` random events; returns it and its clock. */

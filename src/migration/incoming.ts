@@ -217,7 +217,12 @@ export class IncomingMigration implements StreamHandler {
     });
     s.on('error', (e) => this.failWith(`urgent channel error: ${e.message}`, false));
     s.on('close', () => {
-      if (!this.over) this.failWith('the source closed the urgent channel before the migration completed', false);
+      if (this.over) return;
+      const why = (): void => { if (!this.over) this.failWith('the source closed the urgent channel before the migration completed', false); };
+      // before postcopy the main stream may still bring the source's reason
+      // (a cancel closes both connections at once)
+      if (this.postcopy) why();
+      else setTimeout(why, 200).unref();
     });
   }
 

@@ -148,7 +148,7 @@ export async function runBatch(o: BatchOptions, atEnd?: (p: BatchProcesses) => v
           ...(o.readahead !== undefined ? { 'x-postcopy-readahead': o.readahead } : {}),
         } as never,
       }),
-      VmProcess.spawn(common, join(dir, 'source-qmp.sock')),
+      VmProcess.spawn(common, join(dir, 'source-qmp.sock'), undefined, [], dir),
     ]);
     await source.configure(caps, params);
     await sleep(o.warmS * 1000);

@@ -268,6 +268,15 @@ const infoPostcopyBlocktime: HmpCommand = {
     const report = await ctx.machine.blocktime();
     if (!report) {
       const role = ctx.machine.info().role;
+      const info = ctx.machine.queryMigrate();
+      if (info.status !== 'none' && info.status !== 'postcopy-active' && !info.ram?.['postcopy-bytes']) {
+        const how = 'blocktime is measured only in postcopy: migrate_set_capability postcopy-ram on before migrate, then migrate_start_postcopy';
+        return {
+          text: isTerminal(info.status)
+            ? `No blocktime figures: the migration ${info.status === 'completed' ? 'completed' : `ended (${info.status})`} without entering postcopy (${how})`
+            : `No blocktime figures yet: the migration is in precopy (${how})`,
+        };
+      }
       return {
         text: role === 'destination'
           ? 'No blocktime figures: turn on the postcopy-blocktime capability here before the migration starts, then migrate with postcopy.'

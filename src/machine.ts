@@ -64,6 +64,8 @@ export async function createMachine(opts: MachineOptions): Promise<Machine> {
 /** the local-destination module, loaded on first `migrate local` */
 interface LocalDestinationLike {
   readonly uri: string;
+  /** where a user can reach it: process id and QMP address */
+  readonly whereabouts: string;
   queryMigrate(): Promise<MigrationInfo>;
   quit(): Promise<void>;
 }
@@ -83,6 +85,8 @@ class VmMachine implements Machine {
   private incoming: IncomingMigration | null = null;
   private incomingStarted = false;
   private local: LocalDestinationLike | null = null;
+  /** the last outgoing migration's URI as given ('local' = the lab) */
+  private lastTarget = '';
   private quitting: Promise<void> | null = null;
 
   constructor(private readonly ram: GuestRam, private readonly vcpus: VcpuSet, private readonly opts: MachineOptions) {
@@ -97,6 +101,11 @@ class VmMachine implements Machine {
       contents: ram.windows,
       discard: (offset, len) => ram.discard(offset / PAGE_SIZE, len / PAGE_SIZE),
     };
+    // a lab destination that never got the guest (precopy cancelled or
+    // failed) holds guest-sized memory for nothing: let it go at once
+    this.events.on('migration', (s: string) => {
+      if ((s === 'cancelled' || s === 'failed') && this.local && this.outgoing && !this.outgoing.postcopySwitched) void this.releaseLab();
+    });
     const v = vcpus;
     this.control = {
       count: v.count,
@@ -191,10 +200,10 @@ class VmMachine implements Machine {
     if (this.status.active) throw new CommandError("There's a migration process in progress");
     if (this.state === 'inmigrate') throw new CommandError('Guest is waiting for an incoming migration');
     if (this.incoming && !this.incoming.ramReadable) throw new CommandError('Guest RAM is incomplete after a failed incoming migration');
+    if (this.state === 'postmigrate') throw new CommandError(this.guestLeft());
     let target: string = uri;
     if (uri === 'local') {
-      await this.local?.quit().catch(() => undefined);
-      this.local = null;
+      await this.releaseLab();
       const { LocalDestination } = await import('./migration/local-destination.js');
       this.local = await LocalDestination.spawn({
         ramBytes: this.ram.bytes, vcpus: this.vcpus.count, workload: this.workloadText,
@@ -203,12 +212,29 @@ class VmMachine implements Machine {
       target = this.local.uri;
     }
     const addr = parseMigrationUri(target);
+    this.lastTarget = uri;
     this.outgoing = new OutgoingMigration({
       ram: this.memory, vcpus: this.control, workload: this.workloadText, status: this.status, params: this.params,
       postcopy: this.caps.has('postcopy-ram'), wasRunning: this.state === 'running',
       setRunState: (s) => this.setRunState(s), trackingMode: this.opts.dirtyTracking, events: this.events,
     });
     this.outgoing.start(addr);
+  }
+
+  /** Why a VM whose guest left cannot migrate again, and where the guest is. */
+  private guestLeft(): string {
+    const where = this.lastTarget === 'local' && this.local ? `the lab destination (${this.local.whereabouts})` : `the destination (${this.lastTarget})`;
+    if (this.status.status === 'completed') {
+      return `The guest has migrated: it runs in ${where}; this VM keeps a stale copy (run state postmigrate). Start a new VM to migrate again`;
+    }
+    return `The guest left this VM at the postcopy switchover and the migration to ${where} ${this.status.status === 'cancelled' ? 'was cancelled' : 'failed'}`
+      + ' after it: this VM keeps a stale copy (run state postmigrate) and cannot migrate it again';
+  }
+
+  private async releaseLab(): Promise<void> {
+    const l = this.local;
+    this.local = null;
+    await l?.quit().catch(() => undefined);
   }
 
   async migrateIncoming(uri: string): Promise<void> {
@@ -283,7 +309,7 @@ class VmMachine implements Machine {
     if (this.outgoing && this.status.active) this.outgoing.cancel();
     await this.outgoing?.close();
     await this.incoming?.close();
-    await this.local?.quit().catch(() => undefined);
+    await this.releaseLab();
     await this.vcpus.stop();
     this.setRunState('shutdown');
     this.ram.dispose();

@@ -6,9 +6,9 @@
 // The engine (machine, vm) is loaded only once the options are good, so
 // --help, --version and option errors answer without loading native code.
 
-import { readFileSync } from 'node:fs';
-import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { readFileSync, rmSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
+import { basename, dirname, join } from 'node:path';
 import { CommandError } from './errors.js';
 import type { Machine } from './migration/api.js';
 import { parseVmOptions, USAGE, VmOptionError, type VmOptions } from './vm-options.js';
@@ -17,6 +17,17 @@ import { HmpConsole } from './monitor/hmp.js';
 import { colorWanted, formatBanner } from './monitor/format.js';
 import type { Registry } from './monitor/registry.js';
 import { parseWorkload, type WorkloadSpec } from './vm/workload.js';
+import { OWNED_DIR_ENV } from './migration/local-destination.js';
+
+/** the parent when this process started: a different one later means it ended */
+const parentAtStart = process.ppid;
+
+function removeOwnedDir(env: NodeJS.ProcessEnv): void {
+  const dir = env[OWNED_DIR_ENV];
+  // only a directory of ours in the temporary directory, whatever the variable says
+  if (!dir || dirname(dir) !== tmpdir() || !/^postcopy-[a-z]+-/.test(basename(dir))) return;
+  rmSync(dir, { recursive: true, force: true });
+}
 
 /** What vm-main needs from the engine (src/machine.ts and src/vm/). */
 export interface VmEngine {
@@ -90,6 +101,9 @@ async function loadQmp(): Promise<{ start: StartQmp; check: (spec: string) => vo
   }
 }
 
+const QUIT_SIGNALS: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
+const SIGNAL_NUMBERS: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
+
 /** Runs one VM until it quits; resolves with the exit status. */
 export async function runVm(opts: VmOptions, loadEngine: () => Promise<VmEngine>, io: VmIo): Promise<number> {
   const err = (s: string) => io.stderr.write(`postcopy: ${s}\n`);
@@ -135,13 +149,28 @@ export async function runVm(opts: VmOptions, loadEngine: () => Promise<VmEngine>
       resolveExit(exitCode);
     })();
   };
+  // QEMU's termsig_handler: SIGINT, SIGHUP (the terminal closed) and SIGTERM
+  // quit cleanly, so a lab destination and its files go with the console
   const onSignal = (sig: NodeJS.Signals) => {
-    err(`terminating on signal ${sig === 'SIGINT' ? 2 : 15}`);
+    err(`terminating on signal ${SIGNAL_NUMBERS[sig] ?? sig}`);
     shutdown(0);
   };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
+  for (const sig of QUIT_SIGNALS) process.on(sig, onSignal);
+  // a stderr nobody reads any more (a dead parent's pipe, a closed terminal)
+  // must not turn the clean quit into a crash
+  io.stderr.on('error', () => undefined);
   machine.events.once('shutdown', () => shutdown(exitCode));
+  if (opts.exitWithParent) {
+    try {
+      (await import('./native/parent-death.js')).exitWithParent();
+    } catch (e) {
+      err(`-run-with exit-with-parent=on: ${message(e)}`);
+      shutdown(1);
+    }
+    // it may have ended before the kernel was told to say so
+    if (process.ppid !== parentAtStart) { err('the parent process has ended; quitting'); shutdown(0); }
+    if (shuttingDown) return finish(await exited);
+  }
 
   for (const q of opts.qmp) {
     try {
@@ -181,8 +210,7 @@ export async function runVm(opts: VmOptions, loadEngine: () => Promise<VmEngine>
 
   function finish(code: number): number {
     clearInterval(keepAlive);
-    process.off('SIGTERM', onSignal);
-    process.off('SIGINT', onSignal);
+    for (const sig of QUIT_SIGNALS) process.off(sig, onSignal);
     // whatever native thread or socket might still hold the loop, the VM is over
     setTimeout(() => process.exit(code), 3000).unref();
     return code;
@@ -200,5 +228,9 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (opts.help) { process.stdout.write(USAGE); return 0; }
   if (opts.version) { process.stdout.write(`postcopy ${version()}\n`); return 0; }
-  return runVm(opts, loadEngine, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, env: process.env });
+  try {
+    return await runVm(opts, loadEngine, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, env: process.env });
+  } finally {
+    removeOwnedDir(process.env);
+  }
 }

@@ -43,6 +43,8 @@ export interface VmOptions {
   execute?: string[];
   /** --exit-on-error: the first failing console command ends the process (status 1) */
   exitOnError: boolean;
+  /** -run-with exit-with-parent=on: quit when the parent process ends (PR_SET_PDEATHSIG) */
+  exitWithParent: boolean;
   help: boolean;
   version: boolean;
 }
@@ -74,6 +76,9 @@ Options (QEMU spelling; --name works too):
   -monitor stdio|none
                      the HMP console on stdin/stdout (default) or none
   -S                 start with the vCPUs paused ('cont' starts them)
+  -run-with exit-with-parent=on
+                     quit when the process that started this one ends (the
+                     lab and 'postcopy run' start their VMs so)
   -e 'CMD; CMD'      run these console commands, then quit
   --exit-on-error    in a script or -e, the first failing command ends the
                      process with status 1 (otherwise errors print and the
@@ -125,6 +130,18 @@ export function parseQmpOption(text: string): QmpOption {
   throw new VmOptionError(`-qmp ${text}: expected unix:PATH,server=on,wait=off or tcp:HOST:PORT,server=on,wait=off`);
 }
 
+/** QEMU's -run-with; of its keys only exit-with-parent=on|off. */
+export function parseRunWith(text: string): boolean {
+  let on = false;
+  for (const kv of text.split(',')) {
+    const [k, v] = kv.split('=');
+    if (k !== 'exit-with-parent') throw new VmOptionError(`-run-with ${text}: '${k}' is not supported (only exit-with-parent=on|off)`);
+    if (v !== 'on' && v !== 'off') throw new VmOptionError(`-run-with ${text}: exit-with-parent takes on or off`);
+    on = v === 'on';
+  }
+  return on;
+}
+
 /** Splits a -e one-liner on ';' outside double quotes. */
 export function splitCommands(text: string): string[] {
   const out: string[] = [];
@@ -150,6 +167,7 @@ const WITH_VALUE: Record<string, Handler> = {
   workload: (v, o) => { o.workload = v; }, // checked against -m once all options are read
   incoming: (v, o) => { o.incoming = parseIncoming(v); },
   qmp: (v, o) => { o.qmp.push(parseQmpOption(v)); },
+  'run-with': (v, o) => { o.exitWithParent = parseRunWith(v); },
   monitor: (v, o) => {
     if (v !== 'stdio' && v !== 'none') throw new VmOptionError(`-monitor ${v}: only 'stdio' and 'none' are supported`);
     o.monitor = v;
@@ -173,7 +191,7 @@ const FLAGS: Record<string, (o: VmOptions) => void> = {
 export function defaultVmOptions(): VmOptions {
   return {
     ramBytes: DEFAULT_RAM_BYTES, vcpus: DEFAULT_VCPUS, workload: DEFAULT_WORKLOAD, qmp: [],
-    monitor: 'stdio', startPaused: false, exitOnError: false, help: false, version: false,
+    monitor: 'stdio', startPaused: false, exitOnError: false, exitWithParent: false, help: false, version: false,
   };
 }
 

@@ -48,6 +48,8 @@ export interface BatchOptions {
   readahead?: number;
   timeoutS: number;
   json: boolean;
+  /** -h / --help: print the usage, run nothing */
+  help?: boolean;
 }
 
 export interface BatchResult {
@@ -101,7 +103,7 @@ export function parseBatchArgs(argv: string[]): BatchOptions {
       }
       case '--timeout': o.timeoutS = seconds(a, val()); if (o.timeoutS === 0) throw new CommandError('--timeout must be > 0'); break;
       case '--json': o.json = true; break;
-      case '-h': case '--help': throw new CommandError(USAGE.trimEnd());
+      case '-h': case '--help': o.help = true; return o;
       default: throw new CommandError(`unknown option '${a}' (see postcopy run --help)`);
     }
   }
@@ -146,7 +148,7 @@ export async function runBatch(o: BatchOptions, atEnd?: (p: BatchProcesses) => v
           ...(o.readahead !== undefined ? { 'x-postcopy-readahead': o.readahead } : {}),
         } as never,
       }),
-      VmProcess.spawn(common, join(dir, 'source-qmp.sock')),
+      VmProcess.spawn(common, join(dir, 'source-qmp.sock'), undefined, [], dir),
     ]);
     await source.configure(caps, params);
     await sleep(o.warmS * 1000);
@@ -203,6 +205,7 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`postcopy run: ${(e as Error).message}\n`);
     return 2;
   }
+  if (o.help) { process.stdout.write(USAGE); return 0; }
   try {
     const r = await runBatch(o);
     process.stdout.write(o.json ? `${JSON.stringify(r)}\n` : `${formatBatchSummary(r)}\n`);

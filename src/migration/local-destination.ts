@@ -2,7 +2,8 @@
 // vCPUs, workload, capabilities and parameters) and drives it over QMP: the
 // lab behind `migrate local` and the destination half of `postcopy run`.
 // Sockets live in a private 0700 temporary directory; the child is killed if
-// it does not quit when asked.
+// it does not quit when asked, and ends with its parent whatever kills that
+// (`-run-with exit-with-parent=on`), removing the directory it was given.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -13,6 +14,11 @@ import { createServer } from 'node:net';
 import { CommandError } from '../errors.js';
 import { connectWithRetry, type QmpClient, type QmpEvent } from '../monitor/qmp-client.js';
 import type { CapabilityState, MigrationInfo, MigrationParameters } from './api.js';
+
+/** The environment variable that names the private postcopy-* temporary
+ *  directory of a spawned VM's sockets; the VM removes it when it exits
+ *  (vm-main), so nothing stays behind when its parent was killed. */
+export const OWNED_DIR_ENV = 'POSTCOPY_OWNED_DIR';
 
 export interface LocalDestinationOptions {
   ramBytes: number;
@@ -62,12 +68,15 @@ export class VmProcess {
   }
 
   /** Starts `postcopy VMARGS -monitor none -qmp unix:QMPPATH` and connects to its QMP socket.
-   *  `wrapper` runs it under another command (e.g. ['ip', 'netns', 'exec', 'ns1']). */
-  static async spawn(vmArgs: string[], qmpPath: string, timeoutMs = 20000, wrapper: string[] = []): Promise<VmProcess> {
+   *  `wrapper` runs it under another command (e.g. ['ip', 'netns', 'exec', 'ns1']);
+   *  `ownedDir`: a private postcopy-* temporary directory the VM removes when it exits. */
+  static async spawn(vmArgs: string[], qmpPath: string, timeoutMs = 20000, wrapper: string[] = [], ownedDir?: string): Promise<VmProcess> {
     const qmpAddress = `unix:${qmpPath}`;
-    const argv = [process.execPath, cliPath(), ...vmArgs, '-monitor', 'none', '-qmp', `${qmpAddress},server=on,wait=off`];
+    const argv = [process.execPath, cliPath(), ...vmArgs, '-monitor', 'none', '-qmp', `${qmpAddress},server=on,wait=off`,
+      '-run-with', 'exit-with-parent=on'];
     const all = [...wrapper, ...argv];
-    const child = spawn(all[0], all.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
+    const env = ownedDir ? { ...process.env, [OWNED_DIR_ENV]: ownedDir } : process.env;
+    const child = spawn(all[0], all.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env });
     let tail = '';
     const onErr = (b: Buffer): void => { tail = (tail + b.toString()).slice(-4000); };
     child.stderr?.on('data', onErr);
@@ -138,7 +147,7 @@ export class LocalDestination {
       const uri = o.transport === 'tcp' ? `tcp:127.0.0.1:${await freeTcpPort()}` : `unix:${join(dir, 'migrate.sock')}`;
       const args = ['-m', `${o.ramBytes}B`, '-smp', String(o.vcpus), '-workload', o.workload, '-incoming', uri];
       if (o.startPaused) args.push('-S');
-      const vm = await VmProcess.spawn(args, join(dir, 'qmp.sock'), o.startTimeoutMs);
+      const vm = await VmProcess.spawn(args, join(dir, 'qmp.sock'), o.startTimeoutMs, [], dir);
       const d = new LocalDestination(vm, uri, dir);
       try {
         await vm.configure(o.capabilities, o.parameters);
@@ -154,6 +163,7 @@ export class LocalDestination {
   }
 
   get qmp(): QmpClient { return this.vm.qmp; }
+  get whereabouts(): string { return `process ${this.vm.child.pid ?? '?'}, QMP ${this.vm.qmpAddress}`; }
   queryMigrate(): Promise<MigrationInfo> { return this.vm.queryMigrate(); }
   waitDone(timeoutMs: number): Promise<MigrationInfo> { return this.vm.waitDone(timeoutMs); }
 

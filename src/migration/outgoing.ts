@@ -264,6 +264,8 @@ export class OutgoingMigration implements ReturnHandler {
   }
 
   get postcopyPending(): boolean { return this.postcopyRequested; }
+  /** the postcopy switchover (vCPU state) went out: the guest left this VM */
+  get postcopySwitched(): boolean { return this.postcopyStatesSent; }
   /** postcopy-ram was on when this migration started */
   get postcopyEnabled(): boolean { return this.o.postcopy; }
 

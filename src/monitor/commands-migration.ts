@@ -22,11 +22,17 @@ export const PARAMETER_NAMES: readonly ParameterName[] = [
   'max-bandwidth', 'max-postcopy-bandwidth', 'downtime-limit', 'x-blocktime-trace', 'x-postcopy-readahead',
 ];
 
+/** QEMU's text for a name it does not know, with the names this engine has
+ *  (as the refusal of a known but unsupported one lists them). */
+function unknownName(word: string, supported: readonly string[]): CommandError {
+  return new CommandError(`invalid parameter value: ${word} (supported: ${supported.join(', ')})`);
+}
+
 /** HMP's capability name check (qapi_enum_parse): unknown names get QEMU's
  *  "invalid parameter value: NAME"; the Machine refuses known ones it does
  *  not implement. */
 export function capabilityName(word: string): CapabilityName {
-  if (!(ALL_CAPABILITIES as readonly string[]).includes(word)) throw new CommandError(`invalid parameter value: ${word}`);
+  if (!(ALL_CAPABILITIES as readonly string[]).includes(word)) throw unknownName(word, IMPLEMENTED_CAPABILITIES);
   return word as CapabilityName;
 }
 
@@ -63,7 +69,7 @@ export function parameterFromHmp(name: string, value: string): Partial<Migration
       if (QEMU_PARAMETERS.includes(name)) {
         throw new CommandError(`Parameter '${name}' is not supported by this migration engine (supported: ${PARAMETER_NAMES.join(', ')})`);
       }
-      throw new CommandError(`invalid parameter value: ${name}`);
+      throw unknownName(name, PARAMETER_NAMES);
   }
 }
 
@@ -184,7 +190,8 @@ const migrateStartPostcopy: HmpCommand = {
   argsType: '',
   params: '',
   help: 'Followup to a migration command to switch the migration to postcopy mode.'
-    + ' The postcopy-ram capability must be set on both source and destination before the original migration command.',
+    + ' The postcopy-ram capability must be set on the source before the original migration command;'
+    + ' the destination needs none (the stream tells it postcopy may come), only userfaultfd.',
   handler: async (ctx) => { ctx.machine.startPostcopy(); return { text: '' }; },
 };
 
@@ -261,6 +268,15 @@ const infoPostcopyBlocktime: HmpCommand = {
     const report = await ctx.machine.blocktime();
     if (!report) {
       const role = ctx.machine.info().role;
+      const info = ctx.machine.queryMigrate();
+      if (info.status !== 'none' && info.status !== 'postcopy-active' && !info.ram?.['postcopy-bytes']) {
+        const how = 'blocktime is measured only in postcopy: migrate_set_capability postcopy-ram on before migrate, then migrate_start_postcopy';
+        return {
+          text: isTerminal(info.status)
+            ? `No blocktime figures: the migration ${info.status === 'completed' ? 'completed' : `ended (${info.status})`} without entering postcopy (${how})`
+            : `No blocktime figures yet: the migration is in precopy (${how})`,
+        };
+      }
       return {
         text: role === 'destination'
           ? 'No blocktime figures: turn on the postcopy-blocktime capability here before the migration starts, then migrate with postcopy.'

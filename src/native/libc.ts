@@ -45,6 +45,8 @@ export const sched_getaffinity = libc.func('int sched_getaffinity(int pid, size_
 export const sched_setaffinity = libc.func('int sched_setaffinity(int pid, size_t size, void *mask)') as
   (pid: number, size: number, mask: Uint8Array) => number;
 export const strerror = libc.func('const char *strerror(int errnum)') as (errnum: number) => string;
+export const prctl = libc.func('int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)') as
+  (option: number, arg2: number, arg3: number, arg4: number, arg5: number) => number;
 
 /** a koffi function with its .async form */
 export interface KoffiFunc<A extends unknown[], R> {

@@ -4,78 +4,15 @@
 // source's `info migrate` lines (QEMU's format) and the blocktime figures the
 // destination's `info postcopy_blocktime` / `info migrate -a` print; then the
 // lab: `migrate` with no URI from one console, blocktime fetched back.
-import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { existsSync, readdirSync, statSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { requireUffd } from '../helpers/uffd-available.js';
+import { ensureBuilt, killConsoles, startConsole as vm, waitOut } from '../helpers/cli.js';
+import { freeTcpPort as freePort } from '../../src/migration/local-destination.js';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const cli = process.env.POSTCOPY_CLI ?? join(root, 'dist', 'src', 'cli.js');
 const haveUffd = requireUffd();
 const maybe = haveUffd ? describe : describe.skip;
 
-function newest(d: string): number {
-  let t = 0;
-  for (const e of readdirSync(d, { withFileTypes: true })) {
-    const p = join(d, e.name);
-    if (e.isDirectory()) t = Math.max(t, newest(p));
-    else if (e.name.endsWith('.ts')) t = Math.max(t, statSync(p).mtimeMs);
-  }
-  return t;
-}
-
-beforeAll(() => {
-  if (process.env.POSTCOPY_CLI === undefined && (!existsSync(cli) || statSync(cli).mtimeMs < newest(join(root, 'src')))) {
-    spawnSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', root], { cwd: root, stdio: 'ignore' });
-  }
-  if (!existsSync(cli)) throw new Error(`${cli} is missing: build with npx tsc -p .`);
-}, 180_000);
-
-interface Vm {
-  p: ChildProcessWithoutNullStreams;
-  out: () => string;
-  exit: Promise<number | null>;
-}
-const vms: Vm[] = [];
-
-afterAll(() => {
-  for (const v of vms) if (v.p.exitCode === null && v.p.signalCode === null) v.p.kill('SIGKILL');
-});
-
-function vm(args: string[]): Vm {
-  const p = spawn(process.execPath, [cli, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
-  let out = '';
-  p.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-  p.stderr.on('data', (d: Buffer) => { out += d.toString(); });
-  const v = { p, out: () => out, exit: new Promise<number | null>((r) => p.on('exit', (c) => r(c))) };
-  vms.push(v);
-  return v;
-}
-
-async function waitOut(v: Vm, re: RegExp, what: string, timeoutMs = 60_000): Promise<RegExpMatchArray> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    const m = re.exec(v.out());
-    if (m) return m;
-    if (v.p.exitCode !== null) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`no ${what}; output:\n${v.out()}`);
-}
-
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      const port = typeof a === 'object' && a ? a.port : 0;
-      s.close(() => res(port));
-    });
-  });
-}
+beforeAll(ensureBuilt, 180_000);
+afterAll(killConsoles);
 
 /** checks the rich blocktime view for 2 vCPUs and returns its fault count */
 function checkRichView(text: string): number {

@@ -3,32 +3,13 @@
 // prints, QEMU's error texts, that bad input (unknown commands, missing or
 // extra arguments, wrong types, a 1 MB line, binary garbage) never stops it,
 // --exit-on-error, -e, start-up option errors and exit codes.
-import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { cli, ensureBuilt } from '../helpers/cli.js';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const cli = process.env.POSTCOPY_CLI ?? join(root, 'dist', 'src', 'cli.js');
-
-function newest(d: string): number {
-  let t = 0;
-  for (const e of readdirSync(d, { withFileTypes: true })) {
-    const p = join(d, e.name);
-    if (e.isDirectory()) t = Math.max(t, newest(p));
-    else if (e.name.endsWith('.ts')) t = Math.max(t, statSync(p).mtimeMs);
-  }
-  return t;
-}
-
-beforeAll(() => {
-  if (process.env.POSTCOPY_CLI === undefined && (!existsSync(cli) || statSync(cli).mtimeMs < newest(join(root, 'src')))) {
-    // tsc emits even when another module has a type error; only a missing output is fatal
-    spawnSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', root], { cwd: root, stdio: 'ignore' });
-  }
-  if (!existsSync(cli)) throw new Error(`${cli} is missing: build with npx tsc -p .`);
-}, 180_000);
+beforeAll(ensureBuilt, 180_000);
 
 interface Run { code: number | null; out: string; err: string }
 
@@ -120,7 +101,7 @@ describe('piped scripts', () => {
       'Try "help migrate_set_capability" for more information',
       'migrate_set_capability: extraneous characters at the end of line',
       'Try "help migrate_set_capability" for more information',
-      'Error: invalid parameter value: no-such-cap',
+      'Error: invalid parameter value: no-such-cap (supported: events, postcopy-ram, return-path, postcopy-blocktime)',
     ];
     expect(lines.slice(0, expected.length)).toEqual(expected);
     let i = expected.length;
@@ -167,7 +148,7 @@ describe('piped scripts', () => {
     expect(r.code).toBe(0);
     expect(r.out).not.toMatch(/[\x00-\x09\x0b-\x1f\x7f]/); // nothing a terminal would act on
     expect(r.out.split('\n')).toEqual([
-      'Error: invalid parameter value: \\x1b[2J\\x1b[31mX',
+      'Error: invalid parameter value: \\x1b[2J\\x1b[31mX (supported: events, postcopy-ram, return-path, postcopy-blocktime)',
       'Error: Invalid size \\x1b]0;pwned\\x07',
       expect.stringMatching(/^Error: .*\\x07bell/),
       "unknown command: 'bogus\\ufffd'",

@@ -3,98 +3,43 @@
 // on/off, Ctrl-C dropping the typed line, Ctrl-D quitting, and the history
 // kept across two runs (Up arrow in the second run finds the first run's
 // commands). Runs the real program, `node dist/src/cli.js`.
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { requireUffd } from '../helpers/uffd-available.js';
+import { cli, ensureBuilt } from '../helpers/cli.js';
+import { Tmux, haveTmux, lastLine } from '../helpers/tmux.js';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const cli = process.env.POSTCOPY_CLI ?? join(root, 'dist', 'src', 'cli.js');
-const socket = `postcopy-hmp-tty-${process.pid}`;
-
-function haveTmux(): boolean {
-  const r = spawnSync('tmux', ['-V'], { stdio: 'ignore' });
-  if (r.status === 0) return true;
-  if (process.env.CI === 'true') throw new Error('tmux is required in CI (.ci/run installs it) but is missing');
-  process.stderr.write('skipping: tmux is not installed (apt-get install tmux)\n');
-  return false;
-}
 const tmuxOk = haveTmux();
 const maybe = tmuxOk ? describe : describe.skip;
-
-function newest(d: string): number {
-  let t = 0;
-  for (const e of readdirSync(d, { withFileTypes: true })) {
-    const p = join(d, e.name);
-    if (e.isDirectory()) t = Math.max(t, newest(p));
-    else if (e.name.endsWith('.ts')) t = Math.max(t, statSync(p).mtimeMs);
-  }
-  return t;
-}
+const term = new Tmux(`postcopy-hmp-tty-${process.pid}`);
 
 let dir: string;
 let historyFile: string;
 
-function tmux(...args: string[]): string {
-  const r = spawnSync('tmux', ['-L', socket, ...args], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`tmux ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const screen = (): string => tmux('capture-pane', '-p', '-t', 'vm');
-
-async function waitScreen(pred: (s: string) => boolean, what: string, timeoutMs = 30_000): Promise<string> {
-  const end = Date.now() + timeoutMs;
-  let s = '';
-  while (Date.now() < end) {
-    s = screen();
-    if (pred(s)) return s;
-    await sleep(50);
-  }
-  throw new Error(`timed out waiting for ${what}; screen:\n${s}`);
-}
-
-/** the last non-empty line on the screen */
-const lastLine = (s: string): string => s.split('\n').filter((l) => l.trim() !== '').pop() ?? '';
-
-/** types text one key at a time (so readline sees typing, not a paste) */
-async function type(text: string): Promise<void> {
-  for (const ch of text) {
-    tmux('send-keys', '-t', 'vm', '-l', ch);
-    await sleep(5);
-  }
-  await sleep(50);
-}
-async function key(name: string): Promise<void> {
-  tmux('send-keys', '-t', 'vm', name);
-  await sleep(150);
-}
+const waitScreen = (pred: (s: string) => boolean, what: string, timeoutMs?: number): Promise<string> =>
+  term.waitScreen('vm', pred, what, timeoutMs);
+const type = (text: string): Promise<void> => term.type('vm', text);
+const key = (name: string): Promise<void> => term.key('vm', name);
 
 /** starts the console in tmux; mem null: no options at all (what `npm start` runs) */
 function startVm(mem: string | null = '64M', extra = ''): void {
   const args = mem === null ? '' : `-m ${mem} ${extra}`;
   const cmd = `env POSTCOPY_HISTORY='${historyFile}' '${process.execPath}' '${cli}' ${args}; echo EXITED-$?; sleep 60`;
-  tmux('new-session', '-d', '-s', 'vm', '-x', '200', '-y', '50', cmd);
+  term.start('vm', cmd);
 }
 
 beforeAll(() => {
   if (!tmuxOk) return;
   dir = mkdtempSync(join(tmpdir(), 'hmp-tty-'));
   historyFile = join(dir, 'history');
-  if (process.env.POSTCOPY_CLI === undefined && (!existsSync(cli) || statSync(cli).mtimeMs < newest(join(root, 'src')))) {
-    spawnSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', root], { cwd: root, stdio: 'ignore' });
-  }
-  if (!existsSync(cli)) throw new Error(`${cli} is missing: build with npx tsc -p .`);
-  // a session that outlives the VM sessions, so the tmux server stays up between them
-  tmux('new-session', '-d', '-s', 'keeper', 'sleep 600');
+  ensureBuilt();
+  term.open();
 }, 180_000);
 
 afterAll(() => {
   if (!tmuxOk) return;
-  spawnSync('tmux', ['-L', socket, 'kill-server'], { stdio: 'ignore' });
+  term.close();
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -138,7 +83,7 @@ maybe('interactive console (tmux)', () => {
     // Ctrl-D on an empty line quits cleanly
     await key('C-d');
     await waitScreen((x) => x.includes('EXITED-0'), 'exit after Ctrl-D');
-    tmux('kill-session', '-t', 'vm');
+    term.kill('vm');
 
     const saved = readFileSync(historyFile, 'utf8').split('\n').filter((l) => l !== '');
     expect(saved).toEqual(['info status', 'info migrate_capabilities', 'info cpus']);
@@ -157,7 +102,7 @@ maybe('interactive console (tmux)', () => {
     await type('quit');
     await key('Enter');
     await waitScreen((x) => x.includes('EXITED-0'), 'exit after quit');
-    tmux('kill-session', '-t', 'vm');
+    term.kill('vm');
   }, 120_000);
 
   it('a live progress line above the prompt while a migration runs; the typed line stays intact', async () => {
@@ -190,7 +135,7 @@ maybe('interactive console (tmux)', () => {
     await type('quit');
     await key('Enter');
     await waitScreen((x) => x.includes('EXITED-0'), 'exit after quit');
-    tmux('kill-session', '-t', 'vm');
+    term.kill('vm');
   }, 150_000);
   it("npm start's lab, as the banner teaches it: five commands, real blocktime figures from the destination", async () => {
     if (!requireUffd()) return;
@@ -214,6 +159,6 @@ maybe('interactive console (tmux)', () => {
     await type('quit');
     await key('Enter');
     await waitScreen((x) => x.includes('EXITED-0'), 'exit after quit');
-    tmux('kill-session', '-t', 'vm');
+    term.kill('vm');
   }, 120_000);
 });

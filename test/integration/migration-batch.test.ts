@@ -60,3 +60,11 @@ test.each([
   expect(r.stderr).toMatch(re);
   expect(r.stdout).toBe('');
 });
+
+test.each([[['run', '--help']], [['run', '-h']], [['--help']], [['blocktime-replay', '--help']]])(
+  'postcopy %j: the usage on stdout, nothing on stderr, exit 0 (every --help alike)', (args) => {
+    const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 30000 });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^usage: postcopy /);
+  });

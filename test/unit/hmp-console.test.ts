@@ -145,13 +145,19 @@ describe('HMP console, scripts', () => {
     expect(r).toEqual({ end: 'eof', failures: 0 });
   });
 
+  it('help migrate_start_postcopy says what this engine needs: postcopy-ram on the source only', async () => {
+    const { text } = await script('help migrate_start_postcopy\n');
+    expect(text).toContain('must be set on the source before the original migration command');
+    expect(text).not.toMatch(/both source and destination/);
+  });
+
   it('prints errors and goes on without --exit-on-error', async () => {
     const { text, r } = await script('frob\nmigrate_set_capability postcopy-ram maybe\nmigrate_set_capability bogus on\ninfo status\n');
     expect(text).toBe([
       "unknown command: 'frob'",
       "Expected 'on' or 'off'",
       'Try "help migrate_set_capability" for more information',
-      'Error: invalid parameter value: bogus',
+      'Error: invalid parameter value: bogus (supported: events, postcopy-ram, return-path, postcopy-blocktime)',
       'VM status: running',
       '',
     ].join('\n'));
@@ -208,7 +214,7 @@ describe('HMP console, scripts', () => {
     expect(machine.params['max-postcopy-bandwidth']).toBe(2 ** 20);
     expect(machine.params['x-postcopy-readahead']).toBe(32);
     expect(text).toContain("Error: Parameter 'x-postcopy-readahead' expects a number of pages\n");
-    expect(text).toContain('Error: invalid parameter value: nonsense\n');
+    expect(text).toContain('Error: invalid parameter value: nonsense (supported: max-bandwidth, max-postcopy-bandwidth, downtime-limit, x-blocktime-trace, x-postcopy-readahead)\n');
     // QEMU has it, this engine does not: said so, with what it has
     expect(text).toContain("Error: Parameter 'multifd-channels' is not supported by this migration engine (supported: max-bandwidth, ");
     expect(text).toContain('postcopy-ram: on\n');

@@ -18,7 +18,7 @@ describe('parseVmOptions', () => {
   it('no arguments is the lab: 256 MiB, 2 vCPUs, sweep, console on stdio', () => {
     expect(parseVmOptions([])).toEqual({
       ramBytes: DEFAULT_RAM_BYTES, vcpus: 2, workload: 'sweep', qmp: [], monitor: 'stdio',
-      startPaused: false, exitOnError: false, help: false, version: false,
+      startPaused: false, exitOnError: false, exitWithParent: false, help: false, version: false,
     });
   });
 
@@ -42,6 +42,8 @@ describe('parseVmOptions', () => {
     expect(parseVmOptions(['-incoming', 'defer']).incoming).toBe('defer');
     expect(parseVmOptions(['-h']).help).toBe(true);
     expect(parseVmOptions(['--version']).version).toBe(true);
+    expect(parseVmOptions(['-run-with', 'exit-with-parent=on']).exitWithParent).toBe(true);
+    expect(parseVmOptions(['-run-with', 'exit-with-parent=off']).exitWithParent).toBe(false);
   });
 
   it('-m defaults to MiB and accepts QEMU suffixes', () => {
@@ -77,5 +79,7 @@ describe('parseVmOptions', () => {
     expect(err(['-m', '1G', '-m', '2G'])).toBe('-m given twice');
     expect(err(['-e', ' ; '])).toBe('-e: no command given');
     expect(err(['-monitor', 'none', '-e', 'info status'])).toMatch(/^-e needs the console/);
+    expect(err(['-run-with', 'chroot=/x'])).toBe("-run-with chroot=/x: 'chroot' is not supported (only exit-with-parent=on|off)");
+    expect(err(['-run-with', 'exit-with-parent=yes'])).toBe('-run-with exit-with-parent=yes: exit-with-parent takes on or off');
   });
 });

@@ -51,6 +51,8 @@ const ACK_EVERY = 64 * 1024;
 const DRAIN_EVERY_MS = 2;
 /** how long the postcopy switchover waits for the urgent channel's HEADER */
 const URGENT_WAIT_MS = 5000;
+/** how long a closed urgent channel waits for the reason on the main stream */
+const URGENT_CLOSE_GRACE_MS = 200;
 
 export interface IncomingOptions {
   ram: GuestMemory;
@@ -86,6 +88,8 @@ export class IncomingMigration implements StreamHandler {
   /** why the blocktime trace could not be recorded ('' = it could, or none was asked for) */
   private traceError = '';
   private readonly urgentDecoder: StreamDecoder;
+  /** the urgent channel closed; the failure waits URGENT_CLOSE_GRACE_MS for the main stream's reason */
+  private urgentClosing = false;
   /** the urgent channel's HEADER arrived (the fault thread can take the channel) */
   private urgentReady = false;
   /** END arrived while requested pages were still in flight on the urgent channel */
@@ -216,14 +220,7 @@ export class IncomingMigration implements StreamHandler {
       }
     });
     s.on('error', (e) => this.failWith(`urgent channel error: ${e.message}`, false));
-    s.on('close', () => {
-      if (this.over) return;
-      const why = (): void => { if (!this.over) this.failWith('the source closed the urgent channel before the migration completed', false); };
-      // before postcopy the main stream may still bring the source's reason
-      // (a cancel closes both connections at once)
-      if (this.postcopy) why();
-      else setTimeout(why, 200).unref();
-    });
+    s.on('close', () => this.urgentClosed());
   }
 
   private readonly urgentHandler: StreamHandler = {
@@ -401,10 +398,22 @@ export class IncomingMigration implements StreamHandler {
     if (ch === null) return;
     this.drainEvents();
     const st = ch.state;
-    if (st === 'closed') this.failWith('the source closed the urgent channel before the migration completed', false);
+    if (st === 'closed') this.urgentClosed();
     else if (st === 'failed') this.failWith(ch.error, true);
     else if (this.endPending) this.maybeComplete();
   };
+
+  /** The source closed the urgent channel: the migration fails, after a
+   *  moment in which the main stream may still bring the source's reason (a
+   *  cancel closes both connections at once, and the main one's last record
+   *  says why). */
+  private urgentClosed(): void {
+    if (this.over || this.urgentClosing) return;
+    this.urgentClosing = true;
+    setTimeout(() => {
+      if (!this.over) this.failWith('the source closed the urgent channel before the migration completed', false);
+    }, URGENT_CLOSE_GRACE_MS).unref();
+  }
 
   /** one event from the fault thread's ring */
   private readonly onChannelEvent: ChannelEventSink = (kind, page, arg, t) => {

@@ -126,7 +126,8 @@ class SyncWpTracker implements DirtyTracker {
       if (!this.uffd.enabled.has('WP_UNPOPULATED')) {
         // without markers a write to a never-touched page would go unseen: populate every page (read maps the zero page)
         const one = new Uint8Array(1);
-        for (let p = 0; p < ram.bytes / ram.pageSize; p++) ram.contents.copyOut(p, one, 0, 1);
+        const pages = ram.bytes / ram.pageSize;
+        for (let p = 0; p < pages; p++) ram.contents.copyOut(p, one, 0, 1);
       }
       this.uffd.register(ram.base, ram.bytes, { wp: true });
       this.uffd.writeProtect(ram.base, ram.bytes, true);

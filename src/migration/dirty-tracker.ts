@@ -162,7 +162,7 @@ class SyncWpTracker implements DirtyTracker {
       if (d[p] === 0) continue;
       let q = p;
       while (q < d.length && d[q] !== 0) { d[q] = 0; if ((into[q] & 1) === 0) { into[q] |= 1; marked++; } q++; }
-      this.uffd.writeProtect(this.ram.base + p * ps, (q - p) * ps, true, { dontWake: true });
+      this.uffd.writeProtect(this.ram.base + p * ps, (q - p) * ps, true); // the kernel refuses DONTWAKE with WP (EINVAL)
       p = q;
     }
     return marked;

@@ -34,7 +34,7 @@ export class GuestRam {
 
   get disposed(): boolean { return this.#map.disposed; }
 
-  /** the RAM's bytes by offset, through 1 GiB windows (no Buffer spans all of a guest
+  /** the RAM's bytes by page number, through 1 GiB windows (no Buffer spans all of a guest
    *  over 4 GiB). Reading a page populates it (and faults under userfaultfd). */
   get windows(): MemoryWindows {
     return this.#map.windows;

@@ -5,6 +5,7 @@
 // source, incoming for a destination, local-destination for `migrate local`).
 
 import { EventEmitter } from 'node:events';
+import { constants } from 'node:buffer';
 import { CommandError } from './errors.js';
 import type {
   CapabilityState, CpuInfo, Machine, MachineInfo, MigrationInfo, MigrationParameters, RunState,
@@ -22,6 +23,8 @@ import { VCPU_STATE_BYTES } from './migration/wire.js';
 import type { GuestMemory, VcpuControl } from './migration/guest.js';
 import { readSchedstat } from './vm/schedstat.js';
 import type { DirtyTrackingMode } from './migration/dirty-tracker.js';
+
+const MAX_STRING_LENGTH = constants.MAX_STRING_LENGTH;
 
 export { parseMigrationUri, formatMigrationUri } from './migration/uri.js';
 export type { MigrationAddress } from './migration/uri.js';
@@ -289,12 +292,22 @@ class VmMachine implements Machine {
     return undefined;
   }
 
-  ramDigest(): string {
+  ramDigest(firstPage = 0, pageCount = this.ram.pages - firstPage): string {
     this.live('ram digest');
     if (this.incoming && !this.incoming.ramReadable) {
       throw new CommandError('Guest RAM is being filled by the incoming migration (registered with userfaultfd, as postcopy needs): its digest is available once the migration completed');
     }
-    return this.ram.digestHex();
+    const pages = this.ram.pages;
+    if (!(Number.isSafeInteger(firstPage) && firstPage >= 0 && firstPage < pages)) {
+      throw new CommandError(`The first page ${firstPage} is outside guest RAM (pages 0 to ${pages - 1})`);
+    }
+    if (!(Number.isSafeInteger(pageCount) && pageCount >= 0 && firstPage + pageCount <= pages)) {
+      throw new CommandError(`${pageCount} pages from page ${firstPage} go beyond guest RAM (${pages} pages)`);
+    }
+    if (pageCount * 16 > MAX_STRING_LENGTH) {
+      throw new CommandError(`The digest of ${pageCount} pages would be longer than a string can be; ask for at most ${Math.floor(MAX_STRING_LENGTH / 16)} pages at a time`);
+    }
+    return this.ram.digestHex(firstPage, pageCount);
   }
 
   // ---------------------------------------------------------------- quit

@@ -150,6 +150,7 @@ export interface Machine {
    *  `local` destination it is fetched from that destination. */
   blocktime(): Promise<BlocktimeReport | undefined>;
   /** per-page digests of guest RAM, for "nothing lost" checks: 16 hex digits
-   *  (a 64-bit hash) per page, page 0 first */
-  ramDigest(): string;
+   *  (a 64-bit hash) per page, of pageCount pages (default: up to the end)
+   *  from firstPage (default 0) on */
+  ramDigest(firstPage?: number, pageCount?: number): string;
 }

@@ -126,7 +126,8 @@ class SyncWpTracker implements DirtyTracker {
       if (!this.uffd.enabled.has('WP_UNPOPULATED')) {
         // without markers a write to a never-touched page would go unseen: populate every page (read maps the zero page)
         const one = new Uint8Array(1);
-        for (let p = 0; p < ram.bytes / ram.pageSize; p++) ram.contents.copyOut(p, one, 0, 1);
+        const pages = ram.bytes / ram.pageSize;
+        for (let p = 0; p < pages; p++) ram.contents.copyOut(p, one, 0, 1);
       }
       this.uffd.register(ram.base, ram.bytes, { wp: true });
       this.uffd.writeProtect(ram.base, ram.bytes, true);
@@ -161,7 +162,7 @@ class SyncWpTracker implements DirtyTracker {
       if (d[p] === 0) continue;
       let q = p;
       while (q < d.length && d[q] !== 0) { d[q] = 0; if ((into[q] & 1) === 0) { into[q] |= 1; marked++; } q++; }
-      this.uffd.writeProtect(this.ram.base + p * ps, (q - p) * ps, true, { dontWake: true });
+      this.uffd.writeProtect(this.ram.base + p * ps, (q - p) * ps, true); // the kernel refuses DONTWAKE with WP (EINVAL)
       p = q;
     }
     return marked;

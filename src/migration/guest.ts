@@ -1,5 +1,5 @@
 // What the migration engine needs from the VM, as two small interfaces: guest
-// RAM (native memory, its bytes copied in and out by offset, and a way to drop
+// RAM (native memory, its bytes copied in and out by page, and a way to drop
 // pages; never one Buffer over all of it, which Node caps at 4 GiB) and the vCPU
 // set (pause/resume, thread ids, workload state in wire form). The Machine
 // adapts src/vm's GuestRam and VcpuSet to them; the engine knows nothing else

@@ -208,11 +208,12 @@ export function qmpCommands(): QmpCommand[] {
     },
     {
       name: 'x-query-ram-digest',
-      args: [],
-      help: 'per-page digests of guest RAM (16 hex digits per page, page 0 first)',
-      handler: async (ctx) => {
+      args: [{ name: 'first-page', type: 'int', optional: true }, { name: 'page-count', type: 'int', optional: true }],
+      help: 'per-page digests of guest RAM (16 hex digits per page, lowest first; default all pages, else page-count from first-page)',
+      handler: async (ctx, args) => {
         const info = ctx.machine.info();
-        return { 'page-size': info.pageSize, pages: Math.floor(info.ramBytes / info.pageSize), digest: ctx.machine.ramDigest() };
+        const digest = ctx.machine.ramDigest(args['first-page'] as number | undefined, args['page-count'] as number | undefined);
+        return { 'page-size': info.pageSize, pages: Math.floor(info.ramBytes / info.pageSize), digest };
       },
     },
   ];

@@ -34,7 +34,7 @@ export class GuestRam {
 
   get disposed(): boolean { return this.#map.disposed; }
 
-  /** the RAM's bytes by offset, through 1 GiB windows (no Buffer spans all of a guest
+  /** the RAM's bytes by page number, through 1 GiB windows (no Buffer spans all of a guest
    *  over 4 GiB). Reading a page populates it (and faults under userfaultfd). */
   get windows(): MemoryWindows {
     return this.#map.windows;
@@ -54,12 +54,12 @@ export class GuestRam {
     return pageDigests(this.base, PAGE_SIZE, first, count);
   }
 
-  /** the digests as 16 hex digits per page, page 0 first (Machine.ramDigest()) */
-  digestHex(): string {
-    const d = this.pageDigests();
-    let s = '';
-    for (const h of d) s += h.toString(16).padStart(16, '0');
-    return s;
+  /** the digests of pages [first, first+count) (default: all) as 16 hex digits
+   *  per page, lowest page first (Machine.ramDigest()) */
+  digestHex(first = 0, count = this.pages - first): string {
+    const d = this.pageDigests(first, count);
+    // each digest's bytes most significant first, as toString(16) writes them
+    return Buffer.from(d.buffer, d.byteOffset, d.byteLength).swap64().toString('hex');
   }
 
   /** gives pages back: they read as zero again and are unpopulated */

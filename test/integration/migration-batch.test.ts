@@ -1,6 +1,7 @@
 // `postcopy run` as a user runs it: the compiled CLI starts a destination and
 // a source process, migrates with postcopy, and prints one JSON line with both
-// sides' query-migrate; bad options get a clear message and exit status 2.
+// sides' query-migrate (also for an 8 GiB guest); bad options get a clear
+// message and exit status 2.
 // Needs a fresh `npx tsc -p .`.
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
@@ -35,6 +36,17 @@ maybe('postcopy run --json: one JSON line, both sides completed, blocktime on th
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+maybe('postcopy run -m 8G (more than one Buffer can span), a sweep above 4 GiB: completed, the vCPU faulted there', () => {
+  const r = run(['-m', '8G', '-workload', 'sweep,start=4G,end=4160M', '--warm', '0.5', '--postcopy-after', '0.1', '--json']);
+  expect(r.stderr).toBe('');
+  expect(r.status).toBe(0);
+  const out = JSON.parse(String(r.stdout)) as { source: Record<string, any>; destination: Record<string, any> };
+  expect([out.source.status, out.destination.status]).toEqual(['completed', 'completed']);
+  expect(out.source.ram.total).toBe(8 * 2 ** 30);
+  expect(out.source.ram.remaining).toBe(0);
+  expect(out.destination['x-blocktime'].faults).toBeGreaterThan(0); // every page it can touch is above 4 GiB
 });
 
 maybe('postcopy run without --json prints a readable summary; --no-blocktime leaves the figures out', () => {

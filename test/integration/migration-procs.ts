@@ -42,8 +42,12 @@ export async function waitStatus(vm: VmProcess, want: MigrationStatus[], timeout
   }
 }
 
-export async function digest(vm: VmProcess): Promise<string[]> {
-  const r = await vm.qmp.execute<{ digest: string }>('x-query-ram-digest');
+/** page digests of all of guest RAM, or of pageCount pages from firstPage on */
+export async function digest(vm: VmProcess, firstPage?: number, pageCount?: number): Promise<string[]> {
+  const args: Record<string, number> = {};
+  if (firstPage !== undefined) args['first-page'] = firstPage;
+  if (pageCount !== undefined) args['page-count'] = pageCount;
+  const r = await vm.qmp.execute<{ digest: string }>('x-query-ram-digest', args);
   return r.digest.match(/.{16}/g) ?? [];
 }
 

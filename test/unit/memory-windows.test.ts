@@ -1,10 +1,12 @@
 // MemoryWindows on a real 5 GiB mapping (MAP_NORESERVE: only the few pages
 // touched here cost memory): copies and zero tests above 4 GiB, where no
 // single Buffer reaches, runs that straddle the 4 GiB boundary and a 1 GiB
-// window boundary, bounds, and no allocation on the page path. The native
-// page digests are the independent check that bytes land at the right address.
+// window boundary, bounds, no allocation on the page path, and StagingArea's
+// bound. The native page digests are the independent check that bytes land
+// at the right address.
 import { PerformanceObserver, type PerformanceEntry } from 'node:perf_hooks';
 import { NativeMapping, MemoryWindowsError, WINDOW_BYTES, PAGE_BYTES, pageDigests } from '../../src/native/index.js';
+import { StagingArea } from '../../src/uffd/index.js';
 
 const PS = PAGE_BYTES;
 const GiB = 2 ** 30;
@@ -141,6 +143,14 @@ describe('MemoryWindows over a 5 GiB mapping', () => {
     expect(zero).toBe(512_000 - 512_000 / pages); // the one data page was copied, the rest tested zero
     expect(out.subarray(40 * PS, 41 * PS).equals(pattern(PS, 1))).toBe(true);
     map.discard(first * PS, pages * PS);
+  });
+
+  test('StagingArea keeps one Buffer over its slots, so it refuses more than one window instead of aborting', () => {
+    expect(() => StagingArea.create((5 * GiB) / PS)).toThrow(/staging: 1310720 slots of 4096 bytes exceed 1073741824 bytes/);
+    const st = StagingArea.create(WINDOW_BYTES / PS);
+    st.write(WINDOW_BYTES / PS - 1, pattern(PS, 5));
+    expect(st.slot(WINDOW_BYTES / PS - 1).equals(pattern(PS, 5))).toBe(true);
+    st.dispose();
   });
 
   test('after dispose every call throws instead of touching unmapped memory', () => {

@@ -171,6 +171,7 @@ void pc_channel_free(struct pc_channel *c)
     free(c->in);
     free(c->out);
     free(c->requested);
+    free(c->vcpu_tids);
     free(c);
 }
 

@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "vcpu.h"
 
 /* wire.ts, byte for byte */
 #define PC_RECORD_HEADER 16
@@ -90,6 +91,9 @@ struct pc_channel {
     uint8_t *requested;   /* destination: asked for already, or placed here */
     uint32_t readahead;   /* destination: pages after a faulted one asked for with it */
     uint64_t head_placed; /* destination: pages already placed of the record at c->in[0] */
+    const struct pc_vcpu *vcpus; /* destination: the vCPU blocks (access stamps), or NULL */
+    int32_t *vcpu_tids;   /* destination: open-addressing table tid -> vCPU index + 1 (pairs) */
+    uint32_t vcpu_mask;   /* its slots - 1 */
 };
 
 double pc_channel_now(const struct pc_channel *c);

@@ -206,6 +206,34 @@ static int64_t fault_page(const struct pc_channel *c, const struct uffd_msg *m)
     return (int64_t)((addr - c->base) / c->page_size);
 }
 
+/* The time a fault of thread `tid` on `page` was raised: the stamp of that
+ * vCPU's latest access to this page among its last PC_TOUCHES (the access
+ * it sleeps on, or made before it was woken and went on), else `seen` (a
+ * thread that is no vCPU, no stamps, or a vCPU already far past it). */
+static double fault_time(const struct pc_channel *c, uint32_t tid, uint64_t page, double seen)
+{
+    if (!c->vcpus)
+        return seen;
+    for (uint32_t s = (tid * 0x9e3779b1u) & c->vcpu_mask;; s = (s + 1) & c->vcpu_mask) {
+        int32_t idx = c->vcpu_tids[2 * s + 1];
+        if (idx == 0)
+            return seen;
+        if ((uint32_t)c->vcpu_tids[2 * s] != tid)
+            continue;
+        const struct pc_vcpu *v = &c->vcpus[idx - 1];
+        double best = -1;
+        for (int k = 0; k < PC_TOUCHES; k++) {
+            if (__atomic_load_n(&v->touch[k].page, __ATOMIC_ACQUIRE) != page + 1)
+                continue;
+            double t;
+            __atomic_load(&v->touch[k].t, &t, __ATOMIC_ACQUIRE);
+            if (__atomic_load_n(&v->touch[k].page, __ATOMIC_ACQUIRE) == page + 1 && t > best)
+                best = t;
+        }
+        return best >= 0 && best < seen ? best : seen;
+    }
+}
+
 /* Reads the pending fault messages. Returns how many, or -1 (failed).
  * With blocktime, every fault is pushed as a FAULT event first, all stamped
  * at the read, before any event this read causes (the ring stays in time
@@ -228,7 +256,8 @@ static int read_faults(struct pc_channel *c)
     int k = (int)(n / (ssize_t)sizeof msgs[0]);
     for (int i = 0; c->blocktime && i < k; i++) {
         int64_t page = fault_page(c, &msgs[i]);
-        if (page >= 0 && pc_channel_push(c, PC_EV_FAULT, (double)page, (double)msgs[i].arg.pagefault.feat.ptid, seen) < 0)
+        uint32_t tid = msgs[i].arg.pagefault.feat.ptid;
+        if (page >= 0 && pc_channel_push(c, PC_EV_FAULT, (double)page, (double)tid, fault_time(c, tid, (uint64_t)page, seen)) < 0)
             return -1;
     }
     for (int i = 0; i < k; i++) {
@@ -291,7 +320,7 @@ static void *fault_thread_run(void *arg)
  * Returns a handle for pc_channel_stop(), or 0 when it could not start. */
 uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, uint64_t flags,
                                uint32_t readahead, struct pc_channel_status *st, double *ring, uint32_t ring_size, int blocktime,
-                               double clock_base)
+                               double clock_base, const struct pc_vcpu *vcpus, int nvcpus)
 {
     size_t rec = PC_RECORD_HEADER + PC_MAX_RUN_PAGES * page_size;
     struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base,
@@ -306,6 +335,25 @@ uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t p
     if (!c->requested) {
         pc_channel_free(c);
         return 0;
+    }
+    if (vcpus && nvcpus > 0) { /* tid -> vCPU, for the access stamps */
+        uint32_t slots = 8;
+        while (slots < 4u * (uint32_t)nvcpus)
+            slots *= 2;
+        c->vcpu_tids = calloc(2 * (size_t)slots, sizeof(int32_t));
+        if (!c->vcpu_tids) {
+            pc_channel_free(c);
+            return 0;
+        }
+        c->vcpu_mask = slots - 1;
+        for (int i = 0; i < nvcpus; i++) {
+            uint32_t tid = (uint32_t)vcpus[i].tid, s = (tid * 0x9e3779b1u) & c->vcpu_mask;
+            while (c->vcpu_tids[2 * s + 1] != 0)
+                s = (s + 1) & c->vcpu_mask;
+            c->vcpu_tids[2 * s] = (int32_t)tid;
+            c->vcpu_tids[2 * s + 1] = i + 1;
+        }
+        c->vcpus = vcpus;
     }
     if (pc_channel_spawn(c, fault_thread_run) != 0)
         return 0;

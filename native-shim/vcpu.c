@@ -16,7 +16,8 @@
 #include <unistd.h>
 #include "vcpu.h"
 
-_Static_assert(sizeof(struct pc_vcpu) == 128, "pc_vcpu is 128 bytes");
+_Static_assert(sizeof(struct pc_vcpu) == 320, "pc_vcpu is 320 bytes");
+_Static_assert(offsetof(struct pc_vcpu, touch) == 192, "touch at 192");
 _Static_assert(offsetof(struct pc_vcpu, position) == 40, "position at 40");
 _Static_assert(offsetof(struct pc_vcpu, thread) == 104, "thread at 104");
 _Static_assert(sizeof(pthread_t) <= 8, "pthread_t fits 8 bytes");
@@ -63,10 +64,36 @@ static inline void touch(uint64_t base, uint64_t page, uint64_t page_size)
     *p = (uint8_t)(*p + 1);
 }
 
+/* With stamping on (the destination during postcopy), the access about to
+ * be made and when: the fault thread takes this time for the fault the
+ * access raises, the nearest there is to when the thread went to sleep. */
+static inline void stamp(struct pc_vcpu *v, uint64_t page)
+{
+    if (!__atomic_load_n(&v->stamp, __ATOMIC_RELAXED))
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double t = (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec - v->stamp_base;
+    uint64_t n = v->touches;
+    struct pc_touch *e = &v->touch[n % PC_TOUCHES];
+    __atomic_store_n(&e->page, 0, __ATOMIC_RELAXED); /* a reader never pairs this page with the old time */
+    __atomic_store(&e->t, &t, __ATOMIC_RELEASE);
+    __atomic_store_n(&e->page, page + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&v->touches, n + 1, __ATOMIC_RELEASE);
+}
+
+/* Not running the workload any more: no access in flight. */
+static void unstamp(struct pc_vcpu *v)
+{
+    for (int i = 0; i < PC_TOUCHES; i++)
+        __atomic_store_n(&v->touch[i].page, 0, __ATOMIC_RELEASE);
+}
+
 /* Waits while cmd says PAUSE; returns the command that ended the wait. */
 static int wait_paused(struct pc_vcpu *v)
 {
     int c;
+    unstamp(v);
     publish_state(v, PC_STATE_PAUSED);
     while ((c = ld32(&v->cmd)) == PC_CMD_PAUSE)
         futex_wait(&v->cmd, PC_CMD_PAUSE);
@@ -77,6 +104,7 @@ static int wait_paused(struct pc_vcpu *v)
 static void wait_done(struct pc_vcpu *v)
 {
     int c;
+    unstamp(v);
     publish_state(v, PC_STATE_DONE);
     while ((c = ld32(&v->cmd)) != PC_CMD_STOP)
         futex_wait(&v->cmd, c);
@@ -111,11 +139,13 @@ static void *vcpu_main(void *arg)
         const uint64_t n = end - start, hot = v->hot_pages, share = v->hot_share;
         switch (v->kind) {
         case PC_WL_IDLE:
+            unstamp(v);
             while ((c = ld32(&v->cmd)) == PC_CMD_RUN)
                 futex_wait(&v->cmd, PC_CMD_RUN);
             break;
         case PC_WL_SWEEP:
             while (ld32(&v->cmd) == PC_CMD_RUN) {
+                stamp(v, pos);
                 touch(base, pos, ps);
                 accesses++;
                 if (++pos >= end) {
@@ -143,6 +173,7 @@ static void *vcpu_main(void *arg)
                     else
                         page = start + hot + below(r, n - hot);
                 }
+                stamp(v, page);
                 touch(base, page, ps);
                 accesses++;
                 st64(&v->rng, rng);
@@ -158,6 +189,7 @@ static void *vcpu_main(void *arg)
             break;
         }
     }
+    unstamp(v);
     publish_state(v, PC_STATE_STOPPED);
     return NULL;
 }

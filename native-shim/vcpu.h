@@ -1,7 +1,8 @@
 /* The vCPU control block shared between a vCPU thread and TypeScript. The
  * memory comes from koffi.alloc (never a JS Buffer); TypeScript reads and
  * writes it at the fixed offsets below (src/native/vcpu-layout.ts mirrors them,
- * and pc_vcpu_layout() lets it check). One block per vCPU, 128 bytes. */
+ * and pc_vcpu_layout() lets it check). One block per vCPU, 320 bytes (five
+ * cache lines; the access stamps have the last three to themselves). */
 #ifndef POSTCOPY_VCPU_H
 #define POSTCOPY_VCPU_H
 #include <stdint.h>
@@ -14,6 +15,7 @@ enum pc_vcpu_state {
     PC_STATE_STOPPED = 3,  /* thread has left its loop */
     PC_STATE_DONE = 4,     /* reached its sweeps/accesses limit; parked until stop */
 };
+#define PC_TOUCHES 8
 enum pc_workload { PC_WL_SWEEP = 0, PC_WL_RANDOM = 1, PC_WL_HOTSET = 2, PC_WL_IDLE = 3 };
 
 struct pc_vcpu {
@@ -34,7 +36,15 @@ struct pc_vcpu {
     uint64_t hot_share;    /*  96 hotset: probability of a hot access, scaled to 2^32 */
     uint64_t thread;       /* 104 pthread_t */
     uint64_t page_size;    /* 112 */
-    uint64_t reserved;     /* 120 */
+    uint64_t stamp;        /* 120 1 = stamp every access (destination, postcopy, blocktime on) */
+    double stamp_base;     /* 128 CLOCK_MONOTONIC ns minus this = the blocktime clock */
+    uint64_t touches;      /* 136 accesses stamped; the last is in touch[(touches - 1) % PC_TOUCHES] */
+    uint64_t pad[6];       /* 144 */
+    /* 192: the last PC_TOUCHES accesses (stamp on), each written before the
+     * access, so the fault it raises finds it even when the fault is read
+     * after the vCPU was woken and went on. page = page index + 1, 0 = none
+     * (not running its workload). */
+    struct pc_touch { uint64_t page; double t; } touch[PC_TOUCHES];
 };
 
 #endif

@@ -117,8 +117,10 @@ class VmMachine implements Machine {
       resume: () => v.resume(),
       saveStates: (out, pos) => { for (let i = 0; i < v.count; i++) encodeVcpuState(v.state(i), out, pos + i * VCPU_STATE_BYTES); },
       loadStates: (buf, pos) => { for (let i = 0; i < v.count; i++) v.setState(i, decodeVcpuState(buf, pos + i * VCPU_STATE_BYTES)); },
+      accessStamps: () => v.accessStamps(),
       kernelTimes: (i) => {
         if (!v.running) return 'the vCPUs are paused';
+        if (v.specs[i]?.name === 'idle') return `vCPU ${i} runs the idle workload (it sleeps: the kernel's figure says nothing of faults)`;
         const status = v.status(i); // 'paused' for a moment after resume(): woken, not yet running
         return status === 'done' || status === 'stopped' ? `vCPU ${i} is ${status}, not running its workload` : readSchedstat(v.threadIds()[i]);
       },

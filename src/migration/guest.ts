@@ -6,6 +6,7 @@
 // about the VM, which keeps source and destination testable on their own.
 
 import type { KernelTimes } from '../blocktime/types.js';
+import type { AccessStamps } from '../native/vcpu.js';
 
 /** Copies and zero tests on guest RAM, split internally at the windows one
  *  Buffer can cover (src/native/memory-windows.ts); none allocates. Positions
@@ -44,4 +45,6 @@ export interface VcpuControl {
   /** the kernel's times of vCPU i's thread now, or why they say nothing of
    *  its blocktime (no schedstat; the vCPU is not running its workload) */
   kernelTimes(i: number): KernelTimes | string;
+  /** the vCPUs' access stamps, or null when they have none */
+  accessStamps(): AccessStamps | null;
 }

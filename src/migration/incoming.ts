@@ -32,6 +32,7 @@ import {
 import { Userfaultfd, StagingArea } from '../uffd/index.js';
 import { NativeBlock } from '../native/memory.js';
 import { PageChannel, ChannelEvent, FaultThreadStat, type ChannelEventSink } from '../native/page-channel.js';
+import type { AccessStamps } from '../native/vcpu.js';
 import { BlocktimeContext, emptyReport, monotonicNs, type BlocktimeReport } from '../blocktime/index.js';
 import { PAGE_PLACED, PAGE_WAITED } from '../blocktime/rules.js';
 import { PostcopyAccounting } from './postcopy-accounting.js';
@@ -104,6 +105,8 @@ export class IncomingMigration implements StreamHandler {
   private blocktime: BlocktimeContext | null = null;
   /** the blocktime context's feed, merging both placers' events in time order */
   private accounting: PostcopyAccounting | null = null;
+  /** the vCPUs' access stamps, on while the blocktime is accounted */
+  private stamps: AccessStamps | null = null;
   private blocktimeFallback: BlocktimeReport | null = null;
   private postcopy = false;
   private switched = false;
@@ -183,7 +186,7 @@ export class IncomingMigration implements StreamHandler {
       this.mainIn += chunk.length;
       try {
         // the fault thread's events so far, before this chunk's placements
-        this.drainEvents();
+        this.channel?.drain(this.onChannelEvent);
         this.decoder.push(chunk);
         if (this.postcopy && this.mainIn - this.mainAcked >= ACK_EVERY) this.sendAck();
       } catch (e) {
@@ -377,6 +380,7 @@ export class IncomingMigration implements StreamHandler {
           trace: this.openTrace(),
         });
         this.accounting = new PostcopyAccounting(this.blocktime, this.base, this.ps, this.flags);
+        this.stamps = this.o.vcpus.accessStamps();
       } else {
         this.blocktimeFallback = emptyReport(tids, 'the kernel does not report the faulting thread (UFFD_FEATURE_THREAD_ID unsupported): faults cannot be attributed to vCPUs');
       }
@@ -385,7 +389,9 @@ export class IncomingMigration implements StreamHandler {
       uffd: uffd.fd, sock: this.urgentSocket!, ramBase: this.base, pageSize: this.ps, pages: this.pageCount,
       flags: this.flagsBlock.address, blocktime: this.blocktime !== null,
       readahead: this.o.params.value('x-postcopy-readahead'),
+      stamps: this.stamps,
     });
+    this.stamps?.enable(this.channel.clockBase);
     this.channel.tickEvery(DRAIN_EVERY_MS, this.drainChannel);
     this.o.status.moveTo('postcopy-active');
     this.startVcpus();
@@ -431,7 +437,7 @@ export class IncomingMigration implements StreamHandler {
     const ch = this.channel;
     if (ch === null) return;
     const horizon = ch.drainOrdered(this.onChannelEvent, monotonicNs());
-    this.accounting?.releaseBefore(horizon);
+    this.accounting?.releaseBefore(Math.min(horizon, this.stamps?.horizon() ?? Infinity));
   }
 
   /** The last kernel samples, as postcopy ends (before the vCPUs pause). */
@@ -446,6 +452,8 @@ export class IncomingMigration implements StreamHandler {
     if (this.channel === null) return;
     this.channelStats = this.channel.close(this.onChannelEvent);
     this.channel = null;
+    this.stamps?.disable();
+    this.stamps = null;
     this.accounting?.releaseBefore(Infinity);
   }
 

@@ -7,10 +7,12 @@
 // just before the event loop placed its page is accounted (it waited), and a
 // trace is written in time order and replays to the same report.
 //
-// The event loop's events wait in a FIFO until the fault thread's horizon
-// (PageChannel.drainOrdered) has passed them; ring events, already in time
-// order, release the queued events older than themselves. The queue is a
-// growable ring of doubles: nothing is allocated per placement.
+// Every event waits in a buffer kept sorted by time until the horizon has
+// passed it: the time before which no event can still come, from the fault
+// thread (PageChannel.drainOrdered: its watermark, or now when it is idle)
+// and from the vCPUs' access stamps (a fault is dated by the stamp of the
+// access that raised it, so it can be read after later events). The buffer
+// is a growable array of doubles: nothing is allocated per event.
 
 import { PostcopyRules, type PageStates } from '../blocktime/rules.js';
 import type { BlocktimeContext } from '../blocktime/context.js';
@@ -23,17 +25,19 @@ class FlagPageStates implements PageStates {
   set(addr: number, bits: number): void { this.flags[(addr - this.base) / this.ps] = bits; }
 }
 
-// queue entries: {kind, a, b, c, t}
+// pending events: {kind, a, b, c, t}, kept sorted by t (stable)
 const STRIDE = 5;
 const PLACED = 0;      // a = first page, b = count
 const SAMPLE = 1;      // a = vCPU, b = on-CPU ns, c = run-queue ns
 const UNAVAILABLE = 2; // a = vCPU, b = index into reasons
+const FAULT = 3;       // a = page, b = thread id
 
 export class PostcopyAccounting {
   private readonly rules: PostcopyRules;
-  private q = new Float64Array(STRIDE * 256);
-  private qHead = 0;
-  private qLen = 0;
+  private q = new Float64Array(STRIDE * 1024);
+  /** pending events are q[head*STRIDE, (head+len)*STRIDE) */
+  private head = 0;
+  private len = 0;
   private reasons: string[] = [];
 
   constructor(
@@ -45,51 +49,51 @@ export class PostcopyAccounting {
     this.rules = new PostcopyRules(new FlagPageStates(flags, base, ps), [ctx]);
   }
 
-  /** The fault thread read a fault of thread `tid` on `page` at `t`. */
+  /** The fault thread read a fault of thread `tid` on `page`, raised at `t`. */
   fault(page: number, tid: number, t: number): void {
-    this.releaseBefore(t);
-    this.rules.fault(t, this.base + page * this.ps, tid);
+    this.insert(FAULT, page, tid, 0, t);
   }
 
   /** The fault thread placed pages [first, first+count) at `t`. */
   placedThere(first: number, count: number, t: number): void {
-    this.releaseBefore(t);
-    this.placed(first, count, t);
+    this.insert(PLACED, first, count, 0, t);
   }
 
-  /** The event loop placed pages [first, first+count) at `t` (now, just
-   *  after its ioctl): accounted once the fault thread's horizon passes it. */
+  /** The event loop placed pages [first, first+count) at `t` (now, just after its ioctl). */
   placedHere(first: number, count: number, t: number): void {
-    this.enqueue(PLACED, first, count, 0, t);
+    this.insert(PLACED, first, count, 0, t);
   }
 
-  /** The kernel's times of vCPU `vcpu`'s thread read at `t` (or why not), in
-   *  the same order as the events. */
+  /** The kernel's times of vCPU `vcpu`'s thread read at `t` (or why not). */
   kernelSample(vcpu: number, t: number, sample: KernelTimes | string): void {
     if (typeof sample === 'string') {
       this.reasons.push(sample);
-      this.enqueue(UNAVAILABLE, vcpu, this.reasons.length - 1, 0, t);
+      this.insert(UNAVAILABLE, vcpu, this.reasons.length - 1, 0, t);
     } else {
-      this.enqueue(SAMPLE, vcpu, sample.runNs, sample.waitNs, t);
+      this.insert(SAMPLE, vcpu, sample.runNs, sample.waitNs, t);
     }
   }
 
-  /** Accounts the queued events of before `horizon` (Infinity: all). */
+  /** Accounts, in time order, the pending events of before `horizon`
+   *  (Infinity: all): no event still to come can be dated earlier. */
   releaseBefore(horizon: number): void {
     const q = this.q;
-    const slots = q.length / STRIDE;
-    while (this.qLen > 0) {
-      const i = this.qHead * STRIDE;
+    while (this.len > 0) {
+      const i = this.head * STRIDE;
       const t = q[i + 4];
-      if (!(t < horizon)) return;
-      this.qHead = (this.qHead + 1) % slots;
-      this.qLen--;
+      if (!(t < horizon)) break;
+      this.head++;
+      this.len--;
       const kind = q[i];
-      if (kind === PLACED) this.placed(q[i + 1], q[i + 2], t);
+      if (kind === FAULT) this.rules.fault(t, this.base + q[i + 1] * this.ps, q[i + 2]);
+      else if (kind === PLACED) this.placed(q[i + 1], q[i + 2], t);
       else if (kind === SAMPLE) this.ctx.kernelSample(q[i + 1], t, { runNs: q[i + 2], waitNs: q[i + 3] });
       else this.ctx.kernelSample(q[i + 1], t, this.reasons[q[i + 2]]);
     }
-    if (this.reasons.length > 0) this.reasons = [];
+    if (this.len === 0) {
+      this.head = 0;
+      if (this.reasons.length > 0) this.reasons = [];
+    }
   }
 
   private placed(first: number, count: number, t: number): void {
@@ -97,26 +101,35 @@ export class PostcopyAccounting {
     for (let p = first, end = first + count; p < end; p++) this.rules.placed(t, this.base + p * ps);
   }
 
-  private enqueue(kind: number, a: number, b: number, c: number, t: number): void {
-    if (this.qLen * STRIDE === this.q.length) this.grow();
-    const i = ((this.qHead + this.qLen) % (this.q.length / STRIDE)) * STRIDE;
+  // Appends, then moves the entry back past later ones: events come nearly
+  // in order (a vCPU-stamped fault can be read after later placements), so
+  // this moves few entries.
+  private insert(kind: number, a: number, b: number, c: number, t: number): void {
+    if ((this.head + this.len + 1) * STRIDE > this.q.length) this.makeRoom();
     const q = this.q;
+    let i = (this.head + this.len) * STRIDE;
+    const first = this.head * STRIDE;
+    while (i > first && q[i - 1] > t) { // q[i - 1] is the previous entry's t
+      q.copyWithin(i, i - STRIDE, i);
+      i -= STRIDE;
+    }
     q[i] = kind;
     q[i + 1] = a;
     q[i + 2] = b;
     q[i + 3] = c;
     q[i + 4] = t;
-    this.qLen++;
+    this.len++;
   }
 
-  private grow(): void {
-    const slots = this.q.length / STRIDE;
-    const next = new Float64Array(this.q.length * 2);
-    for (let k = 0; k < this.qLen; k++) {
-      const from = ((this.qHead + k) % slots) * STRIDE;
-      next.set(this.q.subarray(from, from + STRIDE), k * STRIDE);
+  private makeRoom(): void {
+    const q = this.q;
+    if (this.head * 2 >= q.length / STRIDE) { // mostly consumed: slide back
+      q.copyWithin(0, this.head * STRIDE, (this.head + this.len) * STRIDE);
+    } else {
+      const next = new Float64Array(q.length * 2);
+      next.set(q.subarray(this.head * STRIDE, (this.head + this.len) * STRIDE));
+      this.q = next;
     }
-    this.q = next;
-    this.qHead = 0;
+    this.head = 0;
   }
 }

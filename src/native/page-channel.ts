@@ -12,6 +12,7 @@ import { performance } from 'node:perf_hooks';
 import { NativeBlock } from './memory.js';
 import { loadShim } from './shim.js';
 import * as libc from './libc.js';
+import type { AccessStamps } from './vcpu.js';
 
 // struct pc_channel_status
 const ST_TAIL = 0; // u32 index
@@ -81,6 +82,8 @@ export class PageChannel {
   readonly #stats = new Float64Array(this.#status.buffer, ST_STATS_BYTES, ST_STATS);
   readonly #events = new Float64Array(this.#ring.buffer);
   #handle = 0n;
+  /** CLOCK_MONOTONIC ns minus this = the blocktime clock (monotonicNs), as the thread computes its times */
+  readonly clockBase = clockBaseNs();
   #stopped = false;
   #ticker: NodeJS.Timeout | null = null;
 
@@ -93,11 +96,14 @@ export class PageChannel {
     flags: number; blocktime: boolean;
     /** pages after a faulted one asked for with it, when neither here nor asked for (at most 255) */
     readahead: number;
+    /** the vCPUs' access stamps: a fault is dated by the stamp of the access that raised it */
+    stamps?: AccessStamps | null;
   }): PageChannel {
     const ch = new PageChannel();
     const fd = handOverSocket(o.sock);
+    const s = o.stamps ?? null;
     ch.#start(loadShim().faultThreadStart(o.uffd, fd, o.ramBase, o.pageSize, o.pages, o.flags, o.readahead, ch.#status.ptr, ch.#ring.ptr,
-      RING_ENTRIES, o.blocktime ? 1 : 0, clockBaseNs()), 'fault thread');
+      RING_ENTRIES, o.blocktime ? 1 : 0, ch.clockBase, s?.blocks ?? null, s?.count ?? 0), 'fault thread');
     return ch;
   }
 
@@ -106,7 +112,7 @@ export class PageChannel {
     const ch = new PageChannel();
     const fd = handOverSocket(o.sock);
     ch.#start(loadShim().pageServerStart(fd, o.ramBase, o.pageSize, o.pages, ch.#status.ptr, ch.#ring.ptr, RING_ENTRIES,
-      clockBaseNs()), 'page server');
+      ch.clockBase), 'page server');
     return ch;
   }
 

@@ -2,7 +2,7 @@
 // control block a vCPU thread shares with TypeScript, and its enum values.
 // shim.ts checks the size and one offset against the library at load time.
 
-export const VCPU_BLOCK_SIZE = 128;
+export const VCPU_BLOCK_SIZE = 320;
 export const VCPU_OFF_CMD = 0;        // i32
 export const VCPU_OFF_STATE = 4;      // i32
 export const VCPU_OFF_TID = 8;        // i32
@@ -20,6 +20,11 @@ export const VCPU_OFF_HOT_PAGES = 88;    // u64
 export const VCPU_OFF_HOT_SHARE = 96;    // u64 (probability * 2^32)
 export const VCPU_OFF_THREAD = 104;      // pthread_t
 export const VCPU_OFF_PAGE_SIZE = 112;   // u64
+export const VCPU_OFF_STAMP = 120;       // u64: 1 = stamp every access
+export const VCPU_OFF_STAMP_BASE = 128;  // double: CLOCK_MONOTONIC ns - this = the blocktime clock
+export const VCPU_OFF_TOUCHES = 136;     // u64: accesses stamped
+export const VCPU_OFF_TOUCH = 192;       // VCPU_TOUCHES x {u64 page + 1 (0 = none), double t (blocktime clock)}
+export const VCPU_TOUCHES = 8;
 
 export const CMD_RUN = 0, CMD_PAUSE = 1, CMD_STOP = 2;
 export const STATE_STARTING = 0, STATE_RUNNING = 1, STATE_PAUSED = 2, STATE_STOPPED = 3, STATE_DONE = 4;

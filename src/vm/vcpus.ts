@@ -10,6 +10,7 @@
 // that; pause({ timeoutMs }) rejects naming the vCPUs that did not answer.
 import { CommandError } from '../errors.js';
 import { NativeVcpus, vcpuLayout as L, type NativeWorkload } from '../native/index.js';
+import type { AccessStamps } from '../native/vcpu.js';
 import type { GuestRam } from './guest-ram.js';
 import { PAGE_SIZE, checkVcpuCount } from './size.js';
 import type { VcpuState } from './vcpu-state.js';
@@ -121,6 +122,19 @@ export class VcpuSet {
 
   /** kernel thread ids, index = vCPU index */
   threadIds(): number[] { return [...this.#tids]; }
+
+  /** The vCPUs' access stamps (see NativeVcpus.setStamping), for the
+   *  destination's blocktime; null once the threads are stopped. */
+  accessStamps(): AccessStamps | null {
+    if (this.#stopped) return null;
+    const n = this.#native;
+    return {
+      blocks: n.blocks, count: n.count,
+      enable: (clockBase) => n.setStamping(true, clockBase),
+      disable: () => { if (!this.#stopped) n.setStamping(false); },
+      horizon: () => n.accessHorizon(),
+    };
+  }
 
   /** [startPage, endPage) of vCPU i's workload */
   range(i: number): [number, number] { this.#check(i); return [...this.#ranges[i]] as [number, number]; }

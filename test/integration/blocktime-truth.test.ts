@@ -1,7 +1,7 @@
 // Blocktime that can be checked, on real migrations between two VM processes:
 // the trace the destination writes is in time order and replays to the live
 // report field for field (the same rules and context run on both), and each
-// vCPU's blocktime stays within the kernel's own figure for its thread
+// vCPU's blocktime agrees with the kernel's own figure for its thread
 // (schedstat: a thread held on a missing page sleeps), sampled over the same
 // window. Sweep and random guests, 1 and 4 vCPUs, read-ahead off and on.
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -23,7 +23,7 @@ const cases = [
   ['random', 1, 0], ['random', 4, 64], ['random', 4, 0], ['random', 1, 64],
 ] as const;
 
-maybe.each(cases)('%s, %i vCPUs, read-ahead %i: replay = live, times in order, within the kernel figure', async (workload, vcpus, readahead) => {
+maybe.each(cases)('%s, %i vCPUs, read-ahead %i: replay = live, times in order, within 15 %% of the kernel figure', async (workload, vcpus, readahead) => {
   const trace = join(dir, `${workload.split(',')[0]}-${vcpus}-${readahead}.jsonl`);
   const r = await runBatch({
     ramBytes: 96 * MiB, vcpus, workload, warmS: 0.5, postcopyAfterS: 0.2, transport: 'tcp',
@@ -44,12 +44,14 @@ maybe.each(cases)('%s, %i vCPUs, read-ahead %i: replay = live, times in order, w
     'postcopy-non-vcpu-latency', 'postcopy-latency-dist', 'x-blocktime'] as const;
   for (const f of fields) expect([f, replayed[f]]).toEqual([f, live[f]]);
 
-  // the kernel saw each vCPU thread asleep at least as long as we counted it
-  // blocked (our interval starts when the fault thread reads the fault, after
-  // the thread went to sleep; 1 ms + 5 % of slack for the samples' moments)
+  // each vCPU's blocktime is the kernel's figure for its thread (the time it
+  // slept), within 15 % for vCPUs it saw blocked 20 ms or more (the bench
+  // carries the 5 % target; this margin is for a loaded machine)
   for (const v of x.vcpus) {
     expect([v.index, v.kernelUnavailable]).toEqual([v.index, undefined]);
-    expect(v.kernelBlockedNs).toBeDefined();
-    expect(v.blocktimeNs).toBeLessThanOrEqual((v.kernelBlockedNs as number) * 1.05 + 1e6);
+    const k = v.kernelBlockedNs as number;
+    expect(k).toBeGreaterThan(0);
+    if (k >= 20e6) expect({ vcpu: v.index, ours: v.blocktimeNs, kernel: k, within15pct: Math.abs(v.blocktimeNs / k - 1) <= 0.15 })
+      .toMatchObject({ within15pct: true });
   }
 }, 120_000);

@@ -51,6 +51,7 @@ class PausedVcpus implements VcpuControl {
   saveStates(out: Buffer, pos: number): void { this.state.copy(out, pos); }
   loadStates(buf: Buffer, pos: number): void { buf.copy(this.state, 0, pos, pos + this.state.length); }
   kernelTimes(i: number): string { return `vCPU ${i} of this test never runs`; }
+  accessStamps(): null { return null; }
 }
 
 function digest(b: Buffer): string { return createHash('sha256').update(b).digest('hex'); }

@@ -97,9 +97,8 @@ int pc_channel_fill(struct pc_channel *c)
     }
 }
 
-void pc_channel_mark(struct pc_channel *c)
+void pc_channel_mark(struct pc_channel *c, double t)
 {
-    double t = pc_channel_now(c);
     __atomic_store(&c->st->watermark, &t, __ATOMIC_RELEASE);
 }
 
@@ -115,7 +114,6 @@ int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in)
      * the CPU the event loops need and doubled the fault latency */
     /* the reader takes "idle" as: nothing stamped before it looked will
      * still be pushed (every event is stamped after idle = 0) */
-    pc_channel_mark(c);
     __atomic_store_n(&c->st->idle, 1, __ATOMIC_SEQ_CST);
     int rc;
     while ((rc = poll(p, n, -1)) < 0 && errno == EINTR)

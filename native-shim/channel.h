@@ -57,8 +57,10 @@ struct pc_channel_status {
     int32_t err;          /*  12 errno of a failure, 0 for a protocol error */
     double stats[PC_STATS]; /* 16 */
     char error[PC_ERROR_BYTES]; /* 144 */
-    /* 400: the thread's clock (as its events') when it last had pushed every
-     * event it had stamped: events pushed later are stamped at or after it */
+    /* 400: events dated before this (the thread's clock, as its events')
+     * have all been pushed; the fault thread: when its last read of the
+     * userfaultfd began (a fault it reads later was queued after it, or
+     * is dated by an access stamp the vCPU still holds) */
     double watermark;
     int32_t idle;         /* 408: 1 while the thread waits in poll (stamps nothing) */
     int32_t pad;          /* 412 */
@@ -103,8 +105,8 @@ void pc_channel_fail(struct pc_channel *c, int state, int err, const char *fmt, 
 int pc_channel_flush(struct pc_channel *c);
 /* reads what the socket has into c->in; 1 = got bytes, 0 = nothing now, -1 = closed or failed */
 int pc_channel_fill(struct pc_channel *c);
-/* publishes the watermark: every event stamped so far has been pushed */
-void pc_channel_mark(struct pc_channel *c);
+/* publishes the watermark `t`: every event dated before it has been pushed */
+void pc_channel_mark(struct pc_channel *c, double t);
 /* waits in poll for the socket (and extra_fd when >= 0); 1 = stop asked.
  * Marks the thread idle meanwhile (see pc_channel_status.idle). */
 int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in);

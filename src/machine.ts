@@ -21,7 +21,8 @@ import { IncomingMigration } from './migration/incoming.js';
 import { checkTracePath } from './blocktime-trace/index.js';
 import { VCPU_STATE_BYTES } from './migration/wire.js';
 import type { GuestMemory, VcpuControl } from './migration/guest.js';
-import { readSchedstat } from './vm/schedstat.js';
+import { sampleThread } from './vm/schedstat.js';
+import { monotonicNs } from './blocktime/clock.js';
 import type { DirtyTrackingMode } from './migration/dirty-tracker.js';
 
 const MAX_STRING_LENGTH = constants.MAX_STRING_LENGTH;
@@ -118,11 +119,12 @@ class VmMachine implements Machine {
       saveStates: (out, pos) => { for (let i = 0; i < v.count; i++) encodeVcpuState(v.state(i), out, pos + i * VCPU_STATE_BYTES); },
       loadStates: (buf, pos) => { for (let i = 0; i < v.count; i++) v.setState(i, decodeVcpuState(buf, pos + i * VCPU_STATE_BYTES)); },
       accessStamps: () => v.accessStamps(),
-      kernelTimes: (i) => {
-        if (!v.running) return 'the vCPUs are paused';
-        if (v.specs[i]?.name === 'idle') return `vCPU ${i} runs the idle workload (it sleeps: the kernel's figure says nothing of faults)`;
+      kernelSample: (i) => {
+        if (!v.running) return { t: monotonicNs(), sample: 'the vCPUs are paused' };
+        if (v.specs[i]?.name === 'idle') return { t: monotonicNs(), sample: `vCPU ${i} runs the idle workload (it sleeps: the kernel's figure says nothing of faults)` };
         const status = v.status(i); // 'paused' for a moment after resume(): woken, not yet running
-        return status === 'done' || status === 'stopped' ? `vCPU ${i} is ${status}, not running its workload` : readSchedstat(v.threadIds()[i]);
+        return status === 'done' || status === 'stopped'
+          ? { t: monotonicNs(), sample: `vCPU ${i} is ${status}, not running its workload` } : sampleThread(v.threadIds()[i]);
       },
     };
   }

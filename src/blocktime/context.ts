@@ -84,8 +84,9 @@ const G_LATENCY_SUM = 10;
 const G_LATENCY_MAX = 11;
 const G_FIELDS = 12;
 
-/** kernel samples per vCPU: first (t, run, wait), last (t, run, wait) */
-const K_STRIDE = 6;
+/** kernel samples per vCPU: first (t, run, wait, ours), last (t, run, wait,
+ *  ours); ours = the vCPU's blocktime so far at the sample's moment */
+const K_STRIDE = 8;
 
 /** Percentiles read from the histograms, in whole percent. */
 const PERCENTILES = [50, 90, 99] as const;
@@ -110,7 +111,7 @@ export class BlocktimeContext implements BlocktimeAlgorithm<BlocktimeReport> {
   private readonly dist = new Float64Array(LATENCY_BUCKETS);
   /** row 0: every fault; row 1+i: vCPU i */
   private hdr: HdrRows | undefined;
-  /** per vCPU v at v*K_STRIDE: first and last kernel sample (t, run, wait) */
+  /** per vCPU v at v*K_STRIDE: first and last kernel sample (t, run, wait, ours) */
   private readonly kernel: Float64Array;
   private readonly kernelSamples: Int32Array;
   /** why vCPU v has no kernel figure (undefined: it has, or has no samples yet) */
@@ -240,10 +241,12 @@ export class BlocktimeContext implements BlocktimeAlgorithm<BlocktimeReport> {
       this.kernelWhy[vcpu] ??= sample;
       return;
     }
-    const o = vcpu * K_STRIDE + (this.kernelSamples[vcpu] === 0 ? 0 : 3);
+    const o = vcpu * K_STRIDE + (this.kernelSamples[vcpu] === 0 ? 0 : 4);
+    const vo = vcpu * STRIDE;
     this.kernel[o] = at;
     this.kernel[o + 1] = sample.runNs;
     this.kernel[o + 2] = sample.waitNs;
+    this.kernel[o + 3] = this.vs[vo + BLOCKED] + (this.vs[vo + OUTSTANDING] > 0 ? Math.max(0, at - this.vs[vo + DOWN_SINCE]) : 0);
     if (this.kernelSamples[vcpu] < 2) this.kernelSamples[vcpu]++;
   }
 
@@ -339,13 +342,16 @@ export class BlocktimeContext implements BlocktimeAlgorithm<BlocktimeReport> {
     };
   }
 
-  private kernelFigure(v: number): Pick<VcpuBlocktimeStats, 'kernelBlockedNs' | 'kernelUnavailable'> {
+  private kernelFigure(v: number): Pick<VcpuBlocktimeStats, 'kernelBlockedNs' | 'kernelWindowBlocktimeNs' | 'kernelUnavailable'> {
     if (this.kernelSamples[v] === 0 && this.kernelWhy[v] === undefined) return {};
     if (this.kernelWhy[v] !== undefined) return { kernelUnavailable: this.kernelWhy[v] };
     if (this.kernelSamples[v] < 2) return { kernelUnavailable: 'one kernel sample only (the window never closed)' };
     const k = this.kernel;
     const o = v * K_STRIDE;
-    return { kernelBlockedNs: Math.max(0, (k[o + 3] - k[o]) - (k[o + 4] - k[o + 1]) - (k[o + 5] - k[o + 2])) };
+    return {
+      kernelBlockedNs: Math.max(0, (k[o + 4] - k[o]) - (k[o + 5] - k[o + 1]) - (k[o + 6] - k[o + 2])),
+      kernelWindowBlocktimeNs: Math.max(0, k[o + 7] - k[o + 3]),
+    };
   }
 
   // The vCPU whose state starts at vs[o] has no outstanding fault any more (at time t).

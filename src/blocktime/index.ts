@@ -4,6 +4,6 @@
 
 export { BlocktimeContext, type BlocktimeContextOptions, type BlocktimeContextState } from './context.js';
 export { monotonicNs, type Clock } from './clock.js';
-export { emptyReport } from './report.js';
+export { emptyReport, kernelError } from './report.js';
 export type { TraceSink } from './trace.js';
 export * from './types.js';

@@ -2,7 +2,16 @@
 // of a destination that cannot attribute faults to vCPUs (the kernel lacks
 // UFFD_FEATURE_THREAD_ID): all zeros, with the reason in `unavailable`.
 
-import { LATENCY_BUCKETS, type BlocktimeReport } from './types.js';
+import { LATENCY_BUCKETS, type BlocktimeReport, type VcpuBlocktimeStats } from './types.js';
+
+/** How far a vCPU's blocktime is from the kernel's figure for its thread,
+ *  over the same window (the kernel samples' moments): ours / kernel - 1;
+ *  undefined without a kernel figure, or when the kernel saw no blocking. */
+export function kernelError(v: VcpuBlocktimeStats): number | undefined {
+  const k = v.kernelBlockedNs;
+  if (k === undefined || k <= 0) return undefined;
+  return (v.kernelWindowBlocktimeNs ?? v.blocktimeNs) / k - 1;
+}
 
 /** ns -> whole ms, rounded down (QEMU's ns / SCALE_MS). */
 export function nsToMs(ns: number): number {

@@ -32,6 +32,9 @@ export interface VcpuBlocktimeStats {
    *  a run queue, from /proc/.../schedstat (docs/blocktime.md); absent when
    *  not known, with the reason in kernelUnavailable */
   kernelBlockedNs?: number;
+  /** our blocktime of this vCPU over the kernel's window (its samples'
+   *  moments): the figure to hold against kernelBlockedNs */
+  kernelWindowBlocktimeNs?: number;
   kernelUnavailable?: string;
 }
 

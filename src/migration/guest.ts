@@ -42,9 +42,10 @@ export interface VcpuControl {
   saveStates(out: Buffer, pos: number): void;
   /** loads every vCPU's workload state from buf[pos..] (before resume) */
   loadStates(buf: Buffer, pos: number): void;
-  /** the kernel's times of vCPU i's thread now, or why they say nothing of
-   *  its blocktime (no schedstat; the vCPU is not running its workload) */
-  kernelTimes(i: number): KernelTimes | string;
+  /** the kernel's times of vCPU i's thread now (with the moment, the
+   *  blocktime clock), or why they say nothing of its blocktime (no
+   *  schedstat; the vCPU is not running its workload) */
+  kernelSample(i: number): { t: number; sample: KernelTimes | string };
   /** the vCPUs' access stamps, or null when they have none */
   accessStamps(): AccessStamps | null;
 }

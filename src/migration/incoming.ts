@@ -488,7 +488,10 @@ export class IncomingMigration implements StreamHandler {
     const acc = this.accounting;
     if (acc === null) return;
     const v = this.o.vcpus;
-    for (let i = 0; i < v.count; i++) acc.kernelSample(i, monotonicNs(), v.kernelTimes(i));
+    for (let i = 0; i < v.count; i++) {
+      const s = v.kernelSample(i);
+      acc.kernelSample(i, s.t, s.sample);
+    }
     if (this.channel === null) acc.releaseBefore(Infinity);
     else this.drainEvents();
   }
@@ -687,7 +690,10 @@ export class IncomingMigration implements StreamHandler {
     const bt = this.blocktime;
     if (bt?.state === 'live') { // the kernel's figure up to now (not traced)
       const v = this.o.vcpus;
-      for (let i = 0; i < v.count; i++) bt.kernelSample(i, monotonicNs(), v.kernelTimes(i), false);
+      for (let i = 0; i < v.count; i++) {
+        const s = v.kernelSample(i);
+        bt.kernelSample(i, s.t, s.sample, false);
+      }
     }
     if (this.blocktime && this.blocktime.state !== 'destroyed') {
       const r = this.blocktime.report();

@@ -53,7 +53,8 @@ function rows(c: BlocktimeComparison): Row[] {
       name: `vCPU ${i} blocktime`, field: `postcopy-vcpu-blocktime[${i}]`, unit: 'ms',
       value: (r) => r['postcopy-vcpu-blocktime']?.[i],
       exact: `${e['postcopy-vcpu-blocktime'][i]} (${preciseMs(v.blocktimeNs)})`,
-      kernel: k === undefined ? NA : preciseMs(k),
+      kernel: k === undefined ? NA
+        : v.kernelWindowBlocktimeNs === undefined ? preciseMs(k) : `${preciseMs(k)} (ours ${preciseMs(v.kernelWindowBlocktimeNs)})`,
     });
   });
   out.push({

@@ -6,6 +6,7 @@
 import { Chalk, type ChalkInstance } from 'chalk';
 import Table from 'cli-table3';
 import type { BlocktimeReport } from '../blocktime/types.js';
+import { kernelError } from '../blocktime/report.js';
 
 const QEMU_TIME_UNITS = ['us', 'ms', 'sec'] as const;
 
@@ -79,12 +80,13 @@ const BAR_WIDTH = 40;
 function kernelComparison(vcpus: BlocktimeReport['x-blocktime']['vcpus']): string {
   let worst: { v: number; pct: number } | undefined;
   for (const v of vcpus) {
-    if (v.kernelBlockedNs === undefined || v.kernelBlockedNs <= 0) continue;
-    const pct = (100 * (v.blocktimeNs - v.kernelBlockedNs)) / v.kernelBlockedNs;
+    const e = kernelError(v);
+    if (e === undefined) continue;
+    const pct = 100 * e;
     if (worst === undefined || Math.abs(pct) > Math.abs(worst.pct)) worst = { v: v.index, pct };
   }
   if (worst !== undefined) {
-    return `Kernel (schedstat: time asleep): largest difference vCPU ${worst.v}, ${worst.pct >= 0 ? '+' : ''}${worst.pct.toFixed(1)} %`;
+    return `Kernel (schedstat: time asleep): largest difference vCPU ${worst.v}, ${worst.pct >= 0 ? '+' : ''}${worst.pct.toFixed(1)} % (ours over the same window)`;
   }
   const why = vcpus.find((v) => v.kernelUnavailable !== undefined)?.kernelUnavailable;
   return `Kernel (schedstat): no figure${why !== undefined ? ` (${why})` : ''}`;

@@ -11,3 +11,4 @@ export { streamBaselineMbps, remoteFaultBaselineUs } from './stream-baseline.js'
 export { loadShim, SHIM_VERSION } from './shim.js';
 export * as vcpuLayout from './vcpu-layout.js';
 export { pinProcessToCpu, currentCpu } from './affinity.js';
+export { threadCpuNs } from './thread-time.js';

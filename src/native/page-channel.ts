@@ -47,7 +47,7 @@ const RING_ENTRIES = 1 << 14;
  * performance.now(): ns since this process's time origin).
  */
 function clockBaseNs(): number {
-  return Number(process.hrtime.bigint()) - performance.now() * 1e6;
+  return Math.round(Number(process.hrtime.bigint()) - performance.now() * 1e6); // whole ns: event times stay integers, as traces write them
 }
 
 /**

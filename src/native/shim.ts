@@ -40,6 +40,7 @@ export interface Shim {
   faultHandlerRun: KoffiFunc<[uffd: number, src: number, pageSize: number, expected: number, stopFd: number], number | bigint>;
   pageDigests(base: number, pageSize: number, first: number, count: number, out: BigUint64Array): void;
   copyBytes(dst: Uint8Array, dstPos: number, src: Uint8Array, srcPos: number, n: number): void;
+  threadCpuNs(tid: number): number;
   streamBaseline: KoffiFunc<[bytes: number, tcp: number], number | bigint>;
   faultThreadStart(uffd: number, sock: number, ramBase: number, pageSize: number, pages: number, flags: number, readahead: number,
     status: bigint, ring: bigint, ringSize: number, blocktime: number, clockBase: number, vcpus: bigint | null, nvcpus: number): number | bigint;
@@ -81,6 +82,7 @@ export function loadShim(): Shim {
       unknown as Shim['pageDigests'],
     copyBytes: lib.func('void pc_copy_bytes(uint8_t *dst, uint64_t dst_pos, const uint8_t *src, uint64_t src_pos, uint64_t n)') as
       Shim['copyBytes'],
+    threadCpuNs: lib.func('double pc_thread_cpu_ns(int tid)') as Shim['threadCpuNs'],
     streamBaseline: lib.func('int64_t pc_stream_baseline(uint64_t bytes, int tcp)') as unknown as Shim['streamBaseline'],
     faultThreadStart: lib.func('uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t page_size, ' +
       'uint64_t pages, uint64_t flags, uint32_t readahead, void *status, void *ring, uint32_t ring_size, int blocktime, double clock_base, ' +

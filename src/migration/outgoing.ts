@@ -21,6 +21,7 @@ import type { GuestMemory, VcpuControl } from './guest.js';
 import type { MigrationStatusMachine } from './status.js';
 import type { Parameters } from './parameters.js';
 import { RateLimiter } from './rate-limit.js';
+import { systemErrorText } from '../errors.js';
 import { startDirtyTracking, type DirtyTracker, type DirtyTrackingMode } from './dirty-tracker.js';
 import { formatMigrationUri, type MigrationAddress } from './uri.js';
 import { PageChannel, PageServerStat, type ChannelEventSink } from '../native/page-channel.js';
@@ -184,7 +185,7 @@ export class OutgoingMigration implements ReturnHandler {
     sock.on('drain', () => this.pump());
     sock.on('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(timer);
-      if (this.phase === 'connecting') this.fail(`Failed to connect to '${formatMigrationUri(addr)}': ${e.code ?? ''} ${e.message}`.replace(/ +/g, ' '));
+      if (this.phase === 'connecting') this.fail(`Failed to connect to '${formatMigrationUri(addr)}': ${systemErrorText(e)}`);
       else this.fail(`migration connection error: ${e.message}`);
     });
     sock.on('close', () => {

@@ -181,8 +181,20 @@ const migrateCancel: HmpCommand = {
   name: 'migrate_cancel',
   argsType: '',
   params: '',
-  help: 'cancel the current VM migration',
-  handler: async (ctx) => { ctx.machine.cancel(); return { text: '' }; },
+  help: 'cancel the current VM migration (in postcopy the guest is lost on both sides: the console asks first)',
+  handler: async (ctx) => {
+    const m = ctx.machine;
+    if (m.queryMigrate().status !== 'postcopy-active') { m.cancel(); return { text: '' }; }
+    const loss = 'the guest runs on the destination with part of its RAM still here, so cancelling loses it on both sides'
+      + ' (the destination fails, this VM stays stopped)';
+    if (!ctx.confirm) {
+      m.cancel();
+      return { text: `Warning: cancelled in postcopy: ${loss}` };
+    }
+    if (!await ctx.confirm(`Warning: the migration is in postcopy: ${loss}\nCancel it anyway? (y/N) `)) return { text: 'not cancelled' };
+    m.cancel();
+    return { text: '' };
+  },
 };
 
 const migrateStartPostcopy: HmpCommand = {

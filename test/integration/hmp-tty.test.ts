@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { requireUffd } from '../helpers/uffd-available.js';
 import { cli, ensureBuilt } from '../helpers/cli.js';
 import { Tmux, haveTmux, lastLine } from '../helpers/tmux.js';
+import { freeTcpPort } from '../../src/migration/local-destination.js';
 
 const tmuxOk = haveTmux();
 const maybe = tmuxOk ? describe : describe.skip;
@@ -156,6 +157,84 @@ maybe('interactive console (tmux)', () => {
     const rows = [...s.matchAll(/│ +(\d) │ +(\d+) │ +(\d+) │/g)];
     expect(rows.map((r) => Number(r[1]))).toEqual([0, 1]); // both vCPUs of the lab VM
     expect(rows.reduce((n, r) => n + Number(r[3]), 0)).toBeGreaterThan(0); // they really faulted
+    await type('quit');
+    await key('Enter');
+    await waitScreen((x) => x.includes('EXITED-0'), 'exit after quit');
+    term.kill('vm');
+  }, 120_000);
+
+  it('text typed while a synchronous migrate waits shows on its own line under the live line, and runs afterwards', async () => {
+    if (!requireUffd()) return;
+    startVm('64M', '-workload sweep,end=64M,sweeps=1');
+    await waitScreen((x) => lastLine(x) === '(qemu)', 'the prompt');
+    await type('migrate_set_parameter max-bandwidth 16'); // ~4 s for 64 MiB
+    await key('Enter');
+    await type('migrate');
+    await key('Enter');
+    const progress = /^migration (setup|active) \| +(\d+)% of 64 MiB/;
+    await waitScreen((x) => progress.test(lastLine(x)), 'the live line while migrate waits');
+    await type('info sta');
+    const lineAbove = (x: string): string => {
+      const rows = x.split('\n').filter((l) => l.trim() !== '');
+      return rows[rows.length - 2] ?? '';
+    };
+    const s = await waitScreen((x) => lastLine(x) === 'info sta' && progress.test(lineAbove(x)), 'the typed text under the live line');
+    const first = Number(progress.exec(lineAbove(s))?.[2]);
+    await waitScreen((x) => lastLine(x) === 'info sta' && Number(progress.exec(lineAbove(x))?.[2]) > first, 'the live line redrawn, the typed text intact');
+    await key('Tab');
+    await waitScreen((x) => lastLine(x) === 'info status', 'completion while migrate waits');
+    await key('Enter');
+    const done = await waitScreen((x) => x.includes('VM status: paused (postmigrate)') && lastLine(x) === '(qemu)', 'the typed command ran after the migration', 60_000);
+    expect(done).toMatch(/\nmigration completed in \d+ ms/);
+    expect(done).not.toMatch(/Mbps\S/); // nothing glued onto the live line
+    await type('quit');
+    await key('Enter');
+    await waitScreen((x) => x.includes('EXITED-0'), 'exit after quit');
+    term.kill('vm');
+  }, 120_000);
+
+  it('a refused connection prints one line, as QEMU', async () => {
+    startVm();
+    await waitScreen((x) => lastLine(x) === '(qemu)', 'the prompt');
+    const port = await freeTcpPort(); // nobody listens there
+    await type(`migrate tcp:127.0.0.1:${port}`);
+    await key('Enter');
+    const s = await waitScreen((x) => x.includes('Connection refused') && lastLine(x) === '(qemu)', 'the error and a prompt');
+    expect(s.split('\n').filter((l) => l.includes('Connection refused'))).toEqual([`Error: Failed to connect to 'tcp:127.0.0.1:${port}': Connection refused`]);
+    await type('quit');
+    await key('Enter');
+    await waitScreen((x) => x.includes('EXITED-0'), 'exit after quit');
+    term.kill('vm');
+  }, 60_000);
+
+  it('migrate_cancel in postcopy asks first: n keeps the migration, y cancels it', async () => {
+    if (!requireUffd()) return;
+    // the guest is written once, then postcopy pushes the rest at 1 MiB/s: it stays in postcopy
+    startVm('64M', '-workload sweep,sweeps=1');
+    await waitScreen((x) => lastLine(x) === '(qemu)', 'the prompt');
+    for (const cmd of ['migrate_set_capability postcopy-ram on', 'migrate_set_parameter max-bandwidth 1',
+      'migrate_set_parameter max-postcopy-bandwidth 1M', 'migrate', 'migrate_start_postcopy']) {
+      await type(cmd);
+      await key('Enter');
+    }
+    await waitScreen((x) => /migration postcopy-active/.test(x) && lastLine(x) === '(qemu)', 'postcopy running');
+    await type('migrate_cancel');
+    await key('Enter');
+    let s = await waitScreen((x) => lastLine(x) === 'Cancel it anyway? (y/N)', 'the question');
+    expect(s).toContain('Warning: the migration is in postcopy: the guest runs on the destination with part of its RAM still here,'
+      + ' so cancelling loses it on both sides');
+    await type('n');
+    await key('Enter');
+    await waitScreen((x) => x.includes('not cancelled') && lastLine(x) === '(qemu)', 'not cancelled');
+    await type('info status');
+    await key('Enter');
+    await waitScreen((x) => x.includes('VM status: paused (finish-migrate)') || x.includes('VM status: paused (postmigrate)'), 'the migration goes on');
+    await type('migrate_cancel');
+    await key('Enter');
+    await waitScreen((x) => lastLine(x) === 'Cancel it anyway? (y/N)', 'the question again');
+    await type('y');
+    await key('Enter');
+    s = await waitScreen((x) => x.includes('migration cancelled') && lastLine(x) === '(qemu)', 'cancelled');
     await type('quit');
     await key('Enter');
     await waitScreen((x) => x.includes('EXITED-0'), 'exit after quit');

@@ -167,6 +167,8 @@ class VmMachine implements Machine {
     const ram = this.outgoing?.ramStats() ?? this.incoming?.ramStats();
     if (ram) info.ram = ram;
     if (this.status.status === 'failed' && this.status.errorDesc) info['error-desc'] = this.status.errorDesc;
+    const stall = this.status.status === 'active' ? this.outgoing?.convergence() : undefined;
+    if (stall) info['x-convergence'] = stall;
     if (this.incoming && this.caps.has('postcopy-blocktime')) {
       const r = this.incoming.blocktimeReport();
       if (r) Object.assign(info, r);

@@ -21,6 +21,7 @@ import type { GuestMemory, VcpuControl } from './guest.js';
 import type { MigrationStatusMachine } from './status.js';
 import type { Parameters } from './parameters.js';
 import { RateLimiter } from './rate-limit.js';
+import { ConvergenceWatch, describeStall, type ConvergenceInfo } from './convergence.js';
 import { systemErrorText } from '../errors.js';
 import { startDirtyTracking, type DirtyTracker, type DirtyTrackingMode } from './dirty-tracker.js';
 import { formatMigrationUri, type MigrationAddress } from './uri.js';
@@ -115,6 +116,8 @@ export class OutgoingMigration implements ReturnHandler {
   private bandwidth = 0; // bytes/s measured over the last round
   private lastSyncMs = 0;
   private dirtyRate = 0;
+  /** whether precopy rounds still shrink the dirty set */
+  private readonly convergenceWatch = new ConvergenceWatch(() => performance.now());
   // counters (query-migrate ram)
   private transferred = 0;
   private normal = 0;
@@ -479,6 +482,7 @@ export class OutgoingMigration implements ReturnHandler {
     this.needCount += dirtied;
     this.dirtyRate = (dirtied * 1000) / Math.max(1, now - this.lastSyncMs);
     this.lastSyncMs = now;
+    this.convergenceWatch.round({ remainingBytes: this.needCount * this.ps, dirtyRate: this.dirtyRate * this.ps, bandwidth: this.bandwidth });
     this.cursor = 0;
     this.roundStartMs = now;
     this.roundBytes = 0;
@@ -627,6 +631,12 @@ export class OutgoingMigration implements ReturnHandler {
   }
 
   // ---------------------------------------------------------------- stats
+
+  /** precopy that does not converge, said with its figures; undefined otherwise */
+  convergence(): ConvergenceInfo | undefined {
+    const s = this.phase === 'precopy' ? this.convergenceWatch.stall : undefined;
+    return s && describeStall(s, { maxBandwidth: this.o.params.value('max-bandwidth'), postcopyRam: this.o.postcopy });
+  }
 
   /** requested pages already sent in the background when asked for (sent again, urgently) */
   get requestsInFlight(): number { return this.inflightHits; }

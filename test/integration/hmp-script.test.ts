@@ -8,6 +8,7 @@ import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cli, ensureBuilt } from '../helpers/cli.js';
+import { requireUffd } from '../helpers/uffd-available.js';
 
 beforeAll(ensureBuilt, 180_000);
 
@@ -120,6 +121,14 @@ describe('piped scripts', () => {
     expect(lines[i++]).toBe('VM status: running');
     expect(lines[i]).toBe('');
     expect(r.out).not.toContain('\x1b'); // nothing the terminal would interpret
+  });
+
+  it('info migrate says when precopy does not converge: the figures and the ways out', async () => {
+    if (!requireUffd()) return;
+    const r = await run(['-m', '32M', '-smp', '1'], 'migrate_set_parameter max-bandwidth 64\nmigrate -d\nmigrate_wait 5\ninfo migrate\nmigrate_cancel\n');
+    expect(r.out).toMatch(/\nConvergence: \t\tnot converging: \d+ rounds have not shrunk the dirty set .*: the guest dirties [\d.]+ MiB\/s and the stream moves [\d.]+ MiB\/s \(max-bandwidth 64\.0 MiB\/s\)\n/);
+    expect(r.out).toContain('\n  Ways out: \t\tpostcopy (migrate_set_capability postcopy-ram on before migrate, then migrate_start_postcopy);'
+      + ' a higher max-bandwidth (migrate_set_parameter max-bandwidth 0: no limit); throttling the guest');
   });
 
   it('--exit-on-error ends at the first failing command with status 1', async () => {

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cli, ensureBuilt } from '../helpers/cli.js';
 import { requireUffd } from '../helpers/uffd-available.js';
+import { QmpClient } from '../../src/monitor/qmp-client.js';
 
 beforeAll(ensureBuilt, 180_000);
 
@@ -190,6 +191,24 @@ describe('piped scripts', () => {
       p.kill('SIGTERM');
       expect(await ended).toBe(0);
       expect(existsSync(sock)).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('-daemonize returns once the QMP socket listens (the next line connects without retrying); a VM that cannot start fails the command', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hmp-daemon-'));
+    const sock = join(dir, 'vm.qmp');
+    try {
+      const r = await run([...SMALL, '-daemonize', '-monitor', 'none', '-qmp', `unix:${sock},server=on,wait=off`, '-incoming', 'defer']);
+      expect(r).toEqual({ code: 0, out: '', err: '' });
+      const qmp = await QmpClient.connect(`unix:${sock}`, { timeoutMs: 5000 }); // no retry: it is there
+      expect(await qmp.execute('query-status')).toMatchObject({ status: 'inmigrate' });
+      await qmp.execute('quit');
+      await qmp.close();
+      const bad = await run([...SMALL, '-daemonize', '-monitor', 'none', '-qmp', `unix:${join(dir, 'no', 'vm.qmp')},server=on,wait=off`]);
+      expect(bad.code).toBe(1);
+      expect(bad.err).toMatch(/^postcopy: -qmp unix:.*\/no\/vm\.qmp: directory .* does not exist/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

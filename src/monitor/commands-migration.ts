@@ -283,10 +283,13 @@ const infoPostcopyBlocktime: HmpCommand = {
       const info = ctx.machine.queryMigrate();
       if (info.status !== 'none' && info.status !== 'postcopy-active' && !info.ram?.['postcopy-bytes']) {
         const how = 'blocktime is measured only in postcopy: migrate_set_capability postcopy-ram on before migrate, then migrate_start_postcopy';
+        if (isTerminal(info.status)) {
+          return { text: `No blocktime figures: the migration ${info.status === 'completed' ? 'completed' : `ended (${info.status})`} without entering postcopy (${how})` };
+        }
         return {
-          text: isTerminal(info.status)
-            ? `No blocktime figures: the migration ${info.status === 'completed' ? 'completed' : `ended (${info.status})`} without entering postcopy (${how})`
-            : `No blocktime figures yet: the migration is in precopy (${how})`,
+          text: role === 'destination' || capabilityOn(ctx.machine, 'postcopy-ram')
+            ? 'No blocktime figures yet: postcopy has not started (they start with it: migrate_start_postcopy)'
+            : `No blocktime figures: this migration runs without postcopy-ram (${how})`,
         };
       }
       return {

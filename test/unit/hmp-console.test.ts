@@ -308,6 +308,16 @@ describe('HMP console, migration', () => {
     ].join('\n'));
   });
 
+  it('info postcopy_blocktime before postcopy started says so, in precopy with and without postcopy-ram', async () => {
+    const m = new FakeMachine();
+    m.status = 'active';
+    m.caps.set('postcopy-ram', true);
+    expect((await script('info postcopy_blocktime\n', { machine: m })).text.split('\n')[0])
+      .toBe('No blocktime figures yet: postcopy has not started (they start with it: migrate_start_postcopy)');
+    m.caps.set('postcopy-ram', false);
+    expect((await script('info postcopy_blocktime\n', { machine: m })).text).toMatch(/^No blocktime figures: this migration runs without postcopy-ram/);
+  });
+
   it('info postcopy_blocktime and info migrate -a show the report', async () => {
     const m = new FakeMachine('destination');
     const empty = await script('info postcopy_blocktime\n', { machine: m });

@@ -76,10 +76,13 @@ async function endLeftovers(marker: string): Promise<number[]> {
   }).filter((pid) => {
     try { return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8')); } catch { return false; }
   });
-  const left = find();
+  const settle = async (ms: number): Promise<number[]> => {
+    for (let t = 0; t < ms && find().length > 0; t += 50) await new Promise((r) => setTimeout(r, 50));
+    return find();
+  };
+  const left = await settle(3000); // a VM told to quit may still be on its way out
   for (const pid of left) { try { process.kill(pid, 'SIGTERM'); } catch { /* gone */ } }
-  for (let i = 0; i < 100 && find().length > 0; i++) await new Promise((r) => setTimeout(r, 50));
-  for (const pid of find()) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
+  for (const pid of await settle(5000)) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
   return left;
 }
 

@@ -205,6 +205,7 @@ class VmMachine implements Machine {
         ramBytes: this.ram.bytes, vcpus: this.vcpus.count, workload: this.workloadText,
         capabilities: this.caps.list(), parameters: this.params.get(),
       });
+      if (this.quitting) { await this.releaseLab(); this.live('migrate'); } // it quit while the lab started
       target = this.local.uri;
     }
     const addr = parseMigrationUri(target);

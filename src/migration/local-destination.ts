@@ -77,7 +77,10 @@ export class VmProcess {
       '-run-with', 'exit-with-parent=on'];
     const all = [...wrapper, ...argv];
     const env = ownedDir ? { ...process.env, [OWNED_DIR_ENV]: ownedDir } : process.env;
-    const child = spawn(all[0], all.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env });
+    // a session of its own: a signal meant for the parent's terminal (the
+    // SIGHUP of a closed window, a Ctrl-C) never reaches it, even while it
+    // starts; it ends with its parent instead (exit-with-parent)
+    const child = spawn(all[0], all.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env, detached: true });
     let tail = '';
     const onErr = (b: Buffer): void => { tail = (tail + b.toString()).slice(-4000); };
     child.stderr?.on('data', onErr);

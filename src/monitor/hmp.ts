@@ -119,6 +119,16 @@ export class HmpConsole {
       completer: (line: string) => o.registry.complete(line),
     });
     this.rl = rl;
+    // the terminal went away (closed window, hung-up line): readline reports
+    // EIO from the tty; that is the end of the input, not a crash
+    const gone = (): void => {
+      if (this.ended) return;
+      this.inputClosed = true;
+      this.abort?.abort();
+      this.finish('eof');
+    };
+    rl.on('error', gone);
+    o.input.on('error', gone);
     rl.on('history', (h: string[]) => { if (o.historyFile) saveHistory(o.historyFile, h); });
     rl.on('line', (line) => {
       this.progressShown = false; // the prompt line scrolled up
@@ -277,7 +287,9 @@ export class HmpConsole {
       rl.removeAllListeners('close');
       rl.close();
     }
-    if (this.opts.interactive) this.opts.input.setRawMode?.(false);
+    if (this.opts.interactive) {
+      try { this.opts.input.setRawMode?.(false); } catch { /* no terminal any more */ }
+    }
     this.abort?.abort();
     this.resolveDone({ end, failures: this.failures });
     if (end === 'quit') this.opts.requestQuit();

@@ -22,7 +22,7 @@ function newestSource(): number {
 
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'blocktime-cli-'));
-  const built = join(root, 'dist', 'src', 'blocktime', 'replay-command.js');
+  const built = join(root, 'dist', 'src', 'blocktime-trace', 'replay-command.js');
   if (!existsSync(cli) || !existsSync(built) || statSync(built).mtimeMs < newestSource()) {
     // tsc emits even when another module has a type error; only a missing output is fatal
     spawnSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', root], { cwd: root, stdio: 'ignore' });

@@ -180,6 +180,8 @@ class VmMachine implements Machine {
     const ram = this.outgoing?.ramStats() ?? this.incoming?.ramStats();
     if (ram) info.ram = ram;
     if (this.status.status === 'failed' && this.status.errorDesc) info['error-desc'] = this.status.errorDesc;
+    const stall = this.status.status === 'active' ? this.outgoing?.convergence() : undefined;
+    if (stall) info['x-convergence'] = stall;
     if (this.incoming && this.caps.has('postcopy-blocktime')) {
       const r = this.incoming.blocktimeReport();
       if (r) Object.assign(info, r);
@@ -216,6 +218,7 @@ class VmMachine implements Machine {
         ramBytes: this.ram.bytes, vcpus: this.vcpus.count, workload: this.workloadText,
         capabilities: this.caps.list(), parameters: this.params.get(),
       });
+      if (this.quitting) { await this.releaseLab(); this.live('migrate'); } // it quit while the lab started
       target = this.local.uri;
     }
     const addr = parseMigrationUri(target);

@@ -18,6 +18,7 @@ import { colorWanted, formatBanner } from './monitor/format.js';
 import type { Registry } from './monitor/registry.js';
 import { parseWorkload, type WorkloadSpec } from './vm/workload.js';
 import { OWNED_DIR_ENV } from './migration/local-destination.js';
+import { runDaemonized, signalReady } from './daemonize.js';
 
 /** the parent when this process started: a different one later means it ended */
 const parentAtStart = process.ppid;
@@ -183,6 +184,9 @@ export async function runVm(opts: VmOptions, loadEngine: () => Promise<VmEngine>
     }
   }
 
+  // -daemonize: the caller may connect now
+  signalReady(io.env);
+
   if (opts.monitor === 'stdio') {
     // line editing needs a terminal on both sides; otherwise it is a script
     const interactive = io.stdin.isTTY === true && io.stdout.isTTY === true && !opts.execute;
@@ -228,6 +232,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (opts.help) { process.stdout.write(USAGE); return 0; }
   if (opts.version) { process.stdout.write(`postcopy ${version()}\n`); return 0; }
+  if (opts.daemonize) return runDaemonized(argv);
   try {
     return await runVm(opts, loadEngine, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, env: process.env });
   } finally {

@@ -45,6 +45,8 @@ export interface VmOptions {
   exitOnError: boolean;
   /** -run-with exit-with-parent=on: quit when the parent process ends (PR_SET_PDEATHSIG) */
   exitWithParent: boolean;
+  /** -daemonize: run in the background; the command returns once the VM is ready */
+  daemonize: boolean;
   help: boolean;
   version: boolean;
 }
@@ -76,6 +78,8 @@ Options (QEMU spelling; --name works too):
   -monitor stdio|none
                      the HMP console on stdin/stdout (default) or none
   -S                 start with the vCPUs paused ('cont' starts them)
+  -daemonize         run in the background (needs -monitor none); returns
+                     once the QMP sockets and -incoming listen
   -run-with exit-with-parent=on
                      quit when the process that started this one ends (the
                      lab and 'postcopy run' start their VMs so)
@@ -183,6 +187,7 @@ const WITH_VALUE: Record<string, Handler> = {
 const FLAGS: Record<string, (o: VmOptions) => void> = {
   S: (o) => { o.startPaused = true; },
   'exit-on-error': (o) => { o.exitOnError = true; },
+  daemonize: (o) => { o.daemonize = true; },
   h: (o) => { o.help = true; },
   help: (o) => { o.help = true; },
   version: (o) => { o.version = true; },
@@ -191,7 +196,7 @@ const FLAGS: Record<string, (o: VmOptions) => void> = {
 export function defaultVmOptions(): VmOptions {
   return {
     ramBytes: DEFAULT_RAM_BYTES, vcpus: DEFAULT_VCPUS, workload: DEFAULT_WORKLOAD, qmp: [],
-    monitor: 'stdio', startPaused: false, exitOnError: false, exitWithParent: false, help: false, version: false,
+    monitor: 'stdio', startPaused: false, exitOnError: false, exitWithParent: false, daemonize: false, help: false, version: false,
   };
 }
 
@@ -226,5 +231,8 @@ export function parseVmOptions(argv: readonly string[]): VmOptions {
   }
   asOptionError('-workload', o.workload, () => parseWorkload(o.workload, o.ramBytes));
   if (o.monitor === 'none' && o.execute) throw new VmOptionError(`-e needs the console: drop '-monitor none'`);
+  if (o.daemonize && o.monitor === 'stdio') {
+    throw new VmOptionError('-daemonize needs -monitor none: a daemon has no terminal for the console (drive it with -qmp)');
+  }
   return o;
 }

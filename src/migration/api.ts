@@ -5,6 +5,7 @@
 
 import type { EventEmitter } from 'node:events';
 import type { BlocktimeReport } from '../blocktime/types.js';
+import type { ConvergenceInfo } from './convergence.js';
 
 /** QEMU's MigrationStatus values. */
 export const MIGRATION_STATUSES = [
@@ -90,6 +91,8 @@ export interface MigrationInfo extends Partial<BlocktimeReport> {
   'expected-downtime'?: number;
   ram?: MigrationRamStats;
   'error-desc'?: string;
+  /** ours: present while precopy rounds do not shrink the dirty set */
+  'x-convergence'?: ConvergenceInfo;
 }
 
 /** QEMU's RunState names that this program uses (query-status "status"). */

@@ -12,6 +12,7 @@ import { parseSize, parseSmp, parseWorkload, formatWorkload } from '../vm/index.
 import { LocalDestination, VmProcess } from './local-destination.js';
 import { checkTracePath } from '../blocktime-trace/index.js';
 import { MAX_POSTCOPY_READAHEAD } from './parameters.js';
+import { stallSentence } from './convergence.js';
 import type { CapabilityState, MigrationInfo } from './api.js';
 
 export const USAGE = `usage: postcopy run [options]
@@ -20,7 +21,8 @@ export const USAGE = `usage: postcopy run [options]
   -workload SPEC        the source's workload, e.g. sweep,end=100M        [sweep]
   --warm SECONDS        let the workload run before migrating             [4]
   --postcopy-after S    switch to postcopy S seconds after migrate;
-                        'never' = precopy only                            [0.3]
+                        'never' = precopy only: the run fails as soon
+                        as the source says precopy is not converging      [0.3]
   --uri tcp|unix        transport: TCP on 127.0.0.1 or a unix socket      [tcp]
   --no-blocktime        leave postcopy-blocktime off on the destination
   --trace FILE          record the blocktime trace (x-blocktime-trace)
@@ -160,7 +162,9 @@ export async function runBatch(o: BatchOptions, atEnd?: (p: BatchProcesses) => v
       const now = await source.queryMigrate();
       if (now.status === 'setup' || now.status === 'active') await source.qmp.execute('migrate-start-postcopy');
     }
-    const srcInfo = await source.waitDone(Math.max(1, deadline - Date.now()));
+    // precopy only: no point waiting for a precopy that the source says cannot converge
+    const stalled = (i: MigrationInfo): string | undefined => (i['x-convergence'] ? stallSentence(i['x-convergence'], 'batch') : undefined);
+    const srcInfo = await source.waitDone(Math.max(1, deadline - Date.now()), o.postcopyAfterS === null ? stalled : undefined);
     const dstInfo = await dest.waitDone(Math.max(1000, deadline - Date.now()));
     const wall = (performance.now() - t0) / 1000;
     atEnd?.({ sourcePid: source.child.pid ?? 0, destinationPid: dest.vm.child.pid ?? 0 });

@@ -14,6 +14,7 @@ import { createServer } from 'node:net';
 import { CommandError } from '../errors.js';
 import { connectWithRetry, type QmpClient, type QmpEvent } from '../monitor/qmp-client.js';
 import type { CapabilityState, MigrationInfo, MigrationParameters } from './api.js';
+import { stallSentence } from './convergence.js';
 
 /** The environment variable that names the private postcopy-* temporary
  *  directory of a spawned VM's sockets; the VM removes it when it exits
@@ -76,7 +77,10 @@ export class VmProcess {
       '-run-with', 'exit-with-parent=on'];
     const all = [...wrapper, ...argv];
     const env = ownedDir ? { ...process.env, [OWNED_DIR_ENV]: ownedDir } : process.env;
-    const child = spawn(all[0], all.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env });
+    // a session of its own: a signal meant for the parent's terminal (the
+    // SIGHUP of a closed window, a Ctrl-C) never reaches it, even while it
+    // starts; it ends with its parent instead (exit-with-parent)
+    const child = spawn(all[0], all.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env, detached: true });
     let tail = '';
     const onErr = (b: Buffer): void => { tail = (tail + b.toString()).slice(-4000); };
     child.stderr?.on('data', onErr);
@@ -113,13 +117,19 @@ export class VmProcess {
     if (Object.keys(parameters).length > 0) await this.qmp.execute('migrate-set-parameters', { ...parameters });
   }
 
-  /** resolves with query-migrate once the status is terminal */
-  async waitDone(timeoutMs: number): Promise<MigrationInfo> {
+  /** resolves with query-migrate once the status is terminal; `giveUp`
+   *  may end the wait sooner with its reason */
+  async waitDone(timeoutMs: number, giveUp?: (info: MigrationInfo) => string | undefined): Promise<MigrationInfo> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const info = await this.queryMigrate();
       if (info.status === 'completed' || info.status === 'failed' || info.status === 'cancelled') return info;
-      if (Date.now() > deadline) throw new CommandError(`migration did not finish within ${timeoutMs} ms (status ${info.status})`);
+      const why = giveUp?.(info);
+      if (why) throw new CommandError(why);
+      if (Date.now() > deadline) {
+        const stall = info['x-convergence'];
+        throw new CommandError(`migration did not finish within ${timeoutMs} ms (status ${info.status})${stall ? `: ${stallSentence(stall)}` : ''}`);
+      }
       await new Promise((r) => setTimeout(r, 10));
     }
   }

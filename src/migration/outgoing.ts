@@ -21,6 +21,8 @@ import type { GuestBytes, GuestMemory, VcpuControl } from './guest.js';
 import type { MigrationStatusMachine } from './status.js';
 import type { Parameters } from './parameters.js';
 import { RateLimiter } from './rate-limit.js';
+import { ConvergenceWatch, describeStall, type ConvergenceInfo } from './convergence.js';
+import { systemErrorText } from '../errors.js';
 import { startDirtyTracking, type DirtyTracker, type DirtyTrackingMode } from './dirty-tracker.js';
 import { formatMigrationUri, type MigrationAddress } from './uri.js';
 import { PageChannel, PageServerStat, type ChannelEventSink } from '../native/page-channel.js';
@@ -113,6 +115,8 @@ export class OutgoingMigration implements ReturnHandler {
   private bandwidth = 0; // bytes/s measured over the last round
   private lastSyncMs = 0;
   private dirtyRate = 0;
+  /** whether precopy rounds still shrink the dirty set */
+  private readonly convergenceWatch = new ConvergenceWatch(() => performance.now());
   // counters (query-migrate ram)
   private transferred = 0;
   private normal = 0;
@@ -182,7 +186,7 @@ export class OutgoingMigration implements ReturnHandler {
     sock.on('drain', () => this.pump());
     sock.on('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(timer);
-      if (this.phase === 'connecting') this.fail(`Failed to connect to '${formatMigrationUri(addr)}': ${e.code ?? ''} ${e.message}`.replace(/ +/g, ' '));
+      if (this.phase === 'connecting') this.fail(`Failed to connect to '${formatMigrationUri(addr)}': ${systemErrorText(e)}`);
       else this.fail(`migration connection error: ${e.message}`);
     });
     sock.on('close', () => {
@@ -475,6 +479,7 @@ export class OutgoingMigration implements ReturnHandler {
     this.needCount += dirtied;
     this.dirtyRate = (dirtied * 1000) / Math.max(1, now - this.lastSyncMs);
     this.lastSyncMs = now;
+    this.convergenceWatch.round({ remainingBytes: this.needCount * this.ps, dirtyRate: this.dirtyRate * this.ps, bandwidth: this.bandwidth });
     this.cursor = 0;
     this.roundStartMs = now;
     this.roundBytes = 0;
@@ -623,6 +628,12 @@ export class OutgoingMigration implements ReturnHandler {
   }
 
   // ---------------------------------------------------------------- stats
+
+  /** precopy that does not converge, said with its figures; undefined otherwise */
+  convergence(): ConvergenceInfo | undefined {
+    const s = this.phase === 'precopy' ? this.convergenceWatch.stall : undefined;
+    return s && describeStall(s, { maxBandwidth: this.o.params.value('max-bandwidth'), postcopyRam: this.o.postcopy });
+  }
 
   /** requested pages already sent in the background when asked for (sent again, urgently) */
   get requestsInFlight(): number { return this.inflightHits; }

@@ -181,8 +181,20 @@ const migrateCancel: HmpCommand = {
   name: 'migrate_cancel',
   argsType: '',
   params: '',
-  help: 'cancel the current VM migration',
-  handler: async (ctx) => { ctx.machine.cancel(); return { text: '' }; },
+  help: 'cancel the current VM migration (in postcopy the guest is lost on both sides: the console asks first)',
+  handler: async (ctx) => {
+    const m = ctx.machine;
+    if (m.queryMigrate().status !== 'postcopy-active') { m.cancel(); return { text: '' }; }
+    const loss = 'the guest runs on the destination with part of its RAM still here, so cancelling loses it on both sides'
+      + ' (the destination fails, this VM stays stopped)';
+    if (!ctx.confirm) {
+      m.cancel();
+      return { text: `Warning: cancelled in postcopy: ${loss}` };
+    }
+    if (!await ctx.confirm(`Warning: the migration is in postcopy: ${loss}\nCancel it anyway? (y/N) `)) return { text: 'not cancelled' };
+    m.cancel();
+    return { text: '' };
+  },
 };
 
 const migrateStartPostcopy: HmpCommand = {
@@ -271,10 +283,13 @@ const infoPostcopyBlocktime: HmpCommand = {
       const info = ctx.machine.queryMigrate();
       if (info.status !== 'none' && info.status !== 'postcopy-active' && !info.ram?.['postcopy-bytes']) {
         const how = 'blocktime is measured only in postcopy: migrate_set_capability postcopy-ram on before migrate, then migrate_start_postcopy';
+        if (isTerminal(info.status)) {
+          return { text: `No blocktime figures: the migration ${info.status === 'completed' ? 'completed' : `ended (${info.status})`} without entering postcopy (${how})` };
+        }
         return {
-          text: isTerminal(info.status)
-            ? `No blocktime figures: the migration ${info.status === 'completed' ? 'completed' : `ended (${info.status})`} without entering postcopy (${how})`
-            : `No blocktime figures yet: the migration is in precopy (${how})`,
+          text: role === 'destination' || capabilityOn(ctx.machine, 'postcopy-ram')
+            ? 'No blocktime figures yet: postcopy has not started (they start with it: migrate_start_postcopy)'
+            : `No blocktime figures: this migration runs without postcopy-ram (${how})`,
         };
       }
       return {

@@ -91,6 +91,11 @@ export function formatInfoMigrate(info: MigrationInfo): string[] {
     if (ram['downtime-bytes']) others += `, downtime_bytes=${u(ram['downtime-bytes'])}`;
     out.push(others);
   }
+  const stall = info['x-convergence'];
+  if (stall) {
+    out.push(`Convergence: \t\tnot converging: ${stall.summary}`);
+    out.push(`  Ways out: \t\t${stall['ways-out']}`);
+  }
   return out;
 }
 

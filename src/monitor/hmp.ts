@@ -23,6 +23,7 @@ export const MAX_LINE = 4096;
 /** History entries kept in the history file. */
 export const HISTORY_SIZE = 1000;
 const PROGRESS_INTERVAL_MS = 500;
+const PROMPT = '(qemu) ';
 
 export interface ConsoleOptions {
   machine: Machine;
@@ -70,8 +71,11 @@ export class HmpConsole {
   private progressTimer: NodeJS.Timeout | undefined;
   private progressShown = false;
   private progressBusy = false;
-  /** a status line sits on the current line while a command runs */
-  private busyLineShown = false;
+  /** a migration's failure seen while a command ran: shown after the
+   *  command's output unless that output already said it */
+  private deferredFailure: { line: string; desc: string } | undefined;
+  /** a command's yes/no question waits for the next typed line */
+  private answer: ((line: string | null) => void) | undefined;
   private readonly onMigration = (s: MigrationStatus) => this.migrationChanged(s);
 
   constructor(private readonly opts: ConsoleOptions) {
@@ -108,16 +112,27 @@ export class HmpConsole {
       input: o.input,
       output: o.output,
       terminal: true,
-      prompt: '(qemu) ',
+      prompt: PROMPT,
       history,
       historySize: HISTORY_SIZE,
       removeHistoryDuplicates: true,
       completer: (line: string) => o.registry.complete(line),
     });
     this.rl = rl;
+    // the terminal went away (closed window, hung-up line): readline reports
+    // EIO from the tty; that is the end of the input, not a crash
+    const gone = (): void => {
+      if (this.ended) return;
+      this.inputClosed = true;
+      this.abort?.abort();
+      this.finish('eof');
+    };
+    rl.on('error', gone);
+    o.input.on('error', gone);
     rl.on('history', (h: string[]) => { if (o.historyFile) saveHistory(o.historyFile, h); });
     rl.on('line', (line) => {
       this.progressShown = false; // the prompt line scrolled up
+      if (this.answer) { this.answer(line); return; }
       this.queue.push(line);
       void this.pump();
     });
@@ -134,6 +149,7 @@ export class HmpConsole {
       // Ctrl-D on an empty line (or the terminal went away): also stop
       // waiting for a synchronous migrate, the user wants out
       this.inputClosed = true;
+      this.answer?.(null);
       this.abort?.abort();
       if (!this.ended) this.opts.output.write('\n');
       void this.pump();
@@ -149,12 +165,18 @@ export class HmpConsole {
   private async pump(): Promise<void> {
     if (this.busy || this.ended) return;
     this.busy = true;
+    // while a command runs there is no prompt: what is typed meanwhile shows
+    // on a line of its own (under the live line) and runs afterwards
+    this.rl?.setPrompt('');
     try {
       while (this.queue.length > 0 && !this.ended) {
         const line = this.queue.shift() as string;
         const r = await this.runLine(line);
         if (this.ended) return;
         this.print(r.text, !r.ok);
+        const deferred = this.deferredFailure;
+        this.deferredFailure = undefined;
+        if (deferred && !r.text.includes(deferred.desc)) this.opts.output.write(`${deferred.line}\n`);
         if (!r.ok) {
           this.failures++;
           if (this.opts.exitOnError) { this.finish('error'); return; }
@@ -163,11 +185,51 @@ export class HmpConsole {
       }
     } finally {
       this.busy = false;
+      this.rl?.setPrompt(PROMPT);
     }
-    if (this.inputClosed && this.queue.length === 0) { this.finish('eof'); return; }
+    if (this.inputClosed && this.queue.length === 0) {
+      this.sayMigrationEnds();
+      this.finish('eof');
+      return;
+    }
     // keep the cursor where the user is typing: a line typed ahead while a
     // command ran stays editable and completable where it ends
     if (this.opts.interactive && this.rl) this.rl.prompt(true);
+  }
+
+  /** Shows the last line of `question` as the prompt (the lines before it as
+   *  output) and resolves with the answer. */
+  private ask(question: string, signal?: AbortSignal): Promise<boolean> {
+    const rl = this.rl;
+    if (!rl || this.inputClosed || signal?.aborted) return Promise.resolve(false);
+    const nl = question.lastIndexOf('\n');
+    if (nl >= 0) {
+      this.print(question.slice(0, nl + 1), false);
+      question = question.slice(nl + 1);
+    }
+    return new Promise((resolve) => {
+      const done = (line: string | null): void => {
+        this.answer = undefined;
+        signal?.removeEventListener('abort', onAbort);
+        rl.setPrompt('');
+        resolve(line !== null && /^\s*y(es)?\s*$/i.test(line));
+      };
+      const onAbort = (): void => { this.opts.output.write('\n'); done(null); };
+      this.answer = done;
+      signal?.addEventListener('abort', onAbort);
+      rl.setPrompt(question);
+      rl.prompt();
+    });
+  }
+
+  /** The end of the input quits the VM: a migration still running ends with
+   *  it, which deserves a line. */
+  private sayMigrationEnds(): void {
+    const m = this.opts.machine;
+    const st = m.queryMigrate().status;
+    if (st === 'none' || TERMINAL_STATUSES.has(st)) return;
+    const what = m.info().role === 'destination' ? 'the incoming migration' : 'the migration';
+    this.opts.output.write(`end of input: the VM quits and ${what} (${st}) is cancelled; end the input with 'migrate_wait' to let it finish\n`);
   }
 
   private async runLine(raw: string): Promise<HmpRunResult> {
@@ -178,12 +240,14 @@ export class HmpConsole {
     // comments let scripts explain themselves (QEMU has none; ours)
     if (/^\s*#/.test(line)) return { ok: true, text: '' };
     this.abort = new AbortController();
+    const signal = this.abort.signal;
     const ctx: CommandContext = {
       machine: this.opts.machine,
       registry: this.opts.registry,
       canWait: true,
       color: this.opts.color,
-      signal: this.abort.signal,
+      signal,
+      confirm: this.opts.interactive ? (q) => this.ask(q, signal) : undefined,
       requestQuit: () => { this.quitRequested = true; },
     };
     try {
@@ -202,9 +266,12 @@ export class HmpConsole {
     const c = painter(this.opts.color);
     const out = isError && this.opts.color ? text.split('\n').map((l) => (l === '' ? l : c.red(l))).join('\n') : text;
     if (this.opts.interactive) {
+      // the cursor sits on the line of what was typed meanwhile (if anything),
+      // under the live line if one shows: the output replaces both, and the
+      // prompt with the typed text comes back after it
+      if (this.progressShown && this.rl) this.opts.output.write(`\x1b[${this.rowsToStatusLine(this.rl)}A\r\x1b[J`);
+      else this.opts.output.write('\r\x1b[2K');
       this.progressShown = false;
-      if (this.busyLineShown) this.opts.output.write('\r\x1b[2K');
-      this.busyLineShown = false;
     }
     this.opts.output.write(out);
   }
@@ -220,7 +287,9 @@ export class HmpConsole {
       rl.removeAllListeners('close');
       rl.close();
     }
-    if (this.opts.interactive) this.opts.input.setRawMode?.(false);
+    if (this.opts.interactive) {
+      try { this.opts.input.setRawMode?.(false); } catch { /* no terminal any more */ }
+    }
     this.abort?.abort();
     this.resolveDone({ end, failures: this.failures });
     if (end === 'quit') this.opts.requestQuit();
@@ -243,6 +312,12 @@ export class HmpConsole {
         line = c.red(`migration failed${info['error-desc'] ? `: ${info['error-desc']}` : ''}`);
       } else {
         line = c.yellow('migration cancelled');
+      }
+      if (s === 'failed' && this.busy) {
+        // a waiting command (migrate, migrate_wait) says it as its Error: once is enough
+        this.clearStatusLine();
+        this.deferredFailure = { line, desc: info['error-desc'] ?? '' };
+        return;
       }
       this.showStatusLine(line);
       this.progressShown = false;
@@ -281,36 +356,40 @@ export class HmpConsole {
     }
   }
 
-  /** Shows `text` on the line above the prompt without touching the line
-   *  being typed: the first time the prompt line is pushed down by one, later
-   *  the same line is rewritten in place (cursor saved and restored). */
+  /** Shows `text` on the line above the prompt (or, while a command runs,
+   *  above what is typed meanwhile) without touching the line being typed:
+   *  the first time that line is pushed down by one, later the same line is
+   *  rewritten in place (cursor saved and restored). */
   private showStatusLine(text: string): void {
     const rl = this.rl;
     const out = this.opts.output;
     if (!rl || !this.opts.interactive) return;
     const width = Math.max(20, (out.columns ?? 80) - 1);
     const fitted = fitWidth(text, width);
-    if (this.busy) {
-      // a command runs (e.g. a synchronous migrate): no prompt on screen,
-      // keep the status on the current line
-      out.write(`\r\x1b[2K${fitted}`);
-      this.progressShown = false;
-      this.busyLineShown = true;
-      if (TERMINAL_STATUSES.has(this.opts.machine.queryMigrate().status)) {
-        out.write('\n');
-        this.busyLineShown = false;
-      }
-      return;
-    }
     if (!this.progressShown) {
-      out.write('\r\x1b[2K');
+      // from the first row of the prompt line (it may wrap) down
+      const up = rl.getCursorPos().rows;
+      out.write(`${up > 0 ? `\x1b[${up}A` : ''}\r\x1b[J`);
       out.write(`${fitted}\n`);
       rl.prompt(true);
       this.progressShown = true;
       return;
     }
-    const rows = rl.getCursorPos().rows + 1;
-    out.write(`\x1b7\x1b[${rows}A\r\x1b[2K${fitted}\x1b8`);
+    out.write(`\x1b7\x1b[${this.rowsToStatusLine(rl)}A\r\x1b[2K${fitted}\x1b8`);
+  }
+
+  /** Removes the live line and shows the typed line where it was. */
+  private clearStatusLine(): void {
+    const rl = this.rl;
+    if (!rl || !this.opts.interactive || !this.progressShown) return;
+    this.opts.output.write(`\x1b[${this.rowsToStatusLine(rl)}A\r\x1b[J`);
+    this.progressShown = false;
+    rl.prompt(true);
+  }
+
+  /** rows from the cursor up to the live line (it sits just above the typed line) */
+  private rowsToStatusLine(rl: Interface): number {
+    return rl.getCursorPos().rows + 1;
   }
 }
 

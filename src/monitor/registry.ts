@@ -49,6 +49,10 @@ export interface CommandContext {
   /** transient progress for a command that waits; a TTY console shows it on
    *  its status line, other callers leave it out */
   readonly progress?: (line: string) => void;
+  /** asks the person at an interactive console a yes/no question (false on
+   *  anything but y/yes, Ctrl-C or the end of input); absent for scripts and
+   *  QMP, where a command goes ahead as QEMU's would */
+  readonly confirm?: (question: string) => Promise<boolean>;
   /** asks the program to quit once the current reply has been delivered */
   readonly requestQuit: () => void;
 }

@@ -34,10 +34,13 @@ export class Tmux {
   /** Ends the server and every program in it. */
   close(): void { spawnSync('tmux', ['-L', this.name, 'kill-server'], { stdio: 'ignore' }); }
 
-  /** Runs a shell command line in a new 200x50 session. */
-  start(session: string, cmd: string): void {
-    this.run('new-session', '-d', '-s', session, '-x', '200', '-y', '50', cmd);
+  /** Runs a shell command line in a new 200x50 session (in `cwd` when given). */
+  start(session: string, cmd: string, cwd?: string): void {
+    this.run('new-session', '-d', '-s', session, '-x', '200', '-y', '50', ...(cwd ? ['-c', cwd] : []), cmd);
   }
+
+  /** The whole pane, scrollback included, wrapped lines joined. */
+  history(session: string): string { return this.run('capture-pane', '-p', '-J', '-S', '-', '-t', session); }
 
   kill(session: string): void { this.run('kill-session', '-t', session); }
 

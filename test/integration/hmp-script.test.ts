@@ -8,6 +8,8 @@ import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cli, ensureBuilt } from '../helpers/cli.js';
+import { requireUffd } from '../helpers/uffd-available.js';
+import { QmpClient } from '../../src/monitor/qmp-client.js';
 
 beforeAll(ensureBuilt, 180_000);
 
@@ -122,6 +124,14 @@ describe('piped scripts', () => {
     expect(r.out).not.toContain('\x1b'); // nothing the terminal would interpret
   });
 
+  it('info migrate says when precopy does not converge: the figures and the ways out', async () => {
+    if (!requireUffd()) return;
+    const r = await run(['-m', '32M', '-smp', '1'], 'migrate_set_parameter max-bandwidth 64\nmigrate -d\nmigrate_wait 5\ninfo migrate\nmigrate_cancel\n');
+    expect(r.out).toMatch(/\nConvergence: \t\tnot converging: \d+ rounds have not shrunk the dirty set .*: the guest dirties [\d.]+ MiB\/s and the stream moves [\d.]+ MiB\/s \(max-bandwidth 64\.0 MiB\/s\)\n/);
+    expect(r.out).toContain('\n  Ways out: \t\tpostcopy (migrate_set_capability postcopy-ram on before migrate, then migrate_start_postcopy);'
+      + ' a higher max-bandwidth (migrate_set_parameter max-bandwidth 0: no limit); throttling the guest');
+  });
+
   it('--exit-on-error ends at the first failing command with status 1', async () => {
     const r = await run([...SMALL, '--exit-on-error'], 'stop\ninfo status\nmigrate_set_capability postcopy-ram perhaps\ncont\ninfo status\n');
     expect(r.code).toBe(1);
@@ -181,6 +191,24 @@ describe('piped scripts', () => {
       p.kill('SIGTERM');
       expect(await ended).toBe(0);
       expect(existsSync(sock)).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('-daemonize returns once the QMP socket listens (the next line connects without retrying); a VM that cannot start fails the command', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hmp-daemon-'));
+    const sock = join(dir, 'vm.qmp');
+    try {
+      const r = await run([...SMALL, '-daemonize', '-monitor', 'none', '-qmp', `unix:${sock},server=on,wait=off`, '-incoming', 'defer']);
+      expect(r).toEqual({ code: 0, out: '', err: '' });
+      const qmp = await QmpClient.connect(`unix:${sock}`, { timeoutMs: 5000 }); // no retry: it is there
+      expect(await qmp.execute('query-status')).toMatchObject({ status: 'inmigrate' });
+      await qmp.execute('quit');
+      await qmp.close();
+      const bad = await run([...SMALL, '-daemonize', '-monitor', 'none', '-qmp', `unix:${join(dir, 'no', 'vm.qmp')},server=on,wait=off`]);
+      expect(bad.code).toBe(1);
+      expect(bad.err).toMatch(/^postcopy: -qmp unix:.*\/no\/vm\.qmp: directory .* does not exist/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { requireUffd } from '../helpers/uffd-available.js';
 import { cli, ensureBuilt } from '../helpers/cli.js';
 import { Tmux, haveTmux, lastLine } from '../helpers/tmux.js';
+import { freeTcpPort } from '../../src/migration/local-destination.js';
 
 const tmuxOk = haveTmux();
 const maybe = tmuxOk ? describe : describe.skip;
@@ -21,6 +22,41 @@ const waitScreen = (pred: (s: string) => boolean, what: string, timeoutMs?: numb
   term.waitScreen('vm', pred, what, timeoutMs);
 const type = (text: string): Promise<void> => term.type('vm', text);
 const key = (name: string): Promise<void> => term.key('vm', name);
+
+/** types a line and Enter */
+async function enter(text: string): Promise<void> {
+  await type(text);
+  await key('Enter');
+}
+
+/** `quit`, then the shell says the console's exit status was 0 */
+async function quitVm(): Promise<void> {
+  await enter('quit');
+  await waitScreen((x) => x.includes('EXITED-0'), 'exit after quit');
+  term.kill('vm');
+}
+
+/** the non-empty line above the last one */
+function lineAbove(x: string): string {
+  const rows = x.split('\n').filter((l) => l.trim() !== '');
+  return rows[rows.length - 2] ?? '';
+}
+
+/** Waits until `typed` is the last line with a progress line (`progress`,
+ *  percent in group 2) above it, then until that line is redrawn in place
+ *  with more sent, the typed line intact; returns the screen. */
+async function progressAbove(typed: string, progress: RegExp): Promise<string> {
+  const s = await waitScreen((x) => lastLine(x) === typed && progress.test(lineAbove(x)), 'a progress line above the typed line');
+  const first = Number(progress.exec(lineAbove(s))?.[2]);
+  return waitScreen((x) => lastLine(x) === typed && Number(progress.exec(lineAbove(x))?.[2]) > first,
+    'the progress line redrawn in place with more sent');
+}
+
+/** startVm, then waits for its first prompt */
+async function openVm(mem?: string, extra?: string): Promise<void> {
+  startVm(mem, extra);
+  await waitScreen((x) => lastLine(x) === '(qemu)', 'the prompt');
+}
 
 /** starts the console in tmux; mem null: no options at all (what `npm start` runs) */
 function startVm(mem: string | null = '64M', extra = ''): void {
@@ -73,11 +109,9 @@ maybe('interactive console (tmux)', () => {
     s = await waitScreen((x) => lastLine(x) === '(qemu)', 'a fresh prompt after Ctrl-C');
     expect(s).toContain('migrate_set_capability postcopy-blocktime o^C');
 
-    await type('info migrate_capabilities');
-    await key('Enter');
+    await enter('info migrate_capabilities');
     s = await waitScreen((x) => x.includes('postcopy-blocktime: off'), 'capabilities (the Ctrl-C line did not run)');
-    await type('info cpus');
-    await key('Enter');
+    await enter('info cpus');
     await waitScreen((x) => /\* CPU #0: thread_id=\d+/.test(x), 'info cpus');
 
     // Ctrl-D on an empty line quits cleanly
@@ -99,66 +133,93 @@ maybe('interactive console (tmux)', () => {
     await waitScreen((x) => lastLine(x) === '(qemu) info status', 'Up a third time');
     await key('Enter');
     await waitScreen((x) => x.includes('VM status: running'), 'the recalled command ran');
-    await type('quit');
-    await key('Enter');
-    await waitScreen((x) => x.includes('EXITED-0'), 'exit after quit');
-    term.kill('vm');
+    await quitVm();
   }, 120_000);
 
   it('a live progress line above the prompt while a migration runs; the typed line stays intact', async () => {
     if (!requireUffd()) return;
     // one pass of the sweep, then the guest stops dirtying: precopy converges
-    startVm('128M', '-workload sweep,end=128M,sweeps=1');
-    await waitScreen((x) => lastLine(x) === '(qemu)', 'the prompt');
-    await type('migrate_set_parameter max-bandwidth 24'); // ~5 s for 128 MiB
-    await key('Enter');
-    await type('migrate -d');
-    await key('Enter');
+    await openVm('128M', '-workload sweep,end=128M,sweeps=1');
+    await enter('migrate_set_parameter max-bandwidth 24'); // ~5 s for 128 MiB
+    await enter('migrate -d');
     await type('info sta');
     const progress = /^migration (setup|active) \| +(\d+)% of 128 MiB/;
-    const lineAbove = (x: string): string => {
-      const rows = x.split('\n').filter((l) => l.trim() !== '');
-      return rows[rows.length - 2] ?? '';
-    };
-    let s = await waitScreen((x) => lastLine(x) === '(qemu) info sta' && progress.test(lineAbove(x)), 'a progress line above the typed line');
-    const first = Number(progress.exec(lineAbove(s))?.[2]);
-    s = await waitScreen((x) => {
-      const m = progress.exec(lineAbove(x));
-      return lastLine(x) === '(qemu) info sta' && m !== null && Number(m[2]) > first;
-    }, 'the progress line redrawn in place with more sent');
+    const s = await progressAbove('(qemu) info sta', progress);
     expect(s.split('\n').filter((l) => progress.test(l))).toHaveLength(1); // redrawn, not scrolled
     await key('Tab');
     await waitScreen((x) => lastLine(x) === '(qemu) info status', 'completion still works under the progress line');
     await key('Enter');
     await waitScreen((x) => x.includes('VM status: running'), 'the command ran');
     await waitScreen((x) => /migration completed in \d+ ms/.test(x), 'the final status line', 90_000);
-    await type('quit');
-    await key('Enter');
-    await waitScreen((x) => x.includes('EXITED-0'), 'exit after quit');
-    term.kill('vm');
+    await quitVm();
   }, 150_000);
   it("npm start's lab, as the banner teaches it: five commands, real blocktime figures from the destination", async () => {
     if (!requireUffd()) return;
     startVm(null);
     await waitScreen((x) => x.includes('This is the local lab') && lastLine(x) === '(qemu)', 'the banner and the prompt');
     for (const cmd of ['migrate_set_capability postcopy-ram on', 'migrate_set_capability postcopy-blocktime on', 'migrate']) {
-      await type(cmd);
-      await key('Enter');
+      await enter(cmd);
     }
     await waitScreen((x) => x.includes("'migrate_start_postcopy' switches to postcopy"), 'migrate says how to go on');
-    await type('migrate_start_postcopy');
-    await key('Enter');
+    await enter('migrate_start_postcopy');
     await waitScreen((x) => /migration completed in \d+ ms/.test(x), 'the migration completed', 60_000);
-    await type('info postcopy_blocktime');
-    await key('Enter');
+    await enter('info postcopy_blocktime');
     const s = await waitScreen((x) => /Latency distribution:/.test(x) && lastLine(x) === '(qemu)', 'the blocktime view');
     expect(s).toContain('Postcopy blocktime: final');
     const rows = [...s.matchAll(/│ +(\d) │ +(\d+) │ +(\d+) │/g)];
     expect(rows.map((r) => Number(r[1]))).toEqual([0, 1]); // both vCPUs of the lab VM
     expect(rows.reduce((n, r) => n + Number(r[3]), 0)).toBeGreaterThan(0); // they really faulted
-    await type('quit');
+    await quitVm();
+  }, 120_000);
+
+  it('text typed while a synchronous migrate waits shows on its own line under the live line, and runs afterwards', async () => {
+    if (!requireUffd()) return;
+    await openVm('64M', '-workload sweep,end=64M,sweeps=1');
+    await enter('migrate_set_parameter max-bandwidth 16'); // ~4 s for 64 MiB
+    await enter('migrate');
+    const progress = /^migration (setup|active) \| +(\d+)% of 64 MiB/;
+    await waitScreen((x) => progress.test(lastLine(x)), 'the live line while migrate waits');
+    await type('info sta');
+    await progressAbove('info sta', progress); // no prompt while migrate waits
+    await key('Tab');
+    await waitScreen((x) => lastLine(x) === 'info status', 'completion while migrate waits');
     await key('Enter');
-    await waitScreen((x) => x.includes('EXITED-0'), 'exit after quit');
-    term.kill('vm');
+    const done = await waitScreen((x) => x.includes('VM status: paused (postmigrate)') && lastLine(x) === '(qemu)', 'the typed command ran after the migration', 60_000);
+    expect(done).toMatch(/\nmigration completed in \d+ ms/);
+    expect(done).not.toMatch(/Mbps\S/); // nothing glued onto the live line
+    await quitVm();
+  }, 120_000);
+
+  it('a refused connection prints one line, as QEMU', async () => {
+    await openVm();
+    const port = await freeTcpPort(); // nobody listens there
+    await enter(`migrate tcp:127.0.0.1:${port}`);
+    const s = await waitScreen((x) => x.includes('Connection refused') && lastLine(x) === '(qemu)', 'the error and a prompt');
+    expect(s.split('\n').filter((l) => l.includes('Connection refused'))).toEqual([`Error: Failed to connect to 'tcp:127.0.0.1:${port}': Connection refused`]);
+    await quitVm();
+  }, 60_000);
+
+  it('migrate_cancel in postcopy asks first: n keeps the migration, y cancels it', async () => {
+    if (!requireUffd()) return;
+    // the guest is written once, then postcopy pushes the rest at 1 MiB/s: it stays in postcopy
+    await openVm('64M', '-workload sweep,sweeps=1');
+    for (const cmd of ['migrate_set_capability postcopy-ram on', 'migrate_set_parameter max-bandwidth 1',
+      'migrate_set_parameter max-postcopy-bandwidth 1M', 'migrate', 'migrate_start_postcopy']) {
+      await enter(cmd);
+    }
+    await waitScreen((x) => /migration postcopy-active/.test(x) && lastLine(x) === '(qemu)', 'postcopy running');
+    await enter('migrate_cancel');
+    let s = await waitScreen((x) => lastLine(x) === 'Cancel it anyway? (y/N)', 'the question');
+    expect(s).toContain('Warning: the migration is in postcopy: the guest runs on the destination with part of its RAM still here,'
+      + ' so cancelling loses it on both sides');
+    await enter('n');
+    await waitScreen((x) => x.includes('not cancelled') && lastLine(x) === '(qemu)', 'not cancelled');
+    await enter('info status');
+    await waitScreen((x) => x.includes('VM status: paused (finish-migrate)') || x.includes('VM status: paused (postmigrate)'), 'the migration goes on');
+    await enter('migrate_cancel');
+    await waitScreen((x) => lastLine(x) === 'Cancel it anyway? (y/N)', 'the question again');
+    await enter('y');
+    s = await waitScreen((x) => x.includes('migration cancelled') && lastLine(x) === '(qemu)', 'cancelled');
+    await quitVm();
   }, 120_000);
 });

@@ -6,12 +6,22 @@
 // `info postcopy_blocktime` says the migration never entered postcopy.
 import { existsSync, readFileSync } from 'node:fs';
 import { requireUffd } from '../helpers/uffd-available.js';
-import { ensureBuilt, killConsoles, startConsole, waitOut, type ConsoleProc } from '../helpers/cli.js';
+import { cli, ensureBuilt, killConsoles, startConsole, waitOut, type ConsoleProc } from '../helpers/cli.js';
+import { Tmux, haveTmux, lastLine } from '../helpers/tmux.js';
 
 const maybe = requireUffd() ? describe : describe.skip;
 
-beforeAll(ensureBuilt, 180_000);
-afterAll(killConsoles);
+const tmuxOk = haveTmux();
+const term = new Tmux(`postcopy-lab-${process.pid}`);
+
+beforeAll(() => {
+  ensureBuilt();
+  if (tmuxOk) term.open();
+}, 180_000);
+afterAll(() => {
+  killConsoles();
+  if (tmuxOk) term.close();
+});
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -41,10 +51,11 @@ async function waitFor(what: string, cond: () => boolean, timeoutMs = 15_000): P
 }
 
 /** The console's lab destination: its pid and the private directory its QMP socket is in. */
-async function labOf(c: ConsoleProc): Promise<{ pid: number; dir: string }> {
+async function labOf(c: ConsoleProc | number): Promise<{ pid: number; dir: string }> {
+  const consolePid = typeof c === 'number' ? c : c.p.pid!;
   let pid = 0;
   await waitFor('the lab destination process', () => {
-    pid = children(c.p.pid!).find((p) => {
+    pid = children(consolePid).find((p) => {
       try { return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('-incoming'); } catch { return false; }
     }) ?? 0;
     return pid !== 0;
@@ -74,6 +85,21 @@ maybe('the lab', () => {
       expect(c.out()).toContain('postcopy: terminating on signal 1\n');
       expect(code).toBe(0);
     }
+    await waitFor(`the lab destination ${lab.pid} to end`, () => ended(lab.pid));
+    await waitFor(`${lab.dir} to go`, () => !existsSync(lab.dir));
+  }, 60_000);
+
+  (tmuxOk ? it : it.skip)('closing the terminal of an interactive console takes its lab destination and its directory with it', async () => {
+    term.start('vm', `exec '${process.execPath}' '${cli}' -m 64M -smp 1`);
+    await term.waitScreen('vm', (x) => lastLine(x) === '(qemu)', 'the prompt');
+    const consolePid = term.panePid('vm');
+    for (const line of ['migrate_set_parameter max-bandwidth 1', 'migrate -d']) {
+      await term.type('vm', line);
+      await term.key('vm', 'Enter');
+    }
+    const lab = await labOf(consolePid);
+    term.kill('vm'); // the terminal goes away: SIGHUP
+    await waitFor(`the console ${consolePid} to end`, () => ended(consolePid));
     await waitFor(`the lab destination ${lab.pid} to end`, () => ended(lab.pid));
     await waitFor(`${lab.dir} to go`, () => !existsSync(lab.dir));
   }, 60_000);

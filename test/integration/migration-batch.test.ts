@@ -80,3 +80,10 @@ test.each([[['run', '--help']], [['run', '-h']], [['--help']], [['blocktime-repl
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/^usage: postcopy /);
   });
+
+maybe('postcopy run --postcopy-after never on a guest dirtying faster than the limit: fails saying precopy does not converge, with the figures and the ways out', () => {
+  const r = run(['-m', '32M', '-smp', '1', '--warm', '0.3', '--postcopy-after', 'never', '--max-bandwidth', String(32 << 20), '--timeout', '60']);
+  expect(r.status).toBe(1);
+  expect(r.stdout).toBe('');
+  expect(r.stderr).toMatch(/^postcopy run: precopy is not converging: \d+ rounds have not shrunk the dirty set \([\d.]+ MiB still to send after \d+ rounds\): the guest dirties [\d.]+ MiB\/s and the stream moves [\d.]+ MiB\/s \(max-bandwidth 32\.0 MiB\/s\)\. Ways out: postcopy \(--postcopy-after SECONDS\); a higher --max-bandwidth \(0: no limit\); throttling the guest/);
+});

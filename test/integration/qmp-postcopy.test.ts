@@ -4,16 +4,13 @@
 // migrate-incoming, migrate, migrate-start-postcopy, the MIGRATION events of
 // both sides in order, the destination's blocktime at the end, then quit.
 // Compiles dist/ first when it is older than the sources.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { connectWithRetry, type QmpClient, type QmpEvent } from '../../src/monitor/qmp-client.js';
 import { requireUffd } from '../helpers/uffd-available.js';
-
-const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const cli = join(root, 'dist', 'src', 'cli.js');
+import { cli, ensureBuilt, root } from '../helpers/cli.js';
 const haveUffd = requireUffd();
 
 /** The VM engine (src/machine.ts, the migration engineer's) may not have
@@ -27,26 +24,12 @@ function haveEngine(): boolean {
 }
 const runnable = haveUffd && haveEngine();
 
-function newest(d: string): number {
-  let t = 0;
-  for (const e of readdirSync(d, { withFileTypes: true })) {
-    const p = join(d, e.name);
-    if (e.isDirectory()) t = Math.max(t, newest(p));
-    else if (e.name.endsWith('.ts')) t = Math.max(t, statSync(p).mtimeMs);
-  }
-  return t;
-}
-
 let dir: string;
 const procs: { name: string; p: ChildProcess; out: string; exit: Promise<number | null> }[] = [];
 
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'qmp-e2e-'));
-  if (!existsSync(cli) || statSync(cli).mtimeMs < newest(join(root, 'src'))) {
-    // tsc emits even when another module has a type error; only a missing output is fatal
-    spawnSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', root], { cwd: root, stdio: 'ignore' });
-  }
-  if (!existsSync(cli)) throw new Error(`${cli} is missing: build with npx tsc -p .`);
+  ensureBuilt();
 }, 180_000);
 
 afterAll(async () => {

@@ -248,7 +248,7 @@ describe('HMP console, migration', () => {
   it('migrate -d returns at once', async () => {
     const { text, machine } = await script('migrate -d tcp:127.0.0.1:4444\ninfo status\n');
     expect(machine.migrateCalls).toEqual(['tcp:127.0.0.1:4444']);
-    expect(text).toBe('VM status: running\n');
+    expect(text.split('\n')[0]).toBe('VM status: running');
   });
 
   it('a failed synchronous migrate prints the reason and counts as a failure', async () => {
@@ -282,6 +282,22 @@ describe('HMP console, migration', () => {
     expect((await s.result).failures).toBe(1);
   });
 
+  it('migrate_cancel in postcopy: a script cancels at once (as QEMU) and gets a warning line', async () => {
+    const m = new FakeMachine();
+    m.status = 'postcopy-active';
+    const { text } = await script('migrate_cancel\n', { machine: m });
+    expect(m.status).toBe('cancelled');
+    expect(text).toMatch(/^Warning: cancelled in postcopy: the guest runs on the destination with part of its RAM still here, so cancelling loses it on both sides/);
+  });
+
+  it('the end of a script with a migration running says it cancels the migration', async () => {
+    const m = new FakeMachine();
+    const { text } = await script('migrate -d\n', { machine: m });
+    expect(text).toBe("end of input: the VM quits and the migration (setup) is cancelled; end the input with 'migrate_wait' to let it finish\n");
+    const done = await script('info status\n');
+    expect(done.text).toBe('VM status: running\n'); // nothing running: nothing said
+  });
+
   it('errors from the machine print as "Error: ..."', async () => {
     const { text } = await script('migrate_start_postcopy\nmigrate_incoming tcp:127.0.0.1:1\nmigrate -d bogus:1\n');
     expect(text).toBe([
@@ -290,6 +306,16 @@ describe('HMP console, migration', () => {
       "Error: Invalid migration URI 'bogus:1'",
       '',
     ].join('\n'));
+  });
+
+  it('info postcopy_blocktime before postcopy started says so, in precopy with and without postcopy-ram', async () => {
+    const m = new FakeMachine();
+    m.status = 'active';
+    m.caps.set('postcopy-ram', true);
+    expect((await script('info postcopy_blocktime\n', { machine: m })).text.split('\n')[0])
+      .toBe('No blocktime figures yet: postcopy has not started (they start with it: migrate_start_postcopy)');
+    m.caps.set('postcopy-ram', false);
+    expect((await script('info postcopy_blocktime\n', { machine: m })).text).toMatch(/^No blocktime figures: this migration runs without postcopy-ram/);
   });
 
   it('info postcopy_blocktime and info migrate -a show the report', async () => {

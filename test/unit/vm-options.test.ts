@@ -18,7 +18,7 @@ describe('parseVmOptions', () => {
   it('no arguments is the lab: 256 MiB, 2 vCPUs, sweep, console on stdio', () => {
     expect(parseVmOptions([])).toEqual({
       ramBytes: DEFAULT_RAM_BYTES, vcpus: 2, workload: 'sweep', qmp: [], monitor: 'stdio',
-      startPaused: false, exitOnError: false, exitWithParent: false, help: false, version: false,
+      startPaused: false, exitOnError: false, exitWithParent: false, daemonize: false, help: false, version: false,
     });
   });
 
@@ -44,6 +44,7 @@ describe('parseVmOptions', () => {
     expect(parseVmOptions(['--version']).version).toBe(true);
     expect(parseVmOptions(['-run-with', 'exit-with-parent=on']).exitWithParent).toBe(true);
     expect(parseVmOptions(['-run-with', 'exit-with-parent=off']).exitWithParent).toBe(false);
+    expect(parseVmOptions(['-daemonize', '-monitor', 'none']).daemonize).toBe(true);
   });
 
   it('-m defaults to MiB and accepts QEMU suffixes', () => {
@@ -79,6 +80,7 @@ describe('parseVmOptions', () => {
     expect(err(['-m', '1G', '-m', '2G'])).toBe('-m given twice');
     expect(err(['-e', ' ; '])).toBe('-e: no command given');
     expect(err(['-monitor', 'none', '-e', 'info status'])).toMatch(/^-e needs the console/);
+    expect(err(['-daemonize'])).toMatch(/^-daemonize needs -monitor none/);
     expect(err(['-run-with', 'chroot=/x'])).toBe("-run-with chroot=/x: 'chroot' is not supported (only exit-with-parent=on|off)");
     expect(err(['-run-with', 'exit-with-parent=yes'])).toBe('-run-with exit-with-parent=yes: exit-with-parent takes on or off');
   });

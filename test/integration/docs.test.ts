@@ -25,12 +25,7 @@ const blocks = files.flatMap((f) => parseBlocks(f, readFileSync(join(root, f), '
 
 /** Blocks known to fail, each with why and who fixes it; a listed block that
  *  starts to pass fails the test, so that the entry goes. */
-const KNOWN_FAILING: { file: string; starts: string; why: string }[] = [
-  {
-    file: 'docs/blocktime.md', starts: 'postcopy blocktime-replay FILE',
-    why: "calls `postcopy` (not on PATH; the README's way is `npx postcopy`) on a placeholder FILE: blocktime.md is being rewritten with the replay",
-  },
-];
+const KNOWN_FAILING: { file: string; starts: string; why: string }[] = [];
 const knownFailure = (b: DocBlock) => KNOWN_FAILING.find((k) => k.file === b.file && b.body.trimStart().startsWith(k.starts));
 
 const uffd = requireUffd();

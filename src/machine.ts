@@ -21,7 +21,7 @@ import { IncomingMigration } from './migration/incoming.js';
 import { checkTracePath } from './blocktime-trace/index.js';
 import { VCPU_STATE_BYTES } from './migration/wire.js';
 import type { GuestMemory, VcpuControl } from './migration/guest.js';
-import { sampleThread } from './vm/schedstat.js';
+import { sampleThread, yieldCpu } from './vm/schedstat.js';
 import { monotonicNs } from './blocktime/clock.js';
 import type { DirtyTrackingMode } from './migration/dirty-tracker.js';
 
@@ -120,12 +120,14 @@ class VmMachine implements Machine {
       loadStates: (buf, pos) => { for (let i = 0; i < v.count; i++) v.setState(i, decodeVcpuState(buf, pos + i * VCPU_STATE_BYTES)); },
       accessStamps: () => v.accessStamps(),
       kernelSample: (i) => {
-        if (!v.running) return { t: monotonicNs(), sample: 'the vCPUs are paused' };
-        if (v.specs[i]?.name === 'idle') return { t: monotonicNs(), sample: `vCPU ${i} runs the idle workload (it sleeps: the kernel's figure says nothing of faults)` };
+        const why = (sample: string) => ({ t: monotonicNs(), sample, settled: true });
+        if (!v.running) return why('the vCPUs are paused');
+        if (v.specs[i]?.name === 'idle') return why(`vCPU ${i} runs the idle workload (it sleeps: the kernel's figure says nothing of faults)`);
         const status = v.status(i); // 'paused' for a moment after resume(): woken, not yet running
         return status === 'done' || status === 'stopped'
-          ? { t: monotonicNs(), sample: `vCPU ${i} is ${status}, not running its workload` } : sampleThread(v.threadIds()[i]);
+          ? why(`vCPU ${i} is ${status}, not running its workload`) : sampleThread(v.threadIds()[i]);
       },
+      yieldCpu,
     };
   }
 

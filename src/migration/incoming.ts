@@ -32,11 +32,9 @@ import {
 import { Userfaultfd, StagingArea } from '../uffd/index.js';
 import { NativeBlock } from '../native/memory.js';
 import { PageChannel, ChannelEvent, FaultThreadStat, type ChannelEventSink } from '../native/page-channel.js';
-import type { AccessStamps } from '../native/vcpu.js';
-import { BlocktimeContext, emptyReport, monotonicNs, type BlocktimeReport } from '../blocktime/index.js';
+import { monotonicNs, type BlocktimeReport } from '../blocktime/index.js';
 import { PAGE_PLACED, PAGE_WAITED } from '../blocktime/rules.js';
-import { PostcopyAccounting } from './postcopy-accounting.js';
-import { openTraceFile } from '../blocktime-trace/index.js';
+import { DestinationBlocktime } from './destination-blocktime.js';
 import { CommandError } from '../errors.js';
 
 // page flags (bit RECEIVED is read by the fault thread: native-shim/channel.h)
@@ -86,8 +84,6 @@ export class IncomingMigration implements StreamHandler {
   private rounds = 0;
   /** bytes received (both channels) when the switchover record came */
   private bytesAtSwitch = 0;
-  /** why the blocktime trace could not be recorded ('' = it could, or none was asked for) */
-  private traceError = '';
   private readonly urgentDecoder: StreamDecoder;
   /** the urgent channel closed; the failure waits URGENT_CLOSE_GRACE_MS for the main stream's reason */
   private urgentClosing = false;
@@ -102,11 +98,8 @@ export class IncomingMigration implements StreamHandler {
   private channel: PageChannel | null = null;
   private staging: StagingArea | null = null;
   private stagingBuf: Buffer | null = null;
-  private blocktime: BlocktimeContext | null = null;
-  /** the blocktime context's feed, merging both placers' events in time order */
-  private accounting: PostcopyAccounting | null = null;
-  /** the vCPUs' access stamps, on while the blocktime is accounted */
-  private stamps: AccessStamps | null = null;
+  /** the blocktime, from the postcopy switchover on (capability postcopy-blocktime) */
+  private blocktime: DestinationBlocktime | null = null;
   private blocktimeFallback: BlocktimeReport | null = null;
   private postcopy = false;
   private switched = false;
@@ -371,27 +364,23 @@ export class IncomingMigration implements StreamHandler {
   private maybeStartPostcopy(): void {
     if (!this.postcopy || !this.urgentReady || this.channel !== null || this.over) return;
     const uffd = this.uffd!;
-    const tids = this.o.vcpus.threadIds();
     if (this.o.blocktimeEnabled()) {
       if (uffd.enabled.has('THREAD_ID')) {
-        this.blocktime = new BlocktimeContext({
-          vcpuThreadIds: tids,
-          migrationEvents: this.o.events,
-          trace: this.openTrace(),
+        this.blocktime = new DestinationBlocktime({
+          vcpus: this.o.vcpus, events: this.o.events, tracePath: this.o.params.value('x-blocktime-trace'),
+          base: this.base, pageSize: this.ps, flags: this.flags,
         });
-        this.accounting = new PostcopyAccounting(this.blocktime, this.base, this.ps, this.flags);
-        this.stamps = this.o.vcpus.accessStamps();
       } else {
-        this.blocktimeFallback = emptyReport(tids, 'the kernel does not report the faulting thread (UFFD_FEATURE_THREAD_ID unsupported): faults cannot be attributed to vCPUs');
+        this.blocktimeFallback = DestinationBlocktime.unavailable(this.o.vcpus);
       }
     }
     this.channel = PageChannel.startFaultThread({
       uffd: uffd.fd, sock: this.urgentSocket!, ramBase: this.base, pageSize: this.ps, pages: this.pageCount,
       flags: this.flagsBlock.address, blocktime: this.blocktime !== null,
       readahead: this.o.params.value('x-postcopy-readahead'),
-      stamps: this.stamps,
+      stamps: this.blocktime?.stamps,
     });
-    this.stamps?.enable(this.channel.clockBase);
+    this.blocktime?.stampWith(this.channel.clockBase);
     this.channel.tickEvery(DRAIN_EVERY_MS, this.drainChannel);
     this.o.status.moveTo('postcopy-active');
     this.startVcpus();
@@ -424,11 +413,11 @@ export class IncomingMigration implements StreamHandler {
   /** one event from the fault thread's ring */
   private readonly onChannelEvent: ChannelEventSink = (kind, page, arg, t) => {
     if (kind === ChannelEvent.Fault) {
-      this.accounting?.fault(page, arg, t);
+      this.blocktime?.accounting.fault(page, arg, t);
       return;
     }
     this.received(page, arg);
-    this.accounting?.placedThere(page, arg, t);
+    this.blocktime?.accounting.placedThere(page, arg, t);
   };
 
   /** The fault thread's events so far, then this side's placements that no
@@ -437,14 +426,7 @@ export class IncomingMigration implements StreamHandler {
     const ch = this.channel;
     if (ch === null) return;
     const horizon = ch.drainOrdered(this.onChannelEvent, monotonicNs());
-    this.accounting?.releaseBefore(Math.min(horizon, this.stamps?.horizon() ?? Infinity));
-  }
-
-  /** The last kernel samples, as postcopy ends (before the vCPUs pause). */
-  private endKernelWindow(): void {
-    if (this.accounting === null) return;
-    this.o.events.off('runstate', this.onRunState);
-    if (this.blocktime?.state === 'live') this.sampleKernel();
+    this.blocktime?.release(horizon);
   }
 
   /** Stops the fault thread and takes its last events and figures. */
@@ -452,21 +434,7 @@ export class IncomingMigration implements StreamHandler {
     if (this.channel === null) return;
     this.channelStats = this.channel.close(this.onChannelEvent);
     this.channel = null;
-    this.stamps?.disable();
-    this.stamps = null;
-    this.accounting?.releaseBefore(Infinity);
-  }
-
-  /** The trace file, when x-blocktime-trace names one. A file that cannot be
-   *  opened now (it was checked when the parameter was set) costs the trace,
-   *  never the guest: the vCPUs on the source are already stopped. */
-  private openTrace(): ReturnType<typeof openTraceFile> {
-    try {
-      return openTraceFile(this.o.params.value('x-blocktime-trace'));
-    } catch (e) {
-      this.traceError = (e as Error).message;
-      return undefined;
-    }
+    this.blocktime?.channelStopped();
   }
 
   private startVcpus(): void {
@@ -476,33 +444,9 @@ export class IncomingMigration implements StreamHandler {
     } else {
       this.o.setRunState('paused');
     }
-    this.sampleKernel(); // the kernel's window opens as the vCPUs run
-    if (this.accounting !== null) this.o.events.on('runstate', this.onRunState);
+    this.blocktime?.vcpusStarted(() => this.drainEvents());
     this.reply(encodeBare(RP_RUNNING));
   }
-
-  /** Every vCPU thread's kernel times (or why they say nothing) into the
-   *  blocktime feed, in time order with the events: the window's start, then
-   *  its end as postcopy ends. */
-  private sampleKernel(): void {
-    const acc = this.accounting;
-    if (acc === null) return;
-    const v = this.o.vcpus;
-    for (let i = 0; i < v.count; i++) {
-      const s = v.kernelSample(i);
-      acc.kernelSample(i, s.t, s.sample);
-    }
-    if (this.channel === null) acc.releaseBefore(Infinity);
-    else this.drainEvents();
-  }
-
-  /** `stop` during postcopy: a paused vCPU sleeps, so the kernel's figure
-   *  would count the pause as blocktime. */
-  private readonly onRunState = (state: string): void => {
-    const acc = this.accounting;
-    if (state !== 'paused' || acc === null || this.over) return;
-    for (let i = 0; i < this.o.vcpus.count; i++) acc.kernelSample(i, monotonicNs(), 'the vCPUs were paused (stop) during postcopy');
-  };
 
   end(): void {
     this.drainEvents();
@@ -528,7 +472,7 @@ export class IncomingMigration implements StreamHandler {
     this.server = null;
     this.removeSocketFile();
     this.stopChannel();
-    this.endKernelWindow();
+    this.blocktime?.end();
     this.over = true;
     this.endMs = performance.now();
     // un-register first: once 'completed' is visible, guest RAM is plain memory
@@ -569,7 +513,7 @@ export class IncomingMigration implements StreamHandler {
   private place(offset: number, count: number, copy: boolean): void {
     this.placeRun(offset, count, copy);
     const first = offset / this.ps;
-    this.accounting?.placedHere(first, count, monotonicNs());
+    this.blocktime?.accounting.placedHere(first, count, monotonicNs());
     this.received(first, count);
   }
 
@@ -617,7 +561,7 @@ export class IncomingMigration implements StreamHandler {
     if (this.over) return;
     this.endPending = false;
     this.stopChannel(); // no more requests; the blocktime keeps what was placed
-    this.endKernelWindow();
+    this.blocktime?.end();
     this.over = true;
     this.urgentSocket?.destroy();
     this.endMs = performance.now();
@@ -687,20 +631,7 @@ export class IncomingMigration implements StreamHandler {
 
   blocktimeReport(): BlocktimeReport | undefined {
     this.drainEvents();
-    const bt = this.blocktime;
-    if (bt?.state === 'live') { // the kernel's figure up to now (not traced)
-      const v = this.o.vcpus;
-      for (let i = 0; i < v.count; i++) {
-        const s = v.kernelSample(i);
-        bt.kernelSample(i, s.t, s.sample, false);
-      }
-    }
-    if (this.blocktime && this.blocktime.state !== 'destroyed') {
-      const r = this.blocktime.report();
-      if (this.traceError) r['x-blocktime'].traceError = this.traceError;
-      return r;
-    }
-    return this.blocktimeFallback ?? undefined;
+    return this.blocktime?.report() ?? this.blocktimeFallback ?? undefined;
   }
 
   ramStats(): MigrationRamStats {

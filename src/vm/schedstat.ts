@@ -9,8 +9,8 @@
 //  - the time on a CPU comes from the thread's CPU clock, exact to now
 //    (/proc/.../schedstat's lags by up to a tick for a running thread);
 //  - a thread that waits on a run queue when sampled has a wait in progress
-//    that the kernel adds only once it runs: such a sample is taken again,
-//    after yielding the CPU for a moment (a few tries);
+//    that the kernel adds only once it runs: such a sample is not settled,
+//    and is taken again after yielding the CPU (here, and by the caller);
 //  - the moment is the middle of a read that took at most SAMPLE_TIGHT_NS:
 //    on a busy host a read of /proc can be preempted for milliseconds.
 
@@ -19,20 +19,28 @@ import { monotonicNs } from '../blocktime/clock.js';
 import type { KernelTimes } from '../blocktime/types.js';
 import { threadCpuNs } from '../native/index.js';
 
-/** A sample, its moment (the blocktime clock), or why there is none. */
+/** A sample, its moment (the blocktime clock), or why there is none;
+ *  `settled`: the thread was not waiting on a run queue when it was taken. */
 export interface ThreadSample {
   t: number;
   sample: KernelTimes | string;
+  settled: boolean;
 }
 
 const SAMPLE_TIGHT_NS = 100_000;
-const TRIES = 8;
+const TRIES = 3;
 const YIELD_US = 50;
 const pause = new Int32Array(new SharedArrayBuffer(4));
 
-/** The times of thread `tid` of this process now, with their moment. */
+/** Gives the CPU away for `us` microseconds (the event loop waits). */
+export function yieldCpu(us: number): void {
+  Atomics.wait(pause, 0, 0, us / 1000);
+}
+
+/** The times of thread `tid` of this process now, with their moment: the
+ *  best of a few reads (settled, then short). */
 export function sampleThread(tid: number, root = '/proc/self/task'): ThreadSample {
-  let best: (ThreadSample & { took: number; settled: boolean }) | undefined;
+  let best: (ThreadSample & { took: number }) | undefined;
   for (let i = 0; i < TRIES; i++) {
     const t1 = monotonicNs();
     const cpu1 = threadCpuNs(tid);
@@ -40,7 +48,7 @@ export function sampleThread(tid: number, root = '/proc/self/task'): ThreadSampl
     const st = readSchedstat(`${root}/${tid}/schedstat`, tid);
     const cpu2 = threadCpuNs(tid);
     const t2 = monotonicNs();
-    if (typeof st === 'string') return { t: t2, sample: st };
+    if (typeof st === 'string') return { t: t2, sample: st, settled: true };
     // runnable but not running: its run-queue wait so far is not counted yet
     const settled = !(state === 'R' && cpu1 !== undefined && cpu1 === cpu2);
     const runNs = cpu1 !== undefined && cpu2 !== undefined ? (cpu1 + cpu2) / 2 : st.runNs;
@@ -49,10 +57,10 @@ export function sampleThread(tid: number, root = '/proc/self/task'): ThreadSampl
       best = { t: Math.round((t1 + t2) / 2), sample: { runNs: Math.round(runNs), waitNs: st.waitNs }, took, settled };
     }
     if (best.settled && best.took <= SAMPLE_TIGHT_NS) break;
-    Atomics.wait(pause, 0, 0, YIELD_US / 1000); // give a waiting thread the CPU
+    yieldCpu(YIELD_US); // give a waiting thread the CPU
   }
   const b = best as ThreadSample;
-  return { t: b.t, sample: b.sample };
+  return { t: b.t, sample: b.sample, settled: b.settled };
 }
 
 function readState(path: string): string {

@@ -48,10 +48,16 @@ maybe.each(cases)('%s, %i vCPUs, read-ahead %i: replay = live, times in order, w
   // each vCPU's blocktime is the kernel's figure for its thread (the time it
   // slept), within 15 % for vCPUs it saw blocked 20 ms or more (the bench
   // carries the 5 % target; this margin is for a loaded machine)
+  let compared = 0;
   for (const v of x.vcpus) {
-    expect([v.index, v.kernelUnavailable]).toEqual([v.index, undefined]);
+    // the one reason a loaded host may give: a thread that kept waiting for a CPU as it was sampled
+    if (v.kernelUnavailable !== undefined) {
+      expect(v.kernelUnavailable).toMatch(/kept waiting for a CPU while it was sampled/);
+      continue;
+    }
     const k = v.kernelBlockedNs as number;
     expect(k).toBeGreaterThan(0);
+    compared++;
     const e = kernelError(v) as number;
     const ms = (ns: number | undefined): string => ((ns ?? NaN) / 1e6).toFixed(1);
     if (k >= 20e6) {
@@ -59,4 +65,5 @@ maybe.each(cases)('%s, %i vCPUs, read-ahead %i: replay = live, times in order, w
         .toBe('within 15 %');
     }
   }
+  expect(compared).toBeGreaterThan(0);
 }, 120_000);

@@ -1,0 +1,147 @@
+// The destination's blocktime while postcopy runs (the seed's context, made
+// when postcopy starts, on the postcopy-blocktime capability), and what
+// feeds it: the time-ordered accounting of both placers' events, the vCPUs'
+// access stamps (a fault dated where it is raised), the kernel samples of
+// the vCPU threads over the postcopy window, and the trace file. Kept apart
+// from the incoming stream (incoming.ts), which only hands it events.
+
+import type { EventEmitter } from 'node:events';
+import { BlocktimeContext, emptyReport, monotonicNs, type BlocktimeReport } from '../blocktime/index.js';
+import { openTraceFile } from '../blocktime-trace/index.js';
+import type { AccessStamps } from '../native/vcpu.js';
+import type { VcpuControl } from './guest.js';
+import { PostcopyAccounting } from './postcopy-accounting.js';
+
+/** how long the vCPUs' samples may take to find each thread off a run queue (once at each end of postcopy) */
+const SETTLE_NS = 100e6;
+
+export interface DestinationBlocktimeOptions {
+  vcpus: VcpuControl;
+  /** the Machine's emitter: 'migration' ends the context, 'runstate' paused spoils the kernel's figure */
+  events: EventEmitter;
+  /** the x-blocktime-trace parameter ('' = no trace) */
+  tracePath: string;
+  /** guest RAM: base address, page size, the page flags (bits 8 and 16 are the rules') */
+  base: number;
+  pageSize: number;
+  flags: Uint8Array;
+}
+
+export class DestinationBlocktime {
+  readonly context: BlocktimeContext;
+  readonly accounting: PostcopyAccounting;
+  /** the vCPUs' access stamps (null once stopped, or when the vCPUs have none) */
+  private stampsNow: AccessStamps | null;
+  /** why the trace could not be recorded ('' = it could, or none was asked for) */
+  private readonly traceError: string;
+  private readonly o: DestinationBlocktimeOptions;
+
+  constructor(o: DestinationBlocktimeOptions) {
+    this.o = o;
+    let trace: ReturnType<typeof openTraceFile>;
+    let traceError = '';
+    try { // checked when the parameter was set; a file that still cannot be opened costs the trace, never the guest
+      trace = openTraceFile(o.tracePath);
+    } catch (e) {
+      traceError = (e as Error).message;
+    }
+    this.traceError = traceError;
+    this.context = new BlocktimeContext({ vcpuThreadIds: o.vcpus.threadIds(), migrationEvents: o.events, trace });
+    this.accounting = new PostcopyAccounting(this.context, o.base, o.pageSize, o.flags);
+    this.stampsNow = o.vcpus.accessStamps();
+  }
+
+  /** The report of a destination whose kernel cannot name the faulting thread. */
+  static unavailable(vcpus: VcpuControl): BlocktimeReport {
+    return emptyReport(vcpus.threadIds(), 'the kernel does not report the faulting thread (UFFD_FEATURE_THREAD_ID unsupported): faults cannot be attributed to vCPUs');
+  }
+
+  /** the access stamps, for the fault thread */
+  get stamps(): AccessStamps | null { return this.stampsNow; }
+
+  /** The fault thread runs (its clock base is the stamps' too): stamps on. */
+  stampWith(clockBase: number): void {
+    this.stampsNow?.enable(clockBase);
+  }
+
+  /** Accounts the events before the fault thread's `horizon` and before the
+   *  earliest stamp a vCPU still holds (Infinity: the thread is stopped). */
+  release(horizon: number): void {
+    this.accounting.releaseBefore(Math.min(horizon, this.stampsNow?.horizon() ?? Infinity));
+  }
+
+  /** The vCPUs run: the kernel's window opens. `drained` takes the fault
+   *  thread's events so far and releases what it can. */
+  vcpusStarted(drained: () => void): void {
+    this.sampleKernel();
+    drained();
+    this.o.events.on('runstate', this.onRunState);
+  }
+
+  /** The fault thread stopped: stamps off, every event accounted. */
+  channelStopped(): void {
+    this.stampsNow?.disable();
+    this.stampsNow = null;
+    this.accounting.releaseBefore(Infinity);
+  }
+
+  /** Postcopy ends (after channelStopped, before the vCPUs pause): the
+   *  kernel's window closes. */
+  end(): void {
+    this.o.events.off('runstate', this.onRunState);
+    if (this.context.state !== 'live') return;
+    this.sampleKernel();
+    this.accounting.releaseBefore(Infinity);
+  }
+
+  /** The report, live (the kernel's figure sampled up to now, not traced) or final. */
+  report(): BlocktimeReport | undefined {
+    const bt = this.context;
+    if (bt.state === 'destroyed') return undefined;
+    if (bt.state === 'live') {
+      const v = this.o.vcpus;
+      for (let i = 0; i < v.count; i++) {
+        const s = v.kernelSample(i);
+        if (s.settled) bt.kernelSample(i, s.t, s.sample, false);
+      }
+    }
+    const r = bt.report();
+    if (this.traceError) r['x-blocktime'].traceError = this.traceError;
+    return r;
+  }
+
+  /**
+   * Every vCPU thread's kernel times (or why they say nothing), in time
+   * order with the events. A thread waiting on a run queue has a wait in
+   * progress that the kernel counts only once it runs: such a vCPU is
+   * sampled again, in rounds with the CPU given away between them, for up to
+   * SETTLE_NS; one still waiting then gets no kernel figure, with the reason
+   * (better none than a wrong one).
+   */
+  private sampleKernel(): void {
+    const v = this.o.vcpus;
+    let pending = Array.from({ length: v.count }, (_, i) => i);
+    const until = monotonicNs() + SETTLE_NS;
+    for (let round = 0; pending.length > 0; round++) {
+      const again: number[] = [];
+      for (const i of pending) {
+        const s = v.kernelSample(i);
+        if (s.settled) this.accounting.kernelSample(i, s.t, s.sample);
+        else if (monotonicNs() >= until) {
+          this.accounting.kernelSample(i, s.t, `vCPU ${i} kept waiting for a CPU while it was sampled (its run-queue wait in progress is not counted yet)`);
+        } else again.push(i);
+      }
+      pending = again;
+      if (pending.length > 0) v.yieldCpu(1000);
+    }
+  }
+
+  /** `stop` during postcopy: a paused vCPU sleeps, so the kernel's figure
+   *  would count the pause as blocktime. */
+  private readonly onRunState = (state: string): void => {
+    if (state !== 'paused' || this.context.state !== 'live') return;
+    for (let i = 0; i < this.o.vcpus.count; i++) {
+      this.accounting.kernelSample(i, monotonicNs(), 'the vCPUs were paused (stop) during postcopy');
+    }
+  };
+}

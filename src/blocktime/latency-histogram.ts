@@ -9,9 +9,10 @@ import { LATENCY_BUCKETS } from './types.js';
 /** Sub-buckets per power of two: 2^SUB_BITS. */
 const SUB_BITS = 6;
 const SUB = 1 << SUB_BITS;
-/** Values below 2^(MAX_EXP+1) ns (~36 min) get their own bucket; larger ones
- *  share the top bucket (the exact maximum is kept apart). */
-const MAX_EXP = 40;
+/** Values below 2^(MAX_EXP+1) ns get their own bucket: every latency a trace
+ *  can carry (times are safe integers, < 2^53 ns, ~104 days), so the 0.8 %
+ *  bound holds for any of them (a long postcopy-paused included). */
+const MAX_EXP = 52;
 /** Buckets per histogram row. */
 export const HDR_BUCKETS = SUB * (MAX_EXP - SUB_BITS + 2);
 

@@ -83,13 +83,12 @@ export function naiveQemuBucket(ns: number): number {
 /** The HDR-style histogram's bucket of a latency (the bucketing is taken
  *  from src/blocktime/latency-histogram.ts, re-derived here): below 64 ns one
  *  bucket per ns; from 2^e ns (e >= 6) 64 equal sub-buckets up to 2^(e+1);
- *  everything from 2^41 ns shares the last sub-bucket below 2^41. */
+ *  up to 2^53 ns, the largest time a trace can carry. */
 export function naiveHdrBucket(ns: number): { low: number; width: number } {
   if (ns < 64) return { low: ns, width: 1 };
   let e = 6;
-  while (e < 40 && ns >= 2 ** (e + 1)) e++;
+  while (e < 52 && ns >= 2 ** (e + 1)) e++;
   const width = 2 ** (e - 6);
-  if (ns >= 2 ** 41) return { low: 2 ** 41 - width, width };
   return { low: floor(ns / width) * width, width };
 }
 

@@ -28,11 +28,14 @@ describe('HDR histogram', () => {
     expect(bad).toEqual([]);
   });
 
-  test('bucket indexes are monotonic across powers of two, huge values share the top bucket', () => {
-    const values = [...new Set(Array.from({ length: 42 }, (_, e) => [2 ** e - 1, 2 ** e, 2 ** e + 1]).flat())].sort((a, b) => a - b);
+  test('bucket indexes are monotonic across powers of two, every safe integer has its own power', () => {
+    const values = [...new Set(Array.from({ length: 53 }, (_, e) => [2 ** e - 1, 2 ** e, 2 ** e + 1]).flat())]
+      .filter((v) => v <= Number.MAX_SAFE_INTEGER).sort((a, b) => a - b);
     const buckets = values.map(hdrBucket);
     expect(buckets).toEqual([...buckets].sort((a, b) => a - b));
-    expect(hdrBucket(2 ** 50)).toBe(HDR_BUCKETS - 1);
+    expect(hdrBucket(2 ** 52)).toBeLessThan(hdrBucket(Number.MAX_SAFE_INTEGER));
+    expect(hdrBucket(Number.MAX_SAFE_INTEGER)).toBe(HDR_BUCKETS - 1);
+    expect(hdrBucket(2 ** 60)).toBe(HDR_BUCKETS - 1);
     expect(hdrBucket(-5)).toBe(0);
   });
 

@@ -7,13 +7,13 @@
 // no event loop on the way. The main stream's background pages are placed
 // here, a whole run per UFFDIO_COPY, or with UFFDIO_ZEROPAGE.
 //
-// The blocktime context is fed from both, merged in time order by
-// PostcopyAccounting: FAULT and PLACED events the fault thread pushes to its
-// ring (with its own timestamps), drained here every few milliseconds and
-// before each main-stream chunk, and the placements made here, stamped right
-// after their ioctl. Hot paths use typed-array flags per page (in native memory, which the
-// fault thread reads) and preallocated buffers: nothing is allocated per fault
-// or per page in steady state.
+// The blocktime (destination-blocktime.ts) is fed from both, in time order:
+// FAULT and PLACED events the fault thread pushes to its ring, drained here
+// every few milliseconds and before each main-stream chunk, and the
+// placements made here, stamped right after their ioctl. Hot paths use
+// typed-array flags per page (in native memory, which the fault thread reads)
+// and preallocated buffers: nothing is allocated per fault or per page in
+// steady state.
 
 import net from 'node:net';
 import { chmodSync, unlinkSync, lstatSync } from 'node:fs';

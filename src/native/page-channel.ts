@@ -180,10 +180,11 @@ export class PageChannel {
 
   /**
    * drain(), for a reader that merges these events with events of its own in
-   * time order: returns the horizon, the time (monotonicNs clock) before which
-   * the thread will push no more events, read before the drain: `now` when
-   * the thread sat idle in poll, else its watermark (native-shim/channel.h).
-   * Infinity once the thread is stopped.
+   * time order: returns the horizon, read before the drain, the time
+   * (monotonicNs clock) before which the thread will push no more events of
+   * its own dating: `now` when it sat idle in poll, else its watermark
+   * (native-shim/channel.h); Infinity once the thread is stopped. (A fault it
+   * dates by a vCPU's access stamp is bounded by the stamps, not by this.)
    */
   drainOrdered(sink: ChannelEventSink, now: number): number {
     let horizon = Infinity;

@@ -10,7 +10,10 @@
 // vCPU of each fault and are used to check them.
 //
 // Log lines are written by several threads, so their times are sorted here
-// (stably: equal times keep the log's order). Times are wall-clock µs, made
+// (stably: equal times keep the log's order). QEMU logs a placement after
+// the ioctl that woke the thread, so a thread's next fault can come first
+// in the log: such a placement is dated just before that fault
+// (placeBeforeNextFault). Times are wall-clock µs, made
 // ns relative to the first timestamped line's second so they stay exact.
 // Lines that are no trace event (QEMU's error messages) are skipped; a
 // known event without a time, with a body that is not its format, or a last
@@ -176,6 +179,7 @@ export async function parseQemuTraceLog(
 
   const tids = vcpuThreadIds(name, vcpus, cpuMap, qemuSays);
   events.sort((a, b) => a.t - b.t);
+  placeBeforeNextFault(events);
   const start = Math.min(t0 ?? events[0].t, events[0].t);
   const out: ImportedTrace = { vcpus: tids, t0: start, events: events.map(({ line: _l, ...e }) => e), eventSet };
   if (end !== undefined) {
@@ -219,6 +223,42 @@ function vcpuThreadIds(
     }
   }
   return tids;
+}
+
+/**
+ * A thread held on a missing page raises no other fault until the kernel
+ * wakes it, and UFFDIO_COPY/ZEROPAGE wake it only once the page is in. So
+ * when a thread faults on another page while its previous page is not yet
+ * placed in the log, that page was placed by then: QEMU logs the placement
+ * after the ioctl returns, and the thread can fault again in between. Such a
+ * placement is dated at that next fault, just before it (events stay sorted).
+ */
+function placeBeforeNextFault(events: Collected[]): void {
+  const waitingOn = new Map<number, { addr: number; t: number }>();
+  const placed = new Set<number>();
+  const placedBy = new Map<number, number>();
+  for (const e of events) {
+    if (e.ev === 'placed') { placed.add(e.addr); continue; }
+    if (placed.has(e.addr)) continue;
+    const tid = e.tid as number;
+    const prev = waitingOn.get(tid);
+    if (prev !== undefined && prev.addr !== e.addr && !placed.has(prev.addr)) {
+      placed.add(prev.addr);
+      placedBy.set(prev.addr, e.t);
+    }
+    waitingOn.set(tid, { addr: e.addr, t: e.t });
+  }
+  if (placedBy.size === 0) return;
+  const moved = new Set<Collected>();
+  for (const e of events) {
+    const by = e.ev === 'placed' ? placedBy.get(e.addr) : undefined;
+    if (by !== undefined) {
+      if (by < e.t) { e.t = by; moved.add(e); }
+      placedBy.delete(e.addr); // the first placement only
+    }
+  }
+  // a moved placement goes before the fault it is dated at
+  events.sort((a, b) => a.t - b.t || Number(moved.has(b)) - Number(moved.has(a)));
 }
 
 function allPlaced(events: readonly ImportedEvent[]): boolean {

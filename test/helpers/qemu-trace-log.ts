@@ -54,13 +54,15 @@ const A = 0x7f77785e7000;
 const page = (i: number): number => A + i * 4096;
 
 /**
- * Two vCPUs and an I/O thread. vCPU 0: page 0 for 3 ms, then pages 2 and 3
- * outstanding together from 10 ms to 20 ms. vCPU 1: page 1 for 4 ms (both
- * down from 1 to 3 ms: total 2 ms). The I/O thread: page 4 for 1 ms. A late
- * fault on page 0 (placed already) counts nothing. The placement of page 1 is
- * logged before page 0's, as threads interleave.
- *   exact:     vCPU 0 = 3 + 10 = 13 ms, vCPU 1 = 4 ms, total 2 ms, 5 faults (1 non-vCPU)
- *   QEMU 7.2:  vCPU 0 = 3 + 9 = 12 ms (the second fault overwrites the first), vCPU 1 = 4, total 2
+ * Two vCPUs and an I/O thread. vCPU 0: page 0 for 3 ms, then page 2 from
+ * 10 ms and page 3 from 11 ms, placed at 20 ms; page 2's placement is logged
+ * at 12 ms, after vCPU 0's fault on page 3 (QEMU logs it after the ioctl that
+ * woke the vCPU), so the import dates it at 11 ms. vCPU 1: page 1 for 4 ms
+ * (both down from 1 to 3 ms: total 2 ms). The I/O thread: page 4 for 1 ms. A
+ * late fault on page 0 (placed already) counts nothing. The placement of
+ * page 1 is logged before page 0's, as threads interleave.
+ *   exact:     vCPU 0 = 3 + 1 + 9 = 13 ms, vCPU 1 = 4 ms, total 2 ms, 5 faults (1 non-vCPU)
+ *   QEMU 7.2 on the imported events: the same (no fault is overwritten any more)
  */
 export const SCENARIO: LogEvent[] = [
   { us: 100_000, start: true },

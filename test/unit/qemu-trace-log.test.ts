@@ -28,8 +28,8 @@ test.each(['7.2', '10.1'] as const)('a QEMU %s log imports to the exact figures,
   expect(x.nonVcpuFaults).toBe(1);
   expect(c.exact['postcopy-vcpu-blocktime']).toEqual([13, 4]);
   expect(c.exact['postcopy-non-vcpu-latency']).toBe(1 * MS);
-  expect(c['qemu-7.2']).toEqual({ 'postcopy-blocktime': 2, 'postcopy-vcpu-blocktime': [12, 4] });
-  expect(c['qemu-10.1']['postcopy-vcpu-blocktime']).toEqual([12, 4]);
+  expect(c['qemu-7.2']).toEqual({ 'postcopy-blocktime': 2, 'postcopy-vcpu-blocktime': [13, 4] });
+  expect(c['qemu-10.1']['postcopy-vcpu-blocktime']).toEqual([13, 4]);
 });
 
 test('the imported trace is sorted by time, fault lines carry the faulting thread, placements both kinds', async () => {
@@ -41,6 +41,18 @@ test('the imported trace is sorted by time, fault lines carry the faulting threa
   expect(trace.events.filter((e) => e.ev === 'placed')).toHaveLength(5);
   const first = [...traceLines(trace)][0];
   expect(JSON.parse(first)).toEqual({ vcpus: VCPU_TIDS, t0: 100_000_000 });
+});
+
+test('a placement logged after the same thread\'s next fault is dated at that fault, just before it', async () => {
+  const trace = await parseQemuTraceLog(qemuLog(SCENARIO, '7.2'), 'dest.log', VCPU_TIDS);
+  const page2 = 0x7f77785e7000 + 2 * 4096;
+  const i = trace.events.findIndex((e) => e.ev === 'placed' && e.addr === page2);
+  expect(trace.events[i].t).toBe(1_011_000 * 1000);
+  expect(trace.events[i + 1]).toEqual({ t: 1_011_000 * 1000, ev: 'fault', addr: page2 + 4096, tid: VCPU_TIDS[0] });
+  // another thread's fault proves nothing about page 2: an I/O thread faulting meanwhile leaves it
+  const io = SCENARIO.map((e) => ('fault' in e && e.us === 1_011_000 ? { ...e, tid: IO_THREAD, vcpu: -1 } : e));
+  const t2 = await parseQemuTraceLog(qemuLog(io, '7.2'), 'dest.log', VCPU_TIDS);
+  expect(t2.events.find((e) => e.ev === 'placed' && e.addr === page2)?.t).toBe(1_012_000 * 1000);
 });
 
 test('a log that stops before the cleanup has no end line; one with a page never placed ends "failed"', async () => {

@@ -8,6 +8,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { accessSync, constants, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connectWithRetry, type QmpClient } from '../../src/qmp/client.js';
+import { requireCapability } from './require-capability.js';
 
 export const QEMU = process.env.POSTCOPY_QEMU ?? 'qemu-system-x86_64';
 
@@ -25,11 +26,7 @@ function probe(): { ok: boolean; reason: string } {
 
 /** true when QEMU can run here; false (reason printed) when not; throws when not and CI=true */
 export function requireQemu(): boolean {
-  const { ok, reason } = probe();
-  if (ok) return true;
-  if (process.env.CI === 'true') throw new Error(`QEMU is required in CI but unavailable: ${reason}`);
-  process.stderr.write(`skipping QEMU tests: ${reason}\n`);
-  return false;
+  return requireCapability('QEMU', probe);
 }
 
 /** kvm when /dev/kvm can be opened read-write, else tcg (POSTCOPY_QEMU_ACCEL overrides) */

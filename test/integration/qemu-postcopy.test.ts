@@ -6,19 +6,21 @@
 // counts) and its one fault per vCPU (a vCPU's next fault read before its
 // previous page's end was accounted overwrites that stretch). QEMU's figure
 // is also checked against 7.2's algorithm run on QEMU's own lines.
+import { spawnSync } from 'node:child_process';
 import { createServer } from 'node:net';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { compareLines } from '../../src/blocktime-trace/compare.js';
 import { readQemuTraceLog, traceLines } from '../../src/qemu/trace-log.js';
+import { cli, ensureBuilt } from '../helpers/cli.js';
 import { buildSweepGuest, guestOptions, qemuAccel, requireQemu, startQemu, stopQemus, waitForSweep, type QemuProc } from '../helpers/qemu.js';
 
 const haveQemu = requireQemu();
 const maybe = haveQemu ? test : test.skip;
 let dir: string;
 
-beforeAll(() => { dir = mkdtempSync(join(tmpdir(), 'qemu-postcopy-')); });
+beforeAll(() => { ensureBuilt(); dir = mkdtempSync(join(tmpdir(), 'qemu-postcopy-')); }, 180_000);
 afterAll(async () => { await stopQemus(); if (process.env.POSTCOPY_KEEP_TMP === undefined) rmSync(dir, { recursive: true, force: true }); });
 
 function freePort(): Promise<number> {
@@ -112,6 +114,14 @@ maybe(`a real postcopy migration between two QEMUs (${qemuAccel()}): the importe
 
   const trace = await readQemuTraceLog(log, vcpus);
   const c = await compareLines(traceLines(trace), log);
+  // the same through the commands an operator runs
+  const out = join(dir, 'dest.jsonl');
+  const imp = spawnSync(process.execPath, [cli, 'blocktime-import', log, '--vcpus', vcpus.join(','), '-o', out], { encoding: 'utf8' });
+  expect(imp.stderr).toBe('');
+  expect(imp.status).toBe(0);
+  const replay = spawnSync(process.execPath, [cli, 'blocktime-replay', out, '--compare', '--json'], { encoding: 'utf8' });
+  expect(replay.status).toBe(0);
+  expect(JSON.parse(replay.stdout)).toEqual(JSON.parse(JSON.stringify(c)));
   const x = c.exact['x-blocktime'];
   expect(trace.eventSet).toBe('7.2');
   expect(x.faults).toBeGreaterThanOrEqual(1);

@@ -5,12 +5,15 @@
 //   postcopy run [options]                 batch: a source and a destination on loopback
 //   postcopy blocktime-replay FILE [--json | --qemu | --compare [--json]]
 //                                          report of a recorded blocktime trace
+//   postcopy blocktime-import LOG [--vcpus TID,...] [-o OUT]
+//                                          a QEMU destination's trace log as our trace
 
 type Main = (argv: string[]) => Promise<number>;
 
 const subcommands: Record<string, () => Promise<{ main: Main }>> = {
   'run': () => import('./migration/batch.js'),
   'blocktime-replay': () => import('./blocktime-trace/replay-command.js'),
+  'blocktime-import': () => import('./qemu/import-command.js'),
 };
 
 async function dispatch(argv: string[]): Promise<number> {

@@ -12,7 +12,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:net';
 import { CommandError } from '../errors.js';
-import { connectWithRetry, type QmpClient, type QmpEvent } from '../monitor/qmp-client.js';
+import { connectWithRetry, type QmpClient, type QmpEvent } from '../qmp/client.js';
 import type { CapabilityState, MigrationInfo, MigrationParameters } from './api.js';
 import { stallSentence } from './convergence.js';
 

@@ -1,7 +1,7 @@
-// Whether this machine can run the userfaultfd tests. Without userfaultfd a
-// developer's run skips them with the reason printed; in CI (CI=true) that is
-// a failure, so a broken CI machine cannot pass by skipping everything.
+// Whether this machine can run the userfaultfd tests: userfaultfd opens.
+// Skipped with the reason, or a failure in CI (require-capability.ts).
 import { Userfaultfd } from '../../src/uffd/index.js';
+import { requireCapability } from './require-capability.js';
 
 let cached: { ok: boolean; reason: string } | undefined;
 
@@ -18,9 +18,5 @@ function probe(): { ok: boolean; reason: string } {
 
 /** true when userfaultfd works; false (reason printed) when not; throws when not and CI=true */
 export function requireUffd(): boolean {
-  const { ok, reason } = probe();
-  if (ok) return true;
-  if (process.env.CI === 'true') throw new Error(`userfaultfd is required in CI but unavailable: ${reason}`);
-  process.stderr.write(`skipping userfaultfd tests: ${reason}\n`);
-  return false;
+  return requireCapability('userfaultfd', probe);
 }

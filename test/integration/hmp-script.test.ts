@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cli, ensureBuilt } from '../helpers/cli.js';
 import { requireUffd } from '../helpers/uffd-available.js';
-import { QmpClient } from '../../src/monitor/qmp-client.js';
+import { QmpClient } from '../../src/qmp/client.js';
 
 beforeAll(ensureBuilt, 180_000);
 

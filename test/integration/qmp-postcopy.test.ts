@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connectWithRetry, type QmpClient, type QmpEvent } from '../../src/monitor/qmp-client.js';
+import { connectWithRetry, type QmpClient, type QmpEvent } from '../../src/qmp/client.js';
 import { requireUffd } from '../helpers/uffd-available.js';
 import { cli, ensureBuilt, root } from '../helpers/cli.js';
 const haveUffd = requireUffd();

@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { QmpClient, QmpError, connectWithRetry } from '../../src/monitor/qmp-client.js';
+import { QmpClient, QmpError, connectWithRetry } from '../../src/qmp/client.js';
 import { startQmpServer } from '../../src/monitor/qmp.js';
 import { Registry } from '../../src/monitor/registry.js';
 import { FakeMachine } from '../helpers/qmp-fake-machine.js';

@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startQmpServer, type QmpServer } from '../../src/monitor/qmp.js';
-import { QmpClient, QmpError, type QmpEvent } from '../../src/monitor/qmp-client.js';
+import { QmpClient, QmpError, type QmpEvent } from '../../src/qmp/client.js';
 import { Registry } from '../../src/monitor/registry.js';
 import { FakeMachine } from '../helpers/qmp-fake-machine.js';
 

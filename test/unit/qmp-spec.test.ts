@@ -1,6 +1,6 @@
 // The -qmp argument: what is accepted, and a clear error for the rest.
 import { parseQmpSpec, formatQmpSpec } from '../../src/monitor/qmp.js';
-import { parseQmpClientAddress } from '../../src/monitor/qmp-client.js';
+import { parseQmpClientAddress } from '../../src/qmp/client.js';
 import { CommandError } from '../../src/errors.js';
 
 describe('parseQmpSpec', () => {

@@ -3,6 +3,8 @@
 // requests by "id". Tests, the batch mode and the lab drive child VM
 // processes with it, so it fails fast and clearly when the socket is absent
 // and offers a retry-until-deadline connect for freshly spawned processes.
+// It sits below its users (the lab's local destination, the tests, a real
+// QEMU's session) and depends on none of them.
 
 import { EventEmitter } from 'node:events';
 import { createConnection, type Socket } from 'node:net';

@@ -51,7 +51,7 @@ export function sharedDomains(traces: readonly DrawnTrace[]): Domains {
     bucket = Math.max(bucket, ...exact['postcopy-latency-dist']);
   }
   return {
-    timeMs: [0, time || 1], addrMiB: [0, addr || 1], cumulativeMs: [0, cum || 1],
+    timeMs: [0, time || 1], addrMiB: [0, (addr || 1) * 1.01], cumulativeMs: [0, cum || 1],
     latencyUs: [0.5, 2 ** Math.ceil(Math.log2(Math.max(2, latMax * 1.05)))], bucketCount: bucket || 1,
   };
 }
@@ -115,7 +115,7 @@ export function cumulativeSpec(t: DrawnTrace, d: Domains): TopLevelSpec {
     encoding: {
       x: { field: 't', type: 'quantitative', title: 'ms since postcopy started', scale: { domain: d.timeMs, nice: false } },
       y: { field: 'ms', type: 'quantitative', title: 'blocktime (ms)', scale: { domain: d.cumulativeMs } },
-      color: { field: 'series', type: 'nominal', title: null },
+      color: { field: 'series', type: 'nominal', title: null, legend: { labelLimit: 260 } },
       strokeDash: { condition: { test: `datum.series === '${TOTAL}'`, value: [4, 2] }, value: [1, 0] },
     },
   } as TopLevelSpec;
@@ -124,7 +124,7 @@ export function cumulativeSpec(t: DrawnTrace, d: Domains): TopLevelSpec {
 /** Faulted addresses against time, one mark per pixel column and vCPU from the lowest to the highest address. */
 export function faultScatterSpec(t: DrawnTrace, d: Domains): TopLevelSpec {
   const s = t.summary;
-  const pad = Math.max(d.addrMiB[1] / 200, 4096 / MiB);
+  const pad = Math.max(d.addrMiB[1] / 250, 4096 / MiB);
   const values: object[] = [];
   const add = (who: string, cols: ReturnType<TraceSummary['nonVcpuFaults']['columns']>) => {
     for (const c of cols) {
@@ -138,7 +138,7 @@ export function faultScatterSpec(t: DrawnTrace, d: Domains): TopLevelSpec {
     title: `faulted addresses — ${t.title}`,
     width: WIDTH, height: 260,
     data: { values },
-    name: 'faults', mark: { type: 'rect', opacity: 0.8 },
+    name: 'faults', mark: { type: 'rect', opacity: 0.8, clip: true },
     encoding: {
       x: timeAxis(d), x2: { field: 'end' },
       y: { field: 'lo', type: 'quantitative', title: 'MiB above the lowest faulted address', scale: { domain: d.addrMiB, nice: false } },

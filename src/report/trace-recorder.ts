@@ -35,7 +35,7 @@ export interface TraceSummary {
   /** latencies of resolved faults: counts per HDR bucket (latency-histogram.ts) */
   latencyHdr: Float64Array;
   resolvedFaults: number;
-  /** the trace ended with an end line (else: open intervals closed at the last event) */
+  /** the trace ended with an end line (else: open intervals closed at the last fault or placement) */
   final: boolean;
 }
 
@@ -107,7 +107,7 @@ export class TraceRecorder implements BlocktimeAlgorithm<TraceSummary> {
     this.finished = true;
   }
 
-  /** The summary; a trace without an end line has its open intervals closed at its last event. */
+  /** The summary; a trace without an end line has its open intervals closed at its last fault or placement. */
   report(): TraceSummary {
     if (!this.finished) {
       this.closeAll(this.s.endNs);

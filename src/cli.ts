@@ -5,6 +5,8 @@
 //   postcopy run [options]                 batch: a source and a destination on loopback
 //   postcopy blocktime-replay FILE [--json | --qemu | --compare [--json]]
 //                                          report of a recorded blocktime trace
+//   postcopy blocktime-replay --html OUT.html FILE [FILE_B]
+//                                          its pictures, one HTML page (src/report/)
 //   postcopy blocktime-import LOG [--vcpus TID,...] [-o OUT]
 //                                          a QEMU destination's trace log as our trace
 

@@ -7,7 +7,7 @@ import type { AlgorithmStart } from '../blocktime/algorithm.js';
 import { Qemu101Blocktime } from '../blocktime/qemu-v10-1.js';
 import { Qemu72Blocktime, type Qemu72Report } from '../blocktime/qemu-v7-2.js';
 import type { BlocktimeReport, QemuBlocktimeFields } from '../blocktime/types.js';
-import { replayLines, replayTraceWith, type AlgorithmFactory } from './replay.js';
+import { replayLines, replayTraceWith, type AlgorithmFactory, type ReplayResult } from './replay.js';
 
 /** The same trace as our context and each QEMU reports it (keys in print order). */
 export interface BlocktimeComparison {
@@ -18,14 +18,34 @@ export interface BlocktimeComparison {
 
 /** Replays the trace file at `path` into all three. */
 export async function compareTrace(path: string): Promise<BlocktimeComparison> {
-  const q = qemuAlgorithms();
-  return q.reports((await replayTraceWith(path, q.factories)).exact);
+  return (await compareTraceWith(path, {})).comparison;
 }
 
 /** Replays trace lines (`name` prefixes errors, see replayLines) into all three. */
 export async function compareLines(lines: AsyncIterable<string> | Iterable<string>, name: string): Promise<BlocktimeComparison> {
+  return (await compareLinesWith(lines, name, {})).comparison;
+}
+
+/** The comparison, and the reports of more consumers of the same replay (the HTML report's). */
+export interface ComparisonWith {
+  comparison: BlocktimeComparison;
+  results: ReplayResult;
+}
+
+/** compareTrace, with `extra` algorithms fed by the same replay. */
+export async function compareTraceWith(path: string, extra: Record<string, AlgorithmFactory>): Promise<ComparisonWith> {
   const q = qemuAlgorithms();
-  return q.reports((await replayLines(lines, name, q.factories)).exact);
+  const results = await replayTraceWith(path, { ...q.factories, ...extra });
+  return { comparison: q.reports(results.exact), results };
+}
+
+/** compareLines, with `extra` algorithms fed by the same replay. */
+export async function compareLinesWith(
+  lines: AsyncIterable<string> | Iterable<string>, name: string, extra: Record<string, AlgorithmFactory>,
+): Promise<ComparisonWith> {
+  const q = qemuAlgorithms();
+  const results = await replayLines(lines, name, { ...q.factories, ...extra });
+  return { comparison: q.reports(results.exact), results };
 }
 
 // The factories for one replay, keeping what they build so that the

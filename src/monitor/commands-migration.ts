@@ -271,12 +271,34 @@ const infoMigrateParameters: HmpCommand = {
   },
 };
 
+/** `info postcopy_blocktime -o FILE.html`: the HTML report (src/report/) of
+ *  this destination's trace so far; the events are in the x-blocktime-trace
+ *  file, so without one there is nothing to draw. */
+export async function blocktimeHtml(m: Machine, out: string | undefined): Promise<string> {
+  if (out === undefined || out === '') throw new CommandError('-o needs a file name: info postcopy_blocktime -o FILE.html');
+  const trace = m.parameters()['x-blocktime-trace'];
+  if (trace === '') {
+    throw new CommandError('-o draws the events of the x-blocktime-trace file, and none is set: '
+      + 'migrate_set_parameter x-blocktime-trace PATH here before postcopy starts');
+  }
+  const { writeHtmlReport } = await import('../report/build-report.js');
+  const bytes = await writeHtmlReport([{ path: trace }], out);
+  const status = m.queryMigrate().status;
+  const live = isTerminal(status) ? '' : ' (live: the events written so far; the trace is flushed every 64 KiB and at the end)';
+  return `wrote ${out} (${Math.ceil(bytes / 1024)} KiB) from ${trace}${live}`;
+}
+
 const infoPostcopyBlocktime: HmpCommand = {
   name: 'postcopy_blocktime',
-  argsType: '',
-  params: '',
-  help: "show the vCPU blocktime measured on the destination during postcopy (live or final; ours, not QEMU's)",
-  handler: async (ctx) => {
+  argsType: 'html:-o,file:s?',
+  params: '[-o FILE.html]',
+  help: "show the vCPU blocktime measured on the destination during postcopy (live or final; ours, not QEMU's);"
+    + ' -o FILE.html: write the pictures of the x-blocktime-trace file so far to FILE.html',
+  handler: async (ctx, args) => {
+    if (args.flag('html') || args.optStr('file') !== undefined) {
+      if (!args.flag('html')) throw new CommandError(`unexpected argument '${args.optStr('file') as string}' (to write the report: -o FILE.html)`);
+      return { text: await blocktimeHtml(ctx.machine, args.optStr('file')) };
+    }
     const report = await ctx.machine.blocktime();
     if (!report) {
       const role = ctx.machine.info().role;

@@ -23,6 +23,9 @@ beforeAll(() => {
 }, 180_000);
 afterAll(() => { rmSync(dir, { recursive: true, force: true }); });
 
+const USAGE = 'usage: postcopy blocktime-replay FILE [--json | --qemu | --compare [--json]] [--no-color]\n'
+  + '       postcopy blocktime-replay --html OUT.html FILE [FILE_B]\n';
+
 function run(...args: string[]) {
   const r = spawnSync(process.execPath, [cli, 'blocktime-replay', ...args], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, NO_COLOR: '1' } });
   return { code: r.status, out: r.stdout, err: r.stderr };
@@ -134,9 +137,9 @@ test('conflicting output modes: a clear error, the usage, exit 2, nothing on std
     const r = run(path, ...args);
     expect(r.code).toBe(2);
     expect(r.out).toBe('');
-    expect(r.err).toBe(`postcopy: blocktime-replay: ${message}\nusage: postcopy blocktime-replay FILE [--json | --qemu | --compare [--json]] [--no-color]\n`);
+    expect(r.err).toBe(`postcopy: blocktime-replay: ${message}\n${USAGE}`);
   }
-  expect(run('--help').out).toBe('usage: postcopy blocktime-replay FILE [--json | --qemu | --compare [--json]] [--no-color]\n');
+  expect(run('--help').out).toBe(USAGE);
 });
 
 test("docs/blocktime-compare.md: each command prints what the doc shows below it", () => {

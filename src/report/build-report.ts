@@ -1,0 +1,48 @@
+// `blocktime-replay --html`: replays one or two traces, each once, into our
+// context, QEMU's algorithms (compare.ts) and the report's recorder
+// (trace-recorder.ts), draws the charts on shared axes and writes the page.
+// The traces stream through: what is kept is binned per pixel column.
+
+import { writeFile } from 'node:fs/promises';
+import { basename } from 'node:path';
+import { compareLinesWith, compareTraceWith, type ComparisonWith } from '../blocktime-trace/compare.js';
+import type { AlgorithmStart } from '../blocktime/algorithm.js';
+import { CHARTS, sharedDomains, type DrawnTrace } from './charts.js';
+import { htmlPage, type TraceSection } from './html-page.js';
+import { renderSvg } from './render-svg.js';
+import { TraceRecorder, type TraceSummary } from './trace-recorder.js';
+
+const RECORDER = 'x-report';
+
+/** A trace to draw: a file, or lines (tests, benchmarks, a live destination). */
+export type ReportInput = { path: string; title?: string } | { lines: AsyncIterable<string> | Iterable<string>; title: string };
+
+async function replay(input: ReportInput): Promise<{ cmp: ComparisonWith; title: string }> {
+  const extra = { [RECORDER]: (s: AlgorithmStart) => new TraceRecorder(s) };
+  if ('path' in input) return { cmp: await compareTraceWith(input.path, extra), title: input.title ?? basename(input.path) };
+  return { cmp: await compareLinesWith(input.lines, input.title, extra), title: input.title };
+}
+
+/** The report's HTML for one trace, or several drawn side by side on the same axes. */
+export async function buildHtmlReport(inputs: readonly ReportInput[]): Promise<string> {
+  const replayed = [];
+  for (const input of inputs) replayed.push(await replay(input));
+  const traces: DrawnTrace[] = replayed.map(({ cmp, title }) => ({
+    title, exact: cmp.comparison.exact, summary: cmp.results[RECORDER] as TraceSummary,
+  }));
+  const domains = sharedDomains(traces);
+  const sections: TraceSection[] = [];
+  for (let i = 0; i < traces.length; i++) {
+    const charts: (readonly [string, string])[] = [];
+    for (const [name, spec] of CHARTS) charts.push([name, await renderSvg(spec(traces[i], domains))]);
+    sections.push({ trace: traces[i], comparison: replayed[i].cmp.comparison, charts });
+  }
+  return htmlPage(sections);
+}
+
+/** Writes the report of `inputs` to `out`; its size in bytes. */
+export async function writeHtmlReport(inputs: readonly ReportInput[], out: string): Promise<number> {
+  const html = await buildHtmlReport(inputs);
+  await writeFile(out, html);
+  return Buffer.byteLength(html);
+}

@@ -1,0 +1,137 @@
+// The report's consumer of a replayed trace: one more BlocktimeAlgorithm
+// behind the postcopy rules (src/blocktime/rules.ts), so the pictures show
+// the intervals the rules give and not a second reading of them. It keeps
+// what the charts need, binned per pixel column as the events stream by
+// (column-bins.ts): each vCPU's blocked intervals (from its first
+// outstanding fault to the placement that resolves its last one), the
+// windows in which every vCPU was blocked, the faulted addresses, and the
+// latency of every resolved fault in the same log-linear histogram the
+// context reads its percentiles from.
+
+import type { MigrationStatus } from '../migration/api.js';
+import type { AlgorithmStart, BlocktimeAlgorithm } from '../blocktime/algorithm.js';
+import { HDR_BUCKETS, hdrBucket } from '../blocktime/latency-histogram.js';
+import { IntervalSeries, MinMaxSeries, TimeGrid } from './column-bins.js';
+
+/** Pixel columns of the time axis. */
+export const REPORT_COLUMNS = 1000;
+
+/** What a trace looks like, binned: the recorder's report. */
+export interface TraceSummary {
+  vcpuThreadIds: readonly number[];
+  startNs: number;
+  /** the last event's time */
+  endNs: number;
+  grid: TimeGrid;
+  /** per vCPU index: blocked intervals */
+  blocked: IntervalSeries[];
+  /** every vCPU blocked at once */
+  allBlocked: IntervalSeries;
+  /** per vCPU index: faulted addresses (faults of threads that are no vCPU: `nonVcpuFaults`) */
+  faults: MinMaxSeries[];
+  nonVcpuFaults: MinMaxSeries;
+  lowestAddr: number;
+  highestAddr: number;
+  /** latencies of resolved faults: counts per HDR bucket (latency-histogram.ts) */
+  latencyHdr: Float64Array;
+  resolvedFaults: number;
+  /** the trace ended with an end line (else: open intervals closed at the last fault or placement) */
+  final: boolean;
+}
+
+interface Waiter { t: number; vcpu: number }
+
+export class TraceRecorder implements BlocktimeAlgorithm<TraceSummary> {
+  private readonly tids: readonly number[];
+  private readonly vcpuOf = new Map<number, number>();
+  private readonly waiting = new Map<number, Waiter[]>();
+  /** outstanding faults per vCPU, and since when it is blocked */
+  private readonly outstanding: Int32Array;
+  private readonly blockedSince: Float64Array;
+  private blockedVcpus = 0;
+  private allSince = 0;
+  private readonly s: TraceSummary;
+  private finished = false;
+
+  constructor(start: AlgorithmStart, columns = REPORT_COLUMNS) {
+    this.tids = start.vcpuThreadIds;
+    this.tids.forEach((tid, i) => this.vcpuOf.set(tid, i));
+    const n = this.tids.length;
+    this.outstanding = new Int32Array(n);
+    this.blockedSince = new Float64Array(n);
+    const grid = new TimeGrid(start.startNs, columns);
+    this.s = {
+      vcpuThreadIds: this.tids, startNs: start.startNs, endNs: start.startNs, grid,
+      blocked: this.tids.map(() => new IntervalSeries(grid)), allBlocked: new IntervalSeries(grid),
+      faults: this.tids.map(() => new MinMaxSeries(grid)), nonVcpuFaults: new MinMaxSeries(grid),
+      lowestAddr: Infinity, highestAddr: -Infinity,
+      latencyHdr: new Float64Array(HDR_BUCKETS), resolvedFaults: 0, final: false,
+    };
+  }
+
+  begin(addr: number, tid: number, at: number): void {
+    if (this.finished) return;
+    this.touch(at);
+    const s = this.s;
+    if (addr < s.lowestAddr) s.lowestAddr = addr;
+    if (addr > s.highestAddr) s.highestAddr = addr;
+    const vcpu = this.vcpuOf.get(tid) ?? -1;
+    (vcpu < 0 ? s.nonVcpuFaults : s.faults[vcpu]).add(at, addr);
+    const list = this.waiting.get(addr);
+    if (list === undefined) this.waiting.set(addr, [{ t: at, vcpu }]);
+    else list.push({ t: at, vcpu });
+    if (vcpu >= 0 && this.outstanding[vcpu]++ === 0) {
+      this.blockedSince[vcpu] = at;
+      if (++this.blockedVcpus === this.tids.length) this.allSince = at;
+    }
+  }
+
+  end(addr: number, at: number): void {
+    if (this.finished) return;
+    this.touch(at);
+    const list = this.waiting.get(addr);
+    if (list === undefined) return;
+    this.waiting.delete(addr);
+    for (const w of list) {
+      this.s.latencyHdr[hdrBucket(at - w.t)]++;
+      this.s.resolvedFaults++;
+      if (w.vcpu >= 0 && --this.outstanding[w.vcpu] === 0) this.unblock(w.vcpu, at);
+    }
+  }
+
+  finish(_status: MigrationStatus, at: number): void {
+    if (this.finished) return;
+    this.touch(at);
+    this.closeAll(at);
+    this.s.final = true;
+    this.finished = true;
+  }
+
+  /** The summary; a trace without an end line has its open intervals closed at its last fault or placement. */
+  report(): TraceSummary {
+    if (!this.finished) {
+      this.closeAll(this.s.endNs);
+      this.finished = true;
+    }
+    return this.s;
+  }
+
+  private touch(at: number): void {
+    if (at > this.s.endNs) this.s.endNs = at;
+  }
+
+  private unblock(vcpu: number, at: number): void {
+    if (this.blockedVcpus-- === this.tids.length) this.s.allBlocked.add(this.allSince, at);
+    this.s.blocked[vcpu].add(this.blockedSince[vcpu], at);
+  }
+
+  private closeAll(at: number): void {
+    for (let v = 0; v < this.tids.length; v++) {
+      if (this.outstanding[v] > 0) {
+        this.outstanding[v] = 0;
+        this.unblock(v, at);
+      }
+    }
+    this.waiting.clear();
+  }
+}

@@ -1,0 +1,128 @@
+// The HTML report (src/report/): self-contained (no script, nothing fetched),
+// one timeline row per vCPU and one bar per blocked interval when they are
+// a column apart, the summary table of the console, two traces side by side
+// on the same axes, the CLI's usage errors, and a 10^6-event trace that
+// stays under 5 MiB.
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { jest } from '@jest/globals';
+import { buildHtmlReport } from '../../src/report/build-report.js';
+import { main } from '../../src/blocktime-trace/replay-command.js';
+import { syntheticTrace } from '../../bench/_report-trace.js';
+
+let dir: string;
+beforeAll(() => { dir = mkdtempSync(join(tmpdir(), 'report-html-')); });
+afterAll(() => { rmSync(dir, { recursive: true, force: true }); });
+
+const ev = (t: number, e: string, more: object = {}) => JSON.stringify({ t, ev: e, ...more });
+/** 3 vCPUs; vCPU 0 blocked twice, vCPU 1 once, vCPU 2 never; ms apart. */
+const small = [
+  JSON.stringify({ vcpus: [11, 12, 13], t0: 0 }),
+  ev(1e6, 'fault', { addr: 4096, tid: 11 }),
+  ev(2e6, 'placed', { addr: 4096 }),
+  ev(5e6, 'fault', { addr: 8192, tid: 11 }),
+  ev(5.5e6, 'fault', { addr: 8192, tid: 12 }),
+  ev(7e6, 'placed', { addr: 8192 }),
+  ev(9e6, 'end', { status: 'completed' }),
+];
+
+/** The SVG marks of a named Vega-Lite layer in one chart of the page. */
+function marks(html: string, chart: string, layer: string, trace = 0): number {
+  const fig = html.match(new RegExp(`<figure data-chart="${chart}" data-trace="${trace}">([\\s\\S]*?)</figure>`));
+  if (fig === null) throw new Error(`no chart ${chart}`);
+  const g = fig[1].match(new RegExp(`<g class="mark-[a-z]+ role-mark ${layer}_marks"[^>]*?(/>|>([\\s\\S]*?)</g>)`));
+  return g === null ? 0 : ((g[2] ?? '').match(/<(path|line) /g) ?? []).length;
+}
+
+describe('the HTML report', () => {
+  test('is self-contained and draws each blocked interval, one row per vCPU', async () => {
+    const html = await buildHtmlReport([{ lines: small, title: 'small' }]);
+    expect(html).not.toMatch(/<script|<link|<img|@import|url\((?!#)/i); // url(#clip1): a clip path in the page
+    expect(html.replace(/xmlns(:xlink)?="http:\/\/www\.w3\.org\/[^"]*"/g, '')).not.toMatch(/https?:\/\//);
+    for (const c of ['timeline', 'cumulative', 'faults', 'latency-buckets', 'latency-cdf', 'summary']) {
+      expect(html).toContain(`data-chart="${c}"`);
+    }
+    expect(marks(html, 'timeline', 'blocked')).toBe(3);
+    expect(marks(html, 'timeline', 'all_blocked')).toBe(0);
+    const timeline = html.match(/data-chart="timeline"[\s\S]*?<\/figure>/)?.[0] ?? '';
+    for (const row of ['vCPU 0', 'vCPU 1', 'vCPU 2']) expect(timeline).toContain(`>${row}</text>`);
+    expect(timeline).not.toContain('>vCPU 3<');
+    // the console's comparison table, exact beside QEMU's
+    expect(html).toMatch(/QEMU 10\.1/);
+    expect(html).toMatch(/QEMU 7\.2/);
+    expect(marks(html, 'latency-buckets', 'buckets')).toBe(2); // 1 ms in [512 µs, 1024 µs); 1.5 ms and 2 ms in [1024 µs, 2048 µs)
+    expect(marks(html, 'latency-cdf', 'percentiles')).toBe(3);
+  });
+
+  test('marks the windows when every vCPU was blocked', async () => {
+    const lines = [JSON.stringify({ vcpus: [11, 12] }), ev(1e6, 'fault', { addr: 4096, tid: 11 }),
+      ev(2e6, 'fault', { addr: 8192, tid: 12 }), ev(3e6, 'placed', { addr: 4096 }), ev(4e6, 'placed', { addr: 8192 })];
+    const html = await buildHtmlReport([{ lines, title: 'both' }]);
+    expect(marks(html, 'timeline', 'all_blocked')).toBe(1);
+    expect(html).toContain('live (the trace has no end line)');
+  });
+
+  test('draws two traces side by side on the same axes', async () => {
+    const longer = [...small.slice(0, -1), ev(30e6, 'end', { status: 'completed' })];
+    const html = await buildHtmlReport([{ lines: small, title: 'A' }, { lines: longer, title: 'B' }]);
+    expect(html).toContain('--traces: 2');
+    const axisEnd = (trace: number) => {
+      const fig = html.match(new RegExp(`<figure data-chart="timeline" data-trace="${trace}">([\\s\\S]*?)</figure>`))?.[1] ?? '';
+      const labels = [...fig.matchAll(/>(\d+)<\/text>/g)].map((m) => Number(m[1]));
+      return Math.max(...labels);
+    };
+    expect(axisEnd(0)).toBe(axisEnd(1));
+    expect(axisEnd(0)).toBeGreaterThanOrEqual(25);
+  });
+
+  test('a 10^6-event trace gives a file under 5 MiB', async () => {
+    const html = await buildHtmlReport([{ lines: syntheticTrace(1_000_000), title: 'big' }]);
+    const bytes = Buffer.byteLength(html);
+    expect(bytes).toBeLessThan(5 * 1024 * 1024);
+    expect(bytes).toBeGreaterThan(50 * 1024);
+    // binned: the pauses show as gaps between bars, no more than a bar per column and vCPU
+    const bars = marks(html, 'timeline', 'blocked');
+    expect(bars).toBeGreaterThan(4 * 100);
+    expect(bars).toBeLessThanOrEqual(4 * 1001);
+    expect(marks(html, 'faults', 'faults')).toBeLessThanOrEqual(5 * 1000);
+  }, 180_000);
+});
+
+describe('blocktime-replay --html', () => {
+  function capture() {
+    const out: string[] = [];
+    const err: string[] = [];
+    jest.spyOn(process.stdout, 'write').mockImplementation((s) => { out.push(String(s)); return true; });
+    jest.spyOn(process.stderr, 'write').mockImplementation((s) => { err.push(String(s)); return true; });
+    return { out, err };
+  }
+  afterEach(() => { jest.restoreAllMocks(); });
+
+  test('writes the file, one trace or two', async () => {
+    const a = join(dir, 'a.jsonl');
+    writeFileSync(a, `${small.join('\n')}\n`);
+    const io = capture();
+    expect(await main([a, '--html', join(dir, 'a.html')])).toBe(0);
+    expect(await main(['--html', join(dir, 'ab.html'), a, a])).toBe(0);
+    jest.restoreAllMocks();
+    expect(io.out.join('')).toMatch(/wrote .*a\.html/);
+    expect(readFileSync(join(dir, 'ab.html'), 'utf8')).toContain('--traces: 2');
+  });
+
+  test('usage errors exit 2, a bad trace 1', async () => {
+    const a = join(dir, 'a.jsonl');
+    writeFileSync(a, `${small.join('\n')}\n`);
+    const io = capture();
+    expect(await main([a, '--html'])).toBe(2);
+    expect(await main([a, '--html', join(dir, 'x.html'), '--json'])).toBe(2);
+    expect(await main(['--html', join(dir, 'x.html'), a, a, a])).toBe(2);
+    expect(await main(['--html', join(dir, 'x.html'), join(dir, 'missing.jsonl')])).toBe(1);
+    jest.restoreAllMocks();
+    const err = io.err.join('');
+    expect(err).toContain('--html needs an output file');
+    expect(err).toContain('--html and --json are two output modes');
+    expect(err).toContain('give one trace file, or two');
+    expect(err).toContain('missing.jsonl: no such file');
+  });
+});

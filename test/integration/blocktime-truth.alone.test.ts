@@ -1,4 +1,6 @@
-// Blocktime that can be checked, on real migrations between two VM processes:
+// Blocktime that can be checked, on real migrations between two VM processes
+// (run alone by npm test: it holds our timing against the kernel's, so it
+// must not share the CPUs with other migrations):
 // the trace the destination writes is in time order and replays to the live
 // report field for field (the same rules and context run on both), and each
 // vCPU's blocktime agrees with the kernel's own figure for its thread

@@ -33,7 +33,8 @@ import { Userfaultfd, StagingArea } from '../uffd/index.js';
 import { NativeBlock } from '../native/memory.js';
 import { PageChannel, ChannelEvent, FaultThreadStat, type ChannelEventSink } from '../native/page-channel.js';
 import type { AccessStamps } from '../native/vcpu.js';
-import { BlocktimeContext, emptyReport, monotonicNs, type BlocktimeReport } from '../blocktime/index.js';
+import { BlocktimeContext, emptyReport, monotonicNs, type BlocktimeReport, type BlocktimeFeedCost } from '../blocktime/index.js';
+import { threadCpuNs } from '../native/thread-time.js';
 import { PAGE_PLACED, PAGE_WAITED } from '../blocktime/rules.js';
 import { PostcopyAccounting } from './postcopy-accounting.js';
 import { openTraceFile } from '../blocktime-trace/index.js';
@@ -121,6 +122,8 @@ export class IncomingMigration implements StreamHandler {
   private placeCalls = 0;
   /** the fault thread's counters once it stopped (FaultThreadStat indices) */
   private channelStats: Float64Array = new Float64Array(16);
+  /** what feeding the blocktime context costs (x-blocktime.feed) */
+  private readonly feed: BlocktimeFeedCost = { events: 0, drains: 0, cpuNs: 0, horizonNs: 0 };
   private startMs = 0;
   private endMs = -1;
 
@@ -423,6 +426,7 @@ export class IncomingMigration implements StreamHandler {
 
   /** one event from the fault thread's ring */
   private readonly onChannelEvent: ChannelEventSink = (kind, page, arg, t) => {
+    this.feed.events++;
     if (kind === ChannelEvent.Fault) {
       this.accounting?.fault(page, arg, t);
       return;
@@ -436,8 +440,16 @@ export class IncomingMigration implements StreamHandler {
   private drainEvents(): void {
     const ch = this.channel;
     if (ch === null) return;
+    const feed = this.feed;
+    const cpu0 = this.accounting === null ? 0 : threadCpuNs(process.pid) ?? 0;
     const horizon = ch.drainOrdered(this.onChannelEvent, monotonicNs());
-    this.accounting?.releaseBefore(Math.min(horizon, this.stamps?.horizon() ?? Infinity));
+    if (this.accounting === null) return;
+    const h0 = monotonicNs();
+    const stamped = this.stamps?.horizon() ?? Infinity;
+    feed.horizonNs += monotonicNs() - h0;
+    this.accounting.releaseBefore(Math.min(horizon, stamped));
+    feed.drains++;
+    feed.cpuNs += (threadCpuNs(process.pid) ?? cpu0) - cpu0;
   }
 
   /** The last kernel samples, as postcopy ends (before the vCPUs pause). */
@@ -698,6 +710,7 @@ export class IncomingMigration implements StreamHandler {
     if (this.blocktime && this.blocktime.state !== 'destroyed') {
       const r = this.blocktime.report();
       if (this.traceError) r['x-blocktime'].traceError = this.traceError;
+      r['x-blocktime'].feed = { ...this.feed };
       return r;
     }
     return this.blocktimeFallback ?? undefined;

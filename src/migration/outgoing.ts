@@ -254,7 +254,11 @@ export class OutgoingMigration implements ReturnHandler {
     const st = ps.state;
     if (st === 'running') return;
     ps.stopTicking(); // said once
-    if (st === 'closed' && this.phase !== 'done') this.failLater('the destination closed the urgent channel');
+    // every page sent: the destination closes the urgent channel as it
+    // completes, and says so on the main connection only once it has released
+    // guest RAM (longer than failLater's moment at 8 GiB); that connection
+    // decides (RP_COMPLETE, RP_ERROR, or closing early)
+    if (st === 'closed' && this.phase !== 'done' && this.needCount > 0) this.failLater('the destination closed the urgent channel');
     else if (st === 'failed') this.fail(ps.error);
   };
 

@@ -9,7 +9,8 @@
 // access complete against ordinary zero memory): pause() and stop() wait for
 // that; pause({ timeoutMs }) rejects naming the vCPUs that did not answer.
 import { CommandError } from '../errors.js';
-import { NativeVcpus, vcpuLayout as L, type NativeWorkload } from '../native/index.js';
+import { availableParallelism } from 'node:os';
+import { NativeVcpus, setThreadNice, vcpuLayout as L, type NativeWorkload } from '../native/index.js';
 import type { AccessStamps } from '../native/vcpu.js';
 import type { GuestRam } from './guest-ram.js';
 import { PAGE_SIZE, checkVcpuCount } from './size.js';
@@ -40,6 +41,23 @@ export function vcpuRange(spec: WorkloadSpec, index: number, count: number): [nu
   const pages = spec.end / PAGE_SIZE - first;
   if (!spec.split) return [first, first + pages];
   return [first + Math.floor((index * pages) / count), first + Math.floor(((index + 1) * pages) / count)];
+}
+
+/** vCPUs per host CPU beyond which they yield to the VM's own threads */
+export const OVERCOMMIT_RATIO = 4;
+
+/**
+ * The nice value of each of `count` vCPU threads on `cpus` host CPUs: 0 up
+ * to OVERCOMMIT_RATIO vCPUs per CPU; beyond, the value that gives all the
+ * vCPUs together about the weight of one ordinary thread per CPU (CFS
+ * weights fall by 1.25x per nice step). Without it 64 busy vCPUs on 2 CPUs
+ * leave the event loop, the fault thread and the page server ~1/33 of a CPU
+ * each: a QMP query took 1-3 s on an idle VM and over 10 s on a migration
+ * destination, and every placed page waited behind the vCPUs it woke.
+ */
+export function vcpuNice(count: number, cpus: number): number {
+  if (count <= OVERCOMMIT_RATIO * cpus) return 0;
+  return Math.min(19, Math.ceil(Math.log(count / cpus) / Math.log(1.25)));
 }
 
 export class VcpuSet {
@@ -113,6 +131,8 @@ export class VcpuSet {
       await native.stopAndJoin();
       throw new CommandError('vCPU threads did not start within 10 s');
     }
+    const nice = vcpuNice(count, availableParallelism());
+    if (nice > 0) for (let i = 0; i < count; i++) setThreadNice(native.tid(i), nice);
     return new VcpuSet(native, specs, ranges, !paused);
   }
 

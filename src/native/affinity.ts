@@ -1,9 +1,7 @@
-// Where and how eagerly threads run. Confining every thread of this process
-// to one CPU, and undoing it: used by bench/faults.ts to compare fault
-// handlers without the noise of cross-core wake-ups (which, on a
-// nested-virtualisation machine, cost more than the handlers themselves: see
-// docs/foundation.md). A thread's nice value: vCPUs that far outnumber the
-// host's CPUs yield to the VM's own threads (src/vm/vcpus.ts).
+// Confining every thread of this process to one CPU, and undoing it. Used by
+// bench/faults.ts to compare fault handlers without the noise of cross-core
+// wake-ups (which, on a nested-virtualisation machine, cost more than the
+// handlers themselves: see docs/foundation.md).
 import { readdirSync } from 'node:fs';
 import * as libc from './libc.js';
 
@@ -38,11 +36,4 @@ export function pinProcessToCpu(cpu: number): () => void {
       if (m) libc.sched_setaffinity(tid, MASK_BYTES, m);
     }
   };
-}
-
-/** sets thread `tid`'s nice value (0..19 needs no privilege); throws with the reason */
-export function setThreadNice(tid: number, nice: number): void {
-  if (libc.setpriority(0 /* PRIO_PROCESS */, tid, nice) !== 0) {
-    throw new Error(`setpriority(thread ${tid}, nice ${nice}) failed: ${libc.strerror(libc.errno())}`);
-  }
 }

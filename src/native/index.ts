@@ -10,5 +10,5 @@ export { pageDigests } from './digest.js';
 export { streamBaselineMbps, remoteFaultBaselineUs } from './stream-baseline.js';
 export { loadShim, SHIM_VERSION } from './shim.js';
 export * as vcpuLayout from './vcpu-layout.js';
-export { pinProcessToCpu, currentCpu, setThreadNice } from './affinity.js';
+export { pinProcessToCpu, currentCpu } from './affinity.js';
 export { threadCpuNs } from './thread-time.js';

@@ -40,9 +40,6 @@ export const munmap = libc.func('int munmap(void *addr, size_t length)') as (add
 export const madvise = libc.func('int madvise(void *addr, size_t length, int advice)') as unknown as
   KoffiFunc<[addr: bigint | number, length: number, advice: number], number>;
 export const sched_getcpu = libc.func('int sched_getcpu(void)') as () => number;
-/** setpriority(2); with PRIO_PROCESS (0) and a thread id it sets that one thread's nice value (Linux) */
-export const setpriority = libc.func('int setpriority(int which, unsigned int who, int prio)') as
-  (which: number, who: number, prio: number) => number;
 export const sched_getaffinity = libc.func('int sched_getaffinity(int pid, size_t size, void *mask)') as
   (pid: number, size: number, mask: Uint8Array) => number;
 export const sched_setaffinity = libc.func('int sched_setaffinity(int pid, size_t size, void *mask)') as

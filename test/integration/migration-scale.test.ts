@@ -58,6 +58,10 @@ run('an 8 GiB guest with 64 vCPUs', () => {
     const bt = (d as MigrationInfo)['x-blocktime']!;
     expect(bt.faults).toBeGreaterThan(64); // the destination's vCPUs went on sweeping there
     expect(bt.vcpus.length).toBe(64);
+    // what feeding the blocktime context cost (bench scale's per-event figure): every fault came through the ring
+    expect(bt.feed!.events).toBeGreaterThanOrEqual(bt.faults);
+    expect(bt.feed!.drains).toBeGreaterThan(0);
+    expect(bt.feed!.cpuNs).toBeGreaterThan(0);
     // the vCPUs finish their sweeps on the destination: the slices settle on SWEEPS mod 256
     const deadline = Date.now() + 60_000;
     let left = await differing(dst, 0, SWEPT);

@@ -34,10 +34,10 @@
 // default of 128 MiB/s) and postcopy_mbps (background + requested pages over
 // the postcopy phase, which is not rate-limited).
 
-import { readFileSync } from 'node:fs';
 import { runBatch, type BatchOptions, type BatchResult } from '../src/migration/batch.js';
 import { streamBaselineMbps, remoteFaultBaselineUs } from '../src/native/index.js';
 import { numberOption } from './_options.js';
+import { median, checkCompleted, round, residentBeyondGuestRam } from './_migrations.js';
 
 interface Options { reps: number; warmS: number; rssMib: number }
 
@@ -84,20 +84,8 @@ function readaheadRow(vcpus: number, ra: BatchResult[], base: BatchResult[]): Re
   };
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
 
-function checkCompleted(r: BatchResult, what: string): void {
-  if (r.source.status !== 'completed' || r.destination.status !== 'completed') {
-    throw new Error(`${what}: source ${r.source.status}, destination ${r.destination.status} ` +
-      `(${r.source['error-desc'] ?? r.destination['error-desc'] ?? 'no error given'})`);
-  }
-}
 
-const round = (x: number, digits: number): number => Math.round(x * 10 ** digits) / 10 ** digits;
 
 interface Row {
   vcpus: number; wall_s: number; postcopy_requests: number; blocktime_ms: number;
@@ -126,31 +114,6 @@ function row(vcpus: number, on: BatchResult[], off: BatchResult[]): Row {
   };
 }
 
-/** Resident bytes of a process beyond its guest RAM, from /proc/PID/smaps.
- *  The guest RAM mapping is the anonymous read-write mapping at least
- *  `ramBytes` long and less than 16 MiB longer (the kernel may merge it with
- *  a neighbouring anonymous mapping); its Rss is left out, except for that
- *  neighbour's share, counted as if all of it were resident (an upper bound). */
-export function residentBeyondGuestRam(pid: number, ramBytes: number): number {
-  const text = readFileSync(`/proc/${pid}/smaps`, 'utf8');
-  let total = 0;
-  let inRam = false;
-  let ramFound = false;
-  for (const line of text.split('\n')) {
-    const head = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ (\d+)\s*(.*)$/.exec(line);
-    if (head) {
-      const size = parseInt(head[2], 16) - parseInt(head[1], 16);
-      const anonymous = head[3] === 'rw-p' && head[4] === '0' && head[5] === '';
-      inRam = !ramFound && anonymous && size >= ramBytes && size < ramBytes + 16 * MiB;
-      if (inRam) { ramFound = true; total += size - ramBytes; }
-      continue;
-    }
-    const rss = /^Rss:\s+(\d+) kB/.exec(line);
-    if (rss && !inRam) total += Number(rss[1]) * 1024;
-  }
-  if (!ramFound) throw new Error(`no guest RAM mapping of ${ramBytes} bytes in /proc/${pid}/smaps`);
-  return total;
-}
 
 function postcopyMbps(r: BatchResult): number {
   const postcopyS = (r.destination['x-blocktime']?.postcopyNs ?? 0) / 1e9;

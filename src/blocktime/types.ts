@@ -67,6 +67,21 @@ export interface BlocktimeExtra {
   longestAllBlockedNs: number;
   /** length of the postcopy phase so far (for "share of postcopy"), ns */
   postcopyNs: number;
+  /** what feeding the context cost the destination's event loop (absent in replays) */
+  feed?: BlocktimeFeedCost;
+}
+
+/** The destination event loop's work on the fault thread's events: draining
+ *  the ring, ordering, accounting, and the vCPUs' access horizon. */
+export interface BlocktimeFeedCost {
+  /** ring entries drained (faults and placements) */
+  events: number;
+  /** drains (every 2 ms, and on each query) */
+  drains: number;
+  /** the event loop thread's CPU time spent in them, ns */
+  cpuNs: number;
+  /** of which reading the vCPUs' access stamps (NativeVcpus.accessHorizon), ns */
+  horizonNs: number;
 }
 
 export interface BlocktimeReport extends QemuBlocktimeFields {

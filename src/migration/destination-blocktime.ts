@@ -6,7 +6,8 @@
 // from the incoming stream (incoming.ts), which only hands it events.
 
 import type { EventEmitter } from 'node:events';
-import { BlocktimeContext, emptyReport, monotonicNs, type BlocktimeReport } from '../blocktime/index.js';
+import { BlocktimeContext, emptyReport, monotonicNs, type BlocktimeFeedCost, type BlocktimeReport } from '../blocktime/index.js';
+import { threadCpuNs } from '../native/index.js';
 import { openTraceFile } from '../blocktime-trace/index.js';
 import type { AccessStamps } from '../native/vcpu.js';
 import type { VcpuControl } from './guest.js';
@@ -35,6 +36,8 @@ export class DestinationBlocktime {
   /** why the trace could not be recorded ('' = it could, or none was asked for) */
   private readonly traceError: string;
   private readonly o: DestinationBlocktimeOptions;
+  /** what feeding the context costs the event loop (x-blocktime.feed) */
+  private readonly feed: BlocktimeFeedCost = { events: 0, drains: 0, cpuNs: 0, horizonNs: 0 };
 
   constructor(o: DestinationBlocktimeOptions) {
     this.o = o;
@@ -64,10 +67,31 @@ export class DestinationBlocktime {
     this.stampsNow?.enable(clockBase);
   }
 
-  /** Accounts the events before the fault thread's `horizon` and before the
-   *  earliest stamp a vCPU still holds (Infinity: the thread is stopped). */
-  release(horizon: number): void {
-    this.accounting.releaseBefore(Math.min(horizon, this.stampsNow?.horizon() ?? Infinity));
+  /** The fault thread read a fault of thread `tid` on `page`, raised at `t`. */
+  fault(page: number, tid: number, t: number): void {
+    this.feed.events++;
+    this.accounting.fault(page, tid, t);
+  }
+
+  /** The fault thread placed pages [first, first+count) at `t`. */
+  placed(first: number, count: number, t: number): void {
+    this.feed.events++;
+    this.accounting.placedThere(first, count, t);
+  }
+
+  /** `drain` hands over the fault thread's events and returns its horizon;
+   *  then the events before it, and before the earliest stamp a vCPU still
+   *  holds, are accounted (Infinity: the thread is stopped). Its cost on the
+   *  event loop's CPU is counted in the feed. */
+  drained(drain: () => number): void {
+    const cpu0 = threadCpuNs(process.pid) ?? 0;
+    const horizon = drain();
+    const h0 = monotonicNs();
+    const stamped = this.stampsNow?.horizon() ?? Infinity;
+    this.feed.horizonNs += monotonicNs() - h0;
+    this.accounting.releaseBefore(Math.min(horizon, stamped));
+    this.feed.drains++;
+    this.feed.cpuNs += (threadCpuNs(process.pid) ?? cpu0) - cpu0;
   }
 
   /** The vCPUs run: the kernel's window opens. `drained` takes the fault
@@ -107,6 +131,7 @@ export class DestinationBlocktime {
     }
     const r = bt.report();
     if (this.traceError) r['x-blocktime'].traceError = this.traceError;
+    r['x-blocktime'].feed = { ...this.feed };
     return r;
   }
 

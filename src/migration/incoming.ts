@@ -413,20 +413,21 @@ export class IncomingMigration implements StreamHandler {
   /** one event from the fault thread's ring */
   private readonly onChannelEvent: ChannelEventSink = (kind, page, arg, t) => {
     if (kind === ChannelEvent.Fault) {
-      this.blocktime?.accounting.fault(page, arg, t);
+      this.blocktime?.fault(page, arg, t);
       return;
     }
     this.received(page, arg);
-    this.blocktime?.accounting.placedThere(page, arg, t);
+    this.blocktime?.placed(page, arg, t);
   };
 
-  /** The fault thread's events so far, then this side's placements that no
-   *  event of the thread can precede any more. */
+  /** The fault thread's events so far, then the blocktime's events that no
+   *  event still to come can precede any more. */
   private drainEvents(): void {
     const ch = this.channel;
     if (ch === null) return;
-    const horizon = ch.drainOrdered(this.onChannelEvent, monotonicNs());
-    this.blocktime?.release(horizon);
+    const bt = this.blocktime;
+    if (bt === null) ch.drain(this.onChannelEvent);
+    else bt.drained(() => ch.drainOrdered(this.onChannelEvent, monotonicNs()));
   }
 
   /** Stops the fault thread and takes its last events and figures. */

@@ -224,9 +224,13 @@ export class OutgoingMigration implements ReturnHandler {
     u.on('close', () => { if (this.phase !== 'done') this.failLater('the destination closed the urgent channel'); });
   }
 
-  /** the main connection usually says why (RP_ERROR, close): give it a moment to win */
+  /** the main connection usually says why (RP_ERROR, close) or that all went
+   *  well (RP_COMPLETE, sent just before the destination closes both): give it
+   *  a moment to win. Timers run before the loop reads sockets, so after a
+   *  loop held up longer than the moment (64 busy vCPUs on 2 cores) the
+   *  timer would beat data already waiting: fail only after one more poll. */
   private failLater(why: string): void {
-    setTimeout(() => this.fail(why), 500).unref();
+    setTimeout(() => setImmediate(() => this.fail(why)), 500).unref();
   }
 
   /** The page server's sends so far: pages it sent need no background copy,
@@ -250,7 +254,11 @@ export class OutgoingMigration implements ReturnHandler {
     const st = ps.state;
     if (st === 'running') return;
     ps.stopTicking(); // said once
-    if (st === 'closed' && this.phase !== 'done') this.failLater('the destination closed the urgent channel');
+    // every page sent: the destination closes the urgent channel as it
+    // completes, and says so on the main connection only once it has released
+    // guest RAM (longer than failLater's moment at 8 GiB); that connection
+    // decides (RP_COMPLETE, RP_ERROR, or closing early)
+    if (st === 'closed' && this.phase !== 'done' && this.needCount > 0) this.failLater('the destination closed the urgent channel');
     else if (st === 'failed') this.fail(ps.error);
   };
 

@@ -3,7 +3,10 @@
 // "destination" continues the work exactly (QEMU's sweep invariant, and the
 // same final memory as an uninterrupted run for the random workload).
 import { CommandError } from '../../src/errors.js';
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { GuestRam, VcpuSet, PAGE_SIZE, parseWorkload, type VcpuState } from '../../src/vm/index.js';
+import { vcpuNice } from '../../src/vm/vcpus.js';
 
 const MiB = 2 ** 20;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -141,6 +144,22 @@ describe('vCPU threads', () => {
     await vcpus.stop(); // idempotent
     expect(() => vcpus.resume()).toThrow('stopped');
     await expect(vcpus.pause()).rejects.toThrow('stopped');
+    ram.dispose();
+  });
+
+  it('vCPUs beyond 4 per host CPU run niced, together about one thread per CPU; up to 4 per CPU they are not', async () => {
+    expect([1, 8, 9, 16, 64, 512].map((n) => vcpuNice(n, 2))).toEqual([0, 0, 7, 10, 16, 19]);
+    expect(vcpuNice(64, 16)).toBe(0);
+    const ram = GuestRam.create(4 * MiB);
+    const niceOf = (tid: number): number => Number(readFileSync(`/proc/self/task/${tid}/stat`, 'utf8').split(') ')[1].split(' ')[16]);
+    const mine = niceOf(process.pid);
+    for (const count of [4 * availableParallelism(), 16 * availableParallelism()]) {
+      const vcpus = await VcpuSet.create(ram, count, parseWorkload('idle', ram.bytes));
+      const want = Math.min(19, mine + vcpuNice(count, availableParallelism())); // inherited, plus the vCPUs' share
+      expect(vcpus.threadIds().map(niceOf)).toEqual(Array.from({ length: count }, () => want));
+      await vcpus.stop();
+    }
+    expect(niceOf(process.pid)).toBe(mine); // the VM's own threads keep theirs
     ram.dispose();
   });
 });

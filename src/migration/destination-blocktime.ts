@@ -76,7 +76,7 @@ export class DestinationBlocktime {
   /** The fault thread placed pages [first, first+count) at `t`. */
   placed(first: number, count: number, t: number): void {
     this.feed.events++;
-    this.accounting.placedThere(first, count, t);
+    this.accounting.placed(first, count, t);
   }
 
   /** `drain` hands over the fault thread's events and returns its horizon;

@@ -178,7 +178,8 @@ export class IncomingMigration implements StreamHandler {
       this.bytesIn += chunk.length;
       this.mainIn += chunk.length;
       try {
-        // the fault thread's events so far, before this chunk's placements
+        // keeps the fault thread's ring short while chunks keep the event
+        // loop busy (the 2 ms ticker may lag); their order is the blocktime's
         this.channel?.drain(this.onChannelEvent);
         this.decoder.push(chunk);
         if (this.postcopy && this.mainIn - this.mainAcked >= ACK_EVERY) this.sendAck();
@@ -514,7 +515,7 @@ export class IncomingMigration implements StreamHandler {
   private place(offset: number, count: number, copy: boolean): void {
     this.placeRun(offset, count, copy);
     const first = offset / this.ps;
-    this.blocktime?.accounting.placedHere(first, count, monotonicNs());
+    this.blocktime?.accounting.placed(first, count, monotonicNs());
     this.received(first, count);
   }
 

@@ -54,13 +54,9 @@ export class PostcopyAccounting {
     this.insert(FAULT, page, tid, 0, t);
   }
 
-  /** The fault thread placed pages [first, first+count) at `t`. */
-  placedThere(first: number, count: number, t: number): void {
-    this.insert(PLACED, first, count, 0, t);
-  }
-
-  /** The event loop placed pages [first, first+count) at `t` (now, just after its ioctl). */
-  placedHere(first: number, count: number, t: number): void {
+  /** Pages [first, first+count) were placed at `t` (by the fault thread, or
+   *  by the event loop just after its ioctl). */
+  placed(first: number, count: number, t: number): void {
     this.insert(PLACED, first, count, 0, t);
   }
 
@@ -86,7 +82,7 @@ export class PostcopyAccounting {
       this.len--;
       const kind = q[i];
       if (kind === FAULT) this.rules.fault(t, this.base + q[i + 1] * this.ps, q[i + 2]);
-      else if (kind === PLACED) this.placed(q[i + 1], q[i + 2], t);
+      else if (kind === PLACED) this.account(q[i + 1], q[i + 2], t);
       else if (kind === SAMPLE) this.ctx.kernelSample(q[i + 1], t, { runNs: q[i + 2], waitNs: q[i + 3] });
       else this.ctx.kernelSample(q[i + 1], t, this.reasons[q[i + 2]]);
     }
@@ -96,7 +92,7 @@ export class PostcopyAccounting {
     }
   }
 
-  private placed(first: number, count: number, t: number): void {
+  private account(first: number, count: number, t: number): void {
     const ps = this.ps;
     for (let p = first, end = first + count; p < end; p++) this.rules.placed(t, this.base + p * ps);
   }

@@ -31,9 +31,9 @@ function setup(pages = 64) {
 
 test('out-of-order events are accounted in time order, once the horizon passes them', () => {
   const { ctx, acc, lines } = setup();
-  acc.placedThere(3, 1, 500);   // the fault thread placed page 3 ...
+  acc.placed(3, 1, 500);   // the fault thread placed page 3 ...
   acc.fault(3, 100, 200);       // ... that vCPU 0 had faulted on earlier (its stamp)
-  acc.placedHere(7, 2, 300);    // the main stream placed pages 7-8
+  acc.placed(7, 2, 300);    // the main stream placed pages 7-8
   acc.fault(8, 101, 250);       // vCPU 1 faulted on page 8 before that
   expect(lines).toEqual([]);    // nothing before the horizon says so
   acc.releaseBefore(260);
@@ -46,10 +46,10 @@ test('out-of-order events are accounted in time order, once the horizon passes t
 
 test('a fault on a page placed earlier records nothing, equal times keep their order', () => {
   const { ctx, acc, lines } = setup();
-  acc.placedHere(4, 1, 100);
+  acc.placed(4, 1, 100);
   acc.fault(4, 100, 150);       // read after the main stream placed it: no wait
   acc.fault(5, 100, 150);
-  acc.placedThere(5, 1, 150);   // same time as the fault: the fault first
+  acc.placed(5, 1, 150);   // same time as the fault: the fault first
   acc.releaseBefore(Infinity);
   expect(lines).toEqual(['fault 150 5 100', 'placed 150 5']);
   expect(ctx.report()['x-blocktime'].faults).toBe(1);
@@ -60,7 +60,7 @@ test('kernel samples go to the context in time order with the events', () => {
   acc.kernelSample(0, 10, { runNs: 5, waitNs: 0 });
   acc.kernelSample(1, 12, 'vCPU 1 is done, not running its workload');
   acc.fault(2, 100, 11);
-  acc.placedThere(2, 1, 40);
+  acc.placed(2, 1, 40);
   acc.kernelSample(0, 50, { runNs: 15, waitNs: 5 });
   acc.releaseBefore(Infinity);
   expect(lines).toEqual(['schedstat 10 100 5', 'fault 11 2 100', 'schedstat 12 101 vCPU 1 is done, not running its workload',
@@ -75,9 +75,9 @@ test('thousands of pending events (the buffer grows and slides) come out sorted'
   let t = 1000;
   for (let p = 0; p < 5000; p++) {
     t += 10;
-    acc.placedHere(p, 1, t);              // nobody waits: no line
+    acc.placed(p, 1, t);              // nobody waits: no line
     acc.fault(10_000 + p, 100, t - 15);   // dated a little earlier than the last placement
-    acc.placedThere(10_000 + p, 1, t + 3);
+    acc.placed(10_000 + p, 1, t + 3);
     if (p % 700 === 0) acc.releaseBefore(t - 20);
   }
   acc.releaseBefore(Infinity);

@@ -3,9 +3,9 @@
 // digit, so recording an event allocates nothing; the buffer goes to the file
 // with a synchronous write when it fills up and on close.
 
-import { accessSync, closeSync, constants, existsSync, openSync, statSync, writeSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { closeSync, writeSync } from 'node:fs';
 import { CommandError } from '../errors.js';
+import { openPrivateFile, privateFileProblem } from '../private-file.js';
 import type { TraceSink } from '../blocktime/trace.js';
 import type { KernelTimes } from '../blocktime/types.js';
 
@@ -26,13 +26,14 @@ export class TraceFileSink implements TraceSink {
   private pos = 0;
   private failure: string | undefined;
 
-  /** Opens (creates or truncates) `path`. Throws CommandError naming the path
+  /** Opens `path` (created 0600, or a regular file of ours truncated; see
+   *  private-file.ts). Throws CommandError naming the path
    *  when it cannot be opened. */
   constructor(readonly path: string) {
     try {
-      this.fd = openSync(path, 'w', 0o644);
+      this.fd = openPrivateFile(path);
     } catch (e) {
-      throw new CommandError(`x-blocktime-trace: cannot open '${path}': ${(e as Error).message}`);
+      throw new CommandError(`x-blocktime-trace: ${(e as Error).message}`);
     }
   }
 
@@ -131,22 +132,8 @@ export class TraceFileSink implements TraceSink {
  *  writable, and the file, if it exists, is a writable regular file. Throws
  *  a CommandError that names the problem. */
 export function checkTracePath(path: string): void {
-  const why = path === '' ? null : tracePathProblem(path);
+  const why = path === '' ? null : privateFileProblem(path);
   if (why !== null) throw new CommandError(`x-blocktime-trace: cannot write '${path}': ${why}`);
-}
-
-function tracePathProblem(path: string): string | null {
-  try {
-    const dir = dirname(resolve(path));
-    if (!statSync(dir).isDirectory()) return `${dir} is not a directory`;
-    accessSync(dir, constants.W_OK);
-    if (!existsSync(path)) return null;
-    if (!statSync(path).isFile()) return 'not a regular file';
-    accessSync(path, constants.W_OK);
-    return null;
-  } catch (e) {
-    return (e as Error).message;
-  }
 }
 
 /** The sink for the `x-blocktime-trace` parameter ('' = no trace). */

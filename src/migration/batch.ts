@@ -1,8 +1,9 @@
 // `postcopy run`: one whole migration as a batch job. Starts a destination
-// and a source VM process on this host (loopback TCP or a unix socket in a
-// private directory), lets the source's workload warm up, migrates, switches
-// to postcopy after a delay, waits for both sides to finish and prints both
-// sides' query-migrate (one JSON line with --json).
+// and a source VM process on this host (by default joined by a unix socket
+// in a private 0700 directory; loopback TCP on request), lets the source's
+// workload warm up, migrates, switches to postcopy after a delay, waits for
+// both sides to finish and prints both sides' query-migrate (one JSON line
+// with --json).
 
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,7 +24,9 @@ export const USAGE = `usage: postcopy run [options]
   --postcopy-after S    switch to postcopy S seconds after migrate;
                         'never' = precopy only: the run fails as soon
                         as the source says precopy is not converging      [0.3]
-  --uri tcp|unix        transport: TCP on 127.0.0.1 or a unix socket      [tcp]
+  --uri unix|tcp        transport: a unix socket in a private 0700
+                        directory, or TCP on 127.0.0.1 (which any local
+                        user can reach while the migration runs)          [unix]
   --no-blocktime        leave postcopy-blocktime off on the destination
   --trace FILE          record the blocktime trace (x-blocktime-trace)
   --max-bandwidth B/S   precopy bandwidth limit (bytes/s)                 [134217728]
@@ -75,7 +78,7 @@ function bytesPerSecond(flag: string, v: string | undefined): number {
 export function parseBatchArgs(argv: string[]): BatchOptions {
   const o: BatchOptions = {
     ramBytes: 150 * 1024 * 1024, vcpus: 1, workload: 'sweep', warmS: 4, postcopyAfterS: 0.3,
-    transport: 'tcp', blocktime: true, trace: '', timeoutS: 120, json: false,
+    transport: 'unix', blocktime: true, trace: '', timeoutS: 120, json: false,
   };
   let ramText = '150M';
   for (let i = 0; i < argv.length; i++) {

@@ -16,7 +16,7 @@
 // steady state.
 
 import net from 'node:net';
-import { chmodSync, unlinkSync, lstatSync } from 'node:fs';
+import { listenUnixPrivate, removeUnixSocket, type BoundUnixSocket } from '../unix-listen.js';
 import type { EventEmitter } from 'node:events';
 import type { MigrationRamStats } from './api.js';
 import { ramStatsOf } from './ram-stats.js';
@@ -91,7 +91,7 @@ export class IncomingMigration implements StreamHandler {
   private urgentReady = false;
   /** END arrived while requested pages were still in flight on the urgent channel */
   private endPending = false;
-  private unixPath: string | null = null;
+  private unixSocket: BoundUnixSocket | null = null;
   private readonly decoder: StreamDecoder;
   private uffd: Userfaultfd | null = null;
   /** the native fault thread, from the postcopy switchover until the end */
@@ -130,39 +130,32 @@ export class IncomingMigration implements StreamHandler {
 
   /** Listens on `addr`; resolves once listening. The status stays 'none'
    *  (capabilities can still be set) until the source connects. */
-  listen(addr: MigrationAddress): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      const server = net.createServer((s) => this.accept(s));
-      this.server = server;
-      server.once('error', (e: NodeJS.ErrnoException) => {
-        this.server = null;
-        reject(new CommandError(`Failed to listen on '${formatMigrationUri(addr)}': ${e.code === 'EADDRINUSE' ? 'Address already in use' : e.message}`));
-      });
+  async listen(addr: MigrationAddress): Promise<void> {
+    const server = net.createServer((s) => this.accept(s));
+    this.server = server;
+    const where = `Failed to listen on '${formatMigrationUri(addr)}'`;
+    try {
       if (addr.transport === 'tcp') {
-        server.listen({ host: addr.host, port: addr.port }, () => resolve());
+        await new Promise<void>((resolve, reject) => {
+          server.once('error', (e: NodeJS.ErrnoException) =>
+            reject(new CommandError(`${where}: ${e.code === 'EADDRINUSE' ? 'Address already in use' : e.message}`)));
+          server.listen({ host: addr.host, port: addr.port }, () => resolve());
+        });
       } else {
-        if (socketFileExists(addr.path)) {
-          reject(new CommandError(`Failed to listen on '${formatMigrationUri(addr)}': Address already in use (remove ${addr.path} if no VM uses it)`));
-          return;
-        }
-        const old = process.umask(0o177); // the socket file is born 0600
-        try {
-          server.listen({ path: addr.path }, () => {
-            this.unixPath = addr.path;
-            try { chmodSync(addr.path, 0o600); } catch { /* umask did it */ }
-            resolve();
-          });
-        } finally {
-          process.umask(old);
-        }
+        this.unixSocket = await listenUnixPrivate(server, addr.path, where);
       }
-    });
+    } catch (e) {
+      this.server = null;
+      throw e;
+    }
   }
 
   /** the bound address (tcp port when 0 was asked) */
   address(): string | null {
     const a = this.server?.address();
     if (!a) return null;
+    // a unix socket was bound under a temporary name, then renamed
+    if (this.unixSocket) return `unix:${this.unixSocket.path}`;
     return typeof a === 'string' ? `unix:${a}` : `tcp:${a.address}:${a.port}`;
   }
 
@@ -621,10 +614,8 @@ export class IncomingMigration implements StreamHandler {
   }
 
   private removeSocketFile(): void {
-    if (this.unixPath) {
-      try { unlinkSync(this.unixPath); } catch { /* gone */ }
-      this.unixPath = null;
-    }
+    if (this.unixSocket) removeUnixSocket(this.unixSocket);
+    this.unixSocket = null;
   }
 
   // ---------------------------------------------------------------- queries
@@ -662,12 +653,4 @@ export class IncomingMigration implements StreamHandler {
 
   /** UFFDIO_COPY/ZEROPAGE calls made (a run of pages is one call) */
   get placements(): number { return this.placeCalls; }
-}
-
-function socketFileExists(path: string): boolean {
-  try {
-    return lstatSync(path) !== undefined;
-  } catch {
-    return false;
-  }
 }

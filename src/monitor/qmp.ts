@@ -7,10 +7,10 @@
 // A unix socket appears at its path already mode 0600 (bound in a private
 // directory, then renamed into place) and is removed when the server closes.
 
-import { chmodSync, lstatSync, mkdtempSync, renameSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
-import { createConnection, createServer, type Server, type Socket } from 'node:net';
-import { dirname, join, resolve } from 'node:path';
+import { createServer, type Server, type Socket } from 'node:net';
 import { CommandError } from '../errors.js';
+import { listenOn, listenUnixPrivate, removeUnixSocket, type BoundUnixSocket } from '../unix-listen.js';
+import { resolve } from 'node:path';
 import type { Machine, MigrationStatus, RunState } from '../migration/api.js';
 import type { CommandContext, Registry } from './registry.js';
 import { checkQmpCapabilitiesEnable, QMP_CAPABILITIES_OFFERED, QMP_VERSION, registerQmpCommands } from './qmp-commands.js';
@@ -271,8 +271,7 @@ export class QmpServer {
   readonly maxPendingOutputBytes: number;
   private readonly sessions = new Set<QmpSession>();
   private readonly net: Server;
-  private socketPath: string | undefined;
-  private socketIno: number | undefined;
+  private socket: BoundUnixSocket | undefined;
   private closed = false;
   private quitting = false;
   private shutdownSent = false;
@@ -320,40 +319,7 @@ export class QmpServer {
   }
 
   private async listenUnix(path: string): Promise<void> {
-    const where = `-qmp unix:${path}`;
-    const abs = resolve(path);
-    let existing;
-    try { existing = lstatSync(abs); } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new CommandError(`${where}: ${(e as Error).message}`);
-    }
-    if (existing) {
-      if (!existing.isSocket()) throw new CommandError(`${where}: ${path} exists and is not a socket; refusing to replace it`);
-      if (await socketIsLive(abs)) throw new CommandError(`${where}: another process is already listening on ${path}`);
-    }
-    let dir: string;
-    try { dir = mkdtempSync(join(dirname(abs), '.qmp-')); } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') throw new CommandError(`${where}: directory ${dirname(abs)} does not exist`);
-      if (code === 'EACCES') throw new CommandError(`${where}: cannot create a socket in ${dirname(abs)} (permission denied)`);
-      throw new CommandError(`${where}: ${(e as Error).message}`);
-    }
-    // mkdtemp makes the directory 0700: nobody else can reach the socket
-    // inside it; it is made 0600 before it moves to its public path
-    const tmp = join(dir, 's');
-    try {
-      if (Buffer.byteLength(tmp) > 107) throw new CommandError(`${where}: socket path too long for the temporary name ${tmp}`);
-      await listenOn(this.net, { path: tmp }, where);
-      chmodSync(tmp, 0o600);
-      renameSync(tmp, abs);
-    } catch (e) {
-      try { unlinkSync(tmp); } catch { /* not there */ }
-      try { rmdirSync(dir); } catch { /* keep going */ }
-      if (this.net.listening) this.net.close();
-      throw e instanceof CommandError ? e : new CommandError(`${where}: ${(e as Error).message}`);
-    }
-    rmdirSync(dir);
-    this.socketPath = abs;
-    this.socketIno = statSync(abs).ino;
+    this.socket = await listenUnixPrivate(this.net, path, `-qmp unix:${path}`);
     process.on('exit', this.onExit);
   }
 
@@ -417,39 +383,9 @@ export class QmpServer {
   }
 
   private removeSocketFile(): void {
-    if (!this.socketPath) return;
-    try {
-      // only our socket: a later process may have bound the same path
-      if (statSync(this.socketPath).ino === this.socketIno) unlinkSync(this.socketPath);
-    } catch { /* already gone */ }
-    this.socketPath = undefined;
+    if (this.socket) removeUnixSocket(this.socket);
+    this.socket = undefined;
   }
-}
-
-function listenOn(server: Server, opts: { port: number; host: string } | { path: string }, where: string): Promise<void> {
-  return new Promise((res, rej) => {
-    const onError = (e: NodeJS.ErrnoException): void => {
-      server.off('listening', onListening);
-      const why = e.code === 'EADDRINUSE' ? 'address already in use'
-        : e.code === 'EACCES' ? 'permission denied'
-        : e.code === 'EADDRNOTAVAIL' ? 'address not available on this host'
-        : e.code === 'ENOTFOUND' ? 'unknown host' : e.message;
-      rej(new CommandError(`${where}: cannot listen: ${why}`));
-    };
-    const onListening = (): void => { server.off('error', onError); res(); };
-    server.once('error', onError);
-    server.once('listening', onListening);
-    server.listen(opts);
-  });
-}
-
-function socketIsLive(path: string): Promise<boolean> {
-  return new Promise((res) => {
-    const c = createConnection(path);
-    const t = setTimeout(() => { c.destroy(); res(true); }, 500);
-    c.once('connect', () => { clearTimeout(t); c.destroy(); res(true); });
-    c.once('error', () => { clearTimeout(t); res(false); });
-  });
 }
 
 /**

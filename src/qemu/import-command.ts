@@ -4,7 +4,7 @@
 // that cannot be imported prints `postcopy: FILE:LINE: problem` and exits 1;
 // usage errors exit 2.
 
-import { writeFileSync } from 'node:fs';
+import { writePrivateFile } from '../private-file.js';
 import { QemuLogError, readQemuTraceLog, traceLines } from './trace-log.js';
 
 const USAGE = 'usage: postcopy blocktime-import FILE [--vcpus TID,TID...] [-o OUT.jsonl]\n';
@@ -49,9 +49,9 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   try {
-    writeFileSync(out, text);
+    writePrivateFile(out, text);
   } catch (e) {
-    process.stderr.write(`postcopy: blocktime-import: cannot write '${out}': ${(e as Error).message}\n`);
+    process.stderr.write(`postcopy: blocktime-import: ${(e as Error).message}\n`);
     return 1;
   }
   return 0;

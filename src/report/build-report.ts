@@ -3,7 +3,7 @@
 // (trace-recorder.ts), draws the charts on shared axes and writes the page.
 // The traces stream through: what is kept is binned per pixel column.
 
-import { writeFile } from 'node:fs/promises';
+import { writePrivateFile } from '../private-file.js';
 import { basename } from 'node:path';
 import { compareLinesWith, compareTraceWith, type ComparisonWith } from '../blocktime-trace/compare.js';
 import type { AlgorithmStart } from '../blocktime/algorithm.js';
@@ -43,6 +43,6 @@ export async function buildHtmlReport(inputs: readonly ReportInput[]): Promise<s
 /** Writes the report of `inputs` to `out`; its size in bytes. */
 export async function writeHtmlReport(inputs: readonly ReportInput[], out: string): Promise<number> {
   const html = await buildHtmlReport(inputs);
-  await writeFile(out, html);
+  writePrivateFile(out, html);
   return Buffer.byteLength(html);
 }

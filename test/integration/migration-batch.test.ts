@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { requireUffd } from '../helpers/uffd-available.js';
+import { parseBatchArgs, USAGE } from '../../src/migration/batch.js';
 
 const cli = join(process.cwd(), 'dist', 'src', 'cli.js');
 const run = (args: string[]): ReturnType<typeof spawnSync> => spawnSync(process.execPath, [cli, 'run', ...args], { encoding: 'utf8', timeout: 120000 });
@@ -17,7 +18,7 @@ maybe('postcopy run --json: one JSON line, both sides completed, blocktime on th
   const dir = mkdtempSync(join(tmpdir(), 'pc-batch-'));
   try {
     const trace = join(dir, 'trace.jsonl');
-    const r = run(['-m', '64M', '-smp', '2', '-workload', 'sweep,end=48M', '--warm', '0.5', '--postcopy-after', '0.1', '--uri', 'unix', '--trace', trace, '--json']);
+    const r = run(['-m', '64M', '-smp', '2', '-workload', 'sweep,end=48M', '--warm', '0.5', '--postcopy-after', '0.1', '--trace', trace, '--json']);
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
     const lines = String(r.stdout).trim().split('\n');
@@ -55,6 +56,12 @@ maybe('postcopy run without --json prints a readable summary; --no-blocktime lea
   expect(r.stdout).toMatch(/^migration: source completed, destination completed$/m);
   expect(r.stdout).toMatch(/wall time \(migrate -> completed\): [\d.]+ s/);
   expect(r.stdout).not.toMatch(/blocktime/);
+});
+
+test('postcopy run migrates over a unix socket in a private directory unless --uri tcp is given', () => {
+  expect(parseBatchArgs([]).transport).toBe('unix');
+  expect(parseBatchArgs(['--uri', 'tcp']).transport).toBe('tcp');
+  expect(USAGE).toMatch(/--uri unix\|tcp .*private 0700/s);
 });
 
 test.each([

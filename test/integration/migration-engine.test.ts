@@ -4,7 +4,8 @@
 // vCPUs here are a paused set (no guest code runs), so RAM must arrive
 // bit-exact; running vCPUs are covered by the process-level tests.
 import { EventEmitter } from 'node:events';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
@@ -237,6 +238,19 @@ maybe('migration engine, one process', () => {
     expect(await done).toEqual(['cancelled', 'failed']);
     expect(P.dstStatus.errorDesc).toMatch(/cancelled by the source/);
     await P.dst.close();
+    P.srcRam.map.dispose(); P.dstRam.map.dispose();
+  });
+
+  test('closing the destination removes its own socket file, not one bound at the same path since', async () => {
+    const P = pair(1 << 20, 1);
+    const path = join(dir, 'own.sock');
+    await P.dst.listen(parseMigrationUri(`unix:${path}`));
+    rmSync(path);
+    const other = createServer();
+    await new Promise<void>((r) => other.listen(path, r));
+    await P.dst.close();
+    expect(existsSync(path)).toBe(true);
+    await new Promise((r) => other.close(r));
     P.srcRam.map.dispose(); P.dstRam.map.dispose();
   });
 });

@@ -65,7 +65,7 @@ const stop: HmpCommand = {
   argsType: '',
   params: '',
   help: 'stop emulation',
-  handler: async (ctx) => { ctx.machine.stop(); return { text: '' }; },
+  handler: async (ctx) => { await ctx.machine.stop(); return { text: '' }; },
 };
 
 const cont: HmpCommand = {
@@ -73,7 +73,7 @@ const cont: HmpCommand = {
   argsType: '',
   params: '',
   help: 'resume emulation',
-  handler: async (ctx) => { ctx.machine.cont(); return { text: '' }; },
+  handler: async (ctx) => { await ctx.machine.cont(); return { text: '' }; },
 };
 
 const quit: HmpCommand = {

@@ -107,15 +107,17 @@ export function formatCapabilities(caps: readonly CapabilityState[]): string[] {
 }
 
 /** `info migrate_parameters`: QEMU's "name: value unit" lines for the
- *  parameters this engine has, in QEMU's order, then ours. */
-export function formatParameters(p: MigrationParameters): string[] {
-  return [
-    `max-bandwidth: ${u(p['max-bandwidth'])} bytes/second`,
-    `max-postcopy-bandwidth: ${u(p['max-postcopy-bandwidth'])} bytes/second`,
-    `downtime-limit: ${u(p['downtime-limit'])} ms`,
-    `x-blocktime-trace: '${p['x-blocktime-trace']}'`,
-    `x-postcopy-readahead: ${p['x-postcopy-readahead']} pages`,
+ *  parameters the machine has, in QEMU's order, then ours (a QEMU has none
+ *  of ours: they are left out). */
+export function formatParameters(p: Partial<MigrationParameters>): string[] {
+  const lines: [keyof MigrationParameters, (v: string | number) => string][] = [
+    ['max-bandwidth', (v) => `${u(Number(v))} bytes/second`],
+    ['max-postcopy-bandwidth', (v) => `${u(Number(v))} bytes/second`],
+    ['downtime-limit', (v) => `${u(Number(v))} ms`],
+    ['x-blocktime-trace', (v) => `'${v}'`],
+    ['x-postcopy-readahead', (v) => `${v} pages`],
   ];
+  return lines.filter(([name]) => p[name] !== undefined).map(([name, show]) => `${name}: ${show(p[name] as string | number)}`);
 }
 
 /** `info cpus` (hmp_info_cpus): "* CPU #0: thread_id=N" for the monitor's

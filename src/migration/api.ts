@@ -115,6 +115,8 @@ export interface MachineInfo {
   vcpus: number;
   /** the workload spec, e.g. "sweep,end=100M" */
   workload: string;
+  /** the version of the real QEMU this machine is (attach), absent for ours */
+  qemu?: string;
 }
 
 /**

@@ -242,7 +242,10 @@ const infoMigrate: HmpCommand = {
     const lines = formatInfoMigrate(info);
     if (args.flag('all')) {
       const report = await ctx.machine.blocktime();
-      if (report) lines.push(...formatBlocktimeQemu(report));
+      // a real QEMU's `info migrate -a` shows its own figures, as many as it has
+      const qemu = report?.['x-qemu'];
+      if (qemu) lines.push(...formatBlocktimeQemu(qemu.fields ?? {}, qemu.fields ? `QEMU ${qemu.version} reports none` : qemu.why));
+      else if (report) lines.push(...formatBlocktimeQemu(report));
     }
     return { text: lines.join('\n'), data: info };
   },

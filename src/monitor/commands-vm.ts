@@ -23,7 +23,8 @@ const help: HmpCommand = {
   handler: async (ctx, args) => {
     const topic = args.optStr('name');
     let text = ctx.registry.helpText(topic);
-    if (topic === undefined && ctx.machine.info().role === 'source') text += `${LAB_HELP}\n`;
+    const info = ctx.machine.info();
+    if (topic === undefined && info.role === 'source' && info.qemu === undefined) text += `${LAB_HELP}\n`;
     return { text };
   },
   complete: () => [], // the registry completes command names for help itself

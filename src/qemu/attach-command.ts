@@ -34,6 +34,7 @@ export function attachRegistry(full: Registry = createRegistry()): Registry {
     'migrate': "attach: to the URI the destination QEMU listens on (its -incoming); there is no lab",
     'migrate_set_capability': 'attach: set on the source and on --destination (a QEMU destination needs postcopy-ram too)',
     'migrate_incoming': 'attach: goes to --destination',
+    'migrate_start_postcopy': 'attach: a QEMU destination needs postcopy-ram on as well',
     'migrate_wait': 'attach: until both QEMUs are done',
     'quit': 'attach: detaches; the QEMUs keep running',
     'info postcopy_blocktime': "attach: the destination's; exact and live with --destination-trace, QEMU's own once it completed",

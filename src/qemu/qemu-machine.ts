@@ -146,11 +146,18 @@ export class QemuMachine implements Machine {
     return { role: 'source', ramBytes: this.ramBytes, pageSize: 4096, vcpus: this.cpuList.length, workload: `QEMU ${this.src.version} guest`, qemu: this.src.version };
   }
 
-  runState(): RunState { return this.state; }
-  cpus(): CpuInfo[] { return this.cpuList.map((c) => ({ ...c })); }
+  // what the source said last; once it is gone, its state is no longer known
+  // (queryMigrate keeps the last figures, with the end the console saw)
+  runState(): RunState { return this.known(this.state); }
+  cpus(): CpuInfo[] { return this.known(this.cpuList).map((c) => ({ ...c })); }
   queryMigrate(): MigrationInfo { return { ...this.info_, status: this.status }; }
-  capabilities(): CapabilityState[] { return this.caps.map((c) => ({ ...c })); }
-  parameters(): Partial<MigrationParameters> { return { ...this.params }; }
+  capabilities(): CapabilityState[] { return this.known(this.caps).map((c) => ({ ...c })); }
+  parameters(): Partial<MigrationParameters> { return { ...this.known(this.params) }; }
+
+  private known<T>(v: T): T {
+    if (this.src.gone !== undefined) throw new CommandError(this.src.gone);
+    return v;
+  }
 
   async stop(): Promise<void> { await this.src.run('stop'); await this.refresh(); }
   async cont(): Promise<void> { await this.src.run('cont'); await this.refresh(); }

@@ -60,7 +60,7 @@ async function qemuOnce(o: Options, dir: string, image: string, n: number): Prom
   const src = await startQemu(dir, `src-${n}`, guest);
   const dst = await startQemu(dir, `dst-${n}`, [...guest, '-incoming', `tcp:127.0.0.1:${port}`, ...traceOptions(log)]);
   try {
-    await waitForSweep(src);
+    await waitForSweep(src, 120_000); // the BIOS takes seconds on a loaded host
     for (const q of [src, dst]) await q.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-ram', state: true }] });
     await dst.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-blocktime', state: true }] });
     const cpus = await dst.qmp.execute<{ 'thread-id': number }[]>('query-cpus-fast');

@@ -25,7 +25,7 @@ import { readQemuTraceLog, traceLines } from '../src/qemu/trace-log.js';
 import { numberOption } from './_options.js';
 import { checkCompleted, median, round } from './_migrations.js';
 import {
-  QEMU, buildSweepGuest, freePort, guestOptions, qemuAccel, requireQemu, startQemu, stopQemus, traceOptions, waitForSweep, type QemuProc,
+  QEMU, buildSweepGuest, freePort, guestOptions, qemuAccel, requireQemu, startQemu, stopQemus, traceOptions, waitForSweep, waitStatus,
 } from '../test/helpers/qemu.js';
 
 const MiB = 1024 * 1024;
@@ -39,19 +39,7 @@ interface Run {
 type Figure = keyof Run;
 const FIGURES: readonly Figure[] = ['wall_s', 'total_time_ms', 'postcopy_requests', 'blocktime_exact_ms', 'blocktime_qemu_ms', 'mbps'];
 
-interface MigrateInfo { status?: string; 'total-time'?: number; ram?: Record<string, number>; 'postcopy-vcpu-blocktime'?: number[] }
-
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-async function waitStatus(q: QemuProc, done: (s: string) => boolean, timeoutMs: number): Promise<MigrateInfo> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const info = await q.qmp.execute<MigrateInfo>('query-migrate');
-    if (info.status !== undefined && done(info.status)) return info;
-    if (Date.now() > end) throw new Error(`QEMU migration still ${info.status} after ${timeoutMs} ms`);
-    await sleep(10);
-  }
-}
 
 async function qemuOnce(o: Options, dir: string, image: string, n: number): Promise<Run> {
   const log = join(dir, `dest-${n}.log`);
@@ -70,7 +58,7 @@ async function qemuOnce(o: Options, dir: string, image: string, n: number): Prom
     await sleep(o.postcopyAfterS * 1000);
     await src.qmp.execute('migrate-start-postcopy');
     const done = (s: string) => s === 'completed' || s === 'failed';
-    const [s, d] = await Promise.all([waitStatus(src, done, 120_000), waitStatus(dst, done, 120_000)]);
+    const [s, d] = await Promise.all([waitStatus(src, done, 120_000, 10), waitStatus(dst, done, 120_000, 10)]);
     const wall = (performance.now() - t0) / 1000;
     if (s.status !== 'completed' || d.status !== 'completed') throw new Error(`QEMU: source ${s.status}, destination ${d.status}`);
     const exited = new Promise((r) => dst.proc.once('exit', r));

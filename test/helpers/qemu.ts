@@ -157,6 +157,26 @@ export async function waitForSweep(q: QemuProc, timeoutMs = 30_000): Promise<voi
   }
 }
 
+/** What a test reads of a QEMU's query-migrate. */
+export interface QemuMigrateInfo {
+  status?: string;
+  'total-time'?: number;
+  ram?: Record<string, number>;
+  'postcopy-blocktime'?: number;
+  'postcopy-vcpu-blocktime'?: number[];
+}
+
+/** Polls query-migrate every `pollMs` until `want(status)`; fails after `timeoutMs`. */
+export async function waitStatus(q: QemuProc, want: (s: string) => boolean, timeoutMs: number, pollMs = 100): Promise<QemuMigrateInfo> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const info = await q.qmp.execute<QemuMigrateInfo>('query-migrate');
+    if (info.status !== undefined && want(info.status)) return info;
+    if (Date.now() > end) throw new Error(`migration status still ${info.status} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, pollMs));
+  }
+}
+
 /** Ends every QEMU started here (for afterAll). */
 export async function stopQemus(): Promise<void> {
   for (const q of started.splice(0)) {

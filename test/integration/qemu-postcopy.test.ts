@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { compareLines } from '../../src/blocktime-trace/compare.js';
 import { readQemuTraceLog, traceLines } from '../../src/qemu/trace-log.js';
 import { cli, ensureBuilt } from '../helpers/cli.js';
-import { buildSweepGuest, freePort, guestOptions, qemuAccel, requireQemu, startQemu, stopQemus, traceOptions, waitForSweep, type QemuProc } from '../helpers/qemu.js';
+import { buildSweepGuest, freePort, guestOptions, qemuAccel, requireQemu, startQemu, stopQemus, traceOptions, waitForSweep, waitStatus } from '../helpers/qemu.js';
 
 const haveQemu = requireQemu();
 const maybe = haveQemu ? test : test.skip;
@@ -21,18 +21,6 @@ let dir: string;
 
 beforeAll(() => { ensureBuilt(); dir = mkdtempSync(join(tmpdir(), 'qemu-postcopy-')); }, 180_000);
 afterAll(async () => { await stopQemus(); if (process.env.POSTCOPY_KEEP_TMP === undefined) rmSync(dir, { recursive: true, force: true }); });
-
-interface MigrateInfo { status?: string; ram?: Record<string, number>; 'postcopy-blocktime'?: number; 'postcopy-vcpu-blocktime'?: number[] }
-
-async function waitStatus(q: QemuProc, want: (s: string) => boolean, timeoutMs: number): Promise<MigrateInfo> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const info = await q.qmp.execute<MigrateInfo>('query-migrate');
-    if (info.status !== undefined && want(info.status)) return info;
-    if (Date.now() > end) throw new Error(`migration status still ${info.status} after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /**
  * QEMU 7.2's own accounting of vCPU `cpu`, replayed at µs from its own

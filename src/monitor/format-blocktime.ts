@@ -87,13 +87,15 @@ function kernelComparison(vcpus: BlocktimeReport['x-blocktime']['vcpus']): strin
   let worst: { v: number; pct: number } | undefined;
   for (const v of vcpus) {
     const e = kernelError(v);
-    if (e === undefined) continue;
+    // a vCPU that never faulted slept for other reasons (a halted guest vCPU): nothing to compare
+    if (e === undefined || v.faults === 0) continue;
     const pct = 100 * e;
     if (worst === undefined || Math.abs(pct) > Math.abs(worst.pct)) worst = { v: v.index, pct };
   }
   if (worst !== undefined) {
     return `Kernel (schedstat: time asleep): largest difference vCPU ${worst.v}, ${worst.pct >= 0 ? '+' : ''}${worst.pct.toFixed(1)} % (ours over the same window)`;
   }
+  if (vcpus.some((v) => v.kernelBlockedNs !== undefined)) return 'Kernel (schedstat: time asleep): nothing to compare (the vCPUs it saw asleep never faulted)';
   const why = vcpus.find((v) => v.kernelUnavailable !== undefined)?.kernelUnavailable;
   return `Kernel (schedstat): no figure${why !== undefined ? ` (${why})` : ''}`;
 }

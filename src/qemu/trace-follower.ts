@@ -10,7 +10,7 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { compareLines } from '../blocktime-trace/compare.js';
 import type { BlocktimeReport, KernelTimes, QemuReported } from '../blocktime/types.js';
-import { QemuLogError, parseQemuTraceLog, traceLines } from './trace-log.js';
+import { QemuLogError, TRACE_OPTIONS, parseQemuTraceLog, traceLines } from './trace-log.js';
 
 const CHUNK = 1 << 20;
 const FIRST_TIME = /^\d+@(\d+)\.\d{6}:/;
@@ -79,7 +79,7 @@ export class TraceFollower {
       if (!(e instanceof QemuLogError)) throw e;
       // before postcopy the log has no fault (or, for a moment, no placement) yet: that is no error
       if (/no postcopy_ram_fault_thread_request event|faults but no postcopy_place_page/.test(e.message)) {
-        return { why: `no fault and its placement logged yet in ${this.path} (figures start with postcopy's first fault)` };
+        return { why: `no fault and its placement logged yet in ${this.path} (figures start with postcopy's first fault; a destination that never logs one lacks ${TRACE_OPTIONS})` };
       }
       return { why: e.message };
     }

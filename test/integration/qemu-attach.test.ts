@@ -9,13 +9,15 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ensureBuilt, killConsoles, startConsole, waitOut } from '../helpers/cli.js';
+import { cli, ensureBuilt, killConsoles, startConsole, waitOut } from '../helpers/cli.js';
+import { Tmux, haveTmux } from '../helpers/tmux.js';
 import {
   attachSocket, buildSweepGuest, freePort, guestOptions, qemuAccel, requireQemu, startQemu, stopQemus, traceOptions, waitForSweep,
 } from '../helpers/qemu.js';
 
 const haveQemu = requireQemu();
 const maybe = haveQemu ? test : test.skip;
+const maybeTty = haveQemu && haveTmux() ? test : test.skip;
 let dir: string;
 
 beforeAll(() => { ensureBuilt(); dir = mkdtempSync(join(tmpdir(), 'qemu-attach-')); }, 180_000);
@@ -175,3 +177,25 @@ maybe('attach errors: a missing, refusing, non-QMP or busy socket, QEMU errors, 
   expect(after).toMatch(/Error: the source QEMU \(unix:.*\) is gone/);
   expect(after).toContain('info postcopy_blocktime');
 }, 90_000);
+
+maybeTty('attach at a terminal: prompt, Tab completion from the same table, and quit detaches (the QEMU keeps running)', async () => {
+  const img = buildSweepGuest(dir, 4 << 20);
+  const q = await startQemu(dir, 'tty', guestOptions(img, 64, 1), { attach: true });
+  const term = new Tmux(`postcopy-attach-tty-${process.pid}`);
+  term.open();
+  try {
+    term.start('a', `NO_COLOR=1 POSTCOPY_HISTORY=${join(dir, 'history')} ${process.execPath} ${cli} attach ${attachSocket(dir, 'tty')}; echo "attach ended: $?"; sleep 600`);
+    await term.waitScreen('a', (s) => /type 'help' for commands[\s\S]*\(qemu\)\s*$/.test(s), 'the banner and the prompt');
+    await term.type('a', 'info sta');
+    await term.key('a', 'Tab');
+    await term.waitScreen('a', (s) => s.includes('(qemu) info status'), 'info status completed');
+    await term.key('a', 'Enter');
+    await term.waitScreen('a', (s) => /VM status: running\n\(qemu\)\s*$/.test(s), 'the status');
+    await term.type('a', 'quit');
+    await term.key('a', 'Enter');
+    await term.waitScreen('a', (s) => s.includes('attach ended: 0'), 'the console to end');
+    expect((await q.qmp.execute<{ status: string }>('query-status')).status).toBe('running');
+  } finally {
+    term.close();
+  }
+}, 60_000);

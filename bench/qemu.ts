@@ -61,6 +61,9 @@ async function qemuOnce(o: Options, dir: string, image: string, n: number): Prom
     const [s, d] = await Promise.all([waitStatus(src, done, 120_000, 10), waitStatus(dst, done, 120_000, 10)]);
     const wall = (performance.now() - t0) / 1000;
     if (s.status !== 'completed' || d.status !== 'completed') throw new Error(`QEMU: source ${s.status}, destination ${d.status}`);
+    if (!(s.ram?.['postcopy-bytes'] ?? 0)) {
+      throw new Error(`QEMU completed in precopy, before migrate-start-postcopy took (after ${o.postcopyAfterS} s): its guest hardly ran (a loaded host?); try a larger --sweep-mib or a smaller --postcopy-after`);
+    }
     const exited = new Promise((r) => dst.proc.once('exit', r));
     await dst.qmp.execute('quit').catch(() => undefined);
     await exited;

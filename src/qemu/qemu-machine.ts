@@ -290,6 +290,7 @@ export class QemuMachine implements Machine {
     const fields: Partial<QemuBlocktimeFields> = {};
     for (const k of QEMU_FIELDS) if (this.dstInfo[k] !== undefined) (fields as Record<string, unknown>)[k] = this.dstInfo[k];
     if (Object.keys(fields).length > 0) return { version: d.version, fields };
+    if (d.gone !== undefined) return { version: d.version, why: d.gone };
     const caps = this.dstCapsHint();
     return { version: d.version, why: `QEMU fills them in once the destination is completed (it is ${this.dstInfo.status})${caps}` };
   }

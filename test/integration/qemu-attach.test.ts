@@ -161,12 +161,22 @@ maybe('attach errors: a missing, refusing, non-QMP or busy socket, QEMU errors, 
   expect(usage.code).toBe(2);
   expect(usage.out).toContain('--destination-trace needs --destination DEST_QMP');
 
-  // a session on the QEMU's free socket; QEMU's own errors print as Error: <desc>
-  const c = startConsole(['attach', attachSocket(dir, 'lone')]);
+  // a session on the QEMUs' free sockets; QEMU's own errors print as Error: <desc>
+  // no disk: lone holds the image's lock (the BIOS of a QEMU without one waits for ever)
+  const noDisk = guestOptions(img, 64, 1).filter((a, i, all) => a !== '-drive' && all[i - 1] !== '-drive');
+  const other = await startQemu(dir, 'other', noDisk, { attach: true });
+  const c = startConsole(['attach', attachSocket(dir, 'lone'), '--destination', attachSocket(dir, 'other')]);
   c.p.stdin.write('info status\nmigrate_start_postcopy\nmigrate\nhelp\n');
   await waitOut(c, /VM status: running[\s\S]*Error: Enable postcopy with migrate_set_capability before the start of migration\nError: a QEMU migrates to another QEMU[\s\S]*migrate_wait \[seconds\]/, 'the first commands', 20_000);
   expect(c.out()).not.toContain("Lab: 'migrate'");
-  // the QEMU quits under the console: it says so and stays
+  // the destination quits under the console: it says so, and the source's commands still work
+  const otherExited = new Promise((r) => other.proc.once('exit', r));
+  await other.qmp.execute('quit').catch(() => undefined);
+  await otherExited;
+  await waitOut(c, /the destination QEMU \(unix:.*other-attach\.qmp\) is gone: its QMP connection closed \(QEMU quit or was killed\)\. Commands for the destination fail; the source's still work; 'quit' ends this console\./, 'the destination notice', 10_000);
+  c.p.stdin.write('info postcopy_blocktime\ninfo status\n');
+  await waitOut(c, /QEMU 7\.2\.\d+ \(the destination\) reports:\n  no figures yet: the destination QEMU \(.*\) is gone[^\n]*\nVM status: running\n/, 'the source still answering', 10_000);
+  // the source quits too: the console says so and stays
   const exited = new Promise((r) => lone.proc.once('exit', r));
   await lone.qmp.execute('quit').catch(() => undefined);
   await exited;

@@ -86,6 +86,8 @@ export class QemuMachine implements Machine {
   private poll: NodeJS.Timeout | undefined;
   private refreshing: Promise<void> | undefined;
   private closed = false;
+  /** the kernel's window opened (the destination entered postcopy) */
+  private kernelStarted = false;
 
   private constructor(o: QemuMachineOptions, private readonly dstCpus: readonly number[]) {
     this.events.setMaxListeners(100);
@@ -232,8 +234,6 @@ export class QemuMachine implements Machine {
     this.refreshing ??= this.read().finally(() => { this.refreshing = undefined; });
     return this.refreshing;
   }
-
-  private kernelStarted = false;
 
   private async read(): Promise<void> {
     if (this.closed) return;

@@ -184,7 +184,7 @@ export function formatBanner(m: MachineInfo, version: string, color: boolean, la
 }
 
 /** A QMP event of a real QEMU (attach), one line as it arrives:
- *  "[source] MIGRATION status=active", QEMU's time of day first. */
+ *  "[source] MIGRATION status=active", QEMU's time of day (UTC) first. */
 export function formatQmpEvent(side: string, e: { event: string; data?: Record<string, unknown>; timestamp?: { seconds: number; microseconds: number } }): string {
   const data = Object.entries(e.data ?? {}).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`);
   const ts = e.timestamp ? `${new Date(e.timestamp.seconds * 1000 + Math.floor(e.timestamp.microseconds / 1000)).toISOString().slice(11, 23)} ` : '';

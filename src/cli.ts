@@ -9,6 +9,8 @@
 //                                          its pictures, one HTML page (src/report/)
 //   postcopy blocktime-import LOG [--vcpus TID,...] [-o OUT]
 //                                          a QEMU destination's trace log as our trace
+//   postcopy attach SOURCE_QMP [--destination DEST_QMP] [--destination-trace LOG]
+//                                          the HMP console on a real QEMU (src/qemu/)
 
 type Main = (argv: string[]) => Promise<number>;
 
@@ -16,6 +18,7 @@ const subcommands: Record<string, () => Promise<{ main: Main }>> = {
   'run': () => import('./migration/batch.js'),
   'blocktime-replay': () => import('./blocktime-trace/replay-command.js'),
   'blocktime-import': () => import('./qemu/import-command.js'),
+  'attach': () => import('./qemu/attach-command.js'),
 };
 
 async function dispatch(argv: string[]): Promise<number> {

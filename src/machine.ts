@@ -146,7 +146,7 @@ class VmMachine implements Machine {
 
   runState(): RunState { return this.state; }
 
-  stop(): void {
+  async stop(): Promise<void> {
     this.live('stop');
     if (this.state === 'inmigrate') { this.autostart = false; return; } // as QEMU: the VM stays paused after the migration
     if (this.state !== 'running') return;
@@ -154,7 +154,7 @@ class VmMachine implements Machine {
     this.setRunState('paused');
   }
 
-  cont(): void {
+  async cont(): Promise<void> {
     this.live('cont');
     if (this.state === 'inmigrate') { this.autostart = true; return; }
     if (this.state === 'running') return;
@@ -193,13 +193,13 @@ class VmMachine implements Machine {
 
   capabilities(): CapabilityState[] { return this.caps.list(); }
 
-  setCapabilities(caps: CapabilityState[]): void {
+  async setCapabilities(caps: CapabilityState[]): Promise<void> {
     this.caps.set(caps, this.status.active);
   }
 
   parameters(): MigrationParameters { return this.params.get(); }
 
-  setParameters(params: Partial<MigrationParameters>): void {
+  async setParameters(params: Partial<MigrationParameters>): Promise<void> {
     // a trace that could not be written would only show when postcopy starts
     const trace: unknown = params['x-blocktime-trace'];
     if (typeof trace === 'string') checkTracePath(trace);
@@ -273,7 +273,7 @@ class VmMachine implements Machine {
   /** where an incoming migration listens (tcp port resolved), or null */
   incomingAddress(): string | null { return this.incoming?.address() ?? null; }
 
-  startPostcopy(): void {
+  async startPostcopy(): Promise<void> {
     this.live('migrate-start-postcopy');
     if (!this.outgoing || !this.status.active) throw new CommandError('Postcopy must be started after migration has been started');
     if (!this.caps.has('postcopy-ram') || !this.outgoingPostcopyEnabled()) {
@@ -286,7 +286,7 @@ class VmMachine implements Machine {
     return this.outgoing !== null && this.outgoing.postcopyEnabled;
   }
 
-  cancel(): void {
+  async cancel(): Promise<void> {
     if (this.outgoing && this.status.active) { this.outgoing.cancel(); return; }
     if (this.incoming && this.status.active) this.incoming.cancel();
   }

@@ -84,6 +84,24 @@ export interface BlocktimeFeedCost {
   horizonNs: number;
 }
 
+/** What a real QEMU destination reports itself (`attach`): the blocktime
+ *  fields of its query-migrate, as many as its version has (7.2: the two
+ *  blocktime ones; 10.1+: the latency ones too), only once it is completed. */
+export interface QemuReported {
+  /** "7.2.22" */
+  version: string;
+  /** absent until QEMU fills them in */
+  fields?: Partial<QemuBlocktimeFields>;
+  /** why there are none (yet) */
+  why?: string;
+  /** QEMU 7.2's algorithm replayed on the same events (its figures, ms) */
+  replayed72?: Pick<QemuBlocktimeFields, 'postcopy-blocktime' | 'postcopy-vcpu-blocktime'>;
+  /** how far the kernel column holds for this QEMU's vCPU threads, when it shows */
+  kernel?: string;
+}
+
 export interface BlocktimeReport extends QemuBlocktimeFields {
   'x-blocktime': BlocktimeExtra;
+  /** beside ours, a real QEMU's own figures (attach) */
+  'x-qemu'?: QemuReported;
 }

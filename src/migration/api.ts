@@ -95,8 +95,11 @@ export interface MigrationInfo extends Partial<BlocktimeReport> {
   'x-convergence'?: ConvergenceInfo;
 }
 
-/** QEMU's RunState names that this program uses (query-status "status"). */
-export type RunState = 'running' | 'paused' | 'inmigrate' | 'postmigrate' | 'finish-migrate' | 'shutdown';
+/** QEMU's RunState names (query-status "status"): the first six are the
+ *  ones this program's VMs use; the others a real QEMU (`attach`) can be in. */
+export type RunState = 'running' | 'paused' | 'inmigrate' | 'postmigrate' | 'finish-migrate' | 'shutdown'
+  | 'prelaunch' | 'debug' | 'internal-error' | 'io-error' | 'restore-vm' | 'save-vm' | 'suspended'
+  | 'watchdog' | 'guest-panicked' | 'colo';
 
 export interface CpuInfo {
   /** vCPU index ("cpu-index") */
@@ -112,10 +115,15 @@ export interface MachineInfo {
   vcpus: number;
   /** the workload spec, e.g. "sweep,end=100M" */
   workload: string;
+  /** the version of the real QEMU this machine is (attach), absent for ours */
+  qemu?: string;
 }
 
 /**
- * One process, one VM: what a monitor (HMP or QMP) drives.
+ * One process, one VM: what a monitor (HMP or QMP) drives; our own VM
+ * (src/machine.ts) or a real QEMU over QMP (src/qemu/qemu-machine.ts). The
+ * getters are synchronous (a remote machine answers from what refresh()
+ * read); what changes the machine is asynchronous.
  * Errors caused by the user or the migration state are thrown as
  * CommandError with QEMU's text.
  *
@@ -128,17 +136,23 @@ export interface Machine {
   readonly events: EventEmitter;
   info(): MachineInfo;
   runState(): RunState;
-  stop(): void;
-  cont(): void;
+  stop(): Promise<void>;
+  cont(): Promise<void>;
   cpus(): CpuInfo[];
   /** ends vCPUs, migration and listeners; resolves when all is released */
   quit(): Promise<void>;
 
+  /** a machine in another process (a QEMU, `attach`) brings what the
+   *  getters below return up to date; the monitors call it before each
+   *  command. Absent for a machine whose getters are always current. */
+  refresh?(): Promise<void>;
+
   queryMigrate(): MigrationInfo;
   capabilities(): CapabilityState[];
-  setCapabilities(caps: CapabilityState[]): void;
-  parameters(): MigrationParameters;
-  setParameters(params: Partial<MigrationParameters>): void;
+  setCapabilities(caps: CapabilityState[]): Promise<void>;
+  /** the parameters this machine has (a QEMU has none of ours, the x- ones) */
+  parameters(): Partial<MigrationParameters>;
+  setParameters(params: Partial<MigrationParameters>): Promise<void>;
   /** starts an outgoing migration and returns once it is under way (status
    *  setup or later); failures after that show as status 'failed' with
    *  'error-desc'. uri: tcp:HOST:PORT | unix:PATH | 'local' (spawn a matching
@@ -146,8 +160,8 @@ export interface Machine {
   migrate(uri: string): Promise<void>;
   /** destination started with `-incoming defer`: start listening on uri */
   migrateIncoming(uri: string): Promise<void>;
-  startPostcopy(): void;
-  cancel(): void;
+  startPostcopy(): Promise<void>;
+  cancel(): Promise<void>;
   /** the destination's blocktime report (live or final), or undefined when
    *  this machine has no blocktime context. On a source that migrated to a
    *  `local` destination it is fetched from that destination. */

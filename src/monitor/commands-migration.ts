@@ -184,15 +184,15 @@ const migrateCancel: HmpCommand = {
   help: 'cancel the current VM migration (in postcopy the guest is lost on both sides: the console asks first)',
   handler: async (ctx) => {
     const m = ctx.machine;
-    if (m.queryMigrate().status !== 'postcopy-active') { m.cancel(); return { text: '' }; }
+    if (m.queryMigrate().status !== 'postcopy-active') { await m.cancel(); return { text: '' }; }
     const loss = 'the guest runs on the destination with part of its RAM still here, so cancelling loses it on both sides'
       + ' (the destination fails, this VM stays stopped)';
     if (!ctx.confirm) {
-      m.cancel();
+      await m.cancel();
       return { text: `Warning: cancelled in postcopy: ${loss}` };
     }
     if (!await ctx.confirm(`Warning: the migration is in postcopy: ${loss}\nCancel it anyway? (y/N) `)) return { text: 'not cancelled' };
-    m.cancel();
+    await m.cancel();
     return { text: '' };
   },
 };
@@ -204,7 +204,7 @@ const migrateStartPostcopy: HmpCommand = {
   help: 'Followup to a migration command to switch the migration to postcopy mode.'
     + ' The postcopy-ram capability must be set on the source before the original migration command;'
     + ' the destination needs none (the stream tells it postcopy may come), only userfaultfd.',
-  handler: async (ctx) => { ctx.machine.startPostcopy(); return { text: '' }; },
+  handler: async (ctx) => { await ctx.machine.startPostcopy(); return { text: '' }; },
 };
 
 const migrateSetCapability: HmpCommand = {
@@ -214,7 +214,7 @@ const migrateSetCapability: HmpCommand = {
   help: `Enable/Disable the usage of a capability for migration (implemented: ${IMPLEMENTED_CAPABILITIES.join(', ')})`,
   handler: async (ctx, args) => {
     const capability = capabilityName(args.str('capability'));
-    ctx.machine.setCapabilities([{ capability, state: args.bool('state') }]);
+    await ctx.machine.setCapabilities([{ capability, state: args.bool('state') }]);
     return { text: '' };
   },
   complete: (i) => (i === 0 ? IMPLEMENTED_CAPABILITIES : i === 1 ? onOff : []),
@@ -226,7 +226,7 @@ const migrateSetParameter: HmpCommand = {
   params: 'parameter value',
   help: `Set the parameter for migration (${PARAMETER_NAMES.join(', ')}; max-bandwidth in MiB/s unless suffixed, downtime-limit in ms)`,
   handler: async (ctx, args) => {
-    ctx.machine.setParameters(parameterFromHmp(args.str('parameter'), args.str('value')));
+    await ctx.machine.setParameters(parameterFromHmp(args.str('parameter'), args.str('value')));
     return { text: '' };
   },
   complete: (i) => (i === 0 ? PARAMETER_NAMES : []),
@@ -242,7 +242,10 @@ const infoMigrate: HmpCommand = {
     const lines = formatInfoMigrate(info);
     if (args.flag('all')) {
       const report = await ctx.machine.blocktime();
-      if (report) lines.push(...formatBlocktimeQemu(report));
+      // a real QEMU's `info migrate -a` shows its own figures, as many as it has
+      const qemu = report?.['x-qemu'];
+      if (qemu) lines.push(...formatBlocktimeQemu(qemu.fields ?? {}, qemu.fields ? `QEMU ${qemu.version} reports none` : qemu.why));
+      else if (report) lines.push(...formatBlocktimeQemu(report));
     }
     return { text: lines.join('\n'), data: info };
   },
@@ -277,7 +280,7 @@ const infoMigrateParameters: HmpCommand = {
 export async function blocktimeHtml(m: Machine, out: string | undefined): Promise<string> {
   if (out === undefined || out === '') throw new CommandError('-o needs a file name: info postcopy_blocktime -o FILE.html');
   const trace = m.parameters()['x-blocktime-trace'];
-  if (trace === '') {
+  if (trace === undefined || trace === '') {
     throw new CommandError('-o draws the events of the x-blocktime-trace file, and none is set: '
       + 'migrate_set_parameter x-blocktime-trace PATH here before postcopy starts');
   }

@@ -23,7 +23,8 @@ const help: HmpCommand = {
   handler: async (ctx, args) => {
     const topic = args.optStr('name');
     let text = ctx.registry.helpText(topic);
-    if (topic === undefined && ctx.machine.info().role === 'source') text += `${LAB_HELP}\n`;
+    const info = ctx.machine.info();
+    if (topic === undefined && info.role === 'source' && info.qemu === undefined) text += `${LAB_HELP}\n`;
     return { text };
   },
   complete: () => [], // the registry completes command names for help itself
@@ -65,7 +66,7 @@ const stop: HmpCommand = {
   argsType: '',
   params: '',
   help: 'stop emulation',
-  handler: async (ctx) => { ctx.machine.stop(); return { text: '' }; },
+  handler: async (ctx) => { await ctx.machine.stop(); return { text: '' }; },
 };
 
 const cont: HmpCommand = {
@@ -73,7 +74,7 @@ const cont: HmpCommand = {
   argsType: '',
   params: '',
   help: 'resume emulation',
-  handler: async (ctx) => { ctx.machine.cont(); return { text: '' }; },
+  handler: async (ctx) => { await ctx.machine.cont(); return { text: '' }; },
 };
 
 const quit: HmpCommand = {

@@ -5,7 +5,7 @@
 
 import { Chalk, type ChalkInstance } from 'chalk';
 import Table from 'cli-table3';
-import type { BlocktimeReport } from '../blocktime/types.js';
+import type { BlocktimeReport, QemuBlocktimeFields, QemuReported } from '../blocktime/types.js';
 import { kernelError } from '../blocktime/report.js';
 
 const QEMU_TIME_UNITS = ['us', 'ms', 'sec'] as const;
@@ -36,19 +36,25 @@ function qemuList(values: readonly number[]): string[] {
   return lines;
 }
 
-/** QEMU's `info migrate -a` blocktime block, one string per line. */
-export function formatBlocktimeQemu(report: BlocktimeReport): string[] {
+/** QEMU's `info migrate -a` blocktime block, one string per line. A field
+ *  the report lacks (a QEMU older than 10.1 has only the two blocktime ones)
+ *  prints as "no figure", with `why` when given, never as a zero. */
+export function formatBlocktimeQemu(report: Partial<QemuBlocktimeFields>, why = 'not reported'): string[] {
+  const none = `no figure (${why})`;
+  const one = (v: number | undefined): string => (v === undefined ? none : String(v));
+  const list = (v: readonly number[] | undefined): string[] => (v === undefined ? [` ${none}`] : qemuList(v));
   const lines = [
-    `Postcopy Blocktime (ms): ${report['postcopy-blocktime']}`,
+    `Postcopy Blocktime (ms): ${one(report['postcopy-blocktime'])}`,
     'Postcopy vCPU Blocktime (ms):',
-    ...qemuList(report['postcopy-vcpu-blocktime']),
-    `Postcopy Latency (ns): ${report['postcopy-latency']}`,
-    `Postcopy non-vCPU Latencies (ns): ${report['postcopy-non-vcpu-latency']}`,
+    ...list(report['postcopy-vcpu-blocktime']),
+    `Postcopy Latency (ns): ${one(report['postcopy-latency'])}`,
+    `Postcopy non-vCPU Latencies (ns): ${one(report['postcopy-non-vcpu-latency'])}`,
     'Postcopy vCPU Latencies (ns):',
-    ...qemuList(report['postcopy-vcpu-latency']),
+    ...list(report['postcopy-vcpu-latency']),
     'Postcopy Latency Distribution:',
   ];
-  report['postcopy-latency-dist'].forEach((count, n) => {
+  if (report['postcopy-latency-dist'] === undefined) lines.push(`  ${none}`);
+  report['postcopy-latency-dist']?.forEach((count, n) => {
     const from = qemuTimeLabel(2 ** n).padStart(8);
     const to = qemuTimeLabel(2 ** (n + 1)).padStart(8);
     lines.push(`  [ ${from} - ${to} ]: ${String(count).padStart(10)}`);
@@ -81,13 +87,15 @@ function kernelComparison(vcpus: BlocktimeReport['x-blocktime']['vcpus']): strin
   let worst: { v: number; pct: number } | undefined;
   for (const v of vcpus) {
     const e = kernelError(v);
-    if (e === undefined) continue;
+    // a vCPU that never faulted slept for other reasons (a halted guest vCPU): nothing to compare
+    if (e === undefined || v.faults === 0) continue;
     const pct = 100 * e;
     if (worst === undefined || Math.abs(pct) > Math.abs(worst.pct)) worst = { v: v.index, pct };
   }
   if (worst !== undefined) {
     return `Kernel (schedstat: time asleep): largest difference vCPU ${worst.v}, ${worst.pct >= 0 ? '+' : ''}${worst.pct.toFixed(1)} % (ours over the same window)`;
   }
+  if (vcpus.some((v) => v.kernelBlockedNs !== undefined)) return 'Kernel (schedstat: time asleep): nothing to compare (the vCPUs it saw asleep never faulted)';
   const why = vcpus.find((v) => v.kernelUnavailable !== undefined)?.kernelUnavailable;
   return `Kernel (schedstat): no figure${why !== undefined ? ` (${why})` : ''}`;
 }
@@ -98,6 +106,11 @@ export function formatBlocktimeRich(report: BlocktimeReport, opts: RichFormatOpt
   const x = report['x-blocktime'];
   const out: string[] = [];
 
+  const qemu = report['x-qemu'];
+  // a QEMU's own figures without ours: no table of zeros in place of ours
+  if (qemu !== undefined && x.unavailable !== undefined) {
+    return [`${c.bold('Postcopy blocktime')}: no exact figures: ${x.unavailable}`, ...formatQemuReported(qemu, report, false)].join('\n');
+  }
   const state = x.state === 'final' ? c.green('final') : c.yellow('live (postcopy running)');
   out.push(`${c.bold('Postcopy blocktime')}: ${state}`);
   if (x.unavailable !== undefined) out.push(c.red(`Unavailable: ${x.unavailable}`));
@@ -148,5 +161,32 @@ export function formatBlocktimeRich(report: BlocktimeReport, opts: RichFormatOpt
       out.push(`  ${label} │${c.cyan('█'.repeat(len))}${' '.repeat(BAR_WIDTH - len)} ${dist[n]}`);
     }
   }
+  if (qemu !== undefined) out.push(...formatQemuReported(qemu, report, true));
   return out.join('\n');
+}
+
+const ms3 = (ns: number): string => (ns / 1e6).toFixed(3);
+
+/** A real QEMU's own figures (attach), beside ours when `ours` (ms with µs). */
+function formatQemuReported(q: QemuReported, report: BlocktimeReport, ours: boolean): string[] {
+  const x = report['x-blocktime'];
+  const out = [`QEMU ${q.version} (the destination) reports:`];
+  const f = q.fields;
+  if (f === undefined) {
+    out.push(`  no figures yet: ${q.why ?? 'QEMU fills them in once the destination is completed'}`);
+  } else {
+    const exact = (s: string): string => (ours ? ` (exact ${s})` : '');
+    const total = f['postcopy-blocktime'];
+    const vcpu = f['postcopy-vcpu-blocktime'];
+    out.push(`  Postcopy Blocktime (ms): ${total ?? 'no figure'}${exact(ms3(x.totalBlocktimeNs))}`);
+    out.push(`  Postcopy vCPU Blocktime (ms): ${vcpu ? `[${vcpu.join(', ')}]` : 'no figure'}${exact(`[${x.vcpus.map((v) => ms3(v.blocktimeNs)).join(', ')}]`)}`);
+    const latency = f['postcopy-latency'];
+    out.push(`  Postcopy Latency (ns): ${latency ?? `no figure (QEMU ${q.version} reports none; 10.1+ does)`}${latency !== undefined ? exact(String(report['postcopy-latency'])) : ''}`);
+  }
+  if (q.replayed72 !== undefined) {
+    const r = q.replayed72;
+    out.push(`  QEMU 7.2's algorithm on the same events: total ${r['postcopy-blocktime']} ms, vCPU [${r['postcopy-vcpu-blocktime'].join(', ')}] ms (docs/blocktime-compare.md: why it differs)`);
+  }
+  if (q.kernel !== undefined) out.push(`  Kernel column: ${q.kernel}`);
+  return out;
 }

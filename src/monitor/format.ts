@@ -57,6 +57,10 @@ export function sizeToStr(bytes: number): string {
 }
 
 const u = (n: number | undefined): string => String(Math.max(0, Math.trunc(n ?? 0)));
+// a real QEMU's reply may lack a field its version does not have: say so, never a 0
+const NO_FIGURE = 'no figure';
+const size = (n: number | undefined): string => (typeof n === 'number' ? sizeToStr(n) : NO_FIGURE);
+const count = (n: number | undefined): string => (typeof n === 'number' ? u(n) : NO_FIGURE);
 
 // ---------------------------------------------------------------- info migrate
 
@@ -78,15 +82,15 @@ export function formatInfoMigrate(info: MigrationInfo): string[] {
   const ram = info.ram;
   if (ram) {
     out.push('RAM info:');
-    out.push(`  Throughput (Mbps): \t${ram.mbps.toFixed(2)}`);
-    out.push(`  Sizes: \t\tpagesize=${sizeToStr(ram['page-size'])}, total=${sizeToStr(ram.total)}`);
-    out.push(`  Transfers: \t\ttransferred=${sizeToStr(ram.transferred)}, remain=${sizeToStr(ram.remaining)}`);
-    out.push(`    Channels: \t\tprecopy=${sizeToStr(ram['precopy-bytes'])}, multifd=${sizeToStr(0)}, postcopy=${sizeToStr(ram['postcopy-bytes'])}`);
-    out.push(`    Page Types: \tnormal=${u(ram.normal)}, zero=${u(ram.duplicate)}`);
-    let rates = `  Page Rates (pps): \ttransfer=${u(ram['pages-per-second'])}`;
+    out.push(`  Throughput (Mbps): \t${typeof ram.mbps === 'number' ? ram.mbps.toFixed(2) : NO_FIGURE}`);
+    out.push(`  Sizes: \t\tpagesize=${size(ram['page-size'])}, total=${size(ram.total)}`);
+    out.push(`  Transfers: \t\ttransferred=${size(ram.transferred)}, remain=${size(ram.remaining)}`);
+    out.push(`    Channels: \t\tprecopy=${size(ram['precopy-bytes'])}, multifd=${sizeToStr(0)}, postcopy=${size(ram['postcopy-bytes'])}`);
+    out.push(`    Page Types: \tnormal=${count(ram.normal)}, zero=${count(ram.duplicate)}`);
+    let rates = `  Page Rates (pps): \ttransfer=${count(ram['pages-per-second'])}`;
     if (ram['dirty-pages-rate']) rates += `, dirty=${u(ram['dirty-pages-rate'])}`;
     out.push(rates);
-    let others = `  Others: \t\tdirty_syncs=${u(ram['dirty-sync-count'])}`;
+    let others = `  Others: \t\tdirty_syncs=${count(ram['dirty-sync-count'])}`;
     if (ram['postcopy-requests']) others += `, postcopy_req=${u(ram['postcopy-requests'])}`;
     if (ram['downtime-bytes']) others += `, downtime_bytes=${u(ram['downtime-bytes'])}`;
     out.push(others);
@@ -107,15 +111,17 @@ export function formatCapabilities(caps: readonly CapabilityState[]): string[] {
 }
 
 /** `info migrate_parameters`: QEMU's "name: value unit" lines for the
- *  parameters this engine has, in QEMU's order, then ours. */
-export function formatParameters(p: MigrationParameters): string[] {
-  return [
-    `max-bandwidth: ${u(p['max-bandwidth'])} bytes/second`,
-    `max-postcopy-bandwidth: ${u(p['max-postcopy-bandwidth'])} bytes/second`,
-    `downtime-limit: ${u(p['downtime-limit'])} ms`,
-    `x-blocktime-trace: '${p['x-blocktime-trace']}'`,
-    `x-postcopy-readahead: ${p['x-postcopy-readahead']} pages`,
+ *  parameters the machine has, in QEMU's order, then ours (a QEMU has none
+ *  of ours: they are left out). */
+export function formatParameters(p: Partial<MigrationParameters>): string[] {
+  const lines: [keyof MigrationParameters, (v: string | number) => string][] = [
+    ['max-bandwidth', (v) => `${u(Number(v))} bytes/second`],
+    ['max-postcopy-bandwidth', (v) => `${u(Number(v))} bytes/second`],
+    ['downtime-limit', (v) => `${u(Number(v))} ms`],
+    ['x-blocktime-trace', (v) => `'${v}'`],
+    ['x-postcopy-readahead', (v) => `${v} pages`],
   ];
+  return lines.filter(([name]) => p[name] !== undefined).map(([name, show]) => `${name}: ${show(p[name] as string | number)}`);
 }
 
 /** `info cpus` (hmp_info_cpus): "* CPU #0: thread_id=N" for the monitor's
@@ -142,7 +148,7 @@ export function formatProgress(info: MigrationInfo, blocktimeMs: number | undefi
   if (ram && ram.total > 0) {
     const sent = Math.min(100, Math.max(0, ((ram.total - ram.remaining) / ram.total) * 100));
     parts.push(`${sent.toFixed(0).padStart(3)}% of ${sizeToStr(ram.total)}`);
-    parts.push(`${ram.mbps.toFixed(1)} Mbps`);
+    if (typeof ram.mbps === 'number') parts.push(`${ram.mbps.toFixed(1)} Mbps`);
     if (ram['postcopy-requests']) parts.push(`${ram['postcopy-requests']} page requests`);
   }
   if (blocktimeMs !== undefined) parts.push(c.yellow(`blocktime ${blocktimeMs} ms`));
@@ -175,4 +181,12 @@ export function formatBanner(m: MachineInfo, version: string, color: boolean, la
     );
   }
   return `${lines.join('\n')}\n`;
+}
+
+/** A QMP event of a real QEMU (attach), one line as it arrives:
+ *  "[source] MIGRATION status=active", QEMU's time of day (UTC) first. */
+export function formatQmpEvent(side: string, e: { event: string; data?: Record<string, unknown>; timestamp?: { seconds: number; microseconds: number } }): string {
+  const data = Object.entries(e.data ?? {}).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`);
+  const ts = e.timestamp ? `${new Date(e.timestamp.seconds * 1000 + Math.floor(e.timestamp.microseconds / 1000)).toISOString().slice(11, 23)} ` : '';
+  return `${ts}[${side}] ${e.event}${data.length > 0 ? ` ${data.join(' ')}` : ''}`;
 }

@@ -15,7 +15,7 @@ import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Machine, MigrationStatus } from '../migration/api.js';
 import { TERMINAL_STATUSES } from '../migration/api.js';
-import type { CommandContext, HmpRunResult, Registry } from './registry.js';
+import { escapeControls, type CommandContext, type HmpRunResult, type Registry } from './registry.js';
 import { formatProgress, painter } from './format.js';
 
 /** QEMU's readline keeps at most 4095 characters; longer lines are refused. */
@@ -97,6 +97,17 @@ export class HmpConsole {
 
   /** Ends the console from outside (QMP `quit`, a signal). */
   close(): void { this.finish('closed'); }
+
+  /** Prints a line that comes from outside any command (a QEMU's event, a
+   *  QEMU gone): as it is in a script, above the prompt on a terminal. */
+  notice(line: string): void {
+    if (this.ended) return;
+    const out = this.opts.output;
+    if (!this.opts.interactive || !this.rl) { out.write(`${escapeControls(line)}\n`); return; }
+    this.clearStatusLine();
+    out.write(`\r\x1b[2K${escapeControls(line)}\n`);
+    this.rl.prompt(true);
+  }
 
   private startScript(): void {
     const rl = createInterface({ input: this.opts.input, terminal: false, crlfDelay: Infinity });

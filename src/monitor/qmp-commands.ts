@@ -89,13 +89,13 @@ export function qmpCommands(): QmpCommand[] {
       name: 'stop',
       args: [],
       help: 'stop all vCPUs',
-      handler: async (ctx) => { ctx.machine.stop(); return empty; },
+      handler: async (ctx) => { await ctx.machine.stop(); return empty; },
     },
     {
       name: 'cont',
       args: [],
       help: 'resume all vCPUs',
-      handler: async (ctx) => { ctx.machine.cont(); return empty; },
+      handler: async (ctx) => { await ctx.machine.cont(); return empty; },
     },
     {
       name: 'quit',
@@ -139,7 +139,7 @@ export function qmpCommands(): QmpCommand[] {
       help: 'turn migration capabilities on or off',
       handler: async (ctx, args) => {
         checkQapi(capabilitiesType, args.capabilities, 'capabilities');
-        ctx.machine.setCapabilities(args.capabilities as CapabilityState[]);
+        await ctx.machine.setCapabilities(args.capabilities as CapabilityState[]);
         return empty;
       },
     },
@@ -160,7 +160,7 @@ export function qmpCommands(): QmpCommand[] {
       ],
       help: 'set migration parameters',
       handler: async (ctx, args) => {
-        ctx.machine.setParameters(args as Partial<MigrationParameters>);
+        await ctx.machine.setParameters(args as Partial<MigrationParameters>);
         return empty;
       },
     },
@@ -188,13 +188,13 @@ export function qmpCommands(): QmpCommand[] {
       name: 'migrate-start-postcopy',
       args: [],
       help: 'switch a running migration to postcopy',
-      handler: async (ctx) => { ctx.machine.startPostcopy(); return empty; },
+      handler: async (ctx) => { await ctx.machine.startPostcopy(); return empty; },
     },
     {
       name: 'migrate_cancel',
       args: [],
       help: 'cancel the current migration',
-      handler: async (ctx) => { ctx.machine.cancel(); return empty; },
+      handler: async (ctx) => { await ctx.machine.cancel(); return empty; },
     },
     {
       name: 'x-query-blocktime',

@@ -324,6 +324,19 @@ export class Registry {
     table.push(cmd);
   }
 
+  /** A registry of the same entries, only those `keep` names (HMP and
+   *  `info` entries by primary name), with `notes` ("migrate", "info cpus")
+   *  added to their help: for a machine that has fewer commands (a QEMU,
+   *  `attach`) or routes some elsewhere. The table stays the one table. */
+  subset(keep: { hmp: readonly string[]; info: readonly string[] }, notes: Readonly<Record<string, string>> = {}): Registry {
+    const r = new Registry();
+    const noted = (cmd: HmpCommand, key: string): HmpCommand => (notes[key] ? { ...cmd, help: `${cmd.help} [${notes[key]}]` } : cmd);
+    for (const c of this.hmp) if (keep.hmp.includes(primaryName(c))) r.addHmp(noted(c, primaryName(c)));
+    for (const c of this.info) if (keep.info.includes(primaryName(c))) r.addInfo(noted(c, `info ${primaryName(c)}`));
+    for (const q of this.qmpByName.values()) r.addQmp(q);
+    return r;
+  }
+
   hmpCommands(): readonly HmpCommand[] { return this.hmp; }
   infoCommands(): readonly HmpCommand[] { return this.info; }
   findHmp(name: string): HmpCommand | undefined { return findIn(this.hmp, name); }
@@ -376,6 +389,7 @@ export class Registry {
     }
     if (!parsed) return { ok: true, text: '' };
     try {
+      await ctx.machine.refresh?.(); // a machine in another process: its state as of now
       const out = await parsed.command.handler(ctx, parsed.args);
       return { ok: true, text: withNewline(out.text), data: out.data, command: parsed.command };
     } catch (e) {

@@ -115,7 +115,13 @@ export class QmpClient extends EventEmitter {
     const greeting = await new Promise<{ greeting: QmpGreeting; rest: Buffer }>((resolve, reject) => {
       let buf = Buffer.alloc(0);
       const timer = setTimeout(() => {
-        finish(new Error(`QMP ${where}: no greeting within ${timeoutMs} ms`));
+        // REFERENCE.md §7: a QEMU chardev socket takes a second client's
+        // connection but greets it only once the first client has gone
+        const fix = addr.kind === 'unix'
+          ? `-qmp unix:${addr.path}.2,server=on,wait=off, or -chardev socket,id=mon2,path=${addr.path}.2,server=on,wait=off -mon chardev=mon2,mode=control`
+          : '-qmp tcp:HOST:PORT2,server=on,wait=off, or -chardev socket,id=mon2,host=HOST,port=PORT2,server=on,wait=off -mon chardev=mon2,mode=control';
+        finish(new Error(`QMP ${where}: connected, but no greeting within ${timeoutMs} ms: a QEMU QMP socket serves one client at a time,`
+          + ` so another client most likely holds this one; give QEMU a socket of its own for this client (${fix}), or close the other client`));
       }, timeoutMs);
       const finish = (err: Error | null, value?: { greeting: QmpGreeting; rest: Buffer }): void => {
         clearTimeout(timer);

@@ -6,6 +6,7 @@
 // and QEMU processes started on it with their QMP socket in a private dir.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { accessSync, constants, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { connectWithRetry, type QmpClient } from '../../src/qmp/client.js';
 import { requireCapability } from './require-capability.js';
@@ -106,10 +107,33 @@ export function guestOptions(image: string, ramMiB: number, smp: number): string
     '-drive', `file=${image},format=raw,if=ide`];
 }
 
-/** Starts QEMU with `args` plus a QMP socket `dir`/NAME.qmp, and connects to it. */
-export async function startQemu(dir: string, name: string, args: string[]): Promise<QemuProc> {
+/** The options that make a destination log what `blocktime-import` and
+ *  `attach --destination-trace` read (docs/qemu.md), into `log`. */
+export function traceOptions(log: string): string[] {
+  return ['-trace', 'postcopy_ram_fault_thread_request', '-trace', 'postcopy_place_page*', '-trace', 'mark_postcopy_blocktime*',
+    '-trace', 'postcopy_ram_enable_notify', '-trace', 'postcopy_ram_incoming_cleanup*', '-msg', 'timestamp=on', '-D', log];
+}
+
+/** A TCP port nobody listens on now (for -incoming). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => { const a = s.address(); s.close(() => resolve(typeof a === 'object' && a ? a.port : 0)); });
+  });
+}
+
+/** The QMP socket a QEMU started with `{ attach: true }` keeps free for `postcopy attach`. */
+export function attachSocket(dir: string, name: string): string {
+  return join(dir, `${name}-attach.qmp`);
+}
+
+/** Starts QEMU with `args` plus a QMP socket `dir`/NAME.qmp, and connects to
+ *  it; `attach`: a second -qmp socket (attachSocket) nobody holds. */
+export async function startQemu(dir: string, name: string, args: string[], opts: { attach?: boolean } = {}): Promise<QemuProc> {
   const sock = join(dir, `${name}.qmp`);
   const argv = [...args, '-qmp', `unix:${sock},server=on,wait=off`];
+  if (opts.attach) argv.push('-qmp', `unix:${attachSocket(dir, name)},server=on,wait=off`);
   const proc = spawn(QEMU, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   proc.stderr?.on('data', (d: Buffer) => { err += d.toString(); });
@@ -130,6 +154,26 @@ export async function waitForSweep(q: QemuProc, timeoutMs = 30_000): Promise<voi
     if (v > 1) return;
     if (Date.now() > end) throw new Error(`the guest did not start sweeping in ${timeoutMs} ms (${out.trim()})`);
     await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** What a test reads of a QEMU's query-migrate. */
+export interface QemuMigrateInfo {
+  status?: string;
+  'total-time'?: number;
+  ram?: Record<string, number>;
+  'postcopy-blocktime'?: number;
+  'postcopy-vcpu-blocktime'?: number[];
+}
+
+/** Polls query-migrate every `pollMs` until `want(status)`; fails after `timeoutMs`. */
+export async function waitStatus(q: QemuProc, want: (s: string) => boolean, timeoutMs: number, pollMs = 100): Promise<QemuMigrateInfo> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const info = await q.qmp.execute<QemuMigrateInfo>('query-migrate');
+    if (info.status !== undefined && want(info.status)) return info;
+    if (Date.now() > end) throw new Error(`migration status still ${info.status} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, pollMs));
   }
 }
 

@@ -26,8 +26,8 @@ export class FakeMachine implements Machine {
   }
   runState(): RunState { return this.state; }
   setRunState(s: RunState): void { this.state = s; this.events.emit('runstate', s); }
-  stop(): void { this.calls.push('stop'); this.setRunState('paused'); }
-  cont(): void {
+  async stop(): Promise<void> { this.calls.push('stop'); this.setRunState('paused'); }
+  async cont(): Promise<void> {
     this.calls.push('cont');
     if (this.state === 'inmigrate') throw new CommandError('Migration is not finalized yet');
     this.setRunState('running');
@@ -36,11 +36,11 @@ export class FakeMachine implements Machine {
   async quit(): Promise<void> { this.quitCount++; this.calls.push('quit'); this.events.emit('shutdown'); }
   queryMigrate(): MigrationInfo { return { status: this.status }; }
   capabilities(): CapabilityState[] { return this.caps.list(); }
-  setCapabilities(caps: CapabilityState[]): void {
+  async setCapabilities(caps: CapabilityState[]): Promise<void> {
     this.caps.set(caps, this.status !== 'none' && !['completed', 'failed', 'cancelled'].includes(this.status));
   }
   parameters(): MigrationParameters { return this.params.get(); }
-  setParameters(p: Partial<MigrationParameters>): void { this.params.set(p); }
+  async setParameters(p: Partial<MigrationParameters>): Promise<void> { this.params.set(p); }
   moveTo(s: MigrationStatus): void { this.status = s; this.events.emit('migration', s); }
   async migrate(uri: string): Promise<void> {
     this.calls.push(`migrate ${uri}`);
@@ -48,11 +48,11 @@ export class FakeMachine implements Machine {
     this.moveTo('setup');
   }
   async migrateIncoming(uri: string): Promise<void> { this.calls.push(`migrate-incoming ${uri}`); }
-  startPostcopy(): void {
+  async startPostcopy(): Promise<void> {
     if (this.status === 'none') throw new CommandError('Postcopy must be started after migration has been started');
     this.calls.push('start-postcopy');
   }
-  cancel(): void { this.calls.push('cancel'); }
+  async cancel(): Promise<void> { this.calls.push('cancel'); }
   report: BlocktimeReport | undefined;
   async blocktime(): Promise<BlocktimeReport | undefined> { return this.report; }
   ramDigest(): string { return '0123456789abcdef'.repeat(4); }

@@ -7,14 +7,13 @@
 // previous page's end was accounted overwrites that stretch). QEMU's figure
 // is also checked against 7.2's algorithm run on QEMU's own lines.
 import { spawnSync } from 'node:child_process';
-import { createServer } from 'node:net';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { compareLines } from '../../src/blocktime-trace/compare.js';
 import { readQemuTraceLog, traceLines } from '../../src/qemu/trace-log.js';
 import { cli, ensureBuilt } from '../helpers/cli.js';
-import { buildSweepGuest, guestOptions, qemuAccel, requireQemu, startQemu, stopQemus, waitForSweep, type QemuProc } from '../helpers/qemu.js';
+import { buildSweepGuest, freePort, guestOptions, qemuAccel, requireQemu, startQemu, stopQemus, traceOptions, waitForSweep, waitStatus } from '../helpers/qemu.js';
 
 const haveQemu = requireQemu();
 const maybe = haveQemu ? test : test.skip;
@@ -22,26 +21,6 @@ let dir: string;
 
 beforeAll(() => { ensureBuilt(); dir = mkdtempSync(join(tmpdir(), 'qemu-postcopy-')); }, 180_000);
 afterAll(async () => { await stopQemus(); if (process.env.POSTCOPY_KEEP_TMP === undefined) rmSync(dir, { recursive: true, force: true }); });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => { const a = s.address(); s.close(() => resolve(typeof a === 'object' && a ? a.port : 0)); });
-  });
-}
-
-interface MigrateInfo { status?: string; ram?: Record<string, number>; 'postcopy-blocktime'?: number; 'postcopy-vcpu-blocktime'?: number[] }
-
-async function waitStatus(q: QemuProc, want: (s: string) => boolean, timeoutMs: number): Promise<MigrateInfo> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const info = await q.qmp.execute<MigrateInfo>('query-migrate');
-    if (info.status !== undefined && want(info.status)) return info;
-    if (Date.now() > end) throw new Error(`migration status still ${info.status} after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /**
  * QEMU 7.2's own accounting of vCPU `cpu`, replayed at µs from its own
@@ -81,9 +60,7 @@ maybe(`a real postcopy migration between two QEMUs (${qemuAccel()}): the importe
   const port = await freePort();
   const guest = guestOptions(img, ramMiB, 2);
   const src = await startQemu(dir, 'src', guest);
-  const dst = await startQemu(dir, 'dst', [...guest, '-incoming', `tcp:127.0.0.1:${port}`,
-    '-trace', 'postcopy_ram_fault_thread_request', '-trace', 'postcopy_place_page*', '-trace', 'mark_postcopy_blocktime*',
-    '-trace', 'postcopy_ram_enable_notify', '-trace', 'postcopy_ram_incoming_cleanup*', '-msg', 'timestamp=on', '-D', log]);
+  const dst = await startQemu(dir, 'dst', [...guest, '-incoming', `tcp:127.0.0.1:${port}`, ...traceOptions(log)]);
   await waitForSweep(src);
 
   for (const q of [src, dst]) {

@@ -38,8 +38,8 @@ class FakeMachine implements Machine {
 
   info(): MachineInfo { return { role: this.role, ramBytes: 256 * 2 ** 20, pageSize: 4096, vcpus: 2, workload: 'sweep' }; }
   runState(): RunState { return this.state; }
-  stop(): void { this.state = 'paused'; }
-  cont(): void { this.state = 'running'; }
+  async stop(): Promise<void> { this.state = 'paused'; }
+  async cont(): Promise<void> { this.state = 'running'; }
   cpus(): CpuInfo[] { return [{ index: 0, threadId: 4242 }, { index: 1, threadId: 4243 }]; }
   async quit(): Promise<void> { this.quitCalls++; this.events.emit('shutdown'); }
   queryMigrate(): MigrationInfo {
@@ -51,7 +51,7 @@ class FakeMachine implements Machine {
   capabilities(): CapabilityState[] {
     return [...this.caps].map(([capability, state]) => ({ capability, state }) as CapabilityState);
   }
-  setCapabilities(caps: CapabilityState[]): void {
+  async setCapabilities(caps: CapabilityState[]): Promise<void> {
     if (this.status !== 'none' && !TERMINAL_STATUSES.has(this.status)) throw new CommandError("There's a migration process in progress");
     for (const c of caps) {
       if (!this.caps.has(c.capability)) throw new CommandError(`Capability '${c.capability}' is not supported by this migration engine`);
@@ -59,18 +59,18 @@ class FakeMachine implements Machine {
     }
   }
   parameters(): MigrationParameters { return { ...this.params }; }
-  setParameters(p: Partial<MigrationParameters>): void { this.params = { ...this.params, ...p }; }
+  async setParameters(p: Partial<MigrationParameters>): Promise<void> { this.params = { ...this.params, ...p }; }
   async migrate(uri: string): Promise<void> {
     if (uri !== 'local' && !/^(tcp|unix):/.test(uri)) throw new CommandError(`Invalid migration URI '${uri}'`);
     this.migrateCalls.push(uri);
     this.setStatus('setup');
   }
   async migrateIncoming(_uri: string): Promise<void> { throw new CommandError("'-incoming' was not specified on the command line"); }
-  startPostcopy(): void {
+  async startPostcopy(): Promise<void> {
     if (this.status === 'none') throw new CommandError('Postcopy must be started after migration has been started');
     this.setStatus('postcopy-active');
   }
-  cancel(): void { if (this.status !== 'none' && !TERMINAL_STATUSES.has(this.status)) this.setStatus('cancelled'); }
+  async cancel(): Promise<void> { if (this.status !== 'none' && !TERMINAL_STATUSES.has(this.status)) this.setStatus('cancelled'); }
   async blocktime(): Promise<BlocktimeReport | undefined> { return this.report; }
   ramDigest(): string { return ''; }
 }

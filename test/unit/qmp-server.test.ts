@@ -60,7 +60,7 @@ function registry(): Registry {
     name: 'migrate_capabilities', argsType: '', params: '', help: 'capabilities',
     handler: async (ctx) => ({ text: ctx.machine.capabilities().map((c) => `${c.capability}: ${c.state ? 'on' : 'off'}`).join('\n') }),
   });
-  r.addHmp({ name: 'stop', argsType: '', params: '', help: 'stop', handler: async (ctx) => { ctx.machine.stop(); return { text: '' }; } });
+  r.addHmp({ name: 'stop', argsType: '', params: '', help: 'stop', handler: async (ctx) => { await ctx.machine.stop(); return { text: '' }; } });
   return r;
 }
 

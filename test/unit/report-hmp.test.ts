@@ -34,7 +34,7 @@ test('-o writes the report of the trace so far, live or final', async () => {
   const lines = [JSON.stringify({ vcpus: [11, 12], t0: 0 }), ev(1e6, 'fault', { addr: 4096, tid: 11 }), ev(2e6, 'placed', { addr: 4096 })];
   writeFileSync(trace, `${lines.join('\n')}\n`);
   const m = new FakeMachine();
-  m.setParameters({ 'x-blocktime-trace': trace });
+  await m.setParameters({ 'x-blocktime-trace': trace });
   m.status = 'postcopy-active';
   expect(await hmp(m, `info postcopy_blocktime -o ${out}`)).toMatch(/^wrote .*bt\.html \(\d+ KiB\) from .*bt\.jsonl \(live: /);
   expect(readFileSync(out, 'utf8')).toContain('live (the trace has no end line)');
@@ -49,6 +49,6 @@ test('-o writes the report of the trace so far, live or final', async () => {
 
 test('a trace not written yet is an error naming it', async () => {
   const m = new FakeMachine();
-  m.setParameters({ 'x-blocktime-trace': join(dir, 'none.jsonl') });
+  await m.setParameters({ 'x-blocktime-trace': join(dir, 'none.jsonl') });
   expect(await hmp(m, `info postcopy_blocktime -o ${join(dir, 'n.html')}`)).toMatch(/^Error: .*none\.jsonl: no such file/);
 });

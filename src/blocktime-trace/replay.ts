@@ -13,7 +13,7 @@ import { TERMINAL_STATUSES, type MigrationStatus } from '../migration/api.js';
 import { BlocktimeContext } from '../blocktime/context.js';
 import type { AlgorithmStart, BlocktimeAlgorithm } from '../blocktime/algorithm.js';
 import { PageStateMap, PostcopyRules } from '../blocktime/rules.js';
-import { TRACE_EVENTS, type TraceEventName } from '../blocktime/trace.js';
+import { FAULT_KINDS, FaultCause, TRACE_EVENTS, type TraceEventName } from '../blocktime/trace.js';
 import type { BlocktimeReport } from '../blocktime/types.js';
 
 /** A trace that cannot be replayed; the message starts with FILE[:LINE]:. */
@@ -121,7 +121,12 @@ export async function replayLines(
         case 'fault': {
           if (!isUint(o.addr)) fail('"addr" must be a non-negative integer');
           if (!isUint(o.tid) || (o.tid as number) > MAX_TID) fail('"tid" must be a non-negative 32-bit integer');
-          run.rules.fault(tn, o.addr as number, o.tid as number);
+          run.rules.fault(tn, o.addr as number, o.tid as number, faultCause(o.kind, fail));
+          break;
+        }
+        case 'push': {
+          if (!isUint(o.addr)) fail('"addr" must be a non-negative integer');
+          run.rules.pushed(tn, o.addr as number);
           break;
         }
         case 'placed': {
@@ -185,6 +190,16 @@ function parseHeader(o: Fields, fail: (msg: string) => never): { vcpus: number[]
   });
   if (o.t0 !== undefined && !isUint(o.t0)) fail('"t0" must be a non-negative integer');
   return { vcpus: list as number[], t0: o.t0 as number | undefined };
+}
+
+const KINDS = FAULT_KINDS.filter((k) => k !== '');
+
+/** A fault line's optional "kind" (how the destination served it). */
+function faultCause(kind: unknown, fail: (msg: string) => never): FaultCause {
+  if (kind === undefined) return FaultCause.Unknown;
+  const i = typeof kind === 'string' && kind !== '' ? (FAULT_KINDS as readonly string[]).indexOf(kind) : -1;
+  if (i < 0) fail(`"kind" must be ${orList(KINDS.map((k) => `"${k}"`))}, got ${JSON.stringify(kind)}`);
+  return i as FaultCause;
 }
 
 /** "a", "b" or "c" */

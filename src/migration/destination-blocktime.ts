@@ -10,6 +10,7 @@ import { BlocktimeContext, emptyReport, monotonicNs, type BlocktimeFeedCost, typ
 import { threadCpuNs } from '../native/index.js';
 import { openTraceFile } from '../blocktime-trace/index.js';
 import type { AccessStamps } from '../native/vcpu.js';
+import type { FaultCause } from '../blocktime/trace.js';
 import type { VcpuControl } from './guest.js';
 import { PostcopyAccounting } from './postcopy-accounting.js';
 
@@ -38,6 +39,8 @@ export class DestinationBlocktime {
   private readonly o: DestinationBlocktimeOptions;
   /** what feeding the context costs the event loop (x-blocktime.feed) */
   private readonly feed: BlocktimeFeedCost = { events: 0, drains: 0, cpuNs: 0, horizonNs: 0 };
+  /** the push's page last sampled (pushAt) */
+  private pushSampled = -1;
 
   constructor(o: DestinationBlocktimeOptions) {
     this.o = o;
@@ -67,10 +70,20 @@ export class DestinationBlocktime {
     this.stampsNow?.enable(clockBase);
   }
 
-  /** The fault thread read a fault of thread `tid` on `page`, raised at `t`. */
-  fault(page: number, tid: number, t: number): void {
+  /** The fault thread read a fault of thread `tid` on `page`, raised at `t`,
+   *  and served it as `cause` says. */
+  fault(page: number, tid: number, t: number, cause: FaultCause): void {
     this.feed.events++;
-    this.accounting.fault(page, tid, t);
+    this.accounting.fault(page, tid, t, cause);
+  }
+
+  /** The latest page the main stream's background push delivered (-1:
+   *  none yet), looked at every few ms: a change goes into the trace, dated
+   *  now (the trace's picture of where the push was). */
+  pushAt(page: number): void {
+    if (page === this.pushSampled || page < 0) return;
+    this.pushSampled = page;
+    this.accounting.pushed(page, monotonicNs());
   }
 
   /** The fault thread placed pages [first, first+count) at `t`. */

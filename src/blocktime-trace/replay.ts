@@ -33,6 +33,8 @@ export type AlgorithmFactory = (start: AlgorithmStart) => BlocktimeAlgorithm<unk
 /** The exact report, and one report per extra algorithm, by its name. */
 export interface ReplayResult {
   exact: BlocktimeReport;
+  /** the lines replayed (of a file still being written: those it had when the replay began) */
+  lines: number;
   [algorithm: string]: unknown;
 }
 
@@ -41,17 +43,22 @@ export async function replayTrace(path: string): Promise<BlocktimeReport> {
   return (await replayTraceWith(path, {})).exact;
 }
 
-/** Replays the trace file at `path` through our context and `algorithms`. */
+/** Replays the trace file at `path` through our context and `algorithms`:
+ *  the bytes it holds when called (a live destination goes on appending
+ *  whole lines to it; what comes meanwhile is left for the next replay). */
 export async function replayTraceWith(path: string, algorithms: Record<string, AlgorithmFactory>): Promise<ReplayResult> {
+  let size: number;
   try {
     const st = await stat(path);
     if (st.isDirectory()) throw new TraceError(`${path}: is a directory, not a trace file`);
+    size = st.size;
   } catch (e) {
     if (e instanceof TraceError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
     throw new TraceError(code === 'ENOENT' ? `${path}: no such file` : `${path}: cannot read: ${(e as Error).message}`);
   }
-  const lines = createInterface({ input: createReadStream(path, { encoding: 'utf8' }), crlfDelay: Infinity });
+  if (size === 0) return replayLines([], path, algorithms);
+  const lines = createInterface({ input: createReadStream(path, { encoding: 'utf8', end: size - 1 }), crlfDelay: Infinity });
   try {
     return await replayLines(lines, path, algorithms);
   } finally {
@@ -163,7 +170,7 @@ export async function replayLines(
 
   if (header === undefined) throw new TraceError(`${name}: empty trace (the first line must be the header {"vcpus": [...]})`);
   if (run === undefined) run = start(0);
-  const result: ReplayResult = { exact: run.exact.report() };
+  const result: ReplayResult = { exact: run.exact.report(), lines: lineNo };
   for (const [k, a] of run.others) result[k] = a.report();
   run.exact.destroy();
   return result;

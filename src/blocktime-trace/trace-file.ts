@@ -118,7 +118,7 @@ export class TraceFileSink implements TraceSink {
     }
   }
 
-  private flush(): void {
+  flush(): void {
     if (this.pos > 0) this.write(this.buf, this.pos);
     this.pos = 0;
   }

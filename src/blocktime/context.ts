@@ -186,6 +186,11 @@ export class BlocktimeContext implements BlocktimeAlgorithm<BlocktimeReport> {
     }
   }
 
+  /** Writes out the trace's buffered lines (for a live look at the trace). */
+  flushTrace(): void {
+    this.trace?.flush();
+  }
+
   /** The source's background push had delivered the page at `addr` by
    *  `at`: recorded in the trace (no figure depends on it). */
   pushed(addr: number, at: number): void {

@@ -51,6 +51,8 @@ export interface TraceSink {
   schedstat(t: number, tid: number, sample: KernelTimes | string): void;
   /** the migration reached a terminal state; the context stops accounting */
   end(t: number, status: string): void;
+  /** writes out what is buffered (a live report reads the trace so far) */
+  flush(): void;
   /** flush and release; called once, by the context that owns the sink */
   close(): void;
 }

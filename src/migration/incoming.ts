@@ -104,8 +104,6 @@ export class IncomingMigration implements StreamHandler {
   private blocktime: DestinationBlocktime | null = null;
   private blocktimeFallback: BlocktimeReport | null = null;
   private postcopy = false;
-  /** the latest page the background push delivered in postcopy (-1: none yet), sampled into the blocktime trace */
-  private pushedPage = -1;
   private switched = false;
   private over = false;
   // counters
@@ -396,7 +394,6 @@ export class IncomingMigration implements StreamHandler {
   private readonly drainChannel = (): void => {
     const ch = this.channel;
     if (ch === null) return;
-    this.blocktime?.pushAt(this.pushedPage);
     this.drainEvents();
     const st = ch.state;
     if (st === 'closed') this.urgentClosed();
@@ -520,8 +517,7 @@ export class IncomingMigration implements StreamHandler {
   private place(offset: number, count: number, copy: boolean): void {
     this.placeRun(offset, count, copy);
     const first = offset / this.ps;
-    this.pushedPage = first + count - 1;
-    this.blocktime?.accounting.placed(first, count, monotonicNs());
+    this.blocktime?.backgroundPlaced(first, count, monotonicNs());
     this.received(first, count);
   }
 

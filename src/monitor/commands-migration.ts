@@ -282,9 +282,10 @@ export async function blocktimeHtml(m: Machine, out: string | undefined): Promis
       + 'migrate_set_parameter x-blocktime-trace PATH here before postcopy starts');
   }
   const { writeHtmlReport } = await import('../report/build-report.js');
-  const bytes = await writeHtmlReport([{ path: trace }], out);
   const status = m.queryMigrate().status;
-  const live = isTerminal(status) ? '' : ' (live: the events written so far; the trace is flushed every 64 KiB and at the end)';
+  if (!isTerminal(status)) await m.blocktime(); // a live report flushes the trace: it holds what is accounted so far
+  const bytes = await writeHtmlReport([{ path: trace }], out);
+  const live = isTerminal(status) ? '' : ' (live: the events accounted so far)';
   return `wrote ${out} (${Math.ceil(bytes / 1024)} KiB) from ${trace}${live}`;
 }
 

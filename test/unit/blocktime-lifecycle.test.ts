@@ -22,6 +22,7 @@ class MemorySink implements TraceSink {
     this.lines.push(`schedstat ${t} ${tid} ${typeof s === 'string' ? s : `${s.runNs} ${s.waitNs}`}`);
   }
   end(t: number, status: string): void { this.lines.push(`end ${t} ${status}`); }
+  flush(): void { /* kept in memory */ }
   close(): void { this.closed++; }
 }
 

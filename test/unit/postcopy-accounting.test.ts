@@ -21,6 +21,7 @@ function setup(pages = 64) {
     push: (t, a) => { lines.push(`push ${t} ${(a - BASE) / PS}`); },
     schedstat: (t, tid, s: KernelTimes | string) => { lines.push(`schedstat ${t} ${tid} ${typeof s === 'string' ? s : s.runNs}`); },
     end: () => undefined,
+    flush: () => undefined,
     close: () => undefined,
   };
   const clock = { now: 0 };

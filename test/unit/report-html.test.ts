@@ -3,8 +3,7 @@
 // a column apart, the summary table of the console, two traces side by side
 // on the same axes, the faults coloured by how they were served and the
 // background push drawn as a line where the trace carries them, the CLI's
-// usage errors, and a 10^6-event trace that
-// stays under 5 MiB.
+// usage errors, and a 10^6-event trace that stays under 5 MiB.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

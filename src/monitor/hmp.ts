@@ -16,7 +16,8 @@ import { dirname } from 'node:path';
 import type { Machine, MigrationStatus } from '../migration/api.js';
 import { TERMINAL_STATUSES } from '../migration/api.js';
 import type { CommandContext, HmpRunResult, Registry } from './registry.js';
-import { formatProgress, painter } from './format.js';
+import { fitWidth, formatProgress, painter } from './format.js';
+import { LiveFrame } from './live-frame.js';
 
 /** QEMU's readline keeps at most 4095 characters; longer lines are refused. */
 export const MAX_LINE = 4096;
@@ -67,13 +68,16 @@ export class HmpConsole {
   private failures = 0;
   private quitRequested = false;
   private abort: AbortController | undefined;
+  /** the running command's live area (live-frame.ts) */
+  private live: LiveFrame | undefined;
   // progress line state (interactive only)
   private progressTimer: NodeJS.Timeout | undefined;
   private progressShown = false;
   private progressBusy = false;
-  /** a migration's failure seen while a command ran: shown after the
-   *  command's output unless that output already said it */
-  private deferredFailure: { line: string; desc: string } | undefined;
+  /** a migration's end seen while a command ran (its failure, or any end
+   *  under a command's frames): shown after the command's output, unless
+   *  that output already said `desc` */
+  private deferredFailure: { line: string; desc?: string } | undefined;
   /** a command's yes/no question waits for the next typed line */
   private answer: ((line: string | null) => void) | undefined;
   private readonly onMigration = (s: MigrationStatus) => this.migrationChanged(s);
@@ -133,6 +137,7 @@ export class HmpConsole {
     rl.on('line', (line) => {
       this.progressShown = false; // the prompt line scrolled up
       if (this.answer) { this.answer(line); return; }
+      if (this.live?.wantsKeys) return; // the Enter that stops a command redrawing (-w)
       this.queue.push(line);
       void this.pump();
     });
@@ -176,7 +181,7 @@ export class HmpConsole {
         this.print(r.text, !r.ok);
         const deferred = this.deferredFailure;
         this.deferredFailure = undefined;
-        if (deferred && !r.text.includes(deferred.desc)) this.opts.output.write(`${deferred.line}\n`);
+        if (deferred && (deferred.desc === undefined || !r.text.includes(deferred.desc))) this.opts.output.write(`${deferred.line}\n`);
         if (!r.ok) {
           this.failures++;
           if (this.opts.exitOnError) { this.finish('error'); return; }
@@ -241,7 +246,10 @@ export class HmpConsole {
     if (/^\s*#/.test(line)) return { ok: true, text: '' };
     this.abort = new AbortController();
     const signal = this.abort.signal;
+    const live = this.liveFrame();
+    this.live = live;
     const ctx: CommandContext = {
+      live,
       machine: this.opts.machine,
       registry: this.opts.registry,
       canWait: true,
@@ -258,7 +266,31 @@ export class HmpConsole {
       return { ok: false, text: `Error: internal error: ${msg}\n` };
     } finally {
       this.abort = undefined;
+      live.close();
+      this.live = undefined;
     }
+  }
+
+  /** The live area of one command: frames in place on the terminal, with
+   *  a typed key for it to stop on (the key itself is dropped from the
+   *  line being typed); plain lines for a script. */
+  private liveFrame(): LiveFrame {
+    const o = this.opts;
+    if (!o.interactive) return new LiveFrame({ output: o.output, inPlace: false });
+    return new LiveFrame({
+      output: o.output,
+      inPlace: true,
+      beforeFirst: () => this.clearStatusLine(),
+      onKey: (listener) => {
+        const onKey = (): void => {
+          this.rl?.write(null, { ctrl: true, name: 'e' });
+          this.rl?.write(null, { ctrl: true, name: 'u' });
+          listener();
+        };
+        o.input.on('keypress', onKey);
+        return () => { o.input.off('keypress', onKey); };
+      },
+    });
   }
 
   private print(text: string, isError: boolean): void {
@@ -319,6 +351,10 @@ export class HmpConsole {
         this.deferredFailure = { line, desc: info['error-desc'] ?? '' };
         return;
       }
+      if (this.live?.drawing) { // under the frames of a command redrawing (-w), once it ends
+        this.deferredFailure = { line };
+        return;
+      }
       this.showStatusLine(line);
       this.progressShown = false;
     } else if (s !== 'none') {
@@ -339,7 +375,7 @@ export class HmpConsole {
   }
 
   private async drawProgress(): Promise<void> {
-    if (this.progressBusy || this.ended) return;
+    if (this.progressBusy || this.ended || this.live?.drawing) return;
     this.progressBusy = true;
     try {
       const m = this.opts.machine;
@@ -349,7 +385,7 @@ export class HmpConsole {
       if (info.status === 'postcopy-active') {
         try { blocktimeMs = (await m.blocktime())?.['postcopy-blocktime']; } catch { /* figures not reachable now */ }
       }
-      if (this.ended || !this.progressTimer) return;
+      if (this.ended || !this.progressTimer || this.live?.drawing) return;
       this.showStatusLine(formatProgress(m.queryMigrate(), blocktimeMs, this.opts.color));
     } finally {
       this.progressBusy = false;
@@ -391,14 +427,6 @@ export class HmpConsole {
   private rowsToStatusLine(rl: Interface): number {
     return rl.getCursorPos().rows + 1;
   }
-}
-
-/** Cuts a line with ANSI colours to `width` visible characters. */
-function fitWidth(text: string, width: number): string {
-  // eslint-disable-next-line no-control-regex
-  const visible = text.replace(/\x1b\[[0-9;]*m/g, '');
-  if (visible.length <= width) return text;
-  return `${visible.slice(0, width - 3)}...`;
 }
 
 /** Reads a history file (oldest first) into readline's order (newest first). */

@@ -103,14 +103,14 @@ maybe('migration through the consoles', () => {
     try {
       const port = await freePort();
       const qmpPath = join(dir, 'dst.qmp');
+      // the source first: its vCPUs write all of guest RAM while the destination starts; after the switch they
+      // sweep on ahead of a push held to 8 MiB/s, faulting page after page: seconds of postcopy
+      const src = vm(['-m', '256M', '-smp', '2', '--exit-on-error']);
       const dst = vm(['-m', '256M', '-smp', '2', '-incoming', `tcp:127.0.0.1:${port}`, '-qmp', `unix:${qmpPath},server=on,wait=off`]);
       // -w waits for the migration, the next line runs after it; the script ends once QMP has been asked enough
       dst.p.stdin.write('migrate_set_capability postcopy-blocktime on\ninfo postcopy_blocktime -w 120\ninfo status\n');
       await waitOut(dst, /\| none \| /, 'the first line of -w');
       const qmp = await connectWithRetry(`unix:${qmpPath}`, 10_000);
-
-      // the vCPUs sweep all of guest RAM, faulting page after page, ahead of a push held to 8 MiB/s: seconds of postcopy
-      const src = vm(['-m', '256M', '-smp', '2', '--exit-on-error']);
       src.p.stdin.end([
         'migrate_set_capability postcopy-ram on',
         'migrate_set_parameter max-bandwidth 16',

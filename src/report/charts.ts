@@ -75,12 +75,12 @@ export function timelineSpec(t: DrawnTrace, d: Domains): TopLevelSpec {
     layer: [
       {
         data: { values: band },
-        name: 'all-blocked', mark: { type: 'rect', color: '#e45756', opacity: 0.3 },
+        name: 'all-blocked', mark: { type: 'rect', color: '#e45756', opacity: 0.3, aria: false },
         encoding: { x: timeAxis(d), x2: { field: 'end' }, tooltip: [{ field: 'intervals', title: 'all-blocked windows' }] },
       },
       {
         data: { values: bars },
-        name: 'blocked', mark: { type: 'rect', color: '#4c78a8' },
+        name: 'blocked', mark: { type: 'rect', color: '#4c78a8', aria: false },
         encoding: {
           x: timeAxis(d), x2: { field: 'end' },
           y: { field: 'vcpu', type: 'nominal', title: null, sort: rows, scale: { domain: rows } },
@@ -179,7 +179,7 @@ function addressSpec(t: DrawnTrace, d: Domains, title: string, series: readonly 
     layer: [
       ...(push.length > 0 ? [{
         data: { values: push },
-        name: 'push', mark: { type: 'line', clip: true, strokeWidth: 1, opacity: 0.7, point: { size: 6 } },
+        name: 'push', mark: { type: 'line', clip: true, strokeWidth: 1, opacity: 0.7 },
         encoding: {
           x: { field: 't', type: 'quantitative', scale: { domain: d.timeMs, nice: false } }, y: { field: 'mib', ...y },
           detail: { field: 'run', type: 'nominal' },
@@ -188,7 +188,7 @@ function addressSpec(t: DrawnTrace, d: Domains, title: string, series: readonly 
       }] : []),
       {
         data: { values },
-        name: 'faults', mark: { type: 'rect', opacity: 0.8, clip: true },
+        name: 'faults', mark: { type: 'rect', opacity: 0.8, clip: true, aria: false },
         encoding: {
           x: timeAxis(d), x2: { field: 'end' }, y: { field: 'lo', ...y }, y2: { field: 'hi' },
           color: { field: 'who', type: 'nominal', ...color },

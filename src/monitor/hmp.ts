@@ -11,18 +11,16 @@
 // The console only prints: parsing and running is the registry's job.
 
 import { createInterface, type Interface } from 'node:readline';
-import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
 import type { Machine, MigrationStatus } from '../migration/api.js';
 import { TERMINAL_STATUSES } from '../migration/api.js';
 import type { CommandContext, HmpRunResult, Registry } from './registry.js';
 import { fitWidth, formatProgress, painter } from './format.js';
-import { LiveFrame } from './live-frame.js';
+import { LiveFrame, readlineKeys } from './live-frame.js';
+import { HISTORY_SIZE, loadHistory, saveHistory } from './history-file.js';
 
 /** QEMU's readline keeps at most 4095 characters; longer lines are refused. */
 export const MAX_LINE = 4096;
-/** History entries kept in the history file. */
-export const HISTORY_SIZE = 1000;
+export { HISTORY_SIZE } from './history-file.js';
 const PROGRESS_INTERVAL_MS = 500;
 const PROMPT = '(qemu) ';
 
@@ -281,15 +279,7 @@ export class HmpConsole {
       output: o.output,
       inPlace: true,
       beforeFirst: () => this.clearStatusLine(),
-      onKey: (listener) => {
-        const onKey = (): void => {
-          this.rl?.write(null, { ctrl: true, name: 'e' });
-          this.rl?.write(null, { ctrl: true, name: 'u' });
-          listener();
-        };
-        o.input.on('keypress', onKey);
-        return () => { o.input.off('keypress', onKey); };
-      },
+      onKey: readlineKeys(o.input, () => this.rl),
     });
   }
 
@@ -426,26 +416,5 @@ export class HmpConsole {
   /** rows from the cursor up to the live line (it sits just above the typed line) */
   private rowsToStatusLine(rl: Interface): number {
     return rl.getCursorPos().rows + 1;
-  }
-}
-
-/** Reads a history file (oldest first) into readline's order (newest first). */
-export function loadHistory(file: string): string[] {
-  try {
-    return readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() !== '').slice(-HISTORY_SIZE).reverse();
-  } catch {
-    return [];
-  }
-}
-
-/** Writes readline's history (newest first) to the file, oldest first, bounded. */
-export function saveHistory(file: string, newestFirst: readonly string[]): void {
-  try {
-    mkdirSync(dirname(file), { recursive: true });
-    // completion leaves a space after the last word: not worth keeping
-    const lines = newestFirst.slice(0, HISTORY_SIZE).map((l) => l.trimEnd()).reverse();
-    writeFileSync(file, lines.length ? `${lines.join('\n')}\n` : '', { mode: 0o600 });
-  } catch {
-    // history is a convenience: an unwritable file must not break the console
   }
 }

@@ -6,6 +6,7 @@
 // read. A key typed at the terminal can stop the command (untilKey). The
 // console (hmp.ts) makes one per command line and closes it afterwards.
 
+import type { Interface } from 'node:readline';
 import type { LiveOutput } from './registry.js';
 import { fitWidth } from './format.js';
 
@@ -79,4 +80,19 @@ export class LiveFrame implements LiveOutput {
     for (const stop of [...this.keyStops]) stop();
     this.started = false;
   }
+}
+
+/** The keys typed at a readline terminal, for LiveFrameOptions.onKey: a key
+ *  that stops a command is dropped from the line being typed (readline,
+ *  listening first, has echoed it and taken it in). */
+export function readlineKeys(input: NodeJS.EventEmitter, rl: () => Interface | undefined): (listener: () => void) => () => void {
+  return (listener) => {
+    const onKey = (): void => {
+      rl()?.write(null, { ctrl: true, name: 'e' });
+      rl()?.write(null, { ctrl: true, name: 'u' });
+      listener();
+    };
+    input.on('keypress', onKey);
+    return () => { input.off('keypress', onKey); };
+  };
 }

@@ -36,7 +36,7 @@ enum pc_channel_state { PC_CH_RUNNING = 0, PC_CH_STOPPED = 1, PC_CH_CLOSED = 2, 
 
 /* ring entry kinds: 4 doubles each {kind, page, arg, t_ns} */
 enum pc_channel_event {
-    PC_EV_FAULT = 1,  /* destination: a vCPU (thread id = arg) faulted on a missing page */
+    PC_EV_FAULT = 1,  /* destination: a vCPU (thread id = arg) faulted on a missing page (| cause, below) */
     PC_EV_PLACED = 2, /* destination: arg pages from page were placed */
     PC_EV_SERVED = 3, /* source: arg pages from page were sent on request */
 };

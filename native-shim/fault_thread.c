@@ -3,8 +3,9 @@
  *  - reads the userfaultfd's fault messages and, for each fault on a page not
  *    yet here, sends a page request (REQ_PAGES) on the urgent channel, once
  *    per page, with a read-ahead request for the pages after it, and pushes a
- *    FAULT event (page, faulting thread id, time) to the ring for the
- *    blocktime context;
+ *    FAULT event (page, faulting thread id, time, and how it served the
+ *    fault: requested, read-ahead, in flight or already received) to the
+ *    ring for the blocktime context;
  *  - resolves a fault on a page known to be zero (received as ZERO in precopy,
  *    never populated) with UFFDIO_ZEROPAGE at once;
  *  - places the requested pages the source sends back with UFFDIO_COPY or

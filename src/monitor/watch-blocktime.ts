@@ -51,12 +51,13 @@ export async function watchBlocktime(ctx: CommandContext, seconds: number | unde
   for (;;) {
     const f = await draw();
     if (TERMINAL_STATUSES.has(f.info.status)) return `stopped: the migration ${f.info.status === 'completed' ? 'completed' : `ended (${f.info.status})`}`;
+    const goesOn = f.info.status === 'none' ? '' : '; the migration goes on';
     const left = until - performance.now();
-    if (left <= 0) return `stopped after ${seconds} s; the migration goes on`;
+    if (left <= 0) return `stopped after ${seconds} s${goesOn}`;
     const outcome = await waitForMigration(m, (s) => TERMINAL_STATUSES.has(s), { signal: stop, timeoutMs: Math.min(WATCH_INTERVAL_MS, left) });
     if (outcome === 'interrupted') {
       await draw();
-      return `stopped${key.aborted ? ' (key pressed)' : ''}; the migration goes on`;
+      return `stopped${key.aborted ? ' (key pressed)' : ''}${goesOn}`;
     }
     if (outcome === 'shutdown') return 'stopped: the VM is shutting down';
   }

@@ -36,9 +36,19 @@ enum pc_channel_state { PC_CH_RUNNING = 0, PC_CH_STOPPED = 1, PC_CH_CLOSED = 2, 
 
 /* ring entry kinds: 4 doubles each {kind, page, arg, t_ns} */
 enum pc_channel_event {
-    PC_EV_FAULT = 1,  /* destination: a vCPU (thread id = arg) faulted on a missing page */
+    PC_EV_FAULT = 1,  /* destination: a vCPU (thread id = arg) faulted on a missing page (| cause, below) */
     PC_EV_PLACED = 2, /* destination: arg pages from page were placed */
     PC_EV_SERVED = 3, /* source: arg pages from page were sent on request */
+};
+/* A FAULT entry's kind also says how the fault thread served the fault, in
+ * the bits from PC_CAUSE_SHIFT up: PC_EV_FAULT | cause << PC_CAUSE_SHIFT
+ * (src/blocktime/trace.ts FaultCause, same numbers) */
+#define PC_CAUSE_SHIFT 4
+enum pc_fault_cause {
+    PC_CAUSE_REQUESTED = 1, /* it sent the page request (the first fault on the page) */
+    PC_CAUSE_READAHEAD = 2, /* the page was asked for already, as read-ahead of an earlier fault */
+    PC_CAUSE_INFLIGHT = 3,  /* the page was asked for already, for an earlier fault */
+    PC_CAUSE_RECEIVED = 4,  /* the page was here already (known zero, or pushed since): no request */
 };
 
 /* destination counters (stats[]) */

@@ -3,8 +3,9 @@
  *  - reads the userfaultfd's fault messages and, for each fault on a page not
  *    yet here, sends a page request (REQ_PAGES) on the urgent channel, once
  *    per page, with a read-ahead request for the pages after it, and pushes a
- *    FAULT event (page, faulting thread id, time) to the ring for the
- *    blocktime context;
+ *    FAULT event (page, faulting thread id, time, and how it served the
+ *    fault: requested, read-ahead, in flight or already received) to the
+ *    ring for the blocktime context;
  *  - resolves a fault on a page known to be zero (received as ZERO in precopy,
  *    never populated) with UFFDIO_ZEROPAGE at once;
  *  - places the requested pages the source sends back with UFFDIO_COPY or
@@ -26,6 +27,7 @@
 /* c->requested[page] */
 #define ASKED 1       /* a request was sent */
 #define PLACED_HERE 2 /* this thread placed it (asked for, or read ahead by the source) */
+#define AHEAD 4       /* with ASKED or PLACED_HERE: asked for as read-ahead of another fault */
 
 static void wake(struct pc_channel *c, uint64_t addr, uint64_t len)
 {
@@ -77,7 +79,8 @@ static int place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8
                         (unsigned long long)count, (unsigned long long)off, strerror(e));
         return -1;
     }
-    memset(c->requested + off / ps, PLACED_HERE, count);
+    for (uint8_t *r = c->requested + off / ps, *e = r + count; r < e; r++)
+        *r = PLACED_HERE | (*r & AHEAD);
     c->st->stats[src ? PC_DST_PLACED : PC_DST_ZERO_PLACED] += (double)count;
     /* the ioctl wakes the waiters at its end: right before this stamp
      * (measured: dating it by the ioctl's own CPU time instead, in case the
@@ -187,7 +190,8 @@ static void request(struct pc_channel *c, uint64_t page)
     while (end < c->pages && end - page <= c->readahead && c->requested[end] == 0 &&
            !(__atomic_load_n(&c->flags[end], __ATOMIC_ACQUIRE) & PC_PAGE_RECEIVED))
         end++;
-    memset(c->requested + page, ASKED, end - page);
+    c->requested[page] = ASKED;
+    memset(c->requested + page + 1, ASKED | AHEAD, end - page - 1);
     pc_put_record(c->out + c->out_len, PC_RP_REQ_PAGES, 0, (uint32_t)ps, page * ps);
     c->out_len += PC_RECORD_HEADER;
     c->st->stats[PC_DST_REQUESTS]++;
@@ -237,14 +241,32 @@ static double fault_time(const struct pc_channel *c, uint32_t tid, uint64_t page
     }
 }
 
+/* How a fault on `page` is served (enum pc_fault_cause); asks for the page
+ * when nobody has (request()). */
+static int serve(struct pc_channel *c, uint64_t page)
+{
+    if (__atomic_load_n(&c->flags[page], __ATOMIC_ACQUIRE) & PC_PAGE_RECEIVED)
+        return PC_CAUSE_RECEIVED;
+    uint8_t r = c->requested[page];
+    if (r == 0) {
+        request(c, page);
+        return PC_CAUSE_REQUESTED;
+    }
+    return (r & AHEAD) ? PC_CAUSE_READAHEAD : PC_CAUSE_INFLIGHT;
+}
+
 /* Reads the pending fault messages. Returns how many, or -1 (failed).
- * With blocktime, every fault is pushed as a FAULT event first, all stamped
- * at the read, before any event this read causes (the ring stays in time
- * order); whether it waited on a page is for the rules to say, in the merged
- * time order of all placements (src/blocktime/rules.ts). */
+ * Each fault is served first (its page asked for, if nobody has: the
+ * requests go out at the next flush) and, with blocktime, pushed as a FAULT
+ * event with how it was served; all are stamped at the read and pushed
+ * before any event this read causes (the ring stays in time order). Then
+ * the faults on pages already here are resolved. Whether a fault waited on
+ * a page is for the rules to say, in the merged time order of all
+ * placements (src/blocktime/rules.ts). */
 static int read_faults(struct pc_channel *c)
 {
     struct uffd_msg msgs[64];
+    uint8_t cause[64];
     const double before = pc_channel_now(c);
     ssize_t n = read(c->uffd, msgs, sizeof msgs);
     if (n < 0) {
@@ -260,10 +282,15 @@ static int read_faults(struct pc_channel *c)
     const double seen = pc_channel_now(c);
     const uint64_t ps = c->page_size;
     int k = (int)(n / (ssize_t)sizeof msgs[0]);
-    for (int i = 0; c->blocktime && i < k; i++) {
+    for (int i = 0; i < k; i++) {
         int64_t page = fault_page(c, &msgs[i]);
+        if (page < 0)
+            continue;
+        c->st->stats[PC_DST_FAULTS]++;
+        cause[i] = (uint8_t)serve(c, (uint64_t)page);
         uint32_t tid = msgs[i].arg.pagefault.feat.ptid;
-        if (page >= 0 && pc_channel_push(c, PC_EV_FAULT, (double)page, (double)tid, fault_time(c, tid, (uint64_t)page, seen)) < 0)
+        if (c->blocktime && pc_channel_push(c, PC_EV_FAULT | cause[i] << PC_CAUSE_SHIFT, (double)page, (double)tid,
+                                            fault_time(c, tid, (uint64_t)page, seen)) < 0)
             return -1;
     }
     if (k < (int)(sizeof msgs / sizeof msgs[0]))
@@ -273,8 +300,7 @@ static int read_faults(struct pc_channel *c)
         if (sp < 0)
             continue;
         uint64_t page = (uint64_t)sp, addr = c->base + page * ps;
-        c->st->stats[PC_DST_FAULTS]++;
-        if (__atomic_load_n(&c->flags[page], __ATOMIC_ACQUIRE) & PC_PAGE_RECEIVED) {
+        if (cause[i] == PC_CAUSE_RECEIVED) {
             /* known to be zero and never written (placed here, now: the
              * fault waited for this), or placed by the main stream since the
              * fault (EEXIST: that placement woke it) */
@@ -284,17 +310,11 @@ static int read_faults(struct pc_channel *c)
             else if (c->blocktime && pc_channel_push(c, PC_EV_PLACED, (double)page, 1, pc_channel_now(c)) < 0)
                 return -1;
             c->st->stats[PC_DST_LOCAL_ZERO]++;
-            continue;
-        }
-        if (c->requested[page] == PLACED_HERE) {
+        } else if (c->requested[page] & PLACED_HERE) {
             /* raised while this thread was placing it (a vCPU running ahead
              * into pages the source read ahead): that placement woke it */
             wake(c, addr, ps);
-            continue;
         }
-        if (c->requested[page] == ASKED)
-            continue;
-        request(c, page);
     }
     return k;
 }

@@ -13,7 +13,7 @@ import { TERMINAL_STATUSES, type MigrationStatus } from '../migration/api.js';
 import { BlocktimeContext } from '../blocktime/context.js';
 import type { AlgorithmStart, BlocktimeAlgorithm } from '../blocktime/algorithm.js';
 import { PageStateMap, PostcopyRules } from '../blocktime/rules.js';
-import { TRACE_EVENTS, type TraceEventName } from '../blocktime/trace.js';
+import { FAULT_KINDS, FaultCause, TRACE_EVENTS, type TraceEventName } from '../blocktime/trace.js';
 import type { BlocktimeReport } from '../blocktime/types.js';
 
 /** A trace that cannot be replayed; the message starts with FILE[:LINE]:. */
@@ -33,6 +33,8 @@ export type AlgorithmFactory = (start: AlgorithmStart) => BlocktimeAlgorithm<unk
 /** The exact report, and one report per extra algorithm, by its name. */
 export interface ReplayResult {
   exact: BlocktimeReport;
+  /** the lines replayed (of a file still being written: those it had when the replay began) */
+  lines: number;
   [algorithm: string]: unknown;
 }
 
@@ -41,17 +43,22 @@ export async function replayTrace(path: string): Promise<BlocktimeReport> {
   return (await replayTraceWith(path, {})).exact;
 }
 
-/** Replays the trace file at `path` through our context and `algorithms`. */
+/** Replays the trace file at `path` through our context and `algorithms`:
+ *  the bytes it holds when called (a live destination goes on appending
+ *  whole lines to it; what comes meanwhile is left for the next replay). */
 export async function replayTraceWith(path: string, algorithms: Record<string, AlgorithmFactory>): Promise<ReplayResult> {
+  let size: number;
   try {
     const st = await stat(path);
     if (st.isDirectory()) throw new TraceError(`${path}: is a directory, not a trace file`);
+    size = st.size;
   } catch (e) {
     if (e instanceof TraceError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
     throw new TraceError(code === 'ENOENT' ? `${path}: no such file` : `${path}: cannot read: ${(e as Error).message}`);
   }
-  const lines = createInterface({ input: createReadStream(path, { encoding: 'utf8' }), crlfDelay: Infinity });
+  if (size === 0) return replayLines([], path, algorithms);
+  const lines = createInterface({ input: createReadStream(path, { encoding: 'utf8', end: size - 1 }), crlfDelay: Infinity });
   try {
     return await replayLines(lines, path, algorithms);
   } finally {
@@ -121,7 +128,12 @@ export async function replayLines(
         case 'fault': {
           if (!isUint(o.addr)) fail('"addr" must be a non-negative integer');
           if (!isUint(o.tid) || (o.tid as number) > MAX_TID) fail('"tid" must be a non-negative 32-bit integer');
-          run.rules.fault(tn, o.addr as number, o.tid as number);
+          run.rules.fault(tn, o.addr as number, o.tid as number, faultCause(o.kind, fail));
+          break;
+        }
+        case 'push': {
+          if (!isUint(o.addr)) fail('"addr" must be a non-negative integer');
+          run.rules.pushed(tn, o.addr as number);
           break;
         }
         case 'placed': {
@@ -158,7 +170,7 @@ export async function replayLines(
 
   if (header === undefined) throw new TraceError(`${name}: empty trace (the first line must be the header {"vcpus": [...]})`);
   if (run === undefined) run = start(0);
-  const result: ReplayResult = { exact: run.exact.report() };
+  const result: ReplayResult = { exact: run.exact.report(), lines: lineNo };
   for (const [k, a] of run.others) result[k] = a.report();
   run.exact.destroy();
   return result;
@@ -185,6 +197,16 @@ function parseHeader(o: Fields, fail: (msg: string) => never): { vcpus: number[]
   });
   if (o.t0 !== undefined && !isUint(o.t0)) fail('"t0" must be a non-negative integer');
   return { vcpus: list as number[], t0: o.t0 as number | undefined };
+}
+
+const KINDS = FAULT_KINDS.filter((k) => k !== '');
+
+/** A fault line's optional "kind" (how the destination served it). */
+function faultCause(kind: unknown, fail: (msg: string) => never): FaultCause {
+  if (kind === undefined) return FaultCause.Unknown;
+  const i = typeof kind === 'string' && kind !== '' ? (FAULT_KINDS as readonly string[]).indexOf(kind) : -1;
+  if (i < 0) fail(`"kind" must be ${orList(KINDS.map((k) => `"${k}"`))}, got ${JSON.stringify(kind)}`);
+  return i as FaultCause;
 }
 
 /** "a", "b" or "c" */

@@ -6,7 +6,7 @@
 import { closeSync, writeSync } from 'node:fs';
 import { CommandError } from '../errors.js';
 import { openPrivateFile, privateFileProblem } from '../private-file.js';
-import type { TraceSink } from '../blocktime/trace.js';
+import { FAULT_KINDS, type FaultCause, type TraceSink } from '../blocktime/trace.js';
 import type { KernelTimes } from '../blocktime/types.js';
 
 const CHUNK = 64 * 1024;
@@ -18,6 +18,9 @@ const T_OPEN = ascii('{"t":');
 const FAULT_ADDR = ascii(',"ev":"fault","addr":');
 const FAULT_TID = ascii(',"tid":');
 const PLACED_ADDR = ascii(',"ev":"placed","addr":');
+const PUSH_ADDR = ascii(',"ev":"push","addr":');
+/** `,"kind":"..."` by FaultCause ('' for Unknown: no field) */
+const FAULT_KIND = FAULT_KINDS.map((k) => ascii(k === '' ? '' : `,"kind":"${k}"`));
 const LINE_END = ascii('}\n');
 
 export class TraceFileSink implements TraceSink {
@@ -44,7 +47,7 @@ export class TraceFileSink implements TraceSink {
     this.text(`${JSON.stringify({ vcpus: vcpuThreadIds, t0 })}\n`);
   }
 
-  fault(t: number, addr: number, tid: number): void {
+  fault(t: number, addr: number, tid: number, cause: FaultCause): void {
     if (this.pos > CHUNK - MAX_LINE) this.flush();
     this.bytes(T_OPEN);
     this.uint(t);
@@ -52,14 +55,19 @@ export class TraceFileSink implements TraceSink {
     this.uint(addr);
     this.bytes(FAULT_TID);
     this.uint(tid);
+    this.bytes(FAULT_KIND[cause] ?? FAULT_KIND[0]);
     this.bytes(LINE_END);
   }
 
-  placed(t: number, addr: number): void {
+  placed(t: number, addr: number): void { this.addrLine(t, PLACED_ADDR, addr); }
+
+  push(t: number, addr: number): void { this.addrLine(t, PUSH_ADDR, addr); }
+
+  private addrLine(t: number, ev: Uint8Array, addr: number): void {
     if (this.pos > CHUNK - MAX_LINE) this.flush();
     this.bytes(T_OPEN);
     this.uint(t);
-    this.bytes(PLACED_ADDR);
+    this.bytes(ev);
     this.uint(addr);
     this.bytes(LINE_END);
   }
@@ -111,7 +119,7 @@ export class TraceFileSink implements TraceSink {
     }
   }
 
-  private flush(): void {
+  flush(): void {
     if (this.pos > 0) this.write(this.buf, this.pos);
     this.pos = 0;
   }

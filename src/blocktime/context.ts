@@ -31,7 +31,7 @@ import { HdrRows, hdrBucket, qemuLatencyBucket } from './latency-histogram.js';
 import { PageWaiters } from './page-waiters.js';
 import { VcpuThreads } from './vcpu-threads.js';
 import { floorAverage, nsToMs } from './report.js';
-import type { TraceSink } from './trace.js';
+import { FaultCause, type TraceSink } from './trace.js';
 import type { BlocktimeAlgorithm } from './algorithm.js';
 import { LATENCY_BUCKETS, type BlocktimeReport, type KernelTimes, type VcpuBlocktimeStats } from './types.js';
 
@@ -163,10 +163,10 @@ export class BlocktimeContext implements BlocktimeAlgorithm<BlocktimeReport> {
   /** A fault was read for the missing page at `addr`, raised by thread `tid`,
    *  at time `at` (the clock's scale; default now: a reader on another thread
    *  passes the time it read the fault). */
-  begin(addr: number, tid: number, at?: number): void {
+  begin(addr: number, tid: number, at?: number, cause: FaultCause = FaultCause.Unknown): void {
     if (this.stateNow !== 'live') return;
     const t = at ?? this.clock();
-    if (this.trace !== undefined) this.trace.fault(t, addr, tid);
+    if (this.trace !== undefined) this.trace.fault(t, addr, tid, cause);
     const v = this.tidToVcpu.indexOf(tid);
     this.waiters.add(addr, t, v);
     this.g[G_FAULTS]++;
@@ -184,6 +184,17 @@ export class BlocktimeContext implements BlocktimeAlgorithm<BlocktimeReport> {
         this.g[G_WINDOWS]++;
       }
     }
+  }
+
+  /** Writes out the trace's buffered lines (for a live look at the trace). */
+  flushTrace(): void {
+    this.trace?.flush();
+  }
+
+  /** The source's background push had delivered the page at `addr` by
+   *  `at`: recorded in the trace (no figure depends on it). */
+  pushed(addr: number, at: number): void {
+    if (this.stateNow === 'live' && this.trace !== undefined) this.trace.push(at, addr);
   }
 
   /** The page at `addr` was placed (at time `at`, default now): every fault

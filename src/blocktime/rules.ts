@@ -12,6 +12,7 @@
 
 import type { MigrationStatus } from '../migration/api.js';
 import type { BlocktimeAlgorithm } from './algorithm.js';
+import { FaultCause } from './trace.js';
 
 /** a fault is waiting on the page (set by fault(), cleared by placed()) */
 export const PAGE_WAITED = 8;
@@ -30,15 +31,23 @@ export class PostcopyRules {
     private readonly consumers: readonly BlocktimeAlgorithm<unknown>[],
   ) {}
 
-  /** A fault of thread `tid` on the page at `addr`, at `t`; returns whether
-   *  it was passed on (false: the page was placed already). */
-  fault(t: number, addr: number, tid: number): boolean {
+  /** A fault of thread `tid` on the page at `addr`, at `t` (served as
+   *  `cause` says); returns whether it was passed on (false: the page was
+   *  placed already). */
+  fault(t: number, addr: number, tid: number, cause: FaultCause = FaultCause.Unknown): boolean {
     const bits = this.pages.get(addr);
     if ((bits & PAGE_PLACED) !== 0) return false;
     this.pages.set(addr, bits | PAGE_WAITED);
     const c = this.consumers;
-    for (let i = 0; i < c.length; i++) c[i].begin(addr, tid, t);
+    for (let i = 0; i < c.length; i++) c[i].begin(addr, tid, t, cause);
     return true;
+  }
+
+  /** The source's background push had delivered the page at `addr` by `t`:
+   *  to the consumers that draw it or trace it. */
+  pushed(t: number, addr: number): void {
+    const c = this.consumers;
+    for (let i = 0; i < c.length; i++) c[i].pushed?.(addr, t);
   }
 
   /** The page at `addr` was placed at `t`; returns whether faults waited on it. */

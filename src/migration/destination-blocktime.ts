@@ -10,11 +10,14 @@ import { BlocktimeContext, emptyReport, monotonicNs, type BlocktimeFeedCost, typ
 import { threadCpuNs } from '../native/index.js';
 import { openTraceFile } from '../blocktime-trace/index.js';
 import type { AccessStamps } from '../native/vcpu.js';
+import type { FaultCause } from '../blocktime/trace.js';
 import type { VcpuControl } from './guest.js';
 import { PostcopyAccounting } from './postcopy-accounting.js';
 
 /** how long the vCPUs' samples may take to find each thread off a run queue (once at each end of postcopy) */
 const SETTLE_NS = 100e6;
+/** the background push's position goes into the trace at most this often */
+const PUSH_SAMPLE_NS = 2e6;
 
 export interface DestinationBlocktimeOptions {
   vcpus: VcpuControl;
@@ -38,6 +41,8 @@ export class DestinationBlocktime {
   private readonly o: DestinationBlocktimeOptions;
   /** what feeding the context costs the event loop (x-blocktime.feed) */
   private readonly feed: BlocktimeFeedCost = { events: 0, drains: 0, cpuNs: 0, horizonNs: 0 };
+  /** when the push's position was last sampled (backgroundPlaced) */
+  private pushSampledAt = -Infinity;
 
   constructor(o: DestinationBlocktimeOptions) {
     this.o = o;
@@ -67,10 +72,21 @@ export class DestinationBlocktime {
     this.stampsNow?.enable(clockBase);
   }
 
-  /** The fault thread read a fault of thread `tid` on `page`, raised at `t`. */
-  fault(page: number, tid: number, t: number): void {
+  /** The fault thread read a fault of thread `tid` on `page`, raised at `t`,
+   *  and served it as `cause` says. */
+  fault(page: number, tid: number, t: number, cause: FaultCause): void {
     this.feed.events++;
-    this.accounting.fault(page, tid, t);
+    this.accounting.fault(page, tid, t, cause);
+  }
+
+  /** The main stream's background push placed pages [first, first+count)
+   *  at `t` (right after the ioctl). Where the push is goes into the trace
+   *  too: its last page, at most every PUSH_SAMPLE_NS. */
+  backgroundPlaced(first: number, count: number, t: number): void {
+    this.accounting.placed(first, count, t);
+    if (t - this.pushSampledAt < PUSH_SAMPLE_NS) return;
+    this.pushSampledAt = t;
+    this.accounting.pushed(first + count - 1, t);
   }
 
   /** The fault thread placed pages [first, first+count) at `t`. */
@@ -118,11 +134,13 @@ export class DestinationBlocktime {
     this.accounting.releaseBefore(Infinity);
   }
 
-  /** The report, live (the kernel's figure sampled up to now, not traced) or final. */
+  /** The report, live (the kernel's figure sampled up to now, not traced;
+   *  the trace flushed, so that what it holds matches) or final. */
   report(): BlocktimeReport | undefined {
     const bt = this.context;
     if (bt.state === 'destroyed') return undefined;
     if (bt.state === 'live') {
+      bt.flushTrace();
       const v = this.o.vcpus;
       for (let i = 0; i < v.count; i++) {
         const s = v.kernelSample(i);

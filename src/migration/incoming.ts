@@ -31,7 +31,9 @@ import {
 } from './wire.js';
 import { Userfaultfd, StagingArea } from '../uffd/index.js';
 import { NativeBlock } from '../native/memory.js';
-import { PageChannel, ChannelEvent, FaultThreadStat, type ChannelEventSink } from '../native/page-channel.js';
+import {
+  PageChannel, ChannelEvent, FaultThreadStat, CHANNEL_EVENT_MASK, FAULT_CAUSE_SHIFT, type ChannelEventSink,
+} from '../native/page-channel.js';
 import { monotonicNs, type BlocktimeReport } from '../blocktime/index.js';
 import { PAGE_PLACED, PAGE_WAITED } from '../blocktime/rules.js';
 import { DestinationBlocktime } from './destination-blocktime.js';
@@ -406,8 +408,8 @@ export class IncomingMigration implements StreamHandler {
 
   /** one event from the fault thread's ring */
   private readonly onChannelEvent: ChannelEventSink = (kind, page, arg, t) => {
-    if (kind === ChannelEvent.Fault) {
-      this.blocktime?.fault(page, arg, t);
+    if ((kind & CHANNEL_EVENT_MASK) === ChannelEvent.Fault) {
+      this.blocktime?.fault(page, arg, t, kind >> FAULT_CAUSE_SHIFT);
       return;
     }
     this.received(page, arg);
@@ -508,7 +510,7 @@ export class IncomingMigration implements StreamHandler {
   private place(offset: number, count: number, copy: boolean): void {
     this.placeRun(offset, count, copy);
     const first = offset / this.ps;
-    this.blocktime?.accounting.placed(first, count, monotonicNs());
+    this.blocktime?.backgroundPlaced(first, count, monotonicNs());
     this.received(first, count);
   }
 

@@ -17,6 +17,7 @@
 import { PostcopyRules, type PageStates } from '../blocktime/rules.js';
 import type { BlocktimeContext } from '../blocktime/context.js';
 import type { KernelTimes } from '../blocktime/types.js';
+import { FaultCause } from '../blocktime/trace.js';
 
 /** The page flags byte array as the rules' page states (bits 8 and 16 are theirs). */
 class FlagPageStates implements PageStates {
@@ -30,7 +31,8 @@ const STRIDE = 5;
 const PLACED = 0;      // a = first page, b = count
 const SAMPLE = 1;      // a = vCPU, b = on-CPU ns, c = run-queue ns
 const UNAVAILABLE = 2; // a = vCPU, b = index into reasons
-const FAULT = 3;       // a = page, b = thread id
+const FAULT = 3;       // a = page, b = thread id, c = FaultCause
+const PUSHED = 4;      // a = page
 
 export class PostcopyAccounting {
   private readonly rules: PostcopyRules;
@@ -49,9 +51,15 @@ export class PostcopyAccounting {
     this.rules = new PostcopyRules(new FlagPageStates(flags, base, ps), [ctx]);
   }
 
-  /** The fault thread read a fault of thread `tid` on `page`, raised at `t`. */
-  fault(page: number, tid: number, t: number): void {
-    this.insert(FAULT, page, tid, 0, t);
+  /** The fault thread read a fault of thread `tid` on `page`, raised at `t`
+   *  (and served it as `cause` says). */
+  fault(page: number, tid: number, t: number, cause: FaultCause = FaultCause.Unknown): void {
+    this.insert(FAULT, page, tid, cause, t);
+  }
+
+  /** The source's background push had delivered `page` by `t` (a sample for the trace). */
+  pushed(page: number, t: number): void {
+    this.insert(PUSHED, page, 0, 0, t);
   }
 
   /** Pages [first, first+count) were placed at `t` (by the fault thread, or
@@ -81,8 +89,9 @@ export class PostcopyAccounting {
       this.head++;
       this.len--;
       const kind = q[i];
-      if (kind === FAULT) this.rules.fault(t, this.base + q[i + 1] * this.ps, q[i + 2]);
+      if (kind === FAULT) this.rules.fault(t, this.base + q[i + 1] * this.ps, q[i + 2], q[i + 3] as FaultCause);
       else if (kind === PLACED) this.account(q[i + 1], q[i + 2], t);
+      else if (kind === PUSHED) this.rules.pushed(t, this.base + q[i + 1] * this.ps);
       else if (kind === SAMPLE) this.ctx.kernelSample(q[i + 1], t, { runNs: q[i + 2], waitNs: q[i + 3] });
       else this.ctx.kernelSample(q[i + 1], t, this.reasons[q[i + 2]]);
     }

@@ -1,7 +1,8 @@
 // HMP entries for migration: migrate, migrate_incoming, migrate_cancel,
 // migrate_start_postcopy, migrate_set_capability, migrate_set_parameter,
 // migrate_wait (ours), info migrate [-a], info migrate_capabilities,
-// info migrate_parameters, info postcopy_blocktime (ours).
+// info migrate_parameters, info postcopy_blocktime [-o FILE | -w] (ours; -w
+// in watch-blocktime.ts).
 // The argument conversions (HMP words -> typed values) and the wait logic are
 // exported so QMP entries and tests use the same operations.
 
@@ -285,21 +286,28 @@ export async function blocktimeHtml(m: Machine, out: string | undefined): Promis
       + 'migrate_set_parameter x-blocktime-trace PATH here before postcopy starts');
   }
   const { writeHtmlReport } = await import('../report/build-report.js');
-  const bytes = await writeHtmlReport([{ path: trace }], out);
   const status = m.queryMigrate().status;
-  const live = isTerminal(status) ? '' : ' (live: the events written so far; the trace is flushed every 64 KiB and at the end)';
+  if (!isTerminal(status)) await m.blocktime(); // a live report flushes the trace: it holds what is accounted so far
+  const bytes = await writeHtmlReport([{ path: trace }], out);
+  const live = isTerminal(status) ? '' : ' (live: the events accounted so far)';
   return `wrote ${out} (${Math.ceil(bytes / 1024)} KiB) from ${trace}${live}`;
 }
 
 const infoPostcopyBlocktime: HmpCommand = {
   name: 'postcopy_blocktime',
-  argsType: 'html:-o,file:s?',
-  params: '[-o FILE.html]',
+  argsType: 'html:-o,watch:-w,file:s?',
+  params: '[-o FILE.html | -w [SECONDS]]',
   help: "show the vCPU blocktime measured on the destination during postcopy (live or final; ours, not QEMU's);"
-    + ' -o FILE.html: write the pictures of the x-blocktime-trace file so far to FILE.html',
+    + ' -o FILE.html: write the pictures of the x-blocktime-trace file so far to FILE.html;'
+    + ' -w [SECONDS]: redraw every half second while postcopy runs, until it ends, SECONDS pass or a key is pressed',
   handler: async (ctx, args) => {
+    if (args.flag('watch')) {
+      if (args.flag('html')) throw new CommandError('-o and -w are two outputs: give one of them');
+      const { watchBlocktime, watchSeconds } = await import('./watch-blocktime.js');
+      return { text: await watchBlocktime(ctx, watchSeconds(args.optStr('file'))) };
+    }
     if (args.flag('html') || args.optStr('file') !== undefined) {
-      if (!args.flag('html')) throw new CommandError(`unexpected argument '${args.optStr('file') as string}' (to write the report: -o FILE.html)`);
+      if (!args.flag('html')) throw new CommandError(`unexpected argument '${args.optStr('file') as string}' (to write the report: -o FILE.html; to watch: -w [SECONDS])`);
       return { text: await blocktimeHtml(ctx.machine, args.optStr('file')) };
     }
     const report = await ctx.machine.blocktime();
@@ -326,6 +334,7 @@ const infoPostcopyBlocktime: HmpCommand = {
     }
     return { text: formatBlocktimeRich(report, { color: ctx.color }), data: report };
   },
+  complete: (i) => (i === 0 ? ['-o', '-w'] : []),
 };
 
 /** Adds the migration entries to a registry. */

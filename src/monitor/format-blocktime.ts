@@ -1,11 +1,14 @@
 // Renders a BlocktimeReport for people: QEMU's `info migrate -a` blocktime
-// block, text for text (migration/migration-hmp-cmds.c, QEMU 10.1), and the
+// block, text for text (migration/migration-hmp-cmds.c, QEMU 10.1), the
 // richer `info postcopy_blocktime` view (per-vCPU table, summary, latency
-// distribution bar chart), coloured only when the caller asks for it.
+// distribution bar chart), and the frames of `info postcopy_blocktime -w`
+// (bars redrawn in place on a terminal, one plain line elsewhere), coloured
+// only when the caller asks for it.
 
 import { Chalk, type ChalkInstance } from 'chalk';
 import Table from 'cli-table3';
 import type { BlocktimeReport, QemuBlocktimeFields, QemuReported } from '../blocktime/types.js';
+import type { MigrationInfo } from '../migration/api.js';
 import { kernelError } from '../blocktime/report.js';
 
 const QEMU_TIME_UNITS = ['us', 'ms', 'sec'] as const;
@@ -189,4 +192,81 @@ function formatQemuReported(q: QemuReported, report: BlocktimeReport, ours: bool
   }
   if (q.kernel !== undefined) out.push(`  Kernel column: ${q.kernel}`);
   return out;
+}
+
+// ---------------------------------------------------------------- -w frames
+
+/** What one frame of `info postcopy_blocktime -w` shows. */
+export interface WatchFigures {
+  info: MigrationInfo;
+  /** pages counted as received (destination) or sent (source) */
+  role: 'source' | 'destination';
+  /** since the watch began */
+  elapsedMs: number;
+  /** the blocktime so far; undefined: none measured here */
+  report: BlocktimeReport | undefined;
+  /** why there is no report (shown instead of the vCPU bars) */
+  noReport: string;
+}
+
+/** pages done and in all, from query-migrate's RAM figures */
+function pageCounts(f: WatchFigures): { done: number; total: number } | undefined {
+  const ram = f.info.ram;
+  if (ram === undefined || ram.total <= 0 || ram['page-size'] <= 0) return undefined;
+  return { done: Math.round((ram.total - ram.remaining) / ram['page-size']), total: Math.round(ram.total / ram['page-size']) };
+}
+
+function bar(share: number, width: number): string {
+  const full = Math.round(Math.min(1, Math.max(0, share)) * width);
+  return `${'█'.repeat(full)}${'░'.repeat(width - full)}`;
+}
+
+const pct = (share: number) => `${(100 * share).toFixed(1).padStart(5)} %`;
+
+/** A terminal frame: status, a bar of the pages received, a bar per vCPU of
+ *  its share of the postcopy phase spent blocked, the totals (fits `rows`). */
+export function formatWatchFrame(f: WatchFigures, o: { color: boolean; columns: number; rows: number }): string[] {
+  const c: ChalkInstance = new Chalk({ level: o.color ? 1 : 0 });
+  const width = Math.max(10, Math.min(50, o.columns - 40));
+  const label = (s: string) => s.padEnd(16);
+  const out = [`${c.bold(`postcopy blocktime -w: ${f.info.status}`)}  ${(f.elapsedMs / 1000).toFixed(1)} s  ${c.dim('(a key stops)')}`];
+  const pages = pageCounts(f);
+  const what = f.role === 'destination' ? 'pages received' : 'pages sent';
+  out.push(pages === undefined ? `${label(what)} (no migration yet)`
+    : `${label(what)} ${c.green(bar(pages.done / pages.total, width))} ${pct(pages.done / pages.total)}  ${pages.done}/${pages.total}`);
+  const r = f.report;
+  if (r === undefined) {
+    out.push(f.noReport);
+    return out;
+  }
+  const x = r['x-blocktime'];
+  const room = Math.max(1, o.rows - out.length - 2);
+  const shown = x.vcpus.length > room ? room - 1 : x.vcpus.length;
+  for (const v of x.vcpus.slice(0, shown)) {
+    const share = x.postcopyNs > 0 ? v.blocktimeNs / x.postcopyNs : 0;
+    out.push(`${label(`vCPU ${v.index}`)} ${c.yellow(bar(share, width))} ${pct(share)}  ${formatDurationNs(v.blocktimeNs)} blocked, ${v.faults} faults`);
+  }
+  if (shown < x.vcpus.length) out.push(c.dim(`... ${x.vcpus.length - shown} more vCPUs (info postcopy_blocktime lists them all)`));
+  const total = x.postcopyNs > 0 ? ` (${pct(x.totalBlocktimeNs / x.postcopyNs).trim()} of ${formatDurationNs(x.postcopyNs)} postcopy)` : '';
+  out.push(`${label('total blocktime')} ${c.bold(formatDurationNs(x.totalBlocktimeNs))}${total}, all vCPUs blocked at once`);
+  const latency = x.faults > 0 ? `latency avg ${formatDurationNs(r['postcopy-latency'])}, p99 ${formatDurationNs(x.latencyP99Ns)}` : 'no faults yet';
+  out.push(`${label('faults')} ${x.faults}, ${latency}${f.info.ram?.['postcopy-requests'] ? `, ${f.info.ram['postcopy-requests']} page requests` : ''}`);
+  return out;
+}
+
+/** The same as one plain line (no colour, no escape codes), for a pipe or a script. */
+export function formatWatchLine(f: WatchFigures): string {
+  const parts = [`${(f.elapsedMs / 1000).toFixed(1)} s`, f.info.status];
+  const pages = pageCounts(f);
+  if (pages !== undefined) parts.push(`${f.role === 'destination' ? 'received' : 'sent'} ${pages.done}/${pages.total} pages (${pct(pages.done / pages.total).trim()})`);
+  const r = f.report;
+  if (r === undefined) {
+    parts.push(f.noReport);
+  } else {
+    const x = r['x-blocktime'];
+    const ms = (ns: number) => (ns / 1e6).toFixed(1);
+    parts.push(`blocktime ${ms(x.totalBlocktimeNs)} ms`, `vCPU blocktime [${x.vcpus.map((v) => ms(v.blocktimeNs)).join(', ')}] ms`,
+      `${x.faults} faults`);
+  }
+  return parts.join(' | ');
 }

@@ -23,6 +23,14 @@ export function colorWanted(stream: { isTTY?: boolean }, env: NodeJS.ProcessEnv 
   return stream.isTTY === true && (env.NO_COLOR === undefined || env.NO_COLOR === '');
 }
 
+/** Cuts a line with ANSI colours to `width` visible characters. */
+export function fitWidth(text: string, width: number): string {
+  // eslint-disable-next-line no-control-regex
+  const visible = text.replace(/\x1b\[[0-9;]*m/g, '');
+  if (visible.length <= width) return text;
+  return `${visible.slice(0, width - 3)}...`;
+}
+
 // ---------------------------------------------------------------- numbers
 
 /** C's printf("%0.3g", x) for the non-negative values sizes produce. */

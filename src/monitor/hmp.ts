@@ -11,17 +11,16 @@
 // The console only prints: parsing and running is the registry's job.
 
 import { createInterface, type Interface } from 'node:readline';
-import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
 import type { Machine, MigrationStatus } from '../migration/api.js';
 import { TERMINAL_STATUSES } from '../migration/api.js';
 import { escapeControls, type CommandContext, type HmpRunResult, type Registry } from './registry.js';
-import { formatProgress, painter } from './format.js';
+import { fitWidth, formatProgress, painter } from './format.js';
+import { LiveFrame, readlineKeys } from './live-frame.js';
+import { HISTORY_SIZE, loadHistory, saveHistory } from './history-file.js';
 
 /** QEMU's readline keeps at most 4095 characters; longer lines are refused. */
 export const MAX_LINE = 4096;
-/** History entries kept in the history file. */
-export const HISTORY_SIZE = 1000;
+export { HISTORY_SIZE } from './history-file.js';
 const PROGRESS_INTERVAL_MS = 500;
 const PROMPT = '(qemu) ';
 
@@ -67,13 +66,16 @@ export class HmpConsole {
   private failures = 0;
   private quitRequested = false;
   private abort: AbortController | undefined;
+  /** the running command's live area (live-frame.ts) */
+  private live: LiveFrame | undefined;
   // progress line state (interactive only)
   private progressTimer: NodeJS.Timeout | undefined;
   private progressShown = false;
   private progressBusy = false;
-  /** a migration's failure seen while a command ran: shown after the
-   *  command's output unless that output already said it */
-  private deferredFailure: { line: string; desc: string } | undefined;
+  /** a migration's end seen while a command ran (its failure, or any end
+   *  under a command's frames): shown after the command's output, unless
+   *  that output already said `desc` */
+  private deferredFailure: { line: string; desc?: string } | undefined;
   /** a command's yes/no question waits for the next typed line */
   private answer: ((line: string | null) => void) | undefined;
   private readonly onMigration = (s: MigrationStatus) => this.migrationChanged(s);
@@ -144,6 +146,7 @@ export class HmpConsole {
     rl.on('line', (line) => {
       this.progressShown = false; // the prompt line scrolled up
       if (this.answer) { this.answer(line); return; }
+      if (this.live?.wantsKeys) return; // the Enter that stops a command redrawing (-w)
       this.queue.push(line);
       void this.pump();
     });
@@ -187,7 +190,7 @@ export class HmpConsole {
         this.print(r.text, !r.ok);
         const deferred = this.deferredFailure;
         this.deferredFailure = undefined;
-        if (deferred && !r.text.includes(deferred.desc)) this.opts.output.write(`${deferred.line}\n`);
+        if (deferred && (deferred.desc === undefined || !r.text.includes(deferred.desc))) this.opts.output.write(`${deferred.line}\n`);
         if (!r.ok) {
           this.failures++;
           if (this.opts.exitOnError) { this.finish('error'); return; }
@@ -252,7 +255,10 @@ export class HmpConsole {
     if (/^\s*#/.test(line)) return { ok: true, text: '' };
     this.abort = new AbortController();
     const signal = this.abort.signal;
+    const live = this.liveFrame();
+    this.live = live;
     const ctx: CommandContext = {
+      live,
       machine: this.opts.machine,
       registry: this.opts.registry,
       canWait: true,
@@ -269,7 +275,23 @@ export class HmpConsole {
       return { ok: false, text: `Error: internal error: ${msg}\n` };
     } finally {
       this.abort = undefined;
+      live.close();
+      this.live = undefined;
     }
+  }
+
+  /** The live area of one command: frames in place on the terminal, with
+   *  a typed key for it to stop on (the key itself is dropped from the
+   *  line being typed); plain lines for a script. */
+  private liveFrame(): LiveFrame {
+    const o = this.opts;
+    if (!o.interactive) return new LiveFrame({ output: o.output, inPlace: false });
+    return new LiveFrame({
+      output: o.output,
+      inPlace: true,
+      beforeFirst: () => this.clearStatusLine(),
+      onKey: readlineKeys(o.input, () => this.rl),
+    });
   }
 
   private print(text: string, isError: boolean): void {
@@ -330,6 +352,10 @@ export class HmpConsole {
         this.deferredFailure = { line, desc: info['error-desc'] ?? '' };
         return;
       }
+      if (this.live?.drawing) { // under the frames of a command redrawing (-w), once it ends
+        this.deferredFailure = { line };
+        return;
+      }
       this.showStatusLine(line);
       this.progressShown = false;
     } else if (s !== 'none') {
@@ -350,7 +376,7 @@ export class HmpConsole {
   }
 
   private async drawProgress(): Promise<void> {
-    if (this.progressBusy || this.ended) return;
+    if (this.progressBusy || this.ended || this.live?.drawing) return;
     this.progressBusy = true;
     try {
       const m = this.opts.machine;
@@ -360,7 +386,7 @@ export class HmpConsole {
       if (info.status === 'postcopy-active') {
         try { blocktimeMs = (await m.blocktime())?.['postcopy-blocktime']; } catch { /* figures not reachable now */ }
       }
-      if (this.ended || !this.progressTimer) return;
+      if (this.ended || !this.progressTimer || this.live?.drawing) return;
       this.showStatusLine(formatProgress(m.queryMigrate(), blocktimeMs, this.opts.color));
     } finally {
       this.progressBusy = false;
@@ -401,34 +427,5 @@ export class HmpConsole {
   /** rows from the cursor up to the live line (it sits just above the typed line) */
   private rowsToStatusLine(rl: Interface): number {
     return rl.getCursorPos().rows + 1;
-  }
-}
-
-/** Cuts a line with ANSI colours to `width` visible characters. */
-function fitWidth(text: string, width: number): string {
-  // eslint-disable-next-line no-control-regex
-  const visible = text.replace(/\x1b\[[0-9;]*m/g, '');
-  if (visible.length <= width) return text;
-  return `${visible.slice(0, width - 3)}...`;
-}
-
-/** Reads a history file (oldest first) into readline's order (newest first). */
-export function loadHistory(file: string): string[] {
-  try {
-    return readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() !== '').slice(-HISTORY_SIZE).reverse();
-  } catch {
-    return [];
-  }
-}
-
-/** Writes readline's history (newest first) to the file, oldest first, bounded. */
-export function saveHistory(file: string, newestFirst: readonly string[]): void {
-  try {
-    mkdirSync(dirname(file), { recursive: true });
-    // completion leaves a space after the last word: not worth keeping
-    const lines = newestFirst.slice(0, HISTORY_SIZE).map((l) => l.trimEnd()).reverse();
-    writeFileSync(file, lines.length ? `${lines.join('\n')}\n` : '', { mode: 0o600 });
-  } catch {
-    // history is a convenience: an unwritable file must not break the console
   }
 }

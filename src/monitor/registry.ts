@@ -55,6 +55,25 @@ export interface CommandContext {
   readonly confirm?: (question: string) => Promise<boolean>;
   /** asks the program to quit once the current reply has been delivered */
   readonly requestQuit: () => void;
+  /** the console's live area, for a command that redraws while it runs
+   *  (`info postcopy_blocktime -w`); absent where nothing can be redrawn (QMP) */
+  readonly live?: LiveOutput;
+}
+
+/** Where a long-running command shows frames while it runs (live-frame.ts).
+ *  Its final text is still its CommandOutput, printed under the last frame. */
+export interface LiveOutput {
+  /** true on a terminal: each frame replaces the last in place; false (a
+   *  pipe, a script): each frame is printed after the last, as plain lines */
+  readonly inPlace: boolean;
+  /** the width and the height a frame should fit in (in place) */
+  readonly columns: number;
+  readonly rows: number;
+  /** shows a frame, one string per line */
+  frame(lines: readonly string[]): void;
+  /** a signal that aborts at the next key pressed at the console (never
+   *  when nobody types at it: a script, -e) */
+  untilKey(): AbortSignal;
 }
 
 /** What an HMP handler returns: the text to print (may be '' or end without

@@ -27,6 +27,11 @@ const ST_IDLE = 408 / 4;      // i32 index
 const STATUS_BYTES = 416; // checked against the library by loadShim()
 
 export const enum ChannelEvent { Fault = 1, Placed = 2, Served = 3 }
+/** A Fault entry's kind is Fault | cause << FAULT_CAUSE_SHIFT: how the fault
+ *  thread served it (channel.h enum pc_fault_cause = FaultCause) */
+export const FAULT_CAUSE_SHIFT = 4;
+/** the ChannelEvent of an entry's kind */
+export const CHANNEL_EVENT_MASK = (1 << FAULT_CAUSE_SHIFT) - 1;
 /** stats[] of the destination's fault thread */
 export const enum FaultThreadStat { Faults = 0, Requests, Placed, ZeroPlaced, LocalZero, Existed, BytesIn, BytesOut, Readahead }
 /** stats[] of the source's page server */

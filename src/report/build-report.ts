@@ -34,8 +34,11 @@ export async function buildHtmlReport(inputs: readonly ReportInput[]): Promise<s
   const sections: TraceSection[] = [];
   for (let i = 0; i < traces.length; i++) {
     const charts: (readonly [string, string])[] = [];
-    for (const [name, spec] of CHARTS) charts.push([name, await renderSvg(spec(traces[i], domains))]);
-    sections.push({ trace: traces[i], comparison: replayed[i].cmp.comparison, charts });
+    for (const [name, make] of CHARTS) {
+      const spec = make(traces[i], domains);
+      if (spec !== null) charts.push([name, await renderSvg(spec)]);
+    }
+    sections.push({ trace: traces[i], comparison: replayed[i].cmp.comparison, lines: replayed[i].cmp.results.lines, charts });
   }
   return htmlPage(sections);
 }

@@ -6,6 +6,7 @@
 import type { TopLevelSpec } from 'vega-lite';
 import { HDR_BUCKETS, hdrBucketLow } from '../blocktime/latency-histogram.js';
 import { LATENCY_BUCKETS, type BlocktimeReport } from '../blocktime/types.js';
+import { FaultCause } from '../blocktime/trace.js';
 import type { TraceSummary } from './trace-recorder.js';
 
 /** One trace, as drawn: its binned events and its exact report. */
@@ -74,12 +75,12 @@ export function timelineSpec(t: DrawnTrace, d: Domains): TopLevelSpec {
     layer: [
       {
         data: { values: band },
-        name: 'all-blocked', mark: { type: 'rect', color: '#e45756', opacity: 0.3 },
+        name: 'all-blocked', mark: { type: 'rect', color: '#e45756', opacity: 0.3, aria: false },
         encoding: { x: timeAxis(d), x2: { field: 'end' }, tooltip: [{ field: 'intervals', title: 'all-blocked windows' }] },
       },
       {
         data: { values: bars },
-        name: 'blocked', mark: { type: 'rect', color: '#4c78a8' },
+        name: 'blocked', mark: { type: 'rect', color: '#4c78a8', aria: false },
         encoding: {
           x: timeAxis(d), x2: { field: 'end' },
           y: { field: 'vcpu', type: 'nominal', title: null, sort: rows, scale: { domain: rows } },
@@ -121,32 +122,101 @@ export function cumulativeSpec(t: DrawnTrace, d: Domains): TopLevelSpec {
   } as TopLevelSpec;
 }
 
-/** Faulted addresses against time, one mark per pixel column and vCPU from the lowest to the highest address. */
-export function faultScatterSpec(t: DrawnTrace, d: Domains): TopLevelSpec {
+/** The scatters' colours: vCPUs and threads that are no vCPU (Tableau 10, as Vega's default), the push line. */
+const SERIES_COLOURS = ['#4c78a8', '#f58518', '#54a24b', '#b279a2', '#72b7b2', '#ff9da6', '#9d755d', '#eeca3b', '#bab0ac'];
+const PUSH = 'background push';
+const PUSH_COLOUR = '#222222';
+/** how the destination served a fault (trace "kind"), by FaultCause, and its colour */
+const CAUSES: readonly (readonly [string, string])[] = [
+  ['kind not recorded', '#bab0ac'],
+  ['requested', '#e45756'],
+  ['read-ahead', '#54a24b'],
+  ['in-flight', '#f58518'],
+  ['received, no request', '#4c78a8'],
+];
+
+/** a push line breaks where no sample came for this long, or where the push went back */
+const PUSH_GAP_MS = 20;
+
+/** The background push's position as a line: through each column's lowest
+ *  sample at its start and highest at its end, one run per stretch without
+ *  a gap or a step back (a new pass over RAM). */
+function pushLine(s: TraceSummary): { t: number; mib: number; run: number }[] {
+  const out: { t: number; mib: number; run: number }[] = [];
+  let run = 0;
+  let last: { end: number; max: number } | undefined;
+  for (const c of s.push.columns()) {
+    if (last !== undefined && (ms(s, c.start) - ms(s, last.end) > PUSH_GAP_MS || c.min < last.max)) run++;
+    out.push({ t: ms(s, c.start), mib: (c.min - s.lowestAddr) / MiB, run }, { t: ms(s, c.end), mib: (c.max - s.lowestAddr) / MiB, run });
+    last = c;
+  }
+  return out;
+}
+
+type Series = readonly [name: string, cols: ReturnType<TraceSummary['nonVcpuFaults']['columns']>];
+
+/** Faulted addresses against time, one rect per pixel column and series from
+ *  its lowest to its highest address, with the background push's position
+ *  drawn as a line under them when the trace samples it. */
+function addressSpec(t: DrawnTrace, d: Domains, title: string, series: readonly Series[], legend: readonly (readonly [string, string])[]): TopLevelSpec {
   const s = t.summary;
   const pad = Math.max(d.addrMiB[1] / 250, 4096 / MiB);
+  const mib = (addr: number) => (addr - s.lowestAddr) / MiB;
   const values: object[] = [];
-  const add = (who: string, cols: ReturnType<TraceSummary['nonVcpuFaults']['columns']>) => {
-    for (const c of cols) {
-      const lo = (c.min - s.lowestAddr) / MiB;
-      values.push({ who, start: ms(s, c.start), end: ms(s, c.end), lo, hi: (c.max - s.lowestAddr) / MiB + pad, faults: c.count });
-    }
+  for (const [who, cols] of series) {
+    for (const c of cols) values.push({ who, start: ms(s, c.start), end: ms(s, c.end), lo: mib(c.min), hi: mib(c.max) + pad, faults: c.count });
+  }
+  const push = pushLine(s);
+  const shown = push.length > 0 ? [...legend, [PUSH, PUSH_COLOUR] as const] : legend;
+  const color = {
+    scale: { domain: shown.map(([name]) => name), range: shown.map(([, colour]) => colour) },
+    title: null, legend: { labelLimit: 260, symbolType: 'square' },
   };
-  s.faults.forEach((f, i) => add(vcpuName(i), f.columns()));
-  add('no vCPU', s.nonVcpuFaults.columns());
+  const y = { type: 'quantitative' as const, title: 'MiB above the lowest address drawn', scale: { domain: d.addrMiB, nice: false } };
   return {
-    title: `faulted addresses — ${t.title}`,
+    title: `${title} — ${t.title}`,
     width: WIDTH, height: 260,
-    data: { values },
-    name: 'faults', mark: { type: 'rect', opacity: 0.8, clip: true },
-    encoding: {
-      x: timeAxis(d), x2: { field: 'end' },
-      y: { field: 'lo', type: 'quantitative', title: 'MiB above the lowest faulted address', scale: { domain: d.addrMiB, nice: false } },
-      y2: { field: 'hi' },
-      color: { field: 'who', type: 'nominal', title: null },
-      tooltip: [{ field: 'who' }, { field: 'faults' }, { field: 'lo', title: 'from MiB', format: '.3f' }],
-    },
+    layer: [
+      ...(push.length > 0 ? [{
+        data: { values: push },
+        name: 'push', mark: { type: 'line', clip: true, strokeWidth: 1, opacity: 0.7 },
+        encoding: {
+          x: { field: 't', type: 'quantitative', scale: { domain: d.timeMs, nice: false } }, y: { field: 'mib', ...y },
+          detail: { field: 'run', type: 'nominal' },
+          color: { datum: PUSH, type: 'nominal', ...color },
+        },
+      }] : []),
+      {
+        data: { values },
+        name: 'faults', mark: { type: 'rect', opacity: 0.8, clip: true, aria: false },
+        encoding: {
+          x: timeAxis(d), x2: { field: 'end' }, y: { field: 'lo', ...y }, y2: { field: 'hi' },
+          color: { field: 'who', type: 'nominal', ...color },
+          tooltip: [{ field: 'who' }, { field: 'faults' }, { field: 'lo', title: 'from MiB', format: '.3f' }],
+        },
+      },
+    ],
   } as TopLevelSpec;
+}
+
+/** Faulted addresses against time, coloured by vCPU. */
+export function faultScatterSpec(t: DrawnTrace, d: Domains): TopLevelSpec {
+  const s = t.summary;
+  const series: Series[] = s.faults.map((f, i) => [vcpuName(i), f.columns()] as const);
+  series.push(['no vCPU', s.nonVcpuFaults.columns()]);
+  return addressSpec(t, d, 'faulted addresses by vCPU', series, series.map(([who], i) => [who, SERIES_COLOURS[i % SERIES_COLOURS.length]] as const));
+}
+
+/** Faulted addresses against time, coloured by how the destination served
+ *  each fault; null when the trace does not say (older traces, QEMU's). */
+export function faultCauseSpec(t: DrawnTrace, d: Domains): TopLevelSpec | null {
+  const by = t.summary.faultsByCause;
+  const has = (cause: number) => by[cause].some((series) => series !== undefined);
+  if (!CAUSES.some((_, cause) => cause !== FaultCause.Unknown && has(cause))) return null;
+  // a rect per column, cause and vCPU: one column's faults of two vCPUs far apart are two marks, not one span
+  const series = CAUSES.flatMap(([name], cause) => by[cause].flatMap((f) => (f === undefined ? [] : [[name, f.columns()] as const])));
+  return addressSpec(t, d, 'faulted addresses by how the fault was served', series,
+    CAUSES.filter((_, cause) => cause !== FaultCause.Unknown || has(cause)));
 }
 
 /** QEMU's 24 latency buckets on a log axis. */
@@ -207,11 +277,12 @@ export function latencyCdfSpec(t: DrawnTrace, d: Domains): TopLevelSpec {
   } as TopLevelSpec;
 }
 
-/** Every chart of one trace, in report order. */
-export const CHARTS = [
+/** Every chart of one trace, in report order (a chart whose spec is null has nothing to draw and is left out). */
+export const CHARTS: readonly (readonly [string, (t: DrawnTrace, d: Domains) => TopLevelSpec | null])[] = [
   ['timeline', timelineSpec],
   ['cumulative', cumulativeSpec],
   ['faults', faultScatterSpec],
+  ['fault-causes', faultCauseSpec],
   ['latency-buckets', latencyBucketsSpec],
   ['latency-cdf', latencyCdfSpec],
-] as const;
+];

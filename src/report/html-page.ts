@@ -11,6 +11,8 @@ import type { DrawnTrace } from './charts.js';
 export interface TraceSection {
   trace: DrawnTrace;
   comparison: BlocktimeComparison;
+  /** the trace lines drawn (a live trace grows on) */
+  lines: number;
   charts: (readonly [name: string, svg: string])[];
 }
 
@@ -32,11 +34,11 @@ export function htmlPage(sections: readonly TraceSection[]): string {
     const x = s.trace.exact['x-blocktime'];
     const head = `<h2 data-trace="${i}">${escapeHtml(s.trace.title)}</h2>`
       + `<p class="note">${x.state === 'final' ? 'final' : 'live (the trace has no end line)'}; `
-      + `${s.trace.summary.vcpuThreadIds.length} vCPUs; ${x.faults} faults; one column = `
+      + `${s.trace.summary.vcpuThreadIds.length} vCPUs; ${x.faults} faults; ${s.lines} trace lines; one column = `
       + `${(s.trace.summary.grid.width / 1e6).toPrecision(3)} ms (intervals closer than that are drawn as one bar)</p>`;
     const charts = s.charts.map(([name, svg]) => `<figure data-chart="${name}" data-trace="${i}">${svg}</figure>`).join('\n');
     const table = `<figure data-chart="summary" data-trace="${i}"><pre>${escapeHtml(formatBlocktimeCompare(s.comparison, { color: false }))}</pre></figure>`;
-    return `<section class="trace" data-vcpus="${s.trace.summary.vcpuThreadIds.length}">${head}\n${table}\n${charts}</section>`;
+    return `<section class="trace" data-vcpus="${s.trace.summary.vcpuThreadIds.length}" data-trace-lines="${s.lines}">${head}\n${table}\n${charts}</section>`;
   };
   const title = sections.map((s) => s.trace.title).join(' vs ');
   return `<!DOCTYPE html>

@@ -4,13 +4,16 @@
 // what the charts need, binned per pixel column as the events stream by
 // (column-bins.ts): each vCPU's blocked intervals (from its first
 // outstanding fault to the placement that resolves its last one), the
-// windows in which every vCPU was blocked, the faulted addresses, and the
+// windows in which every vCPU was blocked, the faulted addresses (per vCPU,
+// and per way the destination served the fault where the trace says it),
+// the background push's position where the trace samples it, and the
 // latency of every resolved fault in the same log-linear histogram the
 // context reads its percentiles from.
 
 import type { MigrationStatus } from '../migration/api.js';
 import type { AlgorithmStart, BlocktimeAlgorithm } from '../blocktime/algorithm.js';
 import { HDR_BUCKETS, hdrBucket } from '../blocktime/latency-histogram.js';
+import { FAULT_KINDS, FaultCause } from '../blocktime/trace.js';
 import { IntervalSeries, MinMaxSeries, TimeGrid } from './column-bins.js';
 
 /** Pixel columns of the time axis. */
@@ -30,6 +33,13 @@ export interface TraceSummary {
   /** per vCPU index: faulted addresses (faults of threads that are no vCPU: `nonVcpuFaults`) */
   faults: MinMaxSeries[];
   nonVcpuFaults: MinMaxSeries;
+  /** per FaultCause, per vCPU index + 1 (0: no vCPU): faulted addresses,
+   *  made when the first such fault comes (FaultCause.Unknown: the trace has no "kind") */
+  faultsByCause: (MinMaxSeries | undefined)[][];
+  /** the background push's page addresses, where the trace samples them ("push" lines) */
+  push: MinMaxSeries;
+  pushSamples: number;
+  /** the lowest and highest address drawn (faulted or pushed) */
   lowestAddr: number;
   highestAddr: number;
   /** latencies of resolved faults: counts per HDR bucket (latency-histogram.ts) */
@@ -64,19 +74,21 @@ export class TraceRecorder implements BlocktimeAlgorithm<TraceSummary> {
       vcpuThreadIds: this.tids, startNs: start.startNs, endNs: start.startNs, grid,
       blocked: this.tids.map(() => new IntervalSeries(grid)), allBlocked: new IntervalSeries(grid),
       faults: this.tids.map(() => new MinMaxSeries(grid)), nonVcpuFaults: new MinMaxSeries(grid),
+      faultsByCause: FAULT_KINDS.map(() => new Array<MinMaxSeries | undefined>(n + 1).fill(undefined)), push: new MinMaxSeries(grid), pushSamples: 0,
       lowestAddr: Infinity, highestAddr: -Infinity,
       latencyHdr: new Float64Array(HDR_BUCKETS), resolvedFaults: 0, final: false,
     };
   }
 
-  begin(addr: number, tid: number, at: number): void {
+  begin(addr: number, tid: number, at: number, cause: FaultCause = FaultCause.Unknown): void {
     if (this.finished) return;
     this.touch(at);
     const s = this.s;
-    if (addr < s.lowestAddr) s.lowestAddr = addr;
-    if (addr > s.highestAddr) s.highestAddr = addr;
+    this.range(addr);
     const vcpu = this.vcpuOf.get(tid) ?? -1;
     (vcpu < 0 ? s.nonVcpuFaults : s.faults[vcpu]).add(at, addr);
+    const byVcpu = s.faultsByCause[cause] ?? s.faultsByCause[FaultCause.Unknown];
+    (byVcpu[vcpu + 1] ??= new MinMaxSeries(s.grid)).add(at, addr);
     const list = this.waiting.get(addr);
     if (list === undefined) this.waiting.set(addr, [{ t: at, vcpu }]);
     else list.push({ t: at, vcpu });
@@ -99,6 +111,14 @@ export class TraceRecorder implements BlocktimeAlgorithm<TraceSummary> {
     }
   }
 
+  pushed(addr: number, at: number): void {
+    if (this.finished) return;
+    this.touch(at);
+    this.range(addr);
+    this.s.push.add(at, addr);
+    this.s.pushSamples++;
+  }
+
   finish(_status: MigrationStatus, at: number): void {
     if (this.finished) return;
     this.touch(at);
@@ -114,6 +134,11 @@ export class TraceRecorder implements BlocktimeAlgorithm<TraceSummary> {
       this.finished = true;
     }
     return this.s;
+  }
+
+  private range(addr: number): void {
+    if (addr < this.s.lowestAddr) this.s.lowestAddr = addr;
+    if (addr > this.s.highestAddr) this.s.highestAddr = addr;
   }
 
   private touch(at: number): void {

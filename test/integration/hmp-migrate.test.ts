@@ -3,10 +3,18 @@
 // source process fed a script on stdin, both the real program. Checks the
 // source's `info migrate` lines (QEMU's format) and the blocktime figures the
 // destination's `info postcopy_blocktime` / `info migrate -a` print; then the
-// lab: `migrate` with no URI from one console, blocktime fetched back.
+// lab: `migrate` with no URI from one console, blocktime fetched back; and
+// `info postcopy_blocktime -w` in a destination's script: plain lines, one
+// per half second, until the migration completes, with QMP answering
+// meanwhile.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { requireUffd } from '../helpers/uffd-available.js';
 import { ensureBuilt, killConsoles, startConsole as vm, waitOut } from '../helpers/cli.js';
 import { freeTcpPort as freePort } from '../../src/migration/local-destination.js';
+import { connectWithRetry } from '../../src/qmp/client.js';
+import type { MigrationInfo } from '../../src/migration/api.js';
 
 const haveUffd = requireUffd();
 const maybe = haveUffd ? describe : describe.skip;
@@ -88,5 +96,65 @@ maybe('migration through the consoles', () => {
       "postcopy-ram is on and precopy is running: 'migrate_start_postcopy' switches to postcopy, 'migrate_wait' waits for the end");
     checkRichView(out);
     expect(out).toContain('Status: \t\tcompleted\n');
+  }, 180_000);
+
+  it('info postcopy_blocktime -w in a script: one plain line per interval until the migration completes; QMP answers meanwhile', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hmp-watch-'));
+    try {
+      const port = await freePort();
+      const qmpPath = join(dir, 'dst.qmp');
+      // the source first: its vCPUs write all of guest RAM while the destination starts; after the switch they
+      // sweep on ahead of a push held to 8 MiB/s, faulting page after page: seconds of postcopy
+      const src = vm(['-m', '256M', '-smp', '2', '--exit-on-error']);
+      const dst = vm(['-m', '256M', '-smp', '2', '-incoming', `tcp:127.0.0.1:${port}`, '-qmp', `unix:${qmpPath},server=on,wait=off`]);
+      // -w waits for the migration, the next line runs after it; the script ends once QMP has been asked enough
+      dst.p.stdin.write('migrate_set_capability postcopy-blocktime on\ninfo postcopy_blocktime -w 120\ninfo status\n');
+      await waitOut(dst, /\| none \| /, 'the first line of -w');
+      const qmp = await connectWithRetry(`unix:${qmpPath}`, 10_000);
+      src.p.stdin.end([
+        'migrate_set_capability postcopy-ram on',
+        'migrate_set_parameter max-bandwidth 16',
+        'migrate_set_parameter max-postcopy-bandwidth 8M',
+        `migrate -d tcp:127.0.0.1:${port}`,
+        'migrate_start_postcopy',
+        'migrate_wait 120',
+        '',
+      ].join('\n'));
+      // the console is busy with -w; the event loop is not: QMP answers, again and again, while postcopy runs
+      let answeredInPostcopy = 0;
+      try {
+        for (;;) {
+          const info = await qmp.execute<MigrationInfo>('query-migrate');
+          if (info.status === 'postcopy-active') {
+            const t0 = performance.now();
+            expect(await qmp.execute<{ status: string }>('query-status')).toMatchObject({ status: 'running' });
+            if (performance.now() - t0 < 1000) answeredInPostcopy++;
+          }
+          if (info.status === 'completed' || info.status === 'failed') break;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      } catch (e) {
+        throw new Error(`${(e as Error).message}\ndestination:\n${dst.out()}\nsource:\n${src.out()}`);
+      }
+      expect(answeredInPostcopy).toBeGreaterThan(3);
+      await qmp.close();
+      dst.p.stdin.end();
+      expect(await src.exit).toBe(0);
+      expect(await dst.exit).toBe(0);
+
+      const out = dst.out();
+      expect(out).not.toContain('\x1b'); // no escape codes on a pipe
+      const lines = out.split('\n').filter((l) => /^\d+\.\d s \| /.test(l));
+      const postcopy = lines.filter((l) => l.includes('| postcopy-active |'));
+      if (postcopy.length < 3) throw new Error(`one line per half second of postcopy expected; the destination printed:\n${out}`);
+      expect(postcopy[postcopy.length - 1]).toMatch(/\| received \d+\/65536 pages \([\d.]+ %\) \| blocktime [\d.]+ ms \| vCPU blocktime \[[\d.]+, [\d.]+\] ms \| \d+ faults$/);
+      const seconds = lines.map((l) => Number(l.split(' ')[0]));
+      for (let i = 1; i < seconds.length; i++) expect(seconds[i]).toBeGreaterThan(seconds[i - 1]);
+      // the last line: the final figures, then why it stopped, then the next command of the script
+      expect(lines[lines.length - 1]).toMatch(/\| completed \| received 65536\/65536 pages \(100\.0 %\) \| blocktime /);
+      expect(out).toMatch(/\| completed \| [^\n]*\nstopped: the migration completed\nVM status: running\n/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   }, 180_000);
 });

@@ -2,12 +2,14 @@
 // prompt, Tab completion of commands, info items, capability names and
 // on/off, Ctrl-C dropping the typed line, Ctrl-D quitting, and the history
 // kept across two runs (Up arrow in the second run finds the first run's
-// commands). Runs the real program, `node dist/src/cli.js`.
+// commands), and `info postcopy_blocktime -w` on a destination in postcopy
+// (one frame redrawn in place, stopped by a key, then by the end of the
+// migration). Runs the real program, `node dist/src/cli.js`.
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { requireUffd } from '../helpers/uffd-available.js';
-import { cli, ensureBuilt } from '../helpers/cli.js';
+import { cli, ensureBuilt, killConsoles, startConsole } from '../helpers/cli.js';
 import { Tmux, haveTmux, lastLine } from '../helpers/tmux.js';
 import { freeTcpPort } from '../../src/migration/local-destination.js';
 
@@ -74,6 +76,7 @@ beforeAll(() => {
 }, 180_000);
 
 afterAll(() => {
+  killConsoles();
   if (!tmuxOk) return;
   term.close();
   rmSync(dir, { recursive: true, force: true });
@@ -222,4 +225,44 @@ maybe('interactive console (tmux)', () => {
     s = await waitScreen((x) => x.includes('migration cancelled') && lastLine(x) === '(qemu)', 'cancelled');
     await quitVm();
   }, 120_000);
+
+  it('info postcopy_blocktime -w on a destination in postcopy: one frame redrawn in place, stopped by a key, then by the end of the migration', async () => {
+    if (!requireUffd()) return;
+    const port = await freeTcpPort();
+    // the source on a pipe, started first: its vCPUs write all of guest RAM while the destination starts; after
+    // the switch they sweep on ahead of a push held to 8 MiB/s, page after page: seconds of postcopy
+    const src = startConsole(['-m', '512M', '-smp', '2', '--exit-on-error']);
+    await openVm('512M', `-smp 2 -incoming tcp:127.0.0.1:${port}`);
+    await enter('migrate_set_capability postcopy-blocktime on');
+    src.p.stdin.end(['migrate_set_capability postcopy-ram on', 'migrate_set_parameter max-bandwidth 16',
+      'migrate_set_parameter max-postcopy-bandwidth 8M', `migrate -d tcp:127.0.0.1:${port}`, 'migrate_start_postcopy',
+      'migrate_wait 120', ''].join('\n'));
+    await waitScreen((x) => /migration postcopy-active/.test(x), 'postcopy running on the destination');
+
+    await enter('info postcopy_blocktime -w');
+    const pages = /^pages received +\S+ +([\d.]+) % {2}(\d+)\/131072$/m;
+    const headers = (x: string) => (x.match(/^postcopy blocktime -w: /gm) ?? []).length;
+    let s = await waitScreen((x) => pages.test(x), 'the first frame');
+    const first = Number(pages.exec(s)?.[2]);
+    s = await waitScreen((x) => Number(pages.exec(x)?.[2]) > first, 'the frame redrawn with more pages received');
+    expect(headers(s)).toBe(1); // redrawn in place, not one frame under the other
+    expect(s).toMatch(/^postcopy blocktime -w: postcopy-active +[\d.]+ s +\(a key stops\)$/m);
+    for (const v of [0, 1]) expect(s).toMatch(new RegExp(`^vCPU ${v} +\\S+ +[\\d.]+ % {2}[\\d.]+ [nµm]?s blocked, \\d+ faults$`, 'm'));
+    expect(s).toMatch(/^total blocktime +[\d.]+ [nµm]?s /m);
+    // the console's own live line made way for the frame (the one above the command is from before it)
+    expect(s.slice(s.indexOf('(qemu) info postcopy_blocktime -w'))).not.toMatch(/^migration postcopy-active \|/m);
+
+    await type('q');
+    s = await waitScreen((x) => x.includes('stopped (key pressed); the migration goes on') && lastLine(x) === '(qemu)', 'stopped by the key');
+    expect(headers(s)).toBe(1);
+
+    // again: now it runs until the migration completes, and stops by itself
+    await enter('info postcopy_blocktime -w');
+    s = await waitScreen((x) => x.includes('stopped: the migration completed') && lastLine(x) === '(qemu)', 'stopped by the end of the migration', 90_000);
+    expect(s).toMatch(/^postcopy blocktime -w: completed/m);
+    expect(s).toMatch(/^pages received +\S+ +100\.0 % {2}131072\/131072$/m);
+    expect(headers(term.history('vm'))).toBe(2); // one frame per -w in the whole scrollback
+    expect(await src.exit).toBe(0);
+    await quitVm();
+  }, 180_000);
 });

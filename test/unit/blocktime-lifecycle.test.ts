@@ -17,10 +17,12 @@ class MemorySink implements TraceSink {
   header(v: readonly number[], t0: number): void { this.lines.push(`header ${v.join(',')} ${t0}`); }
   fault(t: number, addr: number, tid: number): void { this.lines.push(`fault ${t} ${addr} ${tid}`); }
   placed(t: number, addr: number): void { this.lines.push(`placed ${t} ${addr}`); }
+  push(t: number, addr: number): void { this.lines.push(`push ${t} ${addr}`); }
   schedstat(t: number, tid: number, s: KernelTimes | string): void {
     this.lines.push(`schedstat ${t} ${tid} ${typeof s === 'string' ? s : `${s.runNs} ${s.waitNs}`}`);
   }
   end(t: number, status: string): void { this.lines.push(`end ${t} ${status}`); }
+  flush(): void { /* kept in memory */ }
   close(): void { this.closed++; }
 }
 

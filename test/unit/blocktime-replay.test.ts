@@ -95,12 +95,14 @@ describe('bad traces name the problem and the line', () => {
     ['t as a string', `${H}\n{"t":"5","ev":"fault","addr":4096,"tid":10}\n`, /:2: "t" must be a non-negative integer/],
     ['time going backwards', `${H}\n{"t":10,"ev":"fault","addr":4096,"tid":10}\n{"t":5,"ev":"placed","addr":4096}\n`, /:3: "t" goes backwards \(5 after 10\)/],
     ['before t0', '{"vcpus":[10],"t0":100}\n{"t":50,"ev":"fault","addr":4096,"tid":10}\n', /:2: "t" goes backwards \(50 after 100\)/],
-    ['unknown ev', `${H}\n{"t":1,"ev":"poke","addr":4096}\n`, /:2: unknown "ev" "poke" \(expected "fault", "placed", "end" or "schedstat"\)/],
+    ['unknown ev', `${H}\n{"t":1,"ev":"poke","addr":4096}\n`, /:2: unknown "ev" "poke" \(expected "fault", "placed", "push", "end" or "schedstat"\)/],
     ['schedstat of a thread that is no vCPU', `${H}\n{"t":1,"ev":"schedstat","tid":9,"run":1,"wait":1}\n`, /:2: "tid" 9 is no vCPU of the header/],
     ['schedstat without times', `${H}\n{"t":1,"ev":"schedstat","tid":10,"run":-1}\n`, /:2: "run" and "wait" must be non-negative integers/],
-    ['missing ev', `${H}\n{"t":1,"addr":4096}\n`, /:2: "ev" is missing \(expected "fault", "placed", "end" or "schedstat"\)/],
+    ['missing ev', `${H}\n{"t":1,"addr":4096}\n`, /:2: "ev" is missing \(expected "fault", "placed", "push", "end" or "schedstat"\)/],
     ['missing addr', `${H}\n{"t":1,"ev":"placed"}\n`, /:2: "addr" must be a non-negative integer/],
     ['bad tid', `${H}\n{"t":1,"ev":"fault","addr":4096,"tid":4294967296}\n`, /:2: "tid" must be a non-negative 32-bit integer/],
+    ['unknown fault kind', `${H}\n{"t":1,"ev":"fault","addr":4096,"tid":10,"kind":"pushed"}\n`, /:2: "kind" must be "requested", "read-ahead", "in-flight" or "received", got "pushed"/],
+    ['push without addr', `${H}\n{"t":1,"ev":"push","addr":-4096}\n`, /:2: "addr" must be a non-negative integer/],
     ['bad end status', `${H}\n{"t":1,"ev":"end","status":"active"}\n`, /:2: "status" must be "completed", "failed" or "cancelled", got "active"/],
     ['event after end', `${H}\n{"t":1,"ev":"end","status":"completed"}\n{"t":2,"ev":"placed","addr":4096}\n`, /:3: event after the "end" line/],
   ];
@@ -118,6 +120,21 @@ describe('bad traces name the problem and the line', () => {
     lines.push('{"t":-4,"ev":"placed","addr":4096}', '{"t":100,"ev":"placed","addr":4096}');
     writeFileSync(path, `${lines.join('\n')}\n`);
     await expect(replayTrace(path)).rejects.toThrow(`${path}:17: "t" must be a non-negative integer`);
+  });
+
+  test('"kind" and "push" lines change no figure: the same trace without them replays to the same report', async () => {
+    const withThem = ['{"vcpus":[10,11],"t0":0}', '{"t":1,"ev":"push","addr":0}', '{"t":2,"ev":"fault","addr":4096,"tid":10,"kind":"requested"}',
+      '{"t":3,"ev":"fault","addr":4096,"tid":11,"kind":"in-flight"}', '{"t":4,"ev":"fault","addr":8192,"tid":11,"kind":"read-ahead"}',
+      '{"t":5,"ev":"push","addr":12288}', '{"t":9,"ev":"placed","addr":4096}', '{"t":12,"ev":"placed","addr":8192}',
+      '{"t":13,"ev":"end","status":"completed"}'];
+    const without = withThem.filter((l) => !l.includes('"push"')).map((l) => l.replace(/,"kind":"[a-z-]+"/, ''));
+    const a = join(dir, 'kinds.jsonl');
+    const b = join(dir, 'no-kinds.jsonl');
+    writeFileSync(a, `${withThem.join('\n')}\n`);
+    writeFileSync(b, `${without.join('\n')}\n`);
+    const [ra, rb] = [await replayTrace(a), await replayTrace(b)];
+    expect(ra['x-blocktime'].faults).toBe(3);
+    expect(ra).toEqual(rb);
   });
 
   test('missing file and directory', async () => {

@@ -5,7 +5,7 @@
 // context gets the kernel samples in the same order.
 import { BlocktimeContext } from '../../src/blocktime/context.js';
 import { PostcopyAccounting } from '../../src/migration/postcopy-accounting.js';
-import type { TraceSink } from '../../src/blocktime/trace.js';
+import { FAULT_KINDS, FaultCause, type TraceSink } from '../../src/blocktime/trace.js';
 import type { KernelTimes } from '../../src/blocktime/types.js';
 
 const BASE = 0x7f00_0000_0000;
@@ -16,10 +16,12 @@ function setup(pages = 64) {
   const lines: string[] = [];
   const trace: TraceSink = {
     header: () => undefined,
-    fault: (t, a, tid) => { lines.push(`fault ${t} ${(a - BASE) / PS} ${tid}`); },
+    fault: (t, a, tid, cause) => { lines.push(`fault ${t} ${(a - BASE) / PS} ${tid}${cause ? ` ${FAULT_KINDS[cause]}` : ''}`); },
     placed: (t, a) => { lines.push(`placed ${t} ${(a - BASE) / PS}`); },
+    push: (t, a) => { lines.push(`push ${t} ${(a - BASE) / PS}`); },
     schedstat: (t, tid, s: KernelTimes | string) => { lines.push(`schedstat ${t} ${tid} ${typeof s === 'string' ? s : s.runNs}`); },
     end: () => undefined,
+    flush: () => undefined,
     close: () => undefined,
   };
   const clock = { now: 0 };
@@ -84,4 +86,19 @@ test('thousands of pending events (the buffer grows and slides) come out sorted'
   const times = lines.map((l) => Number(l.split(' ')[1]));
   expect(times).toHaveLength(10_000);
   for (let i = 1; i < times.length; i++) expect(times[i]).toBeGreaterThanOrEqual(times[i - 1]);
+});
+
+test('how each fault was served and the background push samples reach the trace, in time order with the events', () => {
+  const { acc, lines } = setup();
+  acc.fault(3, 100, 20, FaultCause.Requested);
+  acc.pushed(10, 15);           // the push had delivered page 10 by then
+  acc.fault(3, 101, 25, FaultCause.InFlight);
+  acc.fault(4, 101, 30, FaultCause.ReadAhead);
+  acc.placed(3, 2, 40);
+  acc.fault(9, 100, 50, FaultCause.Received);
+  acc.pushed(12, 45);
+  acc.placed(9, 1, 55);
+  acc.releaseBefore(Infinity);
+  expect(lines).toEqual(['push 15 10', 'fault 20 3 100 requested', 'fault 25 3 101 in-flight', 'fault 30 4 101 read-ahead',
+    'placed 40 3', 'placed 40 4', 'push 45 12', 'fault 50 9 100 received', 'placed 55 9']);
 });

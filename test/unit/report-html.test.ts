@@ -1,8 +1,9 @@
 // The HTML report (src/report/): self-contained (no script, nothing fetched),
 // one timeline row per vCPU and one bar per blocked interval when they are
 // a column apart, the summary table of the console, two traces side by side
-// on the same axes, the CLI's usage errors, and a 10^6-event trace that
-// stays under 5 MiB.
+// on the same axes, the faults coloured by how they were served and the
+// background push drawn as a line where the trace carries them, the CLI's
+// usage errors, and a 10^6-event trace that stays under 5 MiB.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -35,6 +36,12 @@ function marks(html: string, chart: string, layer: string, trace = 0): number {
   return g === null ? 0 : ((g[2] ?? '').match(/<(path|line) /g) ?? []).length;
 }
 
+/** The lines (one path each) of a chart's line layers. */
+function linePaths(html: string, chart: string): number {
+  const fig = html.match(new RegExp(`<figure data-chart="${chart}" data-trace="0">([\\s\\S]*?)</figure>`))?.[1] ?? '';
+  return (fig.match(/aria-roledescription="line mark"/g) ?? []).length;
+}
+
 describe('the HTML report', () => {
   test('is self-contained and draws each blocked interval, one row per vCPU', async () => {
     const html = await buildHtmlReport([{ lines: small, title: 'small' }]);
@@ -61,6 +68,33 @@ describe('the HTML report', () => {
     const html = await buildHtmlReport([{ lines, title: 'both' }]);
     expect(marks(html, 'timeline', 'all_blocked')).toBe(1);
     expect(html).toContain('live (the trace has no end line)');
+  });
+
+  test('colours the faults by how they were served and draws the background push as a line, where the trace says so', async () => {
+    const lines = [
+      JSON.stringify({ vcpus: [11, 12], t0: 0 }),
+      ev(1e6, 'push', { addr: 0 }), ev(2e6, 'push', { addr: 64 * 4096 }),
+      ev(3e6, 'fault', { addr: 4096 * 100, tid: 11, kind: 'requested' }),
+      ev(3.2e6, 'fault', { addr: 4096 * 100, tid: 12, kind: 'in-flight' }),
+      ev(3.4e6, 'fault', { addr: 4096 * 101, tid: 12, kind: 'read-ahead' }),
+      ev(4e6, 'placed', { addr: 4096 * 100 }), ev(4.5e6, 'placed', { addr: 4096 * 101 }),
+      ev(5e6, 'push', { addr: 128 * 4096 }),
+      ev(6e6, 'push', { addr: 16 * 4096 }), // a step back: a new pass, a new stretch of line
+      ev(7e6, 'push', { addr: 32 * 4096 }),
+      ev(8e6, 'end', { status: 'completed' }),
+    ];
+    const html = await buildHtmlReport([{ lines, title: 'kinds' }]);
+    const causes = html.match(/data-chart="fault-causes"[\s\S]*?<\/figure>/)?.[0] ?? '';
+    for (const label of ['requested', 'read-ahead', 'in-flight', 'received, no request', 'background push']) expect(causes).toContain(`>${label}</text>`);
+    expect(causes).not.toContain('kind not recorded');
+    expect(marks(html, 'fault-causes', 'faults')).toBe(3); // one rect per cause and vCPU in its column
+    expect(linePaths(html, 'fault-causes')).toBe(2); // two stretches of line
+    expect(linePaths(html, 'faults')).toBe(2); // the same line under the faults by vCPU
+    // a trace that says neither (older traces, QEMU's): no such chart, no line
+    const plain = await buildHtmlReport([{ lines: small, title: 'small' }]);
+    expect(plain).not.toContain('data-chart="fault-causes"');
+    expect(linePaths(plain, 'faults')).toBe(0);
+    expect(plain).not.toContain('background push');
   });
 
   test('draws two traces side by side on the same axes', async () => {

@@ -24,6 +24,9 @@ import type { GuestMemory, VcpuControl } from './migration/guest.js';
 import { sampleThread, yieldCpu } from './vm/schedstat.js';
 import { monotonicNs } from './blocktime/clock.js';
 import type { DirtyTrackingMode } from './migration/dirty-tracker.js';
+import { ConvergenceTools } from './migration/convergence-tools.js';
+import type { CalcDirtyRateArgs, DirtyRateInfo, TimeUnit } from './migration/dirty-rate.js';
+import type { VcpuDirtyLimit } from './migration/dirty-limit.js';
 
 const MAX_STRING_LENGTH = constants.MAX_STRING_LENGTH;
 
@@ -92,6 +95,8 @@ class VmMachine implements Machine {
   /** the last outgoing migration's URI as given ('local' = the lab) */
   private lastTarget = '';
   private quitting: Promise<void> | null = null;
+  /** calc-dirty-rate, auto-converge, dirty-limit */
+  private readonly tools: ConvergenceTools;
 
   constructor(private readonly ram: GuestRam, private readonly vcpus: VcpuSet, private readonly opts: MachineOptions) {
     this.events.setMaxListeners(100);
@@ -128,7 +133,16 @@ class VmMachine implements Machine {
           ? why(`vCPU ${i} is ${status}, not running its workload`) : sampleThread(v.threadIds()[i]);
       },
       yieldCpu,
+      throttle: v.throttle,
     };
+    this.tools = new ConvergenceTools({
+      ram: this.memory, vcpus: v.throttle, events: this.events, params: () => this.params.get(),
+      ramBusy: () => {
+        if (this.status.active) return 'a migration is running and tracks guest RAM itself';
+        if (this.incoming && !this.incoming.ramReadable) return 'guest RAM is being filled by the incoming migration';
+        return undefined;
+      },
+    });
   }
 
   private setRunState(s: RunState): void {
@@ -182,6 +196,7 @@ class VmMachine implements Machine {
     const ram = this.outgoing?.ramStats() ?? this.incoming?.ramStats();
     if (ram) info.ram = ram;
     if (this.status.status === 'failed' && this.status.errorDesc) info['error-desc'] = this.status.errorDesc;
+    if (this.outgoing) Object.assign(info, this.tools.migrationInfo());
     const stall = this.status.status === 'active' ? this.outgoing?.convergence() : undefined;
     if (stall) info['x-convergence'] = stall;
     if (this.incoming && this.caps.has('postcopy-blocktime')) {
@@ -229,6 +244,7 @@ class VmMachine implements Machine {
       ram: this.memory, vcpus: this.control, workload: this.workloadText, status: this.status, params: this.params,
       postcopy: this.caps.has('postcopy-ram'), wasRunning: this.state === 'running',
       setRunState: (s) => this.setRunState(s), trackingMode: this.opts.dirtyTracking, events: this.events,
+      throttle: this.tools.forMigration(this.caps),
     });
     this.outgoing.start(addr);
   }
@@ -290,6 +306,10 @@ class VmMachine implements Machine {
     if (this.outgoing && this.status.active) { this.outgoing.cancel(); return; }
     if (this.incoming && this.status.active) this.incoming.cancel();
   }
+
+  calcDirtyRate(a: CalcDirtyRateArgs): void { this.live('calc-dirty-rate'); this.tools.calcDirtyRate(a); }
+  queryDirtyRate(unit?: TimeUnit): DirtyRateInfo { return this.tools.queryDirtyRate(unit); }
+  vcpuDirtyLimits(): VcpuDirtyLimit[] | undefined { return this.tools.vcpuDirtyLimits(); }
 
   async blocktime(): Promise<BlocktimeReport | undefined> {
     if (this.incoming) return this.incoming.blocktimeReport();

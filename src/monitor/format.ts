@@ -99,6 +99,18 @@ export function formatInfoMigrate(info: MigrationInfo): string[] {
   return out;
 }
 
+/** The convergence tools' lines of `info migrate -a` (QEMU 10.x prints them
+ *  only with -a, after the RAM block). */
+export function formatThrottle(info: MigrationInfo): string[] {
+  const out: string[] = [];
+  if (info['cpu-throttle-percentage'] !== undefined) out.push(`CPU Throttle (%): ${u(info['cpu-throttle-percentage'])}`);
+  if (info['dirty-limit-throttle-time-per-round'] !== undefined) {
+    out.push(`Dirty-limit Throttle (us): ${u(info['dirty-limit-throttle-time-per-round'])}`);
+  }
+  if (info['dirty-limit-ring-full-time'] !== undefined) out.push(`Dirty-limit Ring Full (us): ${u(info['dirty-limit-ring-full-time'])}`);
+  return out;
+}
+
 // ---------------------------------------------------------------- other info
 
 /** `info migrate_capabilities`: "name: on|off" per capability. */
@@ -110,9 +122,16 @@ export function formatCapabilities(caps: readonly CapabilityState[]): string[] {
  *  parameters this engine has, in QEMU's order, then ours. */
 export function formatParameters(p: MigrationParameters): string[] {
   return [
+    `throttle-trigger-threshold: ${u(p['throttle-trigger-threshold'])}`,
+    `cpu-throttle-initial: ${u(p['cpu-throttle-initial'])}`,
+    `cpu-throttle-increment: ${u(p['cpu-throttle-increment'])}`,
+    `cpu-throttle-tailslow: ${p['cpu-throttle-tailslow'] ? 'on' : 'off'}`,
+    `max-cpu-throttle: ${u(p['max-cpu-throttle'])}`,
     `max-bandwidth: ${u(p['max-bandwidth'])} bytes/second`,
     `max-postcopy-bandwidth: ${u(p['max-postcopy-bandwidth'])} bytes/second`,
     `downtime-limit: ${u(p['downtime-limit'])} ms`,
+    `x-vcpu-dirty-limit-period: ${u(p['x-vcpu-dirty-limit-period'])} ms`,
+    `vcpu-dirty-limit: ${u(p['vcpu-dirty-limit'])} MB/s`,
     `x-blocktime-trace: '${p['x-blocktime-trace']}'`,
     `x-postcopy-readahead: ${p['x-postcopy-readahead']} pages`,
   ];

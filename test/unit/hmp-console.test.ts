@@ -13,6 +13,10 @@ import {
   type MigrationParameters, type MigrationStatus, type RunState,
 } from '../../src/migration/api.js';
 import type { BlocktimeReport } from '../../src/blocktime/types.js';
+import { DEFAULT_PARAMETERS } from '../../src/migration/parameters.js';
+import { fakeDirtyRateMeter } from '../helpers/qmp-fake-machine.js';
+import type { CalcDirtyRateArgs, DirtyRateInfo, TimeUnit } from '../../src/migration/dirty-rate.js';
+import type { VcpuDirtyLimit } from '../../src/migration/dirty-limit.js';
 
 // A Machine for console tests that need no guest: it keeps capabilities,
 // parameters and run state like the real one, and the test drives the
@@ -23,7 +27,8 @@ class FakeMachine implements Machine {
   errorDesc: string | undefined;
   state: RunState = 'running';
   caps = new Map<string, boolean>(IMPLEMENTED_CAPABILITIES.map((c) => [c, false]));
-  params: MigrationParameters = { 'max-bandwidth': 134217728, 'downtime-limit': 300, 'max-postcopy-bandwidth': 0, 'x-blocktime-trace': '', 'x-postcopy-readahead': 0 };
+  params: MigrationParameters = { ...DEFAULT_PARAMETERS };
+  readonly dirty = fakeDirtyRateMeter();
   report: BlocktimeReport | undefined;
   migrateCalls: string[] = [];
   quitCalls = 0;
@@ -71,6 +76,9 @@ class FakeMachine implements Machine {
     this.setStatus('postcopy-active');
   }
   cancel(): void { if (this.status !== 'none' && !TERMINAL_STATUSES.has(this.status)) this.setStatus('cancelled'); }
+  calcDirtyRate(a: CalcDirtyRateArgs): void { this.dirty.meter.calc(a); }
+  queryDirtyRate(unit?: TimeUnit): DirtyRateInfo { return this.dirty.meter.query(unit); }
+  vcpuDirtyLimits(): VcpuDirtyLimit[] | undefined { return undefined; }
   async blocktime(): Promise<BlocktimeReport | undefined> { return this.report; }
   ramDigest(): string { return ''; }
 }
@@ -174,7 +182,7 @@ describe('HMP console, scripts', () => {
   it('-e commands run without reading input', async () => {
     const s = open({ commands: ['info status', 'info migrate_parameters'] });
     const r = await s.result;
-    expect(s.output().split('\n').slice(0, 2)).toEqual(['VM status: running', 'max-bandwidth: 134217728 bytes/second']);
+    expect(s.output().split('\n').slice(0, 2)).toEqual(['VM status: running', 'throttle-trigger-threshold: 50']);
     expect(r.end).toBe('eof');
   });
 

@@ -13,12 +13,14 @@ import { Capabilities } from '../../src/migration/capabilities.js';
 import { Parameters } from '../../src/migration/parameters.js';
 import { DirtyRateMeter, type CalcDirtyRateArgs, type DirtyRateInfo, type TimeUnit } from '../../src/migration/dirty-rate.js';
 import type { VcpuDirtyLimit } from '../../src/migration/dirty-limit.js';
+import { mulberry32 } from './prng.js';
 
 /** A dirty-rate meter over a 1 GiB guest the test writes by hand
  *  (`pages[i]++` dirties page i) on a clock it moves with `advance(ms)`;
  *  no vCPUs (dirty-ring is refused), dirty-bitmap counts what was written. */
-export function fakeDirtyRateMeter() {
+export function fakeDirtyRateMeter(seed = 1) {
   const pageSize = 4096;
+  const rand = mulberry32(seed);
   const pages = new Uint32Array(2 ** 30 / pageSize);
   let now = 0;
   const due: Array<{ at: number; fn: () => void }> = [];
@@ -30,7 +32,7 @@ export function fakeDirtyRateMeter() {
     unreadable: () => undefined,
   }, {
     now: () => now, wallSeconds: () => 1700000000 + Math.floor(now / 1000),
-    after: (ms, fn) => { due.push({ at: now + ms, fn }); }, random: (n) => Math.floor(Math.random() * n),
+    after: (ms, fn) => { due.push({ at: now + ms, fn }); }, random: (n) => Math.floor(rand() * n),
   });
   return {
     meter, pages,

@@ -165,7 +165,7 @@ describe('HMP console, scripts', () => {
       "unknown command: 'frob'",
       "Expected 'on' or 'off'",
       'Try "help migrate_set_capability" for more information',
-      'Error: invalid parameter value: bogus (supported: events, postcopy-ram, return-path, postcopy-blocktime)',
+      'Error: invalid parameter value: bogus (supported: auto-converge, events, postcopy-ram, return-path, postcopy-blocktime, dirty-limit)',
       'VM status: running',
       '',
     ].join('\n'));
@@ -213,6 +213,11 @@ describe('HMP console, scripts', () => {
       'migrate_set_parameter x-postcopy-readahead 32',
       'migrate_set_parameter x-postcopy-readahead 1M',
       'migrate_set_parameter nonsense 1',
+      'migrate_set_parameter cpu-throttle-initial 30',
+      'migrate_set_parameter cpu-throttle-increment 300',
+      'migrate_set_parameter cpu-throttle-tailslow on',
+      'migrate_set_parameter cpu-throttle-tailslow yes',
+      'migrate_set_parameter vcpu-dirty-limit 8',
       'migrate_set_parameter multifd-channels 4',
       'info migrate_capabilities',
     ].join('\n'));
@@ -222,9 +227,16 @@ describe('HMP console, scripts', () => {
     expect(machine.params['max-postcopy-bandwidth']).toBe(2 ** 20);
     expect(machine.params['x-postcopy-readahead']).toBe(32);
     expect(text).toContain("Error: Parameter 'x-postcopy-readahead' expects a number of pages\n");
-    expect(text).toContain('Error: invalid parameter value: nonsense (supported: max-bandwidth, max-postcopy-bandwidth, downtime-limit, x-blocktime-trace, x-postcopy-readahead)\n');
+    expect(text).toContain('Error: invalid parameter value: nonsense (supported: throttle-trigger-threshold, cpu-throttle-initial, '
+      + 'cpu-throttle-increment, cpu-throttle-tailslow, max-cpu-throttle, max-bandwidth, max-postcopy-bandwidth, downtime-limit, '
+      + 'x-vcpu-dirty-limit-period, vcpu-dirty-limit, x-blocktime-trace, x-postcopy-readahead)\n');
+    expect(machine.params['cpu-throttle-initial']).toBe(30);
+    expect(machine.params['cpu-throttle-tailslow']).toBe(true);
+    expect(machine.params['vcpu-dirty-limit']).toBe(8);
+    expect(text).toContain("Error: Parameter 'cpu-throttle-increment' expects uint8_t\n");
+    expect(text).toContain("Error: Parameter 'cpu-throttle-tailslow' expects 'on' or 'off'\n");
     // QEMU has it, this engine does not: said so, with what it has
-    expect(text).toContain("Error: Parameter 'multifd-channels' is not supported by this migration engine (supported: max-bandwidth, ");
+    expect(text).toContain("Error: Parameter 'multifd-channels' is not supported by this migration engine (supported: throttle-trigger-threshold, ");
     expect(text).toContain('postcopy-ram: on\n');
   });
 

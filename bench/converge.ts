@@ -35,7 +35,7 @@ const PARAMS: Record<Tool, Record<string, number>> = {
 };
 
 interface Outcome { converged: boolean; seconds: number; syncs: number; maxThrottle: number; downtimeMs: number; error?: string }
-interface Pair { src: QmpClient; dst: QmpClient; port: number; close(): Promise<void> }
+interface Pair { src: QmpClient; dst: QmpClient; port: number; close(): Promise<void>; why(): string }
 
 async function dirtyRate(q: QmpClient, mode: string): Promise<number> {
   await q.execute('calc-dirty-rate', { 'calc-time': 1, mode });
@@ -72,7 +72,7 @@ async function ours(dir: string, n: number): Promise<Pair> {
   const port = await freeTcpPort();
   const dst = await VmProcess.spawn([...common, '-incoming', `tcp:127.0.0.1:${port}`], join(dir, `d${n}.qmp`));
   const src = await VmProcess.spawn(common, join(dir, `s${n}.qmp`));
-  return { src: src.qmp, dst: dst.qmp, port, close: async () => { await src.quit(); await dst.quit(); } };
+  return { src: src.qmp, dst: dst.qmp, port, close: async () => { await src.quit(); await dst.quit(); }, why: () => '' };
 }
 
 async function qemu(dir: string, n: number, img: string, dirtyRing: boolean): Promise<Pair> {
@@ -85,6 +85,7 @@ async function qemu(dir: string, n: number, img: string, dirtyRing: boolean): Pr
   return {
     src: src.qmp, dst: dst.qmp, port,
     close: async () => { for (const q of [src, dst]) { await q.qmp.execute('quit').catch(() => undefined); q.proc.kill('SIGKILL'); } },
+    why: () => [src, dst].map((q) => q.stderr().trim()).filter(Boolean).join('; '),
   };
 }
 
@@ -118,10 +119,14 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
           try {
             if (tool === 'none') {
               await sleep(500);
-              for (const mode of ['page-sampling', 'dirty-bitmap']) ((row[mode] ??= []) as number[]).push(await dirtyRate(p.src, mode));
+              for (const mode of ['page-sampling', 'dirty-bitmap']) {
+                const rate = await dirtyRate(p.src, mode).catch(() => undefined);
+                if (rate !== undefined) ((row[mode] ??= []) as number[]).push(rate);
+              }
             }
             const o = await migrate(p, tool, tool === 'none' ? noneS : 120).catch((e: unknown) => ({
-              converged: false, seconds: 0, syncs: 0, maxThrottle: 0, downtimeMs: -1, error: e instanceof Error ? e.message : String(e),
+              converged: false, seconds: 0, syncs: 0, maxThrottle: 0, downtimeMs: -1,
+              error: `${e instanceof Error ? e.message : String(e)}${p.why() ? ` (stderr: ${p.why()})` : ''}`,
             }));
             ((row[tool] ??= []) as Outcome[]).push(o);
           } finally {
@@ -137,7 +142,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const summary: Record<string, unknown> = {};
   for (const [side, row] of Object.entries(rows)) {
     const s: Record<string, unknown> = {};
-    for (const mode of ['page-sampling', 'dirty-bitmap']) s[`dirty_rate_${mode}_mbps`] = stats(row[mode] as number[]);
+    for (const mode of ['page-sampling', 'dirty-bitmap']) if (row[mode]) s[`dirty_rate_${mode}_mbps`] = stats(row[mode] as number[]);
     for (const tool of ['none', 'auto-converge', 'dirty-limit'] as Tool[]) {
       const os = row[tool] as Outcome[];
       const done = os.filter((o) => o.converged);

@@ -25,8 +25,6 @@ import { sampleThread, yieldCpu } from './vm/schedstat.js';
 import { monotonicNs } from './blocktime/clock.js';
 import type { DirtyTrackingMode } from './migration/dirty-tracker.js';
 import { ConvergenceTools } from './migration/convergence-tools.js';
-import type { CalcDirtyRateArgs, DirtyRateInfo, TimeUnit } from './migration/dirty-rate.js';
-import type { VcpuDirtyLimit } from './migration/dirty-limit.js';
 
 const MAX_STRING_LENGTH = constants.MAX_STRING_LENGTH;
 
@@ -137,9 +135,10 @@ class VmMachine implements Machine {
     };
     this.tools = new ConvergenceTools({
       ram: this.memory, vcpus: v.throttle, events: this.events, params: () => this.params.get(),
-      ramBusy: () => {
+      ramUnreadable: () => (this.incoming && !this.incoming.ramReadable ? 'guest RAM is being filled by the incoming migration' : undefined),
+      trackingBusy: () => {
         if (this.status.active) return 'a migration is running and tracks guest RAM itself';
-        if (this.incoming && !this.incoming.ramReadable) return 'guest RAM is being filled by the incoming migration';
+        if (this.state === 'inmigrate' || (this.incoming && !this.incoming.ramReadable)) return 'this VM waits for, or is filled by, an incoming migration';
         return undefined;
       },
     });
@@ -227,6 +226,7 @@ class VmMachine implements Machine {
     if (this.state === 'inmigrate') throw new CommandError('Guest is waiting for an incoming migration');
     if (this.incoming && !this.incoming.ramReadable) throw new CommandError('Guest RAM is incomplete after a failed incoming migration');
     if (this.state === 'postmigrate') throw new CommandError(this.guestLeft());
+    this.tools.checkMigrate();
     let target: string = uri;
     if (uri === 'local') {
       await this.releaseLab();
@@ -307,9 +307,9 @@ class VmMachine implements Machine {
     if (this.incoming && this.status.active) this.incoming.cancel();
   }
 
-  calcDirtyRate(a: CalcDirtyRateArgs): void { this.live('calc-dirty-rate'); this.tools.calcDirtyRate(a); }
-  queryDirtyRate(unit?: TimeUnit): DirtyRateInfo { return this.tools.queryDirtyRate(unit); }
-  vcpuDirtyLimits(): VcpuDirtyLimit[] | undefined { return this.tools.vcpuDirtyLimits(); }
+  calcDirtyRate: Machine['calcDirtyRate'] = (a) => { this.live('calc-dirty-rate'); this.tools.calcDirtyRate(a); };
+  queryDirtyRate: Machine['queryDirtyRate'] = (unit) => this.tools.queryDirtyRate(unit);
+  vcpuDirtyLimits: Machine['vcpuDirtyLimits'] = () => this.tools.vcpuDirtyLimits();
 
   async blocktime(): Promise<BlocktimeReport | undefined> {
     if (this.incoming) return this.incoming.blocktimeReport();

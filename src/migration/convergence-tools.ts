@@ -3,6 +3,7 @@
 // (auto-converge / dirty-limit), lifted whenever a migration ends. Built from
 // the VM's guest RAM and vCPUs; the Machine only delegates to it.
 import type { EventEmitter } from 'node:events';
+import { CommandError } from '../errors.js';
 import { TERMINAL_STATUSES, type MigrationParameters, type MigrationStatus } from './api.js';
 import type { Capabilities } from './capabilities.js';
 import type { GuestMemory, VcpuThrottle } from './guest.js';
@@ -17,8 +18,10 @@ export interface ConvergenceToolsOptions {
   vcpus: VcpuThrottle | undefined;
   events: EventEmitter;
   params: () => MigrationParameters;
-  /** why guest RAM cannot be read or tracked now (a migration holds it), or undefined */
-  ramBusy: () => string | undefined;
+  /** why guest RAM cannot be read now (a destination filling it), or undefined */
+  ramUnreadable: () => string | undefined;
+  /** why guest RAM cannot be write-tracked now (a migration holds it), or undefined */
+  trackingBusy: () => string | undefined;
 }
 
 export class ConvergenceTools {
@@ -32,9 +35,9 @@ export class ConvergenceTools {
       pageSize: ram.pageSize,
       pageDigest: (p) => pageDigests(ram.base, ram.pageSize, p, 1)[0],
       vcpus: o.vcpus,
-      unreadable: o.ramBusy,
+      unreadable: o.ramUnreadable,
       startTracking: () => {
-        const busy = o.ramBusy();
+        const busy = o.trackingBusy();
         if (busy !== undefined) return busy;
         let tracker: ReturnType<typeof startDirtyTracking>;
         try {
@@ -69,6 +72,12 @@ export class ConvergenceTools {
   migrationInfo(): ThrottleInfo { return this.throttle?.info() ?? {}; }
 
   calcDirtyRate(a: CalcDirtyRateArgs): void { this.meter.calc(a); }
+  /** a migration cannot start while a dirty-bitmap measurement holds guest RAM's write-protect tracking */
+  checkMigrate(): void {
+    if (this.meter.tracking) {
+      throw new CommandError('A dirty-bitmap dirty rate measurement tracks guest RAM until it ends (query-dirty-rate): migrate after it');
+    }
+  }
   queryDirtyRate(unit?: TimeUnit): DirtyRateInfo { return this.meter.query(unit); }
   vcpuDirtyLimits(): VcpuDirtyLimit[] | undefined { return this.throttle?.vcpuLimits(); }
 }

@@ -101,6 +101,9 @@ export class DirtyRateMeter {
 
   constructor(private readonly src: DirtyRateSources, private readonly clocks: MeterClocks = realClocks) {}
 
+  /** a dirty-bitmap measurement runs: it holds guest RAM's write-protect tracking until it ends */
+  get tracking(): boolean { return this.status === 'measuring' && this.mode === 'dirty-bitmap'; }
+
   /** calc-dirty-rate: starts a measurement (returns at once); QEMU's errors */
   calc(a: CalcDirtyRateArgs): void {
     if (this.status === 'measuring') throw new CommandError('the dirty rate is already being measured.');

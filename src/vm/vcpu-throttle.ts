@@ -49,13 +49,15 @@ export class NativeVcpuThrottle implements VcpuThrottle {
     }
   }
 
-  reapDirtyLog(): void { this.#logView?.fill(0); }
+  // once the threads are stopped their blocks are freed: nothing is read or written any more
+  reapDirtyLog(): void { if (this.live()) this.#logView?.fill(0); }
 
-  dirtyPages(i: number): number { return this.native.get64(i, L.VCPU_OFF_DIRTY_PAGES); }
+  dirtyPages(i: number): number { return this.live() ? this.native.get64(i, L.VCPU_OFF_DIRTY_PAGES) : 0; }
 
   setRingSleep(i: number, us: number): void { if (this.live()) this.native.set32(i, L.VCPU_OFF_RING_SLEEP_US, Math.max(0, Math.min(0x7fffffff, Math.round(us)))); }
 
   sleptNs(i: number): { throttle: number; limit: number } {
+    if (!this.live()) return { throttle: 0, limit: 0 };
     return { throttle: this.native.get64(i, L.VCPU_OFF_THROTTLE_NS), limit: this.native.get64(i, L.VCPU_OFF_LIMIT_NS) };
   }
 

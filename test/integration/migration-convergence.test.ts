@@ -54,6 +54,11 @@ run('convergence tools', () => {
     expect(two['dirty-rate']).toBeGreaterThanOrEqual(45);
     expect(two['dirty-rate']).toBeLessThanOrEqual(50);
     expect(await hmp(vm, 'info dirty_rate')).toMatch(/^Status: measured\nStart Time: \d+ \(ms\)\nPeriod: 2 \(sec\)\nMode: dirty-bitmap\nDirty rate: \d+ \(MB\/s\)\n$/);
+    // a measurement with the dirty tracking holds guest RAM: a migration waits for it
+    await vm.qmp.execute('calc-dirty-rate', { 'calc-time': 1, mode: 'dirty-bitmap' });
+    await expect(vm.qmp.execute('migrate', { uri: 'tcp:127.0.0.1:1' }))
+      .rejects.toThrow('A dirty-bitmap dirty rate measurement tracks guest RAM until it ends (query-dirty-rate): migrate after it');
+    await sleep(1200);
     await vm.qmp.execute('stop');
     for (const mode of ['dirty-bitmap', 'dirty-ring', 'page-sampling']) {
       expect((await measure(vm, { 'calc-time': 100, 'calc-time-unit': 'millisecond', mode }))['dirty-rate']).toBe(0);
@@ -94,6 +99,7 @@ run('convergence tools', () => {
     await expect(src.qmp.execute('calc-dirty-rate', { 'calc-time': 1, mode: 'dirty-bitmap' }))
       .rejects.toThrow('mode dirty-bitmap is not enabled, use other method instead. (a migration is running and tracks guest RAM itself)');
     expect((await measure(src, { 'calc-time': 500, 'calc-time-unit': 'millisecond', mode: 'dirty-ring' }))['dirty-rate']).toBeGreaterThan(50);
+    expect((await measure(src, { 'calc-time': 500, 'calc-time-unit': 'millisecond' }))['dirty-rate']).toBeGreaterThan(0);
     await src.qmp.execute('migrate_cancel');
     expect((await waitStatus(src, ['cancelled'])).status).toBe('cancelled');
   }, 60_000);

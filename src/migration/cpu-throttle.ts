@@ -31,18 +31,21 @@ export interface Trip {
 }
 
 export class ThrottleTrigger {
-  private periodStart = -1;
+  private periodStart: number;
   private dirtyPages = 0;
   private xferStart = 0;
   private highCount = 0;
 
-  constructor(private readonly clock: () => number, private readonly pageSize: number) {}
+  /** made when the migration starts: the first period begins then (QEMU's
+   *  setup resets the period counters), so the first round is judged too */
+  constructor(private readonly clock: () => number, private readonly pageSize: number) {
+    this.periodStart = clock();
+  }
 
   /** One dirty sync: pages newly found dirty, and the stream's bytes so far.
    *  Returns the trip when the tool must act now. */
   sync(newlyDirtyPages: number, transferredBytes: number, thresholdPct: number): Trip | undefined {
     const now = this.clock();
-    if (this.periodStart < 0) this.periodStart = now;
     this.dirtyPages += newlyDirtyPages;
     if (now <= this.periodStart + TRIGGER_PERIOD_MS) return undefined;
     const bytesDirty = this.dirtyPages * this.pageSize;

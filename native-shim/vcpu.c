@@ -95,6 +95,7 @@ struct hook_state {
     uint64_t slice_start; /* when the current throttle timeslice began */
     uint32_t until_clock; /* accesses before the throttle reads the clock again */
     uint32_t ring_fill;   /* pages dirtied since the last dirty-limit sleep */
+    uint64_t overslept;   /* throttle sleep beyond what was asked, taken off the next one */
 };
 
 static uint64_t now_ns(void)
@@ -120,7 +121,10 @@ static uint64_t nap(struct pc_vcpu *v, uint64_t ns)
 }
 
 /* QEMU's cpu throttle: after each timeslice of running, sleep pct/(100-pct)
- * of a timeslice (the clock is read every 256 accesses). */
+ * of a timeslice (the clock is read every 256 accesses). A sleep that ran
+ * over (a wake-up is late by a millisecond or more on a busy host, which
+ * would make a 1 % throttle take 10-20 %) is taken off the next one, so the
+ * time slept matches the percentage on average. */
 static void throttle(struct pc_vcpu *v, struct hook_state *h)
 {
     if (h->until_clock-- > 0)
@@ -133,7 +137,15 @@ static void throttle(struct pc_vcpu *v, struct hook_state *h)
             h->slice_start = t;
         return;
     }
-    add64(&v->throttle_ns, nap(v, PC_THROTTLE_SLICE_NS * pct / (100 - pct)));
+    uint64_t want = PC_THROTTLE_SLICE_NS * pct / (100 - pct);
+    if (h->overslept >= want) {
+        h->overslept -= want;
+    } else {
+        want -= h->overslept;
+        uint64_t slept = nap(v, want);
+        add64(&v->throttle_ns, slept);
+        h->overslept = slept > want ? slept - want : 0; /* a pause cut it short: no debt */
+    }
     h->slice_start = now_ns();
 }
 
@@ -205,7 +217,7 @@ static void *vcpu_main(void *arg)
 {
     struct pc_vcpu *v = arg;
     v->tid = (int32_t)syscall(SYS_gettid);
-    struct hook_state h = { now_ns(), 0, 0 };
+    struct hook_state h = { now_ns(), 0, 0, 0 };
     for (;;) {
         int c = ld32(&v->cmd);
         if (c == PC_CMD_STOP)

@@ -3,7 +3,8 @@
 // timeslice) and nothing once lifted; a pause is answered at once even in a
 // throttle sleep; the dirty log counts each page a vCPU dirties once per
 // reap; a sleep per ring holds its dirty rate down. Times come from the
-// kernel's clock through the threads' own counters, so load only blurs them.
+// threads' own counters (CLOCK_MONOTONIC); load stretches the running part of
+// a timeslice, never the sleep, so the bounds allow less sleep, not more.
 import { GuestRam, VcpuSet, parseWorkload } from '../../src/vm/index.js';
 
 const MiB = 2 ** 20;
@@ -31,13 +32,16 @@ describe('vCPU throttle and dirty log', () => {
     expect(free.slept).toBe(0);
     v.throttle.setCpuThrottle(50);
     await sleep(100);
+    // a timeslice is 10 ms of wall time with the vCPU runnable: on a loaded
+    // host it runs for less of it, so the share slept can only fall short
     const half = await measure(v, 1500);
-    expect(half.slept).toBeGreaterThan(0.4);
-    expect(half.slept).toBeLessThan(0.6);
+    expect(half.slept).toBeGreaterThan(0.3);
+    expect(half.slept).toBeLessThan(0.55);
     v.throttle.setCpuThrottle(90);
     await sleep(300);
     const most = await measure(v, 2000);
-    expect(most.slept).toBeGreaterThan(0.8);
+    expect(most.slept).toBeGreaterThan(0.7);
+    expect(most.slept).toBeLessThan(0.93);
     expect(most.rate).toBeLessThan(half.rate);
     v.throttle.setCpuThrottle(0);
     await sleep(1000); // a 90 % sleep is at most 90 ms

@@ -96,6 +96,8 @@ struct hook_state {
     uint32_t until_clock; /* accesses before the throttle reads the clock again */
     uint32_t ring_fill;   /* pages dirtied since the last dirty-limit sleep */
     uint64_t overslept;   /* throttle sleep beyond what was asked, taken off the next one */
+    uint64_t last_read;   /* when the throttle last read the clock */
+    uint32_t every;       /* accesses between two clock reads, kept to ~50-200 us of running */
 };
 
 static uint64_t now_ns(void)
@@ -121,7 +123,10 @@ static uint64_t nap(struct pc_vcpu *v, uint64_t ns)
 }
 
 /* QEMU's cpu throttle: after each timeslice of running, sleep pct/(100-pct)
- * of a timeslice (the clock is read every 256 accesses). A sleep that ran
+ * of a timeslice. The clock is read every `every` accesses, a number kept so
+ * that reads come 50-200 us apart (a read costs up to microseconds under
+ * nested virtualisation; an access from nanoseconds to a page fault's
+ * microseconds). A sleep that ran
  * over (a wake-up is late by a millisecond or more on a busy host, which
  * would make a 1 % throttle take 10-20 %) is taken off the next one, so the
  * time slept matches the percentage on average. */
@@ -129,9 +134,14 @@ static void throttle(struct pc_vcpu *v, struct hook_state *h)
 {
     if (h->until_clock-- > 0)
         return;
-    h->until_clock = 255;
-    uint32_t pct = __atomic_load_n(&v->throttle_pct, __ATOMIC_RELAXED);
     uint64_t t = now_ns();
+    if (t - h->last_read < 50000 && h->every < (1u << 20))
+        h->every *= 2;
+    else if (t - h->last_read > 200000 && h->every > 1)
+        h->every /= 2;
+    h->last_read = t;
+    h->until_clock = h->every - 1;
+    uint32_t pct = __atomic_load_n(&v->throttle_pct, __ATOMIC_RELAXED);
     if (pct == 0 || pct > 99 || t - h->slice_start < PC_THROTTLE_SLICE_NS) {
         if (pct == 0 || pct > 99)
             h->slice_start = t;
@@ -146,16 +156,14 @@ static void throttle(struct pc_vcpu *v, struct hook_state *h)
         add64(&v->throttle_ns, slept);
         h->overslept = slept > want ? slept - want : 0; /* a pause cut it short: no debt */
     }
-    h->slice_start = now_ns();
+    h->slice_start = h->last_read = now_ns();
 }
 
 /* The dirty log: the first write to a clean page counts for this vCPU, and
- * with a dirty limit every PC_DIRTY_RING of them cost ring_sleep_us. */
-static void dirty(struct pc_vcpu *v, struct hook_state *h, uint64_t page)
+ * with a dirty limit every PC_DIRTY_RING of them cost ring_sleep_us (the
+ * check of the page's byte is inline in hooks(); this is the rest). */
+static void dirtied(struct pc_vcpu *v, struct hook_state *h, uint8_t *log, uint64_t page)
 {
-    uint8_t *log = (uint8_t *)(uintptr_t)__atomic_load_n(&v->dirty_log, __ATOMIC_ACQUIRE);
-    if (!log || __atomic_load_n(&log[page], __ATOMIC_RELAXED))
-        return;
     __atomic_store_n(&log[page], 1, __ATOMIC_RELAXED);
     st64(&v->dirty_pages, v->dirty_pages + 1);
     if (++h->ring_fill < PC_DIRTY_RING)
@@ -174,8 +182,11 @@ static inline void hooks(struct pc_vcpu *v, struct hook_state *h, uint64_t page)
         return;
     if (k & PC_HOOK_THROTTLE)
         throttle(v, h);
-    if (k & PC_HOOK_DIRTY)
-        dirty(v, h, page);
+    if (k & PC_HOOK_DIRTY) {
+        uint8_t *log = (uint8_t *)(uintptr_t)__atomic_load_n(&v->dirty_log, __ATOMIC_ACQUIRE);
+        if (log && !__atomic_load_n(&log[page], __ATOMIC_RELAXED))
+            dirtied(v, h, log, page);
+    }
     if (k & PC_HOOK_STAMP)
         stamp(v, page);
 }
@@ -217,7 +228,7 @@ static void *vcpu_main(void *arg)
 {
     struct pc_vcpu *v = arg;
     v->tid = (int32_t)syscall(SYS_gettid);
-    struct hook_state h = { now_ns(), 0, 0, 0 };
+    struct hook_state h = { now_ns(), 0, 0, 0, 0, 256 };
     for (;;) {
         int c = ld32(&v->cmd);
         if (c == PC_CMD_STOP)

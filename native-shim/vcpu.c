@@ -3,7 +3,15 @@
  * idle) until told to pause or stop. Pause is a real wait on a futex; the
  * thread acknowledges it by publishing PC_STATE_PAUSED after its last access
  * completed and its workload state was written back, so the state can be
- * snapshotted on the source and restored on the destination. */
+ * snapshotted on the source and restored on the destination.
+ *
+ * Each access first looks at one word, `hooks`: 0 (the usual case) costs that
+ * load and nothing else. Its bits add the access stamps (destination,
+ * blocktime), QEMU's cpu throttle (auto-converge: after each 10 ms of running,
+ * sleep pct/(100-pct) of that) and a dirty log (a byte per guest page: the
+ * first write to a clean page counts for this vCPU; with ring_sleep_us set,
+ * every PC_DIRTY_RING such pages cost a sleep: dirty-limit). Sleeps wait on
+ * the command word, so a pause or stop ends them at once. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/futex.h>
@@ -21,6 +29,8 @@ _Static_assert(offsetof(struct pc_vcpu, touch) == 192, "touch at 192");
 _Static_assert(offsetof(struct pc_vcpu, position) == 40, "position at 40");
 _Static_assert(offsetof(struct pc_vcpu, thread) == 104, "thread at 104");
 _Static_assert(sizeof(pthread_t) <= 8, "pthread_t fits 8 bytes");
+_Static_assert(offsetof(struct pc_vcpu, throttle_pct) == 144, "throttle_pct at 144");
+_Static_assert(offsetof(struct pc_vcpu, limit_ns) == 176, "limit_ns at 176");
 
 static int ld32(const int32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static void st32(int32_t *p, int32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
@@ -69,8 +79,6 @@ static inline void touch(uint64_t base, uint64_t page, uint64_t page_size)
  * access raises, the nearest there is to when the thread went to sleep. */
 static inline void stamp(struct pc_vcpu *v, uint64_t page)
 {
-    if (!__atomic_load_n(&v->stamp, __ATOMIC_RELAXED))
-        return;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     double t = (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec - v->stamp_base;
@@ -80,6 +88,107 @@ static inline void stamp(struct pc_vcpu *v, uint64_t page)
     __atomic_store(&e->t, &t, __ATOMIC_RELEASE);
     __atomic_store_n(&e->page, page + 1, __ATOMIC_RELEASE);
     __atomic_store_n(&v->touches, n + 1, __ATOMIC_RELEASE);
+}
+
+/* What a vCPU thread keeps between accesses for its hooks. */
+struct hook_state {
+    uint64_t slice_start; /* when the current throttle timeslice began */
+    uint32_t until_clock; /* accesses before the throttle reads the clock again */
+    uint32_t ring_fill;   /* pages dirtied since the last dirty-limit sleep */
+    uint64_t overslept;   /* throttle sleep beyond what was asked, taken off the next one */
+    uint64_t last_read;   /* when the throttle last read the clock */
+    uint32_t every;       /* accesses between two clock reads, kept to ~50-200 us of running */
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static void add64(uint64_t *p, uint64_t d) { st64(p, __atomic_load_n(p, __ATOMIC_RELAXED) + d); }
+
+/* Sleeps `ns` unless told to pause or stop meanwhile; returns the time slept. */
+static uint64_t nap(struct pc_vcpu *v, uint64_t ns)
+{
+    uint64_t t0 = now_ns(), end = t0 + ns, t = t0;
+    while (t < end && ld32(&v->cmd) == PC_CMD_RUN) {
+        uint64_t left = end - t;
+        struct timespec rel = { (time_t)(left / 1000000000ULL), (long)(left % 1000000000ULL) };
+        syscall(SYS_futex, &v->cmd, FUTEX_WAIT_PRIVATE, PC_CMD_RUN, &rel, NULL, 0);
+        t = now_ns();
+    }
+    return t - t0;
+}
+
+/* QEMU's cpu throttle: after each timeslice of running, sleep pct/(100-pct)
+ * of a timeslice. The clock is read every `every` accesses, a number kept so
+ * that reads come 50-200 us apart (a read costs up to microseconds under
+ * nested virtualisation; an access from nanoseconds to a page fault's
+ * microseconds). A sleep that ran
+ * over (a wake-up is late by a millisecond or more on a busy host, which
+ * would make a 1 % throttle take 10-20 %) is taken off the next one, so the
+ * time slept matches the percentage on average. */
+static void throttle(struct pc_vcpu *v, struct hook_state *h)
+{
+    if (h->until_clock-- > 0)
+        return;
+    uint64_t t = now_ns();
+    if (t - h->last_read < 50000 && h->every < (1u << 20))
+        h->every *= 2;
+    else if (t - h->last_read > 200000 && h->every > 1)
+        h->every /= 2;
+    h->last_read = t;
+    h->until_clock = h->every - 1;
+    uint32_t pct = __atomic_load_n(&v->throttle_pct, __ATOMIC_RELAXED);
+    if (pct == 0 || pct > 99 || t - h->slice_start < PC_THROTTLE_SLICE_NS) {
+        if (pct == 0 || pct > 99)
+            h->slice_start = t;
+        return;
+    }
+    uint64_t want = PC_THROTTLE_SLICE_NS * pct / (100 - pct);
+    if (h->overslept >= want) {
+        h->overslept -= want;
+    } else {
+        want -= h->overslept;
+        uint64_t slept = nap(v, want);
+        add64(&v->throttle_ns, slept);
+        h->overslept = slept > want ? slept - want : 0; /* a pause cut it short: no debt */
+    }
+    h->slice_start = h->last_read = now_ns();
+}
+
+/* The dirty log: the first write to a clean page counts for this vCPU, and
+ * with a dirty limit every PC_DIRTY_RING of them cost ring_sleep_us (the
+ * check of the page's byte is inline in hooks(); this is the rest). */
+static void dirtied(struct pc_vcpu *v, struct hook_state *h, uint8_t *log, uint64_t page)
+{
+    __atomic_store_n(&log[page], 1, __ATOMIC_RELAXED);
+    st64(&v->dirty_pages, v->dirty_pages + 1);
+    if (++h->ring_fill < PC_DIRTY_RING)
+        return;
+    h->ring_fill = 0;
+    uint32_t us = __atomic_load_n(&v->ring_sleep_us, __ATOMIC_RELAXED);
+    if (us)
+        add64(&v->limit_ns, nap(v, (uint64_t)us * 1000ULL));
+}
+
+/* Before each access: nothing but this load while no hook is on. */
+static inline void hooks(struct pc_vcpu *v, struct hook_state *h, uint64_t page)
+{
+    uint64_t k = __atomic_load_n(&v->hooks, __ATOMIC_RELAXED);
+    if (!k)
+        return;
+    if (k & PC_HOOK_THROTTLE)
+        throttle(v, h);
+    if (k & PC_HOOK_DIRTY) {
+        uint8_t *log = (uint8_t *)(uintptr_t)__atomic_load_n(&v->dirty_log, __ATOMIC_ACQUIRE);
+        if (log && !__atomic_load_n(&log[page], __ATOMIC_RELAXED))
+            dirtied(v, h, log, page);
+    }
+    if (k & PC_HOOK_STAMP)
+        stamp(v, page);
 }
 
 /* Not running the workload any more: no access in flight. */
@@ -119,6 +228,7 @@ static void *vcpu_main(void *arg)
 {
     struct pc_vcpu *v = arg;
     v->tid = (int32_t)syscall(SYS_gettid);
+    struct hook_state h = { now_ns(), 0, 0, 0, 0, 256 };
     for (;;) {
         int c = ld32(&v->cmd);
         if (c == PC_CMD_STOP)
@@ -145,7 +255,7 @@ static void *vcpu_main(void *arg)
             break;
         case PC_WL_SWEEP:
             while (ld32(&v->cmd) == PC_CMD_RUN) {
-                stamp(v, pos);
+                hooks(v, &h, pos);
                 touch(base, pos, ps);
                 accesses++;
                 if (++pos >= end) {
@@ -173,7 +283,7 @@ static void *vcpu_main(void *arg)
                     else
                         page = start + hot + below(r, n - hot);
                 }
-                stamp(v, page);
+                hooks(v, &h, page);
                 touch(base, page, ps);
                 accesses++;
                 st64(&v->rng, rng);

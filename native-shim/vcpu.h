@@ -16,6 +16,13 @@ enum pc_vcpu_state {
     PC_STATE_DONE = 4,     /* reached its sweeps/accesses limit; parked until stop */
 };
 #define PC_TOUCHES 8
+/* hooks: bit 0 stamp every access (destination, postcopy, blocktime on);
+ * bit 1 cpu throttle; bit 2 dirty log (count, and with ring_sleep_us limit) */
+enum { PC_HOOK_STAMP = 1, PC_HOOK_THROTTLE = 2, PC_HOOK_DIRTY = 4 };
+/* QEMU's throttle timeslice: run this long, then sleep pct/(100-pct) of it */
+#define PC_THROTTLE_SLICE_NS 10000000ULL
+/* the dirty "ring": pages dirtied between two dirty-limit sleeps */
+#define PC_DIRTY_RING 64
 enum pc_workload { PC_WL_SWEEP = 0, PC_WL_RANDOM = 1, PC_WL_HOTSET = 2, PC_WL_IDLE = 3 };
 
 struct pc_vcpu {
@@ -36,10 +43,17 @@ struct pc_vcpu {
     uint64_t hot_share;    /*  96 hotset: probability of a hot access, scaled to 2^32 */
     uint64_t thread;       /* 104 pthread_t */
     uint64_t page_size;    /* 112 */
-    uint64_t stamp;        /* 120 1 = stamp every access (destination, postcopy, blocktime on) */
+    uint64_t hooks;        /* 120 what each access does besides the write (PC_HOOK_*); 0 = nothing */
     double stamp_base;     /* 128 CLOCK_MONOTONIC ns minus this = the blocktime clock */
     uint64_t touches;      /* 136 accesses stamped; the last is in touch[(touches - 1) % PC_TOUCHES] */
-    uint64_t pad[6];       /* 144 */
+    /* 144: convergence tools (src/vm/vcpu-throttle.ts), honoured only with their hook bit set */
+    uint32_t throttle_pct; /* 144 auto-converge: sleep this percentage of the time (QEMU's cpu throttle) */
+    uint32_t ring_sleep_us;/* 148 dirty-limit: sleep this long each time PC_DIRTY_RING pages were dirtied */
+    uint64_t dirty_log;    /* 152 address of one byte per guest page (0 = clean), shared by the vCPUs */
+    uint64_t dirty_pages;  /* 160 pages this vCPU found clean in the dirty log and dirtied */
+    uint64_t throttle_ns;  /* 168 time slept for the cpu throttle */
+    uint64_t limit_ns;     /* 176 time slept for the dirty limit */
+    uint64_t pad;          /* 184 */
     /* 192: the last PC_TOUCHES accesses (stamp on), each written before the
      * access, so the fault it raises finds it even when the fault is read
      * after the vCPU was woken and went on. page = page index + 1, 0 = none

@@ -24,6 +24,7 @@ import type { GuestMemory, VcpuControl } from './migration/guest.js';
 import { sampleThread, yieldCpu } from './vm/schedstat.js';
 import { monotonicNs } from './blocktime/clock.js';
 import type { DirtyTrackingMode } from './migration/dirty-tracker.js';
+import { ConvergenceTools } from './migration/convergence-tools.js';
 
 const MAX_STRING_LENGTH = constants.MAX_STRING_LENGTH;
 
@@ -92,6 +93,8 @@ class VmMachine implements Machine {
   /** the last outgoing migration's URI as given ('local' = the lab) */
   private lastTarget = '';
   private quitting: Promise<void> | null = null;
+  /** calc-dirty-rate, auto-converge, dirty-limit */
+  private readonly tools: ConvergenceTools;
 
   constructor(private readonly ram: GuestRam, private readonly vcpus: VcpuSet, private readonly opts: MachineOptions) {
     this.events.setMaxListeners(100);
@@ -128,7 +131,17 @@ class VmMachine implements Machine {
           ? why(`vCPU ${i} is ${status}, not running its workload`) : sampleThread(v.threadIds()[i]);
       },
       yieldCpu,
+      throttle: v.throttle,
     };
+    this.tools = new ConvergenceTools({
+      ram: this.memory, vcpus: v.throttle, events: this.events, params: () => this.params.get(),
+      ramUnreadable: () => (this.incoming && !this.incoming.ramReadable ? 'guest RAM is being filled by the incoming migration' : undefined),
+      trackingBusy: () => {
+        if (this.status.active) return 'a migration is running and tracks guest RAM itself';
+        if (this.state === 'inmigrate' || (this.incoming && !this.incoming.ramReadable)) return 'this VM waits for, or is filled by, an incoming migration';
+        return undefined;
+      },
+    });
   }
 
   private setRunState(s: RunState): void {
@@ -182,6 +195,7 @@ class VmMachine implements Machine {
     const ram = this.outgoing?.ramStats() ?? this.incoming?.ramStats();
     if (ram) info.ram = ram;
     if (this.status.status === 'failed' && this.status.errorDesc) info['error-desc'] = this.status.errorDesc;
+    if (this.outgoing) Object.assign(info, this.tools.migrationInfo());
     const stall = this.status.status === 'active' ? this.outgoing?.convergence() : undefined;
     if (stall) info['x-convergence'] = stall;
     if (this.incoming && this.caps.has('postcopy-blocktime')) {
@@ -212,6 +226,7 @@ class VmMachine implements Machine {
     if (this.state === 'inmigrate') throw new CommandError('Guest is waiting for an incoming migration');
     if (this.incoming && !this.incoming.ramReadable) throw new CommandError('Guest RAM is incomplete after a failed incoming migration');
     if (this.state === 'postmigrate') throw new CommandError(this.guestLeft());
+    this.tools.checkMigrate();
     let target: string = uri;
     if (uri === 'local') {
       await this.releaseLab();
@@ -229,6 +244,7 @@ class VmMachine implements Machine {
       ram: this.memory, vcpus: this.control, workload: this.workloadText, status: this.status, params: this.params,
       postcopy: this.caps.has('postcopy-ram'), wasRunning: this.state === 'running',
       setRunState: (s) => this.setRunState(s), trackingMode: this.opts.dirtyTracking, events: this.events,
+      throttle: this.tools.forMigration(this.caps),
     });
     this.outgoing.start(addr);
   }
@@ -290,6 +306,10 @@ class VmMachine implements Machine {
     if (this.outgoing && this.status.active) { this.outgoing.cancel(); return; }
     if (this.incoming && this.status.active) this.incoming.cancel();
   }
+
+  calcDirtyRate: Machine['calcDirtyRate'] = (a) => { this.live('calc-dirty-rate'); this.tools.calcDirtyRate(a); };
+  queryDirtyRate: Machine['queryDirtyRate'] = (unit) => this.tools.queryDirtyRate(unit);
+  vcpuDirtyLimits: Machine['vcpuDirtyLimits'] = () => this.tools.vcpuDirtyLimits();
 
   async blocktime(): Promise<BlocktimeReport | undefined> {
     if (this.incoming) return this.incoming.blocktimeReport();

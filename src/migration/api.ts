@@ -6,6 +6,8 @@
 import type { EventEmitter } from 'node:events';
 import type { BlocktimeReport } from '../blocktime/types.js';
 import type { ConvergenceInfo } from './convergence.js';
+import type { CalcDirtyRateArgs, DirtyRateInfo, TimeUnit } from './dirty-rate.js';
+import type { VcpuDirtyLimit } from './dirty-limit.js';
 
 /** QEMU's MigrationStatus values. */
 export const MIGRATION_STATUSES = [
@@ -39,7 +41,7 @@ export const QEMU_PARAMETERS: readonly string[] = [
 
 /** The capabilities this engine implements; the others are refused with a clear error. */
 export const IMPLEMENTED_CAPABILITIES: readonly CapabilityName[] = [
-  'events', 'postcopy-ram', 'return-path', 'postcopy-blocktime',
+  'auto-converge', 'events', 'postcopy-ram', 'return-path', 'postcopy-blocktime', 'dirty-limit',
 ];
 
 export interface CapabilityState {
@@ -51,13 +53,21 @@ export interface CapabilityState {
  *  for max-postcopy-bandwidth), downtime-limit ms. Ours: `x-blocktime-trace`,
  *  a path to record the blocktime trace to ('' = off); `x-postcopy-readahead`,
  *  pages after a faulted one the destination asks for with it (0 = QEMU's
- *  behaviour: the faulted page only). */
+ *  behaviour: the faulted page only). The throttle ones are QEMU's
+ *  (auto-converge: percentages; dirty-limit: ms and MB/s). */
 export interface MigrationParameters {
+  'throttle-trigger-threshold': number;
+  'cpu-throttle-initial': number;
+  'cpu-throttle-increment': number;
+  'cpu-throttle-tailslow': boolean;
+  'max-cpu-throttle': number;
   'max-bandwidth': number;
   'downtime-limit': number;
   'max-postcopy-bandwidth': number;
   'x-blocktime-trace': string;
   'x-postcopy-readahead': number;
+  'x-vcpu-dirty-limit-period': number;
+  'vcpu-dirty-limit': number;
 }
 export type ParameterName = keyof MigrationParameters;
 
@@ -91,6 +101,12 @@ export interface MigrationInfo extends Partial<BlocktimeReport> {
   'expected-downtime'?: number;
   ram?: MigrationRamStats;
   'error-desc'?: string;
+  /** auto-converge on: the cpu throttle now (%) */
+  'cpu-throttle-percentage'?: number;
+  /** dirty-limit limiting: the vCPUs' mean sleep per dirty ring (us) */
+  'dirty-limit-throttle-time-per-round'?: number;
+  /** dirty-limit limiting: a dirty ring's time at the vCPUs' mean dirty rate (us) */
+  'dirty-limit-ring-full-time'?: number;
   /** ours: present while precopy rounds do not shrink the dirty set */
   'x-convergence'?: ConvergenceInfo;
 }
@@ -162,6 +178,12 @@ export interface Machine {
   migrateIncoming(uri: string): Promise<void>;
   startPostcopy(): Promise<void>;
   cancel(): Promise<void>;
+  /** calc-dirty-rate: starts measuring the guest's dirty rate (returns at once) */
+  calcDirtyRate(a: CalcDirtyRateArgs): void;
+  /** query-dirty-rate: the last measurement, calc-time in `unit` (default second) */
+  queryDirtyRate(unit?: TimeUnit): DirtyRateInfo;
+  /** query-vcpu-dirty-limit: each vCPU's limit and dirty rate, undefined while no limit is in service */
+  vcpuDirtyLimits(): VcpuDirtyLimit[] | undefined;
   /** the destination's blocktime report (live or final), or undefined when
    *  this machine has no blocktime context. On a source that migrated to a
    *  `local` destination it is fetched from that destination. */

@@ -42,6 +42,10 @@ export class Capabilities {
     if (next.has('postcopy-blocktime') && next.has('background-snapshot')) {
       throw new CommandError('Postcopy is not compatible with background snapshot');
     }
+    if (next.has('dirty-limit') && next.has('auto-converge')) {
+      // QEMU's words, typo included (scripts match them)
+      throw new CommandError('dirty-limit conflicts with auto-converge either of then available currently');
+    }
     if (next.has('postcopy-preempt') && !next.has('postcopy-ram')) {
       throw new CommandError('Postcopy preempt requires postcopy-ram');
     }

@@ -110,7 +110,7 @@ export function describeStall(s: Stall, o: StallContext): ConvergenceInfo {
     ];
   const throttles = (['auto-converge', 'dirty-limit'] as const).filter((c) => implemented.includes(c));
   ways.push(throttles.length > 0
-    ? `throttling the guest (migrate_set_capability ${throttles.join(' or ')} on, before migrate)`
+    ? `throttling the guest (${batch ? 'from a monitor: ' : ''}migrate_set_capability ${throttles.join(' or ')} on, before migrate)`
     : "throttling the guest (QEMU's auto-converge or dirty-limit; not in this engine yet)");
   return {
     converging: false, rounds: s.rounds, 'stalled-rounds': s.stalledRounds, remaining: s.remainingBytes,

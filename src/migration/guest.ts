@@ -50,4 +50,29 @@ export interface VcpuControl {
   yieldCpu(us: number): void;
   /** the vCPUs' access stamps, or null when they have none */
   accessStamps(): AccessStamps | null;
+  /** the knobs of the convergence tools (auto-converge, dirty-limit, dirty rate), when the vCPUs have them */
+  readonly throttle?: VcpuThrottle;
+}
+
+/** What QEMU's convergence tools turn on the vCPU threads (src/vm/vcpu-throttle.ts). */
+export interface VcpuThrottle {
+  readonly count: number;
+  /** pages a vCPU dirties between two dirty-limit sleeps */
+  readonly ringPages: number;
+  /** the cpu throttle percentage now (0 = off) */
+  readonly cpuThrottle: number;
+  /** QEMU's cpu throttle: every vCPU sleeps pct % of its time (0 = off) */
+  setCpuThrottle(pct: number): void;
+  /** the dirty log on (counted: each user starts and stops it once): every
+   *  vCPU counts the pages it writes first since the last reap */
+  startDirtyLog(): void;
+  stopDirtyLog(): void;
+  /** every page clean again in the log (the next write to it counts again) */
+  reapDirtyLog(): void;
+  /** pages vCPU i dirtied in the log so far */
+  dirtyPages(i: number): number;
+  /** vCPU i sleeps `us` microseconds every ringPages pages it dirties (0 = never) */
+  setRingSleep(i: number, us: number): void;
+  /** time vCPU i slept for the cpu throttle and for the dirty limit so far */
+  sleptNs(i: number): { throttle: number; limit: number };
 }

@@ -22,6 +22,7 @@ import type { MigrationStatusMachine } from './status.js';
 import type { Parameters } from './parameters.js';
 import { RateLimiter } from './rate-limit.js';
 import { ConvergenceWatch, describeStall, type ConvergenceInfo } from './convergence.js';
+import type { PrecopyThrottle } from './precopy-throttle.js';
 import { systemErrorText } from '../errors.js';
 import { startDirtyTracking, type DirtyTracker, type DirtyTrackingMode } from './dirty-tracker.js';
 import { formatMigrationUri, type MigrationAddress } from './uri.js';
@@ -73,6 +74,8 @@ export interface OutgoingOptions {
   /** force a dirty-tracking mechanism (benchmarks/tests) */
   trackingMode?: DirtyTrackingMode;
   events?: EventEmitter;
+  /** auto-converge / dirty-limit, told of every round's dirty sync */
+  throttle?: PrecopyThrottle;
 }
 
 type Phase = 'connecting' | 'precopy' | 'switching' | 'postcopy' | 'finishing' | 'done';
@@ -488,6 +491,7 @@ export class OutgoingMigration implements ReturnHandler {
     this.dirtyRate = (dirtied * 1000) / Math.max(1, now - this.lastSyncMs);
     this.lastSyncMs = now;
     this.convergenceWatch.round({ remainingBytes: this.needCount * this.ps, dirtyRate: this.dirtyRate * this.ps, bandwidth: this.bandwidth });
+    this.o.throttle?.dirtySync(dirtied, this.transferred); // convergence tools (precopy-throttle.ts): QEMU acts after the sync
     this.cursor = 0;
     this.roundStartMs = now;
     this.roundBytes = 0;

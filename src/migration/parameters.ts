@@ -6,11 +6,18 @@ import { CommandError } from '../errors.js';
 import type { MigrationParameters, ParameterName } from './api.js';
 
 export const DEFAULT_PARAMETERS: Readonly<MigrationParameters> = {
+  'throttle-trigger-threshold': 50,
+  'cpu-throttle-initial': 20,
+  'cpu-throttle-increment': 10,
+  'cpu-throttle-tailslow': false,
+  'max-cpu-throttle': 99,
   'max-bandwidth': 134217728,
   'downtime-limit': 300,
   'max-postcopy-bandwidth': 0,
   'x-blocktime-trace': '',
   'x-postcopy-readahead': 0,
+  'x-vcpu-dirty-limit-period': 1000,
+  'vcpu-dirty-limit': 1,
 };
 
 /** most pages a read-ahead request may ask for (a request is one PAGES run, 256 pages at most, with the faulted page) */
@@ -21,6 +28,13 @@ export const MAX_DOWNTIME_LIMIT_MS = 2000000;
 const MAX_BANDWIDTH = Number.MAX_SAFE_INTEGER;
 
 export const PARAMETER_UNITS: Record<ParameterName, string> = {
+  'throttle-trigger-threshold': '',
+  'cpu-throttle-initial': '',
+  'cpu-throttle-increment': '',
+  'cpu-throttle-tailslow': '',
+  'max-cpu-throttle': '',
+  'x-vcpu-dirty-limit-period': 'ms',
+  'vcpu-dirty-limit': 'MB/s',
   'max-bandwidth': 'bytes/second',
   'downtime-limit': 'ms',
   'max-postcopy-bandwidth': 'bytes/second',
@@ -54,6 +68,26 @@ export class Parameters {
         case 'x-postcopy-readahead':
           next[name] = checkInteger(name, v, 0, MAX_POSTCOPY_READAHEAD);
           break;
+        case 'throttle-trigger-threshold':
+          next[name] = checkInteger(name, v, 1, 100);
+          break;
+        case 'cpu-throttle-initial':
+        case 'cpu-throttle-increment':
+          next[name] = checkInteger(name, v, 1, 99);
+          break;
+        case 'max-cpu-throttle':
+          next[name] = checkInteger(name, v, 0, 99);
+          break;
+        case 'cpu-throttle-tailslow':
+          if (typeof v !== 'boolean') throw new CommandError("Invalid parameter type for 'cpu-throttle-tailslow', expected: boolean");
+          next[name] = v;
+          break;
+        case 'x-vcpu-dirty-limit-period':
+          next[name] = checkInteger(name, v, 1, 1000);
+          break;
+        case 'vcpu-dirty-limit':
+          next[name] = checkInteger(name, v, 1, MAX_BANDWIDTH);
+          break;
         case 'x-blocktime-trace':
           if (typeof v !== 'string') throw new CommandError("Invalid parameter type for 'x-blocktime-trace', expected: string");
           if (v.includes('\0')) throw new CommandError("Parameter 'x-blocktime-trace' expects a file path");
@@ -63,11 +97,21 @@ export class Parameters {
           throw new CommandError(`Parameter '${name}' is unexpected`);
       }
     }
+    // QEMU checks the result as a whole (migrate_params_check)
+    if (next['max-cpu-throttle'] < next['cpu-throttle-initial']) {
+      throw new CommandError("Parameter 'max-cpu-throttle' expects an integer in the range of cpu-throttle-initial to 99");
+    }
     this.values = next;
   }
 }
 
 const RANGE_TEXT: Record<string, string> = {
+  'throttle-trigger-threshold': 'an integer in the range of 1 to 100',
+  'cpu-throttle-initial': 'an integer in the range of 1 to 99',
+  'cpu-throttle-increment': 'an integer in the range of 1 to 99',
+  'max-cpu-throttle': 'an integer in the range of cpu-throttle-initial to 99',
+  'x-vcpu-dirty-limit-period': 'a value between 1 and 1000',
+  'vcpu-dirty-limit': 'is invalid, it must greater then 1 MB/s',
   'downtime-limit': `an integer in the range of 0 to ${MAX_DOWNTIME_LIMIT_MS} milliseconds`,
   'x-postcopy-readahead': `an integer in the range of 0 to ${MAX_POSTCOPY_READAHEAD} (pages)`,
 };

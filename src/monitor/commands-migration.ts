@@ -13,15 +13,23 @@ import {
 } from '../migration/api.js';
 import type { HmpCommand, Registry } from './registry.js';
 import { parseSizeMiB } from './registry.js';
-import { formatCapabilities, formatInfoMigrate, formatParameters } from './format.js';
+import { formatCapabilities, formatInfoMigrate, formatParameters, formatThrottle } from './format.js';
 import { formatBlocktimeQemu, formatBlocktimeRich } from './format-blocktime.js';
 
 // ---------------------------------------------------------------- operations
 
 /** The parameters this engine has, in `info migrate_parameters` order. */
 export const PARAMETER_NAMES: readonly ParameterName[] = [
-  'max-bandwidth', 'max-postcopy-bandwidth', 'downtime-limit', 'x-blocktime-trace', 'x-postcopy-readahead',
+  'throttle-trigger-threshold', 'cpu-throttle-initial', 'cpu-throttle-increment', 'cpu-throttle-tailslow', 'max-cpu-throttle',
+  'max-bandwidth', 'max-postcopy-bandwidth', 'downtime-limit', 'x-vcpu-dirty-limit-period', 'vcpu-dirty-limit',
+  'x-blocktime-trace', 'x-postcopy-readahead',
 ];
+
+/** HMP's string input visitor: the integer parameters and their QAPI types */
+const INTEGER_PARAMETERS: Record<string, string> = {
+  'throttle-trigger-threshold': 'uint8_t', 'cpu-throttle-initial': 'uint8_t', 'cpu-throttle-increment': 'uint8_t',
+  'max-cpu-throttle': 'uint8_t', 'x-vcpu-dirty-limit-period': 'uint64', 'vcpu-dirty-limit': 'uint64',
+};
 
 /** QEMU's text for a name it does not know, with the names this engine has
  *  (as the refusal of a known but unsupported one lists them). */
@@ -60,6 +68,9 @@ export function parameterFromHmp(name: string, value: string): Partial<Migration
       if (v === undefined || !Number.isSafeInteger(v)) throw new CommandError(`Parameter '${name}' expects size`);
       return { [name]: v };
     }
+    case 'cpu-throttle-tailslow':
+      if (value !== 'on' && value !== 'off') throw new CommandError(`Parameter '${name}' expects 'on' or 'off'`);
+      return { 'cpu-throttle-tailslow': value === 'on' };
     case 'x-blocktime-trace':
       return { 'x-blocktime-trace': value };
     case 'x-postcopy-readahead': {
@@ -67,6 +78,13 @@ export function parameterFromHmp(name: string, value: string): Partial<Migration
       return { 'x-postcopy-readahead': Number(value) };
     }
     default:
+      if (INTEGER_PARAMETERS[name] !== undefined) {
+        const n = /^[0-9]+$/.test(value) ? Number(value) : NaN;
+        if (!Number.isSafeInteger(n) || (INTEGER_PARAMETERS[name] === 'uint8_t' && n > 255)) {
+          throw new CommandError(`Parameter '${name}' expects ${INTEGER_PARAMETERS[name]}`);
+        }
+        return { [name]: n };
+      }
       if (QEMU_PARAMETERS.includes(name)) {
         throw new CommandError(`Parameter '${name}' is not supported by this migration engine (supported: ${PARAMETER_NAMES.join(', ')})`);
       }
@@ -237,11 +255,12 @@ const infoMigrate: HmpCommand = {
   name: 'migrate',
   argsType: 'all:-a',
   params: '[-a]',
-  help: 'show migration status (-a: all details, with the postcopy blocktime block)',
+  help: 'show migration status (-a: all details: the cpu throttle and dirty limit, the postcopy blocktime block)',
   handler: async (ctx, args) => {
     const info = ctx.machine.queryMigrate();
     const lines = formatInfoMigrate(info);
     if (args.flag('all')) {
+      lines.push(...formatThrottle(info));
       const report = await ctx.machine.blocktime();
       // a real QEMU's `info migrate -a` shows its own figures, as many as it has
       const qemu = report?.['x-qemu'];

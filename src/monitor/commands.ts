@@ -4,10 +4,12 @@
 import { Registry } from './registry.js';
 import { addVmCommands } from './commands-vm.js';
 import { addMigrationCommands } from './commands-migration.js';
+import { addDirtyRateCommands } from './commands-dirty-rate.js';
 
 export function createRegistry(): Registry {
   const r = new Registry();
   addVmCommands(r);
   addMigrationCommands(r);
+  addDirtyRateCommands(r);
   return r;
 }

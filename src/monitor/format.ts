@@ -111,6 +111,18 @@ export function formatInfoMigrate(info: MigrationInfo): string[] {
   return out;
 }
 
+/** The convergence tools' lines of `info migrate -a` (QEMU 10.x prints them
+ *  only with -a, after the RAM block). */
+export function formatThrottle(info: MigrationInfo): string[] {
+  const out: string[] = [];
+  if (info['cpu-throttle-percentage'] !== undefined) out.push(`CPU Throttle (%): ${u(info['cpu-throttle-percentage'])}`);
+  if (info['dirty-limit-throttle-time-per-round'] !== undefined) {
+    out.push(`Dirty-limit Throttle (us): ${u(info['dirty-limit-throttle-time-per-round'])}`);
+  }
+  if (info['dirty-limit-ring-full-time'] !== undefined) out.push(`Dirty-limit Ring Full (us): ${u(info['dirty-limit-ring-full-time'])}`);
+  return out;
+}
+
 // ---------------------------------------------------------------- other info
 
 /** `info migrate_capabilities`: "name: on|off" per capability. */
@@ -122,14 +134,21 @@ export function formatCapabilities(caps: readonly CapabilityState[]): string[] {
  *  parameters the machine has, in QEMU's order, then ours (a QEMU has none
  *  of ours: they are left out). */
 export function formatParameters(p: Partial<MigrationParameters>): string[] {
-  const lines: [keyof MigrationParameters, (v: string | number) => string][] = [
+  const lines: [keyof MigrationParameters, (v: string | number | boolean) => string][] = [
+    ['throttle-trigger-threshold', (v) => u(Number(v))],
+    ['cpu-throttle-initial', (v) => u(Number(v))],
+    ['cpu-throttle-increment', (v) => u(Number(v))],
+    ['cpu-throttle-tailslow', (v) => (v ? 'on' : 'off')],
+    ['max-cpu-throttle', (v) => u(Number(v))],
     ['max-bandwidth', (v) => `${u(Number(v))} bytes/second`],
     ['max-postcopy-bandwidth', (v) => `${u(Number(v))} bytes/second`],
     ['downtime-limit', (v) => `${u(Number(v))} ms`],
+    ['x-vcpu-dirty-limit-period', (v) => `${u(Number(v))} ms`],
+    ['vcpu-dirty-limit', (v) => `${u(Number(v))} MB/s`],
     ['x-blocktime-trace', (v) => `'${v}'`],
     ['x-postcopy-readahead', (v) => `${v} pages`],
   ];
-  return lines.filter(([name]) => p[name] !== undefined).map(([name, show]) => `${name}: ${show(p[name] as string | number)}`);
+  return lines.filter(([name]) => p[name] !== undefined).map(([name, show]) => `${name}: ${show(p[name] as string | number | boolean)}`);
 }
 
 /** `info cpus` (hmp_info_cpus): "* CPU #0: thread_id=N" for the monitor's

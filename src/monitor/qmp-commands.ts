@@ -152,6 +152,13 @@ export function qmpCommands(): QmpCommand[] {
     {
       name: 'migrate-set-parameters',
       args: [
+        { name: 'throttle-trigger-threshold', type: 'int', optional: true },
+        { name: 'cpu-throttle-initial', type: 'int', optional: true },
+        { name: 'cpu-throttle-increment', type: 'int', optional: true },
+        { name: 'cpu-throttle-tailslow', type: 'bool', optional: true },
+        { name: 'max-cpu-throttle', type: 'int', optional: true },
+        { name: 'x-vcpu-dirty-limit-period', type: 'int', optional: true },
+        { name: 'vcpu-dirty-limit', type: 'int', optional: true },
         { name: 'max-bandwidth', type: 'int', optional: true },
         { name: 'downtime-limit', type: 'int', optional: true },
         { name: 'max-postcopy-bandwidth', type: 'int', optional: true },

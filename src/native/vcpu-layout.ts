@@ -20,11 +20,21 @@ export const VCPU_OFF_HOT_PAGES = 88;    // u64
 export const VCPU_OFF_HOT_SHARE = 96;    // u64 (probability * 2^32)
 export const VCPU_OFF_THREAD = 104;      // pthread_t
 export const VCPU_OFF_PAGE_SIZE = 112;   // u64
-export const VCPU_OFF_STAMP = 120;       // u64: 1 = stamp every access
+export const VCPU_OFF_HOOKS = 120;       // u64: HOOK_* bits (0 = the access does nothing else)
 export const VCPU_OFF_STAMP_BASE = 128;  // double: CLOCK_MONOTONIC ns - this = the blocktime clock
 export const VCPU_OFF_TOUCHES = 136;     // u64: accesses stamped
+export const VCPU_OFF_THROTTLE_PCT = 144;  // u32: cpu throttle percentage (auto-converge)
+export const VCPU_OFF_RING_SLEEP_US = 148; // u32: dirty-limit sleep per DIRTY_RING dirtied pages
+export const VCPU_OFF_DIRTY_LOG = 152;     // u64: address of the dirty log (a byte per guest page), 0 = none
+export const VCPU_OFF_DIRTY_PAGES = 160;   // u64: clean pages of the log this vCPU dirtied
+export const VCPU_OFF_THROTTLE_NS = 168;   // u64: time slept for the cpu throttle
+export const VCPU_OFF_LIMIT_NS = 176;      // u64: time slept for the dirty limit
 export const VCPU_OFF_TOUCH = 192;       // VCPU_TOUCHES x {u64 page + 1 (0 = none), double t (blocktime clock)}
 export const VCPU_TOUCHES = 8;
+
+export const HOOK_STAMP = 1, HOOK_THROTTLE = 2, HOOK_DIRTY = 4;
+/** pages a vCPU dirties between two dirty-limit sleeps (native-shim's PC_DIRTY_RING) */
+export const DIRTY_RING = 64;
 
 export const CMD_RUN = 0, CMD_PAUSE = 1, CMD_STOP = 2;
 export const STATE_STARTING = 0, STATE_RUNNING = 1, STATE_PAUSED = 2, STATE_STOPPED = 3, STATE_DONE = 4;

@@ -99,11 +99,20 @@ export class NativeVcpus {
    * and when, before each access (one clock read, ~40 ns here).
    */
   setStamping(on: boolean, clockBase = 0): void {
+    for (let i = 0; i < this.count; i++) this.#f64[(i * L.VCPU_BLOCK_SIZE + L.VCPU_OFF_STAMP_BASE) >> 3] = clockBase;
+    this.setHook(L.HOOK_STAMP, on);
+  }
+
+  /** turns hook bit `bit` (L.HOOK_*) on or off for every vCPU */
+  setHook(bit: number, on: boolean): void {
     for (let i = 0; i < this.count; i++) {
-      this.#f64[(i * L.VCPU_BLOCK_SIZE + L.VCPU_OFF_STAMP_BASE) >> 3] = clockBase;
-      Atomics.store(this.#i32, this.#w(i, L.VCPU_OFF_STAMP), on ? 1 : 0);
+      if (on) Atomics.or(this.#i32, this.#w(i, L.VCPU_OFF_HOOKS), bit);
+      else Atomics.and(this.#i32, this.#w(i, L.VCPU_OFF_HOOKS), ~bit);
     }
   }
+
+  /** a u32 field of vCPU i's block, written so its thread sees it at once */
+  set32(i: number, off: number, v: number): void { Atomics.store(this.#i32, this.#w(i, off), v | 0); }
 
   /**
    * The earliest access stamp the vCPUs still hold (their last

@@ -18,11 +18,15 @@ import {
   TERMINAL_STATUSES, type CapabilityName, type CapabilityState, type CpuInfo, type Machine, type MachineInfo,
   type MigrationInfo, type MigrationParameters, type MigrationStatus, type RunState,
 } from '../migration/api.js';
+import type { CalcDirtyRateArgs, DirtyRateInfo, TimeUnit } from '../migration/dirty-rate.js';
+import type { VcpuDirtyLimit } from '../migration/dirty-limit.js';
 import { emptyReport } from '../blocktime/report.js';
 import type { BlocktimeReport, QemuBlocktimeFields, QemuReported } from '../blocktime/types.js';
 import { QmpError, type QmpClient, type QmpEvent } from '../qmp/client.js';
 import { TraceFollower } from './trace-follower.js';
 import { KERNEL_TRUST, QemuVcpuSampler } from './vcpu-schedstat.js';
+
+const NOT_THROUGH_ATTACH = "the dirty-rate commands are not offered through attach: use QEMU's own monitor (calc_dirty_rate, info dirty_rate)";
 
 export type QemuSide = 'source' | 'destination';
 
@@ -216,6 +220,12 @@ export class QemuMachine implements Machine {
   ramDigest(): string {
     throw new CommandError('the RAM digest is our VMs\' (x-query-ram-digest); a QEMU has none');
   }
+
+  // attach does not offer the dirty-rate commands (attach-command.ts): QEMU's
+  // own monitor has them; these say so if called
+  calcDirtyRate(_a: CalcDirtyRateArgs): void { throw new CommandError(NOT_THROUGH_ATTACH); }
+  queryDirtyRate(_unit?: TimeUnit): DirtyRateInfo { throw new CommandError(NOT_THROUGH_ATTACH); }
+  vcpuDirtyLimits(): VcpuDirtyLimit[] | undefined { throw new CommandError(NOT_THROUGH_ATTACH); }
 
   /** Detaches: the QEMUs keep running. */
   async quit(): Promise<void> {

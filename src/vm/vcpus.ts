@@ -15,6 +15,7 @@ import type { AccessStamps } from '../native/vcpu.js';
 import type { GuestRam } from './guest-ram.js';
 import { PAGE_SIZE, checkVcpuCount } from './size.js';
 import type { VcpuState } from './vcpu-state.js';
+import { NativeVcpuThrottle } from './vcpu-throttle.js';
 import { DEFAULT_FRACTION, DEFAULT_SEED, DEFAULT_SHARE, type WorkloadSpec } from './workload.js';
 
 export type VcpuStatus = 'starting' | 'running' | 'paused' | 'stopped' | 'done';
@@ -69,14 +70,17 @@ export class VcpuSet {
   #running: boolean;
   #stopped = false;
   #final: Array<{ progress: VcpuProgress; state: VcpuState; status: VcpuStatus }> | undefined;
+  /** QEMU's convergence tools on these threads (cpu throttle, dirty log) */
+  readonly throttle: NativeVcpuThrottle;
 
-  private constructor(native: NativeVcpus, specs: WorkloadSpec[], ranges: Array<[number, number]>, running: boolean) {
+  private constructor(native: NativeVcpus, specs: WorkloadSpec[], ranges: Array<[number, number]>, running: boolean, pages: number) {
     this.#native = native;
     this.count = native.count;
     this.specs = specs;
     this.#ranges = ranges;
     this.#running = running;
     this.#tids = Array.from({ length: native.count }, (_, i) => native.tid(i));
+    this.throttle = new NativeVcpuThrottle(native, pages, () => !this.#stopped);
   }
 
   /**
@@ -134,7 +138,7 @@ export class VcpuSet {
     const nice = vcpuNice(count, availableParallelism());
     // setpriority(2) on a thread id sets that thread's nice alone (Linux); raising it needs no privilege
     if (nice > 0) for (let i = 0; i < count; i++) setPriority(native.tid(i), Math.min(19, getPriority(native.tid(i)) + nice));
-    return new VcpuSet(native, specs, ranges, !paused);
+    return new VcpuSet(native, specs, ranges, !paused, ram.bytes / PAGE_SIZE);
   }
 
   /** vCPUs were told to run (not paused, not stopped) */
@@ -223,6 +227,7 @@ export class VcpuSet {
       progress: this.#readProgress(i), state: this.#readState(i), status: 'stopped' as VcpuStatus,
     }));
     this.#native.free();
+    this.throttle.free();
   }
 
   progress(i: number): VcpuProgress {

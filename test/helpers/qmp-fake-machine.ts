@@ -11,6 +11,42 @@ import type {
 import type { BlocktimeReport } from '../../src/blocktime/types.js';
 import { Capabilities } from '../../src/migration/capabilities.js';
 import { Parameters } from '../../src/migration/parameters.js';
+import { DirtyRateMeter, type CalcDirtyRateArgs, type DirtyRateInfo, type TimeUnit } from '../../src/migration/dirty-rate.js';
+import type { VcpuDirtyLimit } from '../../src/migration/dirty-limit.js';
+import { mulberry32 } from './prng.js';
+
+/** A dirty-rate meter over a 1 GiB guest the test writes by hand
+ *  (`pages[i]++` dirties page i) on a clock it moves with `advance(ms)`;
+ *  no vCPUs (dirty-ring is refused), dirty-bitmap counts what was written. */
+export function fakeDirtyRateMeter(seed = 1) {
+  const pageSize = 4096;
+  const rand = mulberry32(seed);
+  const pages = new Uint32Array(2 ** 30 / pageSize);
+  let now = 0;
+  const due: Array<{ at: number; fn: () => void }> = [];
+  let written = new Set<number>();
+  const meter = new DirtyRateMeter({
+    ramBytes: pages.length * pageSize, pageSize,
+    pageDigest: (p) => BigInt(pages[p]),
+    startTracking: () => { written = new Set(); return { finish: async () => written.size }; },
+    unreadable: () => undefined,
+  }, {
+    now: () => now, wallSeconds: () => 1700000000 + Math.floor(now / 1000),
+    after: (ms, fn) => { due.push({ at: now + ms, fn }); }, random: (n) => Math.floor(rand() * n),
+  });
+  return {
+    meter, pages,
+    write(p: number): void { pages[p]++; written.add(p); },
+    /** moves the clock and runs what fell due; resolves once their promises settled */
+    async advance(ms: number): Promise<void> {
+      now += ms;
+      const ready = due.filter((x) => x.at <= now);
+      for (const d of ready) due.splice(due.indexOf(d), 1);
+      for (const d of ready) d.fn();
+      for (let i = 0; i < 5; i++) await Promise.resolve();
+    },
+  };
+}
 
 export class FakeMachine implements Machine {
   readonly events = new EventEmitter();
@@ -20,6 +56,7 @@ export class FakeMachine implements Machine {
   quitCount = 0;
   private caps = new Capabilities();
   private params = new Parameters();
+  readonly dirty = fakeDirtyRateMeter();
 
   info(): MachineInfo {
     return { role: 'source', ramBytes: 4 * 4096, pageSize: 4096, vcpus: 2, workload: 'idle' };
@@ -53,6 +90,9 @@ export class FakeMachine implements Machine {
     this.calls.push('start-postcopy');
   }
   async cancel(): Promise<void> { this.calls.push('cancel'); }
+  calcDirtyRate(a: CalcDirtyRateArgs): void { this.dirty.meter.calc(a); }
+  queryDirtyRate(unit?: TimeUnit): DirtyRateInfo { return this.dirty.meter.query(unit); }
+  vcpuDirtyLimits(): VcpuDirtyLimit[] | undefined { return undefined; }
   report: BlocktimeReport | undefined;
   async blocktime(): Promise<BlocktimeReport | undefined> { return this.report; }
   ramDigest(): string { return '0123456789abcdef'.repeat(4); }

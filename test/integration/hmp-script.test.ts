@@ -103,7 +103,7 @@ describe('piped scripts', () => {
       'Try "help migrate_set_capability" for more information',
       'migrate_set_capability: extraneous characters at the end of line',
       'Try "help migrate_set_capability" for more information',
-      'Error: invalid parameter value: no-such-cap (supported: events, postcopy-ram, return-path, postcopy-blocktime)',
+      'Error: invalid parameter value: no-such-cap (supported: auto-converge, events, postcopy-ram, return-path, postcopy-blocktime, dirty-limit)',
     ];
     expect(lines.slice(0, expected.length)).toEqual(expected);
     let i = expected.length;
@@ -158,7 +158,7 @@ describe('piped scripts', () => {
     expect(r.code).toBe(0);
     expect(r.out).not.toMatch(/[\x00-\x09\x0b-\x1f\x7f]/); // nothing a terminal would act on
     expect(r.out.split('\n')).toEqual([
-      'Error: invalid parameter value: \\x1b[2J\\x1b[31mX (supported: events, postcopy-ram, return-path, postcopy-blocktime)',
+      'Error: invalid parameter value: \\x1b[2J\\x1b[31mX (supported: auto-converge, events, postcopy-ram, return-path, postcopy-blocktime, dirty-limit)',
       'Error: Invalid size \\x1b]0;pwned\\x07',
       expect.stringMatching(/^Error: .*\\x07bell/),
       "unknown command: 'bogus\\ufffd'",

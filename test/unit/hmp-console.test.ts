@@ -13,6 +13,10 @@ import {
   type MigrationParameters, type MigrationStatus, type RunState,
 } from '../../src/migration/api.js';
 import type { BlocktimeReport } from '../../src/blocktime/types.js';
+import { DEFAULT_PARAMETERS } from '../../src/migration/parameters.js';
+import { fakeDirtyRateMeter } from '../helpers/qmp-fake-machine.js';
+import type { CalcDirtyRateArgs, DirtyRateInfo, TimeUnit } from '../../src/migration/dirty-rate.js';
+import type { VcpuDirtyLimit } from '../../src/migration/dirty-limit.js';
 
 // A Machine for console tests that need no guest: it keeps capabilities,
 // parameters and run state like the real one, and the test drives the
@@ -23,7 +27,8 @@ class FakeMachine implements Machine {
   errorDesc: string | undefined;
   state: RunState = 'running';
   caps = new Map<string, boolean>(IMPLEMENTED_CAPABILITIES.map((c) => [c, false]));
-  params: MigrationParameters = { 'max-bandwidth': 134217728, 'downtime-limit': 300, 'max-postcopy-bandwidth': 0, 'x-blocktime-trace': '', 'x-postcopy-readahead': 0 };
+  params: MigrationParameters = { ...DEFAULT_PARAMETERS };
+  readonly dirty = fakeDirtyRateMeter();
   report: BlocktimeReport | undefined;
   migrateCalls: string[] = [];
   quitCalls = 0;
@@ -71,6 +76,9 @@ class FakeMachine implements Machine {
     this.setStatus('postcopy-active');
   }
   async cancel(): Promise<void> { if (this.status !== 'none' && !TERMINAL_STATUSES.has(this.status)) this.setStatus('cancelled'); }
+  calcDirtyRate(a: CalcDirtyRateArgs): void { this.dirty.meter.calc(a); }
+  queryDirtyRate(unit?: TimeUnit): DirtyRateInfo { return this.dirty.meter.query(unit); }
+  vcpuDirtyLimits(): VcpuDirtyLimit[] | undefined { return undefined; }
   async blocktime(): Promise<BlocktimeReport | undefined> { return this.report; }
   ramDigest(): string { return ''; }
 }
@@ -157,7 +165,7 @@ describe('HMP console, scripts', () => {
       "unknown command: 'frob'",
       "Expected 'on' or 'off'",
       'Try "help migrate_set_capability" for more information',
-      'Error: invalid parameter value: bogus (supported: events, postcopy-ram, return-path, postcopy-blocktime)',
+      'Error: invalid parameter value: bogus (supported: auto-converge, events, postcopy-ram, return-path, postcopy-blocktime, dirty-limit)',
       'VM status: running',
       '',
     ].join('\n'));
@@ -174,7 +182,7 @@ describe('HMP console, scripts', () => {
   it('-e commands run without reading input', async () => {
     const s = open({ commands: ['info status', 'info migrate_parameters'] });
     const r = await s.result;
-    expect(s.output().split('\n').slice(0, 2)).toEqual(['VM status: running', 'max-bandwidth: 134217728 bytes/second']);
+    expect(s.output().split('\n').slice(0, 2)).toEqual(['VM status: running', 'throttle-trigger-threshold: 50']);
     expect(r.end).toBe('eof');
   });
 
@@ -205,6 +213,11 @@ describe('HMP console, scripts', () => {
       'migrate_set_parameter x-postcopy-readahead 32',
       'migrate_set_parameter x-postcopy-readahead 1M',
       'migrate_set_parameter nonsense 1',
+      'migrate_set_parameter cpu-throttle-initial 30',
+      'migrate_set_parameter cpu-throttle-increment 300',
+      'migrate_set_parameter cpu-throttle-tailslow on',
+      'migrate_set_parameter cpu-throttle-tailslow yes',
+      'migrate_set_parameter vcpu-dirty-limit 8',
       'migrate_set_parameter multifd-channels 4',
       'info migrate_capabilities',
     ].join('\n'));
@@ -214,9 +227,16 @@ describe('HMP console, scripts', () => {
     expect(machine.params['max-postcopy-bandwidth']).toBe(2 ** 20);
     expect(machine.params['x-postcopy-readahead']).toBe(32);
     expect(text).toContain("Error: Parameter 'x-postcopy-readahead' expects a number of pages\n");
-    expect(text).toContain('Error: invalid parameter value: nonsense (supported: max-bandwidth, max-postcopy-bandwidth, downtime-limit, x-blocktime-trace, x-postcopy-readahead)\n');
+    expect(text).toContain('Error: invalid parameter value: nonsense (supported: throttle-trigger-threshold, cpu-throttle-initial, '
+      + 'cpu-throttle-increment, cpu-throttle-tailslow, max-cpu-throttle, max-bandwidth, max-postcopy-bandwidth, downtime-limit, '
+      + 'x-vcpu-dirty-limit-period, vcpu-dirty-limit, x-blocktime-trace, x-postcopy-readahead)\n');
+    expect(machine.params['cpu-throttle-initial']).toBe(30);
+    expect(machine.params['cpu-throttle-tailslow']).toBe(true);
+    expect(machine.params['vcpu-dirty-limit']).toBe(8);
+    expect(text).toContain("Error: Parameter 'cpu-throttle-increment' expects uint8_t\n");
+    expect(text).toContain("Error: Parameter 'cpu-throttle-tailslow' expects 'on' or 'off'\n");
     // QEMU has it, this engine does not: said so, with what it has
-    expect(text).toContain("Error: Parameter 'multifd-channels' is not supported by this migration engine (supported: max-bandwidth, ");
+    expect(text).toContain("Error: Parameter 'multifd-channels' is not supported by this migration engine (supported: throttle-trigger-threshold, ");
     expect(text).toContain('postcopy-ram: on\n');
   });
 

@@ -1,6 +1,7 @@
 // The console's text formats match QEMU's (size_to_str, %0.3g, info migrate
 // line layout with its tabs, info cpus/status), so scripts written for QEMU
 // keep parsing our output.
+import { DEFAULT_PARAMETERS } from '../../src/migration/parameters.js';
 import {
   sizeToStr, formatG3, formatInfoMigrate, formatCpus, formatStatus, formatCapabilities, formatParameters,
   formatProgress, colorWanted,
@@ -83,9 +84,12 @@ describe('other info views', () => {
   it('capabilities and parameters', () => {
     expect(formatCapabilities([{ capability: 'postcopy-ram', state: true }, { capability: 'events', state: false }]))
       .toEqual(['postcopy-ram: on', 'events: off']);
-    expect(formatParameters({ 'max-bandwidth': 134217728, 'downtime-limit': 300, 'max-postcopy-bandwidth': 0, 'x-blocktime-trace': '', 'x-postcopy-readahead': 16 }))
-      .toEqual(['max-bandwidth: 134217728 bytes/second', 'max-postcopy-bandwidth: 0 bytes/second',
-        'downtime-limit: 300 ms', "x-blocktime-trace: ''", 'x-postcopy-readahead: 16 pages']);
+    expect(formatParameters({ ...DEFAULT_PARAMETERS, 'x-postcopy-readahead': 16, 'cpu-throttle-tailslow': true }))
+      .toEqual(['throttle-trigger-threshold: 50', 'cpu-throttle-initial: 20', 'cpu-throttle-increment: 10',
+        'cpu-throttle-tailslow: on', 'max-cpu-throttle: 99',
+        'max-bandwidth: 134217728 bytes/second', 'max-postcopy-bandwidth: 0 bytes/second',
+        'downtime-limit: 300 ms', 'x-vcpu-dirty-limit-period: 1000 ms', 'vcpu-dirty-limit: 1 MB/s',
+        "x-blocktime-trace: ''", 'x-postcopy-readahead: 16 pages']);
   });
   it('progress line: status, percent, throughput, blocktime; no colour codes when off', () => {
     const line = formatProgress({ status: 'postcopy-active', ram: { ...ram, 'postcopy-requests': 9 } }, 42, false);

@@ -30,7 +30,7 @@ describe('parseMigrationUri', () => {
 describe('Capabilities', () => {
   test('lists implemented capabilities, off by default, and sets them', () => {
     const c = new Capabilities();
-    expect(c.list().map((x) => x.capability)).toEqual(['events', 'postcopy-ram', 'return-path', 'postcopy-blocktime']);
+    expect(c.list().map((x) => x.capability)).toEqual(['auto-converge', 'events', 'postcopy-ram', 'return-path', 'postcopy-blocktime', 'dirty-limit']);
     expect(c.list().every((x) => !x.state)).toBe(true);
     c.set([{ capability: 'postcopy-ram', state: true }, { capability: 'postcopy-blocktime', state: true }], false);
     expect(c.has('postcopy-ram')).toBe(true);
@@ -52,12 +52,26 @@ describe('Capabilities', () => {
     expect(() => c.set([{ capability: 'events', state: 'yes' as never }], false)).toThrow(/expected: boolean/);
     c.set([{ capability: 'xbzrle', state: false }], false); // off is off
   });
+  test('dirty-limit and auto-converge exclude each other, in QEMU\'s words, either way round', () => {
+    const c = new Capabilities();
+    c.set([{ capability: 'auto-converge', state: true }], false);
+    expect(() => c.set([{ capability: 'dirty-limit', state: true }], false))
+      .toThrow('dirty-limit conflicts with auto-converge either of then available currently');
+    expect(c.has('dirty-limit')).toBe(false);
+    c.set([{ capability: 'auto-converge', state: false }, { capability: 'dirty-limit', state: true }], false);
+    expect(() => c.set([{ capability: 'auto-converge', state: true }], false)).toThrow(/conflicts with auto-converge/);
+    expect([c.has('auto-converge'), c.has('dirty-limit')]).toEqual([false, true]);
+  });
 });
 
 describe('Parameters', () => {
   test('QEMU defaults and validated updates', () => {
     const p = new Parameters();
-    expect(p.get()).toEqual({ 'max-bandwidth': 134217728, 'downtime-limit': 300, 'max-postcopy-bandwidth': 0, 'x-blocktime-trace': '', 'x-postcopy-readahead': 0 });
+    expect(p.get()).toEqual({
+      'throttle-trigger-threshold': 50, 'cpu-throttle-initial': 20, 'cpu-throttle-increment': 10, 'cpu-throttle-tailslow': false,
+      'max-cpu-throttle': 99, 'max-bandwidth': 134217728, 'downtime-limit': 300, 'max-postcopy-bandwidth': 0, 'x-blocktime-trace': '',
+      'x-postcopy-readahead': 0, 'x-vcpu-dirty-limit-period': 1000, 'vcpu-dirty-limit': 1,
+    });
     p.set({ 'max-bandwidth': 1000, 'downtime-limit': 50, 'x-blocktime-trace': '/tmp/t.jsonl', 'x-postcopy-readahead': 255 });
     expect(p.value('x-postcopy-readahead')).toBe(255);
     expect(p.value('max-bandwidth')).toBe(1000);
@@ -67,7 +81,15 @@ describe('Parameters', () => {
   test.each([
     [{ 'max-bandwidth': -1 }, /non-negative integer/], [{ 'max-bandwidth': 1.5 }, /non-negative integer/],
     [{ 'downtime-limit': 3000000 }, /range of 0 to 2000000/], [{ 'downtime-limit': 'x' }, /expected: integer/],
-    [{ 'no-such': 1 }, /Parameter 'no-such' is unexpected/], [{ 'x-blocktime-trace': 5 }, /expected: string/],
+    [{ 'no-such': 1 }, /Parameter 'no-such' is unexpected/],
+    [{ 'cpu-throttle-initial': 0 }, "Parameter 'cpu-throttle-initial' expects an integer in the range of 1 to 99"],
+    [{ 'cpu-throttle-increment': 100 }, "Parameter 'cpu-throttle-increment' expects an integer in the range of 1 to 99"],
+    [{ 'throttle-trigger-threshold': 101 }, "Parameter 'throttle-trigger-threshold' expects an integer in the range of 1 to 100"],
+    [{ 'max-cpu-throttle': 10 }, "Parameter 'max-cpu-throttle' expects an integer in the range of cpu-throttle-initial to 99"],
+    [{ 'cpu-throttle-initial': 50, 'max-cpu-throttle': 40 }, /range of cpu-throttle-initial to 99/],
+    [{ 'cpu-throttle-tailslow': 1 }, "Invalid parameter type for 'cpu-throttle-tailslow', expected: boolean"],
+    [{ 'x-vcpu-dirty-limit-period': 1001 }, "Parameter 'x-vcpu-dirty-limit-period' expects a value between 1 and 1000"],
+    [{ 'vcpu-dirty-limit': 0 }, "Parameter 'vcpu-dirty-limit' expects is invalid, it must greater then 1 MB/s"], [{ 'x-blocktime-trace': 5 }, /expected: string/],
     [{ 'x-postcopy-readahead': 256 }, /'x-postcopy-readahead' expects an integer in the range of 0 to 255 \(pages\)/],
     [{ 'x-postcopy-readahead': -1 }, /range of 0 to 255/], [{ 'x-postcopy-readahead': '8' }, /expected: integer/],
   ])('%j refused, nothing applied', (change, re) => {

@@ -65,7 +65,7 @@ describe('ConvergenceWatch', () => {
       + ' a higher max-bandwidth (migrate_set_parameter max-bandwidth 0: no limit);'
       + " throttling the guest (QEMU's auto-converge or dirty-limit; not in this engine yet)");
     expect(stallSentence(c, 'batch')).toBe(`precopy is not converging: ${c.summary}. Ways out: postcopy (--postcopy-after SECONDS);`
-      + " a higher --max-bandwidth (0: no limit); throttling the guest (QEMU's auto-converge or dirty-limit; not in this engine yet)");
+      + ' a higher --max-bandwidth (0: no limit); throttling the guest (from a monitor: migrate_set_capability auto-converge or dirty-limit on, before migrate)');
 
     const on = describeStall(stall, { maxBandwidth: 0, postcopyRam: true, implemented: ['postcopy-ram', 'auto-converge'] });
     expect(on.summary).toMatch(/\(no max-bandwidth limit\)$/);

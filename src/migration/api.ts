@@ -112,6 +112,21 @@ export interface MachineInfo {
   vcpus: number;
   /** the workload spec, e.g. "sweep,end=100M" */
   workload: string;
+  /** guest RAM's one RAM block (QEMU's `info ramblock`) */
+  ramBlock?: RamBlockInfo;
+}
+
+/** A RAM block as QEMU's `info ramblock` shows it. */
+export interface RamBlockInfo {
+  /** QEMU's idstr: the memory backend's id, pc.ram by default */
+  name: string;
+  pageSize: number;
+  /** offset in the RAM address space */
+  offset: number;
+  used: number;
+  total: number;
+  /** host virtual address of its first byte */
+  hva: number;
 }
 
 /**

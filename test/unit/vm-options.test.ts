@@ -17,7 +17,8 @@ const err = (argv: string[]): string => {
 describe('parseVmOptions', () => {
   it('no arguments is the lab: 256 MiB, 2 vCPUs, sweep, console on stdio', () => {
     expect(parseVmOptions([])).toEqual({
-      ramBytes: DEFAULT_RAM_BYTES, vcpus: 2, workload: 'sweep', qmp: [], monitor: 'stdio',
+      ramBytes: DEFAULT_RAM_BYTES, memoryBackend: null, memory: { memPrealloc: false, objects: [], numaMemdevs: [] }, ramGiven: false,
+      vcpus: 2, workload: 'sweep', qmp: [], monitor: 'stdio',
       startPaused: false, exitOnError: false, exitWithParent: false, daemonize: false, help: false, version: false,
     });
   });

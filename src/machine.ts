@@ -45,6 +45,15 @@ export interface MachineOptions {
   dirtyTracking?: DirtyTrackingMode;
 }
 
+/** guest RAM as the migration engine sees it (src/migration/guest.ts) */
+export function guestMemoryOf(ram: GuestRam): GuestMemory {
+  return {
+    base: ram.base, bytes: ram.bytes, pageSize: ram.pageSize,
+    contents: ram.windows,
+    discard: (offset, len) => ram.discard(offset / ram.pageSize, len / ram.pageSize),
+  };
+}
+
 export async function createMachine(opts: MachineOptions): Promise<Machine> {
   const incoming = opts.incoming;
   if (incoming !== undefined && incoming !== 'defer') parseMigrationUri(incoming); // bad URI: refuse before mapping RAM
@@ -103,11 +112,7 @@ class VmMachine implements Machine {
     this.isDestination = opts.incoming !== undefined;
     this.autostart = !opts.startPaused;
     this.state = this.isDestination ? 'inmigrate' : opts.startPaused ? 'paused' : 'running';
-    this.memory = {
-      base: ram.base, bytes: ram.bytes, pageSize: ram.pageSize,
-      contents: ram.windows,
-      discard: (offset, len) => ram.discard(offset / ram.pageSize, len / ram.pageSize),
-    };
+    this.memory = guestMemoryOf(ram);
     // a lab destination that never got the guest (precopy cancelled or
     // failed) holds guest-sized memory for nothing: let it go at once
     this.events.on('migration', (s: string) => {

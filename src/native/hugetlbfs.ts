@@ -11,6 +11,9 @@ import { E } from './libc.js';
 
 /** statfs f_type of hugetlbfs (linux/magic.h) */
 export const HUGETLBFS_MAGIC = 0x958458f6;
+/** the largest huge page taken: a page travels as one record, and each side
+ *  buffers a few of them (1 GiB pages would need GiBs of buffers) */
+export const MAX_HUGE_PAGE = 2 * 1024 * 1024;
 
 export interface HugetlbfsFile {
   /** the directory (on a hugetlbfs mount) that holds the file */
@@ -57,6 +60,9 @@ export function hugePagePool(pageSize: number): { free: number; total: number; r
 /** Maps `bytes` of a new, unlinked file in `memPath` (a hugetlbfs directory). */
 export function mapHugetlbfs(f: HugetlbfsFile): NativeMapping {
   const pageSize = hugetlbfsPageSize(f.memPath);
+  if (pageSize > MAX_HUGE_PAGE) {
+    throw new HugetlbfsError(`${f.memPath} has huge pages of ${pageSize / 2 ** 20} MiB: this engine takes pages up to 2 MiB (mount hugetlbfs with -o pagesize=2M)`);
+  }
   if (!statSync(f.memPath).isDirectory()) {
     throw new HugetlbfsError(`mem-path ${f.memPath} is not a directory (give the hugetlbfs mount or a directory on it)`);
   }

@@ -12,9 +12,9 @@ import { Lab, setCaps, waitStatus, digest, TERMINAL } from './migration-procs.js
 import { requireUffd } from '../helpers/uffd-available.js';
 import { requireHugePages, freeHugePages, HUGE_PAGE } from '../helpers/hugepages.js';
 import { cli, ensureBuilt } from '../helpers/cli.js';
-import { GuestRam, VcpuSet, parseWorkload } from '../../src/vm/index.js';
-import { startDirtyTracking, type DirtyTrackingMode } from '../../src/migration/dirty-tracker.js';
-import type { GuestMemory } from '../../src/migration/guest.js';
+import { GuestRam } from '../../src/vm/index.js';
+import type { DirtyTrackingMode } from '../../src/migration/dirty-tracker.js';
+import { trackedSweep } from '../helpers/tracked-sweep.js';
 import type { MemoryBackend } from '../../src/vm/memory-backend.js';
 
 const MiB = 2 ** 20;
@@ -26,12 +26,6 @@ afterAll(() => hp?.release());
 const backend = (extra: Partial<MemoryBackend> = {}): MemoryBackend =>
   ({ type: 'memory-backend-file', id: 'pc.ram', memPath: hp!.dir, prealloc: false, share: false, ...extra });
 
-function memoryOf(ram: GuestRam): GuestMemory {
-  return {
-    base: ram.base, bytes: ram.bytes, pageSize: ram.pageSize, contents: ram.windows,
-    discard: (offset, len) => ram.discard(offset / ram.pageSize, len / ram.pageSize),
-  };
-}
 
 run('guest RAM on hugetlbfs', () => {
   let lab: Lab;
@@ -91,21 +85,12 @@ run('guest RAM on hugetlbfs', () => {
 
   test.each(['wp-async', 'wp-sync'] as DirtyTrackingMode[])('precopy dirty tracking (%s) marks whole huge pages', async (mode) => {
     const ram = GuestRam.create(16 * MiB, backend());
-    const tracker = startDirtyTracking(memoryOf(ram), mode);
-    let vcpus: VcpuSet | undefined;
     try {
-      expect(tracker.mode).toBe(mode);
-      const flags = new Uint8Array(ram.pages);
-      expect(tracker.collect(flags)).toBe(0);
       // 4 KiB guest pages from 2 MiB + 4 KiB to 6 MiB: huge pages 1 and 2
-      vcpus = await VcpuSet.create(ram, 1, parseWorkload('sweep,start=2052K,end=6M,sweeps=1', ram.bytes));
-      await vcpus.whenDone({ timeoutMs: 30_000 });
-      expect(tracker.collect(flags)).toBe(2);
-      expect([...flags]).toEqual([0, 1, 1, 0, 0, 0, 0, 0]);
-      expect(tracker.collect(flags)).toBe(0);
+      const t = await trackedSweep(ram, mode, 'start=2052K,end=6M');
+      expect([t.mode, t.before, t.marked, t.again]).toEqual([mode, 0, 2, 0]);
+      expect([...t.flags]).toEqual([0, 1, 1, 0, 0, 0, 0, 0]);
     } finally {
-      await vcpus?.stop();
-      await tracker.stop();
       ram.dispose();
     }
   });

@@ -52,6 +52,24 @@ function locked<T>(f: () => T): T {
   }
 }
 
+/** A private hugetlbfs mount of `pagesize` pages on a new temporary directory (root). */
+export function mountHugetlbfs(pagesize: '2M' | '1G'): { dir: string; unmount(): void } {
+  const dir = mkdtempSync(join(tmpdir(), 'postcopy-hugetlbfs-'));
+  try {
+    execFileSync('mount', ['-t', 'hugetlbfs', '-o', `pagesize=${pagesize},mode=0700`, 'none', dir], { stdio: 'pipe' });
+  } catch (e) {
+    rmdirSync(dir);
+    throw new Error(`mounting hugetlbfs: ${(e as Error).message}`);
+  }
+  return {
+    dir,
+    unmount() {
+      try { execFileSync('umount', [dir], { stdio: 'pipe' }); } catch { /* not mounted */ }
+      try { rmdirSync(dir); } catch { /* gone */ }
+    },
+  };
+}
+
 /** Adds `pages` huge pages to the pool and mounts hugetlbfs; throws with the reason when the kernel says no. */
 export function reserveHugePages(pages: number): HugePages {
   const added = locked(() => {
@@ -64,23 +82,21 @@ export function reserveHugePages(pages: number): HugePages {
     }
     return pages;
   });
-  let dir: string;
+  let mount: { dir: string; unmount(): void };
   try {
-    dir = mkdtempSync(join(tmpdir(), 'postcopy-hugetlbfs-'));
-    execFileSync('mount', ['-t', 'hugetlbfs', '-o', `pagesize=2M,mode=0700`, 'none', dir], { stdio: 'pipe' });
+    mount = mountHugetlbfs('2M');
   } catch (e) {
     locked(() => writeFileSync(NR, String(Math.max(0, readNumber(NR) - added))));
-    throw new Error(`mounting hugetlbfs: ${(e as Error).message}`);
+    throw e;
   }
   let released = false;
   const h: HugePages = {
-    dir, pages: added,
+    dir: mount.dir, pages: added,
     release() {
       if (released) return;
       released = true;
       live.delete(h);
-      try { execFileSync('umount', [dir], { stdio: 'pipe' }); } catch { /* not mounted */ }
-      try { rmdirSync(dir); } catch { /* gone */ }
+      mount.unmount();
       locked(() => writeFileSync(NR, String(Math.max(0, readNumber(NR) - added))));
     },
   };

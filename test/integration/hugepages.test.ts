@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { Lab, setCaps, waitStatus, digest, TERMINAL } from './migration-procs.js';
 import { requireUffd } from '../helpers/uffd-available.js';
-import { requireHugePages, freeHugePages, HUGE_PAGE } from '../helpers/hugepages.js';
+import { requireHugePages, freeHugePages, mountHugetlbfs, HUGE_PAGE } from '../helpers/hugepages.js';
 import { cli, ensureBuilt } from '../helpers/cli.js';
 import { GuestRam } from '../../src/vm/index.js';
 import type { DirtyTrackingMode } from '../../src/migration/dirty-tracker.js';
@@ -134,6 +134,16 @@ run('guest RAM on hugetlbfs', () => {
     expect(() => GuestRam.create(bytes, backend(extra as Partial<MemoryBackend>))).toThrow(re);
   });
 
+  test('a mount of 1 GiB pages is refused, saying why', () => {
+    const m = mountHugetlbfs('1G');
+    try {
+      expect(() => GuestRam.create(2 ** 30, backend({ memPath: m.dir })))
+        .toThrow(/has huge pages of 1024 MiB: this engine takes pages up to 2 MiB \(mount hugetlbfs with -o pagesize=2M\)$/);
+    } finally {
+      m.unmount();
+    }
+  });
+
   test('too few free huge pages: QEMU\'s mmap error, with what the pool holds', () => {
     const pages = freeHugePages() + 64;
     expect(() => GuestRam.create(pages * HUGE_PAGE, backend()))
@@ -145,6 +155,15 @@ run('guest RAM on hugetlbfs', () => {
       '-machine', 'memory-backend=m0', '-monitor', 'none'], { encoding: 'utf8', timeout: 30000 });
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/path not on HugeTLBFS: \/tmp/);
+  });
+
+  test('the lab: `migrate` with no URI starts a destination on the same hugetlbfs backend', () => {
+    const r = spawnSync(process.execPath, [cli, '-m', '16M', '-mem-path', hp!.dir, '-smp', '1', '-workload', 'sweep,end=12M',
+      '-e', 'migrate_set_capability postcopy-ram on; migrate; migrate_start_postcopy; migrate_wait; info migrate'],
+    { encoding: 'utf8', timeout: 60000 });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^Status: \t\tcompleted$/m);
+    expect(r.stdout).toMatch(/^ {2}Sizes: \t\tpagesize=2 MiB, total=16 MiB$/m);
   });
 
   test('a 4 KiB destination refuses a hugepage source: both sides fail naming both page sizes', async () => {

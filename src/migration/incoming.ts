@@ -29,7 +29,7 @@ import {
   RECORD_HEADER_BYTES, RP_RUNNING, RP_COMPLETE, RP_ERROR, RP_ACK, maxRunPages,
   type StreamHandler, type StreamHeader,
 } from './wire.js';
-import { Userfaultfd, StagingArea, IOCTL_ZEROPAGE, type PlaceOptions } from '../uffd/index.js';
+import { Userfaultfd, StagingArea, IOCTL_ZEROPAGE, UFFD_PAGE_SIZE, type PlaceOptions } from '../uffd/index.js';
 import { NativeBlock } from '../native/memory.js';
 import { PageChannel, ChannelEvent, FaultThreadStat, type ChannelEventSink } from '../native/page-channel.js';
 import { monotonicNs, type BlocktimeReport } from '../blocktime/index.js';
@@ -101,8 +101,8 @@ export class IncomingMigration implements StreamHandler {
   /** a page of zeros to place zero pages with UFFDIO_COPY where the kernel has no
    *  UFFDIO_ZEROPAGE (hugetlbfs: no zero huge page); null: UFFDIO_ZEROPAGE */
   private zeroPage: StagingArea | null = null;
-  /** UFFDIO_COPY's step past a page already there: the page size */
-  private readonly placeOpts: PlaceOptions;
+  /** UFFDIO_COPY's step past a page already there, for huge pages (4 KiB: the default, and copy()'s fast path) */
+  private readonly placeOpts: PlaceOptions | undefined;
   /** the blocktime, from the postcopy switchover on (capability postcopy-blocktime) */
   private blocktime: DestinationBlocktime | null = null;
   private blocktimeFallback: BlocktimeReport | null = null;
@@ -127,7 +127,7 @@ export class IncomingMigration implements StreamHandler {
     this.base = o.ram.base;
     this.ps = o.ram.pageSize;
     this.pageCount = o.ram.bytes / this.ps;
-    this.placeOpts = { pageSize: this.ps };
+    this.placeOpts = this.ps === UFFD_PAGE_SIZE ? undefined : { pageSize: this.ps };
     this.flagsBlock = new NativeBlock(this.pageCount);
     this.flags = new Uint8Array(this.flagsBlock.buffer, 0, this.pageCount);
     this.decoder = new StreamDecoder(this, Math.max(65536, this.ps));

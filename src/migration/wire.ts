@@ -49,7 +49,7 @@ export const RECORD_HEADER_BYTES = 16;
 export const MAX_RUN_PAGES = 256;
 /** most bytes of page data in one PAGES record, beyond one page (native-shim/channel.h: PC_MAX_RUN_BYTES) */
 export const MAX_RUN_BYTES = 1 << 20;
-/** the largest page size a stream may have (1 GiB huge pages) */
+/** the largest page size a header may name (1 GiB huge pages); the VM then refuses any other than its own */
 export const MAX_PAGE_SIZE = 1 << 30;
 
 /** most pages in one PAGES record of `pageSize`-byte pages: 256 of 4 KiB, one of a huge page */

@@ -12,7 +12,12 @@ import { Lab, setCaps, waitStatus, digest, TERMINAL } from './migration-procs.js
 import { requireUffd } from '../helpers/uffd-available.js';
 import { requireHugePages, freeHugePages, mountHugetlbfs, HUGE_PAGE } from '../helpers/hugepages.js';
 import { cli, ensureBuilt } from '../helpers/cli.js';
-import { GuestRam } from '../../src/vm/index.js';
+import { GuestRam, VcpuSet, parseWorkload } from '../../src/vm/index.js';
+import { Userfaultfd, StagingArea, IOCTL_ZEROPAGE } from '../../src/uffd/index.js';
+import { NativeBlock } from '../../src/native/memory.js';
+import { PageChannel, FaultThreadStat } from '../../src/native/page-channel.js';
+import { writeRecordHeader, RECORD_HEADER_BYTES, REC_ZERO } from '../../src/migration/wire.js';
+import { socketPair } from '../helpers/socket-pair.js';
 import type { DirtyTrackingMode } from '../../src/migration/dirty-tracker.js';
 import { trackedSweep } from '../helpers/tracked-sweep.js';
 import type { MemoryBackend } from '../../src/vm/memory-backend.js';
@@ -91,6 +96,48 @@ run('guest RAM on hugetlbfs', () => {
       expect([t.mode, t.before, t.marked, t.again]).toEqual([mode, 0, 2, 0]);
       expect([...t.flags]).toEqual([0, 1, 1, 0, 0, 0, 0, 0]);
     } finally {
+      ram.dispose();
+    }
+  });
+
+  test('the fault thread places zero huge pages with UFFDIO_COPY (no UFFDIO_ZEROPAGE on hugetlbfs): known zero, and answered ZERO', async () => {
+    const ram = GuestRam.create(8 * MiB, backend());
+    const uffd = Userfaultfd.open({ optionalFeatures: ['THREAD_ID'] });
+    const flags = new NativeBlock(ram.pages);
+    const zero = StagingArea.create(1, HUGE_PAGE);
+    const [mine, peer] = await socketPair(lab.dir, 'urgent.sock');
+    let vcpus: VcpuSet | undefined;
+    let ch: PageChannel | undefined;
+    try {
+      expect(uffd.register(ram.base, ram.bytes, { missing: true }) & IOCTL_ZEROPAGE).toBe(0); // the kernel says so
+      new Uint8Array(flags.buffer)[1] = 1; // huge page 1: received as zero in precopy
+      const asked: number[] = [];
+      peer.on('data', (b: Buffer) => { // the source: every request answered with a ZERO record
+        for (let pos = 0; pos + RECORD_HEADER_BYTES <= b.length; pos += RECORD_HEADER_BYTES) {
+          const page = b.readUInt32LE(pos + 8) / HUGE_PAGE;
+          asked.push(page);
+          const r = Buffer.alloc(RECORD_HEADER_BYTES);
+          writeRecordHeader(r, 0, REC_ZERO, 0, 1, page * HUGE_PAGE);
+          peer.write(r);
+        }
+      });
+      ch = PageChannel.startFaultThread({
+        uffd: uffd.fd, sock: mine, ramBase: ram.base, pageSize: HUGE_PAGE, pages: ram.pages, flags: flags.address,
+        blocktime: false, readahead: 64, zeroSrc: zero.base,
+      });
+      // one sweep of the 4 KiB guest pages of huge pages 1 and 2
+      vcpus = await VcpuSet.create(ram, 1, parseWorkload('sweep,start=2M,end=6M,sweeps=1', ram.bytes));
+      await vcpus.whenDone({ timeoutMs: 20_000 });
+      expect(asked).toEqual([2]); // page 1 was known zero; read-ahead is none with one page a run
+      expect([ch.stat(FaultThreadStat.LocalZero), ch.stat(FaultThreadStat.ZeroPlaced), ch.stat(FaultThreadStat.Requests)]).toEqual([1, 1, 1]);
+      expect(ch.state).toBe('running');
+    } finally {
+      await vcpus?.stop();
+      ch?.dispose();
+      peer.destroy();
+      uffd.close();
+      zero.dispose();
+      flags.free();
       ram.dispose();
     }
   });

@@ -80,6 +80,7 @@ export function parseMemoryObject(text: string): MemoryBackend {
   }
   if (b.size === undefined) throw new CommandError("can't create backend with size 0");
   if (type === 'memory-backend-file' && b.memPath === undefined) throw new CommandError('mem-path property not set');
+  if (type === 'memory-backend-ram' && b.share) throw new CommandError("memory-backend-ram share=on: this engine's anonymous guest RAM is private (share=on is for memory-backend-file)");
   return b;
 }
 

@@ -127,6 +127,7 @@ describe('memory backend options', () => {
     [['-object', 'memory-backend-ram,id=m,mem-path=/hp,size=1G'], /^Property 'memory-backend-ram\.mem-path' not found$/],
     [['-object', 'memory-backend-file,id=m,mem-path=/hp,size=1G,prealloc=maybe'], /^Parameter 'prealloc' expects 'on' or 'off'$/],
     [['-object', 'memory-backend-memfd,id=m,size=1G'], /^invalid object type: memory-backend-memfd/],
+    [['-object', 'memory-backend-ram,id=m,size=1G,share=on', '-machine', 'memory-backend=m'], /^memory-backend-ram share=on: this engine's anonymous guest RAM is private/],
     [['-object', 'memory-backend-ram,id=m,size=1G', '-object', 'memory-backend-ram,id=m,size=1G', '-machine', 'memory-backend=m'], /^attempt to add duplicate property 'm' to object \(type 'container'\)$/],
     [['-object', 'memory-backend-ram,id=m,size=1G'], /^memory backend 'm' is not used: add -machine memory-backend=m$/],
     [['-mem-path', '/hp', '-object', 'memory-backend-ram,id=m,size=1G', '-machine', 'memory-backend=m'], /^'-mem-path' can't be used together with '-machine memory-backend'/],

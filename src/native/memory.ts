@@ -1,7 +1,7 @@
 // Native memory that JS can read and write and native threads can keep using:
 // mmap'ed mappings (guest RAM: anonymous or a hugetlbfs file; staging pages)
-// and small koffi.alloc'ed control blocks. Never a Buffer: a Buffer handed to native code is valid only
-// for one call (REFERENCE.md §4).
+// and small koffi.alloc'ed control blocks. Never a Buffer: a Buffer handed to
+// native code is valid only for one call (REFERENCE.md §4).
 import koffi from 'koffi';
 import * as libc from './libc.js';
 import { MemoryWindows } from './memory-windows.js';

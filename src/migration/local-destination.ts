@@ -91,8 +91,10 @@ export class VmProcess {
       child.once('error', (e) => rej(new CommandError(`cannot start the VM process: ${e.message}`)));
     });
     early.catch(() => undefined);
+    const exited = new AbortController(); // a VM that died stops the QMP retries at once (nothing waits for them)
+    child.once('exit', () => exited.abort('the VM process exited'));
     try {
-      const qmp = await Promise.race([connectWithRetry(qmpAddress, timeoutMs), early]);
+      const qmp = await Promise.race([connectWithRetry(qmpAddress, timeoutMs, { signal: exited.signal }), early]);
       child.stderr?.off('data', onErr);
       const p = new VmProcess(child, qmp, qmpAddress);
       p.tail = tail;

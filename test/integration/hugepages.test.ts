@@ -204,6 +204,13 @@ run('guest RAM on hugetlbfs', () => {
     expect(r.stderr).toMatch(/path not on HugeTLBFS: \/tmp/);
   });
 
+  test('postcopy run on a path off hugetlbfs: both VMs refuse at start, the run says why and ends at once', () => {
+    const r = spawnSync(process.execPath, [cli, 'run', '-m', '64M', '-mem-path', '/tmp', '--warm', '0'], { encoding: 'utf8', timeout: 15000 });
+    expect(r.error).toBeUndefined(); // not killed by the timeout: nothing waits for a VM that died
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^postcopy run: the VM process exited \(status 1\) before it was ready: postcopy: path not on HugeTLBFS: \/tmp/);
+  });
+
   test('the lab: `migrate` with no URI starts a destination on the same hugetlbfs backend', () => {
     const r = spawnSync(process.execPath, [cli, '-m', '16M', '-mem-path', hp!.dir, '-smp', '1', '-workload', 'sweep,end=12M',
       '-e', 'migrate_set_capability postcopy-ram on; migrate; migrate_start_postcopy; migrate_wait; info migrate'],

@@ -27,6 +27,10 @@
 // (each fault also asks for the 64 pages after it), medians against the
 // default's (0, QEMU's behaviour): wall time, total blocktime, faults.
 //
+// Huge pages (bench/_hugepages.ts; alone with `--only hugepages`): the same
+// migration on 4 KiB pages and on 2 MiB pages of a hugetlbfs mount, fault
+// latency and total blocktime with their ranges.
+//
 // Fields per row: wall_s (migrate -> completed), postcopy_requests, blocktime
 // (total, ms), latency_avg_us / latency_p99_us (remote-fault latency as the
 // destination's blocktime context measured it), mbps (the source's
@@ -38,6 +42,7 @@ import { runBatch, type BatchOptions, type BatchResult } from '../src/migration/
 import { streamBaselineMbps, remoteFaultBaselineUs } from '../src/native/index.js';
 import { numberOption } from './_options.js';
 import { median, checkCompleted, round, residentBeyondGuestRam } from './_migrations.js';
+import { hugePageRows } from './_hugepages.js';
 
 interface Options { reps: number; warmS: number; rssMib: number }
 
@@ -163,6 +168,9 @@ async function remoteFault(transport: 'tcp' | 'unix', reps: number, warmS: numbe
 
 export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const o = options(argv);
+  const only = argv.indexOf('--only') >= 0 ? argv[argv.indexOf('--only') + 1] : undefined;
+  if (only !== undefined && only !== 'hugepages') throw new Error(`--only ${only}: only 'hugepages' can run alone`);
+  if (only === 'hugepages') return { bench: 'migrate', hugepages: await hugePageRows(o.reps, o.warmS), reps: o.reps };
   const results: Row[] = [];
   const readahead: ReadaheadRow[] = [];
   for (const vcpus of [1, 4]) {
@@ -197,6 +205,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     postcopy_mbps_1g: postcopyMbps(big),
     background: [await background('tcp', bgReps), await background('unix', bgReps)],
     remote_fault: [await remoteFault('tcp', bgReps, Math.min(o.warmS, 2)), await remoteFault('unix', bgReps, Math.min(o.warmS, 2))],
+    hugepages: await hugePageRows(o.reps, o.warmS),
     reps: o.reps,
   };
 }

@@ -138,6 +138,7 @@ struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, u
     c->base = base;
     c->page_size = page_size;
     c->pages = pages;
+    c->max_run = pc_max_run_pages(page_size);
     c->st = st;
     c->ring = ring;
     c->ring_mask = ring_size - 1;
@@ -202,6 +203,12 @@ int pc_channel_stop(uint64_t handle)
 int pc_channel_layout(void)
 {
     return (int)(sizeof(struct pc_channel_status) * 1000 + offsetof(struct pc_channel_status, stats));
+}
+
+uint64_t pc_max_run_pages(uint64_t page_size)
+{
+    uint64_t n = PC_MAX_RUN_BYTES / page_size;
+    return n < 1 ? 1 : n > PC_MAX_RUN_PAGES ? PC_MAX_RUN_PAGES : n;
 }
 
 uint64_t pc_le64(const uint8_t *p)

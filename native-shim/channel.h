@@ -22,6 +22,8 @@
 /* wire.ts, byte for byte */
 #define PC_RECORD_HEADER 16
 #define PC_MAX_RUN_PAGES 256
+/* and at most this many bytes of pages, beyond one page: one huge page a record (wire.ts maxRunPages) */
+#define PC_MAX_RUN_BYTES (1u << 20)
 #define PC_REC_PAGES 0x02
 #define PC_REC_ZERO 0x03
 #define PC_RP_REQ_PAGES 0x41
@@ -84,6 +86,7 @@ struct pc_channel {
     int wake_fd;          /* eventfd: pc_channel_stop() wakes the thread */
     int stop;
     uint64_t base, page_size, pages;
+    uint64_t max_run;     /* pages in one PAGES record at most (pc_max_run_pages) */
     struct pc_channel_status *st;
     double *ring;
     uint32_t ring_mask;
@@ -101,6 +104,8 @@ struct pc_channel {
     int blocktime;        /* destination: push FAULT events */
     const uint8_t *flags; /* destination: page flags shared with TypeScript */
     uint8_t *requested;   /* destination: asked for already, or placed here */
+    const uint8_t *zero_src; /* destination: a zeroed page that zero pages are copied from (hugetlbfs has
+                              * no UFFDIO_ZEROPAGE), or NULL: UFFDIO_ZEROPAGE */
     uint32_t readahead;   /* destination: pages after a faulted one asked for with it */
     uint64_t head_placed; /* destination: pages already placed of the record at c->in[0] */
     const struct pc_vcpu *vcpus; /* destination: the vCPU blocks (access stamps), or NULL */
@@ -127,6 +132,8 @@ struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, u
 /* starts run(c); on failure frees c (and closes its socket) */
 int pc_channel_spawn(struct pc_channel *c, void *(*run)(void *));
 void pc_channel_free(struct pc_channel *c);
+/* most pages in one PAGES record of page_size-byte pages (256 of 4 KiB, one huge page) */
+uint64_t pc_max_run_pages(uint64_t page_size);
 uint64_t pc_le64(const uint8_t *p);
 uint32_t pc_le32(const uint8_t *p);
 void pc_put_record(uint8_t *p, int type, int flags, uint32_t count, uint64_t offset);

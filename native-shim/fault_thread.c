@@ -35,9 +35,10 @@ static void wake(struct pc_channel *c, uint64_t addr, uint64_t len)
     ioctl(c->uffd, UFFDIO_WAKE, &r);
 }
 
-/* UFFDIO_COPY from `src` (or UFFDIO_ZEROPAGE when src is NULL) of `count`
- * pages at `off`; a page placed meanwhile by the main stream is skipped (and
- * its waiters woken). Returns -1 when the kernel refused (the channel failed). */
+/* UFFDIO_COPY from `src` (or UFFDIO_ZEROPAGE when src is NULL; on hugetlbfs,
+ * UFFDIO_COPY of c->zero_src page by page) of `count` pages at `off`; a page
+ * placed meanwhile by the main stream is skipped (and its waiters woken).
+ * Returns -1 when the kernel refused (the channel failed). */
 static int place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *src)
 {
     const uint64_t ps = c->page_size;
@@ -47,8 +48,11 @@ static int place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8
         uint64_t dst = c->base + off + done * ps, len = (count - done) * ps;
         int64_t got;
         int rc;
-        if (src) {
-            struct uffdio_copy cp = { .dst = dst, .src = (uint64_t)(uintptr_t)(src + done * ps), .len = len, .mode = 0 };
+        if (src || c->zero_src) {
+            const uint8_t *from = src ? src + done * ps : c->zero_src;
+            if (!src)
+                len = ps;
+            struct uffdio_copy cp = { .dst = dst, .src = (uint64_t)(uintptr_t)from, .len = len, .mode = 0 };
             rc = ioctl(c->uffd, UFFDIO_COPY, &cp);
             got = cp.copy;
         } else {
@@ -56,8 +60,11 @@ static int place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8
             rc = ioctl(c->uffd, UFFDIO_ZEROPAGE, &zp);
             got = zp.zeropage;
         }
-        if (rc == 0)
+        if (rc == 0) {
+            if (!src && c->zero_src && ++done < count)
+                continue;
             break;
+        }
         int e = errno;
         if (got > 0)
             done += (uint64_t)got / ps;
@@ -90,6 +97,18 @@ static int place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8
 
 static int read_faults(struct pc_channel *c);
 
+/* One zero page at addr, at once: UFFDIO_ZEROPAGE, or UFFDIO_COPY of the zero
+ * page on hugetlbfs. 0 = placed. */
+static int zero_one(struct pc_channel *c, uint64_t addr)
+{
+    if (c->zero_src) {
+        struct uffdio_copy cp = { .dst = addr, .src = (uint64_t)(uintptr_t)c->zero_src, .len = c->page_size, .mode = 0 };
+        return ioctl(c->uffd, UFFDIO_COPY, &cp);
+    }
+    struct uffdio_zeropage zp = { .range = { .start = addr, .len = c->page_size }, .mode = 0 };
+    return ioctl(c->uffd, UFFDIO_ZEROPAGE, &zp);
+}
+
 /* flags byte of a record in c->in: placed already (ours, never on the wire) */
 #define REC_DONE 0x80
 /* read-ahead is placed this many pages at a time, with a look at new faults between */
@@ -109,7 +128,7 @@ static size_t record_length(struct pc_channel *c, const uint8_t *r)
         pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: %s record with reserved bits set", r[0] == PC_REC_PAGES ? "PAGES" : "ZERO");
         return 0;
     }
-    if (count == 0 || count > PC_MAX_RUN_PAGES || off % ps != 0 || off / ps >= c->pages || count > c->pages - off / ps) {
+    if (count == 0 || count > c->max_run || off % ps != 0 || off / ps >= c->pages || count > c->pages - off / ps) {
         pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: %s record of %u pages at offset %llu is outside guest RAM (%llu pages)",
                         r[0] == PC_REC_PAGES ? "PAGES" : "ZERO", count, (unsigned long long)off, (unsigned long long)c->pages);
         return 0;
@@ -228,13 +247,16 @@ static double fault_time(const struct pc_channel *c, uint32_t tid, uint64_t page
         if ((uint32_t)c->vcpu_tids[2 * s] != tid)
             continue;
         const struct pc_vcpu *v = &c->vcpus[idx - 1];
+        /* the vCPU stamps its own (guest) pages: several of them make one huge page */
+        const uint64_t per = c->page_size > v->page_size && v->page_size > 0 ? c->page_size / v->page_size : 1;
         double best = -1;
         for (int k = 0; k < PC_TOUCHES; k++) {
-            if (__atomic_load_n(&v->touch[k].page, __ATOMIC_ACQUIRE) != page + 1)
+            uint64_t p = __atomic_load_n(&v->touch[k].page, __ATOMIC_ACQUIRE);
+            if (p == 0 || (p - 1) / per != page)
                 continue;
             double t;
             __atomic_load(&v->touch[k].t, &t, __ATOMIC_ACQUIRE);
-            if (__atomic_load_n(&v->touch[k].page, __ATOMIC_ACQUIRE) == page + 1 && t > best)
+            if (__atomic_load_n(&v->touch[k].page, __ATOMIC_ACQUIRE) == p && t > best)
                 best = t;
         }
         return best >= 0 && best < seen ? best : seen;
@@ -304,8 +326,7 @@ static int read_faults(struct pc_channel *c)
             /* known to be zero and never written (placed here, now: the
              * fault waited for this), or placed by the main stream since the
              * fault (EEXIST: that placement woke it) */
-            struct uffdio_zeropage zp = { .range = { .start = addr, .len = ps }, .mode = 0 };
-            if (ioctl(c->uffd, UFFDIO_ZEROPAGE, &zp) != 0)
+            if (zero_one(c, addr) != 0)
                 wake(c, addr, ps);
             else if (c->blocktime && pc_channel_push(c, PC_EV_PLACED, (double)page, 1, pc_channel_now(c)) < 0)
                 return -1;
@@ -347,16 +368,18 @@ static void *fault_thread_run(void *arg)
  * Returns a handle for pc_channel_stop(), or 0 when it could not start. */
 uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, uint64_t flags,
                                uint32_t readahead, struct pc_channel_status *st, double *ring, uint32_t ring_size, int blocktime,
-                               double clock_base, const struct pc_vcpu *vcpus, int nvcpus)
+                               double clock_base, const struct pc_vcpu *vcpus, int nvcpus, uint64_t zero_src)
 {
-    size_t rec = PC_RECORD_HEADER + PC_MAX_RUN_PAGES * page_size;
+    size_t rec = PC_RECORD_HEADER + pc_max_run_pages(page_size) * page_size;
     struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base,
                                           2 * rec, 4096 * PC_RECORD_HEADER, PC_DST_BYTES_IN, PC_DST_BYTES_OUT);
     if (!c)
         return 0;
     c->uffd = uffd;
     c->blocktime = blocktime;
-    c->readahead = readahead < PC_MAX_RUN_PAGES ? readahead : PC_MAX_RUN_PAGES - 1;
+    /* a read-ahead request is one run: with huge pages (one a run) there is none */
+    c->readahead = readahead < c->max_run ? readahead : (uint32_t)(c->max_run - 1);
+    c->zero_src = (const uint8_t *)(uintptr_t)zero_src;
     c->flags = (const uint8_t *)(uintptr_t)flags;
     c->requested = calloc(pages, 1);
     if (!c->requested) {

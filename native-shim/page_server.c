@@ -68,7 +68,7 @@ static int serve(struct pc_channel *c)
                             : "urgent channel: page request with reserved bits set (type 0x%02x)", r[0]);
             return -1;
         }
-        if (len == 0 || len % ps != 0 || len / ps > PC_MAX_RUN_PAGES || off % ps != 0 || off / ps >= c->pages ||
+        if (len == 0 || len % ps != 0 || len / ps > c->max_run || off % ps != 0 || off / ps >= c->pages ||
             len / ps > c->pages - off / ps) {
             pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: bad page request: offset %llu length %u (RAM is %llu pages of %llu bytes)",
                             (unsigned long long)off, len, (unsigned long long)c->pages, (unsigned long long)ps);
@@ -127,7 +127,7 @@ uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, u
                               struct pc_channel_status *st, double *ring, uint32_t ring_size,
                               double clock_base)
 {
-    size_t rec = PC_RECORD_HEADER + PC_MAX_RUN_PAGES * page_size;
+    size_t rec = PC_RECORD_HEADER + pc_max_run_pages(page_size) * page_size;
     struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base,
                                           64 * PC_RECORD_HEADER, 2 * rec, PC_SRC_BYTES_IN, PC_SRC_BYTES_OUT);
     if (!c || pc_channel_spawn(c, page_server_run) != 0)

@@ -11,7 +11,7 @@ import type {
   CapabilityState, CpuInfo, Machine, MachineInfo, MigrationInfo, MigrationParameters, RunState,
 } from './migration/api.js';
 import type { BlocktimeReport } from './blocktime/types.js';
-import { GuestRam, VcpuSet, PAGE_SIZE, formatWorkload, encodeVcpuState, decodeVcpuState, type WorkloadSpec } from './vm/index.js';
+import { GuestRam, VcpuSet, formatWorkload, encodeVcpuState, decodeVcpuState, type WorkloadSpec } from './vm/index.js';
 import { Capabilities } from './migration/capabilities.js';
 import { Parameters } from './migration/parameters.js';
 import { MigrationStatusMachine } from './migration/status.js';
@@ -25,6 +25,7 @@ import { sampleThread, yieldCpu } from './vm/schedstat.js';
 import { monotonicNs } from './blocktime/clock.js';
 import type { DirtyTrackingMode } from './migration/dirty-tracker.js';
 import { ConvergenceTools } from './migration/convergence-tools.js';
+import { DEFAULT_RAM_ID, memoryBackendArgs, type MemoryBackend } from './vm/memory-backend.js';
 
 const MAX_STRING_LENGTH = constants.MAX_STRING_LENGTH;
 
@@ -33,6 +34,8 @@ export type { MigrationAddress } from './migration/uri.js';
 
 export interface MachineOptions {
   ramBytes: number;
+  /** what backs guest RAM (-mem-path, memory-backend-file): null or absent = anonymous 4 KiB pages */
+  memoryBackend?: MemoryBackend | null;
   vcpus: number;
   workload: WorkloadSpec;
   /** 'tcp:H:P' | 'unix:PATH' | 'defer': this VM is a destination */
@@ -43,10 +46,19 @@ export interface MachineOptions {
   dirtyTracking?: DirtyTrackingMode;
 }
 
+/** guest RAM as the migration engine sees it (src/migration/guest.ts) */
+export function guestMemoryOf(ram: GuestRam): GuestMemory {
+  return {
+    base: ram.base, bytes: ram.bytes, pageSize: ram.pageSize,
+    contents: ram.windows,
+    discard: (offset, len) => ram.discard(offset / ram.pageSize, len / ram.pageSize),
+  };
+}
+
 export async function createMachine(opts: MachineOptions): Promise<Machine> {
   const incoming = opts.incoming;
   if (incoming !== undefined && incoming !== 'defer') parseMigrationUri(incoming); // bad URI: refuse before mapping RAM
-  const ram = GuestRam.create(opts.ramBytes);
+  const ram = GuestRam.create(opts.ramBytes, opts.memoryBackend ?? null);
   let vcpus: VcpuSet;
   try {
     vcpus = await VcpuSet.create(ram, opts.vcpus, opts.workload, { paused: incoming !== undefined || opts.startPaused });
@@ -103,11 +115,7 @@ class VmMachine implements Machine {
     this.isDestination = opts.incoming !== undefined;
     this.autostart = !opts.startPaused;
     this.state = this.isDestination ? 'inmigrate' : opts.startPaused ? 'paused' : 'running';
-    this.memory = {
-      base: ram.base, bytes: ram.bytes, pageSize: PAGE_SIZE,
-      contents: ram.windows,
-      discard: (offset, len) => ram.discard(offset / PAGE_SIZE, len / PAGE_SIZE),
-    };
+    this.memory = guestMemoryOf(ram);
     // a lab destination that never got the guest (precopy cancelled or
     // failed) holds guest-sized memory for nothing: let it go at once
     this.events.on('migration', (s: string) => {
@@ -153,7 +161,11 @@ class VmMachine implements Machine {
   info(): MachineInfo {
     return {
       role: this.isDestination ? 'destination' : 'source',
-      ramBytes: this.ram.bytes, pageSize: PAGE_SIZE, vcpus: this.vcpus.count, workload: this.workloadText,
+      ramBytes: this.ram.bytes, pageSize: this.ram.pageSize, vcpus: this.vcpus.count, workload: this.workloadText,
+      ramBlock: {
+        name: this.ram.backend?.id ?? DEFAULT_RAM_ID, pageSize: this.ram.pageSize, offset: 0,
+        used: this.ram.bytes, total: this.ram.bytes, hva: this.ram.base,
+      },
     };
   }
 
@@ -232,7 +244,7 @@ class VmMachine implements Machine {
       await this.releaseLab();
       const { LocalDestination } = await import('./migration/local-destination.js');
       this.local = await LocalDestination.spawn({
-        ramBytes: this.ram.bytes, vcpus: this.vcpus.count, workload: this.workloadText,
+        ramBytes: this.ram.bytes, memoryArgs: memoryBackendArgs(this.ram.backend, this.ram.bytes), vcpus: this.vcpus.count, workload: this.workloadText,
         capabilities: this.caps.list(), parameters: this.params.get(),
       });
       if (this.quitting) { await this.releaseLab(); this.live('migrate'); } // it quit while the lab started

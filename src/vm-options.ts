@@ -10,6 +10,9 @@ import { CommandError } from './errors.js';
 import { parseMigrationUri } from './migration/uri.js';
 import { MAX_VCPUS, parseSize, parseSmp } from './vm/size.js';
 import { parseWorkload } from './vm/workload.js';
+import {
+  emptyMemoryOptions, parseMachineOption, parseNumaNode, resolveMemory, type MemoryBackend, type MemoryOptions,
+} from './vm/memory-backend.js';
 
 export class VmOptionError extends Error {
   constructor(message: string) {
@@ -30,6 +33,12 @@ export interface QmpOption {
 
 export interface VmOptions {
   ramBytes: number;
+  /** what backs guest RAM (-mem-path, -object memory-backend-*), null = anonymous 4 KiB pages */
+  memoryBackend: MemoryBackend | null;
+  /** the memory options as given (resolved into ramBytes and memoryBackend once all are read) */
+  memory: MemoryOptions;
+  /** -m was given */
+  ramGiven: boolean;
   vcpus: number;
   /** workload spec text, NAME[,key=value...] (parsed by the vm module) */
   workload: string;
@@ -66,6 +75,13 @@ source VM (256 MiB, 2 vCPUs, workload 'sweep') with the console on stdio;
 
 Options (QEMU spelling; --name works too):
   -m SIZE            guest RAM (default 256M; suffixes K M G T, MiB when none)
+  -mem-path DIR      back guest RAM with a file on the hugetlbfs mount DIR
+                     (its huge pages: the unit of faults and transfers)
+  -mem-prealloc      populate guest RAM at start
+  -object memory-backend-file,id=ID,mem-path=DIR,size=SIZE[,prealloc=on][,share=on]
+  -object memory-backend-ram,id=ID,size=SIZE[,prealloc=on]
+                     a memory backend, used with -machine memory-backend=ID
+                     or -numa node,memdev=ID (one RAM block)
   -smp N             number of vCPUs, 1..512 (default 2; cpus=N and
                      sockets/cores/threads spellings accepted)
   -workload NAME[,key=value...]
@@ -107,7 +123,7 @@ function asOptionError<T>(option: string, value: string, f: () => T): T {
     return f();
   } catch (e) {
     if (e instanceof CommandError) {
-      throw new VmOptionError(e.message.startsWith(option) ? e.message : `${option} ${value}: ${e.message}`);
+      throw new VmOptionError(option === '' || e.message.startsWith(option) ? e.message : `${option} ${value}: ${e.message}`);
     }
     throw e;
   }
@@ -164,9 +180,18 @@ export function splitCommands(text: string): string[] {
 
 type Handler = (v: string, o: VmOptions) => void;
 
+function machineOption(v: string, o: VmOptions): void {
+  o.memory.machineBackend = asOptionError('-machine', v, () => parseMachineOption(v)) ?? o.memory.machineBackend;
+}
+
 /** Options that take a value, by name (without dashes). */
 const WITH_VALUE: Record<string, Handler> = {
-  m: (v, o) => { o.ramBytes = parseRamSize(v); },
+  m: (v, o) => { o.ramBytes = parseRamSize(v); o.ramGiven = true; },
+  'mem-path': (v, o) => { o.memory.memPath = v; },
+  object: (v, o) => { o.memory.objects.push(v); },
+  machine: machineOption,
+  M: machineOption,
+  numa: (v, o) => { o.memory.numaMemdevs.push(asOptionError('-numa', v, () => parseNumaNode(v))); },
   smp: (v, o) => { o.vcpus = parseSmpOption(v); },
   workload: (v, o) => { o.workload = v; }, // checked against -m once all options are read
   incoming: (v, o) => { o.incoming = parseIncoming(v); },
@@ -183,9 +208,13 @@ const WITH_VALUE: Record<string, Handler> = {
   },
 };
 
+/** Options that may be given more than once. */
+const REPEATABLE = new Set(['qmp', 'e', 'object', 'numa', 'machine', 'M']);
+
 /** Options without a value. */
 const FLAGS: Record<string, (o: VmOptions) => void> = {
   S: (o) => { o.startPaused = true; },
+  'mem-prealloc': (o) => { o.memory.memPrealloc = true; },
   'exit-on-error': (o) => { o.exitOnError = true; },
   daemonize: (o) => { o.daemonize = true; },
   h: (o) => { o.help = true; },
@@ -195,7 +224,7 @@ const FLAGS: Record<string, (o: VmOptions) => void> = {
 
 export function defaultVmOptions(): VmOptions {
   return {
-    ramBytes: DEFAULT_RAM_BYTES, vcpus: DEFAULT_VCPUS, workload: DEFAULT_WORKLOAD, qmp: [],
+    ramBytes: DEFAULT_RAM_BYTES, memoryBackend: null, memory: emptyMemoryOptions(), ramGiven: false, vcpus: DEFAULT_VCPUS, workload: DEFAULT_WORKLOAD, qmp: [],
     monitor: 'stdio', startPaused: false, exitOnError: false, exitWithParent: false, daemonize: false, help: false, version: false,
   };
 }
@@ -225,10 +254,13 @@ export function parseVmOptions(argv: readonly string[]): VmOptions {
       if (i + 1 >= argv.length) throw new VmOptionError(`-${name} needs a value (see --help)`);
       value = argv[++i];
     }
-    if (seen.has(name) && name !== 'qmp' && name !== 'e') throw new VmOptionError(`-${name} given twice`);
+    if (seen.has(name) && !REPEATABLE.has(name)) throw new VmOptionError(`-${name} given twice`);
     seen.add(name);
     handler(value, o);
   }
+  const mem = asOptionError('', '', () => resolveMemory(o.memory, o.ramGiven ? o.ramBytes : undefined, DEFAULT_RAM_BYTES));
+  o.ramBytes = mem.ramBytes;
+  o.memoryBackend = mem.backend;
   asOptionError('-workload', o.workload, () => parseWorkload(o.workload, o.ramBytes));
   if (o.monitor === 'none' && o.execute) throw new VmOptionError(`-e needs the console: drop '-monitor none'`);
   if (o.daemonize && o.monitor === 'stdio') {

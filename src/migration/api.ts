@@ -133,6 +133,21 @@ export interface MachineInfo {
   workload: string;
   /** the version of the real QEMU this machine is (attach), absent for ours */
   qemu?: string;
+  /** guest RAM's one RAM block (QEMU's `info ramblock`) */
+  ramBlock?: RamBlockInfo;
+}
+
+/** A RAM block as QEMU's `info ramblock` shows it. */
+export interface RamBlockInfo {
+  /** QEMU's idstr: the memory backend's id, pc.ram by default */
+  name: string;
+  pageSize: number;
+  /** offset in the RAM address space */
+  offset: number;
+  used: number;
+  total: number;
+  /** host virtual address of its first byte */
+  hva: number;
 }
 
 /**

@@ -11,6 +11,9 @@ import { join } from 'node:path';
 import { CommandError } from '../errors.js';
 import { parseSize, parseSmp, parseWorkload, formatWorkload } from '../vm/index.js';
 import { LocalDestination, VmProcess } from './local-destination.js';
+import {
+  emptyMemoryOptions, memoryBackendArgs, parseMachineOption, parseNumaNode, resolveMemory, type MemoryBackend,
+} from '../vm/memory-backend.js';
 import { checkTracePath } from '../blocktime-trace/index.js';
 import { MAX_POSTCOPY_READAHEAD } from './parameters.js';
 import { stallSentence } from './convergence.js';
@@ -18,6 +21,10 @@ import type { CapabilityState, MigrationInfo } from './api.js';
 
 export const USAGE = `usage: postcopy run [options]
   -m SIZE               guest RAM (QEMU syntax; plain number = MiB)      [150M]
+  -mem-path DIR, -mem-prealloc, -object memory-backend-file,id=ID,...,
+  -machine memory-backend=ID, -numa node,memdev=ID
+                        guest RAM's backend, as for one VM (hugetlbfs):
+                        both VM processes get it
   -smp N                vCPUs                                             [1]
   -workload SPEC        the source's workload, e.g. sweep,end=100M        [sweep]
   --warm SECONDS        let the workload run before migrating             [4]
@@ -39,6 +46,8 @@ export const USAGE = `usage: postcopy run [options]
 
 export interface BatchOptions {
   ramBytes: number;
+  /** guest RAM's backend for both processes (null: anonymous 4 KiB pages) */
+  memoryBackend?: MemoryBackend | null;
   vcpus: number;
   workload: string;
   warmS: number;
@@ -81,11 +90,18 @@ export function parseBatchArgs(argv: string[]): BatchOptions {
     transport: 'unix', blocktime: true, trace: '', timeoutS: 120, json: false,
   };
   let ramText = '150M';
+  let ramGiven = false;
+  const mem = emptyMemoryOptions();
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = (): string | undefined => argv[++i];
     switch (a) {
-      case '-m': { const v = val(); if (v === undefined) throw new CommandError('-m needs a size'); ramText = v; o.ramBytes = parseSize(v); break; }
+      case '-m': { const v = val(); if (v === undefined) throw new CommandError('-m needs a size'); ramText = v; o.ramBytes = parseSize(v); ramGiven = true; break; }
+      case '-mem-path': { const v = val(); if (v === undefined) throw new CommandError('-mem-path needs a directory'); mem.memPath = v; break; }
+      case '-mem-prealloc': mem.memPrealloc = true; break;
+      case '-object': { const v = val(); if (v === undefined) throw new CommandError('-object needs a value'); mem.objects.push(v); break; }
+      case '-machine': case '-M': { const v = val(); if (v === undefined) throw new CommandError(`${a} needs a value`); mem.machineBackend = parseMachineOption(v) ?? mem.machineBackend; break; }
+      case '-numa': { const v = val(); if (v === undefined) throw new CommandError('-numa needs a value'); mem.numaMemdevs.push(parseNumaNode(v)); break; }
       case '-smp': { const v = val(); if (v === undefined) throw new CommandError('-smp needs a vCPU count'); o.vcpus = parseSmp(v); break; }
       case '-workload': { const v = val(); if (v === undefined) throw new CommandError('-workload needs a spec'); o.workload = v; break; }
       case '--warm': o.warmS = seconds(a, val()); break;
@@ -112,6 +128,10 @@ export function parseBatchArgs(argv: string[]): BatchOptions {
       default: throw new CommandError(`unknown option '${a}' (see postcopy run --help)`);
     }
   }
+  const resolved = resolveMemory(mem, ramGiven ? o.ramBytes : undefined, o.ramBytes);
+  o.ramBytes = resolved.ramBytes;
+  o.memoryBackend = resolved.backend;
+  if (!ramGiven) ramText = `${o.ramBytes}B`;
   // the workload must fit the RAM size (whatever the order of -m and -workload)
   try {
     o.workload = formatWorkload(parseWorkload(o.workload, o.ramBytes));
@@ -143,10 +163,11 @@ export async function runBatch(o: BatchOptions, atEnd?: (p: BatchProcesses) => v
   let dest: LocalDestination | null = null;
   let source: VmProcess | null = null;
   try {
-    const common = ['-m', `${o.ramBytes}B`, '-smp', String(o.vcpus), '-workload', o.workload];
+    const memoryArgs = memoryBackendArgs(o.memoryBackend ?? null, o.ramBytes);
+    const common = ['-m', `${o.ramBytes}B`, ...memoryArgs, '-smp', String(o.vcpus), '-workload', o.workload];
     [dest, source] = await Promise.all([
       LocalDestination.spawn({
-        ramBytes: o.ramBytes, vcpus: o.vcpus, workload: o.workload, transport: o.transport,
+        ramBytes: o.ramBytes, memoryArgs, vcpus: o.vcpus, workload: o.workload, transport: o.transport,
         capabilities: [...caps, { capability: 'postcopy-blocktime', state: o.blocktime }],
         parameters: {
           ...params, ...(o.trace ? { 'x-blocktime-trace': o.trace } : {}),

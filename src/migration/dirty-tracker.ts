@@ -11,8 +11,11 @@
 //    the vCPU; our handler marks the page dirty and un-protects it (wakes the
 //    vCPU). Cost: one fault round trip (~30 us) per page per round.
 //
-// Both are exact for anonymous memory; collect() marks a page dirty when it was
-// written since the previous collect() (or since start()).
+// Both are exact for anonymous memory and for hugetlbfs (whose huge page is
+// the unit: the kernel write-protects and reports whole huge pages; pagemap
+// still has one entry per 4 KiB, so a huge page is read at its first entry);
+// collect() marks a page dirty when it was written since the previous
+// collect() (or since start()).
 
 import { openSync, readSync, closeSync } from 'node:fs';
 import { Userfaultfd, UffdPoller, EVENT_PAGEFAULT, PAGEFAULT_FLAG_WP } from '../uffd/index.js';
@@ -31,8 +34,10 @@ export interface DirtyTracker {
 
 /** pagemap entry bit 57 (PM_UFFD_WP), as bit 25 of the entry's high 32 bits */
 const PM_UFFD_WP_HI = 1 << 25;
-/** pages per pagemap read (512 KiB of entries) */
+/** pagemap entries per read (512 KiB of them) */
 const SCAN_PAGES = 65536;
+/** the unit of /proc/self/pagemap: one entry per base page */
+const PAGEMAP_PAGE = 4096;
 
 /** Starts tracking with the best mechanism available; throws (with the
  *  kernel's reason) when neither works. `prefer` forces one (benchmarks). */
@@ -76,16 +81,10 @@ class AsyncWpTracker implements DirtyTracker {
     if (this.stopped) return 0;
     const ps = this.ram.pageSize;
     const pages = this.ram.bytes / ps;
-    const firstPfnOffset = (this.ram.base / ps) * 8;
     let marked = 0;
     for (let start = 0; start < pages; start += SCAN_PAGES) {
       const n = Math.min(SCAN_PAGES, pages - start);
-      let got = 0;
-      while (got < n * 8) {
-        const r = readSync(this.pagemapFd, this.entries, got, n * 8 - got, firstPfnOffset + start * 8 + got);
-        if (r <= 0) throw new Error(`reading /proc/self/pagemap returned ${r}`);
-        got += r;
-      }
+      this.readEntries(start, n);
       let runStart = -1;
       for (let i = 0; i < n; i++) {
         const written = (this.hi[i * 2 + 1] & PM_UFFD_WP_HI) === 0;
@@ -100,6 +99,22 @@ class AsyncWpTracker implements DirtyTracker {
       if (runStart >= 0) this.uffd.writeProtect(this.ram.base + (start + runStart) * ps, (n - runStart) * ps, true);
     }
     return marked;
+  }
+
+  /** the pagemap entries of pages [start, start+n) into entries[0..n): one read
+   *  for 4 KiB pages; for huge pages, the first entry of each (its others are alike) */
+  private readEntries(start: number, n: number): void {
+    const sub = this.ram.pageSize / PAGEMAP_PAGE;
+    const first = (this.ram.base / PAGEMAP_PAGE) * 8;
+    const read = (pos: number, len: number, at: number): void => {
+      for (let got = 0; got < len;) {
+        const r = readSync(this.pagemapFd, this.entries, pos + got, len - got, at + got);
+        if (r <= 0) throw new Error(`reading /proc/self/pagemap returned ${r}`);
+        got += r;
+      }
+    };
+    if (sub === 1) read(0, n * 8, first + start * 8);
+    else for (let i = 0; i < n; i++) read(i * 8, 8, first + (start + i) * sub * 8);
   }
 
   async stop(): Promise<void> {

@@ -26,10 +26,10 @@ import type { Parameters } from './parameters.js';
 import { formatMigrationUri, type MigrationAddress } from './uri.js';
 import {
   StreamDecoder, encodeBare, encodeText, writeRecordHeader, WireError,
-  RECORD_HEADER_BYTES, RP_RUNNING, RP_COMPLETE, RP_ERROR, RP_ACK, MAX_RUN_PAGES,
+  RECORD_HEADER_BYTES, RP_RUNNING, RP_COMPLETE, RP_ERROR, RP_ACK, maxRunPages,
   type StreamHandler, type StreamHeader,
 } from './wire.js';
-import { Userfaultfd, StagingArea } from '../uffd/index.js';
+import { Userfaultfd, StagingArea, IOCTL_ZEROPAGE, UFFD_PAGE_SIZE, type PlaceOptions } from '../uffd/index.js';
 import { NativeBlock } from '../native/memory.js';
 import {
   PageChannel, ChannelEvent, FaultThreadStat, CHANNEL_EVENT_MASK, FAULT_CAUSE_SHIFT, type ChannelEventSink,
@@ -100,6 +100,11 @@ export class IncomingMigration implements StreamHandler {
   private channel: PageChannel | null = null;
   private staging: StagingArea | null = null;
   private stagingBuf: Buffer | null = null;
+  /** a page of zeros to place zero pages with UFFDIO_COPY where the kernel has no
+   *  UFFDIO_ZEROPAGE (hugetlbfs: no zero huge page); null: UFFDIO_ZEROPAGE */
+  private zeroPage: StagingArea | null = null;
+  /** UFFDIO_COPY's step past a page already there, for huge pages (4 KiB: the default, and copy()'s fast path) */
+  private readonly placeOpts: PlaceOptions | undefined;
   /** the blocktime, from the postcopy switchover on (capability postcopy-blocktime) */
   private blocktime: DestinationBlocktime | null = null;
   private blocktimeFallback: BlocktimeReport | null = null;
@@ -124,6 +129,7 @@ export class IncomingMigration implements StreamHandler {
     this.base = o.ram.base;
     this.ps = o.ram.pageSize;
     this.pageCount = o.ram.bytes / this.ps;
+    this.placeOpts = this.ps === UFFD_PAGE_SIZE ? undefined : { pageSize: this.ps };
     this.flagsBlock = new NativeBlock(this.pageCount);
     this.flags = new Uint8Array(this.flagsBlock.buffer, 0, this.pageCount);
     this.decoder = new StreamDecoder(this, Math.max(65536, this.ps));
@@ -252,17 +258,22 @@ export class IncomingMigration implements StreamHandler {
    */
   private registerRam(required: boolean): void {
     let uffd: Userfaultfd | null = null;
+    let ioctls = 0;
     try {
+      // every page missing, as QEMU's postcopy init makes it: a page already
+      // there (-mem-prealloc) would take no UFFDIO_COPY (EEXIST) and keep its old bytes
+      this.ram.discard(0, this.ram.bytes);
       uffd = Userfaultfd.open({ optionalFeatures: ['THREAD_ID'] });
-      uffd.register(this.base, this.ram.bytes, { missing: true });
+      ioctls = uffd.register(this.base, this.ram.bytes, { missing: true });
     } catch (e) {
       if (uffd && !uffd.closed) uffd.close();
       if (required) throw new WireError(`this destination cannot do postcopy: ${(e as Error).message}`);
       return;
     }
     this.uffd = uffd;
-    this.staging = StagingArea.create(1, MAX_RUN_PAGES * this.ps);
+    this.staging = StagingArea.create(1, maxRunPages(this.ps) * this.ps);
     this.stagingBuf = this.staging.slot(0);
+    if ((ioctls & IOCTL_ZEROPAGE) === 0) this.zeroPage = StagingArea.create(1, this.ps); // never written: zeros
   }
 
   private checkHeader(h: StreamHeader): void {
@@ -372,7 +383,7 @@ export class IncomingMigration implements StreamHandler {
     }
     this.channel = PageChannel.startFaultThread({
       uffd: uffd.fd, sock: this.urgentSocket!, ramBase: this.base, pageSize: this.ps, pages: this.pageCount,
-      flags: this.flagsBlock.address, blocktime: this.blocktime !== null,
+      flags: this.flagsBlock.address, blocktime: this.blocktime !== null, zeroSrc: this.zeroPage?.base ?? 0,
       readahead: this.o.params.value('x-postcopy-readahead'),
       stamps: this.blocktime?.stamps,
     });
@@ -526,14 +537,25 @@ export class IncomingMigration implements StreamHandler {
     }
   }
 
-  /** UFFDIO_COPY (from staging) or UFFDIO_ZEROPAGE of a run, retried while
-   *  the kernel answers EAGAIN (the address space is changing) */
+  /** UFFDIO_COPY (from staging) or UFFDIO_ZEROPAGE of a run (on hugetlbfs:
+   *  UFFDIO_COPY of the zero page, page by page), retried while the kernel
+   *  answers EAGAIN (the address space is changing) */
   private placeRun(offset: number, count: number, copy: boolean): void {
+    const zero = this.zeroPage;
+    if (!copy && zero !== null) {
+      for (let i = 0; i < count; i++) this.placeOne(offset + i * this.ps, 1, zero.base);
+      return;
+    }
+    this.placeOne(offset, count, copy ? this.staging!.base : -1);
+  }
+
+  /** one ioctl (and its EAGAIN retries): UFFDIO_COPY from `src`, or UFFDIO_ZEROPAGE when src is -1 */
+  private placeOne(offset: number, count: number, src: number): void {
     const uffd = this.uffd!;
     const addr = this.base + offset;
     const len = count * this.ps;
     for (let attempt = 0; ; attempt++) {
-      const r = copy ? uffd.copy(addr, this.staging!.base, len) : uffd.zeropage(addr, len);
+      const r = src >= 0 ? uffd.copy(addr, src, len, this.placeOpts) : uffd.zeropage(addr, len);
       this.placeCalls++;
       if (r !== 'again') return;
       if (attempt >= PLACE_RETRIES) throw new Error(`placing ${count} pages at offset ${offset}: the kernel kept answering EAGAIN`);
@@ -596,6 +618,8 @@ export class IncomingMigration implements StreamHandler {
     this.staging?.dispose();
     this.staging = null;
     this.stagingBuf = null;
+    this.zeroPage?.dispose();
+    this.zeroPage = null;
   }
 
   /** migrate_cancel on the destination: the incoming migration fails. */

@@ -23,6 +23,8 @@ export const OWNED_DIR_ENV = 'POSTCOPY_OWNED_DIR';
 
 export interface LocalDestinationOptions {
   ramBytes: number;
+  /** the source's memory backend options (memoryBackendArgs): the destination's RAM must match its page size */
+  memoryArgs?: string[];
   vcpus: number;
   /** workload text (formatWorkload), must match the source's */
   workload: string;
@@ -89,8 +91,10 @@ export class VmProcess {
       child.once('error', (e) => rej(new CommandError(`cannot start the VM process: ${e.message}`)));
     });
     early.catch(() => undefined);
+    const exited = new AbortController(); // a VM that died stops the QMP retries at once (nothing waits for them)
+    child.once('exit', () => exited.abort('the VM process exited'));
     try {
-      const qmp = await Promise.race([connectWithRetry(qmpAddress, timeoutMs), early]);
+      const qmp = await Promise.race([connectWithRetry(qmpAddress, timeoutMs, { signal: exited.signal }), early]);
       child.stderr?.off('data', onErr);
       const p = new VmProcess(child, qmp, qmpAddress);
       p.tail = tail;
@@ -155,7 +159,7 @@ export class LocalDestination {
     const dir = mkdtempSync(join(tmpdir(), 'postcopy-lab-')); // 0700
     try {
       const uri = o.transport === 'tcp' ? `tcp:127.0.0.1:${await freeTcpPort()}` : `unix:${join(dir, 'migrate.sock')}`;
-      const args = ['-m', `${o.ramBytes}B`, '-smp', String(o.vcpus), '-workload', o.workload, '-incoming', uri];
+      const args = ['-m', `${o.ramBytes}B`, ...(o.memoryArgs ?? []), '-smp', String(o.vcpus), '-workload', o.workload, '-incoming', uri];
       if (o.startPaused) args.push('-S');
       const vm = await VmProcess.spawn(args, join(dir, 'qmp.sock'), o.startTimeoutMs, [], dir);
       const d = new LocalDestination(vm, uri, dir);

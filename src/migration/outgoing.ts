@@ -30,11 +30,11 @@ import { PageChannel, PageServerStat, type ChannelEventSink } from '../native/pa
 import {
   ReturnDecoder, encodeHeader, encodeBare, encodeSwitchover, encodeText, writeRecordHeader, WireError,
   RECORD_HEADER_BYTES, REC_PAGES, REC_ZERO, REC_DISCARD, REC_END_ROUND, REC_END, REC_ERROR,
-  VCPU_STATE_BYTES, MAX_RUN_PAGES, type ReturnHandler,
+  VCPU_STATE_BYTES, maxRunPages, type ReturnHandler,
 } from './wire.js';
 
-/** data pages per background chunk (256 KiB of 4 KiB pages) */
-const CHUNK_PAGES = 64;
+/** page data per background chunk (64 pages of 4 KiB; at least one page: one huge page) */
+const CHUNK_BYTES = 256 * 1024;
 /** pages a chunk may scan (zero runs cost no room) */
 const CHUNK_SCAN = 4096;
 const POOL_CHUNKS = 8;
@@ -85,6 +85,10 @@ export class OutgoingMigration implements ReturnHandler {
   private readonly contents: GuestBytes;
   private readonly ps: number;
   private readonly pages: number;
+  /** data pages per background chunk */
+  private readonly chunkPages: number;
+  /** pages per PAGES record at most */
+  private readonly maxRun: number;
   private readonly flags: Uint8Array;
   private socket: net.Socket | null = null;
   /** second connection for requested pages (see wire.ts) */
@@ -144,8 +148,14 @@ export class OutgoingMigration implements ReturnHandler {
     this.needCount = this.pages;
     this.limiter = new RateLimiter(() => performance.now());
     this.decoder = new ReturnDecoder(this, o.ram.bytes, this.ps);
-    const chunkBytes = CHUNK_PAGES * this.ps + RECORD_HEADER_BYTES * (2 * CHUNK_PAGES + 4);
-    for (let i = 0; i < POOL_CHUNKS; i++) this.pool.push(Buffer.allocUnsafe(chunkBytes));
+    this.chunkPages = Math.max(1, Math.floor(CHUNK_BYTES / this.ps));
+    this.maxRun = maxRunPages(this.ps);
+    for (let i = 0; i < POOL_CHUNKS; i++) this.pool.push(this.newChunk());
+  }
+
+  /** a chunk buffer: its data pages and a record header for each run around them */
+  private newChunk(): Buffer {
+    return Buffer.allocUnsafe(this.chunkPages * this.ps + RECORD_HEADER_BYTES * (2 * this.chunkPages + 4));
   }
 
   get trackingMode(): DirtyTrackingMode | undefined { return this.tracker?.mode; }
@@ -400,7 +410,7 @@ export class OutgoingMigration implements ReturnHandler {
   }
 
   private throttled(limit: number): boolean {
-    const d = this.limiter.delayFor(CHUNK_PAGES * this.ps, limit);
+    const d = this.limiter.delayFor(this.chunkPages * this.ps, limit);
     if (d <= 0) return false;
     // look again at least every THROTTLE_RECHECK_MS: a new max-bandwidth /
     // max-postcopy-bandwidth set meanwhile applies within that time
@@ -446,7 +456,7 @@ export class OutgoingMigration implements ReturnHandler {
       writeRecordHeader(buf, runHdr, kind === 1 ? REC_PAGES : REC_ZERO, 0, runLen, runStart * ps);
       kind = 0;
     };
-    while (data < CHUNK_PAGES && scanned < CHUNK_SCAN) {
+    while (data < this.chunkPages && scanned < CHUNK_SCAN) {
       if (this.cursor >= this.pages) break;
       const p = this.cursor++;
       scanned++;
@@ -455,7 +465,7 @@ export class OutgoingMigration implements ReturnHandler {
       this.needCount--;
       const isZero = this.contents.isZero(p, ps);
       const k = isZero ? 2 : 1;
-      if (kind !== k || p !== runStart + runLen || (k === 1 && runLen >= MAX_RUN_PAGES)) {
+      if (kind !== k || p !== runStart + runLen || (k === 1 && runLen >= this.maxRun)) {
         close();
         kind = k;
         runHdr = pos;
@@ -529,7 +539,7 @@ export class OutgoingMigration implements ReturnHandler {
       // every remaining page, unthrottled (downtime)
       this.cursor = 0;
       while (this.needCount > 0) {
-        const buf = this.pool.pop() ?? Buffer.allocUnsafe(CHUNK_PAGES * this.ps + RECORD_HEADER_BYTES * (2 * CHUNK_PAGES + 4));
+        const buf = this.pool.pop() ?? this.newChunk();
         const used = this.fillChunk(buf);
         if (used > 0) this.write(buf.subarray(0, used), () => { if (this.pool.length < POOL_CHUNKS) this.pool.push(buf); });
         else if (this.pool.length < POOL_CHUNKS) this.pool.push(buf);

@@ -47,6 +47,15 @@ export const WIRE_VERSION = 1;
 export const RECORD_HEADER_BYTES = 16;
 /** most pages in one PAGES record (1 MiB of 4 KiB pages) */
 export const MAX_RUN_PAGES = 256;
+/** most bytes of page data in one PAGES record, beyond one page (native-shim/channel.h: PC_MAX_RUN_BYTES) */
+export const MAX_RUN_BYTES = 1 << 20;
+/** the largest page size a header may name (1 GiB huge pages); the VM then refuses any other than its own */
+export const MAX_PAGE_SIZE = 1 << 30;
+
+/** most pages in one PAGES record of `pageSize`-byte pages: 256 of 4 KiB, one of a huge page */
+export function maxRunPages(pageSize: number): number {
+  return Math.max(1, Math.min(MAX_RUN_PAGES, Math.floor(MAX_RUN_BYTES / pageSize)));
+}
 /** largest variable payload (header, switchover, error text) */
 export const MAX_VAR_PAYLOAD = 256 * 1024;
 /** bytes of one vCPU's workload state inside SWITCHOVER */
@@ -307,11 +316,12 @@ export class StreamDecoder extends RecordDecoder {
   private pageSize = 0;
   private ramBytes = 0;
   private vcpus = 0;
+  private maxRun = MAX_RUN_PAGES;
   private switched = false;
   // a PAGES record in progress
   private runOffset = 0;
   private runLeft = 0;
-  private readonly page: Buffer;
+  private page: Buffer;
   private pageHave = 0;
 
   /** `urgent`: decode the urgent channel (its header has the flag, then only PAGES/ZERO, no END) */
@@ -350,7 +360,7 @@ export class StreamDecoder extends RecordDecoder {
     }
     switch (type) {
       case REC_PAGES: {
-        if (count < 1 || count > MAX_RUN_PAGES) throw new WireError(`PAGES record at byte ${at}: bad page count ${count} (1..${MAX_RUN_PAGES})`);
+        if (count < 1 || count > this.maxRun) throw new WireError(`PAGES record at byte ${at}: bad page count ${count} (1..${this.maxRun})`);
         const offset = this.checkRange('PAGES', buf, pos, count, at);
         this.runOffset = offset;
         this.runLeft = count;
@@ -391,7 +401,7 @@ export class StreamDecoder extends RecordDecoder {
       const version = buf.readUInt32LE(p + 4);
       if (version !== WIRE_VERSION) throw new WireError(`unsupported stream version ${version} (this side speaks version ${WIRE_VERSION})`);
       const pageSize = buf.readUInt32LE(p + 8);
-      if (pageSize < 512 || pageSize > this.page.length || (pageSize & (pageSize - 1)) !== 0) throw new WireError(`bad page size ${pageSize} in header`);
+      if (pageSize < 512 || pageSize > MAX_PAGE_SIZE || (pageSize & (pageSize - 1)) !== 0) throw new WireError(`bad page size ${pageSize} in header`);
       const vcpus = buf.readUInt32LE(p + 12);
       if (vcpus < 1 || vcpus > 4096) throw new WireError(`bad vCPU count ${vcpus} in header`);
       const hi = buf.readUInt32LE(p + 20);
@@ -403,7 +413,9 @@ export class StreamDecoder extends RecordDecoder {
       this.pageSize = pageSize;
       this.ramBytes = ramBytes;
       this.vcpus = vcpus;
-      this.handler.header(this.header);
+      this.maxRun = maxRunPages(pageSize);
+      this.handler.header(this.header); // refuses a page size other than this VM's
+      if (pageSize > this.page.length) this.page = Buffer.allocUnsafe(pageSize); // once, for a page straddling two chunks
       return;
     }
     switch (type) {

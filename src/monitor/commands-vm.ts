@@ -1,10 +1,10 @@
 // HMP entries for the VM itself: help, info (the sub-table's parent),
-// info status, info cpus, stop, cont, quit. Handlers return text; the
+// info status, info cpus, info ramblock, stop, cont, quit. Handlers return text; the
 // operations they use are the Machine's, so QMP's `stop`/`cont`/`quit`
 // entries can call the same ones.
 
 import type { CommandContext, HmpCommand, Registry } from './registry.js';
-import { formatCpus, formatStatus } from './format.js';
+import { formatCpus, formatRamBlocks, formatStatus } from './format.js';
 
 /** Text appended to the full `help` list on a source VM (the lab). */
 const LAB_HELP = [
@@ -61,6 +61,18 @@ const infoCpus: HmpCommand = {
   },
 };
 
+const infoRamblock: HmpCommand = {
+  name: 'ramblock',
+  argsType: '',
+  params: '',
+  help: 'Display system RAMBlock information',
+  handler: async (ctx) => {
+    const b = ctx.machine.info().ramBlock;
+    const blocks = b ? [b] : [];
+    return { text: formatRamBlocks(blocks), data: blocks };
+  },
+};
+
 const stop: HmpCommand = {
   name: 'stop|s',
   argsType: '',
@@ -88,6 +100,6 @@ const quit: HmpCommand = {
 /** Adds the VM entries to a registry. */
 export function addVmCommands(r: Registry): Registry {
   r.addHmp(help).addHmp(info).addHmp(stop).addHmp(cont).addHmp(quit);
-  r.addInfo(infoStatus).addInfo(infoCpus);
+  r.addInfo(infoStatus).addInfo(infoCpus).addInfo(infoRamblock);
   return r;
 }

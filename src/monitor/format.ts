@@ -8,7 +8,7 @@
 import { Chalk, type ChalkInstance } from 'chalk';
 import Table from 'cli-table3';
 import type {
-  CapabilityState, CpuInfo, MachineInfo, MigrationInfo, MigrationParameters, RunState,
+  CapabilityState, CpuInfo, MachineInfo, MigrationInfo, MigrationParameters, RamBlockInfo, RunState,
 } from '../migration/api.js';
 
 /** A chalk whose colours are on or off as asked (never guessed from the
@@ -180,6 +180,16 @@ export function formatProgress(info: MigrationInfo, blocktimeMs: number | undefi
   }
   if (blocktimeMs !== undefined) parts.push(c.yellow(`blocktime ${blocktimeMs} ms`));
   return parts.join(c.dim(' | '));
+}
+
+/** QEMU's `info ramblock` table (ram_block_format): one line per RAM block. */
+export function formatRamBlocks(blocks: readonly RamBlockInfo[]): string {
+  const hex = (n: number): string => `0x${n.toString(16).padStart(16, '0')}`;
+  const lines = [`${'Block Name'.padStart(24)} ${'PSize'.padStart(8)}  ${'Offset'.padStart(18)} ${'Used'.padStart(18)} ${'Total'.padStart(18)} ${'HVA'.padStart(18)} ${'RO'.padStart(3)}`];
+  for (const b of blocks) {
+    lines.push(`${b.name.padStart(24)} ${sizeToStr(b.pageSize).padStart(8)}  ${hex(b.offset)} ${hex(b.used)} ${hex(b.total)} ${hex(b.hva)} ${'rw'.padStart(3)}`);
+  }
+  return lines.join('\n');
 }
 
 /** The banner printed when an interactive console opens. */

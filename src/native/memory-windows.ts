@@ -8,7 +8,8 @@
 //
 // The page paths of the migration (a page copied onto the stream, the
 // zero-page test, a run written into guest RAM) allocate nothing:
-//  - positions are 4 KiB page numbers, not byte offsets: a page number stays a
+//  - positions are page numbers (the mapping's page: 4 KiB, or the huge page
+//    of a hugetlbfs mapping), not byte offsets: a page number stays a
 //    small integer up to 1 TiB (2^28 pages), where a byte offset past 2 GiB is
 //    a double that V8 boxes, i.e. allocates, when a caller hands it to two
 //    calls (measured: about one per page at 4 GiB);
@@ -17,11 +18,10 @@
 import koffi from 'koffi';
 import { loadShim, type Shim } from './shim.js';
 
-/** the unit of positions: a page of the mapping (NativeMapping sizes are multiples of it) */
+/** the default unit of positions: a 4 KiB page (NativeMapping sizes are multiples of it) */
 export const PAGE_BYTES = 4096;
-/** bytes one window Buffer covers (1 GiB: a page multiple, far below Node's 4 GiB) */
+/** bytes one window Buffer covers (1 GiB: a multiple of every page size up to 1 GiB, far below Node's 4 GiB) */
 export const WINDOW_BYTES = 2 ** 30;
-const WINDOW_PAGES = WINDOW_BYTES / PAGE_BYTES;
 
 /** all-zero bytes that zero tests compare against, shared (never written) */
 const ZEROS = Buffer.alloc(64 * 1024);
@@ -38,22 +38,31 @@ export class MemoryWindowsError extends Error {
 
 export class MemoryWindows {
   readonly bytes: number;
+  /** the unit of positions */
+  readonly pageBytes: number;
+  readonly #windowPages: number;
   readonly #ptr: bigint;
   readonly #windows: Array<Buffer | undefined>;
   #released = false;
 
-  /** windows over the `bytes` (a multiple of PAGE_BYTES) of native memory at
-   *  `ptr`, which must stay mapped until release() */
-  constructor(ptr: bigint, bytes: number) {
+  /** windows over the `bytes` (a multiple of pageBytes, a power of two up to
+   *  WINDOW_BYTES) of native memory at `ptr`, which must stay mapped until release() */
+  constructor(ptr: bigint, bytes: number, pageBytes = PAGE_BYTES) {
+    if (!(pageBytes >= 1 && pageBytes <= WINDOW_BYTES && (pageBytes & (pageBytes - 1)) === 0)) {
+      throw new MemoryWindowsError(`page size ${pageBytes} is not a power of two up to ${WINDOW_BYTES}`);
+    }
     this.#ptr = ptr;
     this.bytes = bytes;
+    this.pageBytes = pageBytes;
+    this.#windowPages = WINDOW_BYTES / pageBytes;
     this.#windows = new Array<Buffer | undefined>(Math.ceil(bytes / WINDOW_BYTES)).fill(undefined);
   }
 
   /** copies src[srcPos, srcPos+len) into the mapping from the start of page `page` on */
   copyIn(page: number, src: Uint8Array, srcPos: number, len: number): void {
     this.#check(page, len, src, srcPos);
-    for (let i = Math.floor(page / WINDOW_PAGES), pos = (page - i * WINDOW_PAGES) * PAGE_BYTES; len > 0; i++, pos = 0) {
+    const wp = this.#windowPages;
+    for (let i = Math.floor(page / wp), pos = (page - i * wp) * this.pageBytes; len > 0; i++, pos = 0) {
       const n = Math.min(len, WINDOW_BYTES - pos);
       (copyBytes ??= loadShim().copyBytes)(this.#windows[i] ?? this.#open(i), pos, src, srcPos, n);
       srcPos += n; len -= n;
@@ -63,7 +72,8 @@ export class MemoryWindows {
   /** copies len bytes of the mapping, from the start of page `page` on, to dst[dstPos, dstPos+len) */
   copyOut(page: number, dst: Uint8Array, dstPos: number, len: number): void {
     this.#check(page, len, dst, dstPos);
-    for (let i = Math.floor(page / WINDOW_PAGES), pos = (page - i * WINDOW_PAGES) * PAGE_BYTES; len > 0; i++, pos = 0) {
+    const wp = this.#windowPages;
+    for (let i = Math.floor(page / wp), pos = (page - i * wp) * this.pageBytes; len > 0; i++, pos = 0) {
       const n = Math.min(len, WINDOW_BYTES - pos);
       (copyBytes ??= loadShim().copyBytes)(dst, dstPos, this.#windows[i] ?? this.#open(i), pos, n);
       dstPos += n; len -= n;
@@ -73,8 +83,8 @@ export class MemoryWindows {
   /** whether the len bytes from the start of page `page` on are all zero (reading populates the pages) */
   isZero(page: number, len: number): boolean {
     this.#check(page, len);
-    let i = Math.floor(page / WINDOW_PAGES);
-    let pos = (page - i * WINDOW_PAGES) * PAGE_BYTES;
+    let i = Math.floor(page / this.#windowPages);
+    let pos = (page - i * this.#windowPages) * this.pageBytes;
     while (len > 0) {
       const n = Math.min(len, WINDOW_BYTES - pos, ZEROS.length);
       if ((this.#windows[i] ?? this.#open(i)).compare(ZEROS, 0, n, pos, pos + n) !== 0) return false;
@@ -89,8 +99,8 @@ export class MemoryWindows {
    *  view object: for set-up and tests, not for per-page paths. */
   view(page: number, len: number): Buffer {
     this.#check(page, len);
-    const i = Math.floor(page / WINDOW_PAGES);
-    const pos = (page - i * WINDOW_PAGES) * PAGE_BYTES;
+    const i = Math.floor(page / this.#windowPages);
+    const pos = (page - i * this.#windowPages) * this.pageBytes;
     if (pos + len > WINDOW_BYTES) {
       throw new MemoryWindowsError(`${len} bytes from page ${page} cross a ${WINDOW_BYTES}-byte window boundary: use copyIn/copyOut`);
     }
@@ -105,7 +115,7 @@ export class MemoryWindows {
 
   #check(page: number, len: number, other?: Uint8Array, otherPos = 0): void {
     if (this.#released) throw new MemoryWindowsError('the mapping was unmapped');
-    if (!(Number.isInteger(page) && Number.isSafeInteger(len) && page >= 0 && len >= 0 && page * PAGE_BYTES + len <= this.bytes)) {
+    if (!(Number.isInteger(page) && Number.isSafeInteger(len) && page >= 0 && len >= 0 && page * this.pageBytes + len <= this.bytes)) {
       throw new RangeError(`${len} bytes from page ${page} are outside the mapping's ${this.bytes} bytes`);
     }
     if (other !== undefined && !(Number.isSafeInteger(otherPos) && otherPos >= 0 && otherPos + len <= other.length)) {

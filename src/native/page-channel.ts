@@ -99,6 +99,8 @@ export class PageChannel {
     uffd: number; sock: net.Socket; ramBase: number; pageSize: number; pages: number;
     /** address of the page flags (bit 0 = received) */
     flags: number; blocktime: boolean;
+    /** address of a zeroed page that zero pages are copied from (hugetlbfs has no UFFDIO_ZEROPAGE), 0 = UFFDIO_ZEROPAGE */
+    zeroSrc?: number;
     /** pages after a faulted one asked for with it, when neither here nor asked for (at most 255) */
     readahead: number;
     /** the vCPUs' access stamps: a fault is dated by the stamp of the access that raised it */
@@ -108,7 +110,7 @@ export class PageChannel {
     const fd = handOverSocket(o.sock);
     const s = o.stamps ?? null;
     ch.#start(loadShim().faultThreadStart(o.uffd, fd, o.ramBase, o.pageSize, o.pages, o.flags, o.readahead, ch.#status.ptr, ch.#ring.ptr,
-      RING_ENTRIES, o.blocktime ? 1 : 0, ch.clockBase, s?.blocks ?? null, s?.count ?? 0), 'fault thread');
+      RING_ENTRIES, o.blocktime ? 1 : 0, ch.clockBase, s?.blocks ?? null, s?.count ?? 0, o.zeroSrc ?? 0), 'fault thread');
     return ch;
   }
 

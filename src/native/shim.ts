@@ -43,7 +43,7 @@ export interface Shim {
   threadCpuNs(tid: number): number;
   streamBaseline: KoffiFunc<[bytes: number, tcp: number], number | bigint>;
   faultThreadStart(uffd: number, sock: number, ramBase: number, pageSize: number, pages: number, flags: number, readahead: number,
-    status: bigint, ring: bigint, ringSize: number, blocktime: number, clockBase: number, vcpus: bigint | null, nvcpus: number): number | bigint;
+    status: bigint, ring: bigint, ringSize: number, blocktime: number, clockBase: number, vcpus: bigint | null, nvcpus: number, zeroSrc: number): number | bigint;
   pageServerStart(sock: number, ramBase: number, pageSize: number, pages: number,
     status: bigint, ring: bigint, ringSize: number, clockBase: number): number | bigint;
   channelStop(handle: bigint): number;
@@ -86,7 +86,7 @@ export function loadShim(): Shim {
     streamBaseline: lib.func('int64_t pc_stream_baseline(uint64_t bytes, int tcp)') as unknown as Shim['streamBaseline'],
     faultThreadStart: lib.func('uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t page_size, ' +
       'uint64_t pages, uint64_t flags, uint32_t readahead, void *status, void *ring, uint32_t ring_size, int blocktime, double clock_base, ' +
-      'const void *vcpus, int nvcpus)') as
+      'const void *vcpus, int nvcpus, uint64_t zero_src)') as
       Shim['faultThreadStart'],
     pageServerStart: lib.func('uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, ' +
       'void *status, void *ring, uint32_t ring_size, double clock_base)') as Shim['pageServerStart'],

@@ -325,12 +325,16 @@ function connectError(where: string, addr: QmpAddress, e: NodeJS.ErrnoException)
 
 /** connect(), retried while the socket is absent or refuses, until `timeoutMs`
  *  has passed: for a process that was just spawned and may not listen yet. */
-export async function connectWithRetry(address: string, timeoutMs: number, opts: QmpConnectOptions = {}): Promise<QmpClient> {
+export async function connectWithRetry(address: string, timeoutMs: number, opts: QmpConnectOptions & {
+  /** stop retrying (the server's process is gone) */
+  signal?: AbortSignal;
+} = {}): Promise<QmpClient> {
   const deadline = Date.now() + timeoutMs;
   let last: Error | undefined;
   for (;;) {
     const left = deadline - Date.now();
     if (left <= 0) break;
+    if (opts.signal?.aborted) throw new Error(`QMP ${address}: gave up (${String(opts.signal.reason)})`);
     try {
       return await QmpClient.connect(address, { ...opts, timeoutMs: Math.min(opts.timeoutMs ?? left, left) });
     } catch (e) {

@@ -54,6 +54,10 @@ export const UFFDIO_COPY_MODE_WP = 2;
 export const UFFDIO_ZEROPAGE_MODE_DONTWAKE = 1;
 export const UFFDIO_WRITEPROTECT_MODE_WP = 1;
 export const UFFDIO_WRITEPROTECT_MODE_DONTWAKE = 2;
+/** bits of uffdio_register.ioctls (1 << _UFFDIO_*): what the kernel allows on the range registered;
+ *  hugetlbfs ranges lack ZEROPAGE (there is no zero huge page) */
+export const IOCTL_COPY = 1 << 0x03;
+export const IOCTL_ZEROPAGE = 1 << 0x04;
 
 // uffd_msg: 32 bytes, event u8 at 0, payload union at 8
 export const UFFD_MSG_SIZE = 32;

@@ -15,6 +15,16 @@ import { NativeBlock } from '../native/memory.js';
 
 export type PlaceResult = 'placed' | 'exists' | 'again';
 
+export interface PlaceOptions {
+  /** do not wake the threads waiting there */
+  dontWake?: boolean;
+  /** place write-protected (copy only) */
+  wp?: boolean;
+  /** the range's page size (a hugetlbfs range's huge page), the step past a
+   *  page that is already there; default 4096 */
+  pageSize?: number;
+}
+
 export interface OpenOptions extends FeatureRequest {}
 
 export interface RegisterMode {
@@ -133,7 +143,9 @@ export class Userfaultfd {
     return this.#fd;
   }
 
-  register(start: number, len: number, mode: RegisterMode): void {
+  /** Registers [start, start+len); returns the kernel's uffdio_register.ioctls bits
+   *  (IOCTL_ZEROPAGE, IOCTL_COPY, ...): what it allows there. */
+  register(start: number, len: number, mode: RegisterMode): number {
     const fd = this.#live('register');
     checkRange('register', start, len);
     const bits = (mode.missing ? abi.UFFDIO_REGISTER_MODE_MISSING : 0) | (mode.wp ? abi.UFFDIO_REGISTER_MODE_WP : 0);
@@ -157,6 +169,7 @@ export class Userfaultfd {
       };
       throw sysError(`UFFDIO_REGISTER ${rangeText(start, len)}`, e, hints[e]);
     }
+    return arg[6]; // ioctls, low 32 bits (every _UFFDIO_* bit is below 32)
   }
 
   unregister(start: number, len: number): void {
@@ -232,7 +245,7 @@ export class Userfaultfd {
    * UffdError when the faulting process is gone. A multi-page copy that meets
    * present pages skips them and returns 'placed' if it placed any page.
    */
-  copy(dst: number, src: number, len: number, opts?: { dontWake?: boolean; wp?: boolean }): PlaceResult {
+  copy(dst: number, src: number, len: number, opts?: PlaceOptions): PlaceResult {
     const fd = this.#fd;
     if (fd < 0) throw closedError('copy');
     // fast path: one page, default mode, valid addresses (the fault handler's case)
@@ -250,6 +263,7 @@ export class Userfaultfd {
     }
     const dontWake = opts?.dontWake === true;
     const mode = (dontWake ? abi.UFFDIO_COPY_MODE_DONTWAKE : 0) | (opts?.wp ? abi.UFFDIO_COPY_MODE_WP : 0);
+    const step = opts?.pageSize ?? PAGE;
     const a = this.#copyArg;
     let placed = false;
     let existed = false;
@@ -268,8 +282,8 @@ export class Userfaultfd {
       }
       if (e === libc.E.EEXIST) {
         existed = true;
-        if (!dontWake) this.wake(dst, PAGE);
-        dst += PAGE; src += PAGE; len -= PAGE;
+        if (!dontWake) this.wake(dst, step);
+        dst += step; src += step; len -= step;
         continue;
       }
       if (e === libc.E.EAGAIN) return 'again';
@@ -349,7 +363,8 @@ export class Userfaultfd {
     let hint: string | undefined;
     if (e === libc.E.ESRCH) hint = 'the process that owns the faulting memory has exited';
     else if (e === libc.E.ENOENT || e === libc.E.EINVAL) {
-      hint = 'the destination must lie inside a range registered (MISSING mode) with this userfaultfd';
+      hint = 'the destination must lie inside a range registered (MISSING mode) with this userfaultfd' +
+        (op === 'UFFDIO_ZEROPAGE' ? ', and not on hugetlbfs (no zero huge page: copy a zeroed page instead)' : ', aligned to its page size');
     } else if (e === libc.E.EFAULT) hint = 'the source address is not readable memory';
     return sysError(`${op} ${rangeText(dst, len)}`, e, hint);
   }

@@ -3,12 +3,12 @@
 // pages before read-ahead, straight from guest RAM; when nobody drains its
 // event ring it waits (no event is lost) and goes on once drained; stop()
 // joins it at once even while it waits. No userfaultfd is involved.
-import net from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NativeMapping } from '../../src/native/memory.js';
 import { PageChannel, PageServerStat, ChannelEvent } from '../../src/native/page-channel.js';
+import { socketPair } from '../helpers/socket-pair.js';
 import { writeRecordHeader, RECORD_HEADER_BYTES, RP_REQ_PAGES, REC_PAGES, REC_ZERO } from '../../src/migration/wire.js';
 
 const PS = 4096;
@@ -19,19 +19,6 @@ const REQUESTS = 20000;
 let dir: string;
 beforeAll(() => { dir = mkdtempSync(join(tmpdir(), 'pc-channel-')); });
 afterAll(() => { rmSync(dir, { recursive: true, force: true }); });
-
-/** a connected pair: [the end the page server takes, the test peer's end] */
-async function socketPair(name: string): Promise<[net.Socket, net.Socket]> {
-  const path = join(dir, name);
-  const server = net.createServer();
-  await new Promise<void>((r) => server.listen(path, r));
-  const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
-  const peer = net.connect({ path });
-  await new Promise<void>((r) => peer.once('connect', () => r()));
-  const mine = await accepted;
-  server.close();
-  return [mine, peer];
-}
 
 function request(page: number, count: number, readahead: boolean): Buffer {
   const b = Buffer.alloc(RECORD_HEADER_BYTES);
@@ -61,7 +48,7 @@ describe('page server', () => {
   afterEach(() => { ram.dispose(); });
 
   test('answers faulted pages before read-ahead, zero and data runs apart, with the pages of guest RAM', async () => {
-    const [mine, peer] = await socketPair('a.sock');
+    const [mine, peer] = await socketPair(dir, 'a.sock');
     const got: Buffer[] = [];
     peer.on('data', (b: Buffer) => got.push(b));
     // both requests in one write: the read-ahead one first
@@ -87,7 +74,7 @@ describe('page server', () => {
   });
 
   test(`${REQUESTS} requests, more than its ring holds: it waits for a drain, then loses nothing`, async () => {
-    const [mine, peer] = await socketPair('b.sock');
+    const [mine, peer] = await socketPair(dir, 'b.sock');
     let received = 0;
     peer.on('data', (b: Buffer) => { received += b.length; });
     const ch = PageChannel.startPageServer({ sock: mine, ramBase: ram.address, pageSize: PS, pages: PAGES });
@@ -115,7 +102,7 @@ describe('page server', () => {
   });
 
   test('a bad request fails it with the reason; stop() joins it at once', async () => {
-    const [mine, peer] = await socketPair('c.sock');
+    const [mine, peer] = await socketPair(dir, 'c.sock');
     peer.on('data', () => undefined);
     const ch = PageChannel.startPageServer({ sock: mine, ramBase: ram.address, pageSize: PS, pages: PAGES });
     peer.write(request(PAGES, 1, false)); // one page past the end
@@ -127,7 +114,7 @@ describe('page server', () => {
   });
 
   test('the peer closing is reported as closed', async () => {
-    const [mine, peer] = await socketPair('d.sock');
+    const [mine, peer] = await socketPair(dir, 'd.sock');
     const ch = PageChannel.startPageServer({ sock: mine, ramBase: ram.address, pageSize: PS, pages: PAGES });
     peer.end();
     while (ch.state === 'running') await new Promise((r) => setTimeout(r, 5));

@@ -2,7 +2,7 @@
 import {
   StreamDecoder, ReturnDecoder, WireError, encodeHeader, encodeBare, encodeText, encodeSwitchover,
   writeRecordHeader, RECORD_HEADER_BYTES, REC_PAGES, REC_ZERO, REC_DISCARD, REC_END, REC_END_ROUND, REC_ERROR,
-  RP_REQ_PAGES, RP_RUNNING, RP_COMPLETE, RP_ERROR, RP_ACK, VCPU_STATE_BYTES, WIRE_VERSION,
+  RP_REQ_PAGES, RP_RUNNING, RP_COMPLETE, RP_ERROR, RP_ACK, VCPU_STATE_BYTES, WIRE_VERSION, maxRunPages,
   type StreamHandler, type StreamHeader, type ReturnHandler,
 } from '../../src/migration/wire.js';
 
@@ -265,5 +265,38 @@ describe('postcopy advise (HEADER_POSTCOPY)', () => {
   test('the urgent channel header carries only its own flag', () => {
     expect(() => new StreamDecoder(new Recorder(), 65536, true).push(hdr(true))).toThrow(/urgent-channel header/);
     expect(() => new StreamDecoder(new Recorder(), 65536, true).push(hdr(false, true))).not.toThrow();
+  });
+});
+
+describe('huge pages', () => {
+  const HP = 2 * 1024 * 1024;
+  const header = encodeHeader({ pageSize: HP, vcpus: 1, ramBytes: 4 * HP, workload: 'idle' });
+
+  test('a record holds one huge page (256 of 4 KiB): maxRunPages follows the page size', () => {
+    expect([maxRunPages(4096), maxRunPages(65536), maxRunPages(HP), maxRunPages(2 ** 30)]).toEqual([256, 16, 1, 1]);
+  });
+
+  test('2 MiB pages arriving in 64 KiB pieces are delivered whole, page by page, with their bytes', () => {
+    const got: Array<[number, number, number]> = [];
+    class HugeRecorder extends Recorder {
+      override pages(offset: number, count: number, buf: Buffer, pos: number): void { got.push([offset / HP, count, buf[pos + HP - 1]]); }
+    }
+    const d = new StreamDecoder(new HugeRecorder());
+    const rec = (page: number): Buffer => {
+      const b = Buffer.alloc(RECORD_HEADER_BYTES + HP, page + 1);
+      writeRecordHeader(b, 0, REC_PAGES, 0, 1, page * HP);
+      return b;
+    };
+    const stream = Buffer.concat([header, rec(0), rec(3)]);
+    for (let i = 0; i < stream.length; i += 65536) d.push(stream.subarray(i, i + 65536));
+    expect(got).toEqual([[0, 1, 1], [3, 1, 4]]);
+  });
+
+  test('two huge pages in one record are refused, naming the limit', () => {
+    const b = Buffer.alloc(RECORD_HEADER_BYTES + 2 * HP);
+    writeRecordHeader(b, 0, REC_PAGES, 0, 2, 0);
+    const d = new StreamDecoder(new Recorder());
+    d.push(header);
+    expect(() => d.push(b)).toThrow(/PAGES record at byte \d+: bad page count 2 \(1\.\.1\)/);
   });
 });

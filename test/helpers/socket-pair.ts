@@ -1,0 +1,17 @@
+// A connected pair of unix sockets in `dir`, for tests that hand one end to a
+// native thread (the page server, the fault thread) and play the peer on the other.
+import net from 'node:net';
+import { join } from 'node:path';
+
+/** [the end a native thread takes, the test peer's end] */
+export async function socketPair(dir: string, name: string): Promise<[net.Socket, net.Socket]> {
+  const path = join(dir, name);
+  const server = net.createServer();
+  await new Promise<void>((r) => server.listen(path, r));
+  const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
+  const peer = net.connect({ path });
+  await new Promise<void>((r) => peer.once('connect', () => r()));
+  const mine = await accepted;
+  server.close();
+  return [mine, peer];
+}

@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/userfaultfd.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -170,6 +172,7 @@ void pc_channel_free(struct pc_channel *c)
     free(c->out);
     free(c->requested);
     free(c->vcpu_tids);
+    free(c->side);
     free(c);
 }
 
@@ -225,4 +228,51 @@ void pc_put_record(uint8_t *p, int type, int flags, uint32_t count, uint64_t off
     p[2] = p[3] = 0;
     memcpy(p + 4, &count, 4);
     memcpy(p + 8, &offset, 8);
+}
+
+#define PLACE_RETRIES 1000
+
+int pc_place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *src, int stat_existed)
+{
+    const uint64_t ps = c->page_size;
+    uint64_t done = 0;
+    int again = 0;
+    while (done < count) {
+        uint64_t dst = c->base + off + done * ps, len = (count - done) * ps;
+        int64_t got;
+        int rc;
+        if (src) {
+            struct uffdio_copy cp = { .dst = dst, .src = (uint64_t)(uintptr_t)(src + done * ps), .len = len, .mode = 0 };
+            rc = ioctl(c->uffd, UFFDIO_COPY, &cp);
+            got = cp.copy;
+        } else {
+            struct uffdio_zeropage zp = { .range = { .start = dst, .len = len }, .mode = 0 };
+            rc = ioctl(c->uffd, UFFDIO_ZEROPAGE, &zp);
+            got = zp.zeropage;
+        }
+        if (rc == 0)
+            return 0;
+        int e = errno;
+        if (got > 0)
+            done += (uint64_t)got / ps;
+        if (e == EAGAIN) {
+            if (++again > PLACE_RETRIES) {
+                pc_channel_fail(c, PC_CH_FAILED, e, "placing %llu pages at offset %llu: the kernel kept answering EAGAIN",
+                                (unsigned long long)count, (unsigned long long)off);
+                return -1;
+            }
+            continue;
+        }
+        if (e == EEXIST) { /* placed by the other placer: its waiters were woken then */
+            struct uffdio_range r = { .start = c->base + off + done * ps, .len = ps };
+            ioctl(c->uffd, UFFDIO_WAKE, &r);
+            c->st->stats[stat_existed]++;
+            done++;
+            continue;
+        }
+        pc_channel_fail(c, PC_CH_FAILED, e, "%s of %llu pages at offset %llu: %s", src ? "UFFDIO_COPY" : "UFFDIO_ZEROPAGE",
+                        (unsigned long long)count, (unsigned long long)off, strerror(e));
+        return -1;
+    }
+    return 0;
 }

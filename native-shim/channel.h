@@ -31,6 +31,8 @@
 
 /* destination page flags (incoming.ts): the page's content is here */
 #define PC_PAGE_RECEIVED 1
+/* ... and was written in precopy (a page sent again is copied over in place) */
+#define PC_PAGE_POPULATED 2
 
 enum pc_channel_state { PC_CH_RUNNING = 0, PC_CH_STOPPED = 1, PC_CH_CLOSED = 2, PC_CH_FAILED = 3 };
 
@@ -46,6 +48,15 @@ enum { PC_DST_FAULTS = 0, PC_DST_REQUESTS, PC_DST_PLACED, PC_DST_ZERO_PLACED, PC
        PC_DST_BYTES_IN, PC_DST_BYTES_OUT, PC_DST_READAHEAD };
 /* source counters (stats[]) */
 enum { PC_SRC_REQUESTS = 0, PC_SRC_NORMAL, PC_SRC_ZERO, PC_SRC_BYTES_OUT, PC_SRC_BYTES_IN, PC_SRC_READAHEAD };
+/* destination main-stream receiver (stream_receiver.c) counters (stats[]);
+ * CTL_LEN / CTL_AT: the bytes handed back and their stream offset;
+ * TRUNCATED: 1 when the stream ended inside a record */
+enum { PC_RCV_NORMAL = 0, PC_RCV_ZERO, PC_RCV_RECEIVED, PC_RCV_PLACE_CALLS, PC_RCV_BYTES_IN, PC_RCV_BYTES_OUT,
+       PC_RCV_CTL_LEN, PC_RCV_CTL_AT, PC_RCV_EXISTED, PC_RCV_TRUNCATED };
+/* the receiver's mode, set on each resume: page records may come (the
+ * header was checked), postcopy placement */
+#define PC_RCV_MODE_PAGES 1
+#define PC_RCV_MODE_POSTCOPY 2
 
 #define PC_STATS 16
 #define PC_ERROR_BYTES 256
@@ -63,7 +74,7 @@ struct pc_channel_status {
      * is dated by an access stamp the vCPU still holds) */
     double watermark;
     int32_t idle;         /* 408: 1 while the thread waits in poll (stamps nothing) */
-    int32_t pad;          /* 412 */
+    int32_t handback;     /* 412: receiver: 1 while records wait in the control buffer for TypeScript */
 };
 
 /* One thread's state; common to both sides. The thread owns `sock` (a dup
@@ -96,6 +107,7 @@ struct pc_channel {
     const struct pc_vcpu *vcpus; /* destination: the vCPU blocks (access stamps), or NULL */
     int32_t *vcpu_tids;   /* destination: open-addressing table tid -> vCPU index + 1 (pairs) */
     uint32_t vcpu_mask;   /* its slots - 1 */
+    void *side;           /* a side's own state (freed with the channel) */
 };
 
 double pc_channel_now(const struct pc_channel *c);
@@ -120,5 +132,10 @@ void pc_channel_free(struct pc_channel *c);
 uint64_t pc_le64(const uint8_t *p);
 uint32_t pc_le32(const uint8_t *p);
 void pc_put_record(uint8_t *p, int type, int flags, uint32_t count, uint64_t offset);
+/* UFFDIO_COPY from `src` (UFFDIO_ZEROPAGE when src is NULL) of `count` pages
+ * at `off` into c->uffd, retried on EAGAIN; a page present already (placed
+ * by the other placer) is skipped, its waiters woken, stats[stat_existed]
+ * counted. 0, or -1 when the kernel refused (the channel failed). */
+int pc_place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *src, int stat_existed);
 
 #endif

@@ -1,19 +1,12 @@
-// The destination side of a migration (QEMU's incoming path + postcopy-ram.c):
-// listen, check the header against this VM, place precopy pages into guest RAM
-// (registered with userfaultfd, MISSING, from the start), drop discarded
-// pages, and at the postcopy switchover start the vCPUs with the native fault
-// thread (native-shim/fault_thread.c) serving their faults: it requests each
-// missing page on the urgent channel and places it when it comes back, with
-// no event loop on the way. The main stream's background pages are placed
-// here, a whole run per UFFDIO_COPY, or with UFFDIO_ZEROPAGE.
-//
-// The blocktime (destination-blocktime.ts) is fed from both, in time order:
-// FAULT and PLACED events the fault thread pushes to its ring, drained here
-// every few milliseconds and before each main-stream chunk, and the
-// placements made here, stamped right after their ioctl. Hot paths use
-// typed-array flags per page (in native memory, which the fault thread reads)
-// and preallocated buffers: nothing is allocated per fault or per page in
-// steady state.
+// The destination side of a migration (QEMU's incoming path): listen, check
+// the header against this VM, act on the stream's control records, and at the
+// postcopy switchover start the vCPUs with the native fault thread serving
+// their faults (incoming-postcopy.ts). The main stream is read by a native
+// thread (native-shim/stream_receiver.c) that places PAGES and ZERO runs
+// itself, with no event loop on the way, and hands every other record back
+// here, whole, for wire.ts to decode; it resumes once they are acted on.
+// The connection is accepted paused: Node never reads it, and still writes
+// the return path on it.
 
 import net from 'node:net';
 import { chmodSync, unlinkSync, lstatSync } from 'node:fs';
@@ -25,29 +18,20 @@ import type { MigrationStatusMachine } from './status.js';
 import type { Parameters } from './parameters.js';
 import { formatMigrationUri, type MigrationAddress } from './uri.js';
 import {
-  StreamDecoder, encodeBare, encodeText, writeRecordHeader, WireError,
-  RECORD_HEADER_BYTES, RP_RUNNING, RP_COMPLETE, RP_ERROR, RP_ACK, MAX_RUN_PAGES,
+  StreamDecoder, encodeBare, encodeText, WireError, RP_RUNNING, RP_COMPLETE, RP_ERROR,
   type StreamHandler, type StreamHeader,
 } from './wire.js';
-import { Userfaultfd, StagingArea } from '../uffd/index.js';
+import { Userfaultfd } from '../uffd/index.js';
 import { NativeBlock } from '../native/memory.js';
-import { PageChannel, ChannelEvent, FaultThreadStat, type ChannelEventSink } from '../native/page-channel.js';
-import { monotonicNs, type BlocktimeReport } from '../blocktime/index.js';
-import { PAGE_PLACED, PAGE_WAITED } from '../blocktime/rules.js';
-import { DestinationBlocktime } from './destination-blocktime.js';
+import {
+  PageChannel, FaultThreadStat, ReceiverStat, ReceiverMode, RECEIVER_CONTROL_BYTES,
+} from '../native/page-channel.js';
+import type { BlocktimeReport } from '../blocktime/index.js';
+import { IncomingPostcopy, DRAIN_EVERY_MS } from './incoming-postcopy.js';
 import { CommandError } from '../errors.js';
 
-// page flags (bit RECEIVED is read by the fault thread: native-shim/channel.h)
+// page flags (native-shim/channel.h; bits 8 and 16 are the blocktime rules')
 const RECEIVED = 1;  // the page's content is here (or it is known to be zero)
-const POPULATED = 2; // the page holds data written by us (precopy)
-/** the blocktime rules' bits (waited on, placed in the merged time order) */
-const ACCOUNTING = PAGE_WAITED | PAGE_PLACED;
-
-const PLACE_RETRIES = 1000;
-/** acknowledge the main stream every this many bytes (the source's postcopy window is larger) */
-const ACK_EVERY = 64 * 1024;
-/** how often the fault thread's events are drained and its state looked at */
-const DRAIN_EVERY_MS = 2;
 /** how long the postcopy switchover waits for the urgent channel's HEADER */
 const URGENT_WAIT_MS = 5000;
 /** how long a closed urgent channel waits for the reason on the main stream */
@@ -73,13 +57,18 @@ export class IncomingMigration implements StreamHandler {
   private readonly base: number;
   private readonly ps: number;
   private readonly pageCount: number;
-  /** page flags, in native memory the fault thread reads */
+  /** page flags, in native memory the native threads read (the receiver writes them in precopy) */
   private readonly flagsBlock: NativeBlock;
   private readonly flags: Uint8Array;
-  private receivedCount = 0;
+  /** pages marked received here; the receiver counts those it marked in precopy (ReceiverStat.Received) */
+  private receivedHere = 0;
   private server: net.Server | null = null;
   private socket: net.Socket | null = null;
   private urgentSocket: net.Socket | null = null;
+  /** the main stream's native reader, and where it hands records back */
+  private receiver: PageChannel | null = null;
+  private readonly control = new NativeBlock(RECEIVER_CONTROL_BYTES);
+  private receiverStats: Float64Array = new Float64Array(16);
   /** precopy rounds the source finished (its dirty syncs) */
   private rounds = 0;
   /** bytes received (both channels) when the switchover record came */
@@ -94,26 +83,12 @@ export class IncomingMigration implements StreamHandler {
   private unixPath: string | null = null;
   private readonly decoder: StreamDecoder;
   private uffd: Userfaultfd | null = null;
-  /** the native fault thread, from the postcopy switchover until the end */
-  private channel: PageChannel | null = null;
-  private staging: StagingArea | null = null;
-  private stagingBuf: Buffer | null = null;
-  /** the blocktime, from the postcopy switchover on (capability postcopy-blocktime) */
-  private blocktime: DestinationBlocktime | null = null;
-  private blocktimeFallback: BlocktimeReport | null = null;
+  private readonly pc: IncomingPostcopy;
   private postcopy = false;
-  private switched = false;
   private over = false;
-  // counters
+  /** bytes Node read (the urgent channel up to its header) */
   private bytesIn = 0;
-  private mainIn = 0;
-  private mainAcked = 0;
-  private normal = 0;
-  private duplicate = 0;
   private discarded = 0;
-  private placeCalls = 0;
-  /** the fault thread's counters once it stopped (FaultThreadStat indices) */
-  private channelStats: Float64Array = new Float64Array(16);
   private startMs = 0;
   private endMs = -1;
 
@@ -126,13 +101,18 @@ export class IncomingMigration implements StreamHandler {
     this.flags = new Uint8Array(this.flagsBlock.buffer, 0, this.pageCount);
     this.decoder = new StreamDecoder(this, Math.max(65536, this.ps));
     this.urgentDecoder = new StreamDecoder(this.urgentHandler, Math.max(65536, this.ps), true);
+    this.pc = new IncomingPostcopy({
+      vcpus: o.vcpus, params: o.params, events: o.events, base: this.base, pageSize: this.ps, pages: this.pageCount,
+      flags: this.flags, flagsAddress: this.flagsBlock.address, receiver: () => this.receiver,
+      received: (first, count) => this.received(first, count),
+    });
   }
 
   /** Listens on `addr`; resolves once listening. The status stays 'none'
    *  (capabilities can still be set) until the source connects. */
   listen(addr: MigrationAddress): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      const server = net.createServer((s) => this.accept(s));
+      const server = net.createServer({ pauseOnConnect: true }, (s) => this.accept(s));
       this.server = server;
       server.once('error', (e: NodeJS.ErrnoException) => {
         this.server = null;
@@ -166,6 +146,7 @@ export class IncomingMigration implements StreamHandler {
     return typeof a === 'string' ? `unix:${a}` : `tcp:${a.address}:${a.port}`;
   }
 
+  /** The first connection is the main stream: the native receiver reads it. */
   private accept(s: net.Socket): void {
     if (this.over || (this.socket && this.urgentSocket)) { s.destroy(); return; } // one migration per listen
     if (this.socket) { this.acceptUrgent(s); return; }
@@ -173,30 +154,56 @@ export class IncomingMigration implements StreamHandler {
     this.startMs = performance.now();
     this.o.status.moveTo('setup');
     s.setNoDelay(true);
-    s.on('data', (chunk: Buffer) => {
-      if (this.over) return;
-      this.bytesIn += chunk.length;
-      this.mainIn += chunk.length;
-      try {
-        // keeps the fault thread's ring short while chunks keep the event
-        // loop busy (the 2 ms ticker may lag); their order is the blocktime's
-        this.channel?.drain(this.onChannelEvent);
-        this.decoder.push(chunk);
-        if (this.postcopy && this.mainIn - this.mainAcked >= ACK_EVERY) this.sendAck();
-      } catch (e) {
-        this.failWith(e instanceof WireError ? `migration stream: ${e.message}` : `migration: ${(e as Error).message}`, true);
-      }
-    });
     s.on('error', (e) => this.failWith(`migration connection error: ${e.message}`, false));
-    s.on('close', () => {
-      if (this.over) return;
-      try {
-        this.decoder.finish();
-        if (!this.over) this.failWith('the source closed the connection before the migration completed', false);
-      } catch (e) {
-        this.failWith(`migration stream: ${(e as Error).message} (the source closed the connection)`, false);
-      }
-    });
+    try {
+      this.receiver = PageChannel.startStreamReceiver({
+        sock: s, ramBase: this.base, pageSize: this.ps, pages: this.pageCount, flags: this.flagsBlock.address, control: this.control,
+      });
+    } catch (e) {
+      this.failWith(`migration: ${(e as Error).message}`, true);
+      return;
+    }
+    this.receiver.tickEvery(DRAIN_EVERY_MS, this.pollReceiver);
+  }
+
+  /** The receiver's events, the records it handed back, its failure. */
+  private readonly pollReceiver = (): void => {
+    const rc = this.receiver;
+    if (rc === null || this.over) return;
+    this.pc.drain();
+    if (rc.handedBack) this.takeControl(rc);
+    if (this.over) return;
+    const st = rc.state;
+    if (st === 'closed') this.mainClosed(rc);
+    else if (st === 'failed') this.failWith(`migration stream: ${rc.error}`, true);
+  };
+
+  /** wire.ts decodes the handed-back records (and acts on them); then the receiver goes on. */
+  private takeControl(rc: PageChannel): void {
+    const len = rc.stat(ReceiverStat.CtlLen);
+    try {
+      this.decoder.push(Buffer.from(this.control.buffer, 0, len), rc.stat(ReceiverStat.CtlAt));
+      if (this.decoder.midRecord) throw new WireError('the native receiver refused a record wire.ts accepts (a bug)');
+    } catch (e) {
+      this.failWith(e instanceof WireError ? `migration stream: ${e.message}` : `migration: ${(e as Error).message}`, true);
+      return;
+    }
+    if (this.over || this.decoder.finished) return;
+    rc.resume(ReceiverMode.Pages | (this.postcopy ? ReceiverMode.Postcopy : 0), this.uffd?.fd ?? -1);
+  }
+
+  /** The source closed the main stream before its end. */
+  private mainClosed(rc: PageChannel): void {
+    if (rc.stat(ReceiverStat.Truncated) === 1) {
+      this.failWith(`migration stream: ${rc.error} (the source closed the connection)`, false);
+      return;
+    }
+    try {
+      this.decoder.finish();
+      this.failWith('the source closed the connection before the migration completed', false);
+    } catch (e) {
+      this.failWith(`migration stream: ${(e as Error).message} (the source closed the connection)`, false);
+    }
   }
 
   /** The second connection: page requests and requested pages. Read here
@@ -218,6 +225,7 @@ export class IncomingMigration implements StreamHandler {
     });
     s.on('error', (e) => this.failWith(`urgent channel error: ${e.message}`, false));
     s.on('close', () => this.urgentClosed());
+    s.resume();
   }
 
   private readonly urgentHandler: StreamHandler = {
@@ -266,8 +274,6 @@ export class IncomingMigration implements StreamHandler {
       return;
     }
     this.uffd = uffd;
-    this.staging = StagingArea.create(1, MAX_RUN_PAGES * this.ps);
-    this.stagingBuf = this.staging.slot(0);
   }
 
   private checkHeader(h: StreamHeader): void {
@@ -279,65 +285,16 @@ export class IncomingMigration implements StreamHandler {
     if (problems.length > 0) throw new WireError(problems.join('; '));
   }
 
-  pages(offset: number, count: number, buf: Buffer, pos: number): void {
-    const first = offset / this.ps;
-    if (!this.postcopy) {
-      this.precopyPages(first, count, buf, pos);
-      this.normal += count;
-      return;
-    }
-    const stage = this.stagingBuf!;
-    buf.copy(stage, 0, pos, pos + count * this.ps);
-    this.place(offset, count, true);
-    this.normal += count;
-  }
-
-  /** Precopy: pages never written yet are placed with UFFDIO_COPY when guest
-   *  RAM is registered; pages sent again (dirtied) are overwritten in place. */
-  private precopyPages(first: number, count: number, buf: Buffer, pos: number): void {
-    const ps = this.ps;
-    const flags = this.flags;
-    const end = first + count;
-    if (this.uffd === null) { // not registered: plain writes
-      this.ram.contents.copyIn(first, buf, pos, count * ps);
-    } else {
-      for (let p = first; p < end;) { // runs of pages alike: already written, or not yet
-        const populated = (flags[p] & POPULATED) !== 0;
-        let q = p + 1;
-        while (q < end && ((flags[q] & POPULATED) !== 0) === populated) q++;
-        const from = pos + (p - first) * ps;
-        const to = pos + (q - first) * ps;
-        if (populated) {
-          this.ram.contents.copyIn(p, buf, from, to - from);
-        } else {
-          buf.copy(this.stagingBuf!, 0, from, to);
-          this.placeRun(p * ps, q - p, true);
-        }
-        p = q;
-      }
-    }
-    for (let p = first; p < end; p++) this.markReceived(p, POPULATED);
-  }
-
-  zero(offset: number, count: number): void {
-    const first = offset / this.ps;
-    this.duplicate += count;
-    if (!this.postcopy) {
-      let populated = false;
-      for (let p = first; p < first + count; p++) if (this.flags[p] & POPULATED) populated = true;
-      if (populated) this.ram.discard(offset, count * this.ps); // it held data that is now zero
-      for (let p = first; p < first + count; p++) this.markReceived(p, 0);
-      return;
-    }
-    this.place(offset, count, false);
-  }
+  /** page records are the receiver's: one handed back is one it refused, and wire.ts names the problem */
+  pages(): void { throw new WireError('the native receiver refused a PAGES record wire.ts accepts (a bug)'); }
+  zero(): void { throw new WireError('the native receiver refused a ZERO record wire.ts accepts (a bug)'); }
 
   discard(offset: number, count: number): void {
     this.ram.discard(offset, count * this.ps);
     this.discarded += count;
     const first = offset / this.ps;
     for (let p = first; p < first + count; p++) {
-      if (this.flags[p] & RECEIVED) this.receivedCount--;
+      if (this.flags[p] & RECEIVED) this.receivedHere--;
       this.flags[p] = 0;
     }
   }
@@ -345,13 +302,12 @@ export class IncomingMigration implements StreamHandler {
   endRound(round: number): void { this.rounds = round; }
 
   switchover(postcopy: boolean, states: Buffer, pos: number, _len: number): void {
-    this.bytesAtSwitch = this.bytesIn;
+    this.bytesAtSwitch = this.bytesTotal();
     this.o.vcpus.loadStates(states, pos);
-    this.switched = true;
     if (!postcopy) return; // precopy: the vCPUs start at the end of the stream
     // registered since the header advised postcopy
     if (this.uffd === null) throw new WireError('postcopy switchover, but the stream header did not advise postcopy');
-    this.postcopy = true; // pages from here on are placed atomically
+    this.postcopy = true; // pages from here on are placed atomically (the receiver resumes in postcopy mode)
     this.maybeStartPostcopy();
     if (!this.urgentReady) {
       setTimeout(() => {
@@ -363,26 +319,8 @@ export class IncomingMigration implements StreamHandler {
   /** Starts the vCPUs with the fault thread once both the switchover and
    *  the urgent channel's HEADER are here (the two connections race). */
   private maybeStartPostcopy(): void {
-    if (!this.postcopy || !this.urgentReady || this.channel !== null || this.over) return;
-    const uffd = this.uffd!;
-    if (this.o.blocktimeEnabled()) {
-      if (uffd.enabled.has('THREAD_ID')) {
-        this.blocktime = new DestinationBlocktime({
-          vcpus: this.o.vcpus, events: this.o.events, tracePath: this.o.params.value('x-blocktime-trace'),
-          base: this.base, pageSize: this.ps, flags: this.flags,
-        });
-      } else {
-        this.blocktimeFallback = DestinationBlocktime.unavailable(this.o.vcpus);
-      }
-    }
-    this.channel = PageChannel.startFaultThread({
-      uffd: uffd.fd, sock: this.urgentSocket!, ramBase: this.base, pageSize: this.ps, pages: this.pageCount,
-      flags: this.flagsBlock.address, blocktime: this.blocktime !== null,
-      readahead: this.o.params.value('x-postcopy-readahead'),
-      stamps: this.blocktime?.stamps,
-    });
-    this.blocktime?.stampWith(this.channel.clockBase);
-    this.channel.tickEvery(DRAIN_EVERY_MS, this.drainChannel);
+    if (!this.postcopy || !this.urgentReady || this.pc.started || this.over) return;
+    this.pc.start(this.uffd!, this.urgentSocket!, this.o.blocktimeEnabled(), this.drainChannel);
     this.o.status.moveTo('postcopy-active');
     this.startVcpus();
   }
@@ -390,12 +328,11 @@ export class IncomingMigration implements StreamHandler {
   /** The fault thread's events so far; its failure fails the migration;
    *  completes when END waited for requested pages. */
   private readonly drainChannel = (): void => {
-    const ch = this.channel;
-    if (ch === null) return;
-    this.drainEvents();
-    const st = ch.state;
+    if (!this.pc.started) return;
+    this.pc.drain();
+    const st = this.pc.state;
     if (st === 'closed') this.urgentClosed();
-    else if (st === 'failed') this.failWith(ch.error, true);
+    else if (st === 'failed') this.failWith(this.pc.error, true);
     else if (this.endPending) this.maybeComplete();
   };
 
@@ -411,34 +348,6 @@ export class IncomingMigration implements StreamHandler {
     }, URGENT_CLOSE_GRACE_MS).unref();
   }
 
-  /** one event from the fault thread's ring */
-  private readonly onChannelEvent: ChannelEventSink = (kind, page, arg, t) => {
-    if (kind === ChannelEvent.Fault) {
-      this.blocktime?.fault(page, arg, t);
-      return;
-    }
-    this.received(page, arg);
-    this.blocktime?.placed(page, arg, t);
-  };
-
-  /** The fault thread's events so far, then the blocktime's events that no
-   *  event still to come can precede any more. */
-  private drainEvents(): void {
-    const ch = this.channel;
-    if (ch === null) return;
-    const bt = this.blocktime;
-    if (bt === null) ch.drain(this.onChannelEvent);
-    else bt.drained(() => ch.drainOrdered(this.onChannelEvent, monotonicNs()));
-  }
-
-  /** Stops the fault thread and takes its last events and figures. */
-  private stopChannel(): void {
-    if (this.channel === null) return;
-    this.channelStats = this.channel.close(this.onChannelEvent);
-    this.channel = null;
-    this.blocktime?.channelStopped();
-  }
-
   private startVcpus(): void {
     if (this.o.autostart()) {
       this.o.vcpus.resume();
@@ -446,24 +355,25 @@ export class IncomingMigration implements StreamHandler {
     } else {
       this.o.setRunState('paused');
     }
-    this.blocktime?.vcpusStarted(() => this.drainEvents());
+    if (this.postcopy) this.pc.vcpusStarted();
     this.reply(encodeBare(RP_RUNNING));
   }
 
   end(): void {
-    this.drainEvents();
-    if (this.receivedCount !== this.pageCount) {
-      if (this.channel !== null && this.channel.state === 'running') { // the rest is on the urgent channel
+    this.pc.drain();
+    const missing = this.pageCount - this.receivedCount();
+    if (missing !== 0) {
+      if (this.pc.running) { // the rest is on the urgent channel
         this.endPending = true;
         return;
       }
-      throw new WireError(`the stream ended with ${this.pageCount - this.receivedCount} of ${this.pageCount} pages never received`);
+      throw new WireError(`the stream ended with ${missing} of ${this.pageCount} pages never received`);
     }
     this.complete();
   }
 
   private maybeComplete(): void {
-    if (this.receivedCount === this.pageCount) {
+    if (this.receivedCount() === this.pageCount) {
       this.endPending = false;
       this.complete();
     }
@@ -473,13 +383,13 @@ export class IncomingMigration implements StreamHandler {
     this.server?.close();
     this.server = null;
     this.removeSocketFile();
-    this.stopChannel();
-    this.blocktime?.end();
+    this.stopThreads();
+    this.pc.end();
     this.over = true;
     this.endMs = performance.now();
     // un-register first: once 'completed' is visible, guest RAM is plain memory
-    // again (the fault thread is stopped already; after precopy there is none
-    // and the vCPUs start on plain memory)
+    // again (the threads are stopped already; after precopy the vCPUs start
+    // on plain memory)
     const released = this.releaseUffd();
     if (!this.postcopy) this.startVcpus();
     released.then(() => {
@@ -502,54 +412,39 @@ export class IncomingMigration implements StreamHandler {
     this.failWith(`the source stopped the migration: ${reason}`, false);
   }
 
-  // ---------------------------------------------------------------- postcopy placement
+  // ---------------------------------------------------------------- pages
 
-  private markReceived(p: number, extra: number): void {
-    if ((this.flags[p] & RECEIVED) === 0) this.receivedCount++;
-    this.flags[p] = (this.flags[p] & ACCOUNTING) | RECEIVED | extra;
-  }
-
-  /** Postcopy placement of a run, stamped right after the ioctl (its
-   *  waiters are woken at its end); the faults it ends are accounted in
-   *  time order with the fault thread's events. */
-  private place(offset: number, count: number, copy: boolean): void {
-    this.placeRun(offset, count, copy);
-    const first = offset / this.ps;
-    this.blocktime?.accounting.placed(first, count, monotonicNs());
-    this.received(first, count);
-  }
-
-  /** Pages [first, first+count) are in place (here, or by the fault thread): counted once. */
+  /** Pages [first, first+count) are in place (placed by a native thread in postcopy): counted once. */
   private received(first: number, count: number): void {
     const flags = this.flags;
     for (let p = first, end = first + count; p < end; p++) {
       const f = flags[p];
       if ((f & RECEIVED) === 0) {
-        this.receivedCount++;
+        this.receivedHere++;
         flags[p] = f | RECEIVED;
       }
     }
   }
 
-  /** UFFDIO_COPY (from staging) or UFFDIO_ZEROPAGE of a run, retried while
-   *  the kernel answers EAGAIN (the address space is changing) */
-  private placeRun(offset: number, count: number, copy: boolean): void {
-    const uffd = this.uffd!;
-    const addr = this.base + offset;
-    const len = count * this.ps;
-    for (let attempt = 0; ; attempt++) {
-      const r = copy ? uffd.copy(addr, this.staging!.base, len) : uffd.zeropage(addr, len);
-      this.placeCalls++;
-      if (r !== 'again') return;
-      if (attempt >= PLACE_RETRIES) throw new Error(`placing ${count} pages at offset ${offset}: the kernel kept answering EAGAIN`);
-    }
+  private receivedCount(): number {
+    return this.receivedHere + this.receiverFigures()[ReceiverStat.Received];
   }
 
-  private sendAck(): void {
-    this.mainAcked = this.mainIn;
-    const ack = Buffer.allocUnsafe(RECORD_HEADER_BYTES); // one per ACK_EVERY bytes
-    writeRecordHeader(ack, 0, RP_ACK, 0, 0, this.mainIn);
-    this.reply(ack);
+  private receiverFigures(): Float64Array {
+    return this.receiver?.figures(this.pc.onEvent) ?? this.receiverStats;
+  }
+
+  private bytesTotal(): number {
+    return this.bytesIn + this.receiverFigures()[ReceiverStat.BytesIn] + this.pc.stat(FaultThreadStat.BytesIn);
+  }
+
+  /** Stops the receiver, then the fault thread (both joined at once), and takes their last events and figures. */
+  private stopThreads(): void {
+    if (this.receiver !== null) {
+      this.receiverStats = this.receiver.close(this.pc.onEvent);
+      this.receiver = null;
+    }
+    this.pc.stop();
   }
 
   // ---------------------------------------------------------------- ending
@@ -562,8 +457,8 @@ export class IncomingMigration implements StreamHandler {
   private failWith(reason: string, tellSource: boolean): void {
     if (this.over) return;
     this.endPending = false;
-    this.stopChannel(); // no more requests; the blocktime keeps what was placed
-    this.blocktime?.end();
+    this.stopThreads(); // no more placements or requests; the blocktime keeps what was placed
+    this.pc.end();
     this.over = true;
     this.urgentSocket?.destroy();
     this.endMs = performance.now();
@@ -587,20 +482,17 @@ export class IncomingMigration implements StreamHandler {
     }
   }
 
-  /** After completion (or a failure before postcopy): stop the fault thread
+  /** After completion (or a failure before postcopy): stop the threads
    *  (joined at once), un-register guest RAM; untouched zero pages fault
    *  normally from now on. All done when this returns. */
   private async releaseUffd(): Promise<void> {
-    this.stopChannel();
+    this.stopThreads();
     const u = this.uffd;
     if (u && !u.closed) {
       try { u.unregister(this.base, this.ram.bytes); } catch { /* RAM gone */ }
       u.close();
     }
     this.uffd = null;
-    this.staging?.dispose();
-    this.staging = null;
-    this.stagingBuf = null;
   }
 
   /** migrate_cancel on the destination: the incoming migration fails. */
@@ -618,6 +510,7 @@ export class IncomingMigration implements StreamHandler {
     this.urgentSocket?.destroy();
     await this.releaseUffd();
     this.flagsBlock.free();
+    this.control.free();
   }
 
   private removeSocketFile(): void {
@@ -632,26 +525,26 @@ export class IncomingMigration implements StreamHandler {
   get listening(): boolean { return this.server !== null && this.socket === null; }
 
   blocktimeReport(): BlocktimeReport | undefined {
-    this.drainEvents();
-    return this.blocktime?.report() ?? this.blocktimeFallback ?? undefined;
+    return this.pc.report();
   }
 
   ramStats(): MigrationRamStats {
-    const f = this.channel?.figures(this.onChannelEvent) ?? this.channelStats;
-    const bytesIn = this.bytesIn + f[FaultThreadStat.BytesIn];
+    const f = this.pc.figures();
+    const r = this.receiverFigures();
+    const bytesIn = this.bytesTotal();
     const end = this.endMs >= 0 ? this.endMs : performance.now();
     return ramStatsOf({
       transferred: bytesIn,
-      remaining: (this.pageCount - this.receivedCount) * this.ps,
+      remaining: (this.pageCount - this.receivedCount()) * this.ps,
       total: this.ram.bytes,
-      normal: this.normal + f[FaultThreadStat.Placed],
-      duplicate: this.duplicate + f[FaultThreadStat.ZeroPlaced],
+      normal: r[ReceiverStat.Normal] + f[FaultThreadStat.Placed],
+      duplicate: r[ReceiverStat.Zero] + f[FaultThreadStat.ZeroPlaced],
       pageSize: this.ps,
       elapsedMs: end - (this.startMs || end),
       syncs: this.rounds,
       requests: f[FaultThreadStat.Requests],
       postcopyBytes: this.postcopy ? bytesIn - this.bytesAtSwitch : 0,
-      precopyBytes: this.postcopy ? this.bytesAtSwitch : this.bytesIn,
+      precopyBytes: this.postcopy ? this.bytesAtSwitch : bytesIn,
       downtimeBytes: 0,
       dirtyPagesRate: 0,
     });
@@ -660,8 +553,8 @@ export class IncomingMigration implements StreamHandler {
   /** pages dropped on the source's DISCARD (dirtied after they were sent) */
   get discardedPages(): number { return this.discarded; }
 
-  /** UFFDIO_COPY/ZEROPAGE calls made (a run of pages is one call) */
-  get placements(): number { return this.placeCalls; }
+  /** UFFDIO_COPY/ZEROPAGE calls of the main stream (a run of pages is one call) */
+  get placements(): number { return this.receiverFigures()[ReceiverStat.PlaceCalls]; }
 }
 
 function socketFileExists(path: string): boolean {

@@ -24,6 +24,7 @@ const ST_ERROR_BYTES = 144;
 const ST_ERROR_LEN = 256;
 const ST_WATERMARK = 400 / 8; // double index
 const ST_IDLE = 408 / 4;      // i32 index
+const ST_HANDBACK = 412 / 4;  // i32 index
 const STATUS_BYTES = 416; // checked against the library by loadShim()
 
 export const enum ChannelEvent { Fault = 1, Placed = 2, Served = 3 }
@@ -31,6 +32,12 @@ export const enum ChannelEvent { Fault = 1, Placed = 2, Served = 3 }
 export const enum FaultThreadStat { Faults = 0, Requests, Placed, ZeroPlaced, LocalZero, Existed, BytesIn, BytesOut, Readahead }
 /** stats[] of the source's page server */
 export const enum PageServerStat { Requests = 0, Normal, Zero, BytesOut, BytesIn, Readahead }
+/** stats[] of the destination's main-stream receiver (native-shim/stream_receiver.c) */
+export const enum ReceiverStat { Normal = 0, Zero, Received, PlaceCalls, BytesIn, BytesOut, CtlLen, CtlAt, Existed, Truncated }
+/** the receiver's mode bits, given on each resume */
+export const enum ReceiverMode { Pages = 1, Postcopy = 2 }
+/** bytes of the receiver's control buffer (a whole control record fits: wire.ts MAX_VAR_PAYLOAD + header, and DISCARDs) */
+export const RECEIVER_CONTROL_BYTES = 512 * 1024;
 
 export type ChannelState = 'running' | 'stopped' | 'closed' | 'failed';
 const STATES: readonly ChannelState[] = ['running', 'stopped', 'closed', 'failed'];
@@ -57,18 +64,24 @@ function clockBaseNs(): number {
  * it. The socket must have no write pending and nothing unread in Node.
  */
 export function handOverSocket(s: net.Socket): number {
-  const handle = (s as unknown as { _handle?: { fd?: number } | null })._handle;
-  const fd = handle?.fd ?? -1;
-  if (fd < 0) throw new Error('the socket has no file descriptor (closed, or not a TCP/unix socket)');
   if (s.writableLength > 0) throw new Error(`the socket still has ${s.writableLength} bytes to write`);
-  const dup = libc.fcntl(fd, libc.F_DUPFD_CLOEXEC, 0);
-  if (dup < 0) throw new Error(`dup of socket fd ${fd}: ${libc.strerror(libc.errno())}`);
+  const dup = dupSocket(s);
   s.removeAllListeners('data');
   s.removeAllListeners('close');
   s.removeAllListeners('end');
   s.removeAllListeners('error');
   s.on('error', () => { /* the connection is the thread's now */ });
   s.destroy();
+  return dup;
+}
+
+/** A dup of a connected socket's fd (CLOEXEC, still non-blocking). */
+function dupSocket(s: net.Socket): number {
+  const handle = (s as unknown as { _handle?: { fd?: number } | null })._handle;
+  const fd = handle?.fd ?? -1;
+  if (fd < 0) throw new Error('the socket has no file descriptor (closed, or not a TCP/unix socket)');
+  const dup = libc.fcntl(fd, libc.F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) throw new Error(`dup of socket fd ${fd}: ${libc.strerror(libc.errno())}`);
   return dup;
 }
 
@@ -114,6 +127,29 @@ export class PageChannel {
     ch.#start(loadShim().pageServerStart(fd, o.ramBase, o.pageSize, o.pages, ch.#status.ptr, ch.#ring.ptr, RING_ENTRIES,
       ch.clockBase), 'page server');
     return ch;
+  }
+
+  /**
+   * The destination's main-stream receiver (native-shim/stream_receiver.c)
+   * on `sock`, a connection Node never reads (accepted with pauseOnConnect):
+   * the thread reads it, Node still writes the return path on it. `flags` =
+   * the page flags' address, `control` = RECEIVER_CONTROL_BYTES of native
+   * memory where the thread hands back the records it does not place.
+   */
+  static startStreamReceiver(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags: number; control: NativeBlock }): PageChannel {
+    const ch = new PageChannel();
+    const fd = dupSocket(o.sock);
+    ch.#start(loadShim().streamReceiverStart(fd, o.ramBase, o.pageSize, o.pages, o.flags, o.control.ptr, o.control.bytes,
+      ch.#status.ptr, ch.#ring.ptr, RING_ENTRIES, ch.clockBase), 'stream receiver');
+    return ch;
+  }
+
+  /** receiver: records wait in its control buffer (stat CtlLen bytes, from stream offset CtlAt) */
+  get handedBack(): boolean { return Atomics.load(this.#i32, ST_HANDBACK) === 1; }
+
+  /** receiver: the handed-back records are taken; go on in `mode` (ReceiverMode bits), placing into `uffd` (-1: none) */
+  resume(mode: number, uffd: number): void {
+    if (this.#handle !== 0n) loadShim().streamReceiverResume(this.#handle, mode, uffd);
   }
 
   #start(handle: number | bigint, what: string): void {

@@ -12,7 +12,7 @@ import { VCPU_BLOCK_SIZE, VCPU_OFF_POSITION } from './vcpu-layout.js';
 /** struct pc_channel_status: sizeof * 1000 + offsetof(stats) (page-channel.ts mirrors it) */
 const CHANNEL_LAYOUT = 416 * 1000 + 16;
 
-export const SHIM_VERSION = 5;
+export const SHIM_VERSION = 6;
 const LIB_NAME = 'libpostcopy_shim.so';
 
 /** the library path: $POSTCOPY_SHIM, else native-shim/build/ of the nearest enclosing package */
@@ -46,6 +46,9 @@ export interface Shim {
     status: bigint, ring: bigint, ringSize: number, blocktime: number, clockBase: number, vcpus: bigint | null, nvcpus: number): number | bigint;
   pageServerStart(sock: number, ramBase: number, pageSize: number, pages: number,
     status: bigint, ring: bigint, ringSize: number, clockBase: number): number | bigint;
+  streamReceiverStart(sock: number, ramBase: number, pageSize: number, pages: number, flags: number, control: bigint, controlBytes: number,
+    status: bigint, ring: bigint, ringSize: number, clockBase: number): number | bigint;
+  streamReceiverResume(handle: bigint, mode: number, uffd: number): number;
   channelStop(handle: bigint): number;
   remoteFaultBaseline: KoffiFunc<[pages: number, tcp: number], number>;
 }
@@ -90,6 +93,10 @@ export function loadShim(): Shim {
       Shim['faultThreadStart'],
     pageServerStart: lib.func('uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, ' +
       'void *status, void *ring, uint32_t ring_size, double clock_base)') as Shim['pageServerStart'],
+    streamReceiverStart: lib.func('uint64_t pc_stream_receiver_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, ' +
+      'uint64_t flags, void *ctl, uint32_t ctl_cap, void *status, void *ring, uint32_t ring_size, double clock_base)') as
+      Shim['streamReceiverStart'],
+    streamReceiverResume: lib.func('int pc_stream_receiver_resume(uint64_t handle, int mode, int uffd)') as Shim['streamReceiverResume'],
     channelStop: lib.func('int pc_channel_stop(uint64_t handle)') as Shim['channelStop'],
     remoteFaultBaseline: lib.func('double pc_remote_fault_baseline(uint64_t pages, int tcp)') as unknown as Shim['remoteFaultBaseline'],
   };

@@ -79,8 +79,9 @@ static int placeable(const struct pc_channel *c, const uint8_t *h, int mode)
 {
     uint32_t count = pc_le32(h + 4);
     uint64_t off = pc_le64(h + 8), ps = c->page_size;
-    return (mode & PC_RCV_MODE_PAGES) && h[1] == 0 && h[2] == 0 && h[3] == 0 && count >= 1 && count <= PC_MAX_RUN_PAGES &&
-           off % ps == 0 && off / ps < c->pages && count <= c->pages - off / ps;
+    /* a ZERO run has no payload, hence no bound but guest RAM's */
+    return (mode & PC_RCV_MODE_PAGES) && h[1] == 0 && h[2] == 0 && h[3] == 0 && count >= 1 &&
+           (h[0] == PC_REC_ZERO || count <= PC_MAX_RUN_PAGES) && off % ps == 0 && off / ps < c->pages && count <= c->pages - off / ps;
 }
 
 /* payload bytes of a control record, or -1 when it is none wire.ts accepts

@@ -172,7 +172,10 @@ void pc_channel_free(struct pc_channel *c)
     free(c->out);
     free(c->requested);
     free(c->vcpu_tids);
-    free(c->side);
+    if (c->side_free)
+        c->side_free(c->side);
+    else
+        free(c->side);
     free(c);
 }
 
@@ -205,6 +208,15 @@ int pc_channel_stop(uint64_t handle)
 int pc_channel_layout(void)
 {
     return (int)(sizeof(struct pc_channel_status) * 1000 + offsetof(struct pc_channel_status, stats));
+}
+
+int pc_page_is_zero(const uint8_t *p, uint64_t len)
+{
+    const uint64_t *w = (const uint64_t *)p;
+    for (uint64_t i = 0; i < len / 8; i += 4)
+        if (w[i] | w[i + 1] | w[i + 2] | w[i + 3])
+            return 0;
+    return 1;
 }
 
 uint64_t pc_le64(const uint8_t *p)

@@ -46,8 +46,18 @@ enum pc_channel_event {
 /* destination counters (stats[]) */
 enum { PC_DST_FAULTS = 0, PC_DST_REQUESTS, PC_DST_PLACED, PC_DST_ZERO_PLACED, PC_DST_LOCAL_ZERO, PC_DST_EXISTED,
        PC_DST_BYTES_IN, PC_DST_BYTES_OUT, PC_DST_READAHEAD };
-/* source counters (stats[]) */
-enum { PC_SRC_REQUESTS = 0, PC_SRC_NORMAL, PC_SRC_ZERO, PC_SRC_BYTES_OUT, PC_SRC_BYTES_IN, PC_SRC_READAHEAD };
+/* source counters (stats[]); CLEARED: requested pages it sent first (the
+ * push need not send them), INFLIGHT: requested pages sent already */
+enum { PC_SRC_REQUESTS = 0, PC_SRC_NORMAL, PC_SRC_ZERO, PC_SRC_BYTES_OUT, PC_SRC_BYTES_IN, PC_SRC_READAHEAD,
+       PC_SRC_CLEARED, PC_SRC_INFLIGHT };
+/* source main-stream sender (stream_sender.c) stats[]: counters it keeps,
+ * then inputs TypeScript (LIMIT bytes/s, 0 = none; ACKED, WINDOW: bytes) or
+ * the page server (HINT: page + 1 to go on from, 0 = none) write */
+enum { PC_SND_NORMAL = 0, PC_SND_ZERO, PC_SND_BYTES_OUT, PC_SND_BYTES_IN, PC_SND_SENT, PC_SND_PASSES, PC_SND_WRITES,
+       PC_SND_CURSOR, PC_SND_LAST_SENT, PC_SND_LIMIT, PC_SND_ACKED, PC_SND_WINDOW, PC_SND_HINT };
+/* source page flags (outgoing.ts): must be sent; the destination holds a copy */
+#define PC_SRC_NEED 1
+#define PC_SRC_HAS 2
 /* destination main-stream receiver (stream_receiver.c) counters (stats[]);
  * CTL_LEN / CTL_AT: the bytes handed back and their stream offset;
  * TRUNCATED: 1 when the stream ended inside a record */
@@ -107,7 +117,8 @@ struct pc_channel {
     const struct pc_vcpu *vcpus; /* destination: the vCPU blocks (access stamps), or NULL */
     int32_t *vcpu_tids;   /* destination: open-addressing table tid -> vCPU index + 1 (pairs) */
     uint32_t vcpu_mask;   /* its slots - 1 */
-    void *side;           /* a side's own state (freed with the channel) */
+    void *side;           /* a side's own state (freed with the channel, by side_free if set) */
+    void (*side_free)(void *side);
 };
 
 double pc_channel_now(const struct pc_channel *c);
@@ -129,6 +140,9 @@ struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, u
 /* starts run(c); on failure frees c (and closes its socket) */
 int pc_channel_spawn(struct pc_channel *c, void *(*run)(void *));
 void pc_channel_free(struct pc_channel *c);
+/* stops the thread (it leaves poll at once), joins it, frees the channel */
+int pc_channel_stop(uint64_t handle);
+int pc_page_is_zero(const uint8_t *p, uint64_t len);
 uint64_t pc_le64(const uint8_t *p);
 uint32_t pc_le32(const uint8_t *p);
 void pc_put_record(uint8_t *p, int type, int flags, uint32_t count, uint64_t offset);

@@ -1,62 +1,45 @@
-// The source side of a migration (QEMU's migration.c outgoing path + ram.c):
-// connect, send the header, precopy rounds over pages that are new or dirty,
-// converge (stop-and-copy) or switch to postcopy (discard, vCPU state, then
-// serve page requests before the background push), and finish when the
-// destination says every page is in place.
+// The source side of a migration (QEMU's migration.c outgoing path): connect,
+// send the header, precopy rounds over pages that are new or dirty, converge
+// (stop-and-copy) or switch to postcopy (discard, vCPU state, then the
+// background push while the page server answers requests), and finish when
+// the destination says every page is in place.
 //
-// Send path: pages are copied from guest RAM into pooled chunk buffers
-// (no allocation per page) as PAGES runs and ZERO runs; a chunk goes to the
-// socket only while the socket's write backlog is small. In postcopy, page
-// requests never reach this event loop: the native page server
-// (native-shim/page_server.c) answers them on the urgent channel straight
-// from guest RAM, and reports what it sent through its ring; drained here, a
-// sent page is skipped by the background push, which goes on just after the
-// requested page (its neighbours are the likeliest next faults).
+// The data plane is native: the stream sender (native-shim/stream_sender.c,
+// QEMU's migration thread) writes every byte of the main stream, control
+// records queued from here (encoded by wire.ts) and passes over guest RAM,
+// which it walks itself (page flags in native memory: outgoing-ram.ts). This
+// event loop keeps the control plane: it looks every few milliseconds at
+// what the sender finished, syncs the dirty bitmap between passes, decides
+// to go round again, converge or switch, and reads the return path.
 
 import net from 'node:net';
 import type { EventEmitter } from 'node:events';
 import type { MigrationRamStats } from './api.js';
 import { ramStatsOf } from './ram-stats.js';
-import type { GuestBytes, GuestMemory, VcpuControl } from './guest.js';
+import type { GuestMemory, VcpuControl } from './guest.js';
 import type { MigrationStatusMachine } from './status.js';
 import type { Parameters } from './parameters.js';
-import { RateLimiter } from './rate-limit.js';
 import { ConvergenceWatch, describeStall, type ConvergenceInfo } from './convergence.js';
 import { systemErrorText } from '../errors.js';
 import { startDirtyTracking, type DirtyTracker, type DirtyTrackingMode } from './dirty-tracker.js';
 import { formatMigrationUri, type MigrationAddress } from './uri.js';
-import { PageChannel, PageServerStat, type ChannelEventSink } from '../native/page-channel.js';
+import { PageChannel, SenderStat, PageServerStat } from '../native/page-channel.js';
 import {
-  ReturnDecoder, encodeHeader, encodeBare, encodeSwitchover, encodeText, writeRecordHeader, WireError,
-  RECORD_HEADER_BYTES, REC_PAGES, REC_ZERO, REC_DISCARD, REC_END_ROUND, REC_END, REC_ERROR,
-  VCPU_STATE_BYTES, MAX_RUN_PAGES, type ReturnHandler,
+  ReturnDecoder, encodeHeader, encodeBare, encodeSwitchover, encodeText, WireError,
+  REC_END_ROUND, REC_END, REC_ERROR, VCPU_STATE_BYTES, type ReturnHandler,
 } from './wire.js';
+import { SourceRam } from './outgoing-ram.js';
+import { SourcePostcopy } from './outgoing-postcopy.js';
 
-/** data pages per background chunk (256 KiB of 4 KiB pages) */
-const CHUNK_PAGES = 64;
-/** pages a chunk may scan (zero runs cost no room) */
-const CHUNK_SCAN = 4096;
-const POOL_CHUNKS = 8;
-/** background data queued in the socket beyond which we wait for 'drain' */
-const PRECOPY_BACKLOG = 1 << 20;
-const POSTCOPY_BACKLOG = 64 * 1024;
 /** main-stream bytes the destination has not yet consumed, at most, in
  *  postcopy (a requested page never waits for these: it goes again on the
  *  urgent channel; the window only keeps the destination's queue short) */
 const POSTCOPY_WINDOW = 2 * 1024 * 1024;
 const CONNECT_TIMEOUT_MS = 10000;
-/** longest wait of a throttled send loop before it reads the rate limit again */
-const THROTTLE_RECHECK_MS = 100;
-/** longest stretch the send loop runs before yielding to the event loop */
-const PUMP_SLICE_MS = 4;
 /** a round shorter than this says little about bandwidth */
 const MIN_MEASURE_BYTES = 1 << 20;
-/** how often the page server's ring is drained and its state looked at */
-const DRAIN_EVERY_MS = 2;
-
-// page flags
-const NEED = 1; // must be sent (never sent, or dirtied since)
-const HAS = 2;  // the destination holds a copy (sent since the last discard)
+/** how often the sender's progress is looked at (and its rate limit set) */
+const TICK_MS = 2;
 
 export interface OutgoingOptions {
   ram: GuestMemory;
@@ -79,70 +62,49 @@ type Phase = 'connecting' | 'precopy' | 'switching' | 'postcopy' | 'finishing' |
 
 export class OutgoingMigration implements ReturnHandler {
   private readonly ram: GuestMemory;
-  private readonly contents: GuestBytes;
   private readonly ps: number;
-  private readonly pages: number;
-  private readonly flags: Uint8Array;
+  private readonly state: SourceRam;
   private socket: net.Socket | null = null;
-  /** second connection for requested pages (see wire.ts) */
-  private urgentSocket: net.Socket | null = null;
-  /** resolves once the urgent channel's HEADER is written (rejects if it failed) */
-  private urgentReady: Promise<void> | null = null;
-  /** the native page server, in postcopy */
-  private pageServer: PageChannel | null = null;
-  /** the page server's counters once it stopped (PageServerStat indices) */
-  private serverStats: Float64Array = new Float64Array(16);
+  private readonly urgent: SourcePostcopy;
+  /** the native main-stream writer, from the connection on */
+  private sender: PageChannel | null = null;
+  private senderStats: Float64Array = new Float64Array(16);
+  private ticker: NodeJS.Timeout | null = null;
+  /** passes queued on the sender; it is idle when SenderStat.Passes reaches this */
+  private passes = 0;
+  /** resolved when the sender finished every queued pass */
+  private idleWaiters: (() => void)[] = [];
   private decoder: ReturnDecoder;
   private tracker: DirtyTracker | null = null;
   private phase: Phase = 'connecting';
-  private readonly limiter: RateLimiter;
-  private readonly pool: Buffer[] = [];
-  private timer: NodeJS.Timeout | null = null;
-  private pumping = false;
-  private yielded = false;
-  private starved = false;
   private postcopyRequested = false;
-  private cursor = 0;
   private round = 0;
-  private needCount: number;
   private vcpusStopped = false;
   /** the postcopy SWITCHOVER (the vCPU state) went out: the guest may run on
    *  the destination now, so it never runs here again */
   private postcopyStatesSent = false;
   private destRunning = false;
   private roundStartMs = 0;
-  private roundBytes = 0;
+  private roundStartBytes = 0;
   private bandwidth = 0; // bytes/s measured over the last round
   private lastSyncMs = 0;
   private dirtyRate = 0;
   /** whether precopy rounds still shrink the dirty set */
   private readonly convergenceWatch = new ConvergenceWatch(() => performance.now());
-  // counters (query-migrate ram)
-  private transferred = 0;
-  private normal = 0;
-  private duplicate = 0;
   private syncs = 0;
-  private mainSent = 0;
-  private mainAcked = 0;
-  /** requested pages that were already sent (in flight on the main stream) */
-  private inflightHits = 0;
-  private precopyBytes = 0;
-  private postcopyBytes = 0;
-  private downtimeBytes = 0;
+  /** main-stream bytes when the postcopy phase began / the vCPUs stopped / the destination ran */
+  private bytesAtPostcopy = -1;
+  private bytesAtStop = -1;
+  private bytesAtRunning = -1;
   private startMs = 0;
   private endMs = -1;
 
   constructor(private readonly o: OutgoingOptions) {
     this.ram = o.ram;
-    this.contents = o.ram.contents;
     this.ps = o.ram.pageSize;
-    this.pages = o.ram.bytes / this.ps;
-    this.flags = new Uint8Array(this.pages).fill(NEED);
-    this.needCount = this.pages;
-    this.limiter = new RateLimiter(() => performance.now());
+    this.state = new SourceRam(o.ram, { sender: () => this.senderFigures(), server: () => this.urgent.figures() });
+    this.urgent = new SourcePostcopy((why) => this.failLater(why), () => this.phase === 'done');
     this.decoder = new ReturnDecoder(this, o.ram.bytes, this.ps);
-    const chunkBytes = CHUNK_PAGES * this.ps + RECORD_HEADER_BYTES * (2 * CHUNK_PAGES + 4);
-    for (let i = 0; i < POOL_CHUNKS; i++) this.pool.push(Buffer.allocUnsafe(chunkBytes));
   }
 
   get trackingMode(): DirtyTrackingMode | undefined { return this.tracker?.mode; }
@@ -162,19 +124,20 @@ export class OutgoingMigration implements ReturnHandler {
       sock.setNoDelay(true);
       try {
         this.tracker = startDirtyTracking(this.ram, this.o.trackingMode);
+        this.sender = PageChannel.startStreamSender({ sock, ramBase: this.ram.base, pageSize: this.ps, pages: this.state.pages, flags: this.state.address });
       } catch (e) {
-        this.fail(`cannot track dirty pages: ${(e as Error).message}`);
+        this.fail(`cannot ${this.tracker ? 'start the stream sender' : 'track dirty pages'}: ${(e as Error).message}`);
         return;
       }
-      this.write(encodeHeader({
-        pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload, postcopy: this.o.postcopy,
-      }));
-      this.connectUrgent(addr);
+      const h = { pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload };
+      this.sender.send(encodeHeader({ ...h, postcopy: this.o.postcopy }));
+      this.urgent.connect(addr, h);
       this.phase = 'precopy';
       this.roundStartMs = performance.now();
       this.lastSyncMs = this.roundStartMs;
       st.moveTo('active');
-      this.pump();
+      this.ticker = setInterval(this.tick, TICK_MS);
+      this.startPass(false);
     });
     sock.on('data', (chunk: Buffer) => {
       try {
@@ -183,7 +146,6 @@ export class OutgoingMigration implements ReturnHandler {
         this.fail(`return path: ${(e as Error).message}`);
       }
     });
-    sock.on('drain', () => this.pump());
     sock.on('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       if (this.phase === 'connecting') this.fail(`Failed to connect to '${formatMigrationUri(addr)}': ${systemErrorText(e)}`);
@@ -201,29 +163,6 @@ export class OutgoingMigration implements ReturnHandler {
     });
   }
 
-  /** The urgent channel: this side writes its HEADER, then the page server
-   *  takes it over at the postcopy switchover (nothing comes back on it
-   *  before: the destination's fault thread starts after the switchover). */
-  private connectUrgent(addr: MigrationAddress): void {
-    const u = addr.transport === 'tcp' ? net.connect({ host: addr.host, port: addr.port }) : net.connect({ path: addr.path });
-    this.urgentSocket = u;
-    const timer = setTimeout(() => u.destroy(new Error(`connecting timed out after ${CONNECT_TIMEOUT_MS / 1000} s`)), CONNECT_TIMEOUT_MS);
-    timer.unref();
-    this.urgentReady = new Promise<void>((resolve, reject) => {
-      u.once('connect', () => {
-        clearTimeout(timer);
-        u.setNoDelay(true);
-        u.write(encodeHeader({ pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload, urgent: true }),
-          (e) => { if (e) reject(new Error(`urgent channel: ${e.message}`)); else resolve(); });
-      });
-      u.once('close', () => reject(new Error('the destination closed the urgent channel')));
-    });
-    this.urgentReady.catch(() => undefined); // failures are reported by the listeners below
-    u.on('data', () => { /* nothing comes back on this channel before the page server takes it */ });
-    u.on('error', (e) => this.failLater(`urgent channel error: ${e.message}`));
-    u.on('close', () => { if (this.phase !== 'done') this.failLater('the destination closed the urgent channel'); });
-  }
-
   /** the main connection usually says why (RP_ERROR, close) or that all went
    *  well (RP_COMPLETE, sent just before the destination closes both): give it
    *  a moment to win. Timers run before the loop reads sockets, so after a
@@ -233,46 +172,10 @@ export class OutgoingMigration implements ReturnHandler {
     setTimeout(() => setImmediate(() => this.fail(why)), 500).unref();
   }
 
-  /** The page server's sends so far: pages it sent need no background copy,
-   *  and the push goes on just after a page it had not reached yet. */
-  private readonly onServed: ChannelEventSink = (_kind, page, count) => {
-    const flags = this.flags;
-    let unsent = false;
-    for (let p = page, end = page + count; p < end; p++) {
-      if ((flags[p] & NEED) === 0) { this.inflightHits++; continue; }
-      flags[p] = HAS;
-      this.needCount--;
-      unsent = true;
-    }
-    if (unsent) this.cursor = page + count < this.pages ? page + count : 0;
-  };
-
-  private readonly drainServer = (): void => {
-    const ps = this.pageServer;
-    if (ps === null) return;
-    if (ps.drain(this.onServed) > 0) this.pump();
-    const st = ps.state;
-    if (st === 'running') return;
-    ps.stopTicking(); // said once
-    // every page sent: the destination closes the urgent channel as it
-    // completes, and says so on the main connection only once it has released
-    // guest RAM (longer than failLater's moment at 8 GiB); that connection
-    // decides (RP_COMPLETE, RP_ERROR, or closing early)
-    if (st === 'closed' && this.phase !== 'done' && this.needCount > 0) this.failLater('the destination closed the urgent channel');
-    else if (st === 'failed') this.fail(ps.error);
-  };
-
-  /** Stops the page server and keeps its figures. */
-  private stopPageServer(): void {
-    if (this.pageServer === null) return;
-    this.serverStats = this.pageServer.close(this.onServed);
-    this.pageServer = null;
-  }
-
-  /** migrate_start_postcopy: switch at the next opportunity. */
+  /** migrate_start_postcopy: switch at the next opportunity (the round in progress ends after its batch). */
   requestPostcopy(): void {
     this.postcopyRequested = true;
-    if (this.phase === 'precopy') setImmediate(() => this.pump());
+    if (this.phase === 'precopy') this.sender?.interrupt();
   }
 
   get postcopyPending(): boolean { return this.postcopyRequested; }
@@ -285,7 +188,7 @@ export class OutgoingMigration implements ReturnHandler {
   async close(): Promise<void> {
     if (this.phase !== 'done') await this.finishUp(this.o.status.status === 'cancelling' ? 'cancelled' : 'failed');
     this.socket?.destroy();
-    this.urgentSocket?.destroy();
+    this.urgent.destroy();
     try { await this.tracker?.stop(); } catch { /* released */ }
   }
 
@@ -294,9 +197,6 @@ export class OutgoingMigration implements ReturnHandler {
     const st = this.o.status;
     if (!st.active || this.phase === 'done') return;
     st.moveTo('cancelling');
-    if (this.socket && !this.socket.destroyed && this.phase !== 'connecting') {
-      this.socket.end(encodeText(REC_ERROR, 'migration cancelled by the source'));
-    }
     void this.finishUp('cancelled');
   }
 
@@ -311,12 +211,12 @@ export class OutgoingMigration implements ReturnHandler {
   }
 
   ack(consumed: number): void {
-    if (consumed > this.mainAcked) this.mainAcked = consumed;
-    if (this.phase === 'postcopy') this.pump();
+    this.sender?.setInput(SenderStat.Acked, consumed);
   }
 
   running(): void {
     this.destRunning = true;
+    this.bytesAtRunning = this.bytesOut();
     this.o.status.markDowntimeEnd();
   }
 
@@ -328,180 +228,76 @@ export class OutgoingMigration implements ReturnHandler {
     void this.finishUp('completed');
   }
 
-  // ---------------------------------------------------------------- sending
+  // ---------------------------------------------------------------- the sender
 
-  private write(buf: Buffer, cb?: () => void, sock: net.Socket = this.socket!): void {
-    const n = buf.length;
-    this.transferred += n;
-    this.roundBytes += n;
-    if (this.phase === 'postcopy' || this.phase === 'finishing' && this.postcopyRequested) this.postcopyBytes += n;
-    else this.precopyBytes += n;
-    if (this.vcpusStopped && !this.destRunning) this.downtimeBytes += n;
-    if (sock === this.socket) this.mainSent += n;
-    sock.write(buf, cb);
+  private senderFigures(): Float64Array {
+    return this.sender?.figures(noEvents) ?? this.senderStats;
   }
 
-  /** The send loop: runs until the socket is backed up, the rate limit
-   *  says wait, or there is nothing to send. Re-entered from 'drain',
-   *  timers and page requests. */
-  private pump(): void {
-    if (this.pumping || !this.socket || this.socket.destroyed) return;
-    this.pumping = true;
+  private bytesOut(): number { return this.senderFigures()[SenderStat.BytesOut]; }
+
+  private startPass(wrap: boolean): void {
+    this.passes++;
+    this.sender!.pass(wrap);
+  }
+
+  /** resolves once the sender has finished every pass queued */
+  private idle(): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.senderFigures()[SenderStat.Passes] >= this.passes) resolve();
+      else this.idleWaiters.push(resolve);
+    });
+  }
+
+  /** Every TICK_MS: the sender's rate limit for the phase, its failure, and what follows a finished pass. */
+  private readonly tick = (): void => {
+    const s = this.sender;
+    if (s === null || this.phase === 'done') return;
+    const p = this.o.params;
+    s.setInput(SenderStat.Limit, this.phase === 'precopy' ? p.value('max-bandwidth') : this.phase === 'postcopy' ? p.value('max-postcopy-bandwidth') : 0);
+    if (s.state === 'failed') { this.fail(`sending: ${s.error}`); return; }
+    if (s.stat(SenderStat.Passes) < this.passes) return;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
     try {
-      this.pumpInner();
+      if (this.phase === 'precopy') {
+        if (this.postcopyRequested) void this.switchToPostcopy();
+        else this.endOfRound();
+      } else if (this.phase === 'postcopy' && this.state.needed === 0) {
+        this.phase = 'finishing';
+        s.send(encodeBare(REC_END));
+      }
     } catch (e) {
       this.fail(`sending: ${(e as Error).message}`);
-    } finally {
-      this.pumping = false;
     }
-  }
+  };
 
-  private pumpInner(): void {
-    const sock = this.socket!;
-    const budgetEnd = performance.now() + PUMP_SLICE_MS;
-    for (;;) {
-      if (performance.now() > budgetEnd) { // let the event loop breathe (monitors, return path)
-        if (!this.yielded) { this.yielded = true; setImmediate(() => { this.yielded = false; this.pump(); }); }
-        return;
-      }
-      if (this.phase === 'postcopy') this.pageServer?.drain(this.onServed);
-      if (this.phase === 'precopy') {
-        if (this.postcopyRequested) { void this.switchToPostcopy(); return; }
-        if (sock.writableLength > PRECOPY_BACKLOG) return; // 'drain' resumes
-        if (this.pool.length === 0) { this.starved = true; return; } // a chunk's write callback resumes
-        if (this.cursor >= this.pages) { if (!this.endOfRound()) return; continue; }
-        const limit = this.o.params.value('max-bandwidth');
-        if (this.throttled(limit)) return;
-        this.sendChunk(limit);
-        continue;
-      }
-      if (this.phase === 'postcopy') {
-        if (sock.writableLength > POSTCOPY_BACKLOG) return;
-        if (this.mainSent - this.mainAcked > POSTCOPY_WINDOW) return; // an ACK resumes
-        if (this.pool.length === 0) { this.starved = true; return; }
-        if (this.needCount === 0) {
-          this.phase = 'finishing';
-          this.write(encodeBare(REC_END));
-          return;
-        }
-        const limit = this.o.params.value('max-postcopy-bandwidth');
-        if (this.throttled(limit)) return;
-        if (this.cursor >= this.pages) this.cursor = 0;
-        this.sendChunk(limit);
-        // one chunk per turn of the event loop: a page request waits at most one chunk
-        if (!this.yielded) { this.yielded = true; setImmediate(() => { this.yielded = false; this.pump(); }); }
-        return;
-      }
-      return;
-    }
-  }
-
-  private throttled(limit: number): boolean {
-    const d = this.limiter.delayFor(CHUNK_PAGES * this.ps, limit);
-    if (d <= 0) return false;
-    // look again at least every THROTTLE_RECHECK_MS: a new max-bandwidth /
-    // max-postcopy-bandwidth set meanwhile applies within that time
-    if (!this.timer) this.timer = setTimeout(() => { this.timer = null; this.pump(); }, Math.min(d, THROTTLE_RECHECK_MS));
-    return true;
-  }
-
-  /** Sends one chunk of background pages from the cursor on. */
-  private sendChunk(limit: number): void {
-    const buf = this.pool.pop()!;
-    const used = this.fillChunk(buf);
-    if (used === 0) { this.pool.push(buf); return; }
-    this.limiter.consume(used, limit);
-    this.write(buf.subarray(0, used), () => this.release(buf));
-  }
-
-  private release(buf: Buffer): void {
-    if (this.pool.length < POOL_CHUNKS) this.pool.push(buf);
-    if (this.starved) {
-      this.starved = false;
-      setImmediate(() => this.pump());
-    }
-  }
-
-  /**
-   * Fills `buf` with PAGES and ZERO records for pages that need sending,
-   * from the background cursor on; clears their NEED flag. Returns the bytes
-   * used (0 when nothing was left).
-   */
-  private fillChunk(buf: Buffer): number {
-    const ps = this.ps;
-    const flags = this.flags;
-    let pos = 0;
-    let data = 0;
-    let scanned = 0;
-    // the open run: kind 0 none, 1 pages, 2 zero
-    let kind = 0;
-    let runHdr = 0;
-    let runStart = 0;
-    let runLen = 0;
-    const close = (): void => {
-      if (kind === 0) return;
-      writeRecordHeader(buf, runHdr, kind === 1 ? REC_PAGES : REC_ZERO, 0, runLen, runStart * ps);
-      kind = 0;
-    };
-    while (data < CHUNK_PAGES && scanned < CHUNK_SCAN) {
-      if (this.cursor >= this.pages) break;
-      const p = this.cursor++;
-      scanned++;
-      if ((flags[p] & NEED) === 0) continue;
-      flags[p] = HAS;
-      this.needCount--;
-      const isZero = this.contents.isZero(p, ps);
-      const k = isZero ? 2 : 1;
-      if (kind !== k || p !== runStart + runLen || (k === 1 && runLen >= MAX_RUN_PAGES)) {
-        close();
-        kind = k;
-        runHdr = pos;
-        pos += RECORD_HEADER_BYTES;
-        runStart = p;
-        runLen = 0;
-      }
-      runLen++;
-      if (isZero) {
-        this.duplicate++;
-      } else {
-        this.contents.copyOut(p, buf, pos, ps);
-        pos += ps;
-        data++;
-        this.normal++;
-      }
-    }
-    close();
-    return pos;
-  }
-
-  /** End of a precopy pass: sync the dirty set, then converge or go round again.
-   *  Returns false when the loop must stop (switching). */
-  private endOfRound(): boolean {
+  /** End of a precopy pass: sync the dirty set, then converge or go round again. */
+  private endOfRound(): void {
     const now = performance.now();
     const roundMs = Math.max(1, now - this.roundStartMs);
-    if (this.roundBytes >= MIN_MEASURE_BYTES || this.bandwidth === 0) this.bandwidth = (this.roundBytes * 1000) / roundMs;
+    const roundBytes = this.bytesOut() - this.roundStartBytes;
+    if (roundBytes >= MIN_MEASURE_BYTES || this.bandwidth === 0) this.bandwidth = (roundBytes * 1000) / roundMs;
     this.round++;
-    this.write(encodeBare(REC_END_ROUND, this.round));
-    const dirtied = this.tracker!.collect(this.flags);
+    this.sender!.send(encodeBare(REC_END_ROUND, this.round));
+    const dirtied = this.state.sync(this.tracker!);
     this.syncs++;
-    this.needCount += dirtied;
     this.dirtyRate = (dirtied * 1000) / Math.max(1, now - this.lastSyncMs);
     this.lastSyncMs = now;
-    this.convergenceWatch.round({ remainingBytes: this.needCount * this.ps, dirtyRate: this.dirtyRate * this.ps, bandwidth: this.bandwidth });
-    this.cursor = 0;
+    const needed = this.state.needed;
+    this.convergenceWatch.round({ remainingBytes: needed * this.ps, dirtyRate: this.dirtyRate * this.ps, bandwidth: this.bandwidth });
     this.roundStartMs = now;
-    this.roundBytes = 0;
-    const expectedMs = this.needCount === 0 ? 0 : this.bandwidth > 0 ? (this.needCount * this.ps * 1000) / this.bandwidth : Infinity;
-    if (!this.postcopyRequested && expectedMs <= this.o.params.value('downtime-limit')) {
-      void this.completePrecopy();
-      return false;
-    }
-    return true;
+    this.roundStartBytes = this.bytesOut();
+    const expectedMs = needed === 0 ? 0 : this.bandwidth > 0 ? (needed * this.ps * 1000) / this.bandwidth : Infinity;
+    if (expectedMs <= this.o.params.value('downtime-limit')) void this.completePrecopy();
+    else this.startPass(false);
   }
 
   private async stopVcpus(): Promise<void> {
     this.o.status.markDowntimeStart();
     this.vcpusStopped = true;
+    this.bytesAtStop = this.bytesOut();
     this.o.setRunState('finish-migrate');
     await this.o.vcpus.pause();
   }
@@ -512,82 +308,63 @@ export class OutgoingMigration implements ReturnHandler {
     return encodeSwitchover(postcopy, states);
   }
 
-  /** Converged: stop the vCPUs, send what is left and the vCPU state. */
+  /** Converged: stop the vCPUs, send what is left (unthrottled: downtime) and the vCPU state. */
   private async completePrecopy(): Promise<void> {
     this.phase = 'switching';
     await this.stopVcpus();
     if (this.isOver()) return;
     try {
-      this.needCount += this.tracker!.collect(this.flags);
+      this.state.sync(this.tracker!);
       this.syncs++;
       await this.tracker!.stop();
+      if (this.isOver()) return;
       this.o.status.moveTo('device');
-      // every remaining page, unthrottled (downtime)
-      this.cursor = 0;
-      while (this.needCount > 0) {
-        const buf = this.pool.pop() ?? Buffer.allocUnsafe(CHUNK_PAGES * this.ps + RECORD_HEADER_BYTES * (2 * CHUNK_PAGES + 4));
-        const used = this.fillChunk(buf);
-        if (used > 0) this.write(buf.subarray(0, used), () => { if (this.pool.length < POOL_CHUNKS) this.pool.push(buf); });
-        else if (this.pool.length < POOL_CHUNKS) this.pool.push(buf);
-        if (this.socket!.writableLength > PRECOPY_BACKLOG) await this.drained();
-        if (this.isOver()) return;
-      }
-      this.write(this.statesRecord(false));
+      this.startPass(false);
+      await this.idle();
+      if (this.isOver()) return;
+      this.sender!.send(this.statesRecord(false));
       this.phase = 'finishing';
-      this.write(encodeBare(REC_END));
+      this.sender!.send(encodeBare(REC_END));
     } catch (e) {
       this.fail(`switchover: ${(e as Error).message}`);
     }
   }
 
-  /** migrate_start_postcopy took effect: discard, vCPU state, then postcopy. */
+  /** migrate_start_postcopy took effect (the sender is idle): discard, vCPU state, then postcopy. */
   private async switchToPostcopy(): Promise<void> {
     this.phase = 'switching';
     await this.stopVcpus();
     if (this.isOver()) return;
     try {
       this.o.status.moveTo('postcopy-active');
-      this.needCount += this.tracker!.collect(this.flags);
+      this.state.sync(this.tracker!);
       this.syncs++;
       await this.tracker!.stop();
-      // pages dirtied since the destination got them: it must drop its copy
-      const flags = this.flags;
-      const disc = Buffer.allocUnsafe(RECORD_HEADER_BYTES * 256);
-      let dpos = 0;
-      for (let p = 0; p < this.pages; p++) {
-        if (flags[p] !== (NEED | HAS)) continue;
-        let q = p;
-        while (q < this.pages && flags[q] === (NEED | HAS)) { flags[q] = NEED; q++; }
-        writeRecordHeader(disc, dpos, REC_DISCARD, 0, q - p, p * this.ps);
-        dpos += RECORD_HEADER_BYTES;
-        if (dpos === disc.length) { this.write(Buffer.from(disc)); dpos = 0; }
-        p = q;
-      }
-      if (dpos > 0) this.write(Buffer.from(disc.subarray(0, dpos)));
-      // the page server must be serving before the destination's vCPUs run
-      await this.urgentReady;
       if (this.isOver()) return;
-      if (this.urgentSocket!.destroyed) throw new Error('the destination closed the urgent channel');
-      this.pageServer = PageChannel.startPageServer({ sock: this.urgentSocket!, ramBase: this.ram.base, pageSize: this.ps, pages: this.pages });
-      this.pageServer.tickEvery(DRAIN_EVERY_MS, this.drainServer);
+      const discards = this.state.discards(); // pages dirtied since the destination got them
+      if (discards.length > 0) this.sender!.send(discards);
+      // the page server must be serving before the destination's vCPUs run
+      await this.urgent.start({ ramBase: this.ram.base, pageSize: this.ps, pages: this.state.pages, flags: this.state.address, sender: this.sender! },
+        (st, error) => {
+          // every page sent: the destination closes the urgent channel as it
+          // completes, and says so on the main connection only once it has
+          // released guest RAM; that connection decides (RP_COMPLETE,
+          // RP_ERROR, or closing early)
+          if (st === 'failed') this.fail(error);
+          else if (this.phase !== 'done' && this.state.needed > 0) this.failLater('the destination closed the urgent channel');
+        });
+      if (this.isOver()) return;
       this.postcopyStatesSent = true;
-      this.write(this.statesRecord(true));
+      const states = this.statesRecord(true);
+      this.sender!.send(states);
+      await this.idle();
+      this.bytesAtPostcopy = this.bytesOut() + states.length;
       this.phase = 'postcopy';
-      this.cursor = 0;
-      this.pump();
+      this.sender!.setInput(SenderStat.Window, POSTCOPY_WINDOW);
+      this.startPass(true);
     } catch (e) {
       this.fail(`postcopy switchover: ${(e as Error).message}`);
     }
-  }
-
-  private drained(): Promise<void> {
-    return new Promise((resolve) => {
-      const s = this.socket!;
-      if (s.destroyed || s.writableLength === 0) { resolve(); return; }
-      const done = (): void => { s.off('drain', done); s.off('close', done); resolve(); };
-      s.once('drain', done);
-      s.once('close', done);
-    });
   }
 
   private isOver(): boolean {
@@ -603,26 +380,39 @@ export class OutgoingMigration implements ReturnHandler {
     }
   }
 
+  /** Stops the sender (joined at once: the batch in progress goes out whole, then `last`); whether `last` went out. */
+  private stopSender(last: Buffer): boolean {
+    const s = this.sender;
+    if (s === null) return false;
+    const sent = s.stopWith(last);
+    this.senderStats = s.figures(noEvents).slice();
+    s.dispose();
+    this.sender = null;
+    return sent;
+  }
+
   private async finishUp(how: 'completed' | 'failed' | 'cancelled'): Promise<void> {
     if (this.phase === 'done') return;
     const switched = this.vcpusStopped && (this.postcopyRequested || this.phase === 'finishing' || how === 'completed');
+    const connected = this.phase !== 'connecting';
     this.phase = 'done';
     this.endMs = performance.now();
-    this.stopPageServer();
-    if (this.timer) { clearTimeout(this.timer); this.timer = null; }
+    if (this.ticker) { clearInterval(this.ticker); this.ticker = null; }
+    for (const w of this.idleWaiters.splice(0)) w();
     const st = this.o.status;
+    // a failure or a cancel says why on the stream (ERROR, after the records
+    // in progress) while the connection still takes it, so the destination
+    // fails with the same reason
+    const why = how === 'completed' ? null : encodeText(REC_ERROR, how === 'cancelled' ? 'migration cancelled by the source' : st.errorDesc ?? 'the source failed');
+    const told = this.stopSender(why ?? Buffer.alloc(0));
+    this.urgent.close(how === 'failed');
+    this.state.free();
     if (how === 'completed') st.moveTo('completed');
     else if (how === 'cancelled' && st.status === 'cancelling') st.moveTo('cancelled');
-    const urgent = this.urgentSocket;
-    if (urgent) {
-      if (how === 'failed') urgent.destroy(); else urgent.end();
-    }
     const sock = this.socket;
     if (sock) {
-      // a failure says why on the stream (ERROR) while the connection still
-      // takes it, so the destination fails with the same reason
-      if (how === 'failed' && sock.writable && !sock.connecting) sock.end(encodeText(REC_ERROR, st.errorDesc ?? 'the source failed'));
-      else if (how === 'failed') sock.destroy();
+      if (why !== null && !told && connected && sock.writable && !sock.connecting) sock.end(why); // no sender ran
+      else if (how === 'failed' && !told) sock.destroy();
       else sock.end();
       setTimeout(() => sock.destroy(), 2000).unref();
     }
@@ -644,25 +434,32 @@ export class OutgoingMigration implements ReturnHandler {
   }
 
   /** requested pages already sent in the background when asked for (sent again, urgently) */
-  get requestsInFlight(): number { return this.inflightHits; }
+  get requestsInFlight(): number { return this.urgent.inflightHits; }
 
   ramStats(): MigrationRamStats {
-    const f = this.pageServer?.figures(this.onServed) ?? this.serverStats;
+    const f = this.urgent.figures();
+    const s = this.senderFigures();
     const urgentBytes = f[PageServerStat.BytesOut];
+    const main = s[SenderStat.BytesOut];
+    const postcopyMain = this.bytesAtPostcopy >= 0 ? main - this.bytesAtPostcopy : 0;
+    const downtimeEnd = this.bytesAtRunning >= 0 ? this.bytesAtRunning : main;
     return ramStatsOf({
-      transferred: this.transferred + urgentBytes,
-      remaining: this.needCount * this.ps,
+      transferred: main + urgentBytes,
+      remaining: this.state.needed * this.ps,
       total: this.ram.bytes,
-      normal: this.normal + f[PageServerStat.Normal],
-      duplicate: this.duplicate + f[PageServerStat.Zero],
+      normal: s[SenderStat.Normal] + f[PageServerStat.Normal],
+      duplicate: s[SenderStat.Zero] + f[PageServerStat.Zero],
       pageSize: this.ps,
       elapsedMs: (this.endMs >= 0 ? this.endMs : performance.now()) - this.startMs,
       syncs: this.syncs,
       requests: f[PageServerStat.Requests],
-      postcopyBytes: this.postcopyBytes + urgentBytes,
-      precopyBytes: this.precopyBytes,
-      downtimeBytes: this.downtimeBytes,
+      postcopyBytes: postcopyMain + urgentBytes,
+      precopyBytes: main - postcopyMain,
+      downtimeBytes: this.bytesAtStop >= 0 ? downtimeEnd - this.bytesAtStop : 0,
       dirtyPagesRate: this.dirtyRate,
     });
   }
 }
+
+/** the sender pushes no events */
+const noEvents = (): void => undefined;

@@ -31,7 +31,9 @@ export const enum ChannelEvent { Fault = 1, Placed = 2, Served = 3 }
 /** stats[] of the destination's fault thread */
 export const enum FaultThreadStat { Faults = 0, Requests, Placed, ZeroPlaced, LocalZero, Existed, BytesIn, BytesOut, Readahead }
 /** stats[] of the source's page server */
-export const enum PageServerStat { Requests = 0, Normal, Zero, BytesOut, BytesIn, Readahead }
+export const enum PageServerStat { Requests = 0, Normal, Zero, BytesOut, BytesIn, Readahead, Cleared, Inflight }
+/** stats[] of the source's main-stream sender (native-shim/stream_sender.c): its counters, then inputs (Limit, Acked, Window) */
+export const enum SenderStat { Normal = 0, Zero, BytesOut, BytesIn, Sent, Passes, Writes, Cursor, LastSent, Limit, Acked, Window, Hint }
 /** stats[] of the destination's main-stream receiver (native-shim/stream_receiver.c) */
 export const enum ReceiverStat { Normal = 0, Zero, Received, PlaceCalls, BytesIn, BytesOut, CtlLen, CtlAt, Existed, Truncated }
 /** the receiver's mode bits, given on each resume */
@@ -120,13 +122,58 @@ export class PageChannel {
     return ch;
   }
 
-  /** The source's page server (see native-shim/page_server.c); takes `sock` over. */
-  static startPageServer(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number }): PageChannel {
+  /** The source's page server (see native-shim/page_server.c); takes `sock` over. With `sender`, the
+   *  pages it sends are taken off the page flags (at `flags`) and the sender goes on just after them. */
+  static startPageServer(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags?: number; sender?: PageChannel }): PageChannel {
     const ch = new PageChannel();
     const fd = handOverSocket(o.sock);
-    ch.#start(loadShim().pageServerStart(fd, o.ramBase, o.pageSize, o.pages, ch.#status.ptr, ch.#ring.ptr, RING_ENTRIES,
-      ch.clockBase), 'page server');
+    const hint = o.sender ? o.sender.#status.ptr + BigInt(ST_STATS_BYTES + 8 * SenderStat.Hint) : null;
+    ch.#start(loadShim().pageServerStart(fd, o.ramBase, o.pageSize, o.pages, o.flags ?? 0, hint, ch.#status.ptr, ch.#ring.ptr,
+      RING_ENTRIES, ch.clockBase), 'page server');
     return ch;
+  }
+
+  /**
+   * The source's main-stream sender (native-shim/stream_sender.c) on `sock`:
+   * every byte of the main stream goes out through it, in the order queued
+   * (send(), pass()); Node still reads the return path on the socket.
+   * `flags` = the page flags' address (NEED 1, HAS 2).
+   */
+  static startStreamSender(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags: number }): PageChannel {
+    const ch = new PageChannel();
+    const fd = dupSocket(o.sock);
+    ch.#start(loadShim().streamSenderStart(fd, o.ramBase, o.pageSize, o.pages, o.flags, ch.#status.ptr, ch.#ring.ptr, RING_ENTRIES,
+      ch.clockBase), 'stream sender');
+    return ch;
+  }
+
+  /** sender: queues `bytes` (records encoded by wire.ts), copied now */
+  send(bytes: Buffer): void {
+    if (this.#handle === 0n) throw new Error('the stream sender is stopped');
+    if (loadShim().streamSenderBytes(this.#handle, bytes, bytes.length) !== 0) throw new Error('the stream sender is out of memory');
+  }
+
+  /** sender: queues a pass over guest RAM (wrap: round and round until no page needs sending); SenderStat.Passes counts those done */
+  pass(wrap: boolean): void {
+    if (this.#handle === 0n) throw new Error('the stream sender is stopped');
+    if (loadShim().streamSenderPass(this.#handle, wrap ? 1 : 0) !== 0) throw new Error('the stream sender is out of memory');
+  }
+
+  /** sender: ends the pass in progress after its batch */
+  interrupt(): void {
+    if (this.#handle !== 0n) loadShim().streamSenderInterrupt(this.#handle);
+  }
+
+  /** sender: an input the thread reads (SenderStat.Limit, Acked, Window) */
+  setInput(i: number, value: number): void { this.#stats[i] = value; }
+
+  /** sender: stop() after the batch in progress, and `last` (an ERROR record) written; whether `last` went out */
+  stopWith(last: Buffer): boolean {
+    if (this.#stopped) return false;
+    this.#stopped = true;
+    if (this.#handle !== 0n) loadShim().streamSenderStop(this.#handle, last, last.length);
+    this.#handle = 0n;
+    return this.#stats[SenderStat.LastSent] === 1;
   }
 
   /**

@@ -44,8 +44,14 @@ export interface Shim {
   streamBaseline: KoffiFunc<[bytes: number, tcp: number], number | bigint>;
   faultThreadStart(uffd: number, sock: number, ramBase: number, pageSize: number, pages: number, flags: number, readahead: number,
     status: bigint, ring: bigint, ringSize: number, blocktime: number, clockBase: number, vcpus: bigint | null, nvcpus: number): number | bigint;
-  pageServerStart(sock: number, ramBase: number, pageSize: number, pages: number,
+  pageServerStart(sock: number, ramBase: number, pageSize: number, pages: number, flags: number, hint: bigint | null,
     status: bigint, ring: bigint, ringSize: number, clockBase: number): number | bigint;
+  streamSenderStart(sock: number, ramBase: number, pageSize: number, pages: number, flags: number,
+    status: bigint, ring: bigint, ringSize: number, clockBase: number): number | bigint;
+  streamSenderBytes(handle: bigint, bytes: Uint8Array, len: number): number;
+  streamSenderPass(handle: bigint, wrap: number): number;
+  streamSenderInterrupt(handle: bigint): number;
+  streamSenderStop(handle: bigint, last: Uint8Array, len: number): number;
   streamReceiverStart(sock: number, ramBase: number, pageSize: number, pages: number, flags: number, control: bigint, controlBytes: number,
     status: bigint, ring: bigint, ringSize: number, clockBase: number): number | bigint;
   streamReceiverResume(handle: bigint, mode: number, uffd: number): number;
@@ -92,7 +98,13 @@ export function loadShim(): Shim {
       'const void *vcpus, int nvcpus)') as
       Shim['faultThreadStart'],
     pageServerStart: lib.func('uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, ' +
-      'void *status, void *ring, uint32_t ring_size, double clock_base)') as Shim['pageServerStart'],
+      'uint64_t flags, void *hint, void *status, void *ring, uint32_t ring_size, double clock_base)') as Shim['pageServerStart'],
+    streamSenderStart: lib.func('uint64_t pc_stream_sender_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, ' +
+      'uint64_t flags, void *status, void *ring, uint32_t ring_size, double clock_base)') as Shim['streamSenderStart'],
+    streamSenderBytes: lib.func('int pc_stream_sender_bytes(uint64_t handle, const uint8_t *data, uint32_t len)') as Shim['streamSenderBytes'],
+    streamSenderPass: lib.func('int pc_stream_sender_pass(uint64_t handle, int wrap)') as Shim['streamSenderPass'],
+    streamSenderInterrupt: lib.func('int pc_stream_sender_interrupt(uint64_t handle)') as Shim['streamSenderInterrupt'],
+    streamSenderStop: lib.func('int pc_stream_sender_stop(uint64_t handle, const uint8_t *last, uint32_t len)') as Shim['streamSenderStop'],
     streamReceiverStart: lib.func('uint64_t pc_stream_receiver_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, ' +
       'uint64_t flags, void *ctl, uint32_t ctl_cap, void *status, void *ring, uint32_t ring_size, double clock_base)') as
       Shim['streamReceiverStart'],

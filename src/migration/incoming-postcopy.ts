@@ -9,6 +9,7 @@
 
 import type { EventEmitter } from 'node:events';
 import type net from 'node:net';
+import { StreamDecoder, WireError, type StreamHandler, type StreamHeader } from './wire.js';
 import type { VcpuControl } from './guest.js';
 import type { Parameters } from './parameters.js';
 import { PageChannel, ChannelEvent, FaultThreadStat, type ChannelEventSink } from '../native/page-channel.js';
@@ -18,6 +19,10 @@ import type { Userfaultfd } from '../uffd/index.js';
 
 /** how often the threads' events are drained and their state looked at */
 export const DRAIN_EVERY_MS = 2;
+/** how long the postcopy switchover waits for the urgent channel's HEADER */
+const URGENT_WAIT_MS = 5000;
+/** how long a closed urgent channel waits for the reason on the main stream */
+const URGENT_CLOSE_GRACE_MS = 200;
 
 export interface IncomingPostcopyOptions {
   vcpus: VcpuControl;
@@ -33,6 +38,13 @@ export interface IncomingPostcopyOptions {
   receiver: () => PageChannel | null;
   /** pages [first, first+count) were placed by one of the threads */
   received(first: number, count: number): void;
+  /** the urgent channel's HEADER (checked like the main stream's), then: it is ready */
+  checkHeader(h: StreamHeader): void;
+  urgentReady(): void;
+  fail(reason: string, tellSource: boolean): void;
+  over(): boolean;
+  /** the source's ERROR record */
+  sourceError(reason: string): void;
 }
 
 export class IncomingPostcopy {
@@ -43,14 +55,79 @@ export class IncomingPostcopy {
   private fallback: BlocktimeReport | null = null;
   /** the fault thread's counters once it stopped (FaultThreadStat indices) */
   private finalStats: Float64Array = new Float64Array(16);
+  private urgent: net.Socket | null = null;
+  private readonly urgentDecoder: StreamDecoder;
+  /** the urgent channel's HEADER arrived (the fault thread can take the channel) */
+  urgentReady = false;
+  /** the urgent channel closed; the failure waits URGENT_CLOSE_GRACE_MS for the main stream's reason */
+  private urgentClosing = false;
+  /** bytes Node read on the urgent channel (up to its header) */
+  urgentBytes = 0;
 
-  constructor(private readonly o: IncomingPostcopyOptions) {}
+  constructor(private readonly o: IncomingPostcopyOptions) {
+    this.urgentDecoder = new StreamDecoder(this.urgentHandler, Math.max(65536, o.pageSize), true);
+  }
+
+  /** The second connection: page requests and requested pages. Read here
+   *  up to its HEADER; the fault thread takes it over at the switchover
+   *  (nothing else comes on it before the thread's first request). */
+  acceptUrgent(s: net.Socket): void {
+    this.urgent = s;
+    s.setNoDelay(true);
+    s.on('data', (chunk: Buffer) => {
+      if (this.o.over()) return;
+      this.urgentBytes += chunk.length;
+      try {
+        this.urgentDecoder.push(chunk);
+      } catch (e) {
+        this.o.fail(e instanceof WireError ? `urgent channel: ${e.message}` : `migration: ${(e as Error).message}`, true);
+      }
+    });
+    s.on('error', (e) => this.o.fail(`urgent channel error: ${e.message}`, false));
+    s.on('close', () => this.urgentClosed());
+    s.resume(); // accepted paused
+  }
+
+  private readonly urgentHandler: StreamHandler = {
+    header: (h) => {
+      this.o.checkHeader(h);
+      this.urgentReady = true;
+      this.o.urgentReady();
+    },
+    pages: () => { throw new WireError('pages arrived before the postcopy switchover'); },
+    zero: () => { throw new WireError('pages arrived before the postcopy switchover'); },
+    discard: () => { throw new WireError('DISCARD on the urgent channel'); },
+    endRound: () => { throw new WireError('END_ROUND on the urgent channel'); },
+    switchover: () => { throw new WireError('SWITCHOVER on the urgent channel'); },
+    end: () => { throw new WireError('END on the urgent channel'); },
+    error: (reason) => { this.o.sourceError(reason); },
+  };
+
+  /** The postcopy switchover came: the urgent channel must follow soon. */
+  expectUrgent(): void {
+    if (this.urgentReady) return;
+    setTimeout(() => {
+      if (!this.urgentReady) this.o.fail(`postcopy switchover, but the urgent channel did not come within ${URGENT_WAIT_MS / 1000} s`, true);
+    }, URGENT_WAIT_MS).unref();
+  }
+
+  /** The source closed the urgent channel: the migration fails, after a
+   *  moment in which the main stream may still bring the source's reason (a
+   *  cancel closes both connections at once, and the main one's last record
+   *  says why). */
+  urgentClosed(): void {
+    if (this.o.over() || this.urgentClosing) return;
+    this.urgentClosing = true;
+    setTimeout(() => {
+      if (!this.o.over()) this.o.fail('the source closed the urgent channel before the migration completed', false);
+    }, URGENT_CLOSE_GRACE_MS).unref();
+  }
 
   get started(): boolean { return this.channel !== null; }
   get running(): boolean { return this.channel?.state === 'running'; }
 
   /** Starts the fault thread on the urgent channel (taken over from Node). */
-  start(uffd: Userfaultfd, urgent: net.Socket, blocktime: boolean, tick: () => void): void {
+  start(uffd: Userfaultfd, blocktime: boolean, tick: () => void): void {
     const o = this.o;
     if (blocktime) {
       if (uffd.enabled.has('THREAD_ID')) {
@@ -63,7 +140,7 @@ export class IncomingPostcopy {
       }
     }
     this.channel = PageChannel.startFaultThread({
-      uffd: uffd.fd, sock: urgent, ramBase: o.base, pageSize: o.pageSize, pages: o.pages,
+      uffd: uffd.fd, sock: this.urgent!, ramBase: o.base, pageSize: o.pageSize, pages: o.pages,
       flags: o.flagsAddress, blocktime: this.blocktime !== null,
       readahead: o.params.value('x-postcopy-readahead'),
       stamps: this.blocktime?.stamps,

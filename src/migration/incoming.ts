@@ -8,34 +8,24 @@
 // The connection is accepted paused: Node never reads it, and still writes
 // the return path on it.
 
-import net from 'node:net';
-import { chmodSync, unlinkSync, lstatSync } from 'node:fs';
+import type net from 'node:net';
 import type { EventEmitter } from 'node:events';
 import type { MigrationRamStats } from './api.js';
 import { ramStatsOf } from './ram-stats.js';
 import type { GuestMemory, VcpuControl } from './guest.js';
 import type { MigrationStatusMachine } from './status.js';
 import type { Parameters } from './parameters.js';
-import { formatMigrationUri, type MigrationAddress } from './uri.js';
+import type { MigrationAddress } from './uri.js';
 import {
   StreamDecoder, encodeBare, encodeText, WireError, RP_RUNNING, RP_COMPLETE, RP_ERROR,
   type StreamHandler, type StreamHeader,
 } from './wire.js';
-import { Userfaultfd } from '../uffd/index.js';
-import { NativeBlock } from '../native/memory.js';
-import {
-  PageChannel, FaultThreadStat, ReceiverStat, ReceiverMode, RECEIVER_CONTROL_BYTES,
-} from '../native/page-channel.js';
+import { FaultThreadStat, ReceiverStat } from '../native/page-channel.js';
 import type { BlocktimeReport } from '../blocktime/index.js';
-import { IncomingPostcopy, DRAIN_EVERY_MS } from './incoming-postcopy.js';
-import { CommandError } from '../errors.js';
-
-// page flags (native-shim/channel.h; bits 8 and 16 are the blocktime rules')
-const RECEIVED = 1;  // the page's content is here (or it is known to be zero)
-/** how long the postcopy switchover waits for the urgent channel's HEADER */
-const URGENT_WAIT_MS = 5000;
-/** how long a closed urgent channel waits for the reason on the main stream */
-const URGENT_CLOSE_GRACE_MS = 200;
+import { IncomingPostcopy } from './incoming-postcopy.js';
+import { IncomingStream } from './incoming-stream.js';
+import { DestinationRam } from './incoming-ram.js';
+import { listenForMigration, removeSocketFile } from './incoming-listen.js';
 
 export interface IncomingOptions {
   ram: GuestMemory;
@@ -53,90 +43,53 @@ export interface IncomingOptions {
 }
 
 export class IncomingMigration implements StreamHandler {
-  private readonly ram: GuestMemory;
-  private readonly base: number;
+  private readonly ram: DestinationRam;
   private readonly ps: number;
   private readonly pageCount: number;
-  /** page flags, in native memory the native threads read (the receiver writes them in precopy) */
-  private readonly flagsBlock: NativeBlock;
-  private readonly flags: Uint8Array;
-  /** pages marked received here; the receiver counts those it marked in precopy (ReceiverStat.Received) */
-  private receivedHere = 0;
   private server: net.Server | null = null;
   private socket: net.Socket | null = null;
   private urgentSocket: net.Socket | null = null;
-  /** the main stream's native reader, and where it hands records back */
-  private receiver: PageChannel | null = null;
-  private readonly control = new NativeBlock(RECEIVER_CONTROL_BYTES);
-  private receiverStats: Float64Array = new Float64Array(16);
+  /** the main stream, read by the native receiver */
+  private readonly stream: IncomingStream;
   /** precopy rounds the source finished (its dirty syncs) */
   private rounds = 0;
   /** bytes received (both channels) when the switchover record came */
   private bytesAtSwitch = 0;
-  private readonly urgentDecoder: StreamDecoder;
-  /** the urgent channel closed; the failure waits URGENT_CLOSE_GRACE_MS for the main stream's reason */
-  private urgentClosing = false;
-  /** the urgent channel's HEADER arrived (the fault thread can take the channel) */
-  private urgentReady = false;
   /** END arrived while requested pages were still in flight on the urgent channel */
   private endPending = false;
-  private unixPath: string | null = null;
+  private unixPath = '';
   private readonly decoder: StreamDecoder;
-  private uffd: Userfaultfd | null = null;
   private readonly pc: IncomingPostcopy;
   private postcopy = false;
   private over = false;
-  /** bytes Node read (the urgent channel up to its header) */
-  private bytesIn = 0;
   private discarded = 0;
   private startMs = 0;
   private endMs = -1;
 
   constructor(private readonly o: IncomingOptions) {
-    this.ram = o.ram;
-    this.base = o.ram.base;
+    this.ram = new DestinationRam(o.ram);
     this.ps = o.ram.pageSize;
-    this.pageCount = o.ram.bytes / this.ps;
-    this.flagsBlock = new NativeBlock(this.pageCount);
-    this.flags = new Uint8Array(this.flagsBlock.buffer, 0, this.pageCount);
+    this.pageCount = this.ram.pages;
     this.decoder = new StreamDecoder(this, Math.max(65536, this.ps));
-    this.urgentDecoder = new StreamDecoder(this.urgentHandler, Math.max(65536, this.ps), true);
     this.pc = new IncomingPostcopy({
-      vcpus: o.vcpus, params: o.params, events: o.events, base: this.base, pageSize: this.ps, pages: this.pageCount,
-      flags: this.flags, flagsAddress: this.flagsBlock.address, receiver: () => this.receiver,
-      received: (first, count) => this.received(first, count),
+      vcpus: o.vcpus, params: o.params, events: o.events, base: this.ram.base, pageSize: this.ps, pages: this.pageCount,
+      flags: this.ram.flags, flagsAddress: this.ram.address, receiver: () => this.stream.channel,
+      received: (first, count) => this.ram.received(first, count),
+      checkHeader: (h) => this.checkHeader(h), urgentReady: () => this.maybeStartPostcopy(),
+      fail: (why, tell) => this.failWith(why, tell), over: () => this.over, sourceError: (why) => this.error(why),
+    });
+    this.stream = new IncomingStream({
+      ram: this.ram, decoder: this.decoder, sink: this.pc.onEvent, drain: () => this.pc.drain(),
+      postcopy: () => this.postcopy, over: () => this.over, fail: (why, tell) => this.failWith(why, tell),
     });
   }
 
   /** Listens on `addr`; resolves once listening. The status stays 'none'
    *  (capabilities can still be set) until the source connects. */
-  listen(addr: MigrationAddress): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      const server = net.createServer({ pauseOnConnect: true }, (s) => this.accept(s));
-      this.server = server;
-      server.once('error', (e: NodeJS.ErrnoException) => {
-        this.server = null;
-        reject(new CommandError(`Failed to listen on '${formatMigrationUri(addr)}': ${e.code === 'EADDRINUSE' ? 'Address already in use' : e.message}`));
-      });
-      if (addr.transport === 'tcp') {
-        server.listen({ host: addr.host, port: addr.port }, () => resolve());
-      } else {
-        if (socketFileExists(addr.path)) {
-          reject(new CommandError(`Failed to listen on '${formatMigrationUri(addr)}': Address already in use (remove ${addr.path} if no VM uses it)`));
-          return;
-        }
-        const old = process.umask(0o177); // the socket file is born 0600
-        try {
-          server.listen({ path: addr.path }, () => {
-            this.unixPath = addr.path;
-            try { chmodSync(addr.path, 0o600); } catch { /* umask did it */ }
-            resolve();
-          });
-        } finally {
-          process.umask(old);
-        }
-      }
-    });
+  async listen(addr: MigrationAddress): Promise<void> {
+    const l = await listenForMigration(addr, (s) => this.accept(s));
+    this.server = l.server;
+    this.unixPath = l.unixPath;
   }
 
   /** the bound address (tcp port when 0 was asked) */
@@ -149,136 +102,32 @@ export class IncomingMigration implements StreamHandler {
   /** The first connection is the main stream: the native receiver reads it. */
   private accept(s: net.Socket): void {
     if (this.over || (this.socket && this.urgentSocket)) { s.destroy(); return; } // one migration per listen
-    if (this.socket) { this.acceptUrgent(s); return; }
+    if (this.socket) { // both connections are in
+      this.urgentSocket = s;
+      this.server?.close();
+      this.removeSocketFile();
+      this.pc.acceptUrgent(s);
+      return;
+    }
     this.socket = s;
     this.startMs = performance.now();
     this.o.status.moveTo('setup');
     s.setNoDelay(true);
     s.on('error', (e) => this.failWith(`migration connection error: ${e.message}`, false));
-    try {
-      this.receiver = PageChannel.startStreamReceiver({
-        sock: s, ramBase: this.base, pageSize: this.ps, pages: this.pageCount, flags: this.flagsBlock.address, control: this.control,
-      });
-    } catch (e) {
-      this.failWith(`migration: ${(e as Error).message}`, true);
-      return;
-    }
-    this.receiver.tickEvery(DRAIN_EVERY_MS, this.pollReceiver);
+    this.stream.start(s);
   }
-
-  /** The receiver's events, the records it handed back, its failure. */
-  private readonly pollReceiver = (): void => {
-    const rc = this.receiver;
-    if (rc === null || this.over) return;
-    this.pc.drain();
-    if (rc.handedBack) this.takeControl(rc);
-    if (this.over) return;
-    const st = rc.state;
-    if (st === 'closed') this.mainClosed(rc);
-    else if (st === 'failed') this.failWith(`migration stream: ${rc.error}`, true);
-  };
-
-  /** wire.ts decodes the handed-back records (and acts on them); then the receiver goes on. */
-  private takeControl(rc: PageChannel): void {
-    const len = rc.stat(ReceiverStat.CtlLen);
-    try {
-      this.decoder.push(Buffer.from(this.control.buffer, 0, len), rc.stat(ReceiverStat.CtlAt));
-      if (this.decoder.midRecord) throw new WireError('the native receiver refused a record wire.ts accepts (a bug)');
-    } catch (e) {
-      this.failWith(e instanceof WireError ? `migration stream: ${e.message}` : `migration: ${(e as Error).message}`, true);
-      return;
-    }
-    if (this.over || this.decoder.finished) return;
-    rc.resume(ReceiverMode.Pages | (this.postcopy ? ReceiverMode.Postcopy : 0), this.uffd?.fd ?? -1);
-  }
-
-  /** The source closed the main stream before its end. */
-  private mainClosed(rc: PageChannel): void {
-    if (rc.stat(ReceiverStat.Truncated) === 1) {
-      this.failWith(`migration stream: ${rc.error} (the source closed the connection)`, false);
-      return;
-    }
-    try {
-      this.decoder.finish();
-      this.failWith('the source closed the connection before the migration completed', false);
-    } catch (e) {
-      this.failWith(`migration stream: ${(e as Error).message} (the source closed the connection)`, false);
-    }
-  }
-
-  /** The second connection: page requests and requested pages. Read here
-   *  up to its HEADER; the fault thread takes it over at the switchover
-   *  (nothing else comes on it before the thread's first request). */
-  private acceptUrgent(s: net.Socket): void {
-    this.urgentSocket = s;
-    s.setNoDelay(true);
-    this.server?.close(); // both connections are in
-    this.removeSocketFile();
-    s.on('data', (chunk: Buffer) => {
-      if (this.over) return;
-      this.bytesIn += chunk.length;
-      try {
-        this.urgentDecoder.push(chunk);
-      } catch (e) {
-        this.failWith(e instanceof WireError ? `urgent channel: ${e.message}` : `migration: ${(e as Error).message}`, true);
-      }
-    });
-    s.on('error', (e) => this.failWith(`urgent channel error: ${e.message}`, false));
-    s.on('close', () => this.urgentClosed());
-    s.resume();
-  }
-
-  private readonly urgentHandler: StreamHandler = {
-    header: (h) => {
-      this.checkHeader(h);
-      this.urgentReady = true;
-      this.maybeStartPostcopy();
-    },
-    pages: () => { throw new WireError('pages arrived before the postcopy switchover'); },
-    zero: () => { throw new WireError('pages arrived before the postcopy switchover'); },
-    discard: () => { throw new WireError('DISCARD on the urgent channel'); },
-    endRound: () => { throw new WireError('END_ROUND on the urgent channel'); },
-    switchover: () => { throw new WireError('SWITCHOVER on the urgent channel'); },
-    end: () => { throw new WireError('END on the urgent channel'); },
-    error: (reason) => { this.error(reason); },
-  };
 
   // ---------------------------------------------------------------- stream records
 
   header(h: StreamHeader): void {
     this.checkHeader(h);
-    this.registerRam(h.postcopy);
+    this.ram.register(h.postcopy);
     this.o.status.moveTo('active');
-  }
-
-  /**
-   * Registers guest RAM with userfaultfd (MISSING) as the migration starts,
-   * for two reasons:
-   *  - postcopy advise (QEMU's): when the source may switch to postcopy, a
-   *    destination that cannot do it fails now, while the guest still runs on
-   *    the source (`required`);
-   *  - speed: a page arriving for the first time is placed with UFFDIO_COPY,
-   *    which costs ~2 us here where a first-touch write into fresh memory
-   *    costs 4-10 us (a page fault in nested virtualisation); it was the
-   *    precopy throughput's bottleneck.
-   * Without userfaultfd and without postcopy, pages are written directly.
-   */
-  private registerRam(required: boolean): void {
-    let uffd: Userfaultfd | null = null;
-    try {
-      uffd = Userfaultfd.open({ optionalFeatures: ['THREAD_ID'] });
-      uffd.register(this.base, this.ram.bytes, { missing: true });
-    } catch (e) {
-      if (uffd && !uffd.closed) uffd.close();
-      if (required) throw new WireError(`this destination cannot do postcopy: ${(e as Error).message}`);
-      return;
-    }
-    this.uffd = uffd;
   }
 
   private checkHeader(h: StreamHeader): void {
     const problems: string[] = [];
-    if (h.ramBytes !== this.ram.bytes) problems.push(`RAM size mismatch: the source has ${h.ramBytes} bytes, this VM ${this.ram.bytes} (-m)`);
+    if (h.ramBytes !== this.o.ram.bytes) problems.push(`RAM size mismatch: the source has ${h.ramBytes} bytes, this VM ${this.o.ram.bytes} (-m)`);
     if (h.vcpus !== this.o.vcpus.count) problems.push(`vCPU count mismatch: the source has ${h.vcpus}, this VM ${this.o.vcpus.count} (-smp)`);
     if (h.pageSize !== this.ps) problems.push(`page size mismatch: the source uses ${h.pageSize}, this VM ${this.ps}`);
     if (h.workload !== this.o.workload) problems.push(`workload mismatch: the source runs '${h.workload}', this VM was started with '${this.o.workload}' (-workload)`);
@@ -290,13 +139,8 @@ export class IncomingMigration implements StreamHandler {
   zero(): void { throw new WireError('the native receiver refused a ZERO record wire.ts accepts (a bug)'); }
 
   discard(offset: number, count: number): void {
-    this.ram.discard(offset, count * this.ps);
+    this.ram.discard(offset, count);
     this.discarded += count;
-    const first = offset / this.ps;
-    for (let p = first; p < first + count; p++) {
-      if (this.flags[p] & RECEIVED) this.receivedHere--;
-      this.flags[p] = 0;
-    }
   }
 
   endRound(round: number): void { this.rounds = round; }
@@ -306,21 +150,17 @@ export class IncomingMigration implements StreamHandler {
     this.o.vcpus.loadStates(states, pos);
     if (!postcopy) return; // precopy: the vCPUs start at the end of the stream
     // registered since the header advised postcopy
-    if (this.uffd === null) throw new WireError('postcopy switchover, but the stream header did not advise postcopy');
+    if (this.ram.uffd === null) throw new WireError('postcopy switchover, but the stream header did not advise postcopy');
     this.postcopy = true; // pages from here on are placed atomically (the receiver resumes in postcopy mode)
     this.maybeStartPostcopy();
-    if (!this.urgentReady) {
-      setTimeout(() => {
-        if (!this.urgentReady) this.failWith(`postcopy switchover, but the urgent channel did not come within ${URGENT_WAIT_MS / 1000} s`, true);
-      }, URGENT_WAIT_MS).unref();
-    }
+    this.pc.expectUrgent();
   }
 
   /** Starts the vCPUs with the fault thread once both the switchover and
    *  the urgent channel's HEADER are here (the two connections race). */
   private maybeStartPostcopy(): void {
-    if (!this.postcopy || !this.urgentReady || this.pc.started || this.over) return;
-    this.pc.start(this.uffd!, this.urgentSocket!, this.o.blocktimeEnabled(), this.drainChannel);
+    if (!this.postcopy || !this.pc.urgentReady || this.pc.started || this.over) return;
+    this.pc.start(this.ram.uffd!, this.o.blocktimeEnabled(), this.drainChannel);
     this.o.status.moveTo('postcopy-active');
     this.startVcpus();
   }
@@ -331,22 +171,10 @@ export class IncomingMigration implements StreamHandler {
     if (!this.pc.started) return;
     this.pc.drain();
     const st = this.pc.state;
-    if (st === 'closed') this.urgentClosed();
+    if (st === 'closed') this.pc.urgentClosed();
     else if (st === 'failed') this.failWith(this.pc.error, true);
     else if (this.endPending) this.maybeComplete();
   };
-
-  /** The source closed the urgent channel: the migration fails, after a
-   *  moment in which the main stream may still bring the source's reason (a
-   *  cancel closes both connections at once, and the main one's last record
-   *  says why). */
-  private urgentClosed(): void {
-    if (this.over || this.urgentClosing) return;
-    this.urgentClosing = true;
-    setTimeout(() => {
-      if (!this.over) this.failWith('the source closed the urgent channel before the migration completed', false);
-    }, URGENT_CLOSE_GRACE_MS).unref();
-  }
 
   private startVcpus(): void {
     if (this.o.autostart()) {
@@ -405,7 +233,7 @@ export class IncomingMigration implements StreamHandler {
 
   /** Guest RAM can be read by this thread without blocking on a missing page. */
   get ramReadable(): boolean {
-    return this.uffd === null;
+    return this.ram.uffd === null;
   }
 
   error(reason: string): void {
@@ -414,36 +242,17 @@ export class IncomingMigration implements StreamHandler {
 
   // ---------------------------------------------------------------- pages
 
-  /** Pages [first, first+count) are in place (placed by a native thread in postcopy): counted once. */
-  private received(first: number, count: number): void {
-    const flags = this.flags;
-    for (let p = first, end = first + count; p < end; p++) {
-      const f = flags[p];
-      if ((f & RECEIVED) === 0) {
-        this.receivedHere++;
-        flags[p] = f | RECEIVED;
-      }
-    }
-  }
-
   private receivedCount(): number {
-    return this.receivedHere + this.receiverFigures()[ReceiverStat.Received];
-  }
-
-  private receiverFigures(): Float64Array {
-    return this.receiver?.figures(this.pc.onEvent) ?? this.receiverStats;
+    return this.ram.receivedCount(this.stream.figures()[ReceiverStat.Received]);
   }
 
   private bytesTotal(): number {
-    return this.bytesIn + this.receiverFigures()[ReceiverStat.BytesIn] + this.pc.stat(FaultThreadStat.BytesIn);
+    return this.pc.urgentBytes + this.stream.figures()[ReceiverStat.BytesIn] + this.pc.stat(FaultThreadStat.BytesIn);
   }
 
   /** Stops the receiver, then the fault thread (both joined at once), and takes their last events and figures. */
   private stopThreads(): void {
-    if (this.receiver !== null) {
-      this.receiverStats = this.receiver.close(this.pc.onEvent);
-      this.receiver = null;
-    }
+    this.stream.stop();
     this.pc.stop();
   }
 
@@ -487,12 +296,7 @@ export class IncomingMigration implements StreamHandler {
    *  normally from now on. All done when this returns. */
   private async releaseUffd(): Promise<void> {
     this.stopThreads();
-    const u = this.uffd;
-    if (u && !u.closed) {
-      try { u.unregister(this.base, this.ram.bytes); } catch { /* RAM gone */ }
-      u.close();
-    }
-    this.uffd = null;
+    this.ram.release();
   }
 
   /** migrate_cancel on the destination: the incoming migration fails. */
@@ -509,15 +313,13 @@ export class IncomingMigration implements StreamHandler {
     this.socket?.destroy();
     this.urgentSocket?.destroy();
     await this.releaseUffd();
-    this.flagsBlock.free();
-    this.control.free();
+    this.stream.free();
+    this.ram.free();
   }
 
   private removeSocketFile(): void {
-    if (this.unixPath) {
-      try { unlinkSync(this.unixPath); } catch { /* gone */ }
-      this.unixPath = null;
-    }
+    removeSocketFile(this.unixPath);
+    this.unixPath = '';
   }
 
   // ---------------------------------------------------------------- queries
@@ -530,13 +332,13 @@ export class IncomingMigration implements StreamHandler {
 
   ramStats(): MigrationRamStats {
     const f = this.pc.figures();
-    const r = this.receiverFigures();
+    const r = this.stream.figures();
     const bytesIn = this.bytesTotal();
     const end = this.endMs >= 0 ? this.endMs : performance.now();
     return ramStatsOf({
       transferred: bytesIn,
       remaining: (this.pageCount - this.receivedCount()) * this.ps,
-      total: this.ram.bytes,
+      total: this.o.ram.bytes,
       normal: r[ReceiverStat.Normal] + f[FaultThreadStat.Placed],
       duplicate: r[ReceiverStat.Zero] + f[FaultThreadStat.ZeroPlaced],
       pageSize: this.ps,
@@ -554,13 +356,5 @@ export class IncomingMigration implements StreamHandler {
   get discardedPages(): number { return this.discarded; }
 
   /** UFFDIO_COPY/ZEROPAGE calls of the main stream (a run of pages is one call) */
-  get placements(): number { return this.receiverFigures()[ReceiverStat.PlaceCalls]; }
-}
-
-function socketFileExists(path: string): boolean {
-  try {
-    return lstatSync(path) !== undefined;
-  } catch {
-    return false;
-  }
+  get placements(): number { return this.stream.figures()[ReceiverStat.PlaceCalls]; }
 }

@@ -34,8 +34,14 @@ export class SourcePostcopy {
   /** the page server's counters once it stopped (PageServerStat indices) */
   private finalStats: Float64Array = new Float64Array(16);
 
-  /** `failLater(why)`: the urgent channel went wrong (the main connection may say why first) */
-  constructor(private readonly failLater: (why: string) => void, private readonly done: () => boolean) {}
+  constructor(private readonly o: {
+    /** the urgent channel went wrong (the main connection may say why first) */
+    failLater(why: string): void;
+    fail(why: string): void;
+    done(): boolean;
+    /** pages still to send */
+    needed(): number;
+  }) {}
 
   /** The urgent channel: this side writes its HEADER, then the page server
    *  takes it over at the postcopy switchover (nothing comes back on it
@@ -55,14 +61,13 @@ export class SourcePostcopy {
     });
     this.ready.catch(() => undefined); // failures are reported by the listeners below
     u.on('data', () => { /* nothing comes back on this channel before the page server takes it */ });
-    u.on('error', (e) => this.failLater(`urgent channel error: ${e.message}`));
-    u.on('close', () => { if (!this.done()) this.failLater('the destination closed the urgent channel'); });
+    u.on('error', (e) => this.o.failLater(`urgent channel error: ${e.message}`));
+    u.on('close', () => { if (!this.o.done()) this.o.failLater('the destination closed the urgent channel'); });
   }
 
   /** Starts the page server once the urgent channel is up (before the
    *  destination's vCPUs can run). `flags`: the page flags' address. */
-  async start(o: { ramBase: number; pageSize: number; pages: number; flags: number; sender: PageChannel },
-    onStopped: (state: 'closed' | 'failed', error: string) => void): Promise<void> {
+  async start(o: { ramBase: number; pageSize: number; pages: number; flags: number; sender: PageChannel }): Promise<void> {
     await this.ready;
     const u = this.socket;
     if (u === null || u.destroyed) throw new Error('the destination closed the urgent channel');
@@ -73,7 +78,12 @@ export class SourcePostcopy {
       const st = server.state;
       if (st === 'running') return;
       server.stopTicking(); // said once
-      onStopped(st === 'failed' ? 'failed' : 'closed', server.error);
+      // every page sent: the destination closes the urgent channel as it
+      // completes, and says so on the main connection only once it has
+      // released guest RAM; that connection decides (RP_COMPLETE, RP_ERROR,
+      // or closing early)
+      if (st === 'failed') this.o.fail(server.error);
+      else if (!this.o.done() && this.o.needed() > 0) this.o.failLater('the destination closed the urgent channel');
     });
   }
 

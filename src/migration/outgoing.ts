@@ -12,32 +12,30 @@
 // what the sender finished, syncs the dirty bitmap between passes, decides
 // to go round again, converge or switch, and reads the return path.
 
-import net from 'node:net';
+import type net from 'node:net';
 import type { EventEmitter } from 'node:events';
 import type { MigrationRamStats } from './api.js';
 import { ramStatsOf } from './ram-stats.js';
 import type { GuestMemory, VcpuControl } from './guest.js';
 import type { MigrationStatusMachine } from './status.js';
 import type { Parameters } from './parameters.js';
-import { ConvergenceWatch, describeStall, type ConvergenceInfo } from './convergence.js';
-import { systemErrorText } from '../errors.js';
+import { describeStall, type ConvergenceInfo } from './convergence.js';
 import { startDirtyTracking, type DirtyTracker, type DirtyTrackingMode } from './dirty-tracker.js';
-import { formatMigrationUri, type MigrationAddress } from './uri.js';
-import { PageChannel, SenderStat, PageServerStat } from '../native/page-channel.js';
+import type { MigrationAddress } from './uri.js';
+import { SenderStat, PageServerStat } from '../native/page-channel.js';
 import {
-  ReturnDecoder, encodeHeader, encodeBare, encodeSwitchover, encodeText, WireError,
-  REC_END_ROUND, REC_END, REC_ERROR, VCPU_STATE_BYTES, type ReturnHandler,
+  encodeHeader, encodeBare, encodeSwitchover, encodeText, REC_END_ROUND, REC_END, REC_ERROR, VCPU_STATE_BYTES, type ReturnHandler,
 } from './wire.js';
+import { connectMain } from './outgoing-connect.js';
 import { SourceRam } from './outgoing-ram.js';
 import { SourcePostcopy } from './outgoing-postcopy.js';
+import { PrecopyRounds } from './outgoing-precopy.js';
+import { SourceStream } from './outgoing-stream.js';
 
 /** main-stream bytes the destination has not yet consumed, at most, in
  *  postcopy (a requested page never waits for these: it goes again on the
  *  urgent channel; the window only keeps the destination's queue short) */
 const POSTCOPY_WINDOW = 2 * 1024 * 1024;
-const CONNECT_TIMEOUT_MS = 10000;
-/** a round shorter than this says little about bandwidth */
-const MIN_MEASURE_BYTES = 1 << 20;
 /** how often the sender's progress is looked at (and its rate limit set) */
 const TICK_MS = 2;
 
@@ -67,44 +65,28 @@ export class OutgoingMigration implements ReturnHandler {
   private socket: net.Socket | null = null;
   private readonly urgent: SourcePostcopy;
   /** the native main-stream writer, from the connection on */
-  private sender: PageChannel | null = null;
-  private senderStats: Float64Array = new Float64Array(16);
+  private readonly stream = new SourceStream();
   private ticker: NodeJS.Timeout | null = null;
-  /** passes queued on the sender; it is idle when SenderStat.Passes reaches this */
-  private passes = 0;
-  /** resolved when the sender finished every queued pass */
-  private idleWaiters: (() => void)[] = [];
-  private decoder: ReturnDecoder;
   private tracker: DirtyTracker | null = null;
   private phase: Phase = 'connecting';
   private postcopyRequested = false;
-  private round = 0;
+  private readonly rounds: PrecopyRounds;
   private vcpusStopped = false;
   /** the postcopy SWITCHOVER (the vCPU state) went out: the guest may run on
    *  the destination now, so it never runs here again */
   private postcopyStatesSent = false;
   private destRunning = false;
-  private roundStartMs = 0;
-  private roundStartBytes = 0;
-  private bandwidth = 0; // bytes/s measured over the last round
-  private lastSyncMs = 0;
-  private dirtyRate = 0;
-  /** whether precopy rounds still shrink the dirty set */
-  private readonly convergenceWatch = new ConvergenceWatch(() => performance.now());
-  private syncs = 0;
-  /** main-stream bytes when the postcopy phase began / the vCPUs stopped / the destination ran */
-  private bytesAtPostcopy = -1;
-  private bytesAtStop = -1;
-  private bytesAtRunning = -1;
   private startMs = 0;
   private endMs = -1;
 
   constructor(private readonly o: OutgoingOptions) {
     this.ram = o.ram;
     this.ps = o.ram.pageSize;
-    this.state = new SourceRam(o.ram, { sender: () => this.senderFigures(), server: () => this.urgent.figures() });
-    this.urgent = new SourcePostcopy((why) => this.failLater(why), () => this.phase === 'done');
-    this.decoder = new ReturnDecoder(this, o.ram.bytes, this.ps);
+    this.state = new SourceRam(o.ram, { sender: () => this.stream.figures(), server: () => this.urgent.figures() });
+    this.urgent = new SourcePostcopy({
+      failLater: (why) => this.failLater(why), fail: (why) => this.fail(why), done: () => this.phase === 'done', needed: () => this.state.needed,
+    });
+    this.rounds = new PrecopyRounds(() => performance.now(), this.ps);
   }
 
   get trackingMode(): DirtyTrackingMode | undefined { return this.tracker?.mode; }
@@ -115,52 +97,29 @@ export class OutgoingMigration implements ReturnHandler {
     const st = this.o.status;
     st.moveTo('setup');
     this.startMs = performance.now();
-    const sock = addr.transport === 'tcp' ? net.connect({ host: addr.host, port: addr.port }) : net.connect({ path: addr.path });
-    this.socket = sock;
-    const timer = setTimeout(() => sock.destroy(new Error(`timed out after ${CONNECT_TIMEOUT_MS / 1000} s`)), CONNECT_TIMEOUT_MS);
-    sock.once('connect', () => {
-      clearTimeout(timer);
-      if (this.phase === 'done') return;
-      sock.setNoDelay(true);
-      try {
-        this.tracker = startDirtyTracking(this.ram, this.o.trackingMode);
-        this.sender = PageChannel.startStreamSender({ sock, ramBase: this.ram.base, pageSize: this.ps, pages: this.state.pages, flags: this.state.address });
-      } catch (e) {
-        this.fail(`cannot ${this.tracker ? 'start the stream sender' : 'track dirty pages'}: ${(e as Error).message}`);
-        return;
-      }
-      const h = { pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload };
-      this.sender.send(encodeHeader({ ...h, postcopy: this.o.postcopy }));
-      this.urgent.connect(addr, h);
-      this.phase = 'precopy';
-      this.roundStartMs = performance.now();
-      this.lastSyncMs = this.roundStartMs;
-      st.moveTo('active');
-      this.ticker = setInterval(this.tick, TICK_MS);
-      this.startPass(false);
+    this.socket = connectMain(addr, this, this.ram.bytes, this.ps, {
+      connected: (sock) => this.connected(sock, addr), fail: (why) => this.fail(why),
+      connecting: () => this.phase === 'connecting', done: () => this.phase === 'done',
     });
-    sock.on('data', (chunk: Buffer) => {
-      try {
-        this.decoder.push(chunk);
-      } catch (e) {
-        this.fail(`return path: ${(e as Error).message}`);
-      }
-    });
-    sock.on('error', (e: NodeJS.ErrnoException) => {
-      clearTimeout(timer);
-      if (this.phase === 'connecting') this.fail(`Failed to connect to '${formatMigrationUri(addr)}': ${systemErrorText(e)}`);
-      else this.fail(`migration connection error: ${e.message}`);
-    });
-    sock.on('close', () => {
-      clearTimeout(timer);
-      if (this.phase === 'done') return;
-      try {
-        this.decoder.finish();
-        this.fail('the destination closed the connection');
-      } catch (e) {
-        this.fail(e instanceof WireError ? `${e.message} (the destination closed the connection)` : String(e));
-      }
-    });
+  }
+
+  private connected(sock: net.Socket, addr: MigrationAddress): void {
+    try {
+      this.tracker = startDirtyTracking(this.ram, this.o.trackingMode);
+      this.stream.start({ sock, ramBase: this.ram.base, pageSize: this.ps, pages: this.state.pages, flags: this.state.address });
+    } catch (e) {
+      this.fail(`cannot ${this.tracker ? 'start the stream sender' : 'track dirty pages'}: ${(e as Error).message}`);
+      return;
+    }
+    const h = { pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload };
+    this.stream.send(encodeHeader({ ...h, postcopy: this.o.postcopy }));
+    this.urgent.connect(addr, h);
+    this.phase = 'precopy';
+    this.rounds.begin(0);
+    this.o.status.moveTo('active');
+    this.ticker = setInterval(this.tick, TICK_MS);
+    this.setLimit();
+    this.stream.pass(false);
   }
 
   /** the main connection usually says why (RP_ERROR, close) or that all went
@@ -175,7 +134,7 @@ export class OutgoingMigration implements ReturnHandler {
   /** migrate_start_postcopy: switch at the next opportunity (the round in progress ends after its batch). */
   requestPostcopy(): void {
     this.postcopyRequested = true;
-    if (this.phase === 'precopy') this.sender?.interrupt();
+    if (this.phase === 'precopy') this.stream.interrupt();
   }
 
   get postcopyPending(): boolean { return this.postcopyRequested; }
@@ -211,12 +170,12 @@ export class OutgoingMigration implements ReturnHandler {
   }
 
   ack(consumed: number): void {
-    this.sender?.setInput(SenderStat.Acked, consumed);
+    this.stream.set(SenderStat.Acked, consumed);
   }
 
   running(): void {
     this.destRunning = true;
-    this.bytesAtRunning = this.bytesOut();
+    this.stream.mark('running');
     this.o.status.markDowntimeEnd();
   }
 
@@ -230,36 +189,13 @@ export class OutgoingMigration implements ReturnHandler {
 
   // ---------------------------------------------------------------- the sender
 
-  private senderFigures(): Float64Array {
-    return this.sender?.figures(noEvents) ?? this.senderStats;
-  }
-
-  private bytesOut(): number { return this.senderFigures()[SenderStat.BytesOut]; }
-
-  private startPass(wrap: boolean): void {
-    this.passes++;
-    this.sender!.pass(wrap);
-  }
-
-  /** resolves once the sender has finished every pass queued */
-  private idle(): Promise<void> {
-    return new Promise((resolve) => {
-      if (this.senderFigures()[SenderStat.Passes] >= this.passes) resolve();
-      else this.idleWaiters.push(resolve);
-    });
-  }
-
   /** Every TICK_MS: the sender's rate limit for the phase, its failure, and what follows a finished pass. */
   private readonly tick = (): void => {
-    const s = this.sender;
-    if (s === null || this.phase === 'done') return;
-    const p = this.o.params;
-    s.setInput(SenderStat.Limit, this.phase === 'precopy' ? p.value('max-bandwidth') : this.phase === 'postcopy' ? p.value('max-postcopy-bandwidth') : 0);
+    const s = this.stream;
+    if (this.phase === 'done' || this.phase === 'connecting') return;
+    this.setLimit();
     if (s.state === 'failed') { this.fail(`sending: ${s.error}`); return; }
-    if (s.stat(SenderStat.Passes) < this.passes) return;
-    const waiters = this.idleWaiters;
-    this.idleWaiters = [];
-    for (const w of waiters) w();
+    if (!s.poll()) return;
     try {
       if (this.phase === 'precopy') {
         if (this.postcopyRequested) void this.switchToPostcopy();
@@ -273,33 +209,34 @@ export class OutgoingMigration implements ReturnHandler {
     }
   };
 
+  /** the rate limit for the phase (a parameter set meanwhile applies within a tick) */
+  private setLimit(): void {
+    const p = this.o.params;
+    this.stream.set(SenderStat.Limit, this.phase === 'precopy' ? p.value('max-bandwidth') : this.phase === 'postcopy' ? p.value('max-postcopy-bandwidth') : 0);
+  }
+
   /** End of a precopy pass: sync the dirty set, then converge or go round again. */
   private endOfRound(): void {
-    const now = performance.now();
-    const roundMs = Math.max(1, now - this.roundStartMs);
-    const roundBytes = this.bytesOut() - this.roundStartBytes;
-    if (roundBytes >= MIN_MEASURE_BYTES || this.bandwidth === 0) this.bandwidth = (roundBytes * 1000) / roundMs;
-    this.round++;
-    this.sender!.send(encodeBare(REC_END_ROUND, this.round));
+    this.stream.send(encodeBare(REC_END_ROUND, this.rounds.passEnded(this.stream.bytesOut)));
     const dirtied = this.state.sync(this.tracker!);
-    this.syncs++;
-    this.dirtyRate = (dirtied * 1000) / Math.max(1, now - this.lastSyncMs);
-    this.lastSyncMs = now;
-    const needed = this.state.needed;
-    this.convergenceWatch.round({ remainingBytes: needed * this.ps, dirtyRate: this.dirtyRate * this.ps, bandwidth: this.bandwidth });
-    this.roundStartMs = now;
-    this.roundStartBytes = this.bytesOut();
-    const expectedMs = needed === 0 ? 0 : this.bandwidth > 0 ? (needed * this.ps * 1000) / this.bandwidth : Infinity;
-    if (expectedMs <= this.o.params.value('downtime-limit')) void this.completePrecopy();
-    else this.startPass(false);
+    if (this.rounds.synced(dirtied, this.state.needed, this.stream.bytesOut, this.o.params.value('downtime-limit'))) void this.completePrecopy();
+    else this.stream.pass(false);
   }
 
   private async stopVcpus(): Promise<void> {
     this.o.status.markDowntimeStart();
     this.vcpusStopped = true;
-    this.bytesAtStop = this.bytesOut();
+    this.stream.mark('stopped');
     this.o.setRunState('finish-migrate');
     await this.o.vcpus.pause();
+  }
+
+  /** the vCPUs stopped: the last dirty sync, tracking off; false when the migration ended meanwhile */
+  private async lastSync(): Promise<boolean> {
+    this.state.sync(this.tracker!);
+    this.rounds.finalSync();
+    await this.tracker!.stop();
+    return !this.isOver();
   }
 
   private statesRecord(postcopy: boolean): Buffer {
@@ -314,17 +251,15 @@ export class OutgoingMigration implements ReturnHandler {
     await this.stopVcpus();
     if (this.isOver()) return;
     try {
-      this.state.sync(this.tracker!);
-      this.syncs++;
-      await this.tracker!.stop();
-      if (this.isOver()) return;
+      if (!await this.lastSync()) return;
       this.o.status.moveTo('device');
-      this.startPass(false);
-      await this.idle();
+      this.setLimit(); // none: downtime
+      this.stream.pass(false);
+      await this.stream.idle();
       if (this.isOver()) return;
-      this.sender!.send(this.statesRecord(false));
+      this.stream.send(this.statesRecord(false));
       this.phase = 'finishing';
-      this.sender!.send(encodeBare(REC_END));
+      this.stream.send(encodeBare(REC_END));
     } catch (e) {
       this.fail(`switchover: ${(e as Error).message}`);
     }
@@ -337,31 +272,22 @@ export class OutgoingMigration implements ReturnHandler {
     if (this.isOver()) return;
     try {
       this.o.status.moveTo('postcopy-active');
-      this.state.sync(this.tracker!);
-      this.syncs++;
-      await this.tracker!.stop();
-      if (this.isOver()) return;
+      if (!await this.lastSync()) return;
       const discards = this.state.discards(); // pages dirtied since the destination got them
-      if (discards.length > 0) this.sender!.send(discards);
+      if (discards.length > 0) this.stream.send(discards);
       // the page server must be serving before the destination's vCPUs run
-      await this.urgent.start({ ramBase: this.ram.base, pageSize: this.ps, pages: this.state.pages, flags: this.state.address, sender: this.sender! },
-        (st, error) => {
-          // every page sent: the destination closes the urgent channel as it
-          // completes, and says so on the main connection only once it has
-          // released guest RAM; that connection decides (RP_COMPLETE,
-          // RP_ERROR, or closing early)
-          if (st === 'failed') this.fail(error);
-          else if (this.phase !== 'done' && this.state.needed > 0) this.failLater('the destination closed the urgent channel');
-        });
+      await this.urgent.start({ ramBase: this.ram.base, pageSize: this.ps, pages: this.state.pages, flags: this.state.address, sender: this.stream.channel! });
       if (this.isOver()) return;
       this.postcopyStatesSent = true;
       const states = this.statesRecord(true);
-      this.sender!.send(states);
-      await this.idle();
-      this.bytesAtPostcopy = this.bytesOut() + states.length;
+      this.stream.send(states);
+      await this.stream.idle();
+      if (this.isOver()) return;
+      this.stream.mark('postcopy');
       this.phase = 'postcopy';
-      this.sender!.setInput(SenderStat.Window, POSTCOPY_WINDOW);
-      this.startPass(true);
+      this.stream.set(SenderStat.Window, POSTCOPY_WINDOW);
+      this.setLimit();
+      this.stream.pass(true);
     } catch (e) {
       this.fail(`postcopy switchover: ${(e as Error).message}`);
     }
@@ -380,17 +306,6 @@ export class OutgoingMigration implements ReturnHandler {
     }
   }
 
-  /** Stops the sender (joined at once: the batch in progress goes out whole, then `last`); whether `last` went out. */
-  private stopSender(last: Buffer): boolean {
-    const s = this.sender;
-    if (s === null) return false;
-    const sent = s.stopWith(last);
-    this.senderStats = s.figures(noEvents).slice();
-    s.dispose();
-    this.sender = null;
-    return sent;
-  }
-
   private async finishUp(how: 'completed' | 'failed' | 'cancelled'): Promise<void> {
     if (this.phase === 'done') return;
     const switched = this.vcpusStopped && (this.postcopyRequested || this.phase === 'finishing' || how === 'completed');
@@ -398,13 +313,12 @@ export class OutgoingMigration implements ReturnHandler {
     this.phase = 'done';
     this.endMs = performance.now();
     if (this.ticker) { clearInterval(this.ticker); this.ticker = null; }
-    for (const w of this.idleWaiters.splice(0)) w();
     const st = this.o.status;
     // a failure or a cancel says why on the stream (ERROR, after the records
     // in progress) while the connection still takes it, so the destination
     // fails with the same reason
     const why = how === 'completed' ? null : encodeText(REC_ERROR, how === 'cancelled' ? 'migration cancelled by the source' : st.errorDesc ?? 'the source failed');
-    const told = this.stopSender(why ?? Buffer.alloc(0));
+    const told = this.stream.stop(why ?? Buffer.alloc(0));
     this.urgent.close(how === 'failed');
     this.state.free();
     if (how === 'completed') st.moveTo('completed');
@@ -429,7 +343,7 @@ export class OutgoingMigration implements ReturnHandler {
 
   /** precopy that does not converge, said with its figures; undefined otherwise */
   convergence(): ConvergenceInfo | undefined {
-    const s = this.phase === 'precopy' ? this.convergenceWatch.stall : undefined;
+    const s = this.phase === 'precopy' ? this.rounds.stall : undefined;
     return s && describeStall(s, { maxBandwidth: this.o.params.value('max-bandwidth'), postcopyRam: this.o.postcopy });
   }
 
@@ -438,28 +352,23 @@ export class OutgoingMigration implements ReturnHandler {
 
   ramStats(): MigrationRamStats {
     const f = this.urgent.figures();
-    const s = this.senderFigures();
+    const s = this.stream.figures();
     const urgentBytes = f[PageServerStat.BytesOut];
-    const main = s[SenderStat.BytesOut];
-    const postcopyMain = this.bytesAtPostcopy >= 0 ? main - this.bytesAtPostcopy : 0;
-    const downtimeEnd = this.bytesAtRunning >= 0 ? this.bytesAtRunning : main;
+    const b = this.stream.split();
     return ramStatsOf({
-      transferred: main + urgentBytes,
+      transferred: b.main + urgentBytes,
       remaining: this.state.needed * this.ps,
       total: this.ram.bytes,
       normal: s[SenderStat.Normal] + f[PageServerStat.Normal],
       duplicate: s[SenderStat.Zero] + f[PageServerStat.Zero],
       pageSize: this.ps,
       elapsedMs: (this.endMs >= 0 ? this.endMs : performance.now()) - this.startMs,
-      syncs: this.syncs,
+      syncs: this.rounds.syncs,
       requests: f[PageServerStat.Requests],
-      postcopyBytes: postcopyMain + urgentBytes,
-      precopyBytes: main - postcopyMain,
-      downtimeBytes: this.bytesAtStop >= 0 ? downtimeEnd - this.bytesAtStop : 0,
-      dirtyPagesRate: this.dirtyRate,
+      postcopyBytes: b.postcopy + urgentBytes,
+      precopyBytes: b.main - b.postcopy,
+      downtimeBytes: b.downtime,
+      dirtyPagesRate: this.rounds.dirtyRate,
     });
   }
 }
-
-/** the sender pushes no events */
-const noEvents = (): void => undefined;

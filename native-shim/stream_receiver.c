@@ -331,7 +331,7 @@ static void *receiver_run(void *arg)
 uint64_t pc_stream_receiver_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, uint64_t flags, uint8_t *ctl,
                                   uint32_t ctl_cap, struct pc_channel_status *st, double *ring, uint32_t ring_size, double clock_base)
 {
-    size_t in_cap = 4u << 20;
+    size_t in_cap = 512u << 10; /* stays in cache between recv and UFFDIO_COPY */
     if (in_cap < 4 * page_size + PC_RECORD_HEADER + MAX_VAR_PAYLOAD)
         in_cap = 4 * page_size + PC_RECORD_HEADER + MAX_VAR_PAYLOAD;
     if (ctl_cap < PC_RECORD_HEADER + MAX_VAR_PAYLOAD) {

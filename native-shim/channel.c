@@ -87,14 +87,17 @@ int pc_channel_fill(struct pc_channel *c)
             return 1;
         }
         if (n == 0) {
-            pc_channel_fail(c, PC_CH_CLOSED, 0, "the peer closed the urgent channel");
+            if (c->at_eof)
+                c->at_eof(c);
+            else
+                pc_channel_fail(c, PC_CH_CLOSED, 0, "the peer closed the %s", c->what);
             return -1;
         }
         if (errno == EINTR)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return 0;
-        pc_channel_fail(c, errno == ECONNRESET ? PC_CH_CLOSED : PC_CH_FAILED, errno, "urgent channel: recv: %s", strerror(errno));
+        pc_channel_fail(c, errno == ECONNRESET ? PC_CH_CLOSED : PC_CH_FAILED, errno, "%s: recv: %s", c->what, strerror(errno));
         return -1;
     }
 }
@@ -136,6 +139,7 @@ struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, u
         return NULL;
     }
     c->sock = sock;
+    c->what = "urgent channel";
     c->uffd = -1;
     c->base = base;
     c->page_size = page_size;

@@ -117,6 +117,8 @@ struct pc_channel {
     const struct pc_vcpu *vcpus; /* destination: the vCPU blocks (access stamps), or NULL */
     int32_t *vcpu_tids;   /* destination: open-addressing table tid -> vCPU index + 1 (pairs) */
     uint32_t vcpu_mask;   /* its slots - 1 */
+    const char *what;     /* the channel's name in errors ("urgent channel" unless set) */
+    void (*at_eof)(struct pc_channel *c); /* the peer closed: says why (else a plain "closed") */
     void *side;           /* a side's own state (freed with the channel, by side_free if set) */
     void (*side_free)(void *side);
 };

@@ -236,32 +236,15 @@ static int parse(struct pc_channel *c, struct receiver *r)
     return rc;
 }
 
-/* reads what the socket has; 1 = got bytes, 0 = nothing now, -1 = closed or failed */
-static int fill(struct pc_channel *c, struct receiver *r)
+/* the source closed the stream: inside a record, it is truncated */
+static void at_eof(struct pc_channel *c)
 {
-    for (;;) {
-        ssize_t n = recv(c->sock, c->in + c->in_len, c->in_cap - c->in_len, MSG_DONTWAIT);
-        if (n > 0) {
-            c->in_len += (size_t)n;
-            c->st->stats[PC_RCV_BYTES_IN] += (double)n;
-            return 1;
-        }
-        if (n == 0) {
-            if (r->run_left > 0 || c->in_len > 0) {
-                c->st->stats[PC_RCV_TRUNCATED] = 1;
-                pc_channel_fail(c, PC_CH_CLOSED, 0, "truncated stream: ended inside a record at byte %llu",
-                                (unsigned long long)r->consumed);
-            } else {
-                pc_channel_fail(c, PC_CH_CLOSED, 0, "the source closed the connection");
-            }
-            return -1;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            return 0;
-        pc_channel_fail(c, errno == ECONNRESET ? PC_CH_CLOSED : PC_CH_FAILED, errno, "migration stream: recv: %s", strerror(errno));
-        return -1;
+    struct receiver *r = c->side;
+    if (r->run_left > 0 || c->in_len > 0) {
+        c->st->stats[PC_RCV_TRUNCATED] = 1;
+        pc_channel_fail(c, PC_CH_CLOSED, 0, "truncated stream: ended inside a record at byte %llu", (unsigned long long)r->consumed);
+    } else {
+        pc_channel_fail(c, PC_CH_CLOSED, 0, "the source closed the connection");
     }
 }
 
@@ -313,7 +296,7 @@ static void *receiver_run(void *arg)
             continue;
         }
         acknowledge(c, r);
-        int got = fill(c, r);
+        int got = pc_channel_fill(c);
         if (got < 0)
             break;
         if (got == 0)
@@ -351,6 +334,8 @@ uint64_t pc_stream_receiver_start(int sock, uint64_t ram_base, uint64_t page_siz
     r->ctl_cap = ctl_cap;
     r->flags = (uint8_t *)(uintptr_t)flags;
     c->side = r;
+    c->what = "migration stream";
+    c->at_eof = at_eof;
     st->handback = 0;
     if (pc_channel_spawn(c, receiver_run) != 0)
         return 0;

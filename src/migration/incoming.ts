@@ -215,20 +215,14 @@ export class IncomingMigration implements StreamHandler {
     this.pc.end();
     this.over = true;
     this.endMs = performance.now();
-    // un-register first: once 'completed' is visible, guest RAM is plain memory
-    // again (the threads are stopped already; after precopy the vCPUs start
-    // on plain memory)
-    const released = this.releaseUffd();
+    // un-register first: once 'completed' is visible, guest RAM is plain
+    // memory again (after precopy the vCPUs start on plain memory)
+    this.release();
     if (!this.postcopy) this.startVcpus();
-    released.then(() => {
-      this.o.status.moveTo('completed');
-      this.reply(encodeBare(RP_COMPLETE));
-      this.socket?.end();
-      this.urgentSocket?.end();
-    }, (e: unknown) => {
-      this.over = false;
-      this.failWith(`releasing userfaultfd: ${(e as Error).message}`, true);
-    });
+    this.o.status.moveTo('completed');
+    this.reply(encodeBare(RP_COMPLETE));
+    this.socket?.end();
+    this.urgentSocket?.end();
   }
 
   /** Guest RAM can be read by this thread without blocking on a missing page. */
@@ -239,8 +233,6 @@ export class IncomingMigration implements StreamHandler {
   error(reason: string): void {
     this.failWith(`the source stopped the migration: ${reason}`, false);
   }
-
-  // ---------------------------------------------------------------- pages
 
   private receivedCount(): number {
     return this.ram.receivedCount(this.stream.figures()[ReceiverStat.Received]);
@@ -281,7 +273,7 @@ export class IncomingMigration implements StreamHandler {
     // before postcopy nothing can fill the pages still missing: plain memory
     // again (a read of guest RAM must not block forever)
     if (!this.postcopy) {
-      void this.releaseUffd();
+      this.release();
     } else {
       // vCPUs that touch a page that never came stay blocked in their fault
       // (the uffd stays registered); the others are paused. Nothing runs on
@@ -293,8 +285,8 @@ export class IncomingMigration implements StreamHandler {
 
   /** After completion (or a failure before postcopy): stop the threads
    *  (joined at once), un-register guest RAM; untouched zero pages fault
-   *  normally from now on. All done when this returns. */
-  private async releaseUffd(): Promise<void> {
+   *  normally from now on. */
+  private release(): void {
     this.stopThreads();
     this.ram.release();
   }
@@ -312,7 +304,7 @@ export class IncomingMigration implements StreamHandler {
     this.removeSocketFile();
     this.socket?.destroy();
     this.urgentSocket?.destroy();
-    await this.releaseUffd();
+    this.release();
     this.stream.free();
     this.ram.free();
   }
@@ -325,6 +317,8 @@ export class IncomingMigration implements StreamHandler {
   // ---------------------------------------------------------------- queries
 
   get listening(): boolean { return this.server !== null && this.socket === null; }
+  /** pages dropped on the source's DISCARD (dirtied after they were sent) */
+  get discardedPages(): number { return this.discarded; }
 
   blocktimeReport(): BlocktimeReport | undefined {
     return this.pc.report();
@@ -351,10 +345,4 @@ export class IncomingMigration implements StreamHandler {
       dirtyPagesRate: 0,
     });
   }
-
-  /** pages dropped on the source's DISCARD (dirtied after they were sent) */
-  get discardedPages(): number { return this.discarded; }
-
-  /** UFFDIO_COPY/ZEROPAGE calls of the main stream (a run of pages is one call) */
-  get placements(): number { return this.stream.figures()[ReceiverStat.PlaceCalls]; }
 }

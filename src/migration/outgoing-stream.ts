@@ -6,7 +6,8 @@
 // window and the destination's acknowledgements, and knows when it is idle.
 
 import type net from 'node:net';
-import { PageChannel, SenderStat } from '../native/page-channel.js';
+import { PageChannel, SenderStat, PageServerStat } from '../native/page-channel.js';
+import type { RamCounters } from './ram-stats.js';
 
 /** the sender pushes no events */
 const noEvents = (): void => undefined;
@@ -89,6 +90,22 @@ export class SourceStream {
       main,
       postcopy: postcopy >= 0 ? main - postcopy : 0,
       downtime: stopped >= 0 ? (running >= 0 ? running : main) - stopped : 0,
+    };
+  }
+
+  /** query-migrate's byte and page counters of this stream and the page server (its figures) */
+  counters(server: Float64Array): Pick<RamCounters, 'transferred' | 'normal' | 'duplicate' | 'requests' | 'postcopyBytes' | 'precopyBytes' | 'downtimeBytes'> {
+    const s = this.figures();
+    const urgent = server[PageServerStat.BytesOut];
+    const b = this.split();
+    return {
+      transferred: b.main + urgent,
+      normal: s[SenderStat.Normal] + server[PageServerStat.Normal],
+      duplicate: s[SenderStat.Zero] + server[PageServerStat.Zero],
+      requests: server[PageServerStat.Requests],
+      postcopyBytes: b.postcopy + urgent,
+      precopyBytes: b.main - b.postcopy,
+      downtimeBytes: b.downtime,
     };
   }
 

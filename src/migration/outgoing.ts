@@ -4,13 +4,10 @@
 // background push while the page server answers requests), and finish when
 // the destination says every page is in place.
 //
-// The data plane is native: the stream sender (native-shim/stream_sender.c,
-// QEMU's migration thread) writes every byte of the main stream, control
-// records queued from here (encoded by wire.ts) and passes over guest RAM,
-// which it walks itself (page flags in native memory: outgoing-ram.ts). This
-// event loop keeps the control plane: it looks every few milliseconds at
+// The data plane is native (outgoing-stream.ts, outgoing-postcopy.ts); this
+// event loop keeps the control plane: every few milliseconds it looks at
 // what the sender finished, syncs the dirty bitmap between passes, decides
-// to go round again, converge or switch, and reads the return path.
+// to go round again, converge or switch, and it reads the return path.
 
 import type net from 'node:net';
 import type { EventEmitter } from 'node:events';
@@ -22,7 +19,7 @@ import type { Parameters } from './parameters.js';
 import { describeStall, type ConvergenceInfo } from './convergence.js';
 import { startDirtyTracking, type DirtyTracker, type DirtyTrackingMode } from './dirty-tracker.js';
 import type { MigrationAddress } from './uri.js';
-import { SenderStat, PageServerStat } from '../native/page-channel.js';
+import { SenderStat } from '../native/page-channel.js';
 import {
   encodeHeader, encodeBare, encodeSwitchover, encodeText, REC_END_ROUND, REC_END, REC_ERROR, VCPU_STATE_BYTES, type ReturnHandler,
 } from './wire.js';
@@ -161,17 +158,9 @@ export class OutgoingMigration implements ReturnHandler {
 
   // ---------------------------------------------------------------- return path
 
-  requestPages(): void {
-    this.fail('return path: a page request on the main connection (requests come on the urgent channel)');
-  }
-
-  error(reason: string): void {
-    this.fail(`destination: ${reason}`);
-  }
-
-  ack(consumed: number): void {
-    this.stream.set(SenderStat.Acked, consumed);
-  }
+  requestPages(): void { this.fail('return path: a page request on the main connection (requests come on the urgent channel)'); }
+  error(reason: string): void { this.fail(`destination: ${reason}`); }
+  ack(consumed: number): void { this.stream.set(SenderStat.Acked, consumed); }
 
   running(): void {
     this.destRunning = true;
@@ -180,11 +169,8 @@ export class OutgoingMigration implements ReturnHandler {
   }
 
   complete(): void {
-    if (this.phase !== 'finishing') {
-      this.fail('destination reported completion before the end of the stream');
-      return;
-    }
-    void this.finishUp('completed');
+    if (this.phase !== 'finishing') this.fail('destination reported completion before the end of the stream');
+    else void this.finishUp('completed');
   }
 
   // ---------------------------------------------------------------- the sender
@@ -226,20 +212,23 @@ export class OutgoingMigration implements ReturnHandler {
     else this.stream.pass(false);
   }
 
-  private async stopVcpus(): Promise<void> {
+  /** The switchover begins: the vCPUs stop, the last dirty sync, tracking
+   *  off (`status` meanwhile); false when the migration ended meanwhile. */
+  private async stopForSwitch(status: 'device' | 'postcopy-active'): Promise<boolean> {
+    this.phase = 'switching';
     this.o.status.markDowntimeStart();
     this.vcpusStopped = true;
     this.stream.mark('stopped');
     this.o.setRunState('finish-migrate');
     await this.o.vcpus.pause();
-  }
-
-  /** the vCPUs stopped: the last dirty sync, tracking off; false when the migration ended meanwhile */
-  private async lastSync(): Promise<boolean> {
+    if (this.isOver()) return false;
+    if (status === 'postcopy-active') this.o.status.moveTo(status);
     this.state.sync(this.tracker!);
     this.rounds.finalSync();
     await this.tracker!.stop();
-    return !this.isOver();
+    if (this.isOver()) return false;
+    if (status === 'device') this.o.status.moveTo(status);
+    return true;
   }
 
   private statesRecord(postcopy: boolean): Buffer {
@@ -250,12 +239,8 @@ export class OutgoingMigration implements ReturnHandler {
 
   /** Converged: stop the vCPUs, send what is left (unthrottled: downtime) and the vCPU state. */
   private async completePrecopy(): Promise<void> {
-    this.phase = 'switching';
-    await this.stopVcpus();
-    if (this.isOver()) return;
     try {
-      if (!await this.lastSync()) return;
-      this.o.status.moveTo('device');
+      if (!await this.stopForSwitch('device')) return;
       this.setLimit(); // none: downtime
       this.stream.pass(false);
       await this.stream.idle();
@@ -270,12 +255,8 @@ export class OutgoingMigration implements ReturnHandler {
 
   /** migrate_start_postcopy took effect (the sender is idle): discard, vCPU state, then postcopy. */
   private async switchToPostcopy(): Promise<void> {
-    this.phase = 'switching';
-    await this.stopVcpus();
-    if (this.isOver()) return;
     try {
-      this.o.status.moveTo('postcopy-active');
-      if (!await this.lastSync()) return;
+      if (!await this.stopForSwitch('postcopy-active')) return;
       const discards = this.state.discards(); // pages dirtied since the destination got them
       if (discards.length > 0) this.stream.send(discards);
       // the page server must be serving before the destination's vCPUs run
@@ -354,23 +335,13 @@ export class OutgoingMigration implements ReturnHandler {
   get requestsInFlight(): number { return this.urgent.inflightHits; }
 
   ramStats(): MigrationRamStats {
-    const f = this.urgent.figures();
-    const s = this.stream.figures();
-    const urgentBytes = f[PageServerStat.BytesOut];
-    const b = this.stream.split();
     return ramStatsOf({
-      transferred: b.main + urgentBytes,
+      ...this.stream.counters(this.urgent.figures()),
       remaining: this.state.needed * this.ps,
       total: this.ram.bytes,
-      normal: s[SenderStat.Normal] + f[PageServerStat.Normal],
-      duplicate: s[SenderStat.Zero] + f[PageServerStat.Zero],
       pageSize: this.ps,
       elapsedMs: (this.endMs >= 0 ? this.endMs : performance.now()) - this.startMs,
       syncs: this.rounds.syncs,
-      requests: f[PageServerStat.Requests],
-      postcopyBytes: b.postcopy + urgentBytes,
-      precopyBytes: b.main - b.postcopy,
-      downtimeBytes: b.downtime,
       dirtyPagesRate: this.rounds.dirtyRate,
     });
   }

@@ -34,7 +34,7 @@
  * each side per 200 KiB); TCP's grows by itself */
 #define UNIX_SNDBUF (4 << 20)
 /* how long stop waits for the batch in progress and the last record */
-#define STOP_GRACE_MS 2000
+#define STOP_GRACE_MS 500
 
 enum { CMD_BYTES = 1, CMD_PASS = 2 };
 

@@ -58,6 +58,10 @@ const RING_ENTRIES = 1 << 14;
 function clockBaseNs(): number {
   return Math.round(Number(process.hrtime.bigint()) - performance.now() * 1e6); // whole ns: event times stay integers, as traces write them
 }
+/** one for the process: the two clocks are read apart, so each reading differs by up to a
+ *  microsecond, and the threads whose events are merged in time order must agree */
+let processClockBase: number | undefined;
+const sharedClockBase = (): number => (processClockBase ??= clockBaseNs());
 
 /**
  * Takes a connected socket away from Node: returns a dup of its fd (still
@@ -98,7 +102,7 @@ export class PageChannel {
   readonly #events = new Float64Array(this.#ring.buffer);
   #handle = 0n;
   /** CLOCK_MONOTONIC ns minus this = the blocktime clock (monotonicNs), as the thread computes its times */
-  readonly clockBase = clockBaseNs();
+  readonly clockBase = sharedClockBase();
   #stopped = false;
   #ticker: NodeJS.Timeout | null = null;
 

@@ -52,6 +52,7 @@ struct receiver {
     uint64_t consumed;    /* stream bytes parsed */
     uint64_t run_off, run_left; /* a PAGES record whose payload is arriving */
     uint64_t acked;
+    int terminal;         /* END or ERROR handed back: nothing follows, nothing more is read */
     uint8_t ack[PC_RECORD_HEADER];
     uint8_t *flags;       /* page flags shared with TypeScript */
 };
@@ -224,6 +225,8 @@ static int parse(struct pc_channel *c, struct receiver *r)
         int type = h[0];
         take(r, h, total);
         pos += total;
+        if (type == REC_END || type == REC_ERROR)
+            r->terminal = 1;
         if (plen < 0 || (type != REC_DISCARD && type != REC_END_ROUND)) {
             hand_back(c, r); /* wire.ts's error, or a record TypeScript must act on before anything else */
             break;
@@ -281,8 +284,8 @@ static void *receiver_run(void *arg)
     struct pc_channel *c = arg;
     struct receiver *r = c->side;
     while (!__atomic_load_n(&c->stop, __ATOMIC_RELAXED) && c->st->state == PC_CH_RUNNING) {
-        if (__atomic_load_n(&c->st->handback, __ATOMIC_ACQUIRE)) {
-            wait_for(c, 0);
+        if (r->terminal || __atomic_load_n(&c->st->handback, __ATOMIC_ACQUIRE)) {
+            wait_for(c, 0); /* for the resume, or (terminal) for the stop */
             continue;
         }
         /* every event this pass pushes is stamped after this */

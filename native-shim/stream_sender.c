@@ -272,6 +272,8 @@ static void *sender_run(void *arg)
         if (cmd->kind == CMD_BYTES) {
             rc = write_bytes(c, s, cmd->data, cmd->len);
         } else {
+            /* an interrupt meant for a pass that had already ended is not this one's */
+            __atomic_store_n(&s->interrupt, 0, __ATOMIC_RELEASE);
             rc = pass(c, s, cmd->data[0]);
             __atomic_store_n(&s->interrupt, 0, __ATOMIC_RELEASE);
             double done = c->st->stats[PC_SND_PASSES] + 1;

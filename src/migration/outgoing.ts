@@ -181,9 +181,11 @@ export class OutgoingMigration implements ReturnHandler {
     if (this.phase === 'done' || this.phase === 'connecting') return;
     this.setLimit();
     if (s.state === 'failed') { this.fail(`sending: ${s.error}`); return; }
-    // every page sent (the page server may have sent the last ones): the
-    // push ends even while it waits on its rate limit or window
-    if (this.phase === 'postcopy' && this.state.needed === 0) s.interrupt();
+    // the round ends for a postcopy request; the push ends once every page
+    // is sent (the page server may send the last ones), even while it waits
+    // on its rate limit or window (said again each tick: an interrupt applies
+    // to the pass in progress only)
+    if ((this.phase === 'precopy' && this.postcopyRequested) || (this.phase === 'postcopy' && this.state.needed === 0)) s.interrupt();
     if (!s.poll()) return;
     try {
       if (this.phase === 'precopy') {

@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/userfaultfd.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -85,14 +87,17 @@ int pc_channel_fill(struct pc_channel *c)
             return 1;
         }
         if (n == 0) {
-            pc_channel_fail(c, PC_CH_CLOSED, 0, "the peer closed the urgent channel");
+            if (c->at_eof)
+                c->at_eof(c);
+            else
+                pc_channel_fail(c, PC_CH_CLOSED, 0, "the peer closed the %s", c->what);
             return -1;
         }
         if (errno == EINTR)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return 0;
-        pc_channel_fail(c, errno == ECONNRESET ? PC_CH_CLOSED : PC_CH_FAILED, errno, "urgent channel: recv: %s", strerror(errno));
+        pc_channel_fail(c, errno == ECONNRESET ? PC_CH_CLOSED : PC_CH_FAILED, errno, "%s: recv: %s", c->what, strerror(errno));
         return -1;
     }
 }
@@ -134,6 +139,7 @@ struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, u
         return NULL;
     }
     c->sock = sock;
+    c->what = "urgent channel";
     c->uffd = -1;
     c->base = base;
     c->page_size = page_size;
@@ -171,6 +177,10 @@ void pc_channel_free(struct pc_channel *c)
     free(c->out);
     free(c->requested);
     free(c->vcpu_tids);
+    if (c->side_free)
+        c->side_free(c->side);
+    else
+        free(c->side);
     free(c);
 }
 
@@ -211,6 +221,15 @@ uint64_t pc_max_run_pages(uint64_t page_size)
     return n < 1 ? 1 : n > PC_MAX_RUN_PAGES ? PC_MAX_RUN_PAGES : n;
 }
 
+int pc_page_is_zero(const uint8_t *p, uint64_t len)
+{
+    const uint64_t *w = (const uint64_t *)p;
+    for (uint64_t i = 0; i < len / 8; i += 4)
+        if (w[i] | w[i + 1] | w[i + 2] | w[i + 3])
+            return 0;
+    return 1;
+}
+
 uint64_t pc_le64(const uint8_t *p)
 {
     uint64_t v;
@@ -232,4 +251,58 @@ void pc_put_record(uint8_t *p, int type, int flags, uint32_t count, uint64_t off
     p[2] = p[3] = 0;
     memcpy(p + 4, &count, 4);
     memcpy(p + 8, &offset, 8);
+}
+
+#define PLACE_RETRIES 1000
+
+int pc_place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *src, int stat_existed)
+{
+    const uint64_t ps = c->page_size;
+    uint64_t done = 0;
+    int again = 0;
+    while (done < count) {
+        uint64_t dst = c->base + off + done * ps, len = (count - done) * ps;
+        int64_t got;
+        int rc;
+        if (src || c->zero_src) {
+            /* on hugetlbfs (no UFFDIO_ZEROPAGE) zero pages are copied from c->zero_src, page by page */
+            const uint8_t *from = src ? src + done * ps : c->zero_src;
+            if (!src)
+                len = ps;
+            struct uffdio_copy cp = { .dst = dst, .src = (uint64_t)(uintptr_t)from, .len = len, .mode = 0 };
+            rc = ioctl(c->uffd, UFFDIO_COPY, &cp);
+            got = cp.copy;
+        } else {
+            struct uffdio_zeropage zp = { .range = { .start = dst, .len = len }, .mode = 0 };
+            rc = ioctl(c->uffd, UFFDIO_ZEROPAGE, &zp);
+            got = zp.zeropage;
+        }
+        if (rc == 0) {
+            if (!src && c->zero_src && ++done < count)
+                continue;
+            return 0;
+        }
+        int e = errno;
+        if (got > 0)
+            done += (uint64_t)got / ps;
+        if (e == EAGAIN) {
+            if (++again > PLACE_RETRIES) {
+                pc_channel_fail(c, PC_CH_FAILED, e, "placing %llu pages at offset %llu: the kernel kept answering EAGAIN",
+                                (unsigned long long)count, (unsigned long long)off);
+                return -1;
+            }
+            continue;
+        }
+        if (e == EEXIST) { /* placed by the other placer: its waiters were woken then */
+            struct uffdio_range r = { .start = c->base + off + done * ps, .len = ps };
+            ioctl(c->uffd, UFFDIO_WAKE, &r);
+            c->st->stats[stat_existed]++;
+            done++;
+            continue;
+        }
+        pc_channel_fail(c, PC_CH_FAILED, e, "%s of %llu pages at offset %llu: %s", src ? "UFFDIO_COPY" : "UFFDIO_ZEROPAGE",
+                        (unsigned long long)count, (unsigned long long)off, strerror(e));
+        return -1;
+    }
+    return 0;
 }

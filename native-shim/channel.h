@@ -33,6 +33,8 @@
 
 /* destination page flags (incoming.ts): the page's content is here */
 #define PC_PAGE_RECEIVED 1
+/* ... and was written in precopy (a page sent again is copied over in place) */
+#define PC_PAGE_POPULATED 2
 
 enum pc_channel_state { PC_CH_RUNNING = 0, PC_CH_STOPPED = 1, PC_CH_CLOSED = 2, PC_CH_FAILED = 3 };
 
@@ -56,8 +58,27 @@ enum pc_fault_cause {
 /* destination counters (stats[]) */
 enum { PC_DST_FAULTS = 0, PC_DST_REQUESTS, PC_DST_PLACED, PC_DST_ZERO_PLACED, PC_DST_LOCAL_ZERO, PC_DST_EXISTED,
        PC_DST_BYTES_IN, PC_DST_BYTES_OUT, PC_DST_READAHEAD };
-/* source counters (stats[]) */
-enum { PC_SRC_REQUESTS = 0, PC_SRC_NORMAL, PC_SRC_ZERO, PC_SRC_BYTES_OUT, PC_SRC_BYTES_IN, PC_SRC_READAHEAD };
+/* source counters (stats[]); CLEARED: requested pages it sent first (the
+ * push need not send them), INFLIGHT: requested pages sent already */
+enum { PC_SRC_REQUESTS = 0, PC_SRC_NORMAL, PC_SRC_ZERO, PC_SRC_BYTES_OUT, PC_SRC_BYTES_IN, PC_SRC_READAHEAD,
+       PC_SRC_CLEARED, PC_SRC_INFLIGHT };
+/* source main-stream sender (stream_sender.c) stats[]: counters it keeps,
+ * then inputs TypeScript (LIMIT bytes/s, 0 = none; ACKED, WINDOW: bytes) or
+ * the page server (HINT: page + 1 to go on from, 0 = none) write */
+enum { PC_SND_NORMAL = 0, PC_SND_ZERO, PC_SND_BYTES_OUT, PC_SND_BYTES_IN, PC_SND_SENT, PC_SND_PASSES, PC_SND_WRITES,
+       PC_SND_CURSOR, PC_SND_LAST_SENT, PC_SND_LIMIT, PC_SND_ACKED, PC_SND_WINDOW, PC_SND_HINT };
+/* source page flags (outgoing.ts): must be sent; the destination holds a copy */
+#define PC_SRC_NEED 1
+#define PC_SRC_HAS 2
+/* destination main-stream receiver (stream_receiver.c) counters (stats[]);
+ * CTL_LEN / CTL_AT: the bytes handed back and their stream offset;
+ * TRUNCATED: 1 when the stream ended inside a record */
+enum { PC_RCV_NORMAL = 0, PC_RCV_ZERO, PC_RCV_RECEIVED, PC_RCV_PLACE_CALLS, PC_RCV_BYTES_IN, PC_RCV_BYTES_OUT,
+       PC_RCV_CTL_LEN, PC_RCV_CTL_AT, PC_RCV_EXISTED, PC_RCV_TRUNCATED };
+/* the receiver's mode, set on each resume: page records may come (the
+ * header was checked), postcopy placement */
+#define PC_RCV_MODE_PAGES 1
+#define PC_RCV_MODE_POSTCOPY 2
 
 #define PC_STATS 16
 #define PC_ERROR_BYTES 256
@@ -75,7 +96,7 @@ struct pc_channel_status {
      * is dated by an access stamp the vCPU still holds) */
     double watermark;
     int32_t idle;         /* 408: 1 while the thread waits in poll (stamps nothing) */
-    int32_t pad;          /* 412 */
+    int32_t handback;     /* 412: receiver: 1 while records wait in the control buffer for TypeScript */
 };
 
 /* One thread's state; common to both sides. The thread owns `sock` (a dup
@@ -111,6 +132,10 @@ struct pc_channel {
     const struct pc_vcpu *vcpus; /* destination: the vCPU blocks (access stamps), or NULL */
     int32_t *vcpu_tids;   /* destination: open-addressing table tid -> vCPU index + 1 (pairs) */
     uint32_t vcpu_mask;   /* its slots - 1 */
+    const char *what;     /* the channel's name in errors ("urgent channel" unless set) */
+    void (*at_eof)(struct pc_channel *c); /* the peer closed: says why (else a plain "closed") */
+    void *side;           /* a side's own state (freed with the channel, by side_free if set) */
+    void (*side_free)(void *side);
 };
 
 double pc_channel_now(const struct pc_channel *c);
@@ -134,8 +159,17 @@ int pc_channel_spawn(struct pc_channel *c, void *(*run)(void *));
 void pc_channel_free(struct pc_channel *c);
 /* most pages in one PAGES record of page_size-byte pages (256 of 4 KiB, one huge page) */
 uint64_t pc_max_run_pages(uint64_t page_size);
+/* stops the thread (it leaves poll at once), joins it, frees the channel */
+int pc_channel_stop(uint64_t handle);
+int pc_page_is_zero(const uint8_t *p, uint64_t len);
 uint64_t pc_le64(const uint8_t *p);
 uint32_t pc_le32(const uint8_t *p);
 void pc_put_record(uint8_t *p, int type, int flags, uint32_t count, uint64_t offset);
+/* UFFDIO_COPY from `src` (UFFDIO_ZEROPAGE when src is NULL; on hugetlbfs,
+ * UFFDIO_COPY of c->zero_src page by page when it is set) of `count` pages
+ * at `off` into c->uffd, retried on EAGAIN; a page present already (placed
+ * by the other placer) is skipped, its waiters woken, stats[stat_existed]
+ * counted. 0, or -1 when the kernel refused (the channel failed). */
+int pc_place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *src, int stat_existed);
 
 #endif

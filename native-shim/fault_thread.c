@@ -23,7 +23,6 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-#define PLACE_RETRIES 1000
 /* c->requested[page] */
 #define ASKED 1       /* a request was sent */
 #define PLACED_HERE 2 /* this thread placed it (asked for, or read ahead by the source) */
@@ -35,58 +34,13 @@ static void wake(struct pc_channel *c, uint64_t addr, uint64_t len)
     ioctl(c->uffd, UFFDIO_WAKE, &r);
 }
 
-/* UFFDIO_COPY from `src` (or UFFDIO_ZEROPAGE when src is NULL; on hugetlbfs,
- * UFFDIO_COPY of c->zero_src page by page) of `count` pages at `off`; a page
- * placed meanwhile by the main stream is skipped (and its waiters woken).
- * Returns -1 when the kernel refused (the channel failed). */
+/* pc_place() of a requested run, then this thread's bookkeeping and its
+ * PLACED event. Returns -1 when the kernel refused (the channel failed). */
 static int place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *src)
 {
-    const uint64_t ps = c->page_size;
-    uint64_t done = 0;
-    int again = 0;
-    while (done < count) {
-        uint64_t dst = c->base + off + done * ps, len = (count - done) * ps;
-        int64_t got;
-        int rc;
-        if (src || c->zero_src) {
-            const uint8_t *from = src ? src + done * ps : c->zero_src;
-            if (!src)
-                len = ps;
-            struct uffdio_copy cp = { .dst = dst, .src = (uint64_t)(uintptr_t)from, .len = len, .mode = 0 };
-            rc = ioctl(c->uffd, UFFDIO_COPY, &cp);
-            got = cp.copy;
-        } else {
-            struct uffdio_zeropage zp = { .range = { .start = dst, .len = len }, .mode = 0 };
-            rc = ioctl(c->uffd, UFFDIO_ZEROPAGE, &zp);
-            got = zp.zeropage;
-        }
-        if (rc == 0) {
-            if (!src && c->zero_src && ++done < count)
-                continue;
-            break;
-        }
-        int e = errno;
-        if (got > 0)
-            done += (uint64_t)got / ps;
-        if (e == EAGAIN) {
-            if (++again > PLACE_RETRIES) {
-                pc_channel_fail(c, PC_CH_FAILED, e, "placing %llu pages at offset %llu: the kernel kept answering EAGAIN",
-                                (unsigned long long)count, (unsigned long long)off);
-                return -1;
-            }
-            continue;
-        }
-        if (e == EEXIST) { /* placed by the main stream: its waiters were woken then */
-            wake(c, c->base + off + done * ps, ps);
-            c->st->stats[PC_DST_EXISTED]++;
-            done++;
-            continue;
-        }
-        pc_channel_fail(c, PC_CH_FAILED, e, "%s of %llu pages at offset %llu: %s", src ? "UFFDIO_COPY" : "UFFDIO_ZEROPAGE",
-                        (unsigned long long)count, (unsigned long long)off, strerror(e));
+    if (pc_place(c, off, count, src, PC_DST_EXISTED) < 0)
         return -1;
-    }
-    for (uint8_t *r = c->requested + off / ps, *e = r + count; r < e; r++)
+    for (uint8_t *r = c->requested + off / c->page_size, *e = r + count; r < e; r++)
         *r = PLACED_HERE | (*r & AHEAD);
     c->st->stats[src ? PC_DST_PLACED : PC_DST_ZERO_PLACED] += (double)count;
     /* the ioctl wakes the waiters at its end: right before this stamp

@@ -12,13 +12,30 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int page_is_zero(const uint8_t *p, uint64_t len)
+#define page_is_zero pc_page_is_zero
+
+/* the source's page flags and the sender's hint (stream_sender.c), or NULL */
+struct server {
+    uint8_t *flags;
+    double *hint;
+};
+
+/* Pages [first, first+count) go out here: the push need not send them; it
+ * goes on just after them when some were not sent yet. */
+static void take_pages(struct pc_channel *c, uint64_t first, uint64_t count)
 {
-    const uint64_t *w = (const uint64_t *)p;
-    for (uint64_t i = 0; i < len / 8; i += 4)
-        if (w[i] | w[i + 1] | w[i + 2] | w[i + 3])
-            return 0;
-    return 1;
+    struct server *sv = c->side;
+    if (!sv || !sv->flags)
+        return;
+    double fresh = 0;
+    for (uint64_t p = first; p < first + count; p++)
+        fresh += (__atomic_exchange_n(&sv->flags[p], PC_SRC_HAS, __ATOMIC_ACQ_REL) & PC_SRC_NEED) != 0;
+    c->st->stats[PC_SRC_CLEARED] += fresh;
+    c->st->stats[PC_SRC_INFLIGHT] += (double)count - fresh;
+    if (fresh > 0 && sv->hint) {
+        double next = (double)(first + count + 1);
+        __atomic_store(sv->hint, &next, __ATOMIC_RELEASE);
+    }
 }
 
 /* Answers the request at r (checked), if the output has room: PAGES and
@@ -34,6 +51,7 @@ static int answer(struct pc_channel *c, const uint8_t *r)
     if (c->out_cap - c->out_len < count * (PC_RECORD_HEADER + ps))
         return 0;
     c->st->stats[readahead ? PC_SRC_READAHEAD : PC_SRC_REQUESTS] += (double)count;
+    take_pages(c, off / ps, count);
     const uint8_t *src = (const uint8_t *)(uintptr_t)(c->base + off);
     for (uint64_t i = 0; i < count;) { /* runs of zero pages and of data pages */
         int zero = page_is_zero(src + i * ps, ps);
@@ -121,16 +139,28 @@ static void *page_server_run(void *arg)
     return NULL;
 }
 
-/* Starts the page server on `sock` (the urgent channel, non-blocking).
+/* Starts the page server on `sock` (the urgent channel, non-blocking);
+ * `flags` (0: none) = the source's page flags, `hint` (NULL: none) = where
+ * the sender reads the page to go on from (see take_pages()).
  * Returns a handle for pc_channel_stop(), or 0 when it could not start. */
-uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages,
+uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, uint64_t flags, double *hint,
                               struct pc_channel_status *st, double *ring, uint32_t ring_size,
                               double clock_base)
 {
     size_t rec = PC_RECORD_HEADER + pc_max_run_pages(page_size) * page_size;
     struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base,
                                           64 * PC_RECORD_HEADER, 2 * rec, PC_SRC_BYTES_IN, PC_SRC_BYTES_OUT);
-    if (!c || pc_channel_spawn(c, page_server_run) != 0)
+    if (!c)
+        return 0;
+    struct server *sv = calloc(1, sizeof *sv);
+    if (!sv) {
+        pc_channel_free(c);
+        return 0;
+    }
+    sv->flags = (uint8_t *)(uintptr_t)flags;
+    sv->hint = hint;
+    c->side = sv;
+    if (pc_channel_spawn(c, page_server_run) != 0)
         return 0;
     return (uint64_t)(uintptr_t)c;
 }

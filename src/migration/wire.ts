@@ -210,9 +210,12 @@ abstract class RecordDecoder {
     this.asm = Buffer.allocUnsafe(asmBytes);
   }
 
-  /** Feeds received bytes; throws WireError on bad input (and keeps failing after). */
-  push(chunk: Buffer): void {
+  /** Feeds received bytes; throws WireError on bad input (and keeps failing after).
+   *  `at`: the stream offset of chunk[0], when bytes in between were
+   *  consumed elsewhere (the native receiver places page records itself). */
+  push(chunk: Buffer, at?: number): void {
     if (this.failed) throw this.failed;
+    if (at !== undefined) this.consumed = at;
     try {
       this.pushInner(chunk);
     } catch (e) {
@@ -232,6 +235,8 @@ abstract class RecordDecoder {
   }
 
   get finished(): boolean { return this.done; }
+  /** inside a record (its header or payload not all here yet) */
+  get midRecord(): boolean { return this.asmLen > 0 || this.midPayload(); }
 
   private pushInner(chunk: Buffer): void {
     const len = chunk.length;

@@ -24,6 +24,7 @@ const ST_ERROR_BYTES = 144;
 const ST_ERROR_LEN = 256;
 const ST_WATERMARK = 400 / 8; // double index
 const ST_IDLE = 408 / 4;      // i32 index
+const ST_HANDBACK = 412 / 4;  // i32 index
 const STATUS_BYTES = 416; // checked against the library by loadShim()
 
 export const enum ChannelEvent { Fault = 1, Placed = 2, Served = 3 }
@@ -35,7 +36,15 @@ export const CHANNEL_EVENT_MASK = (1 << FAULT_CAUSE_SHIFT) - 1;
 /** stats[] of the destination's fault thread */
 export const enum FaultThreadStat { Faults = 0, Requests, Placed, ZeroPlaced, LocalZero, Existed, BytesIn, BytesOut, Readahead }
 /** stats[] of the source's page server */
-export const enum PageServerStat { Requests = 0, Normal, Zero, BytesOut, BytesIn, Readahead }
+export const enum PageServerStat { Requests = 0, Normal, Zero, BytesOut, BytesIn, Readahead, Cleared, Inflight }
+/** stats[] of the source's main-stream sender (native-shim/stream_sender.c): its counters, then inputs (Limit, Acked, Window) */
+export const enum SenderStat { Normal = 0, Zero, BytesOut, BytesIn, Sent, Passes, Writes, Cursor, LastSent, Limit, Acked, Window, Hint }
+/** stats[] of the destination's main-stream receiver (native-shim/stream_receiver.c) */
+export const enum ReceiverStat { Normal = 0, Zero, Received, PlaceCalls, BytesIn, BytesOut, CtlLen, CtlAt, Existed, Truncated }
+/** the receiver's mode bits, given on each resume */
+export const enum ReceiverMode { Pages = 1, Postcopy = 2 }
+/** bytes of the receiver's control buffer (a whole control record fits: wire.ts MAX_VAR_PAYLOAD + header, and DISCARDs) */
+export const RECEIVER_CONTROL_BYTES = 512 * 1024;
 
 export type ChannelState = 'running' | 'stopped' | 'closed' | 'failed';
 const STATES: readonly ChannelState[] = ['running', 'stopped', 'closed', 'failed'];
@@ -54,6 +63,10 @@ const RING_ENTRIES = 1 << 14;
 function clockBaseNs(): number {
   return Math.round(Number(process.hrtime.bigint()) - performance.now() * 1e6); // whole ns: event times stay integers, as traces write them
 }
+/** one for the process: the two clocks are read apart, so each reading differs by up to a
+ *  microsecond, and the threads whose events are merged in time order must agree */
+let processClockBase: number | undefined;
+const sharedClockBase = (): number => (processClockBase ??= clockBaseNs());
 
 /**
  * Takes a connected socket away from Node: returns a dup of its fd (still
@@ -62,18 +75,24 @@ function clockBaseNs(): number {
  * it. The socket must have no write pending and nothing unread in Node.
  */
 export function handOverSocket(s: net.Socket): number {
-  const handle = (s as unknown as { _handle?: { fd?: number } | null })._handle;
-  const fd = handle?.fd ?? -1;
-  if (fd < 0) throw new Error('the socket has no file descriptor (closed, or not a TCP/unix socket)');
   if (s.writableLength > 0) throw new Error(`the socket still has ${s.writableLength} bytes to write`);
-  const dup = libc.fcntl(fd, libc.F_DUPFD_CLOEXEC, 0);
-  if (dup < 0) throw new Error(`dup of socket fd ${fd}: ${libc.strerror(libc.errno())}`);
+  const dup = dupSocket(s);
   s.removeAllListeners('data');
   s.removeAllListeners('close');
   s.removeAllListeners('end');
   s.removeAllListeners('error');
   s.on('error', () => { /* the connection is the thread's now */ });
   s.destroy();
+  return dup;
+}
+
+/** A dup of a connected socket's fd (CLOEXEC, still non-blocking). */
+function dupSocket(s: net.Socket): number {
+  const handle = (s as unknown as { _handle?: { fd?: number } | null })._handle;
+  const fd = handle?.fd ?? -1;
+  if (fd < 0) throw new Error('the socket has no file descriptor (closed, or not a TCP/unix socket)');
+  const dup = libc.fcntl(fd, libc.F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) throw new Error(`dup of socket fd ${fd}: ${libc.strerror(libc.errno())}`);
   return dup;
 }
 
@@ -88,7 +107,7 @@ export class PageChannel {
   readonly #events = new Float64Array(this.#ring.buffer);
   #handle = 0n;
   /** CLOCK_MONOTONIC ns minus this = the blocktime clock (monotonicNs), as the thread computes its times */
-  readonly clockBase = clockBaseNs();
+  readonly clockBase = sharedClockBase();
   #stopped = false;
   #ticker: NodeJS.Timeout | null = null;
 
@@ -114,13 +133,82 @@ export class PageChannel {
     return ch;
   }
 
-  /** The source's page server (see native-shim/page_server.c); takes `sock` over. */
-  static startPageServer(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number }): PageChannel {
+  /** The source's page server (see native-shim/page_server.c); takes `sock` over. With `sender`, the
+   *  pages it sends are taken off the page flags (at `flags`) and the sender goes on just after them. */
+  static startPageServer(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags?: number; sender?: PageChannel }): PageChannel {
     const ch = new PageChannel();
     const fd = handOverSocket(o.sock);
-    ch.#start(loadShim().pageServerStart(fd, o.ramBase, o.pageSize, o.pages, ch.#status.ptr, ch.#ring.ptr, RING_ENTRIES,
-      ch.clockBase), 'page server');
+    const hint = o.sender ? o.sender.#status.ptr + BigInt(ST_STATS_BYTES + 8 * SenderStat.Hint) : null;
+    ch.#start(loadShim().pageServerStart(fd, o.ramBase, o.pageSize, o.pages, o.flags ?? 0, hint, ch.#status.ptr, ch.#ring.ptr,
+      RING_ENTRIES, ch.clockBase), 'page server');
     return ch;
+  }
+
+  /**
+   * The source's main-stream sender (native-shim/stream_sender.c) on `sock`:
+   * every byte of the main stream goes out through it, in the order queued
+   * (send(), pass()); Node still reads the return path on the socket.
+   * `flags` = the page flags' address (NEED 1, HAS 2).
+   */
+  static startStreamSender(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags: number }): PageChannel {
+    const ch = new PageChannel();
+    const fd = dupSocket(o.sock);
+    ch.#start(loadShim().streamSenderStart(fd, o.ramBase, o.pageSize, o.pages, o.flags, ch.#status.ptr, ch.#ring.ptr, RING_ENTRIES,
+      ch.clockBase), 'stream sender');
+    return ch;
+  }
+
+  /** sender: queues `bytes` (records encoded by wire.ts), copied now */
+  send(bytes: Buffer): void {
+    if (this.#handle === 0n) throw new Error('the stream sender is stopped');
+    if (loadShim().streamSenderBytes(this.#handle, bytes, bytes.length) !== 0) throw new Error('the stream sender is out of memory');
+  }
+
+  /** sender: queues a pass over guest RAM (wrap: round and round until no page needs sending); SenderStat.Passes counts those done */
+  pass(wrap: boolean): void {
+    if (this.#handle === 0n) throw new Error('the stream sender is stopped');
+    if (loadShim().streamSenderPass(this.#handle, wrap ? 1 : 0) !== 0) throw new Error('the stream sender is out of memory');
+  }
+
+  /** sender: ends the pass in progress after its batch */
+  interrupt(): void {
+    if (this.#handle !== 0n) loadShim().streamSenderInterrupt(this.#handle);
+  }
+
+  /** sender: an input the thread reads (SenderStat.Limit, Acked, Window) */
+  setInput(i: number, value: number): void { this.#stats[i] = value; }
+
+  /** sender: stop() after the batch in progress, and `last` (an ERROR record) written; whether `last` went out */
+  stopWith(last: Buffer): boolean {
+    if (this.#stopped) return false;
+    this.#stopped = true;
+    if (this.#handle !== 0n) loadShim().streamSenderStop(this.#handle, last, last.length);
+    this.#handle = 0n;
+    return this.#stats[SenderStat.LastSent] === 1;
+  }
+
+  /**
+   * The destination's main-stream receiver (native-shim/stream_receiver.c)
+   * on `sock`, a connection Node never reads (accepted with pauseOnConnect):
+   * the thread reads it, Node still writes the return path on it. `flags` =
+   * the page flags' address, `control` = RECEIVER_CONTROL_BYTES of native
+   * memory where the thread hands back the records it does not place.
+   */
+  static startStreamReceiver(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags: number; control: NativeBlock }): PageChannel {
+    const ch = new PageChannel();
+    const fd = dupSocket(o.sock);
+    ch.#start(loadShim().streamReceiverStart(fd, o.ramBase, o.pageSize, o.pages, o.flags, o.control.ptr, o.control.bytes,
+      ch.#status.ptr, ch.#ring.ptr, RING_ENTRIES, ch.clockBase), 'stream receiver');
+    return ch;
+  }
+
+  /** receiver: records wait in its control buffer (stat CtlLen bytes, from stream offset CtlAt) */
+  get handedBack(): boolean { return Atomics.load(this.#i32, ST_HANDBACK) === 1; }
+
+  /** receiver: the handed-back records are taken; go on in `mode` (ReceiverMode bits), placing into `uffd` (-1: none),
+   *  zero pages copied from `zeroSrc` (a zeroed page, where there is no UFFDIO_ZEROPAGE: hugetlbfs) or 0 (UFFDIO_ZEROPAGE) */
+  resume(mode: number, uffd: number, zeroSrc = 0): void {
+    if (this.#handle !== 0n) loadShim().streamReceiverResume(this.#handle, mode, uffd, zeroSrc);
   }
 
   #start(handle: number | bigint, what: string): void {

@@ -12,7 +12,7 @@ import { VCPU_BLOCK_SIZE, VCPU_OFF_POSITION } from './vcpu-layout.js';
 /** struct pc_channel_status: sizeof * 1000 + offsetof(stats) (page-channel.ts mirrors it) */
 const CHANNEL_LAYOUT = 416 * 1000 + 16;
 
-export const SHIM_VERSION = 6;
+export const SHIM_VERSION = 7;
 const LIB_NAME = 'libpostcopy_shim.so';
 
 /** the library path: $POSTCOPY_SHIM, else native-shim/build/ of the nearest enclosing package */
@@ -44,8 +44,17 @@ export interface Shim {
   streamBaseline: KoffiFunc<[bytes: number, tcp: number], number | bigint>;
   faultThreadStart(uffd: number, sock: number, ramBase: number, pageSize: number, pages: number, flags: number, readahead: number,
     status: bigint, ring: bigint, ringSize: number, blocktime: number, clockBase: number, vcpus: bigint | null, nvcpus: number, zeroSrc: number): number | bigint;
-  pageServerStart(sock: number, ramBase: number, pageSize: number, pages: number,
+  pageServerStart(sock: number, ramBase: number, pageSize: number, pages: number, flags: number, hint: bigint | null,
     status: bigint, ring: bigint, ringSize: number, clockBase: number): number | bigint;
+  streamSenderStart(sock: number, ramBase: number, pageSize: number, pages: number, flags: number,
+    status: bigint, ring: bigint, ringSize: number, clockBase: number): number | bigint;
+  streamSenderBytes(handle: bigint, bytes: Uint8Array, len: number): number;
+  streamSenderPass(handle: bigint, wrap: number): number;
+  streamSenderInterrupt(handle: bigint): number;
+  streamSenderStop(handle: bigint, last: Uint8Array, len: number): number;
+  streamReceiverStart(sock: number, ramBase: number, pageSize: number, pages: number, flags: number, control: bigint, controlBytes: number,
+    status: bigint, ring: bigint, ringSize: number, clockBase: number): number | bigint;
+  streamReceiverResume(handle: bigint, mode: number, uffd: number, zeroSrc: number): number;
   channelStop(handle: bigint): number;
   remoteFaultBaseline: KoffiFunc<[pages: number, tcp: number], number>;
 }
@@ -89,7 +98,17 @@ export function loadShim(): Shim {
       'const void *vcpus, int nvcpus, uint64_t zero_src)') as
       Shim['faultThreadStart'],
     pageServerStart: lib.func('uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, ' +
-      'void *status, void *ring, uint32_t ring_size, double clock_base)') as Shim['pageServerStart'],
+      'uint64_t flags, void *hint, void *status, void *ring, uint32_t ring_size, double clock_base)') as Shim['pageServerStart'],
+    streamSenderStart: lib.func('uint64_t pc_stream_sender_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, ' +
+      'uint64_t flags, void *status, void *ring, uint32_t ring_size, double clock_base)') as Shim['streamSenderStart'],
+    streamSenderBytes: lib.func('int pc_stream_sender_bytes(uint64_t handle, const uint8_t *data, uint32_t len)') as Shim['streamSenderBytes'],
+    streamSenderPass: lib.func('int pc_stream_sender_pass(uint64_t handle, int wrap)') as Shim['streamSenderPass'],
+    streamSenderInterrupt: lib.func('int pc_stream_sender_interrupt(uint64_t handle)') as Shim['streamSenderInterrupt'],
+    streamSenderStop: lib.func('int pc_stream_sender_stop(uint64_t handle, const uint8_t *last, uint32_t len)') as Shim['streamSenderStop'],
+    streamReceiverStart: lib.func('uint64_t pc_stream_receiver_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, ' +
+      'uint64_t flags, void *ctl, uint32_t ctl_cap, void *status, void *ring, uint32_t ring_size, double clock_base)') as
+      Shim['streamReceiverStart'],
+    streamReceiverResume: lib.func('int pc_stream_receiver_resume(uint64_t handle, int mode, int uffd, uint64_t zero_src)') as Shim['streamReceiverResume'],
     channelStop: lib.func('int pc_channel_stop(uint64_t handle)') as Shim['channelStop'],
     remoteFaultBaseline: lib.func('double pc_remote_fault_baseline(uint64_t pages, int tcp)') as unknown as Shim['remoteFaultBaseline'],
   };

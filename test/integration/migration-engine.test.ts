@@ -199,6 +199,28 @@ maybe('migration engine, one process', () => {
     P.srcRam.map.dispose(); P.dstRam.map.dispose();
   });
 
+  test('with the background push held back, the page server sends every page: the push sees none left and the migration completes', async () => {
+    const P = pair(4 << 20, 1, { postcopy: true });
+    const sb = P.srcRam.whole();
+    fillPattern(sb, 9);
+    P.srcParams.set({ 'max-postcopy-bandwidth': 1 }); // the push never gets past its first burst
+    await P.dst.listen(parseMigrationUri('tcp:127.0.0.1:0'));
+    const done = Promise.all([waitStatus(P.srcEv, ['completed', 'failed']), waitStatus(P.dstEv, ['completed', 'failed'])]);
+    const switched = waitStatus(P.dstEv, ['postcopy-active']);
+    P.src.start(parseMigrationUri(P.dst.address()!));
+    await waitStatus(P.srcEv, ['active']);
+    P.src.requestPostcopy();
+    await switched;
+    // every page read on the destination: each missing one is requested and served
+    for (let p = 0; p < (4 << 20) / PS; p++) await scan(P.dstRam.base + p * PS, 1);
+    expect(await done).toEqual(['completed', 'completed']);
+    expect(P.src.ramStats().remaining).toBe(0);
+    expect(P.src.ramStats()['postcopy-requests']).toBeGreaterThan(0);
+    expect(digest(P.dstRam.whole())).toBe(digest(sb));
+    await P.dst.close();
+    P.srcRam.map.dispose(); P.dstRam.map.dispose();
+  });
+
   test('RAM size and vCPU count mismatches fail on both sides with a clear error', async () => {
     for (const o of [{ dstBytes: 8 << 20 }, { dstVcpus: 3 }]) {
       const P = pair(4 << 20, 2, o);

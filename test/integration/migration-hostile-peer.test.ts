@@ -1,6 +1,7 @@
 // A real VM process facing a peer that is no migration engine: garbage, a
 // wrong version or a truncated stream sent to a destination, a garbage return
-// path answered to a source, and in postcopy garbage on the urgent channel,
+// path answered to a source, bad page records after a good header (which the
+// destination's native receiver must refuse), and in postcopy garbage on the urgent channel,
 // which the native threads read (the destination's fault thread, the source's
 // page server). Each time the migration fails with a message that says what
 // was wrong, and the process stays up and usable (its monitor answers; a
@@ -10,7 +11,7 @@ import { Lab, setCaps, waitStatus, TERMINAL } from './migration-procs.js';
 import type { VmProcess } from '../../src/migration/local-destination.js';
 import type { MigrationInfo } from '../../src/migration/api.js';
 import {
-  encodeHeader, encodeSwitchover, writeRecordHeader, RECORD_HEADER_BYTES, REC_PAGES, RP_REQ_PAGES, RP_RUNNING, VCPU_STATE_BYTES,
+  encodeHeader, encodeSwitchover, writeRecordHeader, RECORD_HEADER_BYTES, REC_PAGES, REC_ZERO, RP_REQ_PAGES, RP_RUNNING, VCPU_STATE_BYTES,
 } from '../../src/migration/wire.js';
 import { encodeVcpuState } from '../../src/vm/vcpu-state.js';
 import { requireUffd } from '../helpers/uffd-available.js';
@@ -66,6 +67,32 @@ run('a migration peer that is no migration engine', () => {
     const d = await waitStatus(dst, TERMINAL as never, 10000);
     s.destroy();
     await expectFailedAndUsable(dst, d, reason, { status: 'inmigrate' });
+  });
+
+  /** a record header at the start of `payload` bytes (zeroed) */
+  const rec = (type: number, flags: number, count: number, offset: number, payload = 0): Buffer => {
+    const r = Buffer.alloc(RECORD_HEADER_BYTES + payload);
+    writeRecordHeader(r, 0, type, flags, count, offset);
+    return r;
+  };
+  // what the native receiver reads after a good header: it places only page
+  // records it can prove valid, and wire.ts names what is wrong with the rest
+  test.each([
+    ['pages outside guest RAM', rec(REC_PAGES, 0, 1, 64 * MiB, 4096), /PAGES record at byte 69: 1 pages at offset 67108864 lie outside guest RAM/],
+    ['zero pages running past guest RAM', rec(REC_ZERO, 0, 2, 64 * MiB - 4096), /ZERO record at byte 69: 2 pages at offset 67104768 lie outside guest RAM/],
+    ['pages with unknown flag bits', rec(REC_PAGES, 0x40, 1, 0, 4096), /record at byte 69: reserved bits set/],
+    ['a run of 300 pages', rec(REC_PAGES, 0, 300, 0), /PAGES record at byte 69: bad page count 300/],
+    ['pages at an unaligned offset', rec(REC_PAGES, 0, 1, 100, 4096), /offset 100 is not page aligned/],
+    ['an unknown record type', rec(0x99, 0, 0, 0), /unknown record type 0x99 at byte 69/],
+    ['a run cut in its second page', rec(REC_PAGES, 0, 2, 0, 4096 + 100), /truncated stream: ended inside a record at byte 4181/],
+  ])('destination fed a good header then %s: failed with the reason, monitor still answers', async (_what, bad, reason) => {
+    const uri = `unix:${lab.path('in.sock')}`;
+    const dst = await lab.vm('dst', ['-m', '64M', '-smp', '1', '-workload', 'sweep,end=64M', '-incoming', uri]);
+    const s = await sendTo(lab.path('in.sock'), Buffer.concat([header(), rec(REC_ZERO, 0, 8, 0), bad]), true);
+    const d = await waitStatus(dst, TERMINAL as never, 10000);
+    s.destroy();
+    await expectFailedAndUsable(dst, d, reason, { status: 'inmigrate' });
+    expect((await dst.qmp.execute('query-migrate') as MigrationInfo).ram?.duplicate).toBe(8); // the good ZERO run before it was placed
   });
 
   test('source answered with a garbage return path: failed with the reason, its guest runs again', async () => {

@@ -6,7 +6,6 @@ import { parseMigrationUri, formatMigrationUri } from '../../src/migration/uri.j
 import { Capabilities } from '../../src/migration/capabilities.js';
 import { Parameters, DEFAULT_PARAMETERS } from '../../src/migration/parameters.js';
 import { MigrationStatusMachine } from '../../src/migration/status.js';
-import { RateLimiter } from '../../src/migration/rate-limit.js';
 
 describe('parseMigrationUri', () => {
   test('tcp and unix forms', () => {
@@ -128,24 +127,5 @@ describe('MigrationStatusMachine', () => {
     expect(m.errorDesc).toBe('RAM size mismatch');
     m.moveTo('setup');
     expect(m.errorDesc).toBeUndefined();
-  });
-});
-
-describe('RateLimiter', () => {
-  test('holds the average rate to the limit and applies a new limit at once', () => {
-    let now = 0;
-    const r = new RateLimiter(() => now);
-    const limit = 10 * 1024 * 1024; // 10 MiB/s
-    let sent = 0;
-    while (now < 10000) {
-      const d = r.delayFor(256 * 1024, limit);
-      if (d > 0) { now += d; continue; }
-      r.consume(256 * 1024, limit);
-      sent += 256 * 1024;
-    }
-    const rate = sent / 10;
-    expect(rate).toBeLessThanOrEqual(limit * 1.02);
-    expect(rate).toBeGreaterThan(limit * 0.9);
-    expect(r.delayFor(1 << 30, 0)).toBe(0); // unlimited
   });
 });

@@ -1,0 +1,222 @@
+// The destination's postcopy (QEMU's postcopy-ram.c, incoming side): from the
+// switchover on, the native fault thread (native-shim/fault_thread.c) serves
+// the vCPUs' faults on the urgent channel, while the main-stream receiver
+// (native-shim/stream_receiver.c) places the background pages. Both push
+// PLACED events (the fault thread FAULT events too) to their rings, stamped
+// by the thread whose ioctl resolved them; drained here, they mark pages
+// received and feed the blocktime (destination-blocktime.ts) in time order:
+// the horizon is the earlier of the two threads'.
+
+import type { EventEmitter } from 'node:events';
+import type net from 'node:net';
+import { StreamDecoder, WireError, type StreamHandler, type StreamHeader } from './wire.js';
+import type { VcpuControl } from './guest.js';
+import type { Parameters } from './parameters.js';
+import {
+  PageChannel, ChannelEvent, FaultThreadStat, CHANNEL_EVENT_MASK, FAULT_CAUSE_SHIFT, type ChannelEventSink,
+} from '../native/page-channel.js';
+import { monotonicNs, type BlocktimeReport } from '../blocktime/index.js';
+import { DestinationBlocktime } from './destination-blocktime.js';
+import type { Userfaultfd } from '../uffd/index.js';
+
+/** how often the threads' events are drained and their state looked at */
+export const DRAIN_EVERY_MS = 2;
+/** how long the postcopy switchover waits for the urgent channel's HEADER */
+const URGENT_WAIT_MS = 5000;
+/** how long a closed urgent channel waits for the reason on the main stream */
+const URGENT_CLOSE_GRACE_MS = 200;
+
+export interface IncomingPostcopyOptions {
+  vcpus: VcpuControl;
+  params: Parameters;
+  events: EventEmitter;
+  base: number;
+  pageSize: number;
+  pages: number;
+  /** the page flags (native memory the threads read) and their address */
+  flags: Uint8Array;
+  flagsAddress: number;
+  /** the main-stream receiver (its PLACED events, in postcopy) */
+  receiver: () => PageChannel | null;
+  /** pages [first, first+count) were placed by one of the threads */
+  received(first: number, count: number): void;
+  /** the urgent channel's HEADER (checked like the main stream's), then: it is ready */
+  checkHeader(h: StreamHeader): void;
+  urgentReady(): void;
+  fail(reason: string, tellSource: boolean): void;
+  over(): boolean;
+  /** the source's ERROR record */
+  sourceError(reason: string): void;
+}
+
+export class IncomingPostcopy {
+  /** the native fault thread, from its start until the end */
+  private channel: PageChannel | null = null;
+  /** the blocktime, from the start on (capability postcopy-blocktime) */
+  private blocktime: DestinationBlocktime | null = null;
+  private fallback: BlocktimeReport | null = null;
+  /** the fault thread's counters once it stopped (FaultThreadStat indices) */
+  private finalStats: Float64Array = new Float64Array(16);
+  private urgent: net.Socket | null = null;
+  private readonly urgentDecoder: StreamDecoder;
+  /** the urgent channel's HEADER arrived (the fault thread can take the channel) */
+  urgentReady = false;
+  /** the urgent channel closed; the failure waits URGENT_CLOSE_GRACE_MS for the main stream's reason */
+  private urgentClosing = false;
+  /** bytes Node read on the urgent channel (up to its header) */
+  urgentBytes = 0;
+
+  constructor(private readonly o: IncomingPostcopyOptions) {
+    this.urgentDecoder = new StreamDecoder(this.urgentHandler, Math.max(65536, o.pageSize), true);
+  }
+
+  /** The second connection: page requests and requested pages. Read here
+   *  up to its HEADER; the fault thread takes it over at the switchover
+   *  (nothing else comes on it before the thread's first request). */
+  acceptUrgent(s: net.Socket): void {
+    this.urgent = s;
+    s.setNoDelay(true);
+    s.on('data', (chunk: Buffer) => {
+      if (this.o.over()) return;
+      this.urgentBytes += chunk.length;
+      try {
+        this.urgentDecoder.push(chunk);
+      } catch (e) {
+        this.o.fail(e instanceof WireError ? `urgent channel: ${e.message}` : `migration: ${(e as Error).message}`, true);
+      }
+    });
+    s.on('error', (e) => this.o.fail(`urgent channel error: ${e.message}`, false));
+    s.on('close', () => this.urgentClosed());
+    s.resume(); // accepted paused
+  }
+
+  private readonly urgentHandler: StreamHandler = {
+    header: (h) => {
+      this.o.checkHeader(h);
+      this.urgentReady = true;
+      this.o.urgentReady();
+    },
+    pages: () => { throw new WireError('pages arrived before the postcopy switchover'); },
+    zero: () => { throw new WireError('pages arrived before the postcopy switchover'); },
+    discard: () => { throw new WireError('DISCARD on the urgent channel'); },
+    endRound: () => { throw new WireError('END_ROUND on the urgent channel'); },
+    switchover: () => { throw new WireError('SWITCHOVER on the urgent channel'); },
+    end: () => { throw new WireError('END on the urgent channel'); },
+    error: (reason) => { this.o.sourceError(reason); },
+  };
+
+  /** The postcopy switchover came: the urgent channel must follow soon. */
+  expectUrgent(): void {
+    if (this.urgentReady) return;
+    setTimeout(() => {
+      if (!this.urgentReady) this.o.fail(`postcopy switchover, but the urgent channel did not come within ${URGENT_WAIT_MS / 1000} s`, true);
+    }, URGENT_WAIT_MS).unref();
+  }
+
+  /** The source closed the urgent channel: the migration fails, after a
+   *  moment in which the main stream may still bring the source's reason (a
+   *  cancel closes both connections at once, and the main one's last record
+   *  says why). */
+  urgentClosed(): void {
+    if (this.o.over() || this.urgentClosing) return;
+    this.urgentClosing = true;
+    setTimeout(() => {
+      if (!this.o.over()) this.o.fail('the source closed the urgent channel before the migration completed', false);
+    }, URGENT_CLOSE_GRACE_MS).unref();
+  }
+
+  get started(): boolean { return this.channel !== null; }
+  get running(): boolean { return this.channel?.state === 'running'; }
+
+  /** Starts the fault thread on the urgent channel (taken over from Node). */
+  start(uffd: Userfaultfd, zeroSrc: number, blocktime: boolean, tick: () => void): void {
+    const o = this.o;
+    if (blocktime) {
+      if (uffd.enabled.has('THREAD_ID')) {
+        this.blocktime = new DestinationBlocktime({
+          vcpus: o.vcpus, events: o.events, tracePath: o.params.value('x-blocktime-trace'),
+          base: o.base, pageSize: o.pageSize, flags: o.flags,
+        });
+      } else {
+        this.fallback = DestinationBlocktime.unavailable(o.vcpus);
+      }
+    }
+    this.channel = PageChannel.startFaultThread({
+      uffd: uffd.fd, sock: this.urgent!, ramBase: o.base, pageSize: o.pageSize, pages: o.pages,
+      flags: o.flagsAddress, blocktime: this.blocktime !== null, zeroSrc,
+      readahead: o.params.value('x-postcopy-readahead'),
+      stamps: this.blocktime?.stamps,
+    });
+    this.blocktime?.stampWith(this.channel.clockBase);
+    this.channel.tickEvery(DRAIN_EVERY_MS, tick);
+  }
+
+  /** the fault thread's state ('' before it started) and why it stopped */
+  get state(): string { return this.channel?.state ?? ''; }
+  get error(): string { return this.channel?.error ?? ''; }
+
+  /** one event from the fault thread's ring: a fault (with how it was served), or requested pages placed */
+  readonly onEvent: ChannelEventSink = (kind, page, arg, t) => {
+    if ((kind & CHANNEL_EVENT_MASK) === ChannelEvent.Fault) {
+      this.blocktime?.fault(page, arg, t, kind >> FAULT_CAUSE_SHIFT);
+      return;
+    }
+    this.o.received(page, arg);
+    this.blocktime?.placed(page, arg, t);
+  };
+
+  /** one event from the main-stream receiver's ring: the background push placed pages (the trace's push line) */
+  readonly onStreamEvent: ChannelEventSink = (_kind, page, arg, t) => {
+    this.o.received(page, arg);
+    this.blocktime?.backgroundPlaced(page, arg, t);
+  };
+
+  /** Both threads' events so far, then the blocktime's events that no
+   *  event still to come can precede any more. */
+  drain(): void {
+    const ch = this.channel;
+    const rc = this.o.receiver();
+    const bt = this.blocktime;
+    if (bt === null) {
+      ch?.drain(this.onEvent);
+      rc?.drain(this.onStreamEvent);
+      return;
+    }
+    bt.drained(() => {
+      const now = monotonicNs();
+      const a = ch === null ? Infinity : ch.drainOrdered(this.onEvent, now);
+      const b = rc === null ? Infinity : rc.drainOrdered(this.onStreamEvent, now);
+      return Math.min(a, b);
+    });
+  }
+
+  /** The vCPUs were started (or left paused): the kernel's window opens. */
+  vcpusStarted(): void {
+    this.blocktime?.vcpusStarted(() => this.drain());
+  }
+
+  /** Stops the fault thread (joined at once) and takes its last events and figures. */
+  stop(): void {
+    if (this.channel === null) return;
+    this.finalStats = this.channel.close(this.onEvent);
+    this.channel = null;
+    this.blocktime?.channelStopped();
+  }
+
+  /** Postcopy ends: the blocktime context closes its window. */
+  end(): void {
+    this.blocktime?.end();
+  }
+
+  /** the fault thread's counters (live, or final) */
+  figures(): Float64Array {
+    return this.channel?.figures(this.onEvent) ?? this.finalStats;
+  }
+
+  stat(i: FaultThreadStat): number { return this.figures()[i]; }
+
+  report(): BlocktimeReport | undefined {
+    this.drain();
+    return this.blocktime?.report() ?? this.fallback ?? undefined;
+  }
+}

@@ -1,0 +1,112 @@
+// The destination's main stream (QEMU's ram_load loop), read by a native
+// thread (native-shim/stream_receiver.c) that places PAGES and ZERO runs
+// itself, with no event loop on the way. Every other record, and any page
+// record it cannot prove valid, it hands back here whole, in a control buffer
+// of native memory; wire.ts decodes those (one codec, one definition of each
+// record) and calls the migration's handlers, then the thread resumes, in
+// postcopy mode once the switchover came. Looked at every few milliseconds.
+
+import type net from 'node:net';
+import { StreamDecoder, WireError } from './wire.js';
+import { NativeBlock } from '../native/memory.js';
+import {
+  PageChannel, ReceiverStat, ReceiverMode, RECEIVER_CONTROL_BYTES, type ChannelEventSink,
+} from '../native/page-channel.js';
+import { DRAIN_EVERY_MS } from './incoming-postcopy.js';
+import type { DestinationRam } from './incoming-ram.js';
+
+export interface IncomingStreamOptions {
+  ram: DestinationRam;
+  decoder: StreamDecoder;
+  /** the receiver's PLACED events (postcopy) */
+  sink: ChannelEventSink;
+  /** each tick, before the handed-back records: the threads' events */
+  drain(): void;
+  postcopy(): boolean;
+  over(): boolean;
+  fail(reason: string, tellSource: boolean): void;
+}
+
+export class IncomingStream {
+  private receiver: PageChannel | null = null;
+  private readonly control = new NativeBlock(RECEIVER_CONTROL_BYTES);
+  /** the receiver's counters once it stopped (ReceiverStat indices) */
+  private finalStats: Float64Array = new Float64Array(16);
+
+  constructor(private readonly o: IncomingStreamOptions) {}
+
+  /** the thread, while it runs (its ring is drained with the fault thread's) */
+  get channel(): PageChannel | null { return this.receiver; }
+
+  /** Starts the receiver on the main connection (accepted paused: Node never reads it). */
+  start(sock: net.Socket): void {
+    const r = this.o.ram;
+    try {
+      this.receiver = PageChannel.startStreamReceiver({
+        sock, ramBase: r.base, pageSize: r.pageSize, pages: r.pages, flags: r.address, control: this.control,
+      });
+    } catch (e) {
+      this.o.fail(`migration: ${(e as Error).message}`, true);
+      return;
+    }
+    this.receiver.tickEvery(DRAIN_EVERY_MS, this.poll);
+  }
+
+  /** The threads' events, the records handed back, the receiver's failure. */
+  private readonly poll = (): void => {
+    const rc = this.receiver;
+    if (rc === null || this.o.over()) return;
+    this.o.drain();
+    if (rc.handedBack) this.takeControl(rc);
+    if (this.o.over()) return;
+    const st = rc.state;
+    if (st === 'closed') this.closed(rc);
+    else if (st === 'failed') this.o.fail(`migration stream: ${rc.error}`, true);
+  };
+
+  /** wire.ts decodes the handed-back records (and the handlers act); then the receiver goes on. */
+  private takeControl(rc: PageChannel): void {
+    const d = this.o.decoder;
+    try {
+      d.push(Buffer.from(this.control.buffer, 0, rc.stat(ReceiverStat.CtlLen)), rc.stat(ReceiverStat.CtlAt));
+      if (d.midRecord) throw new WireError('the native receiver refused a record wire.ts accepts (a bug)');
+    } catch (e) {
+      this.o.fail(e instanceof WireError ? `migration stream: ${e.message}` : `migration: ${(e as Error).message}`, true);
+      return;
+    }
+    if (this.o.over() || d.finished) return;
+    const r = this.o.ram;
+    rc.resume(ReceiverMode.Pages | (this.o.postcopy() ? ReceiverMode.Postcopy : 0), r.uffd?.fd ?? -1, r.zeroSrc);
+  }
+
+  /** The source closed the main stream before its end. */
+  private closed(rc: PageChannel): void {
+    if (rc.stat(ReceiverStat.Truncated) === 1) {
+      this.o.fail(`migration stream: ${rc.error} (the source closed the connection)`, false);
+      return;
+    }
+    try {
+      this.o.decoder.finish();
+      this.o.fail('the source closed the connection before the migration completed', false);
+    } catch (e) {
+      this.o.fail(`migration stream: ${(e as Error).message} (the source closed the connection)`, false);
+    }
+  }
+
+  /** the receiver's counters (live, or final) */
+  figures(): Float64Array {
+    return this.receiver?.figures(this.o.sink) ?? this.finalStats;
+  }
+
+  /** Stops the receiver (joined at once) and takes its last events and figures. */
+  stop(): void {
+    if (this.receiver === null) return;
+    this.finalStats = this.receiver.close(this.o.sink);
+    this.receiver = null;
+  }
+
+  free(): void {
+    this.stop();
+    this.control.free();
+  }
+}

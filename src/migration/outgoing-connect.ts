@@ -1,0 +1,58 @@
+// The source's main connection (QEMU's migrate URI and its return path):
+// connect within a time limit, then read the destination's return path
+// (wire.ts's ReturnDecoder); a failure to connect names the address, a
+// garbled return path or an early close says what went wrong. The stream
+// itself is written by the native sender (outgoing-stream.ts).
+
+import net from 'node:net';
+import { systemErrorText } from '../errors.js';
+import { formatMigrationUri, type MigrationAddress } from './uri.js';
+import { ReturnDecoder, WireError, type ReturnHandler } from './wire.js';
+
+const CONNECT_TIMEOUT_MS = 10000;
+
+export interface MainConnection {
+  /** connected (within the time limit) */
+  connected(sock: net.Socket): void;
+  fail(why: string): void;
+  /** still connecting (a failure then is a failure to connect) */
+  connecting(): boolean;
+  /** the migration ended (a close is expected) */
+  done(): boolean;
+}
+
+/** Connects to `addr`; the return path goes to `rp`. */
+export function connectMain(addr: MigrationAddress, rp: ReturnHandler, ramBytes: number, pageSize: number, h: MainConnection): net.Socket {
+  const decoder = new ReturnDecoder(rp, ramBytes, pageSize);
+  const sock = addr.transport === 'tcp' ? net.connect({ host: addr.host, port: addr.port }) : net.connect({ path: addr.path });
+  const timer = setTimeout(() => sock.destroy(new Error(`timed out after ${CONNECT_TIMEOUT_MS / 1000} s`)), CONNECT_TIMEOUT_MS);
+  sock.once('connect', () => {
+    clearTimeout(timer);
+    if (h.done()) return;
+    sock.setNoDelay(true);
+    h.connected(sock);
+  });
+  sock.on('data', (chunk: Buffer) => {
+    try {
+      decoder.push(chunk);
+    } catch (e) {
+      h.fail(`return path: ${(e as Error).message}`);
+    }
+  });
+  sock.on('error', (e: NodeJS.ErrnoException) => {
+    clearTimeout(timer);
+    if (h.connecting()) h.fail(`Failed to connect to '${formatMigrationUri(addr)}': ${systemErrorText(e)}`);
+    else h.fail(`migration connection error: ${e.message}`);
+  });
+  sock.on('close', () => {
+    clearTimeout(timer);
+    if (h.done()) return;
+    try {
+      decoder.finish();
+      h.fail('the destination closed the connection');
+    } catch (e) {
+      h.fail(e instanceof WireError ? `${e.message} (the destination closed the connection)` : String(e));
+    }
+  });
+  return sock;
+}

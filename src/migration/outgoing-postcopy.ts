@@ -1,0 +1,111 @@
+// The source's postcopy side (QEMU's postcopy-ram.c, outgoing, with the
+// preempt channel): the urgent connection, opened with the migration and
+// handed at the switchover to the native page server
+// (native-shim/page_server.c), which answers the destination's page requests
+// straight from guest RAM. It takes the pages it sends off the page flags
+// itself, and tells the native sender where to go on (just after them: their
+// neighbours are the likeliest next faults); nothing of it goes through this
+// event loop but its figures and its state.
+
+import net from 'node:net';
+import { PageChannel, PageServerStat, type ChannelEventSink } from '../native/page-channel.js';
+import { encodeHeader } from './wire.js';
+import type { MigrationAddress } from './uri.js';
+
+const CONNECT_TIMEOUT_MS = 10000;
+/** how often the page server's ring is drained and its state looked at */
+const DRAIN_EVERY_MS = 2;
+
+export interface UrgentHeader {
+  pageSize: number;
+  vcpus: number;
+  ramBytes: number;
+  workload: string;
+}
+
+/** the page server's events carry nothing the push needs any more (the thread updates the flags) */
+const ignore: ChannelEventSink = () => undefined;
+
+export class SourcePostcopy {
+  private socket: net.Socket | null = null;
+  /** resolves once the urgent channel's HEADER is written (rejects if it failed) */
+  private ready: Promise<void> | null = null;
+  private server: PageChannel | null = null;
+  /** the page server's counters once it stopped (PageServerStat indices) */
+  private finalStats: Float64Array = new Float64Array(16);
+
+  constructor(private readonly o: {
+    /** the urgent channel went wrong (the main connection may say why first) */
+    failLater(why: string): void;
+    fail(why: string): void;
+    done(): boolean;
+    /** pages still to send */
+    needed(): number;
+  }) {}
+
+  /** The urgent channel: this side writes its HEADER, then the page server
+   *  takes it over at the postcopy switchover (nothing comes back on it
+   *  before: the destination's fault thread starts after the switchover). */
+  connect(addr: MigrationAddress, h: UrgentHeader): void {
+    const u = addr.transport === 'tcp' ? net.connect({ host: addr.host, port: addr.port }) : net.connect({ path: addr.path });
+    this.socket = u;
+    const timer = setTimeout(() => u.destroy(new Error(`connecting timed out after ${CONNECT_TIMEOUT_MS / 1000} s`)), CONNECT_TIMEOUT_MS);
+    timer.unref();
+    this.ready = new Promise<void>((resolve, reject) => {
+      u.once('connect', () => {
+        clearTimeout(timer);
+        u.setNoDelay(true);
+        u.write(encodeHeader({ ...h, urgent: true }), (e) => { if (e) reject(new Error(`urgent channel: ${e.message}`)); else resolve(); });
+      });
+      u.once('close', () => reject(new Error('the destination closed the urgent channel')));
+    });
+    this.ready.catch(() => undefined); // failures are reported by the listeners below
+    u.on('data', () => { /* nothing comes back on this channel before the page server takes it */ });
+    u.on('error', (e) => this.o.failLater(`urgent channel error: ${e.message}`));
+    u.on('close', () => { if (!this.o.done()) this.o.failLater('the destination closed the urgent channel'); });
+  }
+
+  /** Starts the page server once the urgent channel is up (before the
+   *  destination's vCPUs can run). `flags`: the page flags' address. */
+  async start(o: { ramBase: number; pageSize: number; pages: number; flags: number; sender: PageChannel }): Promise<void> {
+    await this.ready;
+    const u = this.socket;
+    if (u === null || u.destroyed) throw new Error('the destination closed the urgent channel');
+    const server = PageChannel.startPageServer({ sock: u, ...o });
+    this.server = server;
+    server.tickEvery(DRAIN_EVERY_MS, () => {
+      server.drain(ignore);
+      const st = server.state;
+      if (st === 'running') return;
+      server.stopTicking(); // said once
+      // every page sent: the destination closes the urgent channel as it
+      // completes, and says so on the main connection only once it has
+      // released guest RAM; that connection decides (RP_COMPLETE, RP_ERROR,
+      // or closing early)
+      if (st === 'failed') this.o.fail(server.error);
+      else if (!this.o.done() && this.o.needed() > 0) this.o.failLater('the destination closed the urgent channel');
+    });
+  }
+
+  /** the page server's counters (live, or final) */
+  figures(): Float64Array {
+    return this.server?.figures(ignore) ?? this.finalStats;
+  }
+
+  /** Stops the page server (joined at once) and closes the urgent channel (`abrupt`: destroyed, not ended). */
+  close(abrupt: boolean): void {
+    if (this.server !== null) {
+      this.finalStats = this.server.close(ignore);
+      this.server = null;
+    }
+    const u = this.socket;
+    if (u) { if (abrupt) u.destroy(); else u.end(); }
+  }
+
+  destroy(): void {
+    this.socket?.destroy();
+  }
+
+  /** requested pages already sent in the background when asked for (sent again, urgently) */
+  get inflightHits(): number { return this.figures()[PageServerStat.Inflight]; }
+}

@@ -1,0 +1,78 @@
+// The source's RAM state (QEMU's RAMState, apart from the migration's
+// status): one flag byte per page in native memory, which the native sender
+// (native-shim/stream_sender.c) and page server walk and update themselves
+// (NEED -> HAS, atomically), the dirty syncs that set NEED again, and the
+// count of pages still to send, kept exact without a scan: pages marked NEED
+// here, minus those the two threads took.
+
+import type { GuestMemory } from './guest.js';
+import type { DirtyTracker } from './dirty-tracker.js';
+import { NativeBlock } from '../native/memory.js';
+import { SenderStat, PageServerStat } from '../native/page-channel.js';
+import { writeRecordHeader, RECORD_HEADER_BYTES, REC_DISCARD } from './wire.js';
+
+// page flags (native-shim/channel.h PC_SRC_*)
+const NEED = 1; // must be sent (never sent, or dirtied since)
+const HAS = 2;  // the destination holds a copy (sent since the last discard)
+
+/** the threads' counters this state reads (live, or their final copies) */
+export interface TakenFigures {
+  sender(): Float64Array;
+  server(): Float64Array;
+}
+
+export class SourceRam {
+  readonly pageSize: number;
+  readonly pages: number;
+  private readonly block: NativeBlock;
+  private readonly flags: Uint8Array;
+  /** pages marked NEED: all at the start, then each dirty sync's */
+  private marked: number;
+
+  constructor(ram: GuestMemory, private readonly taken: TakenFigures) {
+    this.pageSize = ram.pageSize;
+    this.pages = ram.bytes / ram.pageSize;
+    this.block = new NativeBlock(this.pages);
+    this.flags = new Uint8Array(this.block.buffer, 0, this.pages).fill(NEED);
+    this.marked = this.pages;
+  }
+
+  /** the flags' address, for the native threads */
+  get address(): number { return this.block.address; }
+
+  /** pages still to send */
+  get needed(): number {
+    return this.marked - this.taken.sender()[SenderStat.Sent] - this.taken.server()[PageServerStat.Cleared];
+  }
+
+  /** A dirty sync (the sender idle): pages written since the last one need sending again; returns how many. */
+  sync(tracker: DirtyTracker): number {
+    const n = tracker.collect(this.flags);
+    this.marked += n;
+    return n;
+  }
+
+  /** DISCARD records for the pages dirtied since the destination got them
+   *  (it must drop its copy), their flags back to NEED only. */
+  discards(): Buffer {
+    const flags = this.flags;
+    const runs: number[] = [];
+    for (let p = 0; p < this.pages; p++) {
+      if (flags[p] !== (NEED | HAS)) continue;
+      let q = p;
+      while (q < this.pages && flags[q] === (NEED | HAS)) { flags[q] = NEED; q++; }
+      runs.push(p, q - p);
+      p = q;
+    }
+    const out = Buffer.allocUnsafe((runs.length / 2) * RECORD_HEADER_BYTES);
+    for (let i = 0; i < runs.length; i += 2) {
+      writeRecordHeader(out, (i / 2) * RECORD_HEADER_BYTES, REC_DISCARD, 0, runs[i + 1], runs[i] * this.pageSize);
+    }
+    return out;
+  }
+
+  /** once no thread uses the flags any more */
+  free(): void {
+    this.block.free();
+  }
+}

@@ -57,7 +57,11 @@ export class IncomingStream {
     const rc = this.receiver;
     if (rc === null || this.o.over()) return;
     this.o.drain();
-    if (rc.handedBack) this.takeControl(rc);
+    // after END the receiver stays paused on its hand-back (nothing follows
+    // END): taken once (END waiting on the urgent channel's last pages would
+    // otherwise be pushed to wire.ts again at the next tick: "unexpected data
+    // after the end of the stream")
+    if (rc.handedBack && !this.o.decoder.finished) this.takeControl(rc);
     if (this.o.over()) return;
     const st = rc.state;
     if (st === 'closed') this.closed(rc);

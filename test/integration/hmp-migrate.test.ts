@@ -105,8 +105,9 @@ maybe('migration through the consoles', () => {
       const qmpPath = join(dir, 'dst.qmp');
       // the source first: its vCPUs write all of guest RAM while the destination starts; after the switch they
       // sweep on ahead of a push held to 8 MiB/s, faulting page after page: seconds of postcopy
-      const src = vm(['-m', '256M', '-smp', '2', '--exit-on-error']);
-      const dst = vm(['-m', '256M', '-smp', '2', '-incoming', `tcp:127.0.0.1:${port}`, '-qmp', `unix:${qmpPath},server=on,wait=off`]);
+      // (512 MiB: the native page path faults 256 MiB in about a second, too short for three lines)
+      const src = vm(['-m', '512M', '-smp', '2', '--exit-on-error']);
+      const dst = vm(['-m', '512M', '-smp', '2', '-incoming', `tcp:127.0.0.1:${port}`, '-qmp', `unix:${qmpPath},server=on,wait=off`]);
       // -w waits for the migration, the next line runs after it; the script ends once QMP has been asked enough
       dst.p.stdin.write('migrate_set_capability postcopy-blocktime on\ninfo postcopy_blocktime -w 120\ninfo status\n');
       await waitOut(dst, /\| none \| /, 'the first line of -w');
@@ -147,11 +148,11 @@ maybe('migration through the consoles', () => {
       const lines = out.split('\n').filter((l) => /^\d+\.\d s \| /.test(l));
       const postcopy = lines.filter((l) => l.includes('| postcopy-active |'));
       if (postcopy.length < 3) throw new Error(`one line per half second of postcopy expected; the destination printed:\n${out}`);
-      expect(postcopy[postcopy.length - 1]).toMatch(/\| received \d+\/65536 pages \([\d.]+ %\) \| blocktime [\d.]+ ms \| vCPU blocktime \[[\d.]+, [\d.]+\] ms \| \d+ faults$/);
+      expect(postcopy[postcopy.length - 1]).toMatch(/\| received \d+\/131072 pages \([\d.]+ %\) \| blocktime [\d.]+ ms \| vCPU blocktime \[[\d.]+, [\d.]+\] ms \| \d+ faults$/);
       const seconds = lines.map((l) => Number(l.split(' ')[0]));
       for (let i = 1; i < seconds.length; i++) expect(seconds[i]).toBeGreaterThan(seconds[i - 1]);
       // the last line: the final figures, then why it stopped, then the next command of the script
-      expect(lines[lines.length - 1]).toMatch(/\| completed \| received 65536\/65536 pages \(100\.0 %\) \| blocktime /);
+      expect(lines[lines.length - 1]).toMatch(/\| completed \| received 131072\/131072 pages \(100\.0 %\) \| blocktime /);
       expect(out).toMatch(/\| completed \| [^\n]*\nstopped: the migration completed\nVM status: running\n/);
     } finally {
       rmSync(dir, { recursive: true, force: true });

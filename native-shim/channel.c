@@ -258,33 +258,38 @@ void pc_put_record(uint8_t *p, int type, int flags, uint32_t count, uint64_t off
 int pc_place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *src, int stat_existed)
 {
     const uint64_t ps = c->page_size;
+    /* with the waiting map, the waiters are woken after their faults are
+     * taken (pc_waiters_wake), not by the ioctl */
+    const uint64_t quiet = c->waiting ? UFFDIO_COPY_MODE_DONTWAKE : 0;
     uint64_t done = 0;
     int again = 0;
+    if (quiet)
+        c->woken_at = pc_channel_now(c); /* if every page was here already (EEXIST): nobody woken */
     while (done < count) {
         uint64_t dst = c->base + off + done * ps, len = (count - done) * ps;
         int64_t got;
-        int rc;
+        int rc, e;
         if (src || c->zero_src) {
             /* on hugetlbfs (no UFFDIO_ZEROPAGE) zero pages are copied from c->zero_src, page by page */
             const uint8_t *from = src ? src + done * ps : c->zero_src;
             if (!src)
                 len = ps;
-            struct uffdio_copy cp = { .dst = dst, .src = (uint64_t)(uintptr_t)from, .len = len, .mode = 0 };
+            struct uffdio_copy cp = { .dst = dst, .src = (uint64_t)(uintptr_t)from, .len = len, .mode = quiet };
             rc = ioctl(c->uffd, UFFDIO_COPY, &cp);
+            e = errno;
             got = cp.copy;
         } else {
-            struct uffdio_zeropage zp = { .range = { .start = dst, .len = len }, .mode = 0 };
+            struct uffdio_zeropage zp = { .range = { .start = dst, .len = len }, .mode = quiet ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0 };
             rc = ioctl(c->uffd, UFFDIO_ZEROPAGE, &zp);
+            e = errno;
             got = zp.zeropage;
         }
-        if (rc == 0) {
-            if (!src && c->zero_src && ++done < count)
-                continue;
-            return 0;
-        }
-        int e = errno;
-        if (got > 0)
-            done += (uint64_t)got / ps;
+        uint64_t placed = rc == 0 ? len / ps : got > 0 ? (uint64_t)got / ps : 0;
+        if (quiet && placed > 0 && pc_waiters_wake(c, off / ps + done, placed) < 0)
+            return -1;
+        done += placed;
+        if (rc == 0)
+            continue;
         if (e == EAGAIN) {
             if (++again > PLACE_RETRIES) {
                 pc_channel_fail(c, PC_CH_FAILED, e, "placing %llu pages at offset %llu: the kernel kept answering EAGAIN",
@@ -293,9 +298,11 @@ int pc_place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *
             }
             continue;
         }
-        if (e == EEXIST) { /* placed by the other placer: its waiters were woken then */
-            struct uffdio_range r = { .start = c->base + off + done * ps, .len = ps };
-            ioctl(c->uffd, UFFDIO_WAKE, &r);
+        if (e == EEXIST) { /* placed by the other placer: it wakes the waiters (woke them, unless quiet) */
+            if (!quiet) {
+                struct uffdio_range r = { .start = c->base + off + done * ps, .len = ps };
+                ioctl(c->uffd, UFFDIO_WAKE, &r);
+            }
             c->st->stats[stat_existed]++;
             done++;
             continue;

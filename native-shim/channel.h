@@ -53,6 +53,7 @@ enum pc_fault_cause {
     PC_CAUSE_READAHEAD = 2, /* the page was asked for already, as read-ahead of an earlier fault */
     PC_CAUSE_INFLIGHT = 3,  /* the page was asked for already, for an earlier fault */
     PC_CAUSE_RECEIVED = 4,  /* the page was here already (known zero, or pushed since): no request */
+    PC_CAUSE_UNREAD = 5,    /* not read: the page's placement found the vCPU asleep on it (waiters.c) */
 };
 
 /* destination counters (stats[]) */
@@ -130,6 +131,10 @@ struct pc_channel {
     uint32_t readahead;   /* destination: pages after a faulted one asked for with it */
     uint64_t head_placed; /* destination: pages already placed of the record at c->in[0] */
     const struct pc_vcpu *vcpus; /* destination: the vCPU blocks (access stamps), or NULL */
+    int nvcpus;
+    uint64_t *waiting;    /* destination, blocktime: the vCPUs' waiting map (waiters.c), or NULL */
+    uint64_t waiting_per; /* its words (vCPU pages) per page of this channel */
+    double woken_at;      /* with it: when pc_waiters_wake last woke a placement's waiters */
     int32_t *vcpu_tids;   /* destination: open-addressing table tid -> vCPU index + 1 (pairs) */
     uint32_t vcpu_mask;   /* its slots - 1 */
     const char *what;     /* the channel's name in errors ("urgent channel" unless set) */
@@ -157,6 +162,26 @@ struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, u
 /* starts run(c); on failure frees c (and closes its socket) */
 int pc_channel_spawn(struct pc_channel *c, void *(*run)(void *));
 void pc_channel_free(struct pc_channel *c);
+/* waiters.c: the faults a placement wakes before the fault thread read them */
+/* the vCPUs whose faults this channel dates by their access stamps and,
+ * when their blocks name a waiting map, whose sleeps its placements report;
+ * -1 when out of memory */
+int pc_waiters_attach(struct pc_channel *c, const struct pc_vcpu *vcpus, int nvcpus);
+/* the fault thread read a fault of thread `tid` on `page`: 1 = push it, dated *t
+ * (its access stamp, or `seen`); 0 = a placement reported that access already */
+int pc_waiters_claim(struct pc_channel *c, uint32_t tid, uint64_t page, double seen, double *t);
+/* pages [first, first+n) were placed without waking (c->waiting set): the
+ * vCPUs asleep on them that nobody reported are pushed as FAULT events
+ * (UNREAD), then the pages' waiters are woken. -1 when the ring failed. */
+int pc_waiters_wake(struct pc_channel *c, uint64_t first, uint64_t n);
+/* the time of the placement just made, for its PLACED event: when its
+ * waiters were woken (with the waiting map), else now, right after the ioctl
+ * that woke them */
+static inline double pc_placed_at(const struct pc_channel *c)
+{
+    return c->waiting ? c->woken_at : pc_channel_now(c);
+}
+
 /* most pages in one PAGES record of page_size-byte pages (256 of 4 KiB, one huge page) */
 uint64_t pc_max_run_pages(uint64_t page_size);
 /* stops the thread (it leaves poll at once), joins it, frees the channel */

@@ -28,8 +28,12 @@
 #define PLACED_HERE 2 /* this thread placed it (asked for, or read ahead by the source) */
 #define AHEAD 4       /* with ASKED or PLACED_HERE: asked for as read-ahead of another fault */
 
+/* wakes the threads that faulted on a page placed already (with the waiting
+ * map, nothing: every placer wakes its pages' waiters once it took their faults) */
 static void wake(struct pc_channel *c, uint64_t addr, uint64_t len)
 {
+    if (c->waiting)
+        return;
     struct uffdio_range r = { .start = addr, .len = len };
     ioctl(c->uffd, UFFDIO_WAKE, &r);
 }
@@ -43,10 +47,9 @@ static int place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8
     for (uint8_t *r = c->requested + off / c->page_size, *e = r + count; r < e; r++)
         *r = PLACED_HERE | (*r & AHEAD);
     c->st->stats[src ? PC_DST_PLACED : PC_DST_ZERO_PLACED] += (double)count;
-    /* the ioctl wakes the waiters at its end: right before this stamp
-     * (measured: dating it by the ioctl's own CPU time instead, in case the
-     * woken thread preempts this one, fitted the kernel's figure worse) */
-    return pc_channel_push(c, PC_EV_PLACED, (double)(off / c->page_size), (double)count, pc_channel_now(c));
+    /* dated when the waiters were woken: by pc_waiters_wake, or by the
+     * ioctl at its end, right before this */
+    return pc_channel_push(c, PC_EV_PLACED, (double)(off / c->page_size), (double)count, pc_placed_at(c));
 }
 
 static int read_faults(struct pc_channel *c);
@@ -55,12 +58,19 @@ static int read_faults(struct pc_channel *c);
  * page on hugetlbfs. 0 = placed. */
 static int zero_one(struct pc_channel *c, uint64_t addr)
 {
+    int rc;
     if (c->zero_src) {
-        struct uffdio_copy cp = { .dst = addr, .src = (uint64_t)(uintptr_t)c->zero_src, .len = c->page_size, .mode = 0 };
-        return ioctl(c->uffd, UFFDIO_COPY, &cp);
+        struct uffdio_copy cp = { .dst = addr, .src = (uint64_t)(uintptr_t)c->zero_src, .len = c->page_size,
+                                  .mode = c->waiting ? UFFDIO_COPY_MODE_DONTWAKE : 0 };
+        rc = ioctl(c->uffd, UFFDIO_COPY, &cp);
+    } else {
+        struct uffdio_zeropage zp = { .range = { .start = addr, .len = c->page_size },
+                                      .mode = c->waiting ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0 };
+        rc = ioctl(c->uffd, UFFDIO_ZEROPAGE, &zp);
     }
-    struct uffdio_zeropage zp = { .range = { .start = addr, .len = c->page_size }, .mode = 0 };
-    return ioctl(c->uffd, UFFDIO_ZEROPAGE, &zp);
+    if (rc == 0 && c->waiting)
+        pc_waiters_wake(c, (addr - c->base) / c->page_size, 1);
+    return rc;
 }
 
 /* flags byte of a record in c->in: placed already (ours, never on the wire) */
@@ -186,37 +196,6 @@ static int64_t fault_page(const struct pc_channel *c, const struct uffd_msg *m)
     return (int64_t)((addr - c->base) / c->page_size);
 }
 
-/* The time a fault of thread `tid` on `page` was raised: the stamp of that
- * vCPU's latest access to this page among its last PC_TOUCHES (the access
- * it sleeps on, or made before it was woken and went on), else `seen` (a
- * thread that is no vCPU, no stamps, or a vCPU already far past it). */
-static double fault_time(const struct pc_channel *c, uint32_t tid, uint64_t page, double seen)
-{
-    if (!c->vcpus)
-        return seen;
-    for (uint32_t s = (tid * 0x9e3779b1u) & c->vcpu_mask;; s = (s + 1) & c->vcpu_mask) {
-        int32_t idx = c->vcpu_tids[2 * s + 1];
-        if (idx == 0)
-            return seen;
-        if ((uint32_t)c->vcpu_tids[2 * s] != tid)
-            continue;
-        const struct pc_vcpu *v = &c->vcpus[idx - 1];
-        /* the vCPU stamps its own (guest) pages: several of them make one huge page */
-        const uint64_t per = c->page_size > v->page_size && v->page_size > 0 ? c->page_size / v->page_size : 1;
-        double best = -1;
-        for (int k = 0; k < PC_TOUCHES; k++) {
-            uint64_t p = __atomic_load_n(&v->touch[k].page, __ATOMIC_ACQUIRE);
-            if (p == 0 || (p - 1) / per != page)
-                continue;
-            double t;
-            __atomic_load(&v->touch[k].t, &t, __ATOMIC_ACQUIRE);
-            if (__atomic_load_n(&v->touch[k].page, __ATOMIC_ACQUIRE) == p && t > best)
-                best = t;
-        }
-        return best >= 0 && best < seen ? best : seen;
-    }
-}
-
 /* How a fault on `page` is served (enum pc_fault_cause); asks for the page
  * when nobody has (request()). */
 static int serve(struct pc_channel *c, uint64_t page)
@@ -265,8 +244,9 @@ static int read_faults(struct pc_channel *c)
         c->st->stats[PC_DST_FAULTS]++;
         cause[i] = (uint8_t)serve(c, (uint64_t)page);
         uint32_t tid = msgs[i].arg.pagefault.feat.ptid;
-        if (c->blocktime && pc_channel_push(c, PC_EV_FAULT | cause[i] << PC_CAUSE_SHIFT, (double)page, (double)tid,
-                                            fault_time(c, tid, (uint64_t)page, seen)) < 0)
+        double t;
+        if (c->blocktime && pc_waiters_claim(c, tid, (uint64_t)page, seen, &t) &&
+            pc_channel_push(c, PC_EV_FAULT | cause[i] << PC_CAUSE_SHIFT, (double)page, (double)tid, t) < 0)
             return -1;
     }
     if (k < (int)(sizeof msgs / sizeof msgs[0]))
@@ -282,7 +262,7 @@ static int read_faults(struct pc_channel *c)
              * fault (EEXIST: that placement woke it) */
             if (zero_one(c, addr) != 0)
                 wake(c, addr, ps);
-            else if (c->blocktime && pc_channel_push(c, PC_EV_PLACED, (double)page, 1, pc_channel_now(c)) < 0)
+            else if (c->blocktime && pc_channel_push(c, PC_EV_PLACED, (double)page, 1, pc_placed_at(c)) < 0)
                 return -1;
             c->st->stats[PC_DST_LOCAL_ZERO]++;
         } else if (c->requested[page] & PLACED_HERE) {
@@ -340,24 +320,9 @@ uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t p
         pc_channel_free(c);
         return 0;
     }
-    if (vcpus && nvcpus > 0) { /* tid -> vCPU, for the access stamps */
-        uint32_t slots = 8;
-        while (slots < 4u * (uint32_t)nvcpus)
-            slots *= 2;
-        c->vcpu_tids = calloc(2 * (size_t)slots, sizeof(int32_t));
-        if (!c->vcpu_tids) {
-            pc_channel_free(c);
-            return 0;
-        }
-        c->vcpu_mask = slots - 1;
-        for (int i = 0; i < nvcpus; i++) {
-            uint32_t tid = (uint32_t)vcpus[i].tid, s = (tid * 0x9e3779b1u) & c->vcpu_mask;
-            while (c->vcpu_tids[2 * s + 1] != 0)
-                s = (s + 1) & c->vcpu_mask;
-            c->vcpu_tids[2 * s] = (int32_t)tid;
-            c->vcpu_tids[2 * s + 1] = i + 1;
-        }
-        c->vcpus = vcpus;
+    if (blocktime && pc_waiters_attach(c, vcpus, nvcpus) < 0) {
+        pc_channel_free(c);
+        return 0;
     }
     if (pc_channel_spawn(c, fault_thread_run) != 0)
         return 0;

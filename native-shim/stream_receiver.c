@@ -21,7 +21,9 @@
  *    placed first is skipped, EEXIST), each run pushed to the ring as a
  *    PLACED event stamped right after its ioctl, as the fault thread does:
  *    TypeScript marks those pages received and feeds the blocktime from the
- *    two rings in time order. In postcopy this thread also acknowledges what
+ *    two rings in time order; with the blocktime, the faults of vCPUs asleep
+ *    on a run that the fault thread had not read yet too, before they are
+ *    woken (waiters.c). In postcopy this thread also acknowledges what
  *    it consumed (RP_ACK, the source's flow-control window). */
 #define _GNU_SOURCE
 #include "channel.h"
@@ -113,7 +115,7 @@ static void mark(struct pc_channel *c, struct receiver *r, uint64_t first, uint6
 static int placed_event(struct pc_channel *c, uint64_t first, uint64_t n)
 {
     c->st->stats[PC_RCV_PLACE_CALLS]++;
-    return pc_channel_push(c, PC_EV_PLACED, (double)first, (double)n, pc_channel_now(c));
+    return pc_channel_push(c, PC_EV_PLACED, (double)first, (double)n, pc_placed_at(c));
 }
 
 static int place_pages(struct pc_channel *c, struct receiver *r, uint64_t off, uint64_t n, const uint8_t *src, int mode)
@@ -356,12 +358,14 @@ uint64_t pc_stream_receiver_start(int sock, uint64_t ram_base, uint64_t page_siz
  * placing into `uffd` (-1: guest RAM is not registered), zero pages copied
  * from `zero_src` (a zeroed page: hugetlbfs has no UFFDIO_ZEROPAGE) or, 0,
  * with UFFDIO_ZEROPAGE. */
-int pc_stream_receiver_resume(uint64_t handle, int mode, int uffd, uint64_t zero_src)
+int pc_stream_receiver_resume(uint64_t handle, int mode, int uffd, uint64_t zero_src, const struct pc_vcpu *vcpus, int nvcpus)
 {
     struct pc_channel *c = (struct pc_channel *)(uintptr_t)handle;
     if (!c)
         return -EINVAL;
     struct receiver *r = c->side;
+    if (vcpus && !c->vcpus && pc_waiters_attach(c, vcpus, nvcpus) < 0)
+        return -ENOMEM;
     c->uffd = uffd;
     c->zero_src = (const uint8_t *)(uintptr_t)zero_src;
     __atomic_store_n(&r->mode, mode, __ATOMIC_RELEASE);

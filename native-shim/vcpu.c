@@ -88,6 +88,14 @@ static inline void stamp(struct pc_vcpu *v, uint64_t page)
     __atomic_store(&e->t, &t, __ATOMIC_RELEASE);
     __atomic_store_n(&e->page, page + 1, __ATOMIC_RELEASE);
     __atomic_store_n(&v->touches, n + 1, __ATOMIC_RELEASE);
+    /* then this vCPU's bit in the page's word of the waiting map, for a
+     * placement that wakes it before its fault is read (waiters.c) */
+    uint64_t w = __atomic_load_n(&v->waiting, __ATOMIC_RELAXED);
+    if (w) {
+        uint64_t *word = (uint64_t *)(uintptr_t)(w & ~(uint64_t)4095) + page, bit = 1ULL << (w & 63);
+        if (!(__atomic_load_n(word, __ATOMIC_ACQUIRE) & bit))
+            __atomic_fetch_or(word, bit, __ATOMIC_SEQ_CST);
+    }
 }
 
 /* What a vCPU thread keeps between accesses for its hooks. */

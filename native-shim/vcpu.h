@@ -53,7 +53,8 @@ struct pc_vcpu {
     uint64_t dirty_pages;  /* 160 pages this vCPU found clean in the dirty log and dirtied */
     uint64_t throttle_ns;  /* 168 time slept for the cpu throttle */
     uint64_t limit_ns;     /* 176 time slept for the dirty limit */
-    uint64_t pad;          /* 184 */
+    uint64_t waiting;      /* 184 with stamps on: the waiting map's address (page-aligned; one uint64_t
+                            * per guest page) | this vCPU's bit in it (index & 63); 0 = none (waiters.c) */
     /* 192: the last PC_TOUCHES accesses (stamp on), each written before the
      * access, so the fault it raises finds it even when the fault is read
      * after the vCPU was woken and went on. page = page index + 1, 0 = none

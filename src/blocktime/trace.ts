@@ -3,9 +3,10 @@
 //
 //   {"vcpus":[TID0,TID1,...],"t0":NS}        header; position = vCPU index,
 //                                              t0 = when the context started
-//   {"t":NS,"ev":"fault","addr":N,"tid":N,"kind":K}   a fault read for a missing
-//                                              page; "kind" (optional) how the fault
-//                                              thread served it: FAULT_KINDS below
+//   {"t":NS,"ev":"fault","addr":N,"tid":N,"kind":K}   a fault on a missing page
+//                                              (read, or found unread by the page's
+//                                              placement); "kind" (optional) how the
+//                                              destination served it: FAULT_KINDS below
 //   {"t":NS,"ev":"placed","addr":N}          a page placed that faults waited on
 //   {"t":NS,"ev":"push","addr":N}            the source's background push had
 //                                              delivered the page at addr (sampled)
@@ -34,10 +35,13 @@ export const enum FaultCause {
   InFlight = 3,
   /** the page was here already (a known zero page, or pushed by the source since the fault): no request */
   Received = 4,
+  /** never read: the page's placement found the vCPU asleep on it before
+   *  the fault thread read its fault (native-shim/waiters.c); QEMU never sees these */
+  Unread = 5,
 }
 
 /** The trace's "kind" of each FaultCause, by number ('' = Unknown: no field). */
-export const FAULT_KINDS = ['', 'requested', 'read-ahead', 'in-flight', 'received'] as const;
+export const FAULT_KINDS = ['', 'requested', 'read-ahead', 'in-flight', 'received', 'unread'] as const;
 
 /** Receives every event the context accounts. Implementations must not throw. */
 export interface TraceSink {

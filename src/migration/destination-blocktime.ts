@@ -95,16 +95,19 @@ export class DestinationBlocktime {
     this.accounting.placed(first, count, t);
   }
 
-  /** `drain` hands over the fault thread's events and returns its horizon;
-   *  then the events before it, and before the earliest stamp a vCPU still
-   *  holds, are accounted (Infinity: the thread is stopped). Its cost on the
+  /** `drain` hands over the threads' events and returns their horizon;
+   *  then the events before it, and before the earliest stamp a vCPU held
+   *  before the drain, are accounted (Infinity: the threads are stopped).
+   *  The stamps are read first: a fault dated by a stamp is pushed while its
+   *  vCPU still sleeps on it (holds the stamp), so one not drained yet is
+   *  never older than the stamps read before the drain. Its cost on the
    *  event loop's CPU is counted in the feed. */
   drained(drain: () => number): void {
     const cpu0 = threadCpuNs(process.pid) ?? 0;
-    const horizon = drain();
     const h0 = monotonicNs();
     const stamped = this.stampsNow?.horizon() ?? Infinity;
     this.feed.horizonNs += monotonicNs() - h0;
+    const horizon = drain();
     this.accounting.releaseBefore(Math.min(horizon, stamped));
     this.feed.drains++;
     this.feed.cpuNs += (threadCpuNs(process.pid) ?? cpu0) - cpu0;

@@ -2,8 +2,10 @@
 // switchover on, the native fault thread (native-shim/fault_thread.c) serves
 // the vCPUs' faults on the urgent channel, while the main-stream receiver
 // (native-shim/stream_receiver.c) places the background pages. Both push
-// PLACED events (the fault thread FAULT events too) to their rings, stamped
-// by the thread whose ioctl resolved them; drained here, they mark pages
+// PLACED events to their rings, stamped by the thread whose ioctl resolved
+// them, and FAULT events: the fault thread those it reads, either thread
+// those of vCPUs it finds asleep on its pages unread (native-shim/waiters.c);
+// drained here, they mark pages
 // received and feed the blocktime (destination-blocktime.ts) in time order:
 // the horizon is the earlier of the two threads'.
 
@@ -18,6 +20,7 @@ import {
 import { monotonicNs, type BlocktimeReport } from '../blocktime/index.js';
 import { DestinationBlocktime } from './destination-blocktime.js';
 import type { Userfaultfd } from '../uffd/index.js';
+import type { AccessStamps } from '../native/vcpu.js';
 
 /** how often the threads' events are drained and their state looked at */
 export const DRAIN_EVERY_MS = 2;
@@ -126,6 +129,8 @@ export class IncomingPostcopy {
   }
 
   get started(): boolean { return this.channel !== null; }
+  /** the vCPUs' access stamps while the blocktime runs with the fault thread, else null */
+  get stamps(): AccessStamps | null { return this.channel === null ? null : this.blocktime?.stamps ?? null; }
   get running(): boolean { return this.channel?.state === 'running'; }
 
   /** Starts the fault thread on the urgent channel (taken over from Node). */
@@ -141,13 +146,14 @@ export class IncomingPostcopy {
         this.fallback = DestinationBlocktime.unavailable(o.vcpus);
       }
     }
+    // stamps on first: the fault thread takes the vCPUs' waiting map as it starts (native-shim/waiters.c)
+    this.blocktime?.stampWith(PageChannel.processClockBase());
     this.channel = PageChannel.startFaultThread({
       uffd: uffd.fd, sock: this.urgent!, ramBase: o.base, pageSize: o.pageSize, pages: o.pages,
       flags: o.flagsAddress, blocktime: this.blocktime !== null, zeroSrc,
       readahead: o.params.value('x-postcopy-readahead'),
       stamps: this.blocktime?.stamps,
     });
-    this.blocktime?.stampWith(this.channel.clockBase);
     this.channel.tickEvery(DRAIN_EVERY_MS, tick);
   }
 
@@ -165,8 +171,13 @@ export class IncomingPostcopy {
     this.blocktime?.placed(page, arg, t);
   };
 
-  /** one event from the main-stream receiver's ring: the background push placed pages (the trace's push line) */
-  readonly onStreamEvent: ChannelEventSink = (_kind, page, arg, t) => {
+  /** one event from the main-stream receiver's ring: the background push placed pages (the trace's
+   *  push line), or a vCPU was asleep on one of them with its fault unread (native-shim/waiters.c) */
+  readonly onStreamEvent: ChannelEventSink = (kind, page, arg, t) => {
+    if ((kind & CHANNEL_EVENT_MASK) === ChannelEvent.Fault) {
+      this.blocktime?.fault(page, arg, t, kind >> FAULT_CAUSE_SHIFT);
+      return;
+    }
     this.o.received(page, arg);
     this.blocktime?.backgroundPlaced(page, arg, t);
   };

@@ -14,12 +14,15 @@ import {
 } from '../native/page-channel.js';
 import { DRAIN_EVERY_MS } from './incoming-postcopy.js';
 import type { DestinationRam } from './incoming-ram.js';
+import type { AccessStamps } from '../native/vcpu.js';
 
 export interface IncomingStreamOptions {
   ram: DestinationRam;
   decoder: StreamDecoder;
-  /** the receiver's PLACED events (postcopy) */
+  /** the receiver's events (postcopy): PLACED, and with the blocktime the faults it found unread */
   sink: ChannelEventSink;
+  /** the vCPUs' access stamps while the blocktime runs (postcopy), else null */
+  stamps(): AccessStamps | null;
   /** each tick, before the handed-back records: the threads' events */
   drain(): void;
   postcopy(): boolean;
@@ -80,7 +83,12 @@ export class IncomingStream {
     }
     if (this.o.over() || d.finished) return;
     const r = this.o.ram;
-    rc.resume(ReceiverMode.Pages | (this.o.postcopy() ? ReceiverMode.Postcopy : 0), r.uffd?.fd ?? -1, r.zeroSrc);
+    const postcopy = this.o.postcopy();
+    try {
+      rc.resume(ReceiverMode.Pages | (postcopy ? ReceiverMode.Postcopy : 0), r.uffd?.fd ?? -1, r.zeroSrc, postcopy ? this.o.stamps() : null);
+    } catch (e) {
+      this.o.fail(`migration: ${(e as Error).message}`, true);
+    }
   }
 
   /** The source closed the main stream before its end. */

@@ -81,7 +81,7 @@ export class IncomingMigration implements StreamHandler {
       fail: (why, tell) => this.failWith(why, tell), over: () => this.over, sourceError: (why) => this.error(why),
     });
     this.stream = new IncomingStream({
-      ram: this.ram, decoder: this.decoder, sink: this.pc.onStreamEvent, drain: () => this.pc.drain(),
+      ram: this.ram, decoder: this.decoder, sink: this.pc.onStreamEvent, drain: () => this.pc.drain(), stamps: () => this.pc.stamps,
       postcopy: () => this.postcopy, over: () => this.over, fail: (why, tell) => this.failWith(why, tell),
     });
   }

@@ -108,6 +108,8 @@ export class PageChannel {
   #handle = 0n;
   /** CLOCK_MONOTONIC ns minus this = the blocktime clock (monotonicNs), as the thread computes its times */
   readonly clockBase = sharedClockBase();
+  /** the clock base every channel of this process stamps with (as `clockBase`), before one is started */
+  static processClockBase(): number { return sharedClockBase(); }
   #stopped = false;
   #ticker: NodeJS.Timeout | null = null;
 
@@ -206,9 +208,14 @@ export class PageChannel {
   get handedBack(): boolean { return Atomics.load(this.#i32, ST_HANDBACK) === 1; }
 
   /** receiver: the handed-back records are taken; go on in `mode` (ReceiverMode bits), placing into `uffd` (-1: none),
-   *  zero pages copied from `zeroSrc` (a zeroed page, where there is no UFFDIO_ZEROPAGE: hugetlbfs) or 0 (UFFDIO_ZEROPAGE) */
-  resume(mode: number, uffd: number, zeroSrc = 0): void {
-    if (this.#handle !== 0n) loadShim().streamReceiverResume(this.#handle, mode, uffd, zeroSrc);
+   *  zero pages copied from `zeroSrc` (a zeroed page, where there is no UFFDIO_ZEROPAGE: hugetlbfs) or 0 (UFFDIO_ZEROPAGE);
+   *  with `stamps` (postcopy, blocktime), the faults of vCPUs asleep on the pages it places that the
+   *  fault thread did not read yet come on its ring too (native-shim/waiters.c) */
+  resume(mode: number, uffd: number, zeroSrc = 0, stamps: AccessStamps | null = null): void {
+    if (this.#handle === 0n) return;
+    if (loadShim().streamReceiverResume(this.#handle, mode, uffd, zeroSrc, stamps?.blocks ?? null, stamps?.count ?? 0) !== 0) {
+      throw new Error('the native receiver could not take the vCPUs (out of memory)');
+    }
   }
 
   #start(handle: number | bigint, what: string): void {

@@ -54,7 +54,7 @@ export interface Shim {
   streamSenderStop(handle: bigint, last: Uint8Array, len: number): number;
   streamReceiverStart(sock: number, ramBase: number, pageSize: number, pages: number, flags: number, control: bigint, controlBytes: number,
     status: bigint, ring: bigint, ringSize: number, clockBase: number): number | bigint;
-  streamReceiverResume(handle: bigint, mode: number, uffd: number, zeroSrc: number): number;
+  streamReceiverResume(handle: bigint, mode: number, uffd: number, zeroSrc: number, vcpus: bigint | null, nvcpus: number): number;
   channelStop(handle: bigint): number;
   remoteFaultBaseline: KoffiFunc<[pages: number, tcp: number], number>;
 }
@@ -108,7 +108,7 @@ export function loadShim(): Shim {
     streamReceiverStart: lib.func('uint64_t pc_stream_receiver_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, ' +
       'uint64_t flags, void *ctl, uint32_t ctl_cap, void *status, void *ring, uint32_t ring_size, double clock_base)') as
       Shim['streamReceiverStart'],
-    streamReceiverResume: lib.func('int pc_stream_receiver_resume(uint64_t handle, int mode, int uffd, uint64_t zero_src)') as Shim['streamReceiverResume'],
+    streamReceiverResume: lib.func('int pc_stream_receiver_resume(uint64_t handle, int mode, int uffd, uint64_t zero_src, const void *vcpus, int nvcpus)') as Shim['streamReceiverResume'],
     channelStop: lib.func('int pc_channel_stop(uint64_t handle)') as Shim['channelStop'],
     remoteFaultBaseline: lib.func('double pc_remote_fault_baseline(uint64_t pages, int tcp)') as unknown as Shim['remoteFaultBaseline'],
   };

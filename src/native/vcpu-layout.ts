@@ -29,6 +29,7 @@ export const VCPU_OFF_DIRTY_LOG = 152;     // u64: address of the dirty log (a b
 export const VCPU_OFF_DIRTY_PAGES = 160;   // u64: clean pages of the log this vCPU dirtied
 export const VCPU_OFF_THROTTLE_NS = 168;   // u64: time slept for the cpu throttle
 export const VCPU_OFF_LIMIT_NS = 176;      // u64: time slept for the dirty limit
+export const VCPU_OFF_WAITING = 184;       // u64: the waiting map's page-aligned address | bit (index & 63), 0 = none
 export const VCPU_OFF_TOUCH = 192;       // VCPU_TOUCHES x {u64 page + 1 (0 = none), double t (blocktime clock)}
 export const VCPU_TOUCHES = 8;
 

@@ -2,7 +2,7 @@
 // control blocks (struct pc_vcpu), read and written at fixed offsets, plus
 // start / command / wait / join. Policy (what a pause means for a VM) lives
 // in src/vm/vcpus.ts; this module only moves numbers to and from the threads.
-import { NativeBlock } from './memory.js';
+import { NativeBlock, NativeMapping } from './memory.js';
 import { loadShim, type Shim } from './shim.js';
 import * as L from './vcpu-layout.js';
 
@@ -43,6 +43,8 @@ export class NativeVcpus {
   readonly #shim: Shim;
   #started = false;
   #joined = false;
+  /** the waiting map (setStamping), or null */
+  #waiting: NativeMapping | null = null;
 
   constructor(count: number) {
     this.#shim = loadShim();
@@ -96,10 +98,24 @@ export class NativeVcpus {
   /**
    * Access stamps on (the blocktime clock = CLOCK_MONOTONIC ns - `clockBase`)
    * or off: with them on, every vCPU notes which page it is about to touch,
-   * and when, before each access (one clock read, ~40 ns here).
+   * and when, before each access (one clock read, ~40 ns here), then sets
+   * its bit in that page's word of the waiting map, for guest RAM of
+   * `pages` 4 KiB pages (native-shim/waiters.c; mapped on the first use,
+   * zeroed on each, unmapped with the blocks).
    */
-  setStamping(on: boolean, clockBase = 0): void {
-    for (let i = 0; i < this.count; i++) this.#f64[(i * L.VCPU_BLOCK_SIZE + L.VCPU_OFF_STAMP_BASE) >> 3] = clockBase;
+  setStamping(on: boolean, clockBase = 0, pages = 0): void {
+    if (on && pages > 0) {
+      const bytes = Math.ceil((pages * 8) / 4096) * 4096;
+      if (this.#waiting !== null && this.#waiting.bytes < bytes) { this.#waiting.dispose(); this.#waiting = null; }
+      if (this.#waiting === null) this.#waiting = NativeMapping.create(bytes);
+      else this.#waiting.discard(0, this.#waiting.bytes); // zeros: no vCPU stamps while stamps are off
+    }
+    const map = on && pages > 0 ? this.#waiting!.address : 0;
+    for (let i = 0; i < this.count; i++) {
+      this.#f64[(i * L.VCPU_BLOCK_SIZE + L.VCPU_OFF_STAMP_BASE) >> 3] = clockBase;
+      // page-aligned address | bit, in one store: a running vCPU reads it at its next access
+      Atomics.store(this.#u64, (i * L.VCPU_BLOCK_SIZE + L.VCPU_OFF_WAITING) >> 3, map === 0 ? 0n : BigInt(map + (i & 63)));
+    }
     this.setHook(L.HOOK_STAMP, on);
   }
 
@@ -179,6 +195,8 @@ export class NativeVcpus {
   free(): void {
     if (!this.#joined && this.#started) throw new Error('vCPU control blocks freed while their threads may run: join() first');
     this.#block.free();
+    this.#waiting?.dispose();
+    this.#waiting = null;
   }
 
   /** join() then free() */

@@ -133,6 +133,7 @@ const CAUSES: readonly (readonly [string, string])[] = [
   ['read-ahead', '#54a24b'],
   ['in-flight', '#f58518'],
   ['received, no request', '#4c78a8'],
+  ['unread (woken by the placement)', '#b279a2'],
 ];
 
 /** a push line breaks where no sample came for this long, or where the push went back */

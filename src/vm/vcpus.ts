@@ -72,6 +72,8 @@ export class VcpuSet {
   #final: Array<{ progress: VcpuProgress; state: VcpuState; status: VcpuStatus }> | undefined;
   /** QEMU's convergence tools on these threads (cpu throttle, dirty log) */
   readonly throttle: NativeVcpuThrottle;
+  /** guest RAM's 4 KiB pages (the waiting map's size) */
+  readonly #pages: number;
 
   private constructor(native: NativeVcpus, specs: WorkloadSpec[], ranges: Array<[number, number]>, running: boolean, pages: number) {
     this.#native = native;
@@ -81,6 +83,7 @@ export class VcpuSet {
     this.#running = running;
     this.#tids = Array.from({ length: native.count }, (_, i) => native.tid(i));
     this.throttle = new NativeVcpuThrottle(native, pages, () => !this.#stopped);
+    this.#pages = pages;
   }
 
   /**
@@ -155,7 +158,7 @@ export class VcpuSet {
     const n = this.#native;
     return {
       blocks: n.blocks, count: n.count,
-      enable: (clockBase) => n.setStamping(true, clockBase),
+      enable: (clockBase) => n.setStamping(true, clockBase, this.#pages),
       disable: () => { if (!this.#stopped) n.setStamping(false); },
       horizon: () => n.accessHorizon(),
     };

@@ -101,7 +101,7 @@ describe('bad traces name the problem and the line', () => {
     ['missing ev', `${H}\n{"t":1,"addr":4096}\n`, /:2: "ev" is missing \(expected "fault", "placed", "push", "end" or "schedstat"\)/],
     ['missing addr', `${H}\n{"t":1,"ev":"placed"}\n`, /:2: "addr" must be a non-negative integer/],
     ['bad tid', `${H}\n{"t":1,"ev":"fault","addr":4096,"tid":4294967296}\n`, /:2: "tid" must be a non-negative 32-bit integer/],
-    ['unknown fault kind', `${H}\n{"t":1,"ev":"fault","addr":4096,"tid":10,"kind":"pushed"}\n`, /:2: "kind" must be "requested", "read-ahead", "in-flight" or "received", got "pushed"/],
+    ['unknown fault kind', `${H}\n{"t":1,"ev":"fault","addr":4096,"tid":10,"kind":"pushed"}\n`, /:2: "kind" must be "requested", "read-ahead", "in-flight", "received" or "unread", got "pushed"/],
     ['push without addr', `${H}\n{"t":1,"ev":"push","addr":-4096}\n`, /:2: "addr" must be a non-negative integer/],
     ['bad end status', `${H}\n{"t":1,"ev":"end","status":"active"}\n`, /:2: "status" must be "completed", "failed" or "cancelled", got "active"/],
     ['event after end', `${H}\n{"t":1,"ev":"end","status":"completed"}\n{"t":2,"ev":"placed","addr":4096}\n`, /:3: event after the "end" line/],

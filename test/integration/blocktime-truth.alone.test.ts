@@ -2,7 +2,9 @@
 // (run alone by npm test: it holds our timing against the kernel's, so it
 // must not share the CPUs with other migrations):
 // the trace the destination writes is in time order and replays to the live
-// report field for field (the same rules and context run on both), and each
+// report field for field (the same rules and context run on both), it has
+// one fault per access (read by the fault thread, or found unread by the
+// page's placement: native-shim/waiters.c, never both), and each
 // vCPU's blocktime agrees with the kernel's own figure for its thread
 // (schedstat: a thread held on a missing page sleeps), sampled over the same
 // window. Sweep and random guests, 1 and 4 vCPUs, read-ahead off and on.
@@ -26,7 +28,7 @@ const cases = [
   ['random', 1, 0], ['random', 4, 64], ['random', 4, 0], ['random', 1, 64],
 ] as const;
 
-maybe.each(cases)('%s, %i vCPUs, read-ahead %i: replay = live, times in order, within 15 %% of the kernel figure', async (workload, vcpus, readahead) => {
+maybe.each(cases)('%s, %i vCPUs, read-ahead %i: replay = live, times in order, one fault per access, within 10 %% of the kernel figure', async (workload, vcpus, readahead) => {
   const trace = join(dir, `${workload.split(',')[0]}-${vcpus}-${readahead}.jsonl`);
   const r = await runBatch({
     ramBytes: 96 * MiB, vcpus, workload, warmS: 0.5, postcopyAfterS: 0.2, transport: 'tcp',
@@ -38,8 +40,12 @@ maybe.each(cases)('%s, %i vCPUs, read-ahead %i: replay = live, times in order, w
   expect(x.faults).toBeGreaterThan(0);
 
   // the trace: every event line in time order
-  const times = readFileSync(trace, 'utf8').trim().split('\n').slice(1).map((l) => (JSON.parse(l) as { t: number }).t);
-  for (let i = 1; i < times.length; i++) expect(times[i]).toBeGreaterThanOrEqual(times[i - 1]);
+  const lines = readFileSync(trace, 'utf8').trim().split('\n').slice(1).map((l) => JSON.parse(l) as { t: number; ev: string; tid?: number });
+  for (let i = 1; i < lines.length; i++) expect(lines[i].t).toBeGreaterThanOrEqual(lines[i - 1].t);
+  // one fault per access: a vCPU's fault is dated by its access's stamp, and
+  // the fault thread and a placement that found it asleep never both report it
+  const accesses = lines.filter((e) => e.ev === 'fault').map((e) => `${e.tid}@${e.t}`);
+  expect(accesses.length - new Set(accesses).size).toBe(0);
 
   // replay reproduces the live report, field for field
   const replayed = await replayTrace(trace);
@@ -51,8 +57,9 @@ maybe.each(cases)('%s, %i vCPUs, read-ahead %i: replay = live, times in order, w
   for (const f of fields) expect([f, replayed[f]]).toEqual([f, f === 'x-blocktime' ? liveExtra : live[f]]);
 
   // each vCPU's blocktime is the kernel's figure for its thread (the time it
-  // slept), within 15 % for vCPUs it saw blocked 20 ms or more (the bench
-  // carries the 5 % target; this margin is for a loaded machine)
+  // slept), within 10 % for vCPUs it saw blocked 20 ms or more (the bench
+  // carries the 5 % target; worst seen near idle 6.1 % in 50 figures, and
+  // 25.6 % before the faults nobody read were counted: docs/blocktime.md)
   let compared = 0;
   for (const v of x.vcpus) {
     // the one reason a loaded host may give: a thread that kept waiting for a CPU as it was sampled
@@ -66,8 +73,8 @@ maybe.each(cases)('%s, %i vCPUs, read-ahead %i: replay = live, times in order, w
     const e = kernelError(v) as number;
     const ms = (ns: number | undefined): string => ((ns ?? NaN) / 1e6).toFixed(1);
     if (k >= 20e6) {
-      expect(Math.abs(e) <= 0.15 ? 'within 15 %' : `vCPU ${v.index}: ours ${ms(v.kernelWindowBlocktimeNs)} ms, kernel ${ms(k)} ms`)
-        .toBe('within 15 %');
+      expect(Math.abs(e) <= 0.10 ? 'within 10 %' : `vCPU ${v.index}: ours ${ms(v.kernelWindowBlocktimeNs)} ms, kernel ${ms(k)} ms`)
+        .toBe('within 10 %');
     }
   }
   expect(compared).toBeGreaterThan(0);

@@ -108,7 +108,14 @@ run('convergence tools', () => {
   }, 60_000);
 
   test('auto-converge: the throttle rises until the rounds shrink, the migration completes, and the throttle is lifted', async () => {
-    const { src, dst } = await migrating(['auto-converge', 'events'], { 'cpu-throttle-initial': 60, 'cpu-throttle-increment': 20 });
+    // downtime-limit 1 s: at 99 % the two vCPUs still dirty 20-40 MiB a second
+    // (a write-protect fault per page, 2-4 us), against 15 MiB that 300 ms
+    // would allow at 50 MiB/s; whether a round then ends small enough was the
+    // phase of the throttle's 10 ms slices against the syncs (seen: still
+    // active after 90 s). Without the throttle it cannot converge within 1 s
+    // either: the sweep rewrites all 64 MiB (1.3 s at 50 MiB/s) every round.
+    const { src, dst } = await migrating(['auto-converge', 'events'],
+      { 'cpu-throttle-initial': 60, 'cpu-throttle-increment': 20, 'downtime-limit': 1000 });
     const seen: number[] = [];
     const end = await watch(src, 90_000, (i) => { if (i.status === 'active') seen.push(i['cpu-throttle-percentage']!); });
     expect(end.status).toBe('completed');

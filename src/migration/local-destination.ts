@@ -61,11 +61,13 @@ export async function freeTcpPort(): Promise<number> {
 /** A VM process (`node cli.js ...`) with a QMP connection to it. */
 export class VmProcess {
   private exited = false;
+  /** how it exited: 'SIGSEGV', 'status 1' */
+  private exitedWith = '';
   private tail = '';
   readonly events: QmpEvent[] = [];
 
   private constructor(readonly child: ChildProcess, readonly qmp: QmpClient, readonly qmpAddress: string) {
-    child.once('exit', () => { this.exited = true; });
+    child.once('exit', (code, sig) => { this.exited = true; this.exitedWith = sig ?? `status ${code}`; });
     child.stderr?.on('data', (b: Buffer) => { this.tail = (this.tail + b.toString()).slice(-4000); });
     qmp.on('event', (e: QmpEvent) => this.events.push(e));
   }
@@ -111,8 +113,29 @@ export class VmProcess {
 
   /** query-migrate; QMP's {} before any migration reads as status 'none' */
   async queryMigrate(): Promise<MigrationInfo> {
-    const info = await this.qmp.execute<Partial<MigrationInfo>>('query-migrate', undefined, { timeoutMs: 10000 });
+    let info: Partial<MigrationInfo>;
+    try {
+      info = await this.qmp.execute<Partial<MigrationInfo>>('query-migrate', undefined, { timeoutMs: 10000 });
+    } catch (e) {
+      throw await this.died(e as Error);
+    }
     return { ...info, status: info.status ?? 'none' };
+  }
+
+  /** A QMP failure because the VM process died says so: how it exited and
+   *  its last words, rather than "connection is closed" (its exit may come
+   *  a moment after the socket closed). */
+  private async died(e: Error): Promise<Error> {
+    if (!this.qmp.isClosed) return e;
+    if (!this.exited) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, 1000);
+        this.child.once('exit', () => { clearTimeout(t); resolve(); });
+      });
+    }
+    if (!this.exited) return e;
+    const last = this.tail.trim().split('\n').slice(-5).join(' / ');
+    return new CommandError(`the VM process ${this.child.pid} exited (${this.exitedWith})${last ? `: ${last}` : ', saying nothing'}`);
   }
 
   async configure(capabilities: CapabilityState[], parameters: Partial<MigrationParameters>): Promise<void> {

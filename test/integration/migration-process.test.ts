@@ -2,7 +2,8 @@
 // driven over QMP): postcopy over TCP loopback and a unix socket with 1 and 4
 // vCPUs, nothing lost (page digests with a paused destination, the sweep's
 // own invariant with running vCPUs), failures on both sides, cancel and a
-// source killed mid-postcopy, and max-bandwidth holding throughput down.
+// source killed mid-postcopy, a VM process that crashes, and max-bandwidth
+// holding throughput down.
 // Needs a fresh `npx tsc -p .` (the VMs run from dist/).
 import { Lab, setCaps, waitStatus, digest, stableDigest, sweepInvariant, TERMINAL } from './migration-procs.js';
 import { requireUffd } from '../helpers/uffd-available.js';
@@ -178,6 +179,13 @@ run('migration between two VM processes', () => {
     expect(d['x-blocktime']!.faults).toBeGreaterThanOrEqual(live['x-blocktime']!.faults);
     expect(await dst.qmp.execute('query-status')).toMatchObject({ status: 'paused' });
     await expect(dst.qmp.execute('x-query-ram-digest')).rejects.toThrow(/postcopy/);
+  });
+
+  test('a VM process that crashes is reported as such, with its signal, not as a closed QMP connection', async () => {
+    const vm = await lab.vm('crash', ['-m', '16M', '-smp', '1']);
+    expect((await vm.queryMigrate()).status).toBe('none');
+    process.kill(vm.child.pid!, 'SIGSEGV');
+    await expect(vm.queryMigrate()).rejects.toThrow(new RegExp(`^the VM process ${vm.child.pid} exited \\(SIGSEGV\\)`));
   });
 
   test('migrate_cancel mid-postcopy: source cancelled (and stays stopped), destination failed', async () => {

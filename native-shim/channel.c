@@ -184,11 +184,13 @@ void pc_channel_free(struct pc_channel *c)
     free(c);
 }
 
-int pc_channel_spawn(struct pc_channel *c, void *(*run)(void *))
+int pc_channel_spawn(struct pc_channel *c, void *(*run)(void *), const char *name)
 {
     int e = pthread_create(&c->thread, NULL, run, c);
     if (e != 0)
         pc_channel_free(c);
+    else
+        pthread_setname_np(c->thread, name);
     return e;
 }
 

@@ -159,8 +159,9 @@ int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in);
 struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, uint64_t pages,
                                   struct pc_channel_status *st, double *ring, uint32_t ring_size,
                                   double clock_base, size_t in_cap, size_t out_cap, int stat_bytes_in, int stat_bytes_out);
-/* starts run(c); on failure frees c (and closes its socket) */
-int pc_channel_spawn(struct pc_channel *c, void *(*run)(void *));
+/* starts run(c) in a thread named `name` (QEMU's thread names where it has
+ * one: top and perf show them); on failure frees c (and closes its socket) */
+int pc_channel_spawn(struct pc_channel *c, void *(*run)(void *), const char *name);
 void pc_channel_free(struct pc_channel *c);
 /* waiters.c: the faults a placement wakes before the fault thread read them */
 /* the vCPUs whose faults this channel dates by their access stamps and,

@@ -324,7 +324,7 @@ uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t p
         pc_channel_free(c);
         return 0;
     }
-    if (pc_channel_spawn(c, fault_thread_run) != 0)
+    if (pc_channel_spawn(c, fault_thread_run, "postcopy/fault") != 0)
         return 0;
     return (uint64_t)(uintptr_t)c;
 }

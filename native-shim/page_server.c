@@ -160,7 +160,7 @@ uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, u
     sv->flags = (uint8_t *)(uintptr_t)flags;
     sv->hint = hint;
     c->side = sv;
-    if (pc_channel_spawn(c, page_server_run) != 0)
+    if (pc_channel_spawn(c, page_server_run, "mig/src/urgent") != 0)
         return 0;
     return (uint64_t)(uintptr_t)c;
 }

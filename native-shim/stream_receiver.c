@@ -349,7 +349,7 @@ uint64_t pc_stream_receiver_start(int sock, uint64_t ram_base, uint64_t page_siz
     c->what = "migration stream";
     c->at_eof = at_eof;
     st->handback = 0;
-    if (pc_channel_spawn(c, receiver_run) != 0)
+    if (pc_channel_spawn(c, receiver_run, "mig/dst/main") != 0)
         return 0;
     return (uint64_t)(uintptr_t)c;
 }

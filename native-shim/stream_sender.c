@@ -350,7 +350,7 @@ uint64_t pc_stream_sender_start(int sock, uint64_t ram_base, uint64_t page_size,
     s->flags = (uint8_t *)(uintptr_t)flags;
     c->side = s;
     c->side_free = sender_free;
-    if (pc_channel_spawn(c, sender_run) != 0)
+    if (pc_channel_spawn(c, sender_run, "live_migration") != 0)
         return 0;
     return (uint64_t)(uintptr_t)c;
 }

@@ -17,6 +17,7 @@
 #include <linux/futex.h>
 #include <pthread.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -327,6 +328,9 @@ int pc_vcpu_start(struct pc_vcpu *vcpus, int index)
     pthread_attr_destroy(&attr);
     if (err)
         return err;
+    char name[16]; /* QEMU's "CPU %d/KVM", with our engine for accelerator (15 characters at most) */
+    snprintf(name, sizeof name, "CPU %d/postcopy", index);
+    pthread_setname_np(t, name);
     memcpy(&v->thread, &t, sizeof t);
     return 0;
 }

@@ -1,7 +1,8 @@
 // vCPU threads as the migration uses them: pause is acknowledged and stable,
 // the workload state read on a paused "source" and set on a fresh
 // "destination" continues the work exactly (QEMU's sweep invariant, and the
-// same final memory as an uninterrupted run for the random workload).
+// same final memory as an uninterrupted run for the random workload), and
+// the threads carry names (CPU N/postcopy).
 import { CommandError } from '../../src/errors.js';
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
@@ -21,6 +22,18 @@ function firstBytes(ram: GuestRam): number[] {
 }
 
 describe('vCPU threads', () => {
+  it('the threads carry QEMU-style names (CPU N/postcopy), as top and perf show them', async () => {
+    const ram = GuestRam.create(1 * MiB);
+    const vcpus = await VcpuSet.create(ram, 2, parseWorkload('idle', ram.bytes));
+    try {
+      const names = vcpus.threadIds().map((tid) => readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim());
+      expect(names).toEqual(['CPU 0/postcopy', 'CPU 1/postcopy']);
+    } finally {
+      await vcpus.stop();
+      ram.dispose();
+    }
+  });
+
   it('sweep: pause is acknowledged with memory matching the state, and a destination continues exactly', async () => {
     const src = GuestRam.create(4 * MiB);
     const vcpus = await VcpuSet.create(src, 2, parseWorkload('sweep,split=on', src.bytes));

@@ -1,5 +1,6 @@
 // `npm run bench -- qemu [--json] [--reps N (3)] [--ram-mib N (256)]
-// [--sweep-mib N (64)] [--warm S (2)] [--postcopy-after S (0.5)]`: the same
+// [--sweep-mib N (64)] [--warm S (2)] [--postcopy-after S (0.5)]
+// [--readahead N (64)]`: the same
 // workload, whole postcopy migrations on loopback TCP, on Debian's QEMU and
 // on our engine, alternating, in one run. The workload: a guest of --ram-mib
 // with one vCPU that increments a word of every 4 KiB page of
@@ -14,7 +15,10 @@
 // ours as our destination measured it; QEMU's from its trace log, imported
 // and replayed), blocktime_qemu_ms (vCPU 0 as QEMU 7.2 reports it: QEMU's own
 // query-migrate; for ours, 7.2's algorithm replayed on our trace), mbps (the
-// source's query-migrate). `ratios`: ours / QEMU of the medians.
+// source's query-migrate). `ratios`: ours / QEMU of the medians. Ours runs
+// twice per rep: with QEMU's policy (a fault asks for its page only) and
+// with x-postcopy-readahead --readahead (`ours_readahead`,
+// `ratios_readahead`; 0 leaves it out).
 
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -30,7 +34,7 @@ import {
 
 const MiB = 1024 * 1024;
 
-interface Options { reps: number; ramMib: number; sweepMib: number; warmS: number; postcopyAfterS: number }
+interface Options { reps: number; ramMib: number; sweepMib: number; warmS: number; postcopyAfterS: number; readahead: number }
 
 interface Run {
   wall_s: number; total_time_ms: number; postcopy_requests: number;
@@ -88,11 +92,11 @@ async function qemuOnce(o: Options, dir: string, image: string, n: number): Prom
   }
 }
 
-async function oursOnce(o: Options, dir: string, n: number): Promise<Run> {
-  const trace = join(dir, `ours-${n}.jsonl`);
+async function oursOnce(o: Options, dir: string, n: number, readahead = 0): Promise<Run> {
+  const trace = join(dir, `ours-${n}-${readahead}.jsonl`);
   const r = await runBatch({
     ramBytes: o.ramMib * MiB, vcpus: 1, workload: `sweep,start=1M,end=${o.sweepMib}M`, warmS: o.warmS,
-    postcopyAfterS: o.postcopyAfterS, transport: 'tcp', blocktime: true, trace, timeoutS: 120, json: true,
+    postcopyAfterS: o.postcopyAfterS, transport: 'tcp', blocktime: true, trace, timeoutS: 120, json: true, readahead,
   });
   checkCompleted(r, 'our engine');
   const x = r.destination['x-blocktime'];
@@ -118,6 +122,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
     sweepMib: Math.floor(numberOption(argv, 'sweep-mib', 64, 2)),
     warmS: numberOption(argv, 'warm', 2, 0),
     postcopyAfterS: numberOption(argv, 'postcopy-after', 0.5, 0),
+    readahead: Math.floor(numberOption(argv, 'readahead', 64, 0)),
   };
   if (o.sweepMib >= o.ramMib) throw new Error(`--sweep-mib ${o.sweepMib} must be below --ram-mib ${o.ramMib}`);
   if (!requireQemu()) throw new Error(`the qemu bench needs ${QEMU}`);
@@ -125,10 +130,12 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const image = buildSweepGuest(dir, o.sweepMib * MiB);
   const qemu: Run[] = [];
   const ours: Run[] = [];
+  const oursAhead: Run[] = [];
   try {
     for (let i = 0; i < o.reps; i++) { // alternating: load on the host hits both alike
       qemu.push(await qemuOnce(o, dir, image, i));
       ours.push(await oursOnce(o, dir, i));
+      if (o.readahead > 0) oursAhead.push(await oursOnce(o, dir, i, o.readahead));
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -136,11 +143,15 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const q = summary(qemu);
   const w = summary(ours);
   const med = (rs: Run[], f: Figure) => median(rs.map((r) => r[f]));
-  const ratios = Object.fromEntries(FIGURES.map((f) => [f, med(qemu, f) > 0 ? round(med(ours, f) / med(qemu, f), 3) : null]));
+  const ratiosOf = (rs: Run[]) => Object.fromEntries(FIGURES.map((f) => [f, med(qemu, f) > 0 ? round(med(rs, f) / med(qemu, f), 3) : null]));
+  const ahead = o.readahead > 0 ? {
+    readahead: o.readahead, ours_readahead: summary(oursAhead), ratios_readahead: ratiosOf(oursAhead),
+    medians_readahead: Object.fromEntries(FIGURES.map((f) => [f, med(oursAhead, f)])),
+  } : {};
   return {
     bench: 'qemu', accel: qemuAccel(), reps: o.reps, ram_mib: o.ramMib, sweep: `[1 MiB, ${o.sweepMib} MiB)`, vcpus: 1,
     warm_s: o.warmS, postcopy_after_s: o.postcopyAfterS, qemu: q, ours: w, medians: {
       qemu: Object.fromEntries(FIGURES.map((f) => [f, med(qemu, f)])), ours: Object.fromEntries(FIGURES.map((f) => [f, med(ours, f)])),
-    }, ratios,
+    }, ratios: ratiosOf(ours), ...ahead,
   };
 }

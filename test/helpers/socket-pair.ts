@@ -3,10 +3,12 @@
 import net from 'node:net';
 import { join } from 'node:path';
 
-/** [the end a native thread takes, the test peer's end] */
-export async function socketPair(dir: string, name: string): Promise<[net.Socket, net.Socket]> {
+/** [the end a native thread takes, the test peer's end]; with `paused`, Node
+ *  never reads the first end (accepted with pauseOnConnect, as the migration
+ *  accepts its main stream: a thread that reads a dup of it gets every byte) */
+export async function socketPair(dir: string, name: string, paused = false): Promise<[net.Socket, net.Socket]> {
   const path = join(dir, name);
-  const server = net.createServer();
+  const server = net.createServer({ pauseOnConnect: paused });
   await new Promise<void>((r) => server.listen(path, r));
   const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
   const peer = net.connect({ path });

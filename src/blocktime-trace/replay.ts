@@ -14,11 +14,11 @@ import type { AlgorithmStart, BlocktimeAlgorithm } from '../blocktime/algorithm.
 import { PageStateMap, PostcopyRules } from '../blocktime/rules.js';
 import { FAULT_KINDS, FaultCause, TRACE_EVENTS, type TraceEventName } from '../blocktime/trace.js';
 import type { BlocktimeReport } from '../blocktime/types.js';
+import { ADDR, CAUSE, EVENT_FIELDS, FAULT_LINE, MAX_TID, NOT_CANONICAL, PLACED_LINE, readEventLine, T, TID } from './event-line.js';
 
 /** A trace that cannot be replayed; the message starts with FILE[:LINE]:. */
 export class TraceError extends CommandError {}
 
-const MAX_TID = 0xffffffff;
 
 type Fields = Record<string, unknown>;
 
@@ -107,6 +107,8 @@ class LineReplay {
   private now = 0;
   private lastT = -1;
   private ended = false;
+  /** the fields of an event line read without JSON.parse (event-line.ts) */
+  private readonly ev = new Float64Array(EVENT_FIELDS);
   private readonly fail = (msg: string): never => { throw new TraceError(`${this.name}:${this.lineNo}: ${msg}`); };
 
   constructor(private readonly name: string, private readonly algorithms: Record<string, AlgorithmFactory>) {}
@@ -137,6 +139,15 @@ class LineReplay {
   line(raw: string): void {
     const fail = this.fail;
     this.lineNo++;
+    const ev1 = this.header !== undefined && !this.ended ? readEventLine(raw, this.ev) : NOT_CANONICAL;
+    if (ev1 !== NOT_CANONICAL) {
+      const e = this.ev;
+      const run = this.at(e[T]);
+      if (ev1 === FAULT_LINE) run.rules.fault(e[T], e[ADDR], e[TID], e[CAUSE] as FaultCause);
+      else if (ev1 === PLACED_LINE) run.rules.placed(e[T], e[ADDR]);
+      else run.rules.pushed(e[T], e[ADDR]);
+      return;
+    }
     if (raw.trim() === '') return;
     let obj: unknown;
     try {
@@ -162,10 +173,7 @@ class LineReplay {
     const t = o.t;
     if (!isUint(t)) fail('"t" must be a non-negative integer');
     const tn = t as number;
-    if (tn < this.lastT) fail(`"t" goes backwards (${tn} after ${this.lastT})`);
-    this.lastT = tn;
-    const run = this.run ??= this.start(tn);
-    this.now = tn;
+    const run = this.at(tn);
 
     switch (ev as TraceEventName) {
       case 'fault': {
@@ -205,6 +213,14 @@ class LineReplay {
         break;
       }
     }
+  }
+
+  /** An event at `tn`: it must not go back in time; the first one starts the replay when the header had no t0. */
+  private at(tn: number): Replaying {
+    if (tn < this.lastT) this.fail(`"t" goes backwards (${tn} after ${this.lastT})`);
+    this.lastT = tn;
+    this.now = tn;
+    return (this.run ??= this.start(tn));
   }
 
   /** The reports, once every line is in. */

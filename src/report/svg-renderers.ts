@@ -34,8 +34,8 @@ export class SvgRenderers {
    *  `worker: false`: render everything on this thread. */
   constructor(opts: { worker?: boolean } = {}) {
     const script = opts.worker !== false && availableParallelism() > 1 ? workerScript() : undefined;
+    // not unref'd: while the main thread awaits its last charts, the worker is all that keeps the process up
     this.worker = script === undefined ? undefined : new Worker(script);
-    this.worker?.unref();
   }
 
   /** The SVG of each spec, in order; `prefixes[i]` goes before each id of chart i. */
@@ -50,7 +50,7 @@ export class SvgRenderers {
     return out;
   }
 
-  /** Stops the worker. */
+  /** Stops the worker (call it: until then the worker keeps the process alive). */
   close(): void {
     void this.worker?.terminate();
   }

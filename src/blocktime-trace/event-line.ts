@@ -1,13 +1,15 @@
 // The three event lines a destination writes a million times
-// (trace-file.ts), read without JSON.parse: {"t":N,"ev":"fault","addr":N,
+// (trace-file.ts), read in place from the file's bytes, without decoding
+// them to a string or calling JSON.parse: {"t":N,"ev":"fault","addr":N,
 // "tid":N[,"kind":"K"]}, {"t":N,"ev":"placed","addr":N} and
 // {"t":N,"ev":"push","addr":N}, exactly so, into a reused Float64Array.
-// JSON.parse made an object per line and was most of a large trace's replay.
-// Anything else (other spacing or key order, a number of 16 digits or more,
-// a leading zero, an unknown "kind", a tid above 32 bits, ...) is "not
-// canonical" and goes through JSON.parse and the replay's checks, which give
-// the error if there is one; so a line read here gives the same values as
-// JSON.parse, and a line that would fail is never read here.
+// Decoding, slicing and JSON.parse made two strings and an object per line
+// and were most of a large trace's replay. Anything else (other spacing or
+// key order, a number of 16 digits or more, a leading zero, an unknown
+// "kind", a tid above 32 bits, a CR, ...) is "not canonical": the replay
+// decodes it and reads it with JSON.parse and its checks, which give the
+// error if there is one. So a line read here gives the values JSON.parse
+// gives, and a line that would be refused is never read here.
 
 import { FAULT_KINDS } from '../blocktime/trace.js';
 
@@ -27,58 +29,68 @@ const NUM = 4;
 export const EVENT_FIELDS = 5;
 
 export const MAX_TID = 0xffffffff;
-/** `"kind":"K"` followed by the closing quote, per FaultCause */
-const KIND_QUOTED = FAULT_KINDS.map((k) => `${k}"`);
 
-/** Reads the unsigned integer at `i` into out[NUM]: the index after it, or -1
+const ascii = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'latin1'));
+const T_OPEN = ascii('{"t":');
+const FAULT_ADDR = ascii(',"ev":"fault","addr":');
+const PLACED_ADDR = ascii(',"ev":"placed","addr":');
+const PUSH_ADDR = ascii(',"ev":"push","addr":');
+const TID_KEY = ascii(',"tid":');
+const KIND_KEY = ascii(',"kind":"');
+/** a kind's name and its closing quote, per FaultCause (0: no "kind") */
+const KIND_QUOTED = FAULT_KINDS.map((k) => ascii(`${k}"`));
+
+/** Whether b[i..] starts with `lit` (before `end`). */
+function has(b: Uint8Array, i: number, end: number, lit: Uint8Array): boolean {
+  if (i + lit.length > end) return false;
+  for (let k = 0; k < lit.length; k++) if (b[i + k] !== lit[k]) return false;
+  return true;
+}
+
+/** Reads the unsigned integer at b[i] into out[NUM]: the index after it, or -1
  *  (no digit, a leading zero, or 16 digits and more: safe integers only). */
-function uint(s: string, i: number, out: Float64Array): number {
+function uint(b: Uint8Array, i: number, end: number, out: Float64Array): number {
   const from = i;
-  let c = s.charCodeAt(i);
-  if (c === 48) {
-    c = s.charCodeAt(i + 1);
-    if (c >= 48 && c <= 57) return -1;
+  if (i < end && b[i] === 48) {
+    if (i + 1 < end && b[i + 1] >= 48 && b[i + 1] <= 57) return -1;
     out[NUM] = 0;
     return i + 1;
   }
   let v = 0;
-  while (c >= 48 && c <= 57) {
-    v = v * 10 + (c - 48);
-    c = s.charCodeAt(++i);
-  }
+  while (i < end && b[i] >= 48 && b[i] <= 57) v = v * 10 + (b[i++] - 48);
   if (i === from || i - from > 15) return -1;
   out[NUM] = v;
   return i;
 }
 
-/** The kind of canonical event line `s` is (its fields in `out`), or NOT_CANONICAL. */
-export function readEventLine(s: string, out: Float64Array): number {
-  if (!s.startsWith('{"t":')) return NOT_CANONICAL;
-  let i = uint(s, 5, out);
+/** The kind of canonical event line b[from, end) is (its fields in `out`), or NOT_CANONICAL. */
+export function readEventLine(b: Uint8Array, from: number, end: number, out: Float64Array): number {
+  if (!has(b, from, end, T_OPEN)) return NOT_CANONICAL;
+  let i = uint(b, from + T_OPEN.length, end, out);
   if (i < 0) return NOT_CANONICAL;
   out[T] = out[NUM];
   let ev: number;
-  if (s.startsWith(',"ev":"fault","addr":', i)) { ev = FAULT_LINE; i += 21; }
-  else if (s.startsWith(',"ev":"placed","addr":', i)) { ev = PLACED_LINE; i += 22; }
-  else if (s.startsWith(',"ev":"push","addr":', i)) { ev = PUSH_LINE; i += 20; }
+  if (has(b, i, end, FAULT_ADDR)) { ev = FAULT_LINE; i += FAULT_ADDR.length; }
+  else if (has(b, i, end, PLACED_ADDR)) { ev = PLACED_LINE; i += PLACED_ADDR.length; }
+  else if (has(b, i, end, PUSH_ADDR)) { ev = PUSH_LINE; i += PUSH_ADDR.length; }
   else return NOT_CANONICAL;
-  i = uint(s, i, out);
+  i = uint(b, i, end, out);
   if (i < 0) return NOT_CANONICAL;
   out[ADDR] = out[NUM];
   if (ev === FAULT_LINE) {
-    if (!s.startsWith(',"tid":', i)) return NOT_CANONICAL;
-    i = uint(s, i + 7, out);
+    if (!has(b, i, end, TID_KEY)) return NOT_CANONICAL;
+    i = uint(b, i + TID_KEY.length, end, out);
     if (i < 0 || out[NUM] > MAX_TID) return NOT_CANONICAL;
     out[TID] = out[NUM];
     out[CAUSE] = 0;
-    if (s.startsWith(',"kind":"', i)) {
-      i += 9;
+    if (has(b, i, end, KIND_KEY)) {
+      i += KIND_KEY.length;
       let cause = 1;
-      while (cause < KIND_QUOTED.length && !s.startsWith(KIND_QUOTED[cause], i)) cause++;
+      while (cause < KIND_QUOTED.length && !has(b, i, end, KIND_QUOTED[cause])) cause++;
       if (cause === KIND_QUOTED.length) return NOT_CANONICAL;
       out[CAUSE] = cause;
       i += KIND_QUOTED[cause].length;
     }
   }
-  return i === s.length - 1 && s.charCodeAt(i) === 125 /* } */ ? ev : NOT_CANONICAL;
+  return i === end - 1 && b[i] === 125 /* } */ ? ev : NOT_CANONICAL;
 }

@@ -1,6 +1,7 @@
-// The replay's reader of canonical event lines (event-line.ts): what it reads
-// is what JSON.parse reads, every line the trace file writes is canonical,
-// and whatever it is not sure of goes back to JSON.parse (NOT_CANONICAL).
+// The replay's reader of canonical event lines in a file's bytes
+// (event-line.ts): what it reads is what JSON.parse reads, every line the
+// trace file writes is canonical, and whatever it is not sure of goes back to
+// JSON.parse (NOT_CANONICAL).
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,12 +13,17 @@ import { FAULT_KINDS } from '../../src/blocktime/trace.js';
 import { mulberry32 } from '../helpers/prng.js';
 
 const out = new Float64Array(EVENT_FIELDS);
+/** readEventLine on the bytes of `line`, as the replay reads a file */
+const read = (line: string): number => {
+  const b = Buffer.from(`#${line}\n`); // not at offset 0, and a byte after it
+  return readEventLine(b, 1, b.length - 1, out);
+};
 const CODE: Record<string, number> = { fault: FAULT_LINE, placed: PLACED_LINE, push: PUSH_LINE };
 
 /** readEventLine agrees with JSON.parse on `line`. */
 function agrees(line: string): void {
   const o = JSON.parse(line) as { t: number; ev: string; addr: number; tid?: number; kind?: string };
-  expect(readEventLine(line, out)).toBe(CODE[o.ev]);
+  expect(read(line)).toBe(CODE[o.ev]);
   expect(out[T]).toBe(o.t);
   expect(out[ADDR]).toBe(o.addr);
   if (o.ev === 'fault') {
@@ -69,8 +75,11 @@ test.each([
   ['another event', '{"t":1,"ev":"end","status":"completed"}'],
   ['no closing brace', '{"t":1,"ev":"placed","addr":4096'],
   ['an escape', '{"t":1,"ev":"fault","addr":4096,"tid":1,"kind":"requeste\\u0064"}'],
+  ['a CR before the end', '{"t":1,"ev":"placed","addr":4096}\r'],
+  ['a number cut short', '{"t":'],
+  ['a kind cut short', '{"t":1,"ev":"fault","addr":4096,"tid":1,"kind":"req'],
 ])('%s: not canonical, left to JSON.parse', (_, line) => {
-  expect(readEventLine(line, out)).toBe(NOT_CANONICAL);
+  expect(read(line)).toBe(NOT_CANONICAL);
 });
 
 test('zeros and the largest canonical numbers', () => {

@@ -2,7 +2,8 @@
 // (trace-file.ts), read in place from the file's bytes, without decoding
 // them to a string or calling JSON.parse: {"t":N,"ev":"fault","addr":N,
 // "tid":N[,"kind":"K"]}, {"t":N,"ev":"placed","addr":N} and
-// {"t":N,"ev":"push","addr":N}, exactly so, into a reused Float64Array.
+// {"t":N,"ev":"push","addr":N}, exactly so (matched against the writer's
+// own bytes), into a reused Float64Array.
 // Decoding, slicing and JSON.parse made two strings and an object per line
 // and were most of a large trace's replay. Anything else (other spacing or
 // key order, a number of 16 digits or more, a leading zero, an unknown
@@ -11,7 +12,7 @@
 // error if there is one. So a line read here gives the values JSON.parse
 // gives, and a line that would be refused is never read here.
 
-import { FAULT_KINDS } from '../blocktime/trace.js';
+import { FAULT_ADDR, FAULT_KIND, FAULT_TID, PLACED_ADDR, PUSH_ADDR, T_OPEN } from './trace-file.js';
 
 export const NOT_CANONICAL = 0;
 export const FAULT_LINE = 1;
@@ -29,16 +30,6 @@ const NUM = 4;
 export const EVENT_FIELDS = 5;
 
 export const MAX_TID = 0xffffffff;
-
-const ascii = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'latin1'));
-const T_OPEN = ascii('{"t":');
-const FAULT_ADDR = ascii(',"ev":"fault","addr":');
-const PLACED_ADDR = ascii(',"ev":"placed","addr":');
-const PUSH_ADDR = ascii(',"ev":"push","addr":');
-const TID_KEY = ascii(',"tid":');
-const KIND_KEY = ascii(',"kind":"');
-/** a kind's name and its closing quote, per FaultCause (0: no "kind") */
-const KIND_QUOTED = FAULT_KINDS.map((k) => ascii(`${k}"`));
 
 /** Whether b[i..] starts with `lit` (before `end`). */
 function has(b: Uint8Array, i: number, end: number, lit: Uint8Array): boolean {
@@ -78,18 +69,17 @@ export function readEventLine(b: Uint8Array, from: number, end: number, out: Flo
   if (i < 0) return NOT_CANONICAL;
   out[ADDR] = out[NUM];
   if (ev === FAULT_LINE) {
-    if (!has(b, i, end, TID_KEY)) return NOT_CANONICAL;
-    i = uint(b, i + TID_KEY.length, end, out);
+    if (!has(b, i, end, FAULT_TID)) return NOT_CANONICAL;
+    i = uint(b, i + FAULT_TID.length, end, out);
     if (i < 0 || out[NUM] > MAX_TID) return NOT_CANONICAL;
     out[TID] = out[NUM];
     out[CAUSE] = 0;
-    if (has(b, i, end, KIND_KEY)) {
-      i += KIND_KEY.length;
+    if (b[i] === 44 /* , */) {
       let cause = 1;
-      while (cause < KIND_QUOTED.length && !has(b, i, end, KIND_QUOTED[cause])) cause++;
-      if (cause === KIND_QUOTED.length) return NOT_CANONICAL;
+      while (cause < FAULT_KIND.length && !has(b, i, end, FAULT_KIND[cause])) cause++;
+      if (cause === FAULT_KIND.length) return NOT_CANONICAL;
       out[CAUSE] = cause;
-      i += KIND_QUOTED[cause].length;
+      i += FAULT_KIND[cause].length;
     }
   }
   return i === end - 1 && b[i] === 125 /* } */ ? ev : NOT_CANONICAL;

@@ -7,7 +7,6 @@
 
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { createInterface } from 'node:readline';
 import { CommandError } from '../errors.js';
 import { TERMINAL_STATUSES, type MigrationStatus } from '../migration/api.js';
 import { BlocktimeContext } from '../blocktime/context.js';
@@ -15,11 +14,11 @@ import type { AlgorithmStart, BlocktimeAlgorithm } from '../blocktime/algorithm.
 import { PageStateMap, PostcopyRules } from '../blocktime/rules.js';
 import { FAULT_KINDS, FaultCause, TRACE_EVENTS, type TraceEventName } from '../blocktime/trace.js';
 import type { BlocktimeReport } from '../blocktime/types.js';
+import { ADDR, CAUSE, EVENT_FIELDS, FAULT_LINE, MAX_TID, NOT_CANONICAL, PLACED_LINE, readEventLine, T, TID } from './event-line.js';
 
 /** A trace that cannot be replayed; the message starts with FILE[:LINE]:. */
 export class TraceError extends CommandError {}
 
-const MAX_TID = 0xffffffff;
 
 type Fields = Record<string, unknown>;
 
@@ -58,12 +57,29 @@ export async function replayTraceWith(path: string, algorithms: Record<string, A
     throw new TraceError(code === 'ENOENT' ? `${path}: no such file` : `${path}: cannot read: ${(e as Error).message}`);
   }
   if (size === 0) return replayLines([], path, algorithms);
-  const lines = createInterface({ input: createReadStream(path, { encoding: 'utf8', end: size - 1 }), crlfDelay: Infinity });
+  // Chunks of bytes split into lines here, each replayed synchronously (not
+  // readline's per-line events and promises), the event lines in place
+  // (event-line.ts), only the others decoded.
+  const r = new LineReplay(path, algorithms);
+  const input = createReadStream(path, { end: size - 1, highWaterMark: 1 << 20 });
+  let rest: Buffer | undefined;
   try {
-    return await replayLines(lines, path, algorithms);
+    for await (const chunk of input) {
+      const buf = rest === undefined ? (chunk as Buffer) : Buffer.concat([rest, chunk as Buffer]);
+      let from = 0;
+      for (let nl = buf.indexOf(10); nl >= 0; nl = buf.indexOf(10, from)) {
+        r.lineBytes(buf, from, nl);
+        from = nl + 1;
+      }
+      rest = from < buf.length ? buf.subarray(from) : undefined;
+    }
+    if (rest !== undefined) r.lineBytes(rest, 0, rest.length);
+  } catch (e) {
+    throw r.error(e);
   } finally {
-    lines.close();
+    input.destroy();
   }
+  return r.result();
 }
 
 /**
@@ -75,105 +91,153 @@ export async function replayTraceWith(path: string, algorithms: Record<string, A
 export async function replayLines(
   lines: AsyncIterable<string> | Iterable<string>, name: string, algorithms: Record<string, AlgorithmFactory> = {},
 ): Promise<ReplayResult> {
-  let lineNo = 0;
-  const fail = (msg: string): never => { throw new TraceError(`${name}:${lineNo}: ${msg}`); };
-
-  let header: { vcpus: number[]; t0: number | undefined } | undefined;
-  let run: Replaying | undefined;
-  let now = 0;
-  let lastT = -1;
-  let ended = false;
-  const start = (t0: number): Replaying => {
-    now = t0;
-    const vcpuThreadIds = (header as { vcpus: number[] }).vcpus;
-    const exact = new BlocktimeContext({ vcpuThreadIds, clock: () => now, migrationEvents: null, exitEvents: null });
-    const others = Object.entries(algorithms).map(([k, make]) => [k, make({ vcpuThreadIds, startNs: t0 })] as const);
-    return { exact, others, rules: new PostcopyRules(new PageStateMap(), [exact, ...others.map(([, a]) => a)]) };
-  };
-
+  const r = new LineReplay(name, algorithms);
   try {
-    for await (const raw of lines) {
-      lineNo++;
-      if (raw.trim() === '') continue;
-      let obj: unknown;
-      try {
-        obj = JSON.parse(raw);
-      } catch (e) {
-        fail(`not valid JSON (${(e as Error).message})`);
-      }
-      if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) fail('expected a JSON object');
-      const o = obj as Fields;
-
-      if (header === undefined) {
-        header = parseHeader(o, fail);
-        if (header.t0 !== undefined) { run = start(header.t0); lastT = header.t0; }
-        continue;
-      }
-      if (ended) fail('event after the "end" line');
-
-      const ev = o.ev;
-      if (typeof ev !== 'string' || !(TRACE_EVENTS as readonly string[]).includes(ev)) {
-        const what = ev === undefined ? '"ev" is missing' : `unknown "ev" ${JSON.stringify(ev)}`;
-        fail(`${what} (expected ${orList(TRACE_EVENTS.map((e) => `"${e}"`))})`);
-      }
-      const t = o.t;
-      if (!isUint(t)) fail('"t" must be a non-negative integer');
-      const tn = t as number;
-      if (tn < lastT) fail(`"t" goes backwards (${tn} after ${lastT})`);
-      lastT = tn;
-      if (run === undefined) run = start(tn);
-      now = tn;
-
-      switch (ev as TraceEventName) {
-        case 'fault': {
-          if (!isUint(o.addr)) fail('"addr" must be a non-negative integer');
-          if (!isUint(o.tid) || (o.tid as number) > MAX_TID) fail('"tid" must be a non-negative 32-bit integer');
-          run.rules.fault(tn, o.addr as number, o.tid as number, faultCause(o.kind, fail));
-          break;
-        }
-        case 'push': {
-          if (!isUint(o.addr)) fail('"addr" must be a non-negative integer');
-          run.rules.pushed(tn, o.addr as number);
-          break;
-        }
-        case 'placed': {
-          if (!isUint(o.addr)) fail('"addr" must be a non-negative integer');
-          run.rules.placed(tn, o.addr as number);
-          break;
-        }
-        case 'schedstat': {
-          const v = (header as { vcpus: number[] }).vcpus.indexOf(o.tid as number);
-          if (v < 0) fail(`"tid" ${JSON.stringify(o.tid)} is no vCPU of the header (schedstat samples are of vCPU threads)`);
-          if (typeof o.unavailable === 'string') {
-            run.exact.kernelSample(v, tn, o.unavailable);
-          } else {
-            if (!isUint(o.run) || !isUint(o.wait)) fail('"run" and "wait" must be non-negative integers (ns), or "unavailable" a reason');
-            run.exact.kernelSample(v, tn, { runNs: o.run as number, waitNs: o.wait as number });
-          }
-          break;
-        }
-        case 'end': {
-          const status = o.status === undefined ? 'completed' : o.status;
-          if (typeof status !== 'string' || !TERMINAL_STATUSES.has(status as MigrationStatus)) {
-            fail(`"status" must be "completed", "failed" or "cancelled", got ${JSON.stringify(status)}`);
-          }
-          run.rules.finish(status as MigrationStatus, tn);
-          ended = true;
-          break;
-        }
-      }
-    }
+    for await (const raw of lines) r.line(raw);
   } catch (e) {
-    if (e instanceof TraceError) throw e;
-    throw new TraceError(`${name}${lineNo > 0 ? `:${lineNo}` : ''}: ${(e as Error).message}`);
+    throw r.error(e);
+  }
+  return r.result();
+}
+
+/** One replay, a line at a time (synchronous: the callers feed it). */
+class LineReplay {
+  private lineNo = 0;
+  private header: { vcpus: number[]; t0: number | undefined } | undefined;
+  private run: Replaying | undefined;
+  private now = 0;
+  private lastT = -1;
+  private ended = false;
+  /** the fields of an event line read without JSON.parse (event-line.ts) */
+  private readonly ev = new Float64Array(EVENT_FIELDS);
+  private readonly fail = (msg: string): never => { throw new TraceError(`${this.name}:${this.lineNo}: ${msg}`); };
+
+  constructor(private readonly name: string, private readonly algorithms: Record<string, AlgorithmFactory>) {}
+
+  private start(t0: number): Replaying {
+    this.now = t0;
+    const vcpuThreadIds = (this.header as { vcpus: number[] }).vcpus;
+    const exact = new BlocktimeContext({ vcpuThreadIds, clock: () => this.now, migrationEvents: null, exitEvents: null });
+    const others = Object.entries(this.algorithms).map(([k, make]) => [k, make({ vcpuThreadIds, startNs: t0 })] as const);
+    return { exact, others, rules: new PostcopyRules(new PageStateMap(), [exact, ...others.map(([, a]) => a)]) };
   }
 
-  if (header === undefined) throw new TraceError(`${name}: empty trace (the first line must be the header {"vcpus": [...]})`);
-  if (run === undefined) run = start(0);
-  const result: ReplayResult = { exact: run.exact.report(), lines: lineNo };
-  for (const [k, a] of run.others) result[k] = a.report();
-  run.exact.destroy();
-  return result;
+  /** What a file holds between two '\n': one line, or several split by a lone
+   *  '\r' (as readline splits them); a '\r' before the '\n' ends the line. */
+  lineOrLines(text: string): void {
+    if (text.indexOf('\r') < 0) { this.line(text); return; }
+    const parts = text.split('\r');
+    if (text.endsWith('\r')) parts.pop();
+    for (const p of parts) this.line(p);
+  }
+
+  /** The error to throw for `e`, thrown while replaying: a TraceError naming the file and line. */
+  error(e: unknown): TraceError {
+    if (e instanceof TraceError) return e;
+    return new TraceError(`${this.name}${this.lineNo > 0 ? `:${this.lineNo}` : ''}: ${(e as Error).message}`);
+  }
+
+  /** A line of a file, b[from, to) without its '\n': an event line in the
+   *  trace file's own form is read in place, any other decoded (UTF-8) and
+   *  read as JSON (lineOrLines). */
+  lineBytes(b: Buffer, from: number, to: number): void {
+    const ev = this.header !== undefined && !this.ended ? readEventLine(b, from, to, this.ev) : NOT_CANONICAL;
+    if (ev === NOT_CANONICAL) { this.lineOrLines(b.toString('utf8', from, to)); return; }
+    this.lineNo++;
+    const e = this.ev;
+    const run = this.at(e[T]);
+    if (ev === FAULT_LINE) run.rules.fault(e[T], e[ADDR], e[TID], e[CAUSE] as FaultCause);
+    else if (ev === PLACED_LINE) run.rules.placed(e[T], e[ADDR]);
+    else run.rules.pushed(e[T], e[ADDR]);
+  }
+
+  line(raw: string): void {
+    const fail = this.fail;
+    this.lineNo++;
+    if (raw.trim() === '') return;
+    let obj: unknown;
+    try {
+      obj = JSON.parse(raw);
+    } catch (e) {
+      fail(`not valid JSON (${(e as Error).message})`);
+    }
+    if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) fail('expected a JSON object');
+    const o = obj as Fields;
+
+    if (this.header === undefined) {
+      this.header = parseHeader(o, fail);
+      if (this.header.t0 !== undefined) { this.run = this.start(this.header.t0); this.lastT = this.header.t0; }
+      return;
+    }
+    if (this.ended) fail('event after the "end" line');
+
+    const ev = o.ev;
+    if (typeof ev !== 'string' || !(TRACE_EVENTS as readonly string[]).includes(ev)) {
+      const what = ev === undefined ? '"ev" is missing' : `unknown "ev" ${JSON.stringify(ev)}`;
+      fail(`${what} (expected ${orList(TRACE_EVENTS.map((e) => `"${e}"`))})`);
+    }
+    const t = o.t;
+    if (!isUint(t)) fail('"t" must be a non-negative integer');
+    const tn = t as number;
+    const run = this.at(tn);
+
+    switch (ev as TraceEventName) {
+      case 'fault': {
+        if (!isUint(o.addr)) fail('"addr" must be a non-negative integer');
+        if (!isUint(o.tid) || (o.tid as number) > MAX_TID) fail('"tid" must be a non-negative 32-bit integer');
+        run.rules.fault(tn, o.addr as number, o.tid as number, faultCause(o.kind, fail));
+        break;
+      }
+      case 'push': {
+        if (!isUint(o.addr)) fail('"addr" must be a non-negative integer');
+        run.rules.pushed(tn, o.addr as number);
+        break;
+      }
+      case 'placed': {
+        if (!isUint(o.addr)) fail('"addr" must be a non-negative integer');
+        run.rules.placed(tn, o.addr as number);
+        break;
+      }
+      case 'schedstat': {
+        const v = (this.header as { vcpus: number[] }).vcpus.indexOf(o.tid as number);
+        if (v < 0) fail(`"tid" ${JSON.stringify(o.tid)} is no vCPU of the header (schedstat samples are of vCPU threads)`);
+        if (typeof o.unavailable === 'string') {
+          run.exact.kernelSample(v, tn, o.unavailable);
+        } else {
+          if (!isUint(o.run) || !isUint(o.wait)) fail('"run" and "wait" must be non-negative integers (ns), or "unavailable" a reason');
+          run.exact.kernelSample(v, tn, { runNs: o.run as number, waitNs: o.wait as number });
+        }
+        break;
+      }
+      case 'end': {
+        const status = o.status === undefined ? 'completed' : o.status;
+        if (typeof status !== 'string' || !TERMINAL_STATUSES.has(status as MigrationStatus)) {
+          fail(`"status" must be "completed", "failed" or "cancelled", got ${JSON.stringify(status)}`);
+        }
+        run.rules.finish(status as MigrationStatus, tn);
+        this.ended = true;
+        break;
+      }
+    }
+  }
+
+  /** An event at `tn`: it must not go back in time; the first one starts the replay when the header had no t0. */
+  private at(tn: number): Replaying {
+    if (tn < this.lastT) this.fail(`"t" goes backwards (${tn} after ${this.lastT})`);
+    this.lastT = tn;
+    this.now = tn;
+    return (this.run ??= this.start(tn));
+  }
+
+  /** The reports, once every line is in. */
+  result(): ReplayResult {
+    if (this.header === undefined) throw new TraceError(`${this.name}: empty trace (the first line must be the header {"vcpus": [...]})`);
+    const run = this.run ?? this.start(0);
+    const result: ReplayResult = { exact: run.exact.report(), lines: this.lineNo };
+    for (const [k, a] of run.others) result[k] = a.report();
+    run.exact.destroy();
+    return result;
+  }
 }
 
 interface Replaying {

@@ -13,14 +13,15 @@ const CHUNK = 64 * 1024;
 /** room for the longest event line: 4 numbers of <= 16 digits + text */
 const MAX_LINE = 160;
 
+// The bytes of the event lines, also what the replay reads them by (event-line.ts).
 const ascii = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'latin1'));
-const T_OPEN = ascii('{"t":');
-const FAULT_ADDR = ascii(',"ev":"fault","addr":');
-const FAULT_TID = ascii(',"tid":');
-const PLACED_ADDR = ascii(',"ev":"placed","addr":');
-const PUSH_ADDR = ascii(',"ev":"push","addr":');
+export const T_OPEN = ascii('{"t":');
+export const FAULT_ADDR = ascii(',"ev":"fault","addr":');
+export const FAULT_TID = ascii(',"tid":');
+export const PLACED_ADDR = ascii(',"ev":"placed","addr":');
+export const PUSH_ADDR = ascii(',"ev":"push","addr":');
 /** `,"kind":"..."` by FaultCause ('' for Unknown: no field) */
-const FAULT_KIND = FAULT_KINDS.map((k) => ascii(k === '' ? '' : `,"kind":"${k}"`));
+export const FAULT_KIND = FAULT_KINDS.map((k) => ascii(k === '' ? '' : `,"kind":"${k}"`));
 const LINE_END = ascii('}\n');
 
 export class TraceFileSink implements TraceSink {

@@ -7,6 +7,15 @@
 
 const EMPTY = -1;
 
+/** The slot of `addr` in a table of 2^(32 - shift) slots: Fibonacci hashing
+ *  on both halves of the address; the top bits are used because page
+ *  addresses have their low bits all zero. (Also the replay's page states.) */
+export function addrSlot(addr: number, shift: number): number {
+  const lo = addr >>> 0;
+  const hi = (addr / 4294967296) >>> 0;
+  return Math.imul(lo ^ Math.imul(hi, 0x85ebca6b), 0x9e3779b1) >>> shift;
+}
+
 export class PageWaiters {
   // hash table: page address -> index of the first wait record
   private keys: Float64Array;
@@ -112,12 +121,8 @@ export class PageWaiters {
     this.recordCount = 0;
   }
 
-  // Fibonacci hashing on both halves of the address; the top bits are used
-  // because page addresses have their low bits all zero.
   private slotOf(addr: number): number {
-    const lo = addr >>> 0;
-    const hi = (addr / 4294967296) >>> 0;
-    return Math.imul(lo ^ Math.imul(hi, 0x85ebca6b), 0x9e3779b1) >>> this.shift;
+    return addrSlot(addr, this.shift);
   }
 
   private find(addr: number): number {

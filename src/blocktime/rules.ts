@@ -6,12 +6,14 @@
 // closing at the end) is the algorithms' own business.
 //
 // Page state is kept by the caller, behind PageStates: the destination keeps
-// it in its page flags (one byte per page, no allocation), replay in a hash.
+// it in its page flags (one byte per page, no allocation), replay in a
+// typed-array hash (PageStateMap).
 // Events must arrive in time order (the destination merges its sources
 // first: event-order.ts); what passes the rules goes to every consumer.
 
 import type { MigrationStatus } from '../migration/api.js';
 import type { BlocktimeAlgorithm } from './algorithm.js';
+import { addrSlot } from './page-waiters.js';
 import { FaultCause } from './trace.js';
 
 /** a fault is waiting on the page (set by fault(), cleared by placed()) */
@@ -67,9 +69,56 @@ export class PostcopyRules {
   }
 }
 
-/** PageStates in a Map, for replay (traces name pages by address). */
+/** PageStates for replay (traces name pages by address): an open-addressing
+ *  hash in typed arrays (linear probing, no deletion: a page once seen stays),
+ *  doubled when half full. A Map of 10^6 addresses above 2^31 boxes every
+ *  key and was a sixth of a large trace's replay. */
 export class PageStateMap implements PageStates {
-  private readonly bits = new Map<number, number>();
-  get(addr: number): number { return this.bits.get(addr) ?? 0; }
-  set(addr: number, bits: number): void { this.bits.set(addr, bits); }
+  private keys = new Float64Array(1024);
+  /** the page's bits, -1: empty slot */
+  private vals = new Int32Array(1024).fill(-1);
+  private shift = 32 - 10;
+  private used = 0;
+
+  get(addr: number): number {
+    const i = this.slot(addr);
+    return i < 0 ? 0 : this.vals[i];
+  }
+
+  set(addr: number, bits: number): void {
+    let i = this.slot(addr);
+    if (i < 0) {
+      if ((this.used + 1) * 2 > this.keys.length) this.grow();
+      i = ~this.slot(addr);
+      this.keys[i] = addr;
+      this.used++;
+    }
+    this.vals[i] = bits;
+  }
+
+  /** the slot holding `addr`, or ~(the empty slot where it would go) */
+  private slot(addr: number): number {
+    const keys = this.keys;
+    const vals = this.vals;
+    const mask = keys.length - 1;
+    let i = addrSlot(addr, this.shift);
+    while (vals[i] !== -1) {
+      if (keys[i] === addr) return i;
+      i = (i + 1) & mask;
+    }
+    return ~i;
+  }
+
+  private grow(): void {
+    const { keys, vals } = this;
+    this.keys = new Float64Array(keys.length * 2);
+    this.vals = new Int32Array(keys.length * 2).fill(-1);
+    this.shift--;
+    for (let s = 0; s < keys.length; s++) {
+      if (vals[s] === -1) continue;
+      const i = ~this.slot(keys[s]);
+      this.keys[i] = keys[s];
+      this.vals[i] = vals[s];
+    }
+  }
 }

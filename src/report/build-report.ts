@@ -1,15 +1,17 @@
 // `blocktime-replay --html`: replays one or two traces, each once, into our
 // context, QEMU's algorithms (compare.ts) and the report's recorder
-// (trace-recorder.ts), draws the charts on shared axes and writes the page.
+// (trace-recorder.ts), draws the charts on shared axes (rendered on two
+// threads: svg-renderers.ts) and writes the page.
 // The traces stream through: what is kept is binned per pixel column.
 
 import { writePrivateFile } from '../private-file.js';
 import { basename } from 'node:path';
 import { compareLinesWith, compareTraceWith, type ComparisonWith } from '../blocktime-trace/compare.js';
 import type { AlgorithmStart } from '../blocktime/algorithm.js';
+import type { TopLevelSpec } from 'vega-lite';
 import { CHARTS, sharedDomains, type DrawnTrace } from './charts.js';
 import { htmlPage, type TraceSection } from './html-page.js';
-import { renderSvg } from './render-svg.js';
+import { SvgRenderers } from './svg-renderers.js';
 import { TraceRecorder, type TraceSummary } from './trace-recorder.js';
 
 const RECORDER = 'x-report';
@@ -25,22 +27,30 @@ async function replay(input: ReportInput): Promise<{ cmp: ComparisonWith; title:
 
 /** The report's HTML for one trace, or several drawn side by side on the same axes. */
 export async function buildHtmlReport(inputs: readonly ReportInput[]): Promise<string> {
-  const replayed = [];
-  for (const input of inputs) replayed.push(await replay(input));
-  const traces: DrawnTrace[] = replayed.map(({ cmp, title }) => ({
-    title, exact: cmp.comparison.exact, summary: cmp.results[RECORDER] as TraceSummary,
-  }));
-  const domains = sharedDomains(traces);
-  const sections: TraceSection[] = [];
-  for (let i = 0; i < traces.length; i++) {
-    const charts: (readonly [string, string])[] = [];
-    for (const [name, make] of CHARTS) {
-      const spec = make(traces[i], domains);
-      if (spec !== null) charts.push([name, await renderSvg(spec)]);
-    }
-    sections.push({ trace: traces[i], comparison: replayed[i].cmp.comparison, lines: replayed[i].cmp.results.lines, charts });
+  const renderers = new SvgRenderers(); // its worker loads Vega while we replay
+  try {
+    const replayed: Awaited<ReturnType<typeof replay>>[] = [];
+    for (const input of inputs) replayed.push(await replay(input));
+    const traces: DrawnTrace[] = replayed.map(({ cmp, title }) => ({
+      title, exact: cmp.comparison.exact, summary: cmp.results[RECORDER] as TraceSummary,
+    }));
+    const domains = sharedDomains(traces);
+    const drawn: { trace: number; name: string; spec: TopLevelSpec }[] = [];
+    traces.forEach((t, trace) => {
+      for (const [name, make] of CHARTS) {
+        const spec = make(t, domains);
+        if (spec !== null) drawn.push({ trace, name, spec });
+      }
+    });
+    const svgs = await renderers.render(drawn.map((d) => d.spec), drawn.map((d) => `t${d.trace}-${d.name}-`));
+    const sections: TraceSection[] = traces.map((trace, i) => ({
+      trace, comparison: replayed[i].cmp.comparison, lines: replayed[i].cmp.results.lines,
+      charts: drawn.flatMap((d, k) => (d.trace === i ? [[d.name, svgs[k]] as const] : [])),
+    }));
+    return htmlPage(sections);
+  } finally {
+    renderers.close();
   }
-  return htmlPage(sections);
 }
 
 /** Writes the report of `inputs` to `out`; its size in bytes. */

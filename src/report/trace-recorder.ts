@@ -13,6 +13,8 @@
 import type { MigrationStatus } from '../migration/api.js';
 import type { AlgorithmStart, BlocktimeAlgorithm } from '../blocktime/algorithm.js';
 import { HDR_BUCKETS, hdrBucket } from '../blocktime/latency-histogram.js';
+import { PageWaiters } from '../blocktime/page-waiters.js';
+import { VcpuThreads } from '../blocktime/vcpu-threads.js';
 import { FAULT_KINDS, FaultCause } from '../blocktime/trace.js';
 import { IntervalSeries, MinMaxSeries, TimeGrid } from './column-bins.js';
 
@@ -49,12 +51,11 @@ export interface TraceSummary {
   final: boolean;
 }
 
-interface Waiter { t: number; vcpu: number }
-
 export class TraceRecorder implements BlocktimeAlgorithm<TraceSummary> {
   private readonly tids: readonly number[];
-  private readonly vcpuOf = new Map<number, number>();
-  private readonly waiting = new Map<number, Waiter[]>();
+  private readonly vcpuOf: VcpuThreads;
+  /** the faults waiting per page (pooled records, as the context keeps them: nothing allocated per event) */
+  private readonly waiting: PageWaiters;
   /** outstanding faults per vCPU, and since when it is blocked */
   private readonly outstanding: Int32Array;
   private readonly blockedSince: Float64Array;
@@ -65,8 +66,9 @@ export class TraceRecorder implements BlocktimeAlgorithm<TraceSummary> {
 
   constructor(start: AlgorithmStart, columns = REPORT_COLUMNS) {
     this.tids = start.vcpuThreadIds;
-    this.tids.forEach((tid, i) => this.vcpuOf.set(tid, i));
+    this.vcpuOf = new VcpuThreads(this.tids);
     const n = this.tids.length;
+    this.waiting = new PageWaiters(Math.max(64, 2 * n));
     this.outstanding = new Int32Array(n);
     this.blockedSince = new Float64Array(n);
     const grid = new TimeGrid(start.startNs, columns);
@@ -85,13 +87,11 @@ export class TraceRecorder implements BlocktimeAlgorithm<TraceSummary> {
     this.touch(at);
     const s = this.s;
     this.range(addr);
-    const vcpu = this.vcpuOf.get(tid) ?? -1;
+    const vcpu = this.vcpuOf.indexOf(tid);
     (vcpu < 0 ? s.nonVcpuFaults : s.faults[vcpu]).add(at, addr);
     const byVcpu = s.faultsByCause[cause] ?? s.faultsByCause[FaultCause.Unknown];
     (byVcpu[vcpu + 1] ??= new MinMaxSeries(s.grid)).add(at, addr);
-    const list = this.waiting.get(addr);
-    if (list === undefined) this.waiting.set(addr, [{ t: at, vcpu }]);
-    else list.push({ t: at, vcpu });
+    this.waiting.add(addr, at, vcpu);
     if (vcpu >= 0 && this.outstanding[vcpu]++ === 0) {
       this.blockedSince[vcpu] = at;
       if (++this.blockedVcpus === this.tids.length) this.allSince = at;
@@ -101,13 +101,17 @@ export class TraceRecorder implements BlocktimeAlgorithm<TraceSummary> {
   end(addr: number, at: number): void {
     if (this.finished) return;
     this.touch(at);
-    const list = this.waiting.get(addr);
-    if (list === undefined) return;
-    this.waiting.delete(addr);
-    for (const w of list) {
-      this.s.latencyHdr[hdrBucket(at - w.t)]++;
+    const w = this.waiting;
+    let rec = w.take(addr);
+    while (rec >= 0) {
+      const t = w.faultTime[rec];
+      const vcpu = w.faultVcpu[rec];
+      const following = w.nextRecord[rec];
+      w.release(rec);
+      rec = following;
+      this.s.latencyHdr[hdrBucket(at - t)]++;
       this.s.resolvedFaults++;
-      if (w.vcpu >= 0 && --this.outstanding[w.vcpu] === 0) this.unblock(w.vcpu, at);
+      if (vcpu >= 0 && --this.outstanding[vcpu] === 0) this.unblock(vcpu, at);
     }
   }
 

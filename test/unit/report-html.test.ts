@@ -3,13 +3,16 @@
 // a column apart, the summary table of the console, two traces side by side
 // on the same axes, the faults coloured by how they were served and the
 // background push drawn as a line where the trace carries them, the CLI's
-// usage errors, and a 10^6-event trace that stays under 5 MiB.
+// usage errors, a 10^6-event trace that stays under 5 MiB, and charts that
+// are the same whether the worker thread or the main thread drew them.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jest } from '@jest/globals';
 import { buildHtmlReport } from '../../src/report/build-report.js';
 import { main } from '../../src/blocktime-trace/replay-command.js';
+import { SvgRenderers } from '../../src/report/svg-renderers.js';
+import type { TopLevelSpec } from 'vega-lite';
 import { syntheticTrace } from '../../bench/_report-trace.js';
 
 let dir: string;
@@ -43,6 +46,32 @@ function linePaths(html: string, chart: string): number {
 }
 
 describe('the HTML report', () => {
+  test('a chart is the same SVG from the worker or from the main thread, and no id appears twice in a page', async () => {
+    const spec = (n: number) => ({
+      width: 100, height: 50, data: { values: Array.from({ length: n }, (_, i) => ({ x: i, y: i * i })) },
+      mark: { type: 'rect', clip: true }, encoding: { x: { field: 'x', type: 'quantitative' }, y: { field: 'y', type: 'quantitative' } },
+    }) as TopLevelSpec;
+    const specs = [3, 40, 5, 60, 7, 80].map(spec);
+    const prefixes = specs.map((_, i) => `c${i}-`);
+    const two = new SvgRenderers();
+    const one = new SvgRenderers({ worker: false });
+    try {
+      expect(two.parallel).toBe(true); // this machine has 2 CPUs, and dist/ is built before the tests
+      expect(one.parallel).toBe(false);
+      const [a, b] = [await two.render(specs, prefixes), await one.render(specs, prefixes)];
+      expect(a).toEqual(b);
+      expect(a[1]).toContain('clip-path="url(#c1-clip1)"');
+    } finally {
+      two.close();
+      one.close();
+    }
+    const html = await buildHtmlReport([{ lines: small, title: 'a' }, { lines: small, title: 'b' }]);
+    const ids = [...html.matchAll(/ id="([^"]+)"/g)].map((m) => m[1]);
+    expect(ids.length).toBeGreaterThan(0);
+    expect(new Set(ids).size).toBe(ids.length);
+    expect(await buildHtmlReport([{ lines: small, title: 'a' }, { lines: small, title: 'b' }])).toBe(html);
+  });
+
   test('is self-contained and draws each blocked interval, one row per vCPU', async () => {
     const html = await buildHtmlReport([{ lines: small, title: 'small' }]);
     expect(html).not.toMatch(/<script|<link|<img|@import|url\((?!#)/i); // url(#clip1): a clip path in the page

@@ -129,7 +129,9 @@ export class DirtyRateMeter {
     this.clocks.after(ms, () => {
       const took = Math.max(1, this.clocks.now() - t0); // the period, not the time to read its result
       void finish().then((r) => {
-        this.calcMs = Math.round(took);
+        // calc-time stays the period asked for (a timer may fire a fraction
+        // of a ms early: 1999.6 ms of a 2 s period read "Period: 1 (sec)");
+        // the rate is over the period measured
         this.rate = r.rate(took);
         this.vcpuRates = r.vcpus?.(took);
       }, () => { this.rate = -1; }).finally(() => { this.status = 'measured'; });

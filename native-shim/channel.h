@@ -14,6 +14,7 @@
  * pc_channel_layout() lets it check them. */
 #ifndef POSTCOPY_CHANNEL_H
 #define POSTCOPY_CHANNEL_H
+#include <poll.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -152,8 +153,13 @@ int pc_channel_flush(struct pc_channel *c);
 int pc_channel_fill(struct pc_channel *c);
 /* publishes the watermark `t`: every event dated before it has been pushed */
 void pc_channel_mark(struct pc_channel *c, double t);
-/* waits in poll for the socket (and extra_fd when >= 0); 1 = stop asked.
- * Marks the thread idle meanwhile (see pc_channel_status.idle). */
+/* poll(2) of p[0, n) for `ms` (-1: no limit), EINTR retried, the thread
+ * marked idle meanwhile (see pc_channel_status.idle); a failure of poll
+ * itself fails the channel (state failed, errno, "what: poll: ...") and
+ * returns -1, else poll's count */
+int pc_channel_poll(struct pc_channel *c, struct pollfd *p, nfds_t n, int ms);
+/* waits in poll for the socket (and extra_fd when >= 0); 1 = stop asked,
+ * or poll failed (the channel failed). */
 int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in);
 /* NULL when out of memory (the socket is closed then) */
 struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, uint64_t pages,

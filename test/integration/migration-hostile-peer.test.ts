@@ -7,8 +7,7 @@
 // was wrong, and the process stays up and usable (its monitor answers; a
 // source's guest runs again when it had not moved yet).
 import net from 'node:net';
-import { Lab, setCaps, waitStatus, TERMINAL } from './migration-procs.js';
-import type { VmProcess } from '../../src/migration/local-destination.js';
+import { Lab, setCaps, waitStatus, sendTo, expectFailedAndUsable, TERMINAL } from './migration-procs.js';
 import type { MigrationInfo } from '../../src/migration/api.js';
 import {
   encodeHeader, encodeSwitchover, writeRecordHeader, RECORD_HEADER_BYTES, REC_PAGES, REC_ZERO, RP_REQ_PAGES, RP_RUNNING, VCPU_STATE_BYTES,
@@ -18,25 +17,6 @@ import { requireUffd } from '../helpers/uffd-available.js';
 
 const MiB = 1 << 20;
 const run = requireUffd() ? describe : describe.skip;
-
-/** connects to a destination's unix socket, writes `bytes`, then closes (or keeps it open) */
-function sendTo(path: string, bytes: Buffer, close: boolean): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ path }, () => {
-      s.write(bytes);
-      if (close) s.end();
-      resolve(s);
-    });
-    s.on('error', reject);
-  });
-}
-
-/** The migration failed with `reason`, and the VM's monitor still answers with `state`. */
-async function expectFailedAndUsable(vm: VmProcess, info: MigrationInfo, reason: RegExp, state: Record<string, unknown>): Promise<void> {
-  expect(info.status).toBe('failed');
-  expect(info['error-desc']).toMatch(reason);
-  expect(await vm.qmp.execute('query-status')).toMatchObject(state);
-}
 
 /** one vCPU's SWITCHOVER state: about to sweep from page 0 */
 function sweepFromStart(): Buffer {

@@ -163,6 +163,8 @@ export async function runVm(opts: VmOptions, loadEngine: () => Promise<VmEngine>
   // must not turn the clean quit into a crash
   io.stderr.on('error', () => undefined);
   machine.events.once('shutdown', () => shutdown(exitCode));
+  // a connection on the migration port that is not this migration's (QEMU's error_report)
+  machine.events.on('migration-refused', (why: string) => err(why));
   if (opts.exitWithParent) {
     try {
       (await import('./native/parent-death.js')).exitWithParent();

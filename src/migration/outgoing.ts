@@ -10,6 +10,7 @@
 // to go round again, converge or switch, and it reads the return path.
 
 import type net from 'node:net';
+import { randomBytes } from 'node:crypto';
 import type { EventEmitter } from 'node:events';
 import type { MigrationRamStats } from './api.js';
 import { ramStatsOf } from './ram-stats.js';
@@ -22,7 +23,7 @@ import { startDirtyTracking, type DirtyTracker, type DirtyTrackingMode } from '.
 import type { MigrationAddress } from './uri.js';
 import { SenderStat } from '../native/page-channel.js';
 import {
-  encodeHeader, encodeBare, encodeSwitchover, encodeText, REC_END_ROUND, REC_END, REC_ERROR, VCPU_STATE_BYTES, type ReturnHandler,
+  encodeHeader, encodeBare, encodeSwitchover, encodeText, REC_END_ROUND, REC_END, REC_ERROR, VCPU_STATE_BYTES, TOKEN_BYTES, type ReturnHandler,
 } from './wire.js';
 import { connectMain } from './outgoing-connect.js';
 import { SourceRam } from './outgoing-ram.js';
@@ -111,7 +112,8 @@ export class OutgoingMigration implements ReturnHandler {
       this.fail(`cannot ${this.tracker ? 'start the stream sender' : 'track dirty pages'}: ${(e as Error).message}`);
       return;
     }
-    const h = { pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload };
+    // the urgent channel carries the main stream's random token: the destination refuses any other
+    const h = { pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload, token: randomBytes(TOKEN_BYTES) };
     this.stream.send(encodeHeader({ ...h, postcopy: this.o.postcopy }));
     this.urgent.connect(addr, h);
     this.phase = 'precopy';

@@ -4,8 +4,12 @@
 // running, nothing that hangs. Native failures (a poll(2) that fails) are
 // reported in the status block, not mistaken for a requested stop.
 import { execFileSync } from 'node:child_process';
+import type net from 'node:net';
 import { Lab, waitStatus, sendTo, expectFailedAndUsable, TERMINAL } from './migration-procs.js';
-import { encodeHeader, writeRecordHeader, RECORD_HEADER_BYTES, REC_ZERO } from '../../src/migration/wire.js';
+import {
+  encodeHeader, encodeSwitchover, writeRecordHeader, RECORD_HEADER_BYTES, REC_ZERO, RP_ERROR, RP_REQ_PAGES, RP_RUNNING, VCPU_STATE_BYTES, TOKEN_BYTES,
+} from '../../src/migration/wire.js';
+import { encodeVcpuState } from '../../src/vm/vcpu-state.js';
 import { requireUffd } from '../helpers/uffd-available.js';
 
 const MiB = 1 << 20;
@@ -20,6 +24,20 @@ const zero = (page: number, count: number): Buffer => {
   return r;
 };
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const token = (b: number): Buffer => Buffer.alloc(TOKEN_BYTES, b);
+/** one vCPU's SWITCHOVER state: about to sweep from page 0 */
+function sweepFromStart(): Buffer {
+  const st = Buffer.alloc(VCPU_STATE_BYTES);
+  encodeVcpuState({ position: 0, sweeps: 0, accesses: 0, rng: 1n }, st);
+  return encodeSwitchover(true, st);
+}
+/** everything `s` receives, and a promise of its close */
+function collect(s: net.Socket): { bytes: () => Buffer; closed: Promise<void> } {
+  const got: Buffer[] = [];
+  s.on('data', (b: Buffer) => got.push(b));
+  s.on('error', () => undefined);
+  return { bytes: () => Buffer.concat(got), closed: new Promise((r) => s.once('close', () => r())) };
+}
 
 run('a migration peer that is not to be trusted', () => {
   let lab: Lab;
@@ -46,5 +64,29 @@ run('a migration peer that is not to be trusted', () => {
     const d = await waitStatus(dst, TERMINAL as never, 5000);
     main.destroy();
     await expectFailedAndUsable(dst, d, /migration stream: poll: Invalid argument/, { status: 'inmigrate' });
+  });
+
+  test('a second connection whose header lacks the main stream\'s token is refused, named and closed; the right urgent channel then comes and serves', async () => {
+    const path = lab.path('in.sock');
+    const dst = await lab.vm('dst', [...DST, '-incoming', `unix:${path}`]);
+    // a fake source: its header and at once the postcopy switchover (every page comes on request)
+    const main = await sendTo(path, Buffer.concat([header({ postcopy: true, token: token(7) }), sweepFromStart()]), false);
+    const fromMain = collect(main);
+    await waitStatus(dst, ['active'], 10000);
+    const stranger = await sendTo(path, header({ urgent: true, token: token(8) }), false);
+    const told = collect(stranger);
+    await told.closed;
+    expect(told.bytes()[0]).toBe(RP_ERROR);
+    expect(told.bytes().toString('utf8', RECORD_HEADER_BYTES))
+      .toMatch(/^migration connection refused: its header does not carry this migration's token/);
+    expect(dst.stderr).toMatch(/postcopy: migration connection refused: its header does not carry this migration's token/);
+    expect((await dst.queryMigrate()).status).toBe('active'); // the migration goes on
+    const urgent = await sendTo(path, header({ urgent: true, token: token(7) }), false);
+    const request = new Promise<Buffer>((resolve) => urgent.once('data', resolve));
+    while (!fromMain.bytes().includes(RP_RUNNING)) await sleep(10);
+    expect((await request)[0]).toBe(RP_REQ_PAGES); // the vCPU faulted; the fault thread asks the right channel
+    expect((await dst.queryMigrate()).status).toBe('postcopy-active');
+    main.destroy();
+    urgent.destroy();
   });
 });

@@ -77,6 +77,8 @@ export class OutgoingMigration implements ReturnHandler {
    *  the destination now, so it never runs here again */
   private postcopyStatesSent = false;
   private destRunning = false;
+  /** the last RP_ACK taken (main-stream bytes the destination consumed) */
+  private acked = 0;
   private startMs = 0;
   private endMs = -1;
 
@@ -165,7 +167,24 @@ export class OutgoingMigration implements ReturnHandler {
 
   requestPages(): void { this.fail('return path: a page request on the main connection (requests come on the urgent channel)'); }
   error(reason: string): void { this.fail(`destination: ${reason}`); }
-  ack(consumed: number): void { this.stream.set(SenderStat.Acked, consumed); }
+  /** RP_ACK: main-stream bytes the destination consumed, only in postcopy (its receiver acknowledges
+   *  from the switchover on), never beyond what was sent, never backwards: else a protocol error */
+  ack(consumed: number): void {
+    if (this.phase === 'done') return;
+    if (!this.postcopyStatesSent) {
+      this.fail(`return path: RP_ACK of ${consumed} bytes before the postcopy switchover (the destination acknowledges only in postcopy)`);
+    } else if (consumed < this.acked) {
+      this.fail(`return path: RP_ACK of ${consumed} bytes goes backwards (${this.acked} were acknowledged before)`);
+    } else if (consumed > this.stream.bytesOut) {
+      // the sender counts its bytes right after each write: look again once it surely has
+      setTimeout(() => {
+        if (consumed > this.stream.bytesOut) this.fail(`return path: RP_ACK of ${consumed} bytes, beyond the ${this.stream.bytesOut} bytes sent on the main stream`);
+      }, 20).unref();
+    } else {
+      this.acked = consumed;
+      this.stream.set(SenderStat.Acked, consumed);
+    }
+  }
 
   running(): void {
     this.destRunning = true;

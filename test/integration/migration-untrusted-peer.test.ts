@@ -4,10 +4,10 @@
 // running, nothing that hangs. Native failures (a poll(2) that fails) are
 // reported in the status block, not mistaken for a requested stop.
 import { execFileSync } from 'node:child_process';
-import type net from 'node:net';
-import { Lab, waitStatus, sendTo, expectFailedAndUsable, TERMINAL } from './migration-procs.js';
+import net from 'node:net';
+import { Lab, setCaps, waitStatus, sendTo, expectFailedAndUsable, TERMINAL } from './migration-procs.js';
 import {
-  encodeHeader, encodeSwitchover, writeRecordHeader, RECORD_HEADER_BYTES, REC_ZERO, RP_ERROR, RP_REQ_PAGES, RP_RUNNING, VCPU_STATE_BYTES, TOKEN_BYTES,
+  encodeHeader, encodeSwitchover, writeRecordHeader, RECORD_HEADER_BYTES, REC_ZERO, RP_ACK, RP_ERROR, RP_REQ_PAGES, RP_RUNNING, VCPU_STATE_BYTES, TOKEN_BYTES,
 } from '../../src/migration/wire.js';
 import { encodeVcpuState } from '../../src/vm/vcpu-state.js';
 import { requireUffd } from '../helpers/uffd-available.js';
@@ -88,5 +88,38 @@ run('a migration peer that is not to be trusted', () => {
     expect((await dst.queryMigrate()).status).toBe('postcopy-active');
     main.destroy();
     urgent.destroy();
+  });
+
+  /** an RP_ACK record: `consumed` bytes of the main stream */
+  const ack = (consumed: number): Buffer => {
+    const r = Buffer.alloc(RECORD_HEADER_BYTES);
+    writeRecordHeader(r, 0, RP_ACK, 0, 0, consumed);
+    return r;
+  };
+  test.each([
+    ['before the postcopy switchover', false, [ack(16)], /return path: RP_ACK of 16 bytes before the postcopy switchover/],
+    ['beyond what was sent', true, [ack(2 ** 40)], /return path: RP_ACK of 1099511627776 bytes, beyond the \d+ bytes sent on the main stream/],
+    ['going backwards', true, [ack(64), ack(32)], /return path: RP_ACK of 32 bytes goes backwards \(64 were acknowledged before\)/],
+  ])('a destination that sends RP_ACK %s: the source fails, naming it', async (_what, postcopy, acks, reason) => {
+    const path = lab.path('fake-dst.sock');
+    const conns: net.Socket[] = [];
+    const fake = net.createServer((c) => { conns.push(c); c.on('data', () => undefined); c.on('error', () => undefined); });
+    await new Promise<void>((r) => fake.listen(path, r));
+    try {
+      const src = await lab.vm('src', ['-m', '64M', '-smp', '1']);
+      await setCaps(src, ['postcopy-ram']);
+      await src.qmp.execute('migrate', { uri: `unix:${path}` });
+      if (postcopy) {
+        await src.qmp.execute('migrate-start-postcopy');
+        await waitStatus(src, ['postcopy-active']);
+      }
+      while (conns.length < 1) await sleep(10);
+      conns[0].write(Buffer.concat(acks));
+      const s = await waitStatus(src, TERMINAL as never, 10000);
+      await expectFailedAndUsable(src, s, reason, { status: postcopy ? 'postmigrate' : 'running' });
+    } finally {
+      for (const c of conns) c.destroy();
+      fake.close();
+    }
   });
 });

@@ -5,7 +5,7 @@
 // reported in the status block, not mistaken for a requested stop.
 import { execFileSync } from 'node:child_process';
 import net from 'node:net';
-import { Lab, setCaps, waitStatus, sendTo, expectFailedAndUsable, TERMINAL } from './migration-procs.js';
+import { Lab, setCaps, waitStatus, digest, sendTo, expectFailedAndUsable, TERMINAL } from './migration-procs.js';
 import {
   encodeHeader, encodeSwitchover, writeRecordHeader, RECORD_HEADER_BYTES, REC_ZERO, RP_ACK, RP_ERROR, RP_REQ_PAGES, RP_RUNNING, VCPU_STATE_BYTES, TOKEN_BYTES,
 } from '../../src/migration/wire.js';
@@ -121,5 +121,40 @@ run('a migration peer that is not to be trusted', () => {
       for (const c of conns) c.destroy();
       fake.close();
     }
+  });
+
+  test('an idle first connection: dropped within 5 s with a message (failed), and migrate_incoming arms the destination again; a real source then completes', async () => {
+    const uri = `unix:${lab.path('in.sock')}`;
+    const dst = await lab.vm('dst', [...DST, '-incoming', uri, '-S']);
+    const idle = await sendTo(lab.path('in.sock'), Buffer.alloc(0), false);
+    collect(idle);
+    const d = await waitStatus(dst, TERMINAL as never, 8000);
+    await expectFailedAndUsable(dst, d, /the migration connection sent no header within 5 s \(not a migration source\?\): dropped/, { status: 'inmigrate' });
+    idle.destroy();
+    // HMP, as QEMU's: exit-on-error off
+    expect(await dst.qmp.execute('human-monitor-command', { 'command-line': `migrate_incoming ${uri}` })).toBe('');
+    const src = await lab.vm('src', [...DST, '-S']); // paused: precopy converges
+    await src.qmp.execute('migrate', { uri });
+    const [s2, d2] = await Promise.all([waitStatus(src, TERMINAL as never), waitStatus(dst, TERMINAL as never)]);
+    expect([s2.status, d2.status, d2['error-desc']]).toEqual(['completed', 'completed', undefined]);
+    expect(await digest(dst)).toEqual(await digest(src)); // every page, as on the source
+    await expect(dst.qmp.execute('migrate-incoming', { uri })).rejects.toThrow(/The incoming migration has already been started/);
+  });
+
+  test('QMP migrate-incoming: exit-on-error (default true, as QEMU 9.1) ends the process on a failure; false keeps it up and armable', async () => {
+    const uri = `unix:${lab.path('in.sock')}`;
+    const keep = await lab.vm('keep', [...DST, '-incoming', 'defer']);
+    await keep.qmp.execute('migrate-incoming', { uri, 'exit-on-error': false });
+    (await sendTo(lab.path('in.sock'), Buffer.from('GET / HTTP/1.1\r\n\r\n'), true)).on('error', () => undefined);
+    const k = await waitStatus(keep, TERMINAL as never, 8000);
+    await expectFailedAndUsable(keep, k, /not a postcopy migration stream/, { status: 'inmigrate' });
+    expect(await keep.qmp.execute('migrate-incoming', { uri, 'exit-on-error': false })).toEqual({}); // armed again
+    const uri2 = `unix:${lab.path('in2.sock')}`;
+    const exits = await lab.vm('exits', [...DST, '-incoming', 'defer']);
+    const exited = new Promise<number | null>((r) => exits.child.once('exit', (code) => r(code)));
+    await exits.qmp.execute('migrate-incoming', { uri: uri2 });
+    (await sendTo(lab.path('in2.sock'), Buffer.from('GET / HTTP/1.1\r\n\r\n'), true)).on('error', () => undefined);
+    expect(await exited).toBe(1);
+    expect(exits.stderr).toMatch(/postcopy: load of migration failed: .*not a postcopy migration stream/);
   });
 });

@@ -66,9 +66,10 @@ enum { PC_SRC_REQUESTS = 0, PC_SRC_NORMAL, PC_SRC_ZERO, PC_SRC_BYTES_OUT, PC_SRC
        PC_SRC_CLEARED, PC_SRC_INFLIGHT };
 /* source main-stream sender (stream_sender.c) stats[]: counters it keeps,
  * then inputs TypeScript (LIMIT bytes/s, 0 = none; ACKED, WINDOW: bytes) or
- * the page server (HINT: page + 1 to go on from, 0 = none) write */
+ * the page server (HINT: page + 1 to go on from, 0 = none) write, then WRITING */
 enum { PC_SND_NORMAL = 0, PC_SND_ZERO, PC_SND_BYTES_OUT, PC_SND_BYTES_IN, PC_SND_SENT, PC_SND_PASSES, PC_SND_WRITES,
-       PC_SND_CURSOR, PC_SND_LAST_SENT, PC_SND_LIMIT, PC_SND_ACKED, PC_SND_WINDOW, PC_SND_HINT };
+       PC_SND_CURSOR, PC_SND_LAST_SENT, PC_SND_LIMIT, PC_SND_ACKED, PC_SND_WINDOW, PC_SND_HINT,
+       PC_SND_WRITING /* the stream's bytes up to the end of the writev in progress (or the last): no RP_ACK goes beyond */ };
 /* source page flags (outgoing.ts): must be sent; the destination holds a copy */
 #define PC_SRC_NEED 1
 #define PC_SRC_HAS 2

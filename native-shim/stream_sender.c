@@ -84,7 +84,14 @@ static int wait_out(struct pc_channel *c, int ms)
 static int write_all(struct pc_channel *c, struct sender *s, struct iovec *iov, int n)
 {
     while (n > 0) {
-        ssize_t w = writev(c->sock, iov, n > IOV_MAX ? IOV_MAX : n);
+        int k = n > IOV_MAX ? IOV_MAX : n;
+        /* the stream's bytes up to the end of this writev: on loopback the
+         * destination reads (and acknowledges) them while the call still runs */
+        double upto = c->st->stats[PC_SND_BYTES_OUT];
+        for (int i = 0; i < k; i++)
+            upto += (double)iov[i].iov_len;
+        __atomic_store(&c->st->stats[PC_SND_WRITING], &upto, __ATOMIC_RELEASE);
+        ssize_t w = writev(c->sock, iov, k);
         if (w < 0) {
             if (errno == EINTR)
                 continue;

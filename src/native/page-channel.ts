@@ -37,8 +37,9 @@ export const CHANNEL_EVENT_MASK = (1 << FAULT_CAUSE_SHIFT) - 1;
 export const enum FaultThreadStat { Faults = 0, Requests, Placed, ZeroPlaced, LocalZero, Existed, BytesIn, BytesOut, Readahead }
 /** stats[] of the source's page server */
 export const enum PageServerStat { Requests = 0, Normal, Zero, BytesOut, BytesIn, Readahead, Cleared, Inflight }
-/** stats[] of the source's main-stream sender (native-shim/stream_sender.c): its counters, then inputs (Limit, Acked, Window) */
-export const enum SenderStat { Normal = 0, Zero, BytesOut, BytesIn, Sent, Passes, Writes, Cursor, LastSent, Limit, Acked, Window, Hint }
+/** stats[] of the source's main-stream sender (native-shim/stream_sender.c): its counters, then inputs (Limit, Acked, Window, Hint),
+ *  then Writing: the stream's bytes up to the end of the writev in progress (no RP_ACK may go beyond) */
+export const enum SenderStat { Normal = 0, Zero, BytesOut, BytesIn, Sent, Passes, Writes, Cursor, LastSent, Limit, Acked, Window, Hint, Writing }
 /** stats[] of the destination's main-stream receiver (native-shim/stream_receiver.c) */
 export const enum ReceiverStat { Normal = 0, Zero, Received, PlaceCalls, BytesIn, BytesOut, CtlLen, CtlAt, Existed, Truncated }
 /** the receiver's mode bits, given on each resume */

@@ -97,7 +97,7 @@ export class UrgentGate {
 
   private handler(c: () => Candidate): StreamHandler {
     return {
-      header: (h) => { c().header = h; this.judge(c()); },
+      header: (h) => { c().header = h; clearTimeout(c().timer); this.judge(c()); }, // the main stream's own timeout bounds a wait for its token
       pages: noPages,
       zero: noPages,
       discard: () => { throw new WireError('DISCARD on the urgent channel'); },

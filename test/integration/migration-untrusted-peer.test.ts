@@ -90,6 +90,28 @@ run('a migration peer that is not to be trusted', () => {
     urgent.destroy();
   });
 
+  test('an idle second connection is dropped after 5 s with the reason; the migration goes on and its urgent channel still comes', async () => {
+    const path = lab.path('in.sock');
+    const dst = await lab.vm('dst', [...DST, '-incoming', `unix:${path}`]);
+    const main = await sendTo(path, header({ postcopy: true, token: token(3) }), false);
+    const fromMain = collect(main);
+    await waitStatus(dst, ['active'], 10000);
+    const idle = await sendTo(path, Buffer.alloc(0), false);
+    const told = collect(idle);
+    const t0 = Date.now();
+    await told.closed;
+    expect(Date.now() - t0).toBeGreaterThan(4000);
+    expect(told.bytes().toString('utf8', RECORD_HEADER_BYTES)).toBe('migration connection refused: it sent no header within 5 s');
+    expect((await dst.queryMigrate()).status).toBe('active');
+    main.write(sweepFromStart()); // the switchover: every page comes on request
+    const urgent = await sendTo(path, header({ urgent: true, token: token(3) }), false);
+    const request = new Promise<Buffer>((resolve) => urgent.once('data', resolve));
+    while (!fromMain.bytes().includes(RP_RUNNING)) await sleep(10);
+    expect((await request)[0]).toBe(RP_REQ_PAGES);
+    main.destroy();
+    urgent.destroy();
+  });
+
   /** an RP_ACK record: `consumed` bytes of the main stream */
   const ack = (consumed: number): Buffer => {
     const r = Buffer.alloc(RECORD_HEADER_BYTES);

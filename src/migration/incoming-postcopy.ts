@@ -96,6 +96,12 @@ export class IncomingPostcopy {
    *  first request). */
   offerUrgent(s: net.Socket): void { this.gate.offer(s); }
 
+  /** a connection that came after the main one and was not read yet (the main one sent nothing), or null */
+  takeUnread(): net.Socket | null { return this.gate.takeUnread(); }
+
+  /** refuses `s` with `why` (RP_ERROR, closed, reported) */
+  refuse(s: net.Socket, why: string): void { this.gate.refuse(s, why); }
+
   /** The main stream's HEADER came (its token): judge the candidates waiting for it. */
   mainHeaderArrived(): void { this.gate.mainHeaderArrived(); }
 

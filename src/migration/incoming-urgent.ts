@@ -45,6 +45,8 @@ const noPages = (): never => { throw new WireError('pages arrived before the pos
 
 export class UrgentGate {
   private readonly waiting = new Set<Candidate>();
+  /** connections not read yet (they came before the main stream's HEADER) */
+  private readonly unread: net.Socket[] = [];
   private chosen: Candidate | null = null;
   /** bytes read on the admitted channel (up to its header) */
   bytes = 0;
@@ -54,12 +56,30 @@ export class UrgentGate {
   /** the urgent channel was admitted */
   get admitted(): boolean { return this.chosen !== null; }
 
-  /** A connection after the main one: a candidate until its HEADER is judged. */
+  /** A connection after the main one: a candidate until its HEADER is
+   *  judged, read only once the main stream's HEADER came (until then it may
+   *  still become the main connection: takeUnread()). */
   offer(s: net.Socket): void {
-    if (this.chosen !== null || this.waiting.size >= MAX_CANDIDATES) {
+    if (this.chosen !== null || this.waiting.size + this.unread.length >= MAX_CANDIDATES) {
       this.refuse(s, this.chosen !== null ? 'the urgent channel of this migration is connected already' : `more than ${MAX_CANDIDATES} connections waiting to be the urgent channel`);
       return;
     }
+    if (this.o.mainToken() !== null) { this.begin(s); return; }
+    this.unread.push(s);
+    const gone = (): void => { const i = this.unread.indexOf(s); if (i >= 0) this.unread.splice(i, 1); };
+    s.on('error', gone);
+    s.on('close', gone);
+  }
+
+  /** The oldest connection not read yet (the main connection sent nothing: this one may be the source's), or null. */
+  takeUnread(): net.Socket | null {
+    const s = this.unread.shift() ?? null;
+    s?.removeAllListeners('error');
+    s?.removeAllListeners('close');
+    return s;
+  }
+
+  private begin(s: net.Socket): void {
     const c: Candidate = {
       sock: s, header: null, decoder: new StreamDecoder(this.handler(() => c), Math.max(65536, this.o.pageSize), true),
       timer: setTimeout(() => this.drop(c, `it sent no header within ${HANDSHAKE_TIMEOUT_MS / 1000} s`), HANDSHAKE_TIMEOUT_MS),
@@ -73,13 +93,19 @@ export class UrgentGate {
     s.resume(); // accepted paused
   }
 
-  /** The main stream's HEADER came: judge the candidates whose header waited for its token. */
+  /** The main stream's HEADER came: the connections not read yet are read, and those whose header waited for its token are judged. */
   mainHeaderArrived(): void {
+    for (const s of this.unread.splice(0)) {
+      s.removeAllListeners('error');
+      s.removeAllListeners('close');
+      this.begin(s);
+    }
     for (const c of [...this.waiting]) if (c.header) this.judge(c);
   }
 
   /** The migration ended: the candidates still waiting are closed. */
   close(): void {
+    for (const s of this.unread.splice(0)) this.refuse(s, 'the migration is over');
     for (const c of [...this.waiting]) this.drop(c, 'the migration is over');
   }
 
@@ -141,7 +167,8 @@ export class UrgentGate {
     if (this.waiting.delete(c)) clearTimeout(c.timer);
   }
 
-  private refuse(s: net.Socket, why: string): void {
+  /** Refuses a connection: RP_ERROR with the reason, closed, reported. */
+  refuse(s: net.Socket, why: string): void {
     const text = `migration connection refused: ${why}`;
     s.on('error', () => undefined);
     if (!s.destroyed && s.writable) s.end(encodeText(RP_ERROR, text));

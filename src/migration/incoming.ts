@@ -116,17 +116,37 @@ export class IncomingMigration implements StreamHandler {
   private accept(s: net.Socket): void {
     if (this.over) { s.destroy(); return; } // one migration per listen
     if (this.socket) { this.pc.offerUrgent(s); return; }
-    this.socket = s;
     this.startMs = performance.now();
     this.o.status.moveTo('setup');
+    this.startMain(s);
+  }
+
+  private startMain(s: net.Socket): void {
+    this.socket = s;
     s.setNoDelay(true);
     s.on('error', (e) => this.failWith(`migration connection error: ${e.message}`, false));
-    this.handshake = setTimeout(() => {
-      this.handshake = null;
-      if (this.decoder.streamHeader === null) this.failWith(`the migration connection sent no header within ${HANDSHAKE_TIMEOUT_MS / 1000} s (not a migration source?): dropped`, true);
-    }, HANDSHAKE_TIMEOUT_MS);
+    this.handshake = setTimeout(() => this.handshakeTimedOut(s), HANDSHAKE_TIMEOUT_MS);
     this.handshake.unref();
     this.stream.start(s);
+  }
+
+  /** No HEADER on the main connection in time: a connection that sent
+   *  nothing gives way to the oldest one that came after it, not read yet
+   *  (a stranger that connected first does not hold the source off); else
+   *  the migration fails. */
+  private handshakeTimedOut(s: net.Socket): void {
+    this.handshake = null;
+    if (this.over || this.decoder.streamHeader !== null) return;
+    const silent = this.stream.figures()[ReceiverStat.BytesIn] === 0;
+    const next = silent ? this.pc.takeUnread() : null;
+    if (next === null) {
+      this.failWith(`the migration connection sent no header within ${HANDSHAKE_TIMEOUT_MS / 1000} s (not a migration source?): dropped`, true);
+      return;
+    }
+    this.stream.stop();
+    s.removeAllListeners('error');
+    this.pc.refuse(s, `it sent nothing within ${HANDSHAKE_TIMEOUT_MS / 1000} s (the next connection is taken as the main stream)`);
+    this.startMain(next);
   }
 
   /** The urgent channel proved itself: no more connections are taken. */

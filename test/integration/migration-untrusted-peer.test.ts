@@ -163,6 +163,20 @@ run('a migration peer that is not to be trusted', () => {
     await expect(dst.qmp.execute('migrate-incoming', { uri })).rejects.toThrow(/The incoming migration has already been started/);
   });
 
+  test('a stranger that connects first and sends nothing gives way after 5 s to the source that connected after it, which completes', async () => {
+    const uri = `unix:${lab.path('in.sock')}`;
+    const dst = await lab.vm('dst', [...DST, '-incoming', uri, '-S']);
+    const stranger = await sendTo(lab.path('in.sock'), Buffer.alloc(0), false);
+    const told = collect(stranger);
+    const src = await lab.vm('src', [...DST, '-S']);
+    await src.qmp.execute('migrate', { uri });
+    const [s, d] = await Promise.all([waitStatus(src, TERMINAL as never, 20000), waitStatus(dst, TERMINAL as never, 20000)]);
+    expect([s.status, d.status, d['error-desc']]).toEqual(['completed', 'completed', undefined]);
+    await told.closed;
+    expect(told.bytes().toString('utf8', RECORD_HEADER_BYTES)).toMatch(/^migration connection refused: it sent nothing within 5 s/);
+    expect(await digest(dst)).toEqual(await digest(src));
+  });
+
   test('QMP migrate-incoming: exit-on-error (default true, as QEMU 9.1) ends the process on a failure; false keeps it up and armable', async () => {
     const uri = `unix:${lab.path('in.sock')}`;
     const keep = await lab.vm('keep', [...DST, '-incoming', 'defer']);

@@ -152,6 +152,7 @@ export class UrgentGate {
       this.o.admitted(c.sock, h);
     } catch (e) {
       this.o.fail(e instanceof WireError ? `urgent channel: ${e.message}` : `migration: ${(e as Error).message}`, true);
+      c.sock.destroy(); // the source hears why on the main connection
     }
   }
 

@@ -107,6 +107,23 @@ void pc_channel_mark(struct pc_channel *c, double t)
     __atomic_store(&c->st->watermark, &t, __ATOMIC_RELEASE);
 }
 
+int pc_channel_poll(struct pc_channel *c, struct pollfd *p, nfds_t n, int ms)
+{
+    /* the reader takes "idle" as: nothing stamped before it looked will
+     * still be pushed (every event is stamped after idle = 0) */
+    __atomic_store_n(&c->st->idle, 1, __ATOMIC_SEQ_CST);
+    int rc;
+    while ((rc = poll(p, n, ms)) < 0 && errno == EINTR)
+        ;
+    int e = errno;
+    __atomic_store_n(&c->st->idle, 0, __ATOMIC_SEQ_CST);
+    if (rc < 0) { /* not a stop: the status says so, and the other side hears of it */
+        pc_channel_fail(c, PC_CH_FAILED, e, "%s: poll: %s", c->what, strerror(e));
+        return -1;
+    }
+    return rc;
+}
+
 int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in)
 {
     struct pollfd p[3] = {
@@ -114,18 +131,10 @@ int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in)
         { .fd = c->sock, .events = (short)((want_in ? POLLIN : 0) | (c->out_len > c->out_off ? POLLOUT : 0)) },
         { .fd = extra_fd, .events = POLLIN },
     };
-    nfds_t n = extra_fd >= 0 ? 3 : 2;
     /* no busy-poll window: measured here, spinning 20-50 us after work took
      * the CPU the event loops need and doubled the fault latency */
-    /* the reader takes "idle" as: nothing stamped before it looked will
-     * still be pushed (every event is stamped after idle = 0) */
-    __atomic_store_n(&c->st->idle, 1, __ATOMIC_SEQ_CST);
-    int rc;
-    while ((rc = poll(p, n, -1)) < 0 && errno == EINTR)
-        ;
-    __atomic_store_n(&c->st->idle, 0, __ATOMIC_SEQ_CST);
-    if (rc < 0)
-        return 1;
+    if (pc_channel_poll(c, p, extra_fd >= 0 ? 3 : 2, -1) < 0)
+        return 1; /* failed: the thread ends, its status says why */
     return (p[0].revents & POLLIN) ? 1 : 0;
 }
 

@@ -14,6 +14,7 @@
  * pc_channel_layout() lets it check them. */
 #ifndef POSTCOPY_CHANNEL_H
 #define POSTCOPY_CHANNEL_H
+#include <poll.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -65,9 +66,10 @@ enum { PC_SRC_REQUESTS = 0, PC_SRC_NORMAL, PC_SRC_ZERO, PC_SRC_BYTES_OUT, PC_SRC
        PC_SRC_CLEARED, PC_SRC_INFLIGHT };
 /* source main-stream sender (stream_sender.c) stats[]: counters it keeps,
  * then inputs TypeScript (LIMIT bytes/s, 0 = none; ACKED, WINDOW: bytes) or
- * the page server (HINT: page + 1 to go on from, 0 = none) write */
+ * the page server (HINT: page + 1 to go on from, 0 = none) write, then WRITING */
 enum { PC_SND_NORMAL = 0, PC_SND_ZERO, PC_SND_BYTES_OUT, PC_SND_BYTES_IN, PC_SND_SENT, PC_SND_PASSES, PC_SND_WRITES,
-       PC_SND_CURSOR, PC_SND_LAST_SENT, PC_SND_LIMIT, PC_SND_ACKED, PC_SND_WINDOW, PC_SND_HINT };
+       PC_SND_CURSOR, PC_SND_LAST_SENT, PC_SND_LIMIT, PC_SND_ACKED, PC_SND_WINDOW, PC_SND_HINT,
+       PC_SND_WRITING /* the stream's bytes up to the end of the writev in progress (or the last): no RP_ACK goes beyond */ };
 /* source page flags (outgoing.ts): must be sent; the destination holds a copy */
 #define PC_SRC_NEED 1
 #define PC_SRC_HAS 2
@@ -152,8 +154,13 @@ int pc_channel_flush(struct pc_channel *c);
 int pc_channel_fill(struct pc_channel *c);
 /* publishes the watermark `t`: every event dated before it has been pushed */
 void pc_channel_mark(struct pc_channel *c, double t);
-/* waits in poll for the socket (and extra_fd when >= 0); 1 = stop asked.
- * Marks the thread idle meanwhile (see pc_channel_status.idle). */
+/* poll(2) of p[0, n) for `ms` (-1: no limit), EINTR retried, the thread
+ * marked idle meanwhile (see pc_channel_status.idle); a failure of poll
+ * itself fails the channel (state failed, errno, "what: poll: ...") and
+ * returns -1, else poll's count */
+int pc_channel_poll(struct pc_channel *c, struct pollfd *p, nfds_t n, int ms);
+/* waits in poll for the socket (and extra_fd when >= 0); 1 = stop asked,
+ * or poll failed (the channel failed). */
 int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in);
 /* NULL when out of memory (the socket is closed then) */
 struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, uint64_t pages,

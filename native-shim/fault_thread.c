@@ -73,8 +73,6 @@ static int zero_one(struct pc_channel *c, uint64_t addr)
     return rc;
 }
 
-/* flags byte of a record in c->in: placed already (ours, never on the wire) */
-#define REC_DONE 0x80
 /* read-ahead is placed this many pages at a time, with a look at new faults between */
 #define READAHEAD_PIECE 16
 
@@ -88,8 +86,11 @@ static size_t record_length(struct pc_channel *c, const uint8_t *r)
         pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: unexpected record type 0x%02x (expected PAGES or ZERO)", r[0]);
         return 0;
     }
-    if ((r[1] & ~(PC_REQ_READAHEAD | REC_DONE)) != 0 || r[2] != 0 || r[3] != 0) {
-        pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: %s record with reserved bits set", r[0] == PC_REC_PAGES ? "PAGES" : "ZERO");
+    /* every bit but READAHEAD is reserved: nothing of this thread's own is
+     * ever kept in the bytes it read (a mark there could come from the peer) */
+    if ((r[1] & ~PC_REQ_READAHEAD) != 0 || r[2] != 0 || r[3] != 0) {
+        pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: %s record with reserved bits set (flags 0x%02x)",
+                        r[0] == PC_REC_PAGES ? "PAGES" : "ZERO", r[1]);
         return 0;
     }
     if (count == 0 || count > c->max_run || off % ps != 0 || off / ps >= c->pages || count > c->pages - off / ps) {
@@ -134,14 +135,16 @@ static int place_arrived(struct pc_channel *c)
             break;
         end += len;
     }
+    /* each complete record is placed in exactly one of the two passes (by its
+     * READAHEAD bit), and all of [0, end) is dropped after them: no record
+     * needs a "placed" mark (the wire's bytes are never written) */
     for (int readahead = 0; readahead <= 1; readahead++) {
         for (size_t pos = 0; pos < end; pos += record_length(c, c->in + pos)) {
-            uint8_t *r = c->in + pos;
-            if ((r[1] & REC_DONE) || ((r[1] & PC_REQ_READAHEAD) != 0) != readahead)
+            const uint8_t *r = c->in + pos;
+            if (((r[1] & PC_REQ_READAHEAD) != 0) != readahead)
                 continue;
             if (place_record(c, r, pos == 0 ? c->head_placed : 0, pc_le32(r + 4)) < 0)
                 return -1;
-            r[1] |= REC_DONE;
         }
     }
     uint64_t done = end == 0 ? c->head_placed : 0;

@@ -93,24 +93,28 @@ static int serve(struct pc_channel *c)
             return -1;
         }
     }
+    /* answered requests, one bit per record (c->in holds 64 at most): kept
+     * apart from the bytes read, which are never written */
+    uint64_t answered = 0;
     for (int readahead = 0; readahead <= 1; readahead++) {
         for (size_t pos = 0; pos < end; pos += PC_RECORD_HEADER) {
-            uint8_t *r = c->in + pos;
-            if (r[0] == 0 || (r[1] & PC_REQ_READAHEAD) != readahead)
+            const uint8_t *r = c->in + pos;
+            uint64_t bit = 1ull << (pos / PC_RECORD_HEADER);
+            if ((answered & bit) || (r[1] & PC_REQ_READAHEAD) != readahead)
                 continue;
             int a = answer(c, r);
             if (a < 0)
                 return -1;
             if (a == 0)
                 goto compact; /* the rest once the socket took this */
-            r[0] = 0; /* answered (no record of type 0 is left after the compaction below) */
+            answered |= bit;
         }
     }
 compact: { /* drop the answered requests, keep the others in order */
         size_t kept = 0;
         for (size_t pos = 0; pos < c->in_len; pos += PC_RECORD_HEADER) {
             size_t n = c->in_len - pos < PC_RECORD_HEADER ? c->in_len - pos : PC_RECORD_HEADER;
-            if (n == PC_RECORD_HEADER && c->in[pos] == 0)
+            if (n == PC_RECORD_HEADER && (answered & (1ull << (pos / PC_RECORD_HEADER))))
                 continue;
             memmove(c->in + kept, c->in + pos, n);
             kept += n;
@@ -148,6 +152,7 @@ uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, u
                               double clock_base)
 {
     size_t rec = PC_RECORD_HEADER + pc_max_run_pages(page_size) * page_size;
+    /* 64 requests in at most: serve()'s bitmap of answered ones is one word */
     struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base,
                                           64 * PC_RECORD_HEADER, 2 * rec, PC_SRC_BYTES_IN, PC_SRC_BYTES_OUT);
     if (!c)

@@ -280,10 +280,8 @@ static void acknowledge(struct pc_channel *c, struct receiver *r)
 static void wait_for(struct pc_channel *c, int want_sock)
 {
     struct pollfd p[2] = { { .fd = c->wake_fd, .events = POLLIN }, { .fd = c->sock, .events = POLLIN } };
-    __atomic_store_n(&c->st->idle, 1, __ATOMIC_SEQ_CST);
-    while (poll(p, want_sock ? 2 : 1, -1) < 0 && errno == EINTR)
-        ;
-    __atomic_store_n(&c->st->idle, 0, __ATOMIC_SEQ_CST);
+    if (pc_channel_poll(c, p, want_sock ? 2 : 1, -1) < 0)
+        return; /* failed: the loop ends on the state */
     uint64_t v;
     if ((p[0].revents & POLLIN) && read(c->wake_fd, &v, sizeof v) < 0) { /* cleared by another read */ }
 }

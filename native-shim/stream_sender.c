@@ -67,16 +67,16 @@ static int stopping(const struct pc_channel *c)
     return __atomic_load_n(&c->stop, __ATOMIC_RELAXED);
 }
 
-/* waits for the socket to take more (or for wake_fd, or `ms`); idle meanwhile */
-static void wait_out(struct pc_channel *c, int ms)
+/* waits for the socket to take more (or for wake_fd, or `ms`); idle
+ * meanwhile. -1 when poll failed (the channel failed), else 0. */
+static int wait_out(struct pc_channel *c, int ms)
 {
     struct pollfd p[2] = { { .fd = c->wake_fd, .events = POLLIN }, { .fd = c->sock, .events = POLLOUT } };
-    __atomic_store_n(&c->st->idle, 1, __ATOMIC_SEQ_CST);
-    while (poll(p, 2, ms) < 0 && errno == EINTR)
-        ;
-    __atomic_store_n(&c->st->idle, 0, __ATOMIC_SEQ_CST);
+    if (pc_channel_poll(c, p, 2, ms) < 0)
+        return -1;
     uint64_t v;
     if ((p[0].revents & POLLIN) && read(c->wake_fd, &v, sizeof v) < 0) { /* cleared by another read */ }
+    return 0;
 }
 
 /* Writes iov[0, n) whole. After a stop request it goes on until the
@@ -84,7 +84,14 @@ static void wait_out(struct pc_channel *c, int ms)
 static int write_all(struct pc_channel *c, struct sender *s, struct iovec *iov, int n)
 {
     while (n > 0) {
-        ssize_t w = writev(c->sock, iov, n > IOV_MAX ? IOV_MAX : n);
+        int k = n > IOV_MAX ? IOV_MAX : n;
+        /* the stream's bytes up to the end of this writev: on loopback the
+         * destination reads (and acknowledges) them while the call still runs */
+        double upto = c->st->stats[PC_SND_BYTES_OUT];
+        for (int i = 0; i < k; i++)
+            upto += (double)iov[i].iov_len;
+        __atomic_store(&c->st->stats[PC_SND_WRITING], &upto, __ATOMIC_RELEASE);
+        ssize_t w = writev(c->sock, iov, k);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -99,7 +106,8 @@ static int write_all(struct pc_channel *c, struct sender *s, struct iovec *iov, 
                 else if (pc_channel_now(c) > s->stop_deadline)
                     return -1;
             }
-            wait_out(c, stopping(c) ? 10 : -1);
+            if (wait_out(c, stopping(c) ? 10 : -1) < 0)
+                return -1;
             continue;
         }
         c->st->stats[PC_SND_BYTES_OUT] += (double)w;
@@ -219,12 +227,14 @@ static int pass(struct pc_channel *c, struct sender *s, int wrap)
         /* postcopy window: so much in flight beyond what the destination consumed, at most */
         double window = c->st->stats[PC_SND_WINDOW];
         if (window > 0 && c->st->stats[PC_SND_BYTES_OUT] - c->st->stats[PC_SND_ACKED] > window) {
-            wait_out(c, 1);
+            if (wait_out(c, 1) < 0)
+                return -1;
             continue;
         }
         double ms = throttle_ms(c, s, BATCH_PAYLOAD > c->page_size ? BATCH_PAYLOAD : (double)c->page_size); /* a batch: one huge page at least */
         if (ms > 0) {
-            wait_out(c, (int)(ms < RECHECK_MS ? ms : RECHECK_MS));
+            if (wait_out(c, (int)(ms < RECHECK_MS ? ms : RECHECK_MS)) < 0)
+                return -1;
             continue;
         }
         uint64_t scanned = fill_batch(c, s, wrap);
@@ -347,6 +357,7 @@ uint64_t pc_stream_sender_start(int sock, uint64_t ram_base, uint64_t page_size,
     if (getsockname(sock, (struct sockaddr *)&a, &alen) == 0 && a.ss_family == AF_UNIX &&
         setsockopt(sock, SOL_SOCKET, SO_SNDBUF, &buf, sizeof buf) != 0) { /* the default then */ }
     pthread_mutex_init(&s->lock, NULL);
+    c->what = "migration stream";
     s->flags = (uint8_t *)(uintptr_t)flags;
     c->side = s;
     c->side_free = sender_free;

@@ -277,12 +277,31 @@ class VmMachine implements Machine {
     await l?.quit().catch(() => undefined);
   }
 
-  async migrateIncoming(uri: string): Promise<void> {
+  /**
+   * migrate_incoming / migrate-incoming (and -incoming URI). A failed or
+   * cancelled attempt that never reached the postcopy switchover can be
+   * armed again (guest RAM is wiped first: the new source sends it all);
+   * after the switchover guest RAM is split between two hosts and this VM
+   * cannot take another. `exitOnError` (QEMU 9.1's exit-on-error): a failure
+   * ends the process with status 1 ('incoming-exit' on the emitter).
+   */
+  async migrateIncoming(uri: string, exitOnError = false): Promise<void> {
     this.live('migrate-incoming');
     if (!this.isDestination) throw new CommandError("'-incoming' was not specified on the command line");
-    if (this.incomingStarted) throw new CommandError('The incoming migration has already been started');
+    const prev = this.incoming;
+    if (this.incomingStarted) {
+      if (!prev || !this.status.terminal || this.status.status === 'completed') throw new CommandError('The incoming migration has already been started');
+      if (!prev.ramReadable || this.state !== 'inmigrate') {
+        throw new CommandError('The incoming migration failed after the postcopy switchover: guest RAM is split between this VM and the source, so it cannot take another migration (restart it)');
+      }
+    }
     const addr = parseMigrationUri(uri);
     this.incomingStarted = true;
+    if (prev) {
+      this.incoming = null;
+      await prev.close();
+      this.memory.discard(0, this.memory.bytes); // what the failed attempt wrote reads as zero again
+    }
     const inc = new IncomingMigration({
       ram: this.memory, vcpus: this.control, workload: this.workloadText, status: this.status, params: this.params,
       blocktimeEnabled: () => this.caps.has('postcopy-blocktime'),
@@ -292,10 +311,19 @@ class VmMachine implements Machine {
     try {
       await inc.listen(addr);
     } catch (e) {
-      this.incomingStarted = false;
+      this.incomingStarted = prev !== null;
+      await inc.close().catch(() => undefined);
       throw e;
     }
     this.incoming = inc;
+    if (exitOnError) {
+      const onStatus = (st: string): void => {
+        if (this.incoming !== inc) { this.events.off('migration', onStatus); return; }
+        if (st === 'failed') this.events.emit('incoming-exit', this.status.errorDesc ?? 'the incoming migration failed');
+        if (st === 'failed' || st === 'completed') this.events.off('migration', onStatus);
+      };
+      this.events.on('migration', onStatus);
+    }
   }
 
   /** where an incoming migration listens (tcp port resolved), or null */

@@ -163,6 +163,10 @@ export async function runVm(opts: VmOptions, loadEngine: () => Promise<VmEngine>
   // must not turn the clean quit into a crash
   io.stderr.on('error', () => undefined);
   machine.events.once('shutdown', () => shutdown(exitCode));
+  // a connection on the migration port that is not this migration's (QEMU's error_report)
+  machine.events.on('migration-refused', (why: string) => err(why));
+  // migrate-incoming with exit-on-error (QEMU 9.1's default for QMP): a failed incoming migration ends the process
+  machine.events.on('incoming-exit', (why: string) => { err(`load of migration failed: ${why}`); shutdown(1); });
   if (opts.exitWithParent) {
     try {
       (await import('./native/parent-death.js')).exitWithParent();

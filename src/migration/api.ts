@@ -190,7 +190,8 @@ export interface Machine {
    *  destination process on loopback, the lab of `npm start`). */
   migrate(uri: string): Promise<void>;
   /** destination started with `-incoming defer`: start listening on uri */
-  migrateIncoming(uri: string): Promise<void>;
+  /** `exitOnError`: QEMU 9.1's exit-on-error (a failure ends the process); armed again after a failure before postcopy */
+  migrateIncoming(uri: string, exitOnError?: boolean): Promise<void>;
   startPostcopy(): Promise<void>;
   cancel(): Promise<void>;
   /** calc-dirty-rate: starts measuring the guest's dirty rate (returns at once) */

@@ -11,7 +11,8 @@
 
 import type { EventEmitter } from 'node:events';
 import type net from 'node:net';
-import { StreamDecoder, WireError, type StreamHandler, type StreamHeader } from './wire.js';
+import type { StreamHeader } from './wire.js';
+import { UrgentGate } from './incoming-urgent.js';
 import type { VcpuControl } from './guest.js';
 import type { Parameters } from './parameters.js';
 import {
@@ -43,9 +44,13 @@ export interface IncomingPostcopyOptions {
   receiver: () => PageChannel | null;
   /** pages [first, first+count) were placed by one of the threads */
   received(first: number, count: number): void;
-  /** the urgent channel's HEADER (checked like the main stream's), then: it is ready */
+  /** the urgent channel's HEADER (checked like the main stream's), then: it is ready (and is `s`) */
   checkHeader(h: StreamHeader): void;
-  urgentReady(): void;
+  urgentReady(s: net.Socket): void;
+  /** the main stream's token, once its HEADER came (the urgent channel must carry it) */
+  mainToken(): Buffer | null;
+  /** a connection that is not this migration's urgent channel was refused (the migration goes on) */
+  refused(why: string): void;
   fail(reason: string, tellSource: boolean): void;
   over(): boolean;
   /** the source's ERROR record */
@@ -61,52 +66,47 @@ export class IncomingPostcopy {
   /** the fault thread's counters once it stopped (FaultThreadStat indices) */
   private finalStats: Float64Array = new Float64Array(16);
   private urgent: net.Socket | null = null;
-  private readonly urgentDecoder: StreamDecoder;
+  /** the connections after the main one, until one proves it is the urgent channel */
+  private readonly gate: UrgentGate;
   /** the urgent channel's HEADER arrived (the fault thread can take the channel) */
   urgentReady = false;
   /** the urgent channel closed; the failure waits URGENT_CLOSE_GRACE_MS for the main stream's reason */
   private urgentClosing = false;
-  /** bytes Node read on the urgent channel (up to its header) */
-  urgentBytes = 0;
 
   constructor(private readonly o: IncomingPostcopyOptions) {
-    this.urgentDecoder = new StreamDecoder(this.urgentHandler, Math.max(65536, o.pageSize), true);
-  }
-
-  /** The second connection: page requests and requested pages. Read here
-   *  up to its HEADER; the fault thread takes it over at the switchover
-   *  (nothing else comes on it before the thread's first request). */
-  acceptUrgent(s: net.Socket): void {
-    this.urgent = s;
-    s.setNoDelay(true);
-    s.on('data', (chunk: Buffer) => {
-      if (this.o.over()) return;
-      this.urgentBytes += chunk.length;
-      try {
-        this.urgentDecoder.push(chunk);
-      } catch (e) {
-        this.o.fail(e instanceof WireError ? `urgent channel: ${e.message}` : `migration: ${(e as Error).message}`, true);
-      }
+    this.gate = new UrgentGate({
+      pageSize: o.pageSize, mainToken: o.mainToken, refused: o.refused, fail: o.fail, over: o.over, sourceError: o.sourceError,
+      closed: () => this.urgentClosed(),
+      admitted: (s, h) => {
+        this.urgent = s;
+        o.checkHeader(h);
+        this.urgentReady = true;
+        o.urgentReady(s);
+      },
     });
-    s.on('error', (e) => this.o.fail(`urgent channel error: ${e.message}`, false));
-    s.on('close', () => this.urgentClosed());
-    s.resume(); // accepted paused
   }
 
-  private readonly urgentHandler: StreamHandler = {
-    header: (h) => {
-      this.o.checkHeader(h);
-      this.urgentReady = true;
-      this.o.urgentReady();
-    },
-    pages: () => { throw new WireError('pages arrived before the postcopy switchover'); },
-    zero: () => { throw new WireError('pages arrived before the postcopy switchover'); },
-    discard: () => { throw new WireError('DISCARD on the urgent channel'); },
-    endRound: () => { throw new WireError('END_ROUND on the urgent channel'); },
-    switchover: () => { throw new WireError('SWITCHOVER on the urgent channel'); },
-    end: () => { throw new WireError('END on the urgent channel'); },
-    error: (reason) => { this.o.sourceError(reason); },
-  };
+  /** bytes Node read on the urgent channel (up to its header) */
+  get urgentBytes(): number { return this.gate.bytes; }
+
+  /** A connection after the main one: the urgent channel (page requests
+   *  and requested pages) once its HEADER carries the main stream's token
+   *  (incoming-urgent.ts). Read up to its HEADER; the fault thread takes it
+   *  over at the switchover (nothing else comes on it before the thread's
+   *  first request). */
+  offerUrgent(s: net.Socket): void { this.gate.offer(s); }
+
+  /** a connection that came after the main one and was not read yet (the main one sent nothing), or null */
+  takeUnread(): net.Socket | null { return this.gate.takeUnread(); }
+
+  /** refuses `s` with `why` (RP_ERROR, closed, reported) */
+  refuse(s: net.Socket, why: string): void { this.gate.refuse(s, why); }
+
+  /** The main stream's HEADER came (its token): judge the candidates waiting for it. */
+  mainHeaderArrived(): void { this.gate.mainHeaderArrived(); }
+
+  /** The migration ended: connections still waiting to prove themselves are closed. */
+  closeGate(): void { this.gate.close(); }
 
   /** The postcopy switchover came: the urgent channel must follow soon. */
   expectUrgent(): void {

@@ -26,6 +26,7 @@ import { IncomingPostcopy } from './incoming-postcopy.js';
 import { IncomingStream } from './incoming-stream.js';
 import { DestinationRam } from './incoming-ram.js';
 import { listenForMigration } from './incoming-listen.js';
+import { HANDSHAKE_TIMEOUT_MS } from './incoming-urgent.js';
 import { removeUnixSocket, type BoundUnixSocket } from '../unix-listen.js';
 
 export interface IncomingOptions {
@@ -39,7 +40,8 @@ export interface IncomingOptions {
   /** start the vCPUs when the guest arrives (false with -S, or after `stop`) */
   autostart(): boolean;
   setRunState(state: 'running' | 'paused'): void;
-  /** the Machine's emitter: the blocktime context listens to its 'migration' events */
+  /** the Machine's emitter: the blocktime context listens to its 'migration' events; a connection
+   *  refused (not this migration's) is emitted as 'migration-refused' with the reason */
   events: EventEmitter;
 }
 
@@ -67,6 +69,8 @@ export class IncomingMigration implements StreamHandler {
   private discarded = 0;
   private startMs = 0;
   private endMs = -1;
+  /** the main connection must send its HEADER before this fires */
+  private handshake: NodeJS.Timeout | null = null;
 
   constructor(private readonly o: IncomingOptions) {
     this.ram = new DestinationRam(o.ram);
@@ -77,7 +81,9 @@ export class IncomingMigration implements StreamHandler {
       vcpus: o.vcpus, params: o.params, events: o.events, base: this.ram.base, pageSize: this.ps, pages: this.pageCount,
       flags: this.ram.flags, flagsAddress: this.ram.address, receiver: () => this.stream.channel,
       received: (first, count) => this.ram.received(first, count),
-      checkHeader: (h) => this.checkHeader(h), urgentReady: () => this.maybeStartPostcopy(),
+      checkHeader: (h) => this.checkHeader(h), urgentReady: (s) => this.urgentAdmitted(s),
+      mainToken: () => this.decoder.streamHeader?.token ?? null,
+      refused: (why) => o.events.emit('migration-refused', why),
       fail: (why, tell) => this.failWith(why, tell), over: () => this.over, sourceError: (why) => this.error(why),
     });
     this.stream = new IncomingStream({
@@ -103,30 +109,67 @@ export class IncomingMigration implements StreamHandler {
     return typeof a === 'string' ? `unix:${a}` : `tcp:${a.address}:${a.port}`;
   }
 
-  /** The first connection is the main stream: the native receiver reads it. */
+  /** The first connection is the main stream: the native receiver reads
+   *  it, and it must bring its HEADER within HANDSHAKE_TIMEOUT_MS. Every
+   *  later one is a candidate for the urgent channel until its HEADER
+   *  carries the main stream's token (incoming-urgent.ts). */
   private accept(s: net.Socket): void {
-    if (this.over || (this.socket && this.urgentSocket)) { s.destroy(); return; } // one migration per listen
-    if (this.socket) { // both connections are in
-      this.urgentSocket = s;
-      this.server?.close();
-      this.removeSocketFile();
-      this.pc.acceptUrgent(s);
-      return;
-    }
-    this.socket = s;
+    if (this.over) { s.destroy(); return; } // one migration per listen
+    if (this.socket) { this.pc.offerUrgent(s); return; }
     this.startMs = performance.now();
     this.o.status.moveTo('setup');
+    this.startMain(s);
+  }
+
+  private startMain(s: net.Socket): void {
+    this.socket = s;
     s.setNoDelay(true);
     s.on('error', (e) => this.failWith(`migration connection error: ${e.message}`, false));
+    this.handshake = setTimeout(() => this.handshakeTimedOut(s), HANDSHAKE_TIMEOUT_MS);
+    this.handshake.unref();
     this.stream.start(s);
+  }
+
+  /** No HEADER on the main connection in time: a connection that sent
+   *  nothing gives way to the oldest one that came after it, not read yet
+   *  (a stranger that connected first does not hold the source off); else
+   *  the migration fails. */
+  private handshakeTimedOut(s: net.Socket): void {
+    this.handshake = null;
+    if (this.over || this.decoder.streamHeader !== null) return;
+    const silent = this.stream.figures()[ReceiverStat.BytesIn] === 0;
+    const next = silent ? this.pc.takeUnread() : null;
+    if (next === null) {
+      this.failWith(`the migration connection sent no header within ${HANDSHAKE_TIMEOUT_MS / 1000} s (not a migration source?): dropped`, true);
+      return;
+    }
+    this.stream.stop();
+    s.removeAllListeners('error');
+    this.pc.refuse(s, `it sent nothing within ${HANDSHAKE_TIMEOUT_MS / 1000} s (the next connection is taken as the main stream)`);
+    this.startMain(next);
+  }
+
+  /** The urgent channel proved itself: no more connections are taken. */
+  private urgentAdmitted(s: net.Socket): void {
+    this.urgentSocket = s;
+    this.server?.close();
+    this.removeSocketFile();
+    this.maybeStartPostcopy();
+  }
+
+  private endHandshake(): void {
+    if (this.handshake) clearTimeout(this.handshake);
+    this.handshake = null;
   }
 
   // ---------------------------------------------------------------- stream records
 
   header(h: StreamHeader): void {
+    this.endHandshake();
     this.checkHeader(h);
     this.ram.register(h.postcopy);
     this.o.status.moveTo('active');
+    this.pc.mainHeaderArrived(); // an urgent channel that came first is judged by its token now
   }
 
   private checkHeader(h: StreamHeader): void {
@@ -212,6 +255,7 @@ export class IncomingMigration implements StreamHandler {
   }
 
   private complete(): void {
+    this.pc.closeGate();
     this.server?.close();
     this.server = null;
     this.removeSocketFile();
@@ -262,6 +306,12 @@ export class IncomingMigration implements StreamHandler {
   private failWith(reason: string, tellSource: boolean): void {
     if (this.over) return;
     this.endPending = false;
+    this.endHandshake();
+    this.pc.closeGate();
+    // the port is given up (migrate_incoming may bind it again after this failure)
+    this.server?.close();
+    this.server = null;
+    this.removeSocketFile();
     this.stopThreads(); // no more placements or requests; the blocktime keeps what was placed
     this.pc.end();
     this.over = true;

@@ -21,6 +21,8 @@ export interface UrgentHeader {
   vcpus: number;
   ramBytes: number;
   workload: string;
+  /** the migration's token, as in the main stream's HEADER */
+  token: Buffer;
 }
 
 /** the page server's events carry nothing the push needs any more (the thread updates the flags) */

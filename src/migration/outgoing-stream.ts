@@ -76,6 +76,8 @@ export class SourceStream {
   }
 
   get bytesOut(): number { return this.figures()[SenderStat.BytesOut]; }
+  /** bytes out, and those of the write in progress (the peer may have read them already) */
+  get bytesWritten(): number { const f = this.figures(); return Math.max(f[SenderStat.BytesOut], f[SenderStat.Writing]); }
 
   /** the moment `what` happened, for split() */
   mark(what: 'postcopy' | 'stopped' | 'running'): void {

@@ -10,6 +10,7 @@
 // to go round again, converge or switch, and it reads the return path.
 
 import type net from 'node:net';
+import { randomBytes } from 'node:crypto';
 import type { EventEmitter } from 'node:events';
 import type { MigrationRamStats } from './api.js';
 import { ramStatsOf } from './ram-stats.js';
@@ -22,7 +23,7 @@ import { startDirtyTracking, type DirtyTracker, type DirtyTrackingMode } from '.
 import type { MigrationAddress } from './uri.js';
 import { SenderStat } from '../native/page-channel.js';
 import {
-  encodeHeader, encodeBare, encodeSwitchover, encodeText, REC_END_ROUND, REC_END, REC_ERROR, VCPU_STATE_BYTES, type ReturnHandler,
+  encodeHeader, encodeBare, encodeSwitchover, encodeText, REC_END_ROUND, REC_END, REC_ERROR, VCPU_STATE_BYTES, TOKEN_BYTES, type ReturnHandler,
 } from './wire.js';
 import { connectMain } from './outgoing-connect.js';
 import { SourceRam } from './outgoing-ram.js';
@@ -81,6 +82,8 @@ export class OutgoingMigration implements ReturnHandler {
    *  the destination now, so it never runs here again */
   private postcopyStatesSent = false;
   private destRunning = false;
+  /** the last RP_ACK taken (main-stream bytes the destination consumed) */
+  private acked = 0;
   private startMs = 0;
   private endMs = -1;
 
@@ -116,7 +119,8 @@ export class OutgoingMigration implements ReturnHandler {
       this.fail(`cannot ${this.tracker ? 'start the stream sender' : 'track dirty pages'}: ${(e as Error).message}`);
       return;
     }
-    const h = { pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload };
+    // the urgent channel carries the main stream's random token: the destination refuses any other
+    const h = { pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload, token: randomBytes(TOKEN_BYTES) };
     this.stream.send(encodeHeader({ ...h, postcopy: this.o.postcopy }));
     this.urgent.connect(addr, h);
     this.phase = 'precopy';
@@ -168,7 +172,21 @@ export class OutgoingMigration implements ReturnHandler {
 
   requestPages(): void { this.fail('return path: a page request on the main connection (requests come on the urgent channel)'); }
   error(reason: string): void { this.fail(`destination: ${reason}`); }
-  ack(consumed: number): void { this.stream.set(SenderStat.Acked, consumed); }
+  /** RP_ACK: main-stream bytes the destination consumed, only in postcopy (its receiver acknowledges
+   *  from the switchover on), never beyond what was sent, never backwards: else a protocol error */
+  ack(consumed: number): void {
+    if (this.phase === 'done') return;
+    if (!this.postcopyStatesSent) {
+      this.fail(`return path: RP_ACK of ${consumed} bytes before the postcopy switchover (the destination acknowledges only in postcopy)`);
+    } else if (consumed < this.acked) {
+      this.fail(`return path: RP_ACK of ${consumed} bytes goes backwards (${this.acked} were acknowledged before)`);
+    } else if (consumed > this.stream.bytesWritten) {
+      this.fail(`return path: RP_ACK of ${consumed} bytes, beyond the ${this.stream.bytesWritten} bytes sent on the main stream`);
+    } else {
+      this.acked = consumed;
+      this.stream.set(SenderStat.Acked, consumed);
+    }
+  }
 
   running(): void {
     this.destRunning = true;

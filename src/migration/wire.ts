@@ -11,7 +11,9 @@
 //
 // Stream (source -> destination):
 //   HEADER      count = payload bytes; flags bit 0 = urgent channel; payload: magic u32, version u32,
-//               page size u32, vCPUs u32, RAM bytes (lo u32, hi u32), workload (utf8)
+//               page size u32, vCPUs u32, RAM bytes (lo u32, hi u32), token (16 bytes), workload (utf8).
+//               The token is random per migration: the urgent channel's HEADER must carry the
+//               main stream's, so a connection from anyone else is refused (incoming-urgent.ts)
 //   PAGES       offset, count pages (1..MAX_RUN_PAGES), payload = count * page size
 //   ZERO        offset, count pages that are all zero (no payload)
 //   DISCARD     offset, count pages the destination must drop (dirtied since sent)
@@ -43,7 +45,8 @@
 // chunks is assembled in a preallocated buffer.
 
 export const WIRE_MAGIC = 0x59504350; // "PCPY" little endian
-export const WIRE_VERSION = 1;
+/** 2: the HEADER carries the migration's token */
+export const WIRE_VERSION = 2;
 export const RECORD_HEADER_BYTES = 16;
 /** most pages in one PAGES record (1 MiB of 4 KiB pages) */
 export const MAX_RUN_PAGES = 256;
@@ -60,7 +63,9 @@ export function maxRunPages(pageSize: number): number {
 export const MAX_VAR_PAYLOAD = 256 * 1024;
 /** bytes of one vCPU's workload state inside SWITCHOVER */
 export const VCPU_STATE_BYTES = 64;
-const HEADER_FIXED = 24;
+/** bytes of the per-migration token in HEADER */
+export const TOKEN_BYTES = 16;
+const HEADER_FIXED = 24 + TOKEN_BYTES;
 
 export const REC_HEADER = 0x01;
 export const REC_PAGES = 0x02;
@@ -102,6 +107,8 @@ export interface StreamHeader {
   workload: string;
   /** the source may switch to postcopy (HEADER_POSTCOPY) */
   postcopy: boolean;
+  /** the migration's token (TOKEN_BYTES, a copy): the urgent channel echoes the main stream's */
+  token: Buffer;
 }
 
 // ---------------------------------------------------------------- encoding
@@ -117,7 +124,7 @@ export function writeRecordHeader(buf: Buffer, pos: number, type: number, flags:
 }
 
 export function encodeHeader(
-  h: Omit<StreamHeader, 'version' | 'postcopy'> & { version?: number; urgent?: boolean; postcopy?: boolean },
+  h: Omit<StreamHeader, 'version' | 'postcopy' | 'token'> & { version?: number; urgent?: boolean; postcopy?: boolean; token?: Buffer },
 ): Buffer {
   const wl = Buffer.from(h.workload, 'utf8');
   const out = Buffer.alloc(RECORD_HEADER_BYTES + HEADER_FIXED + wl.length);
@@ -130,6 +137,10 @@ export function encodeHeader(
   out.writeUInt32LE(h.vcpus, p + 12);
   out.writeUInt32LE(h.ramBytes % 0x100000000, p + 16);
   out.writeUInt32LE(Math.floor(h.ramBytes / 0x100000000), p + 20);
+  if (h.token) {
+    if (h.token.length !== TOKEN_BYTES) throw new Error(`a migration token has ${TOKEN_BYTES} bytes, not ${h.token.length}`);
+    h.token.copy(out, p + 24);
+  }
   wl.copy(out, p + HEADER_FIXED);
   return out;
 }
@@ -374,6 +385,9 @@ export class StreamDecoder extends RecordDecoder {
       }
       case REC_ZERO: case REC_DISCARD: case REC_END_ROUND: case REC_END: return 0;
       case REC_SWITCHOVER:
+        if ((buf[pos + 1] & ~SWITCHOVER_POSTCOPY) !== 0) {
+          throw new WireError(`SWITCHOVER record at byte ${at}: reserved flag bits set (flags 0x${buf[pos + 1].toString(16)}, only 0x${SWITCHOVER_POSTCOPY} is defined)`);
+        }
         if (count !== this.vcpus * VCPU_STATE_BYTES) {
           throw new WireError(`SWITCHOVER record at byte ${at}: ${count} bytes of vCPU state, expected ${this.vcpus * VCPU_STATE_BYTES} for ${this.vcpus} vCPUs`);
         }
@@ -414,7 +428,8 @@ export class StreamDecoder extends RecordDecoder {
       const ramBytes = hi * 0x100000000 + buf.readUInt32LE(p + 16);
       if (ramBytes === 0 || ramBytes % pageSize !== 0) throw new WireError(`bad RAM size ${ramBytes} in header`);
       const workload = buf.toString('utf8', p + HEADER_FIXED, p + count);
-      this.header = { version, pageSize, vcpus, ramBytes, workload, postcopy: buf[pos + 1] === HEADER_POSTCOPY };
+      const token = Buffer.from(buf.subarray(p + 24, p + 24 + TOKEN_BYTES));
+      this.header = { version, pageSize, vcpus, ramBytes, workload, postcopy: buf[pos + 1] === HEADER_POSTCOPY, token };
       this.pageSize = pageSize;
       this.ramBytes = ramBytes;
       this.vcpus = vcpus;

@@ -191,8 +191,9 @@ const migrateIncoming: HmpCommand = {
   name: 'migrate_incoming',
   argsType: 'uri:s',
   params: 'uri',
-  help: 'Continue an incoming migration from an -incoming defer',
-  handler: async (ctx, args) => { await ctx.machine.migrateIncoming(args.str('uri')); return { text: '' }; },
+  help: 'Continue an incoming migration from an -incoming defer (or again after a failed attempt)',
+  // as QEMU's HMP: exit-on-error off (the VM stays up in failed state)
+  handler: async (ctx, args) => { await ctx.machine.migrateIncoming(args.str('uri'), false); return { text: '' }; },
   complete: (i) => (i === 0 ? ['tcp:', 'unix:'] : []),
 };
 

@@ -187,9 +187,9 @@ export function qmpCommands(): QmpCommand[] {
     },
     {
       name: 'migrate-incoming',
-      args: [{ name: 'uri', type: 'str' }],
-      help: 'start listening for an incoming migration (-incoming defer)',
-      handler: async (ctx, args) => { await ctx.machine.migrateIncoming(args.uri as string); return empty; },
+      args: [{ name: 'uri', type: 'str' }, { name: 'exit-on-error', type: 'bool', optional: true }],
+      help: 'start listening for an incoming migration (-incoming defer, or again after a failed attempt); exit-on-error (default true, as QEMU 9.1): a failure ends the process',
+      handler: async (ctx, args) => { await ctx.machine.migrateIncoming(args.uri as string, args['exit-on-error'] !== false); return empty; },
     },
     {
       name: 'migrate-start-postcopy',

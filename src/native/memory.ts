@@ -135,6 +135,8 @@ export class NativeBlock {
   readonly bytes: number;
   readonly buffer: ArrayBuffer;
   #freed = false;
+  /** blocks allocated and not freed yet, in this process (tests look for leaks with it) */
+  static live = 0;
 
   constructor(bytes: number) {
     const words = Math.max(1, Math.ceil(bytes / 8));
@@ -144,6 +146,7 @@ export class NativeBlock {
     this.bytes = words * 8;
     this.buffer = koffi.view(this.ptr, this.bytes);
     new Uint8Array(this.buffer).fill(0);
+    NativeBlock.live++;
   }
 
   get freed(): boolean { return this.#freed; }
@@ -152,6 +155,7 @@ export class NativeBlock {
   free(): void {
     if (this.#freed) return;
     this.#freed = true;
+    NativeBlock.live--;
     koffi.free(this.ptr);
   }
 }

@@ -37,8 +37,9 @@ export const CHANNEL_EVENT_MASK = (1 << FAULT_CAUSE_SHIFT) - 1;
 export const enum FaultThreadStat { Faults = 0, Requests, Placed, ZeroPlaced, LocalZero, Existed, BytesIn, BytesOut, Readahead }
 /** stats[] of the source's page server */
 export const enum PageServerStat { Requests = 0, Normal, Zero, BytesOut, BytesIn, Readahead, Cleared, Inflight }
-/** stats[] of the source's main-stream sender (native-shim/stream_sender.c): its counters, then inputs (Limit, Acked, Window) */
-export const enum SenderStat { Normal = 0, Zero, BytesOut, BytesIn, Sent, Passes, Writes, Cursor, LastSent, Limit, Acked, Window, Hint }
+/** stats[] of the source's main-stream sender (native-shim/stream_sender.c): its counters, then inputs (Limit, Acked, Window, Hint),
+ *  then Writing: the stream's bytes up to the end of the writev in progress (no RP_ACK may go beyond) */
+export const enum SenderStat { Normal = 0, Zero, BytesOut, BytesIn, Sent, Passes, Writes, Cursor, LastSent, Limit, Acked, Window, Hint, Writing }
 /** stats[] of the destination's main-stream receiver (native-shim/stream_receiver.c) */
 export const enum ReceiverStat { Normal = 0, Zero, Received, PlaceCalls, BytesIn, BytesOut, CtlLen, CtlAt, Existed, Truncated }
 /** the receiver's mode bits, given on each resume */
@@ -127,8 +128,8 @@ export class PageChannel {
     /** the vCPUs' access stamps: a fault is dated by the stamp of the access that raised it */
     stamps?: AccessStamps | null;
   }): PageChannel {
+    const fd = handOverSocket(o.sock); // before the native memory: a refused hand-over leaks nothing
     const ch = new PageChannel();
-    const fd = handOverSocket(o.sock);
     const s = o.stamps ?? null;
     ch.#start(loadShim().faultThreadStart(o.uffd, fd, o.ramBase, o.pageSize, o.pages, o.flags, o.readahead, ch.#status.ptr, ch.#ring.ptr,
       RING_ENTRIES, o.blocktime ? 1 : 0, ch.clockBase, s?.blocks ?? null, s?.count ?? 0, o.zeroSrc ?? 0), 'fault thread');
@@ -138,8 +139,8 @@ export class PageChannel {
   /** The source's page server (see native-shim/page_server.c); takes `sock` over. With `sender`, the
    *  pages it sends are taken off the page flags (at `flags`) and the sender goes on just after them. */
   static startPageServer(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags?: number; sender?: PageChannel }): PageChannel {
+    const fd = handOverSocket(o.sock); // before the native memory: a refused hand-over leaks nothing
     const ch = new PageChannel();
-    const fd = handOverSocket(o.sock);
     const hint = o.sender ? o.sender.#status.ptr + BigInt(ST_STATS_BYTES + 8 * SenderStat.Hint) : null;
     ch.#start(loadShim().pageServerStart(fd, o.ramBase, o.pageSize, o.pages, o.flags ?? 0, hint, ch.#status.ptr, ch.#ring.ptr,
       RING_ENTRIES, ch.clockBase), 'page server');
@@ -153,8 +154,8 @@ export class PageChannel {
    * `flags` = the page flags' address (NEED 1, HAS 2).
    */
   static startStreamSender(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags: number }): PageChannel {
-    const ch = new PageChannel();
     const fd = dupSocket(o.sock);
+    const ch = new PageChannel();
     ch.#start(loadShim().streamSenderStart(fd, o.ramBase, o.pageSize, o.pages, o.flags, ch.#status.ptr, ch.#ring.ptr, RING_ENTRIES,
       ch.clockBase), 'stream sender');
     return ch;
@@ -197,8 +198,8 @@ export class PageChannel {
    * memory where the thread hands back the records it does not place.
    */
   static startStreamReceiver(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags: number; control: NativeBlock }): PageChannel {
-    const ch = new PageChannel();
     const fd = dupSocket(o.sock);
+    const ch = new PageChannel();
     ch.#start(loadShim().streamReceiverStart(fd, o.ramBase, o.pageSize, o.pages, o.flags, o.control.ptr, o.control.bytes,
       ch.#status.ptr, ch.#ring.ptr, RING_ENTRIES, ch.clockBase), 'stream receiver');
     return ch;

@@ -7,8 +7,7 @@
 // was wrong, and the process stays up and usable (its monitor answers; a
 // source's guest runs again when it had not moved yet).
 import net from 'node:net';
-import { Lab, setCaps, waitStatus, TERMINAL } from './migration-procs.js';
-import type { VmProcess } from '../../src/migration/local-destination.js';
+import { Lab, setCaps, waitStatus, sendTo, expectFailedAndUsable, TERMINAL } from './migration-procs.js';
 import type { MigrationInfo } from '../../src/migration/api.js';
 import {
   encodeHeader, encodeSwitchover, writeRecordHeader, RECORD_HEADER_BYTES, REC_PAGES, REC_ZERO, RP_REQ_PAGES, RP_RUNNING, VCPU_STATE_BYTES,
@@ -18,25 +17,6 @@ import { requireUffd } from '../helpers/uffd-available.js';
 
 const MiB = 1 << 20;
 const run = requireUffd() ? describe : describe.skip;
-
-/** connects to a destination's unix socket, writes `bytes`, then closes (or keeps it open) */
-function sendTo(path: string, bytes: Buffer, close: boolean): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ path }, () => {
-      s.write(bytes);
-      if (close) s.end();
-      resolve(s);
-    });
-    s.on('error', reject);
-  });
-}
-
-/** The migration failed with `reason`, and the VM's monitor still answers with `state`. */
-async function expectFailedAndUsable(vm: VmProcess, info: MigrationInfo, reason: RegExp, state: Record<string, unknown>): Promise<void> {
-  expect(info.status).toBe('failed');
-  expect(info['error-desc']).toMatch(reason);
-  expect(await vm.qmp.execute('query-status')).toMatchObject(state);
-}
 
 /** one vCPU's SWITCHOVER state: about to sweep from page 0 */
 function sweepFromStart(): Buffer {
@@ -78,13 +58,13 @@ run('a migration peer that is no migration engine', () => {
   // what the native receiver reads after a good header: it places only page
   // records it can prove valid, and wire.ts names what is wrong with the rest
   test.each([
-    ['pages outside guest RAM', rec(REC_PAGES, 0, 1, 64 * MiB, 4096), /PAGES record at byte 69: 1 pages at offset 67108864 lie outside guest RAM/],
-    ['zero pages running past guest RAM', rec(REC_ZERO, 0, 2, 64 * MiB - 4096), /ZERO record at byte 69: 2 pages at offset 67104768 lie outside guest RAM/],
-    ['pages with unknown flag bits', rec(REC_PAGES, 0x40, 1, 0, 4096), /record at byte 69: reserved bits set/],
-    ['a run of 300 pages', rec(REC_PAGES, 0, 300, 0), /PAGES record at byte 69: bad page count 300/],
+    ['pages outside guest RAM', rec(REC_PAGES, 0, 1, 64 * MiB, 4096), /PAGES record at byte 85: 1 pages at offset 67108864 lie outside guest RAM/],
+    ['zero pages running past guest RAM', rec(REC_ZERO, 0, 2, 64 * MiB - 4096), /ZERO record at byte 85: 2 pages at offset 67104768 lie outside guest RAM/],
+    ['pages with unknown flag bits', rec(REC_PAGES, 0x40, 1, 0, 4096), /record at byte 85: reserved bits set/],
+    ['a run of 300 pages', rec(REC_PAGES, 0, 300, 0), /PAGES record at byte 85: bad page count 300/],
     ['pages at an unaligned offset', rec(REC_PAGES, 0, 1, 100, 4096), /offset 100 is not page aligned/],
-    ['an unknown record type', rec(0x99, 0, 0, 0), /unknown record type 0x99 at byte 69/],
-    ['a run cut in its second page', rec(REC_PAGES, 0, 2, 0, 4096 + 100), /truncated stream: ended inside a record at byte 4181/],
+    ['an unknown record type', rec(0x99, 0, 0, 0), /unknown record type 0x99 at byte 85/],
+    ['a run cut in its second page', rec(REC_PAGES, 0, 2, 0, 4096 + 100), /truncated stream: ended inside a record at byte 4197/],
   ])('destination fed a good header then %s: failed with the reason, monitor still answers', async (_what, bad, reason) => {
     const uri = `unix:${lab.path('in.sock')}`;
     const dst = await lab.vm('dst', ['-m', '64M', '-smp', '1', '-workload', 'sweep,end=64M', '-incoming', uri]);
@@ -126,7 +106,12 @@ run('a migration peer that is no migration engine', () => {
       const r = Buffer.alloc(RECORD_HEADER_BYTES + 4096);
       writeRecordHeader(r, 0, REC_PAGES, 0x40, 1, 0);
       return r;
-    })(), /urgent channel: PAGES record with reserved bits set/],
+    })(), /urgent channel: PAGES record with reserved bits set \(flags 0x40\)/],
+    ['pages flagged 0x80 (once the fault thread\'s private "placed" mark: consumed, never placed, the vCPU hung)', (() => {
+      const r = Buffer.alloc(RECORD_HEADER_BYTES + 4096);
+      writeRecordHeader(r, 0, REC_PAGES, 0x80, 1, 0);
+      return r;
+    })(), /urgent channel: PAGES record with reserved bits set \(flags 0x80\)/],
   ])('destination in postcopy fed %s on the urgent channel: failed with the reason, monitor still answers', async (_what, garbage, reason) => {
     const path = lab.path('pc.sock');
     const dst = await lab.vm('dst', ['-m', '64M', '-smp', '1', '-workload', 'sweep,end=64M', '-incoming', `unix:${path}`]);

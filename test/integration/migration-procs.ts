@@ -1,6 +1,7 @@
 // Helpers for the migration tests that run real VM processes (`node
 // dist/src/cli.js`, driven over QMP): spawning a source/destination pair,
 // waiting for states, and reading guest RAM through x-query-ram-digest.
+import net from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -99,4 +100,23 @@ export function sweepInvariant(pageDigests: string[], sweepPages: number): strin
   if (steps > 1) return `the sweep steps down ${steps} times`;
   if (steps === 0 && bytes[0] === 0) return 'the sweep never ran';
   return null;
+}
+
+/** connects to a destination's unix socket, writes `bytes`, then closes (or keeps it open) */
+export function sendTo(path: string, bytes: Buffer, close: boolean): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ path }, () => {
+      s.write(bytes);
+      if (close) s.end();
+      resolve(s);
+    });
+    s.on('error', reject);
+  });
+}
+
+/** The migration failed with `reason`, and the VM's monitor still answers with `state`. */
+export async function expectFailedAndUsable(vm: VmProcess, info: MigrationInfo, reason: RegExp, state: Record<string, unknown>): Promise<void> {
+  expect(info.status).toBe('failed');
+  expect(info['error-desc']).toMatch(reason);
+  expect(await vm.qmp.execute('query-status')).toMatchObject(state);
 }

@@ -6,7 +6,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NativeMapping } from '../../src/native/memory.js';
+import { NativeMapping, NativeBlock } from '../../src/native/memory.js';
 import { PageChannel, PageServerStat, ChannelEvent } from '../../src/native/page-channel.js';
 import { socketPair } from '../helpers/socket-pair.js';
 import { writeRecordHeader, RECORD_HEADER_BYTES, RP_REQ_PAGES, REC_PAGES, REC_ZERO } from '../../src/migration/wire.js';
@@ -121,5 +121,18 @@ describe('page server', () => {
     expect(ch.state).toBe('closed');
     expect(ch.error).toBe('the peer closed the urgent channel');
     ch.dispose();
+  });
+
+  test('a socket it cannot take over (closed): a clear error, and no native memory left behind', async () => {
+    const [mine, peer] = await socketPair(dir, 'e.sock');
+    mine.destroy();
+    peer.destroy();
+    await new Promise((r) => setImmediate(r));
+    const live = NativeBlock.live;
+    expect(() => PageChannel.startPageServer({ sock: mine, ramBase: ram.address, pageSize: PS, pages: PAGES }))
+      .toThrow(/the socket has no file descriptor/);
+    expect(() => PageChannel.startFaultThread({ uffd: -1, sock: mine, ramBase: ram.address, pageSize: PS, pages: PAGES, flags: 0, blocktime: false, readahead: 0 }))
+      .toThrow(/the socket has no file descriptor/);
+    expect(NativeBlock.live).toBe(live);
   });
 });

@@ -266,7 +266,7 @@ void pc_put_record(uint8_t *p, int type, int flags, uint32_t count, uint64_t off
 
 #define PLACE_RETRIES 1000
 
-int pc_place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *src, int stat_existed)
+int pc_place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *src, int stat_existed, int events)
 {
     const uint64_t ps = c->page_size;
     /* with the waiting map, the waiters are woken after their faults are
@@ -274,8 +274,6 @@ int pc_place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *
     const uint64_t quiet = c->waiting ? UFFDIO_COPY_MODE_DONTWAKE : 0;
     uint64_t done = 0;
     int again = 0;
-    if (quiet)
-        c->woken_at = pc_channel_now(c); /* if every page was here already (EEXIST): nobody woken */
     while (done < count) {
         uint64_t dst = c->base + off + done * ps, len = (count - done) * ps;
         int64_t got;
@@ -296,8 +294,14 @@ int pc_place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *
             got = zp.zeropage;
         }
         uint64_t placed = rc == 0 ? len / ps : got > 0 ? (uint64_t)got / ps : 0;
-        if (quiet && placed > 0 && pc_waiters_wake(c, off / ps + done, placed) < 0)
-            return -1;
+        if (placed > 0) {
+            if (quiet && pc_waiters_wake(c, off / ps + done, placed) < 0)
+                return -1;
+            /* only what this call placed: a page the other placer put in
+             * first (EEXIST) is woken, and dated, by that placer */
+            if (events && pc_channel_push(c, PC_EV_PLACED, (double)(off / ps + done), (double)placed, pc_placed_at(c)) < 0)
+                return -1;
+        }
         done += placed;
         if (rc == 0)
             continue;

@@ -201,8 +201,11 @@ void pc_put_record(uint8_t *p, int type, int flags, uint32_t count, uint64_t off
 /* UFFDIO_COPY from `src` (UFFDIO_ZEROPAGE when src is NULL; on hugetlbfs,
  * UFFDIO_COPY of c->zero_src page by page when it is set) of `count` pages
  * at `off` into c->uffd, retried on EAGAIN; a page present already (placed
- * by the other placer) is skipped, its waiters woken, stats[stat_existed]
- * counted. 0, or -1 when the kernel refused (the channel failed). */
-int pc_place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *src, int stat_existed);
+ * by the other placer) is skipped, its waiters woken (unless quiet: the
+ * other placer wakes them), stats[stat_existed] counted. With `events`, a
+ * PLACED event for each stretch it placed itself, dated when its waiters
+ * were woken (pc_placed_at). 0, or -1 when the kernel refused or the ring
+ * could not take an event (the channel failed or stops). */
+int pc_place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *src, int stat_existed, int events);
 
 #endif

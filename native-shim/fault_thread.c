@@ -38,18 +38,17 @@ static void wake(struct pc_channel *c, uint64_t addr, uint64_t len)
     ioctl(c->uffd, UFFDIO_WAKE, &r);
 }
 
-/* pc_place() of a requested run, then this thread's bookkeeping and its
- * PLACED event. Returns -1 when the kernel refused (the channel failed). */
+/* pc_place() of a requested run (its PLACED events: the pages this thread
+ * placed, not those the receiver had placed first), then this thread's
+ * bookkeeping. Returns -1 when the kernel refused (the channel failed). */
 static int place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *src)
 {
-    if (pc_place(c, off, count, src, PC_DST_EXISTED) < 0)
+    if (pc_place(c, off, count, src, PC_DST_EXISTED, 1) < 0)
         return -1;
     for (uint8_t *r = c->requested + off / c->page_size, *e = r + count; r < e; r++)
         *r = PLACED_HERE | (*r & AHEAD);
     c->st->stats[src ? PC_DST_PLACED : PC_DST_ZERO_PLACED] += (double)count;
-    /* dated when the waiters were woken: by pc_waiters_wake, or by the
-     * ioctl at its end, right before this */
-    return pc_channel_push(c, PC_EV_PLACED, (double)(off / c->page_size), (double)count, pc_placed_at(c));
+    return 0;
 }
 
 static int read_faults(struct pc_channel *c);

@@ -112,10 +112,11 @@ static void mark(struct pc_channel *c, struct receiver *r, uint64_t first, uint6
     c->st->stats[PC_RCV_RECEIVED] += fresh;
 }
 
-static int placed_event(struct pc_channel *c, uint64_t first, uint64_t n)
+/* postcopy: pc_place() with its PLACED events (the pages this thread placed, not those the fault thread placed first) */
+static int place_postcopy(struct pc_channel *c, uint64_t off, uint64_t n, const uint8_t *src)
 {
     c->st->stats[PC_RCV_PLACE_CALLS]++;
-    return pc_channel_push(c, PC_EV_PLACED, (double)first, (double)n, pc_placed_at(c));
+    return pc_place(c, off, n, src, PC_RCV_EXISTED, 1);
 }
 
 static int place_pages(struct pc_channel *c, struct receiver *r, uint64_t off, uint64_t n, const uint8_t *src, int mode)
@@ -123,7 +124,7 @@ static int place_pages(struct pc_channel *c, struct receiver *r, uint64_t off, u
     const uint64_t ps = c->page_size, first = off / ps;
     c->st->stats[PC_RCV_NORMAL] += (double)n;
     if (mode & PC_RCV_MODE_POSTCOPY)
-        return pc_place(c, off, n, src, PC_RCV_EXISTED) < 0 ? -1 : placed_event(c, first, n);
+        return place_postcopy(c, off, n, src);
     if (c->uffd < 0) {
         memcpy((uint8_t *)(uintptr_t)(c->base + off), src, n * ps);
     } else {
@@ -136,7 +137,7 @@ static int place_pages(struct pc_channel *c, struct receiver *r, uint64_t off, u
             if (populated) {
                 memcpy((uint8_t *)(uintptr_t)(c->base + p * ps), from, (q - p) * ps);
             } else {
-                if (pc_place(c, p * ps, q - p, from, PC_RCV_EXISTED) < 0)
+                if (pc_place(c, p * ps, q - p, from, PC_RCV_EXISTED, 0) < 0)
                     return -1;
                 c->st->stats[PC_RCV_PLACE_CALLS]++;
             }
@@ -152,7 +153,7 @@ static int place_zero(struct pc_channel *c, struct receiver *r, uint64_t off, ui
     const uint64_t ps = c->page_size, first = off / ps;
     c->st->stats[PC_RCV_ZERO] += (double)n;
     if (mode & PC_RCV_MODE_POSTCOPY)
-        return pc_place(c, off, n, NULL, PC_RCV_EXISTED) < 0 ? -1 : placed_event(c, first, n);
+        return place_postcopy(c, off, n, NULL);
     for (uint64_t p = first; p < first + n; p++) {
         if (r->flags[p] & PC_PAGE_POPULATED) { /* it held data that is zero now */
             /* a shared mapping (memory-backend-file/memfd share=on, hugetlbfs)

@@ -47,7 +47,9 @@ run('convergence tools', () => {
     const ring = await measure(vm, { 'calc-time': 1, mode: 'dirty-ring' });
     expect(ring['dirty-rate']).toBeGreaterThanOrEqual(60);
     expect(ring['dirty-rate']).toBeLessThanOrEqual(100);
-    for (const v of ring['vcpu-dirty-rate']!) expect([v.id, v['dirty-rate'] >= 30 && v['dirty-rate'] <= 50]).toEqual([v.id, true]);
+    // each vCPU its own 50 MiB at most; one of the two shares a CPU with the VM's event loop and the test's
+    // processes (seen: 29-32 MB/s for one of them in 3 runs of 4 on an idle machine, the other 45-49)
+    for (const v of ring['vcpu-dirty-rate']!) expect([v.id, v['dirty-rate'] >= 20 && v['dirty-rate'] <= 50]).toEqual([v.id, true]);
     // 128 sampled pages of 256 MiB, 39 % of them in the sweep: +-40 MB/s is 3.5 standard deviations
     const sampled = await measure(vm, { 'calc-time': 1 });
     expect(sampled).toMatchObject({ mode: 'page-sampling', 'sample-pages': 512 });
@@ -108,14 +110,15 @@ run('convergence tools', () => {
   }, 60_000);
 
   test('auto-converge: the throttle rises until the rounds shrink, the migration completes, and the throttle is lifted', async () => {
-    // downtime-limit 1 s: at 99 % the two vCPUs still dirty 20-40 MiB a second
+    // downtime-limit 1.2 s: at 99 % the two vCPUs still dirty 20-40 MiB a second
     // (a write-protect fault per page, 2-4 us), against 15 MiB that 300 ms
     // would allow at 50 MiB/s; whether a round then ends small enough was the
     // phase of the throttle's 10 ms slices against the syncs (seen: still
-    // active after 90 s). Without the throttle it cannot converge within 1 s
-    // either: the sweep rewrites all 64 MiB (1.3 s at 50 MiB/s) every round.
+    // active after 90 s, and with 1 s in 1 run of 3). Without the throttle it
+    // cannot converge within 1.2 s either: the sweep rewrites all 64 MiB
+    // (1.3 s at 50 MiB/s) every round.
     const { src, dst } = await migrating(['auto-converge', 'events'],
-      { 'cpu-throttle-initial': 60, 'cpu-throttle-increment': 20, 'downtime-limit': 1000 });
+      { 'cpu-throttle-initial': 60, 'cpu-throttle-increment': 20, 'downtime-limit': 1200 });
     const seen: number[] = [];
     const end = await watch(src, 90_000, (i) => { if (i.status === 'active') seen.push(i['cpu-throttle-percentage']!); });
     expect(end.status).toBe('completed');
@@ -139,8 +142,10 @@ run('convergence tools', () => {
     expect(end.status).toBe('completed');
     expect((await waitStatus(dst, TERMINAL as never)).status).toBe('completed');
     expect(throttled).toBeGreaterThan(0); // the vCPUs slept between rings
-    // the first period measures the vCPUs before any sleep; after it, near the limit
-    const later = held.slice(2).flat();
+    // the first period measured (the samples before it read 0) is of the vCPUs before any sleep; after it,
+    // near the limit (seen: a first period that ended only at the third sample, 320 MB/s)
+    const first = held.findIndex((h) => h.some((v) => v['current-rate'] > 0));
+    const later = held.slice(first + 1).flat();
     expect(later.length).toBeGreaterThan(0);
     for (const v of later) expect(v['limit-rate']).toBe(4);
     // held near the limit: the median sample within 2x of it, none near the free-running rate (a

@@ -43,8 +43,12 @@ net.createServer((a) => {
   const b = net.connect(Number(toPort), toHost);
   a.setNoDelay(true); b.setNoDelay(true);
   pipe(a, b); pipe(b, a);
-  const close = () => setTimeout(() => { a.destroy(); b.destroy(); }, DELAY_MS + 1);
-  a.on('close', close); b.on('close', close); a.on('error', () => {}); b.on('error', () => {});
+  // a side that ends ends the other once its last chunk went (end() flushes what write() queued; a destroy()
+  // here dropped the destination's last RP_COMPLETE now and then: the source failed, 'return path closed')
+  const ends = (from, to) => from.on('end', () => setTimeout(() => to.end(), DELAY_MS + 1));
+  ends(a, b); ends(b, a);
+  const gone = () => setTimeout(() => { a.destroy(); b.destroy(); }, 1000);
+  a.on('close', gone); b.on('close', gone); a.on('error', () => {}); b.on('error', () => {});
 }).listen(Number(listenPort), listenHost, () => process.stdout.write('ready\\n'));
 `;
 

@@ -175,7 +175,7 @@ export class IncomingPostcopy {
    *  push line), or a vCPU was asleep on one of them with its fault unread (native-shim/waiters.c) */
   readonly onStreamEvent: ChannelEventSink = (kind, page, arg, t) => {
     if ((kind & CHANNEL_EVENT_MASK) === ChannelEvent.Fault) {
-      this.blocktime?.fault(page, arg, t, kind >> FAULT_CAUSE_SHIFT);
+      this.onEvent(kind, page, arg, t); // a fault is a fault, whichever ring it came on
       return;
     }
     this.o.received(page, arg);

@@ -64,12 +64,14 @@ int pc_channel_flush(struct pc_channel *c)
                 return 1;
             if (errno == EINTR)
                 continue;
-            pc_channel_fail(c, errno == EPIPE || errno == ECONNRESET ? PC_CH_CLOSED : PC_CH_FAILED, errno,
-                            "urgent channel: send: %s", strerror(errno));
+            /* any socket error loses the link (postcopy pauses on it) */
+            pc_channel_fail(c, PC_CH_CLOSED, errno, "%s: send: %s", c->what, strerror(errno));
             return -1;
         }
         c->out_off += (size_t)n;
         c->st->stats[c->stat_bytes_out] += (double)n;
+        if (c->heartbeat_type)
+            c->last_tx = pc_channel_now(c);
     }
     c->out_off = c->out_len = 0;
     return 0;
@@ -84,6 +86,10 @@ int pc_channel_fill(struct pc_channel *c)
         if (n > 0) {
             c->in_len += (size_t)n;
             c->st->stats[c->stat_bytes_in] += (double)n;
+            if (c->heartbeat_type) {
+                c->last_rx = pc_channel_now(c);
+                c->heartbeat_armed = 1;
+            }
             return 1;
         }
         if (n == 0) {
@@ -97,9 +103,32 @@ int pc_channel_fill(struct pc_channel *c)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return 0;
-        pc_channel_fail(c, errno == ECONNRESET ? PC_CH_CLOSED : PC_CH_FAILED, errno, "%s: recv: %s", c->what, strerror(errno));
+        pc_channel_fail(c, PC_CH_CLOSED, errno, "%s: recv: %s", c->what, strerror(errno));
         return -1;
     }
+}
+
+int pc_channel_heartbeat(struct pc_channel *c)
+{
+    if (!c->heartbeat_type)
+        return -1; /* no heartbeats: poll without a limit */
+    const double now = pc_channel_now(c), every = PC_HEARTBEAT_EVERY_MS * 1e6;
+    if (c->heartbeat_ns > 0 && c->heartbeat_armed && now - c->last_rx > c->heartbeat_ns) {
+        pc_channel_fail(c, PC_CH_CLOSED, ETIMEDOUT, "%s: nothing came from the peer for %.0f ms (x-postcopy-heartbeat-ms)",
+                        c->what, (now - c->last_rx) / 1e6);
+        return -2;
+    }
+    /* the page server speaks only once the fault thread has: before, the
+     * destination's event loop still reads the channel, up to its header */
+    if (c->heartbeat_armed && now - c->last_tx >= every && c->out_cap - c->out_len >= PC_RECORD_HEADER) {
+        pc_put_record(c->out + c->out_len, c->heartbeat_type, 0, 0, 0);
+        c->out_len += PC_RECORD_HEADER;
+        c->last_tx = now;
+    }
+    double next = c->last_tx + every - now;
+    if (c->heartbeat_ns > 0 && c->heartbeat_armed && c->last_rx + c->heartbeat_ns - now < next)
+        next = c->last_rx + c->heartbeat_ns - now;
+    return next <= 0 ? 0 : (int)(next / 1e6) + 1;
 }
 
 void pc_channel_mark(struct pc_channel *c, double t)
@@ -126,6 +155,11 @@ int pc_channel_poll(struct pc_channel *c, struct pollfd *p, nfds_t n, int ms)
 
 int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in)
 {
+    return pc_channel_wait_ms(c, extra_fd, want_in, -1);
+}
+
+int pc_channel_wait_ms(struct pc_channel *c, int extra_fd, int want_in, int ms)
+{
     struct pollfd p[3] = {
         { .fd = c->wake_fd, .events = POLLIN },
         { .fd = c->sock, .events = (short)((want_in ? POLLIN : 0) | (c->out_len > c->out_off ? POLLOUT : 0)) },
@@ -133,7 +167,7 @@ int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in)
     };
     /* no busy-poll window: measured here, spinning 20-50 us after work took
      * the CPU the event loops need and doubled the fault latency */
-    if (pc_channel_poll(c, p, extra_fd >= 0 ? 3 : 2, -1) < 0)
+    if (pc_channel_poll(c, p, extra_fd >= 0 ? 3 : 2, ms) < 0)
         return 1; /* failed: the thread ends, its status says why */
     return (p[0].revents & POLLIN) ? 1 : 0;
 }

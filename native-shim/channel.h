@@ -28,6 +28,13 @@
 #define PC_REC_PAGES 0x02
 #define PC_REC_ZERO 0x03
 #define PC_RP_REQ_PAGES 0x41
+/* postcopy's heartbeats on the urgent channel (wire.ts): the page server
+ * sends HEARTBEAT, the fault thread RP_HEARTBEAT, each after
+ * PC_HEARTBEAT_EVERY_MS with nothing else sent; silence longer than the
+ * receiving side's x-postcopy-heartbeat-ms is a lost link */
+#define PC_REC_HEARTBEAT 0x0a
+#define PC_RP_HEARTBEAT 0x48
+#define PC_HEARTBEAT_EVERY_MS 100
 /* flag of REQ_PAGES, and of the PAGES/ZERO records answering it: pages
  * after a faulted one, asked for ahead of need */
 #define PC_REQ_READAHEAD 0x01
@@ -37,7 +44,11 @@
 /* ... and was written in precopy (a page sent again is copied over in place) */
 #define PC_PAGE_POPULATED 2
 
-enum pc_channel_state { PC_CH_RUNNING = 0, PC_CH_STOPPED = 1, PC_CH_CLOSED = 2, PC_CH_FAILED = 3 };
+/* CLOSED: the link is lost (EOF, any socket error, heartbeat silence);
+ * FAILED: anything else (a protocol violation, the kernel refused);
+ * PAUSED: the fault thread lost its link and goes on reading faults until
+ * TypeScript attaches a new one (postcopy recovery) */
+enum pc_channel_state { PC_CH_RUNNING = 0, PC_CH_STOPPED = 1, PC_CH_CLOSED = 2, PC_CH_FAILED = 3, PC_CH_PAUSED = 4 };
 
 /* ring entry kinds: 4 doubles each {kind, page, arg, t_ns} */
 enum pc_channel_event {
@@ -59,7 +70,8 @@ enum pc_fault_cause {
 
 /* destination counters (stats[]) */
 enum { PC_DST_FAULTS = 0, PC_DST_REQUESTS, PC_DST_PLACED, PC_DST_ZERO_PLACED, PC_DST_LOCAL_ZERO, PC_DST_EXISTED,
-       PC_DST_BYTES_IN, PC_DST_BYTES_OUT, PC_DST_READAHEAD };
+       PC_DST_BYTES_IN, PC_DST_BYTES_OUT, PC_DST_READAHEAD, PC_DST_REREQUESTS /* pages asked for again on a new link */,
+       PC_DST_LINKS /* links taken: the first, and one per attach */ };
 /* source counters (stats[]); CLEARED: requested pages it sent first (the
  * push need not send them), INFLIGHT: requested pages sent already */
 enum { PC_SRC_REQUESTS = 0, PC_SRC_NORMAL, PC_SRC_ZERO, PC_SRC_BYTES_OUT, PC_SRC_BYTES_IN, PC_SRC_READAHEAD,
@@ -143,6 +155,14 @@ struct pc_channel {
     void (*at_eof)(struct pc_channel *c); /* the peer closed: says why (else a plain "closed") */
     void *side;           /* a side's own state (freed with the channel, by side_free if set) */
     void (*side_free)(void *side);
+    /* heartbeats (postcopy's urgent channel): the record to send (0: none),
+     * the silence that loses the link (ns, 0: never), whether that clock
+     * runs yet (from the first bytes received, or from the start), and
+     * when bytes last came and went */
+    int heartbeat_type;
+    int heartbeat_armed;
+    double heartbeat_ns;
+    double last_rx, last_tx;
 };
 
 double pc_channel_now(const struct pc_channel *c);
@@ -152,6 +172,11 @@ void pc_channel_fail(struct pc_channel *c, int state, int err, const char *fmt, 
 int pc_channel_flush(struct pc_channel *c);
 /* reads what the socket has into c->in; 1 = got bytes, 0 = nothing now, -1 = closed or failed */
 int pc_channel_fill(struct pc_channel *c);
+/* heartbeats: queues one when nothing went out for PC_HEARTBEAT_EVERY_MS
+ * (and there is room); fails the link (CLOSED) after heartbeat_ns of
+ * silence. Returns -2 when the link is lost, else the ms until the next
+ * look, for poll (-1: no limit). */
+int pc_channel_heartbeat(struct pc_channel *c);
 /* publishes the watermark `t`: every event dated before it has been pushed */
 void pc_channel_mark(struct pc_channel *c, double t);
 /* poll(2) of p[0, n) for `ms` (-1: no limit), EINTR retried, the thread
@@ -162,6 +187,8 @@ int pc_channel_poll(struct pc_channel *c, struct pollfd *p, nfds_t n, int ms);
 /* waits in poll for the socket (and extra_fd when >= 0); 1 = stop asked,
  * or poll failed (the channel failed). */
 int pc_channel_wait(struct pc_channel *c, int extra_fd, int want_in);
+/* pc_channel_wait() for at most `ms` (-1: no limit) */
+int pc_channel_wait_ms(struct pc_channel *c, int extra_fd, int want_in, int ms);
 /* NULL when out of memory (the socket is closed then) */
 struct pc_channel *pc_channel_new(int sock, uint64_t base, uint64_t page_size, uint64_t pages,
                                   struct pc_channel_status *st, double *ring, uint32_t ring_size,

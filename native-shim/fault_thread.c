@@ -81,6 +81,13 @@ static size_t record_length(struct pc_channel *c, const uint8_t *r)
     const uint64_t ps = c->page_size;
     uint32_t count = pc_le32(r + 4);
     uint64_t off = pc_le64(r + 8);
+    if (r[0] == PC_REC_HEARTBEAT) { /* only proves the link lives: no count, no offset, no flags */
+        if (r[1] | r[2] | r[3] || count != 0 || off != 0) {
+            pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: HEARTBEAT record with fields set (flags 0x%02x, count %u)", r[1], count);
+            return 0;
+        }
+        return PC_RECORD_HEADER;
+    }
     if (r[0] != PC_REC_PAGES && r[0] != PC_REC_ZERO) {
         pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: unexpected record type 0x%02x (expected PAGES or ZERO)", r[0]);
         return 0;
@@ -177,6 +184,8 @@ static void request(struct pc_channel *c, uint64_t page)
         end++;
     c->requested[page] = ASKED;
     memset(c->requested + page + 1, ASKED | AHEAD, end - page - 1);
+    if (c->sock < 0)
+        return; /* paused: asked for when a link is attached again (request_outstanding()) */
     pc_put_record(c->out + c->out_len, PC_RP_REQ_PAGES, 0, (uint32_t)ps, page * ps);
     c->out_len += PC_RECORD_HEADER;
     c->st->stats[PC_DST_REQUESTS]++;
@@ -276,23 +285,129 @@ static int read_faults(struct pc_channel *c)
     return k;
 }
 
+/* clears the wake-up of an attach, a detach or a stop (the loop looks at each) */
+static void drain_wake(struct pc_channel *c)
+{
+    uint64_t v;
+    if (read(c->wake_fd, &v, sizeof v) < 0) { /* cleared already */ }
+}
+
+/* TypeScript's requests to the thread (pc_fault_thread_attach/detach) */
+struct link {
+    int pending_sock; /* a new urgent channel to take (-1: none) */
+    int detach;       /* drop the link (the migration paused on the other channel, or migrate_pause) */
+    uint32_t heartbeat_ms; /* the silence that loses the pending link */
+};
+
+/* A page still to come that this thread asked for (`ahead`: as read-ahead). */
+static int outstanding(const struct pc_channel *c, uint64_t p, int ahead)
+{
+    uint8_t r = c->requested[p];
+    return (r & ASKED) && !(r & PLACED_HERE) && ((r & AHEAD) != 0) == ahead &&
+           !(__atomic_load_n(&c->flags[p], __ATOMIC_ACQUIRE) & PC_PAGE_RECEIVED);
+}
+
+/* On a new link: every request still outstanding goes again, in runs,
+ * those of faulted pages first. Read-ahead that finds no room is forgotten
+ * (the background push brings it, and a fault on it asks again). */
+static void request_outstanding(struct pc_channel *c)
+{
+    const uint64_t ps = c->page_size;
+    for (int ahead = 0; ahead <= 1; ahead++) {
+        for (uint64_t p = 0; p < c->pages;) {
+            if (!outstanding(c, p, ahead)) {
+                p++;
+                continue;
+            }
+            uint64_t q = p + 1;
+            while (q < c->pages && q - p < c->max_run && outstanding(c, q, ahead))
+                q++;
+            if (c->out_cap - c->out_len >= PC_RECORD_HEADER) {
+                pc_put_record(c->out + c->out_len, PC_RP_REQ_PAGES, ahead ? PC_REQ_READAHEAD : 0, (uint32_t)((q - p) * ps), p * ps);
+                c->out_len += PC_RECORD_HEADER;
+                c->st->stats[PC_DST_REREQUESTS] += (double)(q - p);
+            } else if (ahead) {
+                memset(c->requested + p, 0, q - p);
+            }
+            p = q;
+        }
+    }
+}
+
+/* The link is lost (its reason is in the status): the thread goes on
+ * reading faults, asking for nothing, until a new link is attached. */
+static void lose_link(struct pc_channel *c)
+{
+    close(c->sock);
+    c->sock = -1;
+    c->in_len = c->out_len = c->out_off = 0;
+    c->head_placed = 0;
+    __atomic_store_n(&c->st->state, PC_CH_PAUSED, __ATOMIC_RELEASE);
+}
+
+/* TypeScript's requests: a new link (the requests outstanding go on it), or dropping the link. */
+static void take_requests(struct pc_channel *c)
+{
+    struct link *l = c->side;
+    int sock = __atomic_exchange_n(&l->pending_sock, -1, __ATOMIC_ACQ_REL);
+    if (sock >= 0) {
+        if (c->sock >= 0)
+            close(c->sock);
+        c->sock = sock;
+        c->heartbeat_ns = (double)__atomic_load_n(&l->heartbeat_ms, __ATOMIC_ACQUIRE) * 1e6;
+        c->in_len = c->out_len = c->out_off = 0;
+        c->head_placed = 0;
+        c->last_rx = c->last_tx = pc_channel_now(c);
+        c->st->error[0] = 0;
+        c->st->err = 0;
+        request_outstanding(c);
+        __atomic_store_n(&c->st->state, PC_CH_RUNNING, __ATOMIC_RELEASE);
+        /* after the state: a reader that sees this link taken sees it running (or lost again) */
+        double links = c->st->stats[PC_DST_LINKS] + 1;
+        __atomic_store(&c->st->stats[PC_DST_LINKS], &links, __ATOMIC_RELEASE);
+    }
+    if (__atomic_exchange_n(&l->detach, 0, __ATOMIC_ACQ_REL) && c->st->state == PC_CH_RUNNING) {
+        pc_channel_fail(c, PC_CH_CLOSED, 0, "the migration paused");
+        lose_link(c);
+    }
+}
+
 static void *fault_thread_run(void *arg)
 {
     struct pc_channel *c = arg;
     /* room for one read of fault messages (two requests each) */
     const size_t headroom = 2 * 64 * PC_RECORD_HEADER;
-    while (!__atomic_load_n(&c->stop, __ATOMIC_RELAXED) && c->st->state == PC_CH_RUNNING) {
+    while (!__atomic_load_n(&c->stop, __ATOMIC_RELAXED)) {
+        take_requests(c);
+        int state = c->st->state;
+        if (state == PC_CH_CLOSED) { /* the link is lost: pause, go on reading faults */
+            lose_link(c);
+            continue;
+        }
+        if (state == PC_CH_PAUSED) {
+            int faults = read_faults(c);
+            if (faults < 0)
+                break;
+            if (faults == 0 && pc_channel_wait(c, c->uffd, 0) != 0)
+                drain_wake(c);
+            continue;
+        }
+        if (state != PC_CH_RUNNING)
+            break;
         int room = c->out_cap - c->out_len >= headroom;
         int faults = room ? read_faults(c) : 0;
         if (faults < 0 || pc_channel_flush(c) < 0)
-            break;
+            continue; /* the state says what follows */
         int got = pc_channel_fill(c);
         if (got < 0 || place_arrived(c) < 0)
-            break;
+            continue;
+        int ms = pc_channel_heartbeat(c);
+        if (ms == -2)
+            continue;
         if (faults > 0 || got > 0)
             continue;
-        if (pc_channel_wait(c, c->out_cap - c->out_len >= headroom ? c->uffd : -1, c->in_len < c->in_cap) != 0)
-            break;
+        if (pc_channel_wait_ms(c, c->out_cap - c->out_len >= headroom ? c->uffd : -1, c->in_len < c->in_cap, ms) != 0)
+            drain_wake(c);
     }
     return NULL;
 }
@@ -304,7 +419,8 @@ static void *fault_thread_run(void *arg)
  * Returns a handle for pc_channel_stop(), or 0 when it could not start. */
 uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, uint64_t flags,
                                uint32_t readahead, struct pc_channel_status *st, double *ring, uint32_t ring_size, int blocktime,
-                               double clock_base, const struct pc_vcpu *vcpus, int nvcpus, uint64_t zero_src)
+                               double clock_base, const struct pc_vcpu *vcpus, int nvcpus, uint64_t zero_src,
+                               uint32_t heartbeat_ms)
 {
     size_t rec = PC_RECORD_HEADER + pc_max_run_pages(page_size) * page_size;
     struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base,
@@ -318,7 +434,9 @@ uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t p
     c->zero_src = (const uint8_t *)(uintptr_t)zero_src;
     c->flags = (const uint8_t *)(uintptr_t)flags;
     c->requested = calloc(pages, 1);
-    if (!c->requested) {
+    struct link *l = calloc(1, sizeof *l);
+    c->side = l;
+    if (!c->requested || !l) {
         pc_channel_free(c);
         return 0;
     }
@@ -326,7 +444,48 @@ uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t p
         pc_channel_free(c);
         return 0;
     }
+    l->pending_sock = -1;
+    /* the source's page server runs before this thread starts (and before
+     * it is attached again): the silence counts from now */
+    c->heartbeat_type = PC_RP_HEARTBEAT;
+    c->heartbeat_armed = 1;
+    c->heartbeat_ns = (double)heartbeat_ms * 1e6;
+    c->last_rx = c->last_tx = pc_channel_now(c);
+    st->stats[PC_DST_LINKS] = 1;
     if (pc_channel_spawn(c, fault_thread_run, "postcopy/fault") != 0)
         return 0;
     return (uint64_t)(uintptr_t)c;
+}
+
+/* Postcopy recovery: the thread takes `sock` (a new urgent channel,
+ * non-blocking) as its link, asks again for every page still outstanding,
+ * and runs again (state RUNNING). `heartbeat_ms`: the silence that loses
+ * the new link (0: none). */
+int pc_fault_thread_attach(uint64_t handle, int sock, uint32_t heartbeat_ms)
+{
+    struct pc_channel *c = (struct pc_channel *)(uintptr_t)handle;
+    if (!c || sock < 0)
+        return -EINVAL;
+    struct link *l = c->side;
+    __atomic_store_n(&l->heartbeat_ms, heartbeat_ms, __ATOMIC_RELEASE);
+    int old = __atomic_exchange_n(&l->pending_sock, sock, __ATOMIC_ACQ_REL);
+    if (old >= 0)
+        close(old);
+    uint64_t one = 1;
+    if (write(c->wake_fd, &one, sizeof one) < 0) { /* seen at the next look */ }
+    return 0;
+}
+
+/* The migration paused elsewhere (the main stream, migrate_pause): the
+ * thread drops its link (state PAUSED) and goes on reading faults. */
+int pc_fault_thread_detach(uint64_t handle)
+{
+    struct pc_channel *c = (struct pc_channel *)(uintptr_t)handle;
+    if (!c)
+        return -EINVAL;
+    struct link *l = c->side;
+    __atomic_store_n(&l->detach, 1, __ATOMIC_RELEASE);
+    uint64_t one = 1;
+    if (write(c->wake_fd, &one, sizeof one) < 0) { /* seen at the next look */ }
+    return 0;
 }

@@ -76,10 +76,22 @@ static int serve(struct pc_channel *c)
 {
     const uint64_t ps = c->page_size;
     size_t end = c->in_len - c->in_len % PC_RECORD_HEADER;
+    /* answered requests, one bit per record (c->in holds 64 at most): kept
+     * apart from the bytes read, which are never written; a heartbeat is
+     * answered as it is read (it only proves the link lives) */
+    uint64_t answered = 0;
     for (size_t pos = 0; pos < end; pos += PC_RECORD_HEADER) {
         const uint8_t *r = c->in + pos;
         uint32_t len = pc_le32(r + 4);
         uint64_t off = pc_le64(r + 8);
+        if (r[0] == PC_RP_HEARTBEAT) {
+            if (r[1] | r[2] | r[3] || len != 0 || off != 0) {
+                pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: heartbeat with fields set (flags 0x%02x, count %u)", r[1], len);
+                return -1;
+            }
+            answered |= 1ull << (pos / PC_RECORD_HEADER);
+            continue;
+        }
         if (r[0] != PC_RP_REQ_PAGES || (r[1] & ~PC_REQ_READAHEAD) != 0 || r[2] != 0 || r[3] != 0) {
             pc_channel_fail(c, PC_CH_FAILED, 0, r[0] != PC_RP_REQ_PAGES
                             ? "urgent channel: unexpected record type 0x%02x from the destination (expected a page request)"
@@ -93,9 +105,6 @@ static int serve(struct pc_channel *c)
             return -1;
         }
     }
-    /* answered requests, one bit per record (c->in holds 64 at most): kept
-     * apart from the bytes read, which are never written */
-    uint64_t answered = 0;
     for (int readahead = 0; readahead <= 1; readahead++) {
         for (size_t pos = 0; pos < end; pos += PC_RECORD_HEADER) {
             const uint8_t *r = c->in + pos;
@@ -134,10 +143,13 @@ static void *page_server_run(void *arg)
         int pending = pc_channel_flush(c);
         if (pending < 0)
             break;
+        int ms = pc_channel_heartbeat(c);
+        if (ms == -2)
+            break; /* silence: the link is lost */
         if (got > 0 || (pending == 0 && c->in_len >= PC_RECORD_HEADER))
             continue; /* more may be there, or room again to answer the rest */
         /* read more only while there is room to answer */
-        if (pc_channel_wait(c, -1, c->in_len < c->in_cap) != 0)
+        if (pc_channel_wait_ms(c, -1, c->in_len < c->in_cap, ms) != 0)
             break;
     }
     return NULL;
@@ -149,7 +161,7 @@ static void *page_server_run(void *arg)
  * Returns a handle for pc_channel_stop(), or 0 when it could not start. */
 uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, uint64_t flags, double *hint,
                               struct pc_channel_status *st, double *ring, uint32_t ring_size,
-                              double clock_base)
+                              double clock_base, uint32_t heartbeat_ms)
 {
     size_t rec = PC_RECORD_HEADER + pc_max_run_pages(page_size) * page_size;
     /* 64 requests in at most: serve()'s bitmap of answered ones is one word */
@@ -165,6 +177,10 @@ uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, u
     sv->flags = (uint8_t *)(uintptr_t)flags;
     sv->hint = hint;
     c->side = sv;
+    /* heartbeats once the fault thread spoke first (see pc_channel_heartbeat) */
+    c->heartbeat_type = PC_REC_HEARTBEAT;
+    c->heartbeat_ns = (double)heartbeat_ms * 1e6;
+    c->last_rx = c->last_tx = pc_channel_now(c);
     if (pc_channel_spawn(c, page_server_run, "mig/src/urgent") != 0)
         return 0;
     return (uint64_t)(uintptr_t)c;

@@ -42,6 +42,7 @@
 #define REC_SWITCHOVER 0x06
 #define REC_END 0x07
 #define REC_ERROR 0x08
+#define REC_RESUME 0x09
 #define RP_ACK 0x45
 #define MAX_VAR_PAYLOAD (256 * 1024)
 /* acknowledge every this many bytes consumed, in postcopy (incoming.ts said 64 KiB) */
@@ -94,7 +95,7 @@ static int placeable(const struct pc_channel *c, const uint8_t *h, int mode)
 static int64_t payload_length(int type, uint32_t count)
 {
     switch (type) {
-    case REC_DISCARD: case REC_END_ROUND: case REC_END: return 0;
+    case REC_DISCARD: case REC_END_ROUND: case REC_END: case REC_RESUME: return 0;
     case REC_HEADER: case REC_SWITCHOVER: case REC_ERROR: return count <= MAX_VAR_PAYLOAD ? (int64_t)count : -1;
     default: return -1;
     }

@@ -60,6 +60,7 @@ struct sender {
     /* token bucket */
     double tokens, last_ns, last_limit;
     double stop_deadline;
+    int abandon;           /* stop at once, records whole or not (the link is lost: postcopy paused) */
 };
 
 static int stopping(const struct pc_channel *c)
@@ -95,11 +96,12 @@ static int write_all(struct pc_channel *c, struct sender *s, struct iovec *iov, 
         if (w < 0) {
             if (errno == EINTR)
                 continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                pc_channel_fail(c, errno == EPIPE || errno == ECONNRESET ? PC_CH_CLOSED : PC_CH_FAILED, errno,
-                                "migration stream: send: %s", strerror(errno));
+            if (errno != EAGAIN && errno != EWOULDBLOCK) { /* any socket error loses the link (postcopy pauses on it) */
+                pc_channel_fail(c, PC_CH_CLOSED, errno, "migration stream: send: %s", strerror(errno));
                 return -1;
             }
+            if (__atomic_load_n(&s->abandon, __ATOMIC_ACQUIRE))
+                return -1; /* the link is lost: nothing waits for it */
             if (stopping(c)) {
                 if (s->stop_deadline == 0)
                     s->stop_deadline = pc_channel_now(c) + STOP_GRACE_MS * 1e6;
@@ -409,5 +411,17 @@ int pc_stream_sender_stop(uint64_t handle, const uint8_t *last, uint32_t len)
         memcpy(s->last, last, len);
         s->last_len = len;
     }
+    return pc_channel_stop(handle);
+}
+
+/* Stops the writer at once (postcopy paused: the link is lost, and what is
+ * in flight is sent again after recovery); joins and frees it. */
+int pc_stream_sender_abort(uint64_t handle)
+{
+    struct pc_channel *c = (struct pc_channel *)(uintptr_t)handle;
+    if (!c)
+        return -EINVAL;
+    struct sender *s = c->side;
+    __atomic_store_n(&s->abandon, 1, __ATOMIC_RELEASE);
     return pc_channel_stop(handle);
 }

@@ -206,7 +206,7 @@ class VmMachine implements Machine {
     Object.assign(info, this.status.times());
     const ram = this.outgoing?.ramStats() ?? this.incoming?.ramStats();
     if (ram) info.ram = ram;
-    if (this.status.status === 'failed' && this.status.errorDesc) info['error-desc'] = this.status.errorDesc;
+    if ((this.status.status === 'failed' || this.status.status === 'postcopy-paused') && this.status.errorDesc) info['error-desc'] = this.status.errorDesc;
     if (this.outgoing) Object.assign(info, this.tools.migrationInfo());
     const stall = this.status.status === 'active' ? this.outgoing?.convergence() : undefined;
     if (stall) info['x-convergence'] = stall;
@@ -232,8 +232,13 @@ class VmMachine implements Machine {
     this.params.set(params as Record<string, unknown>);
   }
 
-  async migrate(uri: string): Promise<void> {
+  async migrate(uri: string, resume = false): Promise<void> {
     this.live('migrate');
+    if (resume) {
+      if (!this.outgoing || this.status.status !== 'postcopy-paused') throw new CommandError('Cannot resume if there is no paused migration');
+      this.outgoing.resume(parseMigrationUri(uri));
+      return;
+    }
     if (this.status.active) throw new CommandError("There's a migration process in progress");
     if (this.state === 'inmigrate') throw new CommandError('Guest is waiting for an incoming migration');
     if (this.incoming && !this.incoming.ramReadable) throw new CommandError('Guest RAM is incomplete after a failed incoming migration');
@@ -340,6 +345,23 @@ class VmMachine implements Machine {
 
   private outgoingPostcopyEnabled(): boolean {
     return this.outgoing !== null && this.outgoing.postcopyEnabled;
+  }
+
+  async migratePause(): Promise<void> {
+    this.live('migrate-pause');
+    const st = this.status.status;
+    if (st !== 'postcopy-active' && st !== 'postcopy-recover') {
+      throw new CommandError('migrate-pause is currently only supported during postcopy-active or postcopy-recover state');
+    }
+    if (this.outgoing) this.outgoing.pauseByUser();
+    else this.incoming?.pauseByUser();
+  }
+
+  async migrateRecover(uri: string): Promise<void> {
+    this.live('migrate-recover');
+    if (!this.incoming || this.status.status !== 'postcopy-paused') throw new CommandError('Migrate recover can only be run when postcopy is paused.');
+    if (this.incoming.recovering) throw new CommandError('Migrate recovery is triggered already');
+    await this.incoming.recover(parseMigrationUri(uri));
   }
 
   async cancel(): Promise<void> {

@@ -165,6 +165,8 @@ export async function runVm(opts: VmOptions, loadEngine: () => Promise<VmEngine>
   machine.events.once('shutdown', () => shutdown(exitCode));
   // a connection on the migration port that is not this migration's (QEMU's error_report)
   machine.events.on('migration-refused', (why: string) => err(why));
+  // an I/O failure in postcopy pauses the migration (QEMU's text; the reason shows in info migrate too)
+  machine.events.on('migration-paused', (why: string) => err(`Detected IO failure for postcopy. Migration paused. (${why})`));
   // migrate-incoming with exit-on-error (QEMU 9.1's default for QMP): a failed incoming migration ends the process
   machine.events.on('incoming-exit', (why: string) => { err(`load of migration failed: ${why}`); shutdown(1); });
   if (opts.exitWithParent) {

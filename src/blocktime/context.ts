@@ -33,6 +33,7 @@ import { VcpuThreads } from './vcpu-threads.js';
 import { floorAverage, nsToMs } from './report.js';
 import { FaultCause, type TraceSink } from './trace.js';
 import type { BlocktimeAlgorithm } from './algorithm.js';
+import { PauseWindows } from './pause-windows.js';
 import { LATENCY_BUCKETS, type BlocktimeReport, type KernelTimes, type VcpuBlocktimeStats } from './types.js';
 
 export interface BlocktimeContextOptions {
@@ -65,6 +66,8 @@ const FAULTS = 3;
 const RESOLVED = 4;
 const LATENCY_SUM = 5;
 const LATENCY_MAX = 6;
+/** the part of BLOCKED that fell inside postcopy pauses */
+const IN_PAUSE = 7;
 
 // Running totals (offsets into BlocktimeContext.g).
 /** vCPUs with an outstanding fault */
@@ -99,6 +102,8 @@ export class BlocktimeContext implements BlocktimeAlgorithm<BlocktimeReport> {
   private trace: TraceSink | undefined;
   private waiters: PageWaiters;
   private stateNow: BlocktimeContextState = 'live';
+  /** postcopy-paused windows (recovery): the blocktime inside them is said apart */
+  readonly pauses = new PauseWindows();
   private readonly startNs: number;
   private endNs = 0;
 
@@ -314,7 +319,8 @@ export class BlocktimeContext implements BlocktimeAlgorithm<BlocktimeReport> {
     const vs = this.vs;
     for (let v = 0; v < this.vcpus; v++) {
       const o = v * STRIDE;
-      const open = vs[o + OUTSTANDING] > 0 ? Math.max(0, now - vs[o + DOWN_SINCE]) : 0;
+      const down = vs[o + OUTSTANDING] > 0;
+      const open = down ? Math.max(0, now - vs[o + DOWN_SINCE]) : 0;
       hdr.percentiles(v + 1, [99], vs[o + LATENCY_MAX], pct);
       vcpus.push({
         index: v,
@@ -323,6 +329,7 @@ export class BlocktimeContext implements BlocktimeAlgorithm<BlocktimeReport> {
         blocktimeNs: vs[o + BLOCKED] + open,
         latencyAvgNs: floorAverage(vs[o + LATENCY_SUM], vs[o + RESOLVED]),
         latencyP99Ns: pct[0],
+        ...(this.pauses.count > 0 ? { pausedBlocktimeNs: vs[o + IN_PAUSE] + (down ? this.pauses.overlap(vs[o + DOWN_SINCE], now) : 0) } : {}),
         ...this.kernelFigure(v),
       });
     }
@@ -349,6 +356,7 @@ export class BlocktimeContext implements BlocktimeAlgorithm<BlocktimeReport> {
         allBlockedWindows: this.g[G_WINDOWS],
         longestAllBlockedNs: Math.max(this.g[G_LONGEST], openAll),
         postcopyNs: Math.max(0, now - this.startNs),
+        ...(this.pauses.count > 0 ? { pausedNs: this.pauses.overlap(this.startNs, now), pauses: this.pauses.count } : {}),
       },
     };
   }
@@ -370,6 +378,7 @@ export class BlocktimeContext implements BlocktimeAlgorithm<BlocktimeReport> {
     // times from two threads (the fault thread's, ours) may be out of order
     // by a few microseconds: an interval never counts negative
     this.vs[o + BLOCKED] += Math.max(0, t - this.vs[o + DOWN_SINCE]);
+    if (this.pauses.count > 0) this.vs[o + IN_PAUSE] += this.pauses.overlap(this.vs[o + DOWN_SINCE], t);
     if (this.g[G_CPUS_DOWN] === this.vcpus) {
       const len = Math.max(0, t - this.g[G_ALL_DOWN_SINCE]);
       this.g[G_TOTAL] += len;

@@ -36,6 +36,8 @@ export interface VcpuBlocktimeStats {
    *  moments): the figure to hold against kernelBlockedNs */
   kernelWindowBlocktimeNs?: number;
   kernelUnavailable?: string;
+  /** the part of blocktimeNs that fell inside postcopy pauses (recovery) */
+  pausedBlocktimeNs?: number;
 }
 
 /** A thread's times from the kernel's schedstat, ns. */
@@ -67,6 +69,9 @@ export interface BlocktimeExtra {
   longestAllBlockedNs: number;
   /** length of the postcopy phase so far (for "share of postcopy"), ns */
   postcopyNs: number;
+  /** time spent postcopy-paused within it, ns, and how many pauses (absent in replays) */
+  pausedNs?: number;
+  pauses?: number;
   /** what feeding the context cost the destination's event loop (absent in replays) */
   feed?: BlocktimeFeedCost;
 }

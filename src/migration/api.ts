@@ -12,7 +12,7 @@ import type { VcpuDirtyLimit } from './dirty-limit.js';
 /** QEMU's MigrationStatus values. */
 export const MIGRATION_STATUSES = [
   'none', 'setup', 'cancelling', 'cancelled', 'active', 'postcopy-active', 'postcopy-paused',
-  'postcopy-recover', 'completed', 'failed', 'pre-switchover', 'device',
+  'postcopy-recover-setup', 'postcopy-recover', 'completed', 'failed', 'pre-switchover', 'device',
 ] as const;
 export type MigrationStatus = (typeof MIGRATION_STATUSES)[number];
 
@@ -66,6 +66,8 @@ export interface MigrationParameters {
   'max-postcopy-bandwidth': number;
   'x-blocktime-trace': string;
   'x-postcopy-readahead': number;
+  /** postcopy: silence on the urgent channel (ms) that pauses the migration (0 = never) */
+  'x-postcopy-heartbeat-ms': number;
   'x-vcpu-dirty-limit-period': number;
   'vcpu-dirty-limit': number;
 }
@@ -187,8 +189,13 @@ export interface Machine {
   /** starts an outgoing migration and returns once it is under way (status
    *  setup or later); failures after that show as status 'failed' with
    *  'error-desc'. uri: tcp:HOST:PORT | unix:PATH | 'local' (spawn a matching
-   *  destination process on loopback, the lab of `npm start`). */
-  migrate(uri: string): Promise<void>;
+   *  destination process on loopback, the lab of `npm start`). `resume`:
+   *  postcopy recovery of the paused migration (migrate -r) over uri. */
+  migrate(uri: string, resume?: boolean): Promise<void>;
+  /** migrate_pause: postcopy-active or postcopy-recover -> postcopy-paused (both sides drop the channels) */
+  migratePause(): Promise<void>;
+  /** migrate_recover: a postcopy-paused destination listens on uri for the source's recovery */
+  migrateRecover(uri: string): Promise<void>;
   /** destination started with `-incoming defer`: start listening on uri */
   /** `exitOnError`: QEMU 9.1's exit-on-error (a failure ends the process); armed again after a failure before postcopy */
   migrateIncoming(uri: string, exitOnError?: boolean): Promise<void>;

@@ -13,6 +13,7 @@ import type { AccessStamps } from '../native/vcpu.js';
 import type { FaultCause } from '../blocktime/trace.js';
 import type { VcpuControl } from './guest.js';
 import { PostcopyAccounting } from './postcopy-accounting.js';
+import { VcpuThreads } from '../blocktime/vcpu-threads.js';
 
 /** how long the vCPUs' samples may take to find each thread off a run queue (once at each end of postcopy) */
 const SETTLE_NS = 100e6;
@@ -43,6 +44,9 @@ export class DestinationBlocktime {
   private readonly feed: BlocktimeFeedCost = { events: 0, drains: 0, cpuNs: 0, horizonNs: 0 };
   /** when the push's position was last sampled (backgroundPlaced) */
   private pushSampledAt = -Infinity;
+  /** per vCPU, the time of its latest fault taken (a reported stamp up to it holds the accounting back no more) */
+  private readonly drainedFault: Float64Array;
+  private readonly threads: VcpuThreads;
 
   constructor(o: DestinationBlocktimeOptions) {
     this.o = o;
@@ -57,6 +61,8 @@ export class DestinationBlocktime {
     this.context = new BlocktimeContext({ vcpuThreadIds: o.vcpus.threadIds(), migrationEvents: o.events, trace });
     this.accounting = new PostcopyAccounting(this.context, o.base, o.pageSize, o.flags);
     this.stampsNow = o.vcpus.accessStamps();
+    this.threads = new VcpuThreads(o.vcpus.threadIds());
+    this.drainedFault = new Float64Array(o.vcpus.count).fill(-Infinity);
   }
 
   /** The report of a destination whose kernel cannot name the faulting thread. */
@@ -76,6 +82,8 @@ export class DestinationBlocktime {
    *  and served it as `cause` says. */
   fault(page: number, tid: number, t: number, cause: FaultCause): void {
     this.feed.events++;
+    const v = this.threads.indexOf(tid);
+    if (v >= 0 && t > this.drainedFault[v]) this.drainedFault[v] = t;
     this.accounting.fault(page, tid, t, cause);
   }
 
@@ -105,7 +113,7 @@ export class DestinationBlocktime {
   drained(drain: () => number): void {
     const cpu0 = threadCpuNs(process.pid) ?? 0;
     const h0 = monotonicNs();
-    const stamped = this.stampsNow?.horizon() ?? Infinity;
+    const stamped = this.stampsNow?.horizon(this.drainedFault) ?? Infinity;
     this.feed.horizonNs += monotonicNs() - h0;
     const horizon = drain();
     this.accounting.releaseBefore(Math.min(horizon, stamped));

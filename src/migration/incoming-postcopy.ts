@@ -52,6 +52,8 @@ export interface IncomingPostcopyOptions {
   /** a connection that is not this migration's urgent channel was refused (the migration goes on) */
   refused(why: string): void;
   fail(reason: string, tellSource: boolean): void;
+  /** the urgent channel's link is lost in postcopy (the migration pauses) */
+  lost(reason: string): void;
   over(): boolean;
   /** the source's ERROR record */
   sourceError(reason: string): void;
@@ -66,15 +68,23 @@ export class IncomingPostcopy {
   /** the fault thread's counters once it stopped (FaultThreadStat indices) */
   private finalStats: Float64Array = new Float64Array(16);
   private urgent: net.Socket | null = null;
-  /** the connections after the main one, until one proves it is the urgent channel */
-  private readonly gate: UrgentGate;
+  /** the connections after the main one, until one proves it is the urgent channel (a recovery opens a new gate) */
+  private gate: UrgentGate;
+  /** links given to the fault thread (its first, and one per recovery): it has lost the last one when
+   *  it is paused (or closed) with as many taken (FaultThreadStat.Links) */
+  private links = 0;
   /** the urgent channel's HEADER arrived (the fault thread can take the channel) */
   urgentReady = false;
   /** the urgent channel closed; the failure waits URGENT_CLOSE_GRACE_MS for the main stream's reason */
   private urgentClosing = false;
 
   constructor(private readonly o: IncomingPostcopyOptions) {
-    this.gate = new UrgentGate({
+    this.gate = this.newGate();
+  }
+
+  private newGate(): UrgentGate {
+    const o = this.o;
+    return new UrgentGate({
       pageSize: o.pageSize, mainToken: o.mainToken, refused: o.refused, fail: o.fail, over: o.over, sourceError: o.sourceError,
       closed: () => this.urgentClosed(),
       admitted: (s, h) => {
@@ -84,6 +94,38 @@ export class IncomingPostcopy {
         o.urgentReady(s);
       },
     });
+  }
+
+  /** Postcopy paused: the fault thread drops its link (it goes on reading, and dating, faults), the
+   *  candidates for the urgent channel are closed, and a recovery will admit a new one. */
+  pause(): void {
+    this.channel?.detach();
+    this.gate.close();
+    this.gate = this.newGate();
+    this.urgent = null;
+    this.urgentReady = false;
+    this.urgentClosing = false;
+    this.blocktime?.context.pauses.began(monotonicNs());
+  }
+
+  /** Recovery: the fault thread takes the new urgent channel and asks again for every page still outstanding. */
+  attach(s: net.Socket): void {
+    this.links++;
+    this.channel!.attach(s, this.o.params.value('x-postcopy-heartbeat-ms'));
+  }
+
+  /** Recovery done: postcopy-active again. */
+  resumed(): void {
+    this.blocktime?.context.pauses.ended(monotonicNs());
+  }
+
+  /** the fault thread lost its link (EOF, a socket error, heartbeat silence): why, or null */
+  get linkLost(): string | null {
+    const ch = this.channel;
+    if (ch === null) return null;
+    const taken = ch.stat(FaultThreadStat.Links); // before the state: the thread stores them the other way round
+    const st = ch.state;
+    return (st === 'paused' || st === 'closed') && taken === this.links ? ch.error || 'the urgent channel closed' : null;
   }
 
   /** bytes Node read on the urgent channel (up to its header) */
@@ -107,6 +149,16 @@ export class IncomingPostcopy {
 
   /** The migration ended: connections still waiting to prove themselves are closed. */
   closeGate(): void { this.gate.close(); }
+
+  /** The fault thread lost its link: the migration pauses, after a moment in which the main stream
+   *  may still bring the source's reason to end instead (its ERROR record: a cancel, a failure). */
+  urgentLost(why: string): void {
+    if (this.o.over() || this.urgentClosing) return;
+    this.urgentClosing = true;
+    setTimeout(() => {
+      if (!this.o.over() && this.linkLost !== null) this.o.lost(`urgent channel: ${why}`);
+    }, URGENT_CLOSE_GRACE_MS).unref();
+  }
 
   /** The postcopy switchover came: the urgent channel must follow soon. */
   expectUrgent(): void {
@@ -153,7 +205,9 @@ export class IncomingPostcopy {
       flags: o.flagsAddress, blocktime: this.blocktime !== null, zeroSrc,
       readahead: o.params.value('x-postcopy-readahead'),
       stamps: this.blocktime?.stamps,
+      heartbeatMs: o.params.value('x-postcopy-heartbeat-ms'),
     });
+    this.links = 1;
     this.channel.tickEvery(DRAIN_EVERY_MS, tick);
   }
 

@@ -13,12 +13,14 @@ import {
   PageChannel, ReceiverStat, ReceiverMode, RECEIVER_CONTROL_BYTES, type ChannelEventSink,
 } from '../native/page-channel.js';
 import { DRAIN_EVERY_MS } from './incoming-postcopy.js';
+import { CarriedFigures } from '../native/carried-figures.js';
 import type { DestinationRam } from './incoming-ram.js';
 import type { AccessStamps } from '../native/vcpu.js';
 
 export interface IncomingStreamOptions {
   ram: DestinationRam;
-  decoder: StreamDecoder;
+  /** the decoder of the connection being read (a recovery's connection has its own) */
+  decoder(): StreamDecoder;
   /** the receiver's events (postcopy): PLACED, and with the blocktime the faults it found unread */
   sink: ChannelEventSink;
   /** the vCPUs' access stamps while the blocktime runs (postcopy), else null */
@@ -28,13 +30,16 @@ export interface IncomingStreamOptions {
   postcopy(): boolean;
   over(): boolean;
   fail(reason: string, tellSource: boolean): void;
+  /** the source closed the stream, or its link failed, before the end (in postcopy this pauses) */
+  lost(reason: string): void;
 }
 
 export class IncomingStream {
   private receiver: PageChannel | null = null;
   private readonly control = new NativeBlock(RECEIVER_CONTROL_BYTES);
-  /** the receiver's counters once it stopped (ReceiverStat indices) */
-  private finalStats: Float64Array = new Float64Array(16);
+  /** the counters of the receivers before this one (a recovery starts one per connection) */
+  private readonly carried = new CarriedFigures([ReceiverStat.Normal, ReceiverStat.Zero, ReceiverStat.Received, ReceiverStat.PlaceCalls,
+    ReceiverStat.BytesIn, ReceiverStat.BytesOut, ReceiverStat.Existed]);
 
   constructor(private readonly o: IncomingStreamOptions) {}
 
@@ -44,6 +49,7 @@ export class IncomingStream {
   /** Starts the receiver on the main connection (accepted paused: Node never reads it). */
   start(sock: net.Socket): void {
     const r = this.o.ram;
+    if (this.receiver !== null) throw new Error('the stream receiver runs already');
     try {
       this.receiver = PageChannel.startStreamReceiver({
         sock, ramBase: r.base, pageSize: r.pageSize, pages: r.pages, flags: r.address, control: this.control,
@@ -64,7 +70,8 @@ export class IncomingStream {
     // END): taken once (END waiting on the urgent channel's last pages would
     // otherwise be pushed to wire.ts again at the next tick: "unexpected data
     // after the end of the stream")
-    if (rc.handedBack && !this.o.decoder.finished) this.takeControl(rc);
+    if (rc.handedBack && !this.o.decoder().finished) this.takeControl(rc);
+    if (this.receiver !== rc) return; // the records paused the migration, or refused the connection
     if (this.o.over()) return;
     const st = rc.state;
     if (st === 'closed') this.closed(rc);
@@ -73,7 +80,7 @@ export class IncomingStream {
 
   /** wire.ts decodes the handed-back records (and the handlers act); then the receiver goes on. */
   private takeControl(rc: PageChannel): void {
-    const d = this.o.decoder;
+    const d = this.o.decoder();
     try {
       d.push(Buffer.from(this.control.buffer, 0, rc.stat(ReceiverStat.CtlLen)), rc.stat(ReceiverStat.CtlAt));
       if (d.midRecord) throw new WireError('the native receiver refused a record wire.ts accepts (a bug)');
@@ -81,7 +88,7 @@ export class IncomingStream {
       this.o.fail(e instanceof WireError ? `migration stream: ${e.message}` : `migration: ${(e as Error).message}`, true);
       return;
     }
-    if (this.o.over() || d.finished) return;
+    if (this.o.over() || d.finished || this.receiver !== rc) return;
     const r = this.o.ram;
     const postcopy = this.o.postcopy();
     try {
@@ -91,29 +98,36 @@ export class IncomingStream {
     }
   }
 
-  /** The source closed the main stream before its end. */
+  /** The source closed the main stream before its end, or the link failed. */
   private closed(rc: PageChannel): void {
     if (rc.stat(ReceiverStat.Truncated) === 1) {
-      this.o.fail(`migration stream: ${rc.error} (the source closed the connection)`, false);
+      this.o.lost(`migration stream: ${rc.error} (the source closed the connection)`);
+      return;
+    }
+    if (rc.err !== 0) { // a socket error, not an end
+      this.o.lost(rc.error);
       return;
     }
     try {
-      this.o.decoder.finish();
-      this.o.fail('the source closed the connection before the migration completed', false);
+      this.o.decoder().finish();
+      this.o.lost('the source closed the connection before the migration completed');
     } catch (e) {
-      this.o.fail(`migration stream: ${(e as Error).message} (the source closed the connection)`, false);
+      this.o.lost(`migration stream: ${(e as Error).message} (the source closed the connection)`);
     }
   }
 
-  /** the receiver's counters (live, or final) */
+  /** this connection's bytes read (0: it sent nothing yet) */
+  get bytesIn(): number { return this.receiver?.stat(ReceiverStat.BytesIn) ?? 0; }
+
+  /** the receivers' counters (this connection's and those before), the live one's other figures */
   figures(): Float64Array {
-    return this.receiver?.figures(this.o.sink) ?? this.finalStats;
+    return this.carried.with(this.receiver?.figures(this.o.sink) ?? null);
   }
 
   /** Stops the receiver (joined at once) and takes its last events and figures. */
   stop(): void {
     if (this.receiver === null) return;
-    this.finalStats = this.receiver.close(this.o.sink);
+    this.carried.fold(this.receiver.close(this.o.sink));
     this.receiver = null;
   }
 

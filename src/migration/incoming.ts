@@ -17,9 +17,10 @@ import type { MigrationStatusMachine } from './status.js';
 import type { Parameters } from './parameters.js';
 import type { MigrationAddress } from './uri.js';
 import {
-  StreamDecoder, encodeBare, encodeText, WireError, RP_RUNNING, RP_COMPLETE, RP_ERROR,
+  StreamDecoder, encodeBare, encodeText, WireError, RP_RUNNING, RP_COMPLETE, RP_ERROR, RP_RESUME_ACK,
   type StreamHandler, type StreamHeader,
 } from './wire.js';
+import { IncomingRecovery } from './incoming-recovery.js';
 import { FaultThreadStat, ReceiverStat } from '../native/page-channel.js';
 import type { BlocktimeReport } from '../blocktime/index.js';
 import { IncomingPostcopy } from './incoming-postcopy.js';
@@ -62,8 +63,11 @@ export class IncomingMigration implements StreamHandler {
   private endPending = false;
   /** the unix socket this destination bound (its public path, renamed from a temporary name), or null */
   private unixSocket: BoundUnixSocket | null = null;
-  private readonly decoder: StreamDecoder;
+  /** the decoder of the main connection being read (a recovery's connection gets a new one) */
+  private decoder: StreamDecoder;
   private readonly pc: IncomingPostcopy;
+  /** postcopy-paused and recovery (migrate_recover) */
+  private readonly recovery: IncomingRecovery;
   private postcopy = false;
   private over = false;
   private discarded = 0;
@@ -76,7 +80,8 @@ export class IncomingMigration implements StreamHandler {
     this.ram = new DestinationRam(o.ram);
     this.ps = o.ram.pageSize;
     this.pageCount = this.ram.pages;
-    this.decoder = new StreamDecoder(this, Math.max(65536, this.ps));
+    this.decoder = this.newDecoder();
+    this.recovery = new IncomingRecovery(this.ps);
     this.pc = new IncomingPostcopy({
       vcpus: o.vcpus, params: o.params, events: o.events, base: this.ram.base, pageSize: this.ps, pages: this.pageCount,
       flags: this.ram.flags, flagsAddress: this.ram.address, receiver: () => this.stream.channel,
@@ -84,12 +89,16 @@ export class IncomingMigration implements StreamHandler {
       checkHeader: (h) => this.checkHeader(h), urgentReady: (s) => this.urgentAdmitted(s),
       mainToken: () => this.decoder.streamHeader?.token ?? null,
       refused: (why) => o.events.emit('migration-refused', why),
-      fail: (why, tell) => this.failWith(why, tell), over: () => this.over, sourceError: (why) => this.error(why),
+      fail: (why, tell) => this.failWith(why, tell), lost: (why) => this.lost(why), over: () => this.over, sourceError: (why) => this.error(why),
     });
     this.stream = new IncomingStream({
-      ram: this.ram, decoder: this.decoder, sink: this.pc.onStreamEvent, drain: () => this.pc.drain(), stamps: () => this.pc.stamps,
-      postcopy: () => this.postcopy, over: () => this.over, fail: (why, tell) => this.failWith(why, tell),
+      ram: this.ram, decoder: () => this.decoder, sink: this.pc.onStreamEvent, drain: () => this.pc.drain(), stamps: () => this.pc.stamps,
+      postcopy: () => this.postcopy, over: () => this.over, fail: (why, tell) => this.streamFailed(why, tell), lost: (why) => this.lost(why),
     });
+  }
+
+  private newDecoder(): StreamDecoder {
+    return new StreamDecoder(this, Math.max(65536, this.ps));
   }
 
   /** Listens on `addr`; resolves once listening. The status stays 'none'
@@ -116,15 +125,18 @@ export class IncomingMigration implements StreamHandler {
   private accept(s: net.Socket): void {
     if (this.over) { s.destroy(); return; } // one migration per listen
     if (this.socket) { this.pc.offerUrgent(s); return; }
-    this.startMs = performance.now();
-    this.o.status.moveTo('setup');
+    if (!this.recovery.listening) { // a recovery's connection continues the paused migration
+      this.startMs = performance.now();
+      this.o.status.moveTo('setup');
+    }
     this.startMain(s);
   }
 
   private startMain(s: net.Socket): void {
     this.socket = s;
     s.setNoDelay(true);
-    s.on('error', (e) => this.failWith(`migration connection error: ${e.message}`, false));
+    s.setKeepAlive(true, Math.max(1000, this.o.params.value('x-postcopy-heartbeat-ms')));
+    s.on('error', (e) => { if (this.socket === s) this.lost(`migration connection error: ${e.message}`); });
     this.handshake = setTimeout(() => this.handshakeTimedOut(s), HANDSHAKE_TIMEOUT_MS);
     this.handshake.unref();
     this.stream.start(s);
@@ -136,9 +148,13 @@ export class IncomingMigration implements StreamHandler {
    *  the migration fails. */
   private handshakeTimedOut(s: net.Socket): void {
     this.handshake = null;
-    if (this.over || this.decoder.streamHeader !== null) return;
-    const silent = this.stream.figures()[ReceiverStat.BytesIn] === 0;
+    if (this.over || this.decoder.streamHeader !== null || this.socket !== s) return;
+    const silent = this.stream.bytesIn === 0;
     const next = silent ? this.pc.takeUnread() : null;
+    if (next === null && this.recovery.listening) {
+      this.refuseRecoveryMain(`it sent no header within ${HANDSHAKE_TIMEOUT_MS / 1000} s`);
+      return;
+    }
     if (next === null) {
       this.failWith(`the migration connection sent no header within ${HANDSHAKE_TIMEOUT_MS / 1000} s (not a migration source?): dropped`, true);
       return;
@@ -153,8 +169,14 @@ export class IncomingMigration implements StreamHandler {
   private urgentAdmitted(s: net.Socket): void {
     this.urgentSocket = s;
     this.server?.close();
+    this.server = null;
     this.removeSocketFile();
-    this.maybeStartPostcopy();
+    if (this.recovery.accepted) { // the fault thread takes it, and asks again for what is outstanding
+      this.pc.attach(s);
+      this.maybeRecovered();
+    } else {
+      this.maybeStartPostcopy();
+    }
   }
 
   private endHandshake(): void {
@@ -166,6 +188,18 @@ export class IncomingMigration implements StreamHandler {
 
   header(h: StreamHeader): void {
     this.endHandshake();
+    if (this.recovery.listening) {
+      this.recovery.check(h); // a refusal leaves the migration paused, waiting for the right source
+      this.checkHeader(h);
+      this.recovery.accept();
+      this.o.status.moveTo('postcopy-recover');
+      this.pc.drain(); // every placement so far is in the flags
+      this.reply(this.recovery.bitmap(this.ram.flags, this.pageCount));
+      this.pc.mainHeaderArrived();
+      return;
+    }
+    if (h.resume) throw new WireError('a postcopy recovery\'s stream, but no migration is paused here (migrate_recover)');
+    this.recovery.token = h.token;
     this.checkHeader(h);
     this.ram.register(h.postcopy);
     this.o.status.moveTo('active');
@@ -191,6 +225,85 @@ export class IncomingMigration implements StreamHandler {
   }
 
   endRound(round: number): void { this.rounds = round; }
+
+  /** RESUME: the source took the bitmap; postcopy-active again once the urgent channel is in too */
+  resume(): void {
+    this.reply(encodeBare(RP_RESUME_ACK));
+    this.recovery.resumed = true;
+    this.maybeRecovered();
+  }
+
+  private maybeRecovered(): void {
+    if (!this.recovery.resumed || !this.pc.urgentReady || this.over) return;
+    this.recovery.done();
+    this.o.status.moveTo('postcopy-active');
+    this.pc.resumed();
+  }
+
+  // ---------------------------------------------------------------- pause and recovery
+
+  /** The main stream failed: a recovery's connection not accepted yet is refused (the migration
+   *  stays paused); otherwise the migration fails. */
+  private streamFailed(reason: string, tellSource: boolean): void {
+    if (this.recovery.listening && !this.recovery.accepted) this.refuseRecoveryMain(reason);
+    else this.failWith(reason, tellSource);
+  }
+
+  /** The link is lost (EOF, a socket error, heartbeat silence): in postcopy the migration pauses,
+   *  else it fails. A recovery's connection not accepted yet is only refused. */
+  private lost(reason: string): void {
+    if (this.over) return;
+    if (this.recovery.listening && !this.recovery.accepted) { this.refuseRecoveryMain(reason); return; }
+    const st = this.o.status.status;
+    if (st === 'postcopy-paused') return;
+    if (st === 'postcopy-active' || st === 'postcopy-recover') this.pause(reason, false);
+    else this.failWith(reason, false);
+  }
+
+  /** migrate_pause on the destination */
+  pauseByUser(): void {
+    this.pause('Postcopy migration is paused by the user', true);
+  }
+
+  /** postcopy-paused: the receiver stops, the fault thread drops its link (it goes on reading faults:
+   *  a fault raised now is dated now), both connections close (the source notices on its own). The
+   *  vCPUs run on; those that touch a missing page stay blocked until its page comes after recovery. */
+  private pause(reason: string, byUser: boolean): void {
+    this.endHandshake();
+    this.endPending = false;
+    this.server?.close();
+    this.server = null;
+    this.removeSocketFile();
+    this.stream.stop();
+    this.pc.pause();
+    this.socket?.destroy();
+    this.socket = null;
+    this.urgentSocket?.destroy();
+    this.urgentSocket = null;
+    this.decoder = this.newDecoder();
+    this.recovery.paused();
+    this.o.status.pause(reason);
+    if (!byUser) this.o.events.emit('migration-paused', reason);
+  }
+
+  /** migrate_recover URI: listen for the source's recovery (migrate -r) */
+  async recover(addr: MigrationAddress): Promise<void> {
+    if (this.o.status.status !== 'postcopy-paused') throw new Error('not paused');
+    const l = await listenForMigration(addr, (s) => this.accept(s));
+    this.server = l.server;
+    this.unixSocket = l.unix;
+    this.recovery.listen();
+  }
+
+  /** A recovery's main connection that is not the source's (a bad or missing header): refused; the listener goes on. */
+  private refuseRecoveryMain(reason: string): void {
+    const s = this.socket;
+    this.endHandshake();
+    this.stream.stop();
+    this.socket = null;
+    this.decoder = this.newDecoder();
+    if (s) this.pc.refuse(s, reason);
+  }
 
   switchover(postcopy: boolean, states: Buffer, pos: number, _len: number): void {
     this.bytesAtSwitch = this.bytesTotal();
@@ -218,8 +331,9 @@ export class IncomingMigration implements StreamHandler {
     if (!this.pc.started) return;
     this.pc.drain();
     const st = this.pc.state;
-    if (st === 'closed') this.pc.urgentClosed();
-    else if (st === 'failed') this.failWith(this.pc.error, true);
+    const lost = this.pc.linkLost;
+    if (st === 'failed') this.failWith(this.pc.error, true);
+    else if (lost !== null) this.pc.urgentLost(lost);
     else if (this.endPending) this.maybeComplete();
   };
 
@@ -371,6 +485,8 @@ export class IncomingMigration implements StreamHandler {
   // ---------------------------------------------------------------- queries
 
   get listening(): boolean { return this.server !== null && this.socket === null; }
+  /** migrate_recover is listening, or its handshake runs */
+  get recovering(): boolean { return this.recovery.listening; }
   /** pages dropped on the source's DISCARD (dirtied after they were sent) */
   get discardedPages(): number { return this.discarded; }
 

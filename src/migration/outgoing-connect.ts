@@ -19,11 +19,15 @@ export interface MainConnection {
   connecting(): boolean;
   /** the migration ended (a close is expected) */
   done(): boolean;
+  /** the link is lost after the connection was made (an error, or a close without the return path's end):
+   *  postcopy pauses on it (else it fails) */
+  lost(why: string): void;
 }
 
-/** Connects to `addr`; the return path goes to `rp`. */
-export function connectMain(addr: MigrationAddress, rp: ReturnHandler, ramBytes: number, pageSize: number, h: MainConnection): net.Socket {
-  const decoder = new ReturnDecoder(rp, ramBytes, pageSize);
+/** Connects to `addr`; the return path goes to `rp` (`recovery`: a postcopy recovery's, with its bitmap). */
+export function connectMain(addr: MigrationAddress, rp: ReturnHandler, ramBytes: number, pageSize: number, h: MainConnection,
+  recovery = false): net.Socket {
+  const decoder = new ReturnDecoder(rp, ramBytes, pageSize, recovery);
   const sock = addr.transport === 'tcp' ? net.connect({ host: addr.host, port: addr.port }) : net.connect({ path: addr.path });
   const timer = setTimeout(() => sock.destroy(new Error(`timed out after ${CONNECT_TIMEOUT_MS / 1000} s`)), CONNECT_TIMEOUT_MS);
   sock.once('connect', () => {
@@ -42,16 +46,16 @@ export function connectMain(addr: MigrationAddress, rp: ReturnHandler, ramBytes:
   sock.on('error', (e: NodeJS.ErrnoException) => {
     clearTimeout(timer);
     if (h.connecting()) h.fail(`Failed to connect to '${formatMigrationUri(addr)}': ${systemErrorText(e)}`);
-    else h.fail(`migration connection error: ${e.message}`);
+    else h.lost(`migration connection error: ${e.message}`);
   });
   sock.on('close', () => {
     clearTimeout(timer);
     if (h.done()) return;
     try {
       decoder.finish();
-      h.fail('the destination closed the connection');
+      h.lost('the destination closed the connection');
     } catch (e) {
-      h.fail(e instanceof WireError ? `${e.message} (the destination closed the connection)` : String(e));
+      h.lost(e instanceof WireError ? `${e.message} (the destination closed the connection)` : String(e));
     }
   });
   return sock;

@@ -11,6 +11,7 @@ import net from 'node:net';
 import { PageChannel, PageServerStat, type ChannelEventSink } from '../native/page-channel.js';
 import { encodeHeader } from './wire.js';
 import type { MigrationAddress } from './uri.js';
+import { CarriedFigures } from '../native/carried-figures.js';
 
 const CONNECT_TIMEOUT_MS = 10000;
 /** how often the page server's ring is drained and its state looked at */
@@ -33,13 +34,17 @@ export class SourcePostcopy {
   /** resolves once the urgent channel's HEADER is written (rejects if it failed) */
   private ready: Promise<void> | null = null;
   private server: PageChannel | null = null;
-  /** the page server's counters once it stopped (PageServerStat indices) */
-  private finalStats: Float64Array = new Float64Array(16);
+  /** the counters of the page servers before this one (a recovery starts one per connection) */
+  private readonly carried = new CarriedFigures([0, 1, 2, 3, 4, 5, 6, 7]);
 
   constructor(private readonly o: {
     /** the urgent channel went wrong (the main connection may say why first) */
     failLater(why: string): void;
     fail(why: string): void;
+    /** the urgent channel's link is lost in postcopy (EOF, a socket error, heartbeat silence) */
+    lost(why: string): void;
+    /** x-postcopy-heartbeat-ms */
+    heartbeatMs(): number;
     done(): boolean;
     /** pages still to send */
     needed(): number;
@@ -51,6 +56,7 @@ export class SourcePostcopy {
   connect(addr: MigrationAddress, h: UrgentHeader): void {
     const u = addr.transport === 'tcp' ? net.connect({ host: addr.host, port: addr.port }) : net.connect({ path: addr.path });
     this.socket = u;
+    const mine = (): boolean => this.socket === u; // a recovery's new channel replaces this one
     const timer = setTimeout(() => u.destroy(new Error(`connecting timed out after ${CONNECT_TIMEOUT_MS / 1000} s`)), CONNECT_TIMEOUT_MS);
     timer.unref();
     this.ready = new Promise<void>((resolve, reject) => {
@@ -63,8 +69,9 @@ export class SourcePostcopy {
     });
     this.ready.catch(() => undefined); // failures are reported by the listeners below
     u.on('data', () => { /* nothing comes back on this channel before the page server takes it */ });
-    u.on('error', (e) => this.o.failLater(`urgent channel error: ${e.message}`));
-    u.on('close', () => { if (!this.o.done()) this.o.failLater('the destination closed the urgent channel'); });
+    u.on('error', (e) => { if (mine()) this.o.failLater(`urgent channel error: ${e.message}`); });
+    u.on('close', () => { if (mine() && !this.o.done()) this.o.failLater('the destination closed the urgent channel'); });
+    u.setKeepAlive(true, Math.max(1000, this.o.heartbeatMs()));
   }
 
   /** Starts the page server once the urgent channel is up (before the
@@ -73,7 +80,7 @@ export class SourcePostcopy {
     await this.ready;
     const u = this.socket;
     if (u === null || u.destroyed) throw new Error('the destination closed the urgent channel');
-    const server = PageChannel.startPageServer({ sock: u, ...o });
+    const server = PageChannel.startPageServer({ sock: u, ...o, heartbeatMs: this.o.heartbeatMs() });
     this.server = server;
     server.tickEvery(DRAIN_EVERY_MS, () => {
       server.drain(ignore);
@@ -85,21 +92,32 @@ export class SourcePostcopy {
       // released guest RAM; that connection decides (RP_COMPLETE, RP_ERROR,
       // or closing early)
       if (st === 'failed') this.o.fail(server.error);
-      else if (!this.o.done() && this.o.needed() > 0) this.o.failLater('the destination closed the urgent channel');
+      else if (!this.o.done() && this.o.needed() > 0) this.o.lost(server.error || 'the destination closed the urgent channel');
     });
   }
 
-  /** the page server's counters (live, or final) */
+  /** Postcopy paused: the page server stops (joined at once), the channel is dropped; connect() and start() again to recover. */
+  pause(): void {
+    this.stopServer();
+    this.socket?.destroy();
+    this.socket = null;
+    this.ready = null;
+  }
+
+  private stopServer(): void {
+    if (this.server === null) return;
+    this.carried.fold(this.server.close(ignore));
+    this.server = null;
+  }
+
+  /** the page servers' counters (this connection's and those before) */
   figures(): Float64Array {
-    return this.server?.figures(ignore) ?? this.finalStats;
+    return this.carried.with(this.server?.figures(ignore) ?? null);
   }
 
   /** Stops the page server (joined at once) and closes the urgent channel (`abrupt`: destroyed, not ended). */
   close(abrupt: boolean): void {
-    if (this.server !== null) {
-      this.finalStats = this.server.close(ignore);
-      this.server = null;
-    }
+    this.stopServer();
     const u = this.socket;
     if (u) { if (abrupt) u.destroy(); else u.end(); }
   }

@@ -71,6 +71,27 @@ export class SourceRam {
     return out;
   }
 
+  /** Postcopy recovery (the threads stopped): the destination has exactly
+   *  the pages its received-page bitmap says (bit p & 7 of byte p >> 3);
+   *  every other page needs sending, again if it was sent (lost in flight,
+   *  or in a run cut in half). Returns the pages to send again. */
+  fromReceivedBitmap(bitmap: Uint8Array): number {
+    const flags = this.flags;
+    let again = 0;
+    let need = 0;
+    for (let p = 0; p < this.pages; p++) {
+      if ((bitmap[p >> 3] >> (p & 7)) & 1) {
+        flags[p] = HAS;
+      } else {
+        if (flags[p] === HAS) again++;
+        flags[p] = NEED;
+        need++;
+      }
+    }
+    this.marked = need + this.taken.sender()[SenderStat.Sent] + this.taken.server()[PageServerStat.Cleared];
+    return again;
+  }
+
   /** once no thread uses the flags any more */
   free(): void {
     this.block.free();

@@ -8,15 +8,16 @@
 import type net from 'node:net';
 import { PageChannel, SenderStat, PageServerStat } from '../native/page-channel.js';
 import type { RamCounters } from './ram-stats.js';
+import { CarriedFigures } from '../native/carried-figures.js';
 
 /** the sender pushes no events */
 const noEvents = (): void => undefined;
 
 export class SourceStream {
   private sender: PageChannel | null = null;
-  /** the sender's counters once it stopped (SenderStat indices) */
-  private finalStats: Float64Array = new Float64Array(16);
-  /** passes queued; the sender is idle when SenderStat.Passes reaches this */
+  /** the counters of the senders before this one (a recovery starts one per connection) */
+  private readonly carried = new CarriedFigures([SenderStat.Normal, SenderStat.Zero, SenderStat.BytesOut, SenderStat.BytesIn, SenderStat.Sent, SenderStat.Writes]);
+  /** passes queued to this sender; it is idle when SenderStat.Passes reaches this */
   private passes = 0;
   /** resolved when the sender finished every queued pass */
   private waiters: (() => void)[] = [];
@@ -25,6 +26,8 @@ export class SourceStream {
 
   /** Starts the sender on the main connection (Node still reads the return path on it). */
   start(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags: number }): void {
+    if (this.sender !== null) throw new Error('the stream sender runs already');
+    this.passes = 0;
     this.sender = PageChannel.startStreamSender(o);
   }
 
@@ -70,14 +73,17 @@ export class SourceStream {
   get state(): string { return this.sender?.state ?? 'stopped'; }
   get error(): string { return this.sender?.error ?? ''; }
 
-  /** the sender's counters (live, or final) */
+  /** the senders' counters (this connection's and those before), the live one's other figures */
   figures(): Float64Array {
-    return this.sender?.figures(noEvents) ?? this.finalStats;
+    return this.carried.with(this.sender?.figures(noEvents) ?? null);
   }
 
   get bytesOut(): number { return this.figures()[SenderStat.BytesOut]; }
-  /** bytes out, and those of the write in progress (the peer may have read them already) */
-  get bytesWritten(): number { const f = this.figures(); return Math.max(f[SenderStat.BytesOut], f[SenderStat.Writing]); }
+  /** this connection's bytes out, and those of the write in progress (the peer may have read them already): no RP_ACK goes beyond */
+  get bytesWritten(): number {
+    const s = this.sender;
+    return s === null ? 0 : Math.max(s.stat(SenderStat.BytesOut), s.stat(SenderStat.Writing));
+  }
 
   /** the moment `what` happened, for split() */
   mark(what: 'postcopy' | 'stopped' | 'running'): void {
@@ -118,10 +124,23 @@ export class SourceStream {
     for (const w of this.waiters.splice(0)) w();
     if (s === null) return false;
     const sent = s.stopWith(last);
-    this.finalStats = s.figures(noEvents).slice();
+    this.release(s);
+    return sent;
+  }
+
+  /** Stops the sender at once, records whole or not (postcopy paused: the link is lost). */
+  abort(): void {
+    const s = this.sender;
+    for (const w of this.waiters.splice(0)) w();
+    if (s === null) return;
+    s.abort();
+    this.release(s);
+  }
+
+  private release(s: PageChannel): void {
+    this.carried.fold(s.figures(noEvents));
     s.dispose();
     this.sender = null;
-    return sent;
   }
 
   private live(): PageChannel {

@@ -27,7 +27,8 @@ import {
 } from './wire.js';
 import { connectMain } from './outgoing-connect.js';
 import { SourceRam } from './outgoing-ram.js';
-import { SourcePostcopy } from './outgoing-postcopy.js';
+import { SourcePostcopy, type UrgentHeader } from './outgoing-postcopy.js';
+import { SourceRecovery } from './outgoing-recovery.js';
 import { PrecopyRounds } from './outgoing-precopy.js';
 import { SourceStream } from './outgoing-stream.js';
 
@@ -62,7 +63,8 @@ export interface OutgoingOptions {
   throttle?: PrecopyThrottle;
 }
 
-type Phase = 'connecting' | 'precopy' | 'switching' | 'postcopy' | 'finishing' | 'done';
+/** paused: postcopy-paused (the link lost, or migrate_pause); recovering: migrate -r's handshake */
+type Phase = 'connecting' | 'precopy' | 'switching' | 'postcopy' | 'finishing' | 'paused' | 'recovering' | 'done';
 
 export class OutgoingMigration implements ReturnHandler {
   private readonly ram: GuestMemory;
@@ -86,15 +88,29 @@ export class OutgoingMigration implements ReturnHandler {
   private acked = 0;
   private startMs = 0;
   private endMs = -1;
+  /** the header fields and token of the first connection (a recovery's carry the same) */
+  private header: UrgentHeader | null = null;
+  /** postcopy recovery (migrate -r) */
+  private readonly recovery: SourceRecovery;
+  /** connections made so far: a late event of one replaced by a recovery is ignored */
+  private link = 0;
 
   constructor(private readonly o: OutgoingOptions) {
     this.ram = o.ram;
     this.ps = o.ram.pageSize;
     this.state = new SourceRam(o.ram, { sender: () => this.stream.figures(), server: () => this.urgent.figures() });
     this.urgent = new SourcePostcopy({
-      failLater: (why) => this.failLater(why), fail: (why) => this.fail(why), done: () => this.phase === 'done', needed: () => this.state.needed,
+      failLater: (why) => this.failLater(why), fail: (why) => this.fail(why), lost: (why) => this.lost(why),
+      heartbeatMs: () => o.params.value('x-postcopy-heartbeat-ms'), done: () => this.phase === 'done', needed: () => this.state.needed,
     });
     this.rounds = new PrecopyRounds(() => performance.now(), this.ps, o.throttle);
+    const self = this; // eslint-disable-line @typescript-eslint/no-this-alias
+    this.recovery = new SourceRecovery({
+      ramBase: o.ram.base, ramBytes: o.ram.bytes, pageSize: this.ps, status: o.status, stream: this.stream, urgent: this.urgent, state: this.state,
+      get header() { return self.header!; },
+      returnPath: this, setSocket: (s) => { this.socket = s; }, lost: (why) => this.lost(why), fail: (why) => this.fail(why),
+      done: () => this.phase === 'done', resumed: () => this.resumed(),
+    });
   }
 
   get trackingMode(): DirtyTrackingMode | undefined { return this.tracker?.mode; }
@@ -105,9 +121,11 @@ export class OutgoingMigration implements ReturnHandler {
     const st = this.o.status;
     st.moveTo('setup');
     this.startMs = performance.now();
+    const first = this.link;
+    const mine = (f: () => void): void => { if (this.link === first) f(); };
     this.socket = connectMain(addr, this, this.ram.bytes, this.ps, {
-      connected: (sock) => this.connected(sock, addr), fail: (why) => this.fail(why),
-      connecting: () => this.phase === 'connecting', done: () => this.phase === 'done',
+      connected: (sock) => mine(() => this.connected(sock, addr)), fail: (why) => mine(() => this.fail(why)),
+      lost: (why) => mine(() => this.lost(why)), connecting: () => this.phase === 'connecting', done: () => this.phase === 'done',
     });
   }
 
@@ -121,6 +139,8 @@ export class OutgoingMigration implements ReturnHandler {
     }
     // the urgent channel carries the main stream's random token: the destination refuses any other
     const h = { pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload, token: randomBytes(TOKEN_BYTES) };
+    this.header = h;
+    sock.setKeepAlive(true, Math.max(1000, this.o.params.value('x-postcopy-heartbeat-ms')));
     this.stream.send(encodeHeader({ ...h, postcopy: this.o.postcopy }));
     this.urgent.connect(addr, h);
     this.phase = 'precopy';
@@ -137,7 +157,11 @@ export class OutgoingMigration implements ReturnHandler {
    *  loop held up longer than the moment (64 busy vCPUs on 2 cores) the
    *  timer would beat data already waiting: fail only after one more poll. */
   private failLater(why: string): void {
-    setTimeout(() => setImmediate(() => this.fail(why)), 500).unref();
+    const link = this.link;
+    setTimeout(() => setImmediate(() => {
+      if (link !== this.link) return; // a connection a recovery replaced
+      if (this.postcopyStatesSent) this.lost(why); else this.fail(why);
+    }), 500).unref();
   }
 
   /** migrate_start_postcopy: switch at the next opportunity (the round in progress ends after its batch). */
@@ -171,7 +195,13 @@ export class OutgoingMigration implements ReturnHandler {
   // ---------------------------------------------------------------- return path
 
   requestPages(): void { this.fail('return path: a page request on the main connection (requests come on the urgent channel)'); }
-  error(reason: string): void { this.fail(`destination: ${reason}`); }
+  /** RP_ERROR: the destination failed; or, in a recovery's handshake, refused it (it stays paused, and so does this side) */
+  error(reason: string): void {
+    if (this.phase === 'recovering') this.lost(`destination: ${reason}`);
+    else this.fail(`destination: ${reason}`);
+  }
+  recvBitmap(bitmap: Buffer): void { this.recovery.bitmap(bitmap); }
+  resumeAck(): void { this.recovery.resumeAck(); }
   /** RP_ACK: main-stream bytes the destination consumed, only in postcopy (its receiver acknowledges
    *  from the switchover on), never beyond what was sent, never backwards: else a protocol error */
   ack(consumed: number): void {
@@ -204,9 +234,11 @@ export class OutgoingMigration implements ReturnHandler {
   /** Every TICK_MS: the sender's rate limit for the phase, its failure, and what follows a finished pass. */
   private readonly tick = (): void => {
     const s = this.stream;
-    if (this.phase === 'done' || this.phase === 'connecting') return;
+    if (this.phase === 'done' || this.phase === 'connecting' || this.phase === 'paused' || this.phase === 'recovering') return;
     this.setLimit();
     if (s.state === 'failed') { this.fail(`sending: ${s.error}`); return; }
+    // a lost link in precopy: the return path says why (RP_ERROR, or its close)
+    if (s.state === 'closed' && this.postcopyStatesSent) { this.lost(s.error); return; }
     // the round ends for a postcopy request; the push ends once every page
     // is sent (the page server may send the last ones), even while it waits
     // on its rate limit or window (said again each tick: an interrupt applies
@@ -305,8 +337,60 @@ export class OutgoingMigration implements ReturnHandler {
     }
   }
 
+  /** the migration ended, or paused (the switchover's steps stop there; a recovery resumes the push) */
   private isOver(): boolean {
-    return this.phase === 'done' || !this.o.status.active;
+    return this.phase === 'done' || this.phase === 'paused' || this.phase === 'recovering' || !this.o.status.active;
+  }
+
+  // ---------------------------------------------------------------- pause and recovery
+
+  /** The link is lost (an I/O error, EOF, heartbeat silence): in postcopy the
+   *  migration pauses (the guest lives on the destination), else it fails. */
+  private lost(why: string): void {
+    if (this.phase === 'done' || this.phase === 'paused') return;
+    if (this.postcopyStatesSent) this.pause(why, false);
+    else this.fail(why);
+  }
+
+  /** migrate_pause (on the source: QEMU's "Postcopy migration is paused by the user") */
+  pauseByUser(): void {
+    this.pause('Postcopy migration is paused by the user', true);
+  }
+
+  /** postcopy-paused: the threads stop at once, both channels are dropped (the destination notices on its own) */
+  private pause(why: string, byUser: boolean): void {
+    if (this.phase === 'done' || this.phase === 'paused') return;
+    this.link++;
+    this.recovery.invalidate();
+    this.stream.abort();
+    this.urgent.pause();
+    this.socket?.destroy();
+    this.socket = null;
+    this.phase = 'paused';
+    this.o.status.pause(why);
+    if (!byUser) this.o.events?.emit('migration-paused', why);
+  }
+
+  /** migrate -r URI / migrate {"resume": true} (postcopy-paused) */
+  resume(addr: MigrationAddress): void {
+    if (this.phase !== 'paused') throw new Error('no paused migration to resume');
+    this.phase = 'recovering';
+    this.recovery.start(addr);
+  }
+
+  /** The destination took RESUME: the push goes on from the pages it lacks. */
+  private resumed(): void {
+    this.phase = 'postcopy';
+    this.acked = 0; // the new connection's bytes
+    this.o.status.moveTo('postcopy-active');
+    this.stream.set(SenderStat.Window, POSTCOPY_WINDOW);
+    this.setLimit();
+    this.stream.pass(true);
+  }
+
+  /** pages sent again after recoveries (the destination lacked them), recoveries done */
+  get recoveryFigures(): { resent: number; recoveries: number } {
+    return { resent: this.recovery.resent, recoveries: this.recovery.recoveries };
   }
 
   // ---------------------------------------------------------------- ending
@@ -323,6 +407,7 @@ export class OutgoingMigration implements ReturnHandler {
     const switched = this.vcpusStopped && (this.postcopyRequested || this.phase === 'finishing' || how === 'completed');
     const connected = this.phase !== 'connecting';
     this.phase = 'done';
+    this.recovery.invalidate();
     this.endMs = performance.now();
     if (this.ticker) { clearInterval(this.ticker); this.ticker = null; }
     const st = this.o.status;

@@ -16,12 +16,18 @@ export const DEFAULT_PARAMETERS: Readonly<MigrationParameters> = {
   'max-postcopy-bandwidth': 0,
   'x-blocktime-trace': '',
   'x-postcopy-readahead': 0,
+  'x-postcopy-heartbeat-ms': 2000,
   'x-vcpu-dirty-limit-period': 1000,
   'vcpu-dirty-limit': 1,
 };
 
 /** most pages a read-ahead request may ask for (a request is one PAGES run, 256 pages at most, with the faulted page) */
 export const MAX_POSTCOPY_READAHEAD = 255;
+
+/** x-postcopy-heartbeat-ms: heartbeats go every 100 ms (native-shim/channel.h), so a silence shorter than
+ *  three of them would pause a healthy link; an hour at most */
+export const MIN_HEARTBEAT_MS = 300;
+const MAX_HEARTBEAT_MS = 3600000;
 
 /** QEMU's MAX_MIGRATE_DOWNTIME (2000 s in ms). */
 export const MAX_DOWNTIME_LIMIT_MS = 2000000;
@@ -40,6 +46,7 @@ export const PARAMETER_UNITS: Record<ParameterName, string> = {
   'max-postcopy-bandwidth': 'bytes/second',
   'x-blocktime-trace': '',
   'x-postcopy-readahead': 'pages',
+  'x-postcopy-heartbeat-ms': 'ms',
 };
 
 export class Parameters {
@@ -67,6 +74,10 @@ export class Parameters {
           break;
         case 'x-postcopy-readahead':
           next[name] = checkInteger(name, v, 0, MAX_POSTCOPY_READAHEAD);
+          break;
+        case 'x-postcopy-heartbeat-ms':
+          next[name] = checkInteger(name, v, 0, MAX_HEARTBEAT_MS);
+          if (next[name] !== 0 && next[name] < MIN_HEARTBEAT_MS) throw new CommandError(`Parameter '${name}' expects ${RANGE_TEXT[name]}`);
           break;
         case 'throttle-trigger-threshold':
           next[name] = checkInteger(name, v, 1, 100);
@@ -114,6 +125,7 @@ const RANGE_TEXT: Record<string, string> = {
   'vcpu-dirty-limit': 'is invalid, it must greater then 1 MB/s',
   'downtime-limit': `an integer in the range of 0 to ${MAX_DOWNTIME_LIMIT_MS} milliseconds`,
   'x-postcopy-readahead': `an integer in the range of 0 to ${MAX_POSTCOPY_READAHEAD} (pages)`,
+  'x-postcopy-heartbeat-ms': `0 (off) or an integer in the range of ${MIN_HEARTBEAT_MS} to ${MAX_HEARTBEAT_MS} (ms)`,
 };
 
 function checkInteger(name: string, v: unknown, min: number, max: number): number {

@@ -12,14 +12,18 @@ const NEXT: Record<MigrationStatus, readonly MigrationStatus[]> = {
   'setup': ['active', 'failed', 'cancelling'],
   'active': ['postcopy-active', 'completed', 'failed', 'cancelling', 'device'],
   'device': ['completed', 'failed', 'cancelling'],
-  'postcopy-active': ['completed', 'failed', 'cancelling'],
+  'postcopy-active': ['completed', 'failed', 'cancelling', 'postcopy-paused'],
   'cancelling': ['cancelled', 'failed'],
   'completed': ['setup'],
   'failed': ['setup'],
   'cancelled': ['setup'],
   'pre-switchover': [],
-  'postcopy-paused': [],
-  'postcopy-recover': [],
+  // postcopy recovery (REFERENCE.md §8): the source connects (recover-setup)
+  // then hands over (recover); the destination goes to recover once the new
+  // main connection is in. A failure in recovery pauses again.
+  'postcopy-paused': ['postcopy-recover-setup', 'postcopy-recover', 'failed'],
+  'postcopy-recover-setup': ['postcopy-recover', 'postcopy-paused', 'failed'],
+  'postcopy-recover': ['postcopy-active', 'postcopy-paused', 'failed'],
 };
 
 export type Clock = () => number;
@@ -72,6 +76,14 @@ export class MigrationStatusMachine {
     if (!this.canMoveTo('failed')) return false;
     this.error = reason;
     this.moveTo('failed');
+    return true;
+  }
+
+  /** Moves to 'postcopy-paused' with the reason (shown after the status); returns whether it moved. */
+  pause(reason: string): boolean {
+    if (!this.canMoveTo('postcopy-paused')) return false;
+    this.error = reason;
+    this.moveTo('postcopy-paused');
     return true;
   }
 

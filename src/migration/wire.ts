@@ -21,6 +21,10 @@
 //   SWITCHOVER  flags bit 0 = postcopy; payload = vCPUs * VCPU_STATE_BYTES
 //   END         every page sent; nothing follows
 //   ERROR       count = payload bytes; payload: utf8 reason (the source gave up)
+//   RESUME      postcopy recovery: the source took the destination's RECV_BITMAP
+//               and resumes (QEMU's POSTCOPY_RESUME); pages follow
+// A recovery's main stream (postcopy-paused, migrate -r) starts with a HEADER
+// flagged RESUME carrying the paused migration's token, then RESUME, pages, END.
 // A migration uses two connections: the main stream above, and an urgent
 // channel (QEMU's postcopy-preempt idea) that starts with its own HEADER
 // (flag URGENT_CHANNEL). In postcopy it belongs to two native threads
@@ -32,12 +36,17 @@
 //   RP_ERROR    count = payload bytes; payload: utf8 reason
 //   RP_RUNNING  the destination took the vCPU state (switchover done)
 //   RP_COMPLETE every page is in place; the destination completed
+//   RP_RECV_BITMAP  recovery: offset = guest pages, count = bitmap bytes; payload: the
+//               received-page bitmap (bit p & 7 of byte p >> 3), then RECV_BITMAP_END
+//   RP_RESUME_ACK   recovery: the destination took RESUME
 //   RP_ACK      offset = bytes of the main stream consumed so far (flow control:
 //               in postcopy the source keeps a bounded window of background
 //               data in flight, so the destination's queue stays short)
 // Page requests (destination -> source, on the urgent channel):
 //   REQ_PAGES   offset, count = length in bytes (QEMU's "req pages"); a
 //               REQ_PAGES on the main connection is a protocol error
+// Heartbeats on the urgent channel in postcopy (native-shim/channel.h): HEARTBEAT
+// from the page server, RP_HEARTBEAT from the fault thread, bare records.
 //
 // The decoder never allocates per record in steady state: headers are read at
 // fixed offsets from the received chunk, page payloads are handed out as
@@ -75,11 +84,18 @@ export const REC_END_ROUND = 0x05;
 export const REC_SWITCHOVER = 0x06;
 export const REC_END = 0x07;
 export const REC_ERROR = 0x08;
+export const REC_RESUME = 0x09;
+export const REC_HEARTBEAT = 0x0a;
 export const RP_REQ_PAGES = 0x41;
 export const RP_ERROR = 0x42;
 export const RP_RUNNING = 0x43;
 export const RP_COMPLETE = 0x44;
 export const RP_ACK = 0x45;
+export const RP_RECV_BITMAP = 0x46;
+export const RP_RESUME_ACK = 0x47;
+export const RP_HEARTBEAT = 0x48;
+/** after a RECV_BITMAP's bitmap (QEMU's RAMBLOCK_RECV_BITMAP_ENDING) */
+export const RECV_BITMAP_END = Buffer.from('PCPYBMAP', 'latin1');
 
 export const SWITCHOVER_POSTCOPY = 1;
 export const HEADER_URGENT_CHANNEL = 1;
@@ -88,6 +104,8 @@ export const HEADER_URGENT_CHANNEL = 1;
  *  before any page moves, so a destination that cannot do postcopy fails the
  *  migration while the source's guest still runs there */
 export const HEADER_POSTCOPY = 2;
+/** main-stream HEADER flag: a postcopy recovery's stream (migrate -r), with the paused migration's token */
+export const HEADER_RESUME = 4;
 /** longest text payload (ERROR, RP_ERROR), in bytes */
 export const MAX_TEXT_BYTES = 4096;
 
@@ -109,6 +127,8 @@ export interface StreamHeader {
   postcopy: boolean;
   /** the migration's token (TOKEN_BYTES, a copy): the urgent channel echoes the main stream's */
   token: Buffer;
+  /** a postcopy recovery's stream (HEADER_RESUME) */
+  resume?: boolean;
 }
 
 // ---------------------------------------------------------------- encoding
@@ -128,7 +148,7 @@ export function encodeHeader(
 ): Buffer {
   const wl = Buffer.from(h.workload, 'utf8');
   const out = Buffer.alloc(RECORD_HEADER_BYTES + HEADER_FIXED + wl.length);
-  const flags = h.urgent ? HEADER_URGENT_CHANNEL : h.postcopy ? HEADER_POSTCOPY : 0;
+  const flags = h.urgent ? HEADER_URGENT_CHANNEL : h.resume ? HEADER_RESUME : h.postcopy ? HEADER_POSTCOPY : 0;
   writeRecordHeader(out, 0, REC_HEADER, flags, HEADER_FIXED + wl.length, 0);
   const p = RECORD_HEADER_BYTES;
   out.writeUInt32LE(WIRE_MAGIC, p);
@@ -167,6 +187,20 @@ export function encodeBare(type: number, count = 0): Buffer {
   return out;
 }
 
+/** bytes of the received-page bitmap of `pages` pages */
+export function bitmapBytes(pages: number): number { return Math.ceil(pages / 8); }
+
+/** RP_RECV_BITMAP: `bitmap` (bitmapBytes(pages)) of `pages` pages, and its end marker */
+export function encodeRecvBitmap(pages: number, bitmap: Uint8Array): Buffer {
+  const n = bitmapBytes(pages);
+  if (bitmap.length !== n) throw new Error(`a bitmap of ${pages} pages has ${n} bytes, not ${bitmap.length}`);
+  const out = Buffer.alloc(RECORD_HEADER_BYTES + n + RECV_BITMAP_END.length);
+  writeRecordHeader(out, 0, RP_RECV_BITMAP, 0, n, pages);
+  out.set(bitmap, RECORD_HEADER_BYTES);
+  RECV_BITMAP_END.copy(out, RECORD_HEADER_BYTES + n);
+  return out;
+}
+
 /** SWITCHOVER with `states` already encoded (vCPUs * VCPU_STATE_BYTES). */
 export function encodeSwitchover(postcopy: boolean, states: Buffer): Buffer {
   const out = Buffer.alloc(RECORD_HEADER_BYTES + states.length);
@@ -188,6 +222,8 @@ export interface StreamHandler {
   switchover(postcopy: boolean, states: Buffer, pos: number, len: number): void;
   end(): void;
   error(reason: string): void;
+  /** RESUME (a recovery's stream only) */
+  resume?(): void;
 }
 
 /** What the source does with each return-path record. */
@@ -197,14 +233,20 @@ export interface ReturnHandler {
   running(): void;
   complete(): void;
   ack(consumed: number): void;
+  /** RP_RECV_BITMAP (a recovery's return path only): the bitmap is a view valid during the call */
+  recvBitmap?(bitmap: Buffer): void;
+  /** RP_RESUME_ACK (a recovery's return path only) */
+  resumeAck?(): void;
 }
 
 const STREAM_NAMES: Record<number, string> = {
   [REC_HEADER]: 'HEADER', [REC_PAGES]: 'PAGES', [REC_ZERO]: 'ZERO', [REC_DISCARD]: 'DISCARD',
-  [REC_END_ROUND]: 'END_ROUND', [REC_SWITCHOVER]: 'SWITCHOVER', [REC_END]: 'END', [REC_ERROR]: 'ERROR',
+  [REC_END_ROUND]: 'END_ROUND', [REC_SWITCHOVER]: 'SWITCHOVER', [REC_END]: 'END', [REC_ERROR]: 'ERROR', [REC_RESUME]: 'RESUME',
+  [REC_HEARTBEAT]: 'HEARTBEAT',
 };
 const RETURN_NAMES: Record<number, string> = {
   [RP_REQ_PAGES]: 'REQ_PAGES', [RP_ERROR]: 'ERROR', [RP_RUNNING]: 'RUNNING', [RP_COMPLETE]: 'COMPLETE', [RP_ACK]: 'ACK',
+  [RP_RECV_BITMAP]: 'RECV_BITMAP', [RP_RESUME_ACK]: 'RESUME_ACK', [RP_HEARTBEAT]: 'HEARTBEAT',
 };
 
 /** Shared framing: header assembly, payload assembly, truncation. */
@@ -334,6 +376,9 @@ export class StreamDecoder extends RecordDecoder {
   private vcpus = 0;
   private maxRun = MAX_RUN_PAGES;
   private switched = false;
+  /** a recovery's stream: RESUME comes once, before any page */
+  private resuming = false;
+  private resumed = false;
   // a PAGES record in progress
   private runOffset = 0;
   private runLeft = 0;
@@ -366,13 +411,16 @@ export class StreamDecoder extends RecordDecoder {
     if (!this.header) {
       if (count < HEADER_FIXED || count > MAX_VAR_PAYLOAD) throw new WireError(`header record has a bad length ${count}`);
       const flags = buf[pos + 1];
-      if (this.urgent ? flags !== HEADER_URGENT_CHANNEL : flags !== 0 && flags !== HEADER_POSTCOPY) {
+      if (this.urgent ? flags !== HEADER_URGENT_CHANNEL : flags !== 0 && flags !== HEADER_POSTCOPY && flags !== HEADER_RESUME) {
         throw new WireError(this.urgent ? 'the urgent channel did not start with an urgent-channel header' : 'header flags: an urgent channel where the main stream was expected');
       }
       return count;
     }
     if (this.urgent && type !== REC_PAGES && type !== REC_ZERO) {
       throw new WireError(`record type 0x${type.toString(16)} at byte ${at} on the urgent channel (only PAGES and ZERO belong there)`);
+    }
+    if (this.resuming && !this.resumed && type !== REC_RESUME && type !== REC_ERROR) {
+      throw new WireError(`${recordName(type)} record at byte ${at} before RESUME on a recovery's stream`);
     }
     switch (type) {
       case REC_PAGES: {
@@ -384,6 +432,10 @@ export class StreamDecoder extends RecordDecoder {
         return -1;
       }
       case REC_ZERO: case REC_DISCARD: case REC_END_ROUND: case REC_END: return 0;
+      case REC_RESUME:
+        if (!this.resuming || this.resumed) throw new WireError(`RESUME record at byte ${at} ${this.resuming ? 'twice' : 'outside a recovery\'s stream'}`);
+        if (count !== 0) throw new WireError(`RESUME record at byte ${at}: count ${count} set on a record that has none`);
+        return 0;
       case REC_SWITCHOVER:
         if ((buf[pos + 1] & ~SWITCHOVER_POSTCOPY) !== 0) {
           throw new WireError(`SWITCHOVER record at byte ${at}: reserved flag bits set (flags 0x${buf[pos + 1].toString(16)}, only 0x${SWITCHOVER_POSTCOPY} is defined)`);
@@ -429,7 +481,10 @@ export class StreamDecoder extends RecordDecoder {
       if (ramBytes === 0 || ramBytes % pageSize !== 0) throw new WireError(`bad RAM size ${ramBytes} in header`);
       const workload = buf.toString('utf8', p + HEADER_FIXED, p + count);
       const token = Buffer.from(buf.subarray(p + 24, p + 24 + TOKEN_BYTES));
-      this.header = { version, pageSize, vcpus, ramBytes, workload, postcopy: buf[pos + 1] === HEADER_POSTCOPY, token };
+      const resume = buf[pos + 1] === HEADER_RESUME;
+      this.header = { version, pageSize, vcpus, ramBytes, workload, postcopy: buf[pos + 1] === HEADER_POSTCOPY || resume, token, resume };
+      // a recovery's stream continues a postcopy: past the switchover, its pages after RESUME
+      this.switched = this.resuming = resume;
       this.pageSize = pageSize;
       this.ramBytes = ramBytes;
       this.vcpus = vcpus;
@@ -445,6 +500,11 @@ export class StreamDecoder extends RecordDecoder {
         this.handler.discard(this.checkRange('DISCARD', buf, pos, count, at), count);
         return;
       case REC_END_ROUND: this.handler.endRound(count); return;
+      case REC_RESUME:
+        this.resumed = true;
+        if (!this.handler.resume) throw new WireError(`RESUME record at byte ${at}: this side does not take a recovery`);
+        this.handler.resume();
+        return;
       case REC_SWITCHOVER:
         if (this.switched) throw new WireError(`second SWITCHOVER record at byte ${at}`);
         this.switched = true;
@@ -505,8 +565,12 @@ export class StreamDecoder extends RecordDecoder {
 
 /** Source side: decodes the destination's return path. */
 export class ReturnDecoder extends RecordDecoder {
-  constructor(private readonly handler: ReturnHandler, private readonly ramBytes: number, private readonly pageSize: number) {
-    super(RECORD_HEADER_BYTES + MAX_TEXT_BYTES);
+  private readonly pages: number;
+  /** `recovery`: a recovery's return path (RECV_BITMAP, RESUME_ACK; room to assemble the bitmap) */
+  constructor(private readonly handler: ReturnHandler, private readonly ramBytes: number, private readonly pageSize: number,
+    private readonly recovery = false) {
+    super(RECORD_HEADER_BYTES + Math.max(MAX_TEXT_BYTES, recovery ? bitmapBytes(ramBytes / pageSize) + RECV_BITMAP_END.length : 0));
+    this.pages = ramBytes / pageSize;
   }
 
   protected beginRecord(buf: Buffer, pos: number): number {
@@ -519,6 +583,17 @@ export class ReturnDecoder extends RecordDecoder {
       case RP_ERROR:
         if (count > MAX_TEXT_BYTES) throw new WireError(`return path ERROR record at byte ${at}: bad length ${count}`);
         return count;
+      case RP_RESUME_ACK:
+        if (!this.recovery) throw new WireError(`return path RESUME_ACK record at byte ${at} outside a recovery`);
+        return 0;
+      case RP_RECV_BITMAP: {
+        if (!this.recovery) throw new WireError(`return path RECV_BITMAP record at byte ${at} outside a recovery`);
+        const pages = RecordDecoder.offsetAt(buf, pos);
+        if (pages !== this.pages || count !== bitmapBytes(pages)) {
+          throw new WireError(`return path RECV_BITMAP record at byte ${at}: ${count} bytes of ${pages} pages, this VM has ${this.pages} pages (${bitmapBytes(this.pages)} bytes)`);
+        }
+        return count + RECV_BITMAP_END.length;
+      }
       default: throw new WireError(`unknown return path record type 0x${type.toString(16)} at byte ${at}`);
     }
   }
@@ -537,6 +612,15 @@ export class ReturnDecoder extends RecordDecoder {
         return;
       }
       case RP_RUNNING: this.handler.running(); return;
+      case RP_RESUME_ACK: this.handler.resumeAck?.(); return;
+      case RP_RECV_BITMAP: {
+        const p = pos + RECORD_HEADER_BYTES;
+        if (!buf.subarray(p + count, p + count + RECV_BITMAP_END.length).equals(RECV_BITMAP_END)) {
+          throw new WireError(`return path RECV_BITMAP record at byte ${at}: no end marker after the bitmap`);
+        }
+        this.handler.recvBitmap?.(buf.subarray(p, p + count));
+        return;
+      }
       case RP_ACK: this.handler.ack(RecordDecoder.offsetAt(buf, pos)); return;
       case RP_COMPLETE: this.done = true; this.handler.complete(); return;
       case RP_ERROR:

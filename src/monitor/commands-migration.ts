@@ -15,6 +15,7 @@ import type { HmpCommand, Registry } from './registry.js';
 import { parseSizeMiB } from './registry.js';
 import { formatCapabilities, formatInfoMigrate, formatParameters, formatThrottle } from './format.js';
 import { formatBlocktimeQemu, formatBlocktimeRich } from './format-blocktime.js';
+import { resumeMigration } from './commands-recovery.js';
 
 // ---------------------------------------------------------------- operations
 
@@ -22,13 +23,14 @@ import { formatBlocktimeQemu, formatBlocktimeRich } from './format-blocktime.js'
 export const PARAMETER_NAMES: readonly ParameterName[] = [
   'throttle-trigger-threshold', 'cpu-throttle-initial', 'cpu-throttle-increment', 'cpu-throttle-tailslow', 'max-cpu-throttle',
   'max-bandwidth', 'max-postcopy-bandwidth', 'downtime-limit', 'x-vcpu-dirty-limit-period', 'vcpu-dirty-limit',
-  'x-blocktime-trace', 'x-postcopy-readahead',
+  'x-blocktime-trace', 'x-postcopy-readahead', 'x-postcopy-heartbeat-ms',
 ];
 
 /** HMP's string input visitor: the integer parameters and their QAPI types */
 const INTEGER_PARAMETERS: Record<string, string> = {
   'throttle-trigger-threshold': 'uint8_t', 'cpu-throttle-initial': 'uint8_t', 'cpu-throttle-increment': 'uint8_t',
   'max-cpu-throttle': 'uint8_t', 'x-vcpu-dirty-limit-period': 'uint64', 'vcpu-dirty-limit': 'uint64',
+  'x-postcopy-heartbeat-ms': 'uint64',
 };
 
 /** QEMU's text for a name it does not know, with the names this engine has
@@ -136,14 +138,20 @@ const onOff = ['on', 'off'];
 
 const migrate: HmpCommand = {
   name: 'migrate',
-  argsType: 'detach:-d,uri:s?',
-  params: '[-d] [uri]',
+  argsType: 'detach:-d,resume:-r,uri:s?',
+  params: '[-d] [-r] [uri]',
   help: 'migrate to URI (tcp:HOST:PORT, unix:PATH; none or "local" = the lab: a new destination process on loopback).'
     + ' -d returns at once; without it the command waits for the end of the migration'
-    + ' (with postcopy-ram on: until precopy runs, so that migrate_start_postcopy can follow)',
+    + ' (with postcopy-ram on: until precopy runs, so that migrate_start_postcopy can follow).'
+    + ' -r resumes a postcopy-paused migration over URI (the destination ran migrate_recover URI)',
   handler: async (ctx, args) => {
-    const uri = args.optStr('uri') ?? 'local';
     const m = ctx.machine;
+    if (args.flag('resume')) {
+      const to = args.optStr('uri');
+      if (to === undefined) throw new CommandError("migrate -r needs the URI the destination's migrate_recover listens on");
+      return resumeMigration(ctx, to, args.flag('detach'));
+    }
+    const uri = args.optStr('uri') ?? 'local';
     await m.migrate(uri);
     if (args.flag('detach')) return { text: '' };
     if (!ctx.canWait) return { text: 'terminal does not allow synchronous migration, continuing detached' };

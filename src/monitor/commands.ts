@@ -5,11 +5,13 @@ import { Registry } from './registry.js';
 import { addVmCommands } from './commands-vm.js';
 import { addMigrationCommands } from './commands-migration.js';
 import { addDirtyRateCommands } from './commands-dirty-rate.js';
+import { addRecoveryCommands } from './commands-recovery.js';
 
 export function createRegistry(): Registry {
   const r = new Registry();
   addVmCommands(r);
   addMigrationCommands(r);
+  addRecoveryCommands(r);
   addDirtyRateCommands(r);
   return r;
 }

@@ -164,6 +164,7 @@ export function qmpCommands(): QmpCommand[] {
         { name: 'max-postcopy-bandwidth', type: 'int', optional: true },
         { name: 'x-blocktime-trace', type: 'str', optional: true },
         { name: 'x-postcopy-readahead', type: 'int', optional: true },
+        { name: 'x-postcopy-heartbeat-ms', type: 'int', optional: true },
       ],
       help: 'set migration parameters',
       handler: async (ctx, args) => {
@@ -180,10 +181,21 @@ export function qmpCommands(): QmpCommand[] {
       ],
       help: 'start an outgoing migration (returns at once; watch MIGRATION events or query-migrate)',
       handler: async (ctx, args) => {
-        if (args.resume === true) throw new CommandError('Postcopy recovery (resume) is not supported by this migration engine');
-        await ctx.machine.migrate(args.uri as string);
+        await ctx.machine.migrate(args.uri as string, args.resume === true);
         return empty;
       },
+    },
+    {
+      name: 'migrate-pause',
+      args: [],
+      help: 'pause a postcopy migration (postcopy-active or postcopy-recover): both sides drop the channels and wait in postcopy-paused',
+      handler: async (ctx) => { await ctx.machine.migratePause(); return empty; },
+    },
+    {
+      name: 'migrate-recover',
+      args: [{ name: 'uri', type: 'str' }],
+      help: "on a postcopy-paused destination: listen on uri for the source's recovery (migrate with resume)",
+      handler: async (ctx, args) => { await ctx.machine.migrateRecover(args.uri as string); return empty; },
     },
     {
       name: 'migrate-incoming',

@@ -8,10 +8,11 @@
 // Draining the ring reads four doubles per event straight from native
 // memory; nothing is allocated or decoded per event.
 import type net from 'node:net';
+import * as libc from './libc.js';
 import { performance } from 'node:perf_hooks';
 import { NativeBlock } from './memory.js';
 import { loadShim } from './shim.js';
-import * as libc from './libc.js';
+import { handOverSocket, dupSocket } from './socket-handover.js';
 import type { AccessStamps } from './vcpu.js';
 
 // struct pc_channel_status
@@ -34,7 +35,7 @@ export const FAULT_CAUSE_SHIFT = 4;
 /** the ChannelEvent of an entry's kind */
 export const CHANNEL_EVENT_MASK = (1 << FAULT_CAUSE_SHIFT) - 1;
 /** stats[] of the destination's fault thread */
-export const enum FaultThreadStat { Faults = 0, Requests, Placed, ZeroPlaced, LocalZero, Existed, BytesIn, BytesOut, Readahead }
+export const enum FaultThreadStat { Faults = 0, Requests, Placed, ZeroPlaced, LocalZero, Existed, BytesIn, BytesOut, Readahead, Rerequests, Links }
 /** stats[] of the source's page server */
 export const enum PageServerStat { Requests = 0, Normal, Zero, BytesOut, BytesIn, Readahead, Cleared, Inflight }
 /** stats[] of the source's main-stream sender (native-shim/stream_sender.c): its counters, then inputs (Limit, Acked, Window, Hint),
@@ -47,8 +48,10 @@ export const enum ReceiverMode { Pages = 1, Postcopy = 2 }
 /** bytes of the receiver's control buffer (a whole control record fits: wire.ts MAX_VAR_PAYLOAD + header, and DISCARDs) */
 export const RECEIVER_CONTROL_BYTES = 512 * 1024;
 
-export type ChannelState = 'running' | 'stopped' | 'closed' | 'failed';
-const STATES: readonly ChannelState[] = ['running', 'stopped', 'closed', 'failed'];
+/** closed: the link is lost (EOF, a socket error, heartbeat silence); failed: anything else (protocol, kernel);
+ *  paused: the fault thread lost its link and reads faults until attach() */
+export type ChannelState = 'running' | 'stopped' | 'closed' | 'failed' | 'paused';
+const STATES: readonly ChannelState[] = ['running', 'stopped', 'closed', 'failed', 'paused'];
 
 /** receives drained events: kind, first page, fault thread id or page count, time (monotonicNs clock) */
 export type ChannelEventSink = (kind: number, page: number, arg: number, tNs: number) => void;
@@ -68,34 +71,6 @@ function clockBaseNs(): number {
  *  microsecond, and the threads whose events are merged in time order must agree */
 let processClockBase: number | undefined;
 const sharedClockBase = (): number => (processClockBase ??= clockBaseNs());
-
-/**
- * Takes a connected socket away from Node: returns a dup of its fd (still
- * non-blocking) and destroys the Node socket without touching the connection
- * (close(2) of one of two fds); its data/close/end/error listeners go with
- * it. The socket must have no write pending and nothing unread in Node.
- */
-export function handOverSocket(s: net.Socket): number {
-  if (s.writableLength > 0) throw new Error(`the socket still has ${s.writableLength} bytes to write`);
-  const dup = dupSocket(s);
-  s.removeAllListeners('data');
-  s.removeAllListeners('close');
-  s.removeAllListeners('end');
-  s.removeAllListeners('error');
-  s.on('error', () => { /* the connection is the thread's now */ });
-  s.destroy();
-  return dup;
-}
-
-/** A dup of a connected socket's fd (CLOEXEC, still non-blocking). */
-function dupSocket(s: net.Socket): number {
-  const handle = (s as unknown as { _handle?: { fd?: number } | null })._handle;
-  const fd = handle?.fd ?? -1;
-  if (fd < 0) throw new Error('the socket has no file descriptor (closed, or not a TCP/unix socket)');
-  const dup = libc.fcntl(fd, libc.F_DUPFD_CLOEXEC, 0);
-  if (dup < 0) throw new Error(`dup of socket fd ${fd}: ${libc.strerror(libc.errno())}`);
-  return dup;
-}
 
 /** One native page-path thread: its status block, its ring, its handle. */
 export class PageChannel {
@@ -127,23 +102,42 @@ export class PageChannel {
     readahead: number;
     /** the vCPUs' access stamps: a fault is dated by the stamp of the access that raised it */
     stamps?: AccessStamps | null;
+    /** silence on the urgent channel that loses the link (ms, 0: none) */
+    heartbeatMs?: number;
   }): PageChannel {
     const fd = handOverSocket(o.sock); // before the native memory: a refused hand-over leaks nothing
     const ch = new PageChannel();
     const s = o.stamps ?? null;
     ch.#start(loadShim().faultThreadStart(o.uffd, fd, o.ramBase, o.pageSize, o.pages, o.flags, o.readahead, ch.#status.ptr, ch.#ring.ptr,
-      RING_ENTRIES, o.blocktime ? 1 : 0, ch.clockBase, s?.blocks ?? null, s?.count ?? 0, o.zeroSrc ?? 0), 'fault thread');
+      RING_ENTRIES, o.blocktime ? 1 : 0, ch.clockBase, s?.blocks ?? null, s?.count ?? 0, o.zeroSrc ?? 0, o.heartbeatMs ?? 0), 'fault thread');
     return ch;
+  }
+
+  /** fault thread, postcopy recovery: takes `sock` (a new urgent channel) over as its link and asks again for
+   *  every page still outstanding; state 'running' again */
+  attach(sock: net.Socket, heartbeatMs: number): void {
+    if (this.#handle === 0n) throw new Error('the fault thread is stopped');
+    const fd = handOverSocket(sock);
+    if (loadShim().faultThreadAttach(this.#handle, fd, heartbeatMs) !== 0) { libc.close(fd); throw new Error('the fault thread refused the new link'); }
+  }
+
+  /** fault thread: drop the link (state 'paused'; faults are still read) */
+  detach(): void {
+    if (this.#handle !== 0n) loadShim().faultThreadDetach(this.#handle);
   }
 
   /** The source's page server (see native-shim/page_server.c); takes `sock` over. With `sender`, the
    *  pages it sends are taken off the page flags (at `flags`) and the sender goes on just after them. */
-  static startPageServer(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags?: number; sender?: PageChannel }): PageChannel {
+  static startPageServer(o: {
+    sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags?: number; sender?: PageChannel;
+    /** silence on the urgent channel that loses the link (ms, 0: none), once the destination spoke */
+    heartbeatMs?: number;
+  }): PageChannel {
     const fd = handOverSocket(o.sock); // before the native memory: a refused hand-over leaks nothing
     const ch = new PageChannel();
     const hint = o.sender ? o.sender.#status.ptr + BigInt(ST_STATS_BYTES + 8 * SenderStat.Hint) : null;
     ch.#start(loadShim().pageServerStart(fd, o.ramBase, o.pageSize, o.pages, o.flags ?? 0, hint, ch.#status.ptr, ch.#ring.ptr,
-      RING_ENTRIES, ch.clockBase), 'page server');
+      RING_ENTRIES, ch.clockBase, o.heartbeatMs ?? 0), 'page server');
     return ch;
   }
 
@@ -188,6 +182,14 @@ export class PageChannel {
     if (this.#handle !== 0n) loadShim().streamSenderStop(this.#handle, last, last.length);
     this.#handle = 0n;
     return this.#stats[SenderStat.LastSent] === 1;
+  }
+
+  /** sender: stop at once, records whole or not (the link is lost) */
+  abort(): void {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    if (this.#handle !== 0n) loadShim().streamSenderAbort(this.#handle);
+    this.#handle = 0n;
   }
 
   /**
@@ -235,6 +237,8 @@ export class PageChannel {
     return b.toString('utf8', 0, end < 0 ? ST_ERROR_LEN : end);
   }
   stat(i: number): number { return this.#stats[i]; }
+  /** the errno of the thread's failure (0: none, or a protocol error or end) */
+  get err(): number { return Atomics.load(this.#i32, 3); }
 
   /** The events so far to `sink`, then the counters (a live view: read it now). */
   figures(sink: ChannelEventSink): Float64Array {

@@ -29,9 +29,14 @@ export interface AccessStamps {
   /** stamps on: the blocktime clock = CLOCK_MONOTONIC ns - clockBase */
   enable(clockBase: number): void;
   disable(): void;
-  /** the earliest stamp of the vCPUs running their workload, Infinity when none */
-  horizon(): number;
+  /** the earliest stamp of the vCPUs running their workload, Infinity when none; with `drained`,
+   *  a stamp whose fault was reported (native-shim/waiters.c) and taken already (a fault of vCPU i
+   *  dated drained[i] or later) is passed over: no event dated by it is still to come */
+  horizon(drained?: Float64Array): number;
 }
+
+/** bit 63 of a stamp's page field, in its high word: the access's fault was pushed (native-shim/waiters.c TOUCH_REPORTED) */
+const TOUCH_REPORTED_HI = 0x80000000;
 
 export class NativeVcpus {
   readonly count: number;
@@ -135,14 +140,18 @@ export class NativeVcpus {
    * VCPU_TOUCHES accesses each, while they run their workload): the fault
    * thread dates no fault it reads from now on earlier. Infinity when none
    * holds one. Reads every vCPU: call it per drain of events, not per event.
+   * `drained` (per vCPU): see AccessStamps.horizon. A vCPU asleep a long time
+   * (a postcopy pause) then holds the accounting back no more.
    */
-  accessHorizon(): number {
+  accessHorizon(drained?: Float64Array): number {
     let h = Infinity;
     for (let i = 0; i < this.count; i++) {
       for (let k = 0; k < L.VCPU_TOUCHES; k++) {
         const b = i * L.VCPU_BLOCK_SIZE + L.VCPU_OFF_TOUCH + k * 16;
-        if (this.#u32[b >> 2] === 0 && this.#u32[(b >> 2) + 1] === 0) continue;
+        const hi = this.#u32[(b >> 2) + 1];
+        if (this.#u32[b >> 2] === 0 && hi === 0) continue;
         const t = this.#f64[(b + 8) >> 3];
+        if (drained !== undefined && (hi & TOUCH_REPORTED_HI) !== 0 && drained[i] >= t) continue;
         if (t < h) h = t;
       }
     }

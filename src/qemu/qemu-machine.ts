@@ -185,9 +185,17 @@ export class QemuMachine implements Machine {
     await this.readSettings();
   }
 
-  async migrate(uri: string): Promise<void> {
+  async migrate(uri: string, resume = false): Promise<void> {
     if (uri === 'local') throw new CommandError("a QEMU migrates to another QEMU: give the destination's -incoming URI (migrate tcp:HOST:PORT)");
-    await this.src.run('migrate', { uri });
+    await this.src.run('migrate', resume ? { uri, resume } : { uri });
+    await this.refresh();
+  }
+
+  async migratePause(): Promise<void> { await this.src.run('migrate-pause'); await this.refresh(); }
+
+  async migrateRecover(uri: string): Promise<void> {
+    if (!this.dst) throw new CommandError('migrate_recover goes to the destination: attach with --destination DEST_QMP');
+    await this.dst.run('migrate-recover', { uri });
     await this.refresh();
   }
 

@@ -79,7 +79,8 @@ export class FakeMachine implements Machine {
   parameters(): MigrationParameters { return this.params.get(); }
   async setParameters(p: Partial<MigrationParameters>): Promise<void> { this.params.set(p); }
   moveTo(s: MigrationStatus): void { this.status = s; this.events.emit('migration', s); }
-  async migrate(uri: string): Promise<void> {
+  async migrate(uri: string, resume = false): Promise<void> {
+    if (resume) { this.calls.push(`migrate -r ${uri}`); return; }
     this.calls.push(`migrate ${uri}`);
     if (uri.startsWith('bad:')) throw new CommandError(`Invalid migration URI '${uri}'`);
     this.moveTo('setup');
@@ -90,6 +91,8 @@ export class FakeMachine implements Machine {
     this.calls.push('start-postcopy');
   }
   async cancel(): Promise<void> { this.calls.push('cancel'); }
+  async migratePause(): Promise<void> { this.calls.push('migrate-pause'); }
+  async migrateRecover(uri: string): Promise<void> { this.calls.push(`migrate-recover ${uri}`); }
   calcDirtyRate(a: CalcDirtyRateArgs): void { this.dirty.meter.calc(a); }
   queryDirtyRate(unit?: TimeUnit): DirtyRateInfo { return this.dirty.meter.query(unit); }
   vcpuDirtyLimits(): VcpuDirtyLimit[] | undefined { return undefined; }

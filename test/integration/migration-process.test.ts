@@ -7,7 +7,6 @@
 // Needs a fresh `npx tsc -p .` (the VMs run from dist/).
 import { Lab, setCaps, waitStatus, digest, stableDigest, sweepInvariant, TERMINAL } from './migration-procs.js';
 import { requireUffd } from '../helpers/uffd-available.js';
-import type { MigrationInfo } from '../../src/migration/api.js';
 
 const MiB = 1 << 20;
 const run = requireUffd() ? describe : describe.skip;
@@ -148,37 +147,6 @@ run('migration between two VM processes', () => {
     expect(s.ram!.transferred).toBeGreaterThan(32 * MiB);
     // the token bucket allows one burst (<= 1 MiB) above the rate
     expect(bytesPerS).toBeLessThanOrEqual(limit * 1.1 + MiB / (s['total-time']! / 1000));
-  });
-
-  test('a source killed mid-postcopy: the destination fails quickly, stays usable, keeps its blocktime totals', async () => {
-    // most accesses go to a hot tenth of the pages: those fault in at once, the
-    // rest comes mostly at 8 MiB/s, so postcopy lasts (a guest touching all of
-    // its RAM at random faults it in within half a second now that faults are fast)
-    const common = ['-m', '128M', '-smp', '2', '-workload', 'hotset,end=120M'];
-    const uri = `unix:${lab.path('kill.sock')}`;
-    const dst = await lab.vm('dst', [...common, '-incoming', uri]);
-    const src = await lab.vm('src', common);
-    await setCaps(dst, ['postcopy-ram', 'postcopy-blocktime']);
-    await setCaps(src, ['postcopy-ram']);
-    await src.qmp.execute('migrate-set-parameters', { 'max-postcopy-bandwidth': 8 * MiB }); // a long postcopy phase
-    await new Promise((r) => setTimeout(r, 300));
-    await src.qmp.execute('migrate', { uri });
-    await src.qmp.execute('migrate-start-postcopy');
-    await waitStatus(dst, ['postcopy-active']);
-    await new Promise((r) => setTimeout(r, 500));
-    const live = await dst.queryMigrate();
-    expect(live['x-blocktime']?.state).toBe('live');
-    const killedAt = Date.now();
-    src.child.kill('SIGKILL');
-    const d: MigrationInfo = await waitStatus(dst, ['failed'], 5000);
-    const tookMs = Date.now() - killedAt;
-    expect(tookMs).toBeLessThan(3000); // "within a second", with room for a loaded CI machine
-    expect(d['error-desc']).toMatch(/source closed the (connection|urgent channel)|connection error/);
-    expect(d['x-blocktime']?.state).toBe('final');
-    expect(d['x-blocktime']!.faults).toBeGreaterThan(0);
-    expect(d['x-blocktime']!.faults).toBeGreaterThanOrEqual(live['x-blocktime']!.faults);
-    expect(await dst.qmp.execute('query-status')).toMatchObject({ status: 'paused' });
-    await expect(dst.qmp.execute('x-query-ram-digest')).rejects.toThrow(/postcopy/);
   });
 
   test('a VM process that crashes is reported as such, with its signal, not as a closed QMP connection', async () => {

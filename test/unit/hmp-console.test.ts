@@ -76,6 +76,8 @@ class FakeMachine implements Machine {
     this.setStatus('postcopy-active');
   }
   async cancel(): Promise<void> { if (this.status !== 'none' && !TERMINAL_STATUSES.has(this.status)) this.setStatus('cancelled'); }
+  async migratePause(): Promise<void> { this.setStatus('postcopy-paused'); }
+  async migrateRecover(): Promise<void> { /* listens */ }
   calcDirtyRate(a: CalcDirtyRateArgs): void { this.dirty.meter.calc(a); }
   queryDirtyRate(unit?: TimeUnit): DirtyRateInfo { return this.dirty.meter.query(unit); }
   vcpuDirtyLimits(): VcpuDirtyLimit[] | undefined { return undefined; }
@@ -229,7 +231,7 @@ describe('HMP console, scripts', () => {
     expect(text).toContain("Error: Parameter 'x-postcopy-readahead' expects a number of pages\n");
     expect(text).toContain('Error: invalid parameter value: nonsense (supported: throttle-trigger-threshold, cpu-throttle-initial, '
       + 'cpu-throttle-increment, cpu-throttle-tailslow, max-cpu-throttle, max-bandwidth, max-postcopy-bandwidth, downtime-limit, '
-      + 'x-vcpu-dirty-limit-period, vcpu-dirty-limit, x-blocktime-trace, x-postcopy-readahead)\n');
+      + 'x-vcpu-dirty-limit-period, vcpu-dirty-limit, x-blocktime-trace, x-postcopy-readahead, x-postcopy-heartbeat-ms)\n');
     expect(machine.params['cpu-throttle-initial']).toBe(30);
     expect(machine.params['cpu-throttle-tailslow']).toBe(true);
     expect(machine.params['vcpu-dirty-limit']).toBe(8);
@@ -242,7 +244,7 @@ describe('HMP console, scripts', () => {
 
   it('help lists the table and says how the lab works', async () => {
     const { text } = await script('help\nhelp migrate\nhelp nothing\n');
-    expect(text).toContain('migrate [-d] [uri] -- migrate to URI');
+    expect(text).toContain('migrate [-d] [-r] [uri] -- migrate to URI');
     expect(text).toContain("Lab: 'migrate' with no URI (or 'migrate local') starts a matching destination process");
     expect(text).toContain("unknown command: 'nothing'");
     expect(text).toContain('info [subcommand] -- show various information');

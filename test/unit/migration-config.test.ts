@@ -69,7 +69,7 @@ describe('Parameters', () => {
     expect(p.get()).toEqual({
       'throttle-trigger-threshold': 50, 'cpu-throttle-initial': 20, 'cpu-throttle-increment': 10, 'cpu-throttle-tailslow': false,
       'max-cpu-throttle': 99, 'max-bandwidth': 134217728, 'downtime-limit': 300, 'max-postcopy-bandwidth': 0, 'x-blocktime-trace': '',
-      'x-postcopy-readahead': 0, 'x-vcpu-dirty-limit-period': 1000, 'vcpu-dirty-limit': 1,
+      'x-postcopy-readahead': 0, 'x-postcopy-heartbeat-ms': 2000, 'x-vcpu-dirty-limit-period': 1000, 'vcpu-dirty-limit': 1,
     });
     p.set({ 'max-bandwidth': 1000, 'downtime-limit': 50, 'x-blocktime-trace': '/tmp/t.jsonl', 'x-postcopy-readahead': 255 });
     expect(p.value('x-postcopy-readahead')).toBe(255);

@@ -1,0 +1,65 @@
+// The destination's side of postcopy recovery (QEMU's migrate_recover): while
+// postcopy-paused it may listen again; the first connection that brings a
+// HEADER flagged RESUME with the paused migration's token is the source's,
+// and is answered with the received-page bitmap (postcopy-recover); RESUME,
+// and the new urgent channel's admission, make it postcopy-active again. A
+// connection that is not the source's is refused, and the migration stays
+// paused, listening: a stranger cannot take over, or end, a paused guest.
+
+import { timingSafeEqual } from 'node:crypto';
+import { WireError, bitmapBytes, encodeRecvBitmap, type StreamHeader } from './wire.js';
+
+// page flags (native-shim/channel.h PC_PAGE_RECEIVED)
+const RECEIVED = 1;
+
+export class IncomingRecovery {
+  /** the migration's token, from its first HEADER (every recovery's stream must carry it) */
+  token: Buffer | null = null;
+  /** migrate_recover listens (until the recovery completes, or the migration pauses again) */
+  listening = false;
+  /** the source's recovery connection is in: its header was right (postcopy-recover) */
+  accepted = false;
+  /** RESUME came on it */
+  resumed = false;
+  /** recoveries completed */
+  recoveries = 0;
+  private readonly scratch: { bitmap: Uint8Array | null } = { bitmap: null };
+
+  constructor(private readonly pageSize: number) {}
+
+  /** migrate_recover */
+  listen(): void {
+    this.listening = true;
+    this.accepted = this.resumed = false;
+  }
+
+  accept(): void { this.accepted = true; }
+
+  /** paused (again): a recovery in progress is over */
+  paused(): void {
+    this.listening = this.accepted = this.resumed = false;
+  }
+
+  /** the recovery completed: postcopy-active again */
+  done(): void {
+    this.paused();
+    this.recoveries++;
+  }
+
+  /** A recovery's HEADER: flagged RESUME, with the paused migration's token (a WireError refuses the connection). */
+  check(h: StreamHeader): void {
+    if (!h.resume) throw new WireError('its header starts a new migration, not the recovery of the paused one (migrate -r on the source)');
+    if (this.token === null || !timingSafeEqual(this.token, h.token)) {
+      throw new WireError('its header does not carry the paused migration\'s token (a connection from another source, or a forged one)');
+    }
+    if (h.pageSize !== this.pageSize) throw new WireError(`page size mismatch: the source uses ${h.pageSize}, this VM ${this.pageSize}`);
+  }
+
+  /** RP_RECV_BITMAP of the pages received (`flags`, the threads' page flags) */
+  bitmap(flags: Uint8Array, pages: number): Buffer {
+    const n = bitmapBytes(pages);
+    const b = this.scratch.bitmap?.length === n ? this.scratch.bitmap.fill(0) : (this.scratch.bitmap = new Uint8Array(n));
+    for (let p = 0; p < pages; p++) if (flags[p] & RECEIVED) b[p >> 3] |= 1 << (p & 7);
+    return encodeRecvBitmap(pages, b);
+  }
+}

@@ -1,0 +1,123 @@
+// Issue 13, postcopy recovery, with real VM processes over real sockets:
+// QEMU's own flows (tests/qtest/migration: recovery/plain from either side,
+// double failures), a source killed mid-postcopy, and nothing lost at the end
+// (the sweep invariant with running vCPUs, every page by digest with -S).
+import { Lab, setCaps, waitStatus, digest, stableDigest, sweepInvariant, TERMINAL } from './migration-procs.js';
+import type { VmProcess } from '../../src/migration/local-destination.js';
+import { requireUffd } from '../helpers/uffd-available.js';
+
+const MiB = 1 << 20;
+const run = requireUffd() ? describe : describe.skip;
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const statuses = (vm: VmProcess): unknown[] => vm.events.filter((e) => e.event === 'MIGRATION').map((e) => e.data?.status);
+
+/** a pair in postcopy, its push slowed so that it lasts (max-postcopy-bandwidth) */
+async function inPostcopy(lab: Lab, o: { ram: string; workload: string; dstArgs?: string[]; bandwidth?: number }): Promise<{ src: VmProcess; dst: VmProcess }> {
+  const common = ['-m', o.ram, '-smp', '1', '-workload', o.workload];
+  const dst = await lab.vm('dst', [...common, ...(o.dstArgs ?? []), '-incoming', `unix:${lab.path('first.sock')}`]);
+  const src = await lab.vm('src', common);
+  await setCaps(dst, ['postcopy-ram', 'postcopy-blocktime', 'events']);
+  await setCaps(src, ['postcopy-ram', 'events']);
+  await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 32 * MiB, 'max-postcopy-bandwidth': o.bandwidth ?? 2 * MiB });
+  await sleep(300);
+  await src.qmp.execute('migrate', { uri: `unix:${lab.path('first.sock')}` });
+  await waitStatus(src, ['active']);
+  await sleep(100);
+  await src.qmp.execute('migrate-start-postcopy');
+  await waitStatus(src, ['postcopy-active']);
+  await waitStatus(dst, ['postcopy-active']);
+  return { src, dst };
+}
+
+/** migrate_recover on the destination, migrate -r on the source, both postcopy-active again */
+async function recover(lab: Lab, src: VmProcess, dst: VmProcess, name: string): Promise<void> {
+  await dst.qmp.execute('migrate-recover', { uri: `unix:${lab.path(name)}` });
+  await src.qmp.execute('migrate', { uri: `unix:${lab.path(name)}`, resume: true });
+  await waitStatus(src, ['postcopy-active'], 10000);
+  await waitStatus(dst, ['postcopy-active'], 10000);
+}
+
+async function finish(src: VmProcess, dst: VmProcess): Promise<void> {
+  await src.qmp.execute('migrate-set-parameters', { 'max-postcopy-bandwidth': 0 });
+  const s = await waitStatus(src, TERMINAL as never);
+  const d = await waitStatus(dst, TERMINAL as never);
+  expect([s.status, d.status, s['error-desc'], d['error-desc']]).toEqual(['completed', 'completed', undefined, undefined]);
+}
+
+run('postcopy recovery between two VM processes', () => {
+  let lab: Lab;
+  beforeEach(() => { lab = new Lab(); });
+  afterEach(async () => { await lab.close(); });
+
+  test('migrate_pause on the source: both sides paused with the reason, the vCPUs blocked meanwhile counted, recover, complete; the sweep holds', async () => {
+    const { src, dst } = await inPostcopy(lab, { ram: '64M', workload: 'sweep,end=48M' });
+    await src.qmp.execute('migrate-pause');
+    const s = await waitStatus(src, ['postcopy-paused'], 5000);
+    const d = await waitStatus(dst, ['postcopy-paused'], 5000);
+    expect(s['error-desc']).toBe('Postcopy migration is paused by the user');
+    expect(d['error-desc']).toMatch(/closed|urgent channel|migration stream/);
+    // QEMU's texts for commands given in the wrong state
+    await expect(src.qmp.execute('migrate-pause')).rejects.toThrow('migrate-pause is currently only supported during postcopy-active or postcopy-recover state');
+    await expect(src.qmp.execute('migrate-recover', { uri: 'unix:/nonexistent' })).rejects.toThrow('Migrate recover can only be run when postcopy is paused.');
+    await expect(dst.qmp.execute('migrate', { uri: 'unix:/x', resume: true })).rejects.toThrow('Cannot resume if there is no paused migration');
+    await sleep(500); // the sweep runs into pages that are not there: blocked in the pause
+    const live = (await dst.queryMigrate())['x-blocktime']!;
+    expect(live.pauses).toBe(1);
+    expect(live.pausedNs).toBeGreaterThan(400e6);
+    expect(live.vcpus[0].pausedBlocktimeNs).toBeGreaterThan(300e6);
+    await recover(lab, src, dst, 'again.sock');
+    await finish(src, dst);
+    expect(statuses(src)).toEqual(['setup', 'active', 'postcopy-active', 'postcopy-paused', 'postcopy-recover-setup', 'postcopy-recover', 'postcopy-active', 'completed']);
+    expect(statuses(dst)).toEqual(['setup', 'active', 'postcopy-active', 'postcopy-paused', 'postcopy-recover', 'postcopy-active', 'completed']);
+    const bt = (await dst.queryMigrate())['x-blocktime']!;
+    expect(bt.vcpus[0].pausedBlocktimeNs).toBeLessThanOrEqual(bt.pausedNs!);
+    expect(bt.vcpus[0].pausedBlocktimeNs).toBeLessThanOrEqual(bt.vcpus[0].blocktimeNs);
+    await dst.qmp.execute('stop');
+    expect(sweepInvariant(await stableDigest(dst), (48 * MiB) / 4096)).toBeNull();
+  });
+
+  test('migrate_pause on the destination, destination -S: recover, complete, every page identical', async () => {
+    const { src, dst } = await inPostcopy(lab, { ram: '48M', workload: 'random,end=40M,seed=5', dstArgs: ['-S'] });
+    await dst.qmp.execute('migrate-pause');
+    await waitStatus(dst, ['postcopy-paused'], 5000);
+    await waitStatus(src, ['postcopy-paused'], 5000);
+    await recover(lab, src, dst, 'again.sock');
+    await finish(src, dst);
+    expect(await digest(dst)).toEqual(await digest(src));
+  });
+
+  test('double failure: a recovery to a port nobody listens on goes back to paused with the event; a good one then completes', async () => {
+    const { src, dst } = await inPostcopy(lab, { ram: '48M', workload: 'random,end=40M,seed=6', dstArgs: ['-S'] });
+    await src.qmp.execute('migrate-pause');
+    await waitStatus(dst, ['postcopy-paused'], 5000);
+    await src.qmp.execute('migrate', { uri: `unix:${lab.path('nobody.sock')}`, resume: true });
+    const s = await waitStatus(src, ['postcopy-paused'], 5000);
+    expect(s['error-desc']).toMatch(/Failed to connect to 'unix:.*nobody\.sock'/);
+    expect(statuses(src).slice(-3)).toEqual(['postcopy-paused', 'postcopy-recover-setup', 'postcopy-paused']);
+    await recover(lab, src, dst, 'again.sock');
+    await finish(src, dst);
+    expect(await digest(dst)).toEqual(await digest(src));
+  });
+
+  test('the source killed with SIGKILL mid-postcopy: the destination is paused within 1 s, answers, its blocktime goes on; guest RAM is not read', async () => {
+    const { src, dst } = await inPostcopy(lab, { ram: '48M', workload: 'sweep,end=40M' });
+    await sleep(300);
+    const live = (await dst.queryMigrate())['x-blocktime']!;
+    const t0 = Date.now();
+    src.child.kill('SIGKILL');
+    const d = await waitStatus(dst, ['postcopy-paused', 'failed'], 5000);
+    expect(d.status).toBe('postcopy-paused');
+    expect(Date.now() - t0).toBeLessThan(1000);
+    expect(d['error-desc']).toMatch(/source closed the connection|urgent channel|connection error/);
+    expect(await dst.qmp.execute('query-status')).toMatchObject({ running: true });
+    await sleep(300);
+    const later = (await dst.queryMigrate())['x-blocktime']!;
+    expect(later.state).toBe('live');
+    expect(later.faults).toBeGreaterThanOrEqual(live.faults);
+    expect(later.vcpus[0].blocktimeNs).toBeGreaterThan(live.vcpus[0].blocktimeNs + 200e6); // blocked on a page that cannot come
+    // nothing on the event loop touches a missing page: the digest is refused, not hung
+    await expect(dst.qmp.execute('x-query-ram-digest')).rejects.toThrow(/incoming migration/);
+    await dst.qmp.execute('migrate-recover', { uri: `unix:${lab.path('later.sock')}` });
+    expect((await dst.queryMigrate()).status).toBe('postcopy-paused');
+  });
+});

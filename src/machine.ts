@@ -208,6 +208,8 @@ class VmMachine implements Machine {
     if (ram) info.ram = ram;
     if ((this.status.status === 'failed' || this.status.status === 'postcopy-paused') && this.status.errorDesc) info['error-desc'] = this.status.errorDesc;
     if (this.outgoing) Object.assign(info, this.tools.migrationInfo());
+    const rec = this.outgoing?.recoveryFigures ?? this.incoming?.recoveryFigures;
+    if (rec && (rec.recoveries > 0 || this.status.status === 'postcopy-paused' || this.status.status.startsWith('postcopy-recover'))) info['x-recovery'] = rec;
     const stall = this.status.status === 'active' ? this.outgoing?.convergence() : undefined;
     if (stall) info['x-convergence'] = stall;
     if (this.incoming && this.caps.has('postcopy-blocktime')) {

@@ -111,6 +111,9 @@ export interface MigrationInfo extends Partial<BlocktimeReport> {
   'dirty-limit-ring-full-time'?: number;
   /** ours: present while precopy rounds do not shrink the dirty set */
   'x-convergence'?: ConvergenceInfo;
+  /** postcopy recovery (ours): recoveries completed; the source's pages sent again (the destination
+   *  lacked them), the destination's pages asked for again on a new link. Present once a pause happened. */
+  'x-recovery'?: { recoveries: number; 'pages-resent'?: number; 'pages-requested-again'?: number };
 }
 
 /** QEMU's RunState names (query-status "status"): the first six are the

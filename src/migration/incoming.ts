@@ -487,6 +487,10 @@ export class IncomingMigration implements StreamHandler {
   get listening(): boolean { return this.server !== null && this.socket === null; }
   /** migrate_recover is listening, or its handshake runs */
   get recovering(): boolean { return this.recovery.listening; }
+  /** recoveries done, pages the fault thread asked for again on a new link */
+  get recoveryFigures(): { recoveries: number; 'pages-requested-again': number } {
+    return { recoveries: this.recovery.recoveries, 'pages-requested-again': this.pc.stat(FaultThreadStat.Rerequests) };
+  }
   /** pages dropped on the source's DISCARD (dirtied after they were sent) */
   get discardedPages(): number { return this.discarded; }
 

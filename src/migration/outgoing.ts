@@ -389,8 +389,8 @@ export class OutgoingMigration implements ReturnHandler {
   }
 
   /** pages sent again after recoveries (the destination lacked them), recoveries done */
-  get recoveryFigures(): { resent: number; recoveries: number } {
-    return { resent: this.recovery.resent, recoveries: this.recovery.recoveries };
+  get recoveryFigures(): { recoveries: number; 'pages-resent': number } {
+    return { recoveries: this.recovery.recoveries, 'pages-resent': this.recovery.resent };
   }
 
   // ---------------------------------------------------------------- ending

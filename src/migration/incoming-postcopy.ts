@@ -111,6 +111,7 @@ export class IncomingPostcopy {
   /** Recovery: the fault thread takes the new urgent channel and asks again for every page still outstanding. */
   attach(s: net.Socket): void {
     this.links++;
+    this.urgentClosing = false; // a loss of the link before (the pause's own) is not this one's
     this.channel!.attach(s, this.o.params.value('x-postcopy-heartbeat-ms'));
   }
 

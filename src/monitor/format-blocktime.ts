@@ -119,8 +119,9 @@ export function formatBlocktimeRich(report: BlocktimeReport, opts: RichFormatOpt
   if (x.unavailable !== undefined) out.push(c.red(`Unavailable: ${x.unavailable}`));
 
   const kernel = x.vcpus.some((v) => v.kernelBlockedNs !== undefined || v.kernelUnavailable !== undefined);
+  const paused = x.pauses !== undefined && x.pauses > 0;
   const table = new Table({
-    head: ['vCPU', 'thread id', 'faults', 'blocktime', 'share', 'avg latency', 'p99 latency', ...(kernel ? ['kernel'] : [])],
+    head: ['vCPU', 'thread id', 'faults', 'blocktime', ...(paused ? ['in pauses'] : []), 'share', 'avg latency', 'p99 latency', ...(kernel ? ['kernel'] : [])],
     colAligns: ['right', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
     style: { head: [], border: [] },
   });
@@ -129,6 +130,7 @@ export function formatBlocktimeRich(report: BlocktimeReport, opts: RichFormatOpt
     table.push([
       v.index, v.threadId, v.faults,
       v.blocktimeNs > 0 ? c.bold(formatDurationNs(v.blocktimeNs)) : formatDurationNs(0),
+      ...(paused ? [formatDurationNs(v.pausedBlocktimeNs ?? 0)] : []),
       `${share.toFixed(1)} %`,
       v.faults > 0 ? formatDurationNs(v.latencyAvgNs) : '-',
       v.faults > 0 ? formatDurationNs(v.latencyP99Ns) : '-',
@@ -142,6 +144,7 @@ export function formatBlocktimeRich(report: BlocktimeReport, opts: RichFormatOpt
   out.push(`Total blocktime (all vCPUs blocked at once): ${c.bold(formatDurationNs(x.totalBlocktimeNs))}${totalShare}`);
   out.push(`All-blocked windows: ${x.allBlockedWindows}, longest ${formatDurationNs(x.longestAllBlockedNs)}`);
   out.push(`Postcopy phase: ${formatDurationNs(x.postcopyNs)}`);
+  if (paused) out.push(`Paused (postcopy-paused, link lost): ${formatDurationNs(x.pausedNs ?? 0)} in ${x.pauses} pause${x.pauses === 1 ? '' : 's'}`);
   out.push(`Faults: ${x.faults} (vCPU ${x.faults - x.nonVcpuFaults}, non-vCPU ${x.nonVcpuFaults})`);
   out.push(`Non-vCPU latency: avg ${x.nonVcpuFaults > 0 ? formatDurationNs(report['postcopy-non-vcpu-latency']) : '-'}`);
   if (x.faults > 0) {

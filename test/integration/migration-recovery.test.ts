@@ -99,6 +99,28 @@ run('postcopy recovery between two VM processes', () => {
     expect(await digest(dst)).toEqual(await digest(src));
   });
 
+  test('a source that goes silent (SIGSTOP) with its connections open: the heartbeat pauses the destination; resumed, the source pauses too; recovered, complete', async () => {
+    const { src, dst } = await inPostcopy(lab, { ram: '48M', workload: 'random,end=40M,seed=7', dstArgs: ['-S'] });
+    await dst.qmp.execute('migrate-set-parameters', { 'x-postcopy-heartbeat-ms': 500 });
+    // the fault thread took the parameter at the switchover: a recovery re-reads it, the first link keeps the default
+    await dst.qmp.execute('migrate-pause');
+    await waitStatus(src, ['postcopy-paused'], 5000);
+    await recover(lab, src, dst, 'hb.sock');
+    const t0 = Date.now();
+    src.child.kill('SIGSTOP');
+    try {
+      const d = await waitStatus(dst, ['postcopy-paused'], 5000);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(450);
+      expect(d['error-desc']).toMatch(/nothing came from the peer for \d+ ms \(x-postcopy-heartbeat-ms\)/);
+    } finally {
+      src.child.kill('SIGCONT');
+    }
+    await waitStatus(src, ['postcopy-paused'], 5000);
+    await recover(lab, src, dst, 'after.sock');
+    await finish(src, dst);
+    expect(await digest(dst)).toEqual(await digest(src));
+  });
+
   test('the source killed with SIGKILL mid-postcopy: the destination is paused within 1 s, answers, its blocktime goes on; guest RAM is not read', async () => {
     const { src, dst } = await inPostcopy(lab, { ram: '48M', workload: 'sweep,end=40M' });
     await sleep(300);

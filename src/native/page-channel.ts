@@ -88,7 +88,7 @@ export function handOverSocket(s: net.Socket): number {
 }
 
 /** A dup of a connected socket's fd (CLOEXEC, still non-blocking). */
-function dupSocket(s: net.Socket): number {
+export function dupSocket(s: net.Socket): number {
   const handle = (s as unknown as { _handle?: { fd?: number } | null })._handle;
   const fd = handle?.fd ?? -1;
   if (fd < 0) throw new Error('the socket has no file descriptor (closed, or not a TCP/unix socket)');

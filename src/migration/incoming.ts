@@ -26,6 +26,7 @@ import { IncomingPostcopy } from './incoming-postcopy.js';
 import { IncomingStream } from './incoming-stream.js';
 import { DestinationRam } from './incoming-ram.js';
 import { listenForMigration } from './incoming-listen.js';
+import { authenticatedConnections } from './channel-auth.js';
 import { HANDSHAKE_TIMEOUT_MS } from './incoming-urgent.js';
 import { removeUnixSocket, type BoundUnixSocket } from '../unix-listen.js';
 
@@ -95,7 +96,7 @@ export class IncomingMigration implements StreamHandler {
   /** Listens on `addr`; resolves once listening. The status stays 'none'
    *  (capabilities can still be set) until the source connects. */
   async listen(addr: MigrationAddress): Promise<void> {
-    const l = await listenForMigration(addr, (s) => this.accept(s));
+    const l = await listenForMigration(addr, authenticatedConnections(() => this.o.params.value('x-migration-psk'), (s) => this.accept(s), (s, why) => this.pc.refuse(s, why)));
     this.server = l.server;
     this.unixSocket = l.unix;
   }

@@ -8,6 +8,7 @@ import net from 'node:net';
 import { systemErrorText } from '../errors.js';
 import { formatMigrationUri, type MigrationAddress } from './uri.js';
 import { ReturnDecoder, WireError, type ReturnHandler } from './wire.js';
+import { authenticateConnector } from './channel-auth.js';
 
 const CONNECT_TIMEOUT_MS = 10000;
 
@@ -19,6 +20,8 @@ export interface MainConnection {
   connecting(): boolean;
   /** the migration ended (a close is expected) */
   done(): boolean;
+  /** x-migration-psk's key, proved before the stream starts (channel-auth.ts), or null */
+  psk?: Buffer | null;
 }
 
 /** Connects to `addr`; the return path goes to `rp`. */
@@ -30,7 +33,7 @@ export function connectMain(addr: MigrationAddress, rp: ReturnHandler, ramBytes:
     clearTimeout(timer);
     if (h.done()) return;
     sock.setNoDelay(true);
-    h.connected(sock);
+    authenticateConnector(sock, h.psk ?? null).then(() => { if (!h.done()) h.connected(sock); }, (e: Error) => h.fail(e.message));
   });
   sock.on('data', (chunk: Buffer) => {
     try {

@@ -60,6 +60,8 @@ export interface OutgoingOptions {
   events?: EventEmitter;
   /** auto-converge / dirty-limit, told of every round's dirty sync */
   throttle?: PrecopyThrottle;
+  /** x-migration-psk's key, read when the migration started: every connection proves it (channel-auth.ts) */
+  psk?: Buffer | null;
 }
 
 type Phase = 'connecting' | 'precopy' | 'switching' | 'postcopy' | 'finishing' | 'done';
@@ -107,7 +109,7 @@ export class OutgoingMigration implements ReturnHandler {
     this.startMs = performance.now();
     this.socket = connectMain(addr, this, this.ram.bytes, this.ps, {
       connected: (sock) => this.connected(sock, addr), fail: (why) => this.fail(why),
-      connecting: () => this.phase === 'connecting', done: () => this.phase === 'done',
+      connecting: () => this.phase === 'connecting', done: () => this.phase === 'done', psk: this.o.psk,
     });
   }
 
@@ -122,7 +124,7 @@ export class OutgoingMigration implements ReturnHandler {
     // the urgent channel carries the main stream's random token: the destination refuses any other
     const h = { pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload, token: randomBytes(TOKEN_BYTES) };
     this.stream.send(encodeHeader({ ...h, postcopy: this.o.postcopy }));
-    this.urgent.connect(addr, h);
+    this.urgent.connect(addr, h, this.o.psk);
     this.phase = 'precopy';
     this.rounds.begin(0);
     this.o.status.moveTo('active');

@@ -147,6 +147,7 @@ export function formatParameters(p: Partial<MigrationParameters>): string[] {
     ['vcpu-dirty-limit', (v) => `${u(Number(v))} MB/s`],
     ['x-blocktime-trace', (v) => `'${v}'`],
     ['x-postcopy-readahead', (v) => `${v} pages`],
+    ['x-migration-psk', (v) => `'${v}'`],
   ];
   return lines.filter(([name]) => p[name] !== undefined).map(([name, show]) => `${name}: ${show(p[name] as string | number | boolean)}`);
 }

@@ -177,5 +177,7 @@ run('a pre-shared key on the migration links (x-migration-psk)', () => {
     const s = await waitStatus(src, TERMINAL as never, 10000);
     expect(s['error-desc']).toBe('destination: migration connection refused: this destination\'s pre-shared key file (x-migration-psk) is unusable: its mode is 0644: group or others may read it (chmod 600 it)');
     expect((await vm.queryMigrate()).status).toBe('none');
+    expect(await hmp(vm, 'migrate_set_parameter x-migration-psk ""')).toBe(''); // none again
+    expect(await vm.qmp.execute('query-migrate-parameters')).toMatchObject({ 'x-migration-psk': '' });
   });
 });

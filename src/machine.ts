@@ -18,6 +18,7 @@ import { MigrationStatusMachine } from './migration/status.js';
 import { parseMigrationUri } from './migration/uri.js';
 import { OutgoingMigration } from './migration/outgoing.js';
 import { IncomingMigration } from './migration/incoming.js';
+import { loadMigrationKey } from './migration/channel-auth.js';
 import { checkTracePath } from './blocktime-trace/index.js';
 import { VCPU_STATE_BYTES } from './migration/wire.js';
 import type { GuestMemory, VcpuControl } from './migration/guest.js';
@@ -231,6 +232,8 @@ class VmMachine implements Machine {
     // a trace that could not be written would only show when postcopy starts
     const trace: unknown = params['x-blocktime-trace'];
     if (typeof trace === 'string') checkTracePath(trace);
+    const psk: unknown = params['x-migration-psk'];
+    if (typeof psk === 'string') loadMigrationKey(psk); // the key file as it is now: a bad one is refused here, and when a migration starts
     this.params.set(params as Record<string, unknown>);
   }
 
@@ -246,6 +249,7 @@ class VmMachine implements Machine {
     if (this.incoming && !this.incoming.ramReadable) throw new CommandError('Guest RAM is incomplete after a failed incoming migration');
     if (this.state === 'postmigrate') throw new CommandError(this.guestLeft());
     this.tools.checkMigrate();
+    const psk = loadMigrationKey(this.params.value('x-migration-psk')); // read again: the file may have changed since it was set
     let target: string = uri;
     if (uri === 'local') {
       await this.releaseLab();
@@ -263,7 +267,7 @@ class VmMachine implements Machine {
       ram: this.memory, vcpus: this.control, workload: this.workloadText, status: this.status, params: this.params,
       postcopy: this.caps.has('postcopy-ram'), wasRunning: this.state === 'running',
       setRunState: (s) => this.setRunState(s), trackingMode: this.opts.dirtyTracking, events: this.events,
-      throttle: this.tools.forMigration(this.caps),
+      throttle: this.tools.forMigration(this.caps), psk,
     });
     this.outgoing.start(addr);
   }
@@ -303,6 +307,7 @@ class VmMachine implements Machine {
       }
     }
     const addr = parseMigrationUri(uri);
+    loadMigrationKey(this.params.value('x-migration-psk')); // checked now; read again at each connection (channel-auth.ts)
     this.incomingStarted = true;
     if (prev) {
       this.incoming = null;

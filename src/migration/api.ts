@@ -53,7 +53,9 @@ export interface CapabilityState {
  *  for max-postcopy-bandwidth), downtime-limit ms. Ours: `x-blocktime-trace`,
  *  a path to record the blocktime trace to ('' = off); `x-postcopy-readahead`,
  *  pages after a faulted one the destination asks for with it (0 = QEMU's
- *  behaviour: the faulted page only). The throttle ones are QEMU's
+ *  behaviour: the faulted page only); `x-migration-psk`, the path of a key
+ *  file every migration connection proves before any byte moves ('' = none,
+ *  channel-auth.ts). The throttle ones are QEMU's
  *  (auto-converge: percentages; dirty-limit: ms and MB/s). */
 export interface MigrationParameters {
   'throttle-trigger-threshold': number;
@@ -70,6 +72,7 @@ export interface MigrationParameters {
   'x-postcopy-heartbeat-ms': number;
   'x-vcpu-dirty-limit-period': number;
   'vcpu-dirty-limit': number;
+  'x-migration-psk': string;
 }
 export type ParameterName = keyof MigrationParameters;
 

@@ -26,6 +26,8 @@ export interface DestinationBlocktimeOptions {
   events: EventEmitter;
   /** the x-blocktime-trace parameter ('' = no trace) */
   tracePath: string;
+  /** no placer can place a page nobody has (a postcopy pause): the vCPUs asleep on one hold the accounting back no more */
+  quiet(): boolean;
   /** guest RAM: base address, page size, the page flags (bits 8 and 16 are the rules') */
   base: number;
   pageSize: number;
@@ -47,6 +49,8 @@ export class DestinationBlocktime {
   /** per vCPU, the time of its latest fault taken (a reported stamp up to it holds the accounting back no more) */
   private readonly drainedFault: Float64Array;
   private readonly threads: VcpuThreads;
+  /** what the stamps' horizon passes over (see AccessStamps.horizon) */
+  private readonly asleep: { drained: Float64Array; received: Uint8Array };
 
   constructor(o: DestinationBlocktimeOptions) {
     this.o = o;
@@ -63,6 +67,7 @@ export class DestinationBlocktime {
     this.stampsNow = o.vcpus.accessStamps();
     this.threads = new VcpuThreads(o.vcpus.threadIds());
     this.drainedFault = new Float64Array(o.vcpus.count).fill(-Infinity);
+    this.asleep = { drained: this.drainedFault, received: o.flags };
   }
 
   /** The report of a destination whose kernel cannot name the faulting thread. */
@@ -113,7 +118,7 @@ export class DestinationBlocktime {
   drained(drain: () => number): void {
     const cpu0 = threadCpuNs(process.pid) ?? 0;
     const h0 = monotonicNs();
-    const stamped = this.stampsNow?.horizon(this.drainedFault) ?? Infinity;
+    const stamped = this.stampsNow?.horizon(this.o.quiet() ? this.asleep : undefined) ?? Infinity;
     this.feed.horizonNs += monotonicNs() - h0;
     const horizon = drain();
     this.accounting.releaseBefore(Math.min(horizon, stamped));

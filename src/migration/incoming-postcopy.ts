@@ -70,6 +70,19 @@ export class IncomingPostcopy {
   private urgent: net.Socket | null = null;
   /** the connections after the main one, until one proves it is the urgent channel (a recovery opens a new gate) */
   private gate: UrgentGate;
+  /** paused, and no placer runs any more: the receiver stopped, the fault thread without a link
+   *  (it places only pages that are here already) until attach(); and so at the drain before, whose
+   *  events took the last placements (a vCPU they woke is not taken for asleep) */
+  private get quiet(): boolean {
+    return this.quietBefore && this.placersStopped();
+  }
+  private placersStopped(): boolean {
+    return this.pausedLink && this.channel?.state === 'paused' && this.o.receiver() === null;
+  }
+  /** placersStopped() held at the end of the last drain */
+  private quietBefore = false;
+  /** pause() was called, attach() not yet */
+  private pausedLink = false;
   /** links given to the fault thread (its first, and one per recovery): it has lost the last one when
    *  it is paused (or closed) with as many taken (FaultThreadStat.Links) */
   private links = 0;
@@ -99,6 +112,7 @@ export class IncomingPostcopy {
   /** Postcopy paused: the fault thread drops its link (it goes on reading, and dating, faults), the
    *  candidates for the urgent channel are closed, and a recovery will admit a new one. */
   pause(): void {
+    this.pausedLink = true;
     this.channel?.detach();
     this.gate.close();
     this.gate = this.newGate();
@@ -110,6 +124,7 @@ export class IncomingPostcopy {
 
   /** Recovery: the fault thread takes the new urgent channel and asks again for every page still outstanding. */
   attach(s: net.Socket): void {
+    this.pausedLink = false; // before the thread can place again
     this.links++;
     this.urgentClosing = false; // a loss of the link before (the pause's own) is not this one's
     this.channel!.attach(s, this.o.params.value('x-postcopy-heartbeat-ms'));
@@ -192,7 +207,7 @@ export class IncomingPostcopy {
     if (blocktime) {
       if (uffd.enabled.has('THREAD_ID')) {
         this.blocktime = new DestinationBlocktime({
-          vcpus: o.vcpus, events: o.events, tracePath: o.params.value('x-blocktime-trace'),
+          vcpus: o.vcpus, events: o.events, tracePath: o.params.value('x-blocktime-trace'), quiet: () => this.quiet,
           base: o.base, pageSize: o.pageSize, flags: o.flags,
         });
       } else {
@@ -248,12 +263,14 @@ export class IncomingPostcopy {
       rc?.drain(this.onStreamEvent);
       return;
     }
+    const stopped = this.placersStopped(); // before the drain: its events are then the last placements
     bt.drained(() => {
       const now = monotonicNs();
       const a = ch === null ? Infinity : ch.drainOrdered(this.onEvent, now);
       const b = rc === null ? Infinity : rc.drainOrdered(this.onStreamEvent, now);
       return Math.min(a, b);
     });
+    this.quietBefore = stopped && this.placersStopped();
   }
 
   /** The vCPUs were started (or left paused): the kernel's window opens. */

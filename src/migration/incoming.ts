@@ -27,6 +27,7 @@ import { IncomingPostcopy } from './incoming-postcopy.js';
 import { IncomingStream } from './incoming-stream.js';
 import { DestinationRam } from './incoming-ram.js';
 import { listenForMigration } from './incoming-listen.js';
+import { authenticatedConnections } from './channel-auth.js';
 import { HANDSHAKE_TIMEOUT_MS } from './incoming-urgent.js';
 import { removeUnixSocket, type BoundUnixSocket } from '../unix-listen.js';
 
@@ -104,9 +105,14 @@ export class IncomingMigration implements StreamHandler {
   /** Listens on `addr`; resolves once listening. The status stays 'none'
    *  (capabilities can still be set) until the source connects. */
   async listen(addr: MigrationAddress): Promise<void> {
-    const l = await listenForMigration(addr, (s) => this.accept(s));
+    const l = await listenForMigration(addr, this.admission());
     this.server = l.server;
     this.unixSocket = l.unix;
+  }
+
+  /** each connection to a listener: it proves x-migration-psk's key first, if one is set (channel-auth.ts) */
+  private admission(): (s: net.Socket) => void {
+    return authenticatedConnections(() => this.o.params.value('x-migration-psk'), (s) => this.accept(s), (s, why) => this.pc.refuse(s, why));
   }
 
   /** the bound address (tcp port when 0 was asked) */
@@ -289,7 +295,7 @@ export class IncomingMigration implements StreamHandler {
   /** migrate_recover URI: listen for the source's recovery (migrate -r) */
   async recover(addr: MigrationAddress): Promise<void> {
     if (this.o.status.status !== 'postcopy-paused') throw new Error('not paused');
-    const l = await listenForMigration(addr, (s) => this.accept(s));
+    const l = await listenForMigration(addr, this.admission());
     this.server = l.server;
     this.unixSocket = l.unix;
     this.recovery.listen();

@@ -8,6 +8,7 @@ import net from 'node:net';
 import { systemErrorText } from '../errors.js';
 import { formatMigrationUri, type MigrationAddress } from './uri.js';
 import { ReturnDecoder, WireError, type ReturnHandler } from './wire.js';
+import { authenticateConnector } from './channel-auth.js';
 
 const CONNECT_TIMEOUT_MS = 10000;
 
@@ -22,6 +23,8 @@ export interface MainConnection {
   /** the link is lost after the connection was made (an error, or a close without the return path's end):
    *  postcopy pauses on it (else it fails) */
   lost(why: string): void;
+  /** x-migration-psk's key, proved before the stream starts (channel-auth.ts), or null */
+  psk?: Buffer | null;
 }
 
 /** Connects to `addr`; the return path goes to `rp` (`recovery`: a postcopy recovery's, with its bitmap). */
@@ -34,7 +37,7 @@ export function connectMain(addr: MigrationAddress, rp: ReturnHandler, ramBytes:
     clearTimeout(timer);
     if (h.done()) return;
     sock.setNoDelay(true);
-    h.connected(sock);
+    authenticateConnector(sock, h.psk ?? null).then(() => { if (!h.done()) h.connected(sock); }, (e: Error) => h.fail(e.message));
   });
   sock.on('data', (chunk: Buffer) => {
     try {

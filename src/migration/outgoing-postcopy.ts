@@ -12,6 +12,7 @@ import { PageChannel, PageServerStat, type ChannelEventSink } from '../native/pa
 import { encodeHeader } from './wire.js';
 import type { MigrationAddress } from './uri.js';
 import { CarriedFigures } from '../native/carried-figures.js';
+import { authenticateConnector } from './channel-auth.js';
 
 const CONNECT_TIMEOUT_MS = 10000;
 /** how often the page server's ring is drained and its state looked at */
@@ -53,7 +54,7 @@ export class SourcePostcopy {
   /** The urgent channel: this side writes its HEADER, then the page server
    *  takes it over at the postcopy switchover (nothing comes back on it
    *  before: the destination's fault thread starts after the switchover). */
-  connect(addr: MigrationAddress, h: UrgentHeader): void {
+  connect(addr: MigrationAddress, h: UrgentHeader, psk: Buffer | null = null): void {
     const u = addr.transport === 'tcp' ? net.connect({ host: addr.host, port: addr.port }) : net.connect({ path: addr.path });
     this.socket = u;
     const mine = (): boolean => this.socket === u; // a recovery's new channel replaces this one
@@ -63,7 +64,8 @@ export class SourcePostcopy {
       u.once('connect', () => {
         clearTimeout(timer);
         u.setNoDelay(true);
-        u.write(encodeHeader({ ...h, urgent: true }), (e) => { if (e) reject(new Error(`urgent channel: ${e.message}`)); else resolve(); });
+        authenticateConnector(u, psk).then(() => u.write(encodeHeader({ ...h, urgent: true }), (e) => { if (e) reject(new Error(`urgent channel: ${e.message}`)); else resolve(); }),
+          (e: Error) => { reject(e); this.o.fail(`urgent channel: ${e.message}`); });
       });
       u.once('close', () => reject(new Error('the destination closed the urgent channel')));
     });

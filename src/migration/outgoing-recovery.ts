@@ -30,6 +30,8 @@ export interface RecoveryHost {
   state: SourceRam;
   /** the migration's header fields and token, as its first connection had them */
   header: UrgentHeader;
+  /** x-migration-psk's key, proved on each new connection too (channel-auth.ts), or null */
+  psk: Buffer | null;
   /** the return path's handler (the migration: acknowledgements, completion, and this handshake's records) */
   returnPath: ReturnHandler;
   /** the recovery's main connection (null: none) */
@@ -75,6 +77,7 @@ export class SourceRecovery {
       lost: (why) => { if (current()) { if (this.step !== null) this.failed(why); else h.lost(why); } },
       connecting: () => this.step === 'connect',
       done: () => h.done(),
+      psk: h.psk,
     }, true));
   }
 
@@ -98,7 +101,7 @@ export class SourceRecovery {
     if (this.step !== 'bitmap') throw new WireError('a received-page bitmap the source did not ask for');
     this.resent += h.state.fromReceivedBitmap(bitmap); // the view is valid during this call only
     this.step = 'ack';
-    h.urgent.connect(this.addr!, h.header);
+    h.urgent.connect(this.addr!, h.header, h.psk);
     // the page server first: the destination asks again for its outstanding pages as soon as it takes the channel
     h.urgent.start({ ramBase: h.ramBase, pageSize: h.pageSize, pages: h.state.pages, flags: h.state.address, sender: h.stream.channel! })
       .then(() => {

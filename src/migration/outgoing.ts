@@ -61,6 +61,8 @@ export interface OutgoingOptions {
   events?: EventEmitter;
   /** auto-converge / dirty-limit, told of every round's dirty sync */
   throttle?: PrecopyThrottle;
+  /** x-migration-psk's key, read when the migration started: every connection proves it (channel-auth.ts) */
+  psk?: Buffer | null;
 }
 
 /** paused: postcopy-paused (the link lost, or migrate_pause); recovering: migrate -r's handshake */
@@ -108,6 +110,7 @@ export class OutgoingMigration implements ReturnHandler {
     this.recovery = new SourceRecovery({
       ramBase: o.ram.base, ramBytes: o.ram.bytes, pageSize: this.ps, status: o.status, stream: this.stream, urgent: this.urgent, state: this.state,
       get header() { return self.header!; },
+      psk: o.psk ?? null,
       returnPath: this, setSocket: (s) => { this.socket = s; }, lost: (why) => this.lost(why), fail: (why) => this.fail(why),
       done: () => this.phase === 'done', resumed: () => this.resumed(),
     });
@@ -125,7 +128,7 @@ export class OutgoingMigration implements ReturnHandler {
     const mine = (f: () => void): void => { if (this.link === first) f(); };
     this.socket = connectMain(addr, this, this.ram.bytes, this.ps, {
       connected: (sock) => mine(() => this.connected(sock, addr)), fail: (why) => mine(() => this.fail(why)),
-      lost: (why) => mine(() => this.lost(why)), connecting: () => this.phase === 'connecting', done: () => this.phase === 'done',
+      lost: (why) => mine(() => this.lost(why)), connecting: () => this.phase === 'connecting', done: () => this.phase === 'done', psk: this.o.psk,
     });
   }
 
@@ -142,7 +145,7 @@ export class OutgoingMigration implements ReturnHandler {
     this.header = h;
     sock.setKeepAlive(true, Math.max(1000, this.o.params.value('x-postcopy-heartbeat-ms')));
     this.stream.send(encodeHeader({ ...h, postcopy: this.o.postcopy }));
-    this.urgent.connect(addr, h);
+    this.urgent.connect(addr, h, this.o.psk);
     this.phase = 'precopy';
     this.rounds.begin(0);
     this.o.status.moveTo('active');

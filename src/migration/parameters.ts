@@ -19,6 +19,7 @@ export const DEFAULT_PARAMETERS: Readonly<MigrationParameters> = {
   'x-postcopy-heartbeat-ms': 2000,
   'x-vcpu-dirty-limit-period': 1000,
   'vcpu-dirty-limit': 1,
+  'x-migration-psk': '',
 };
 
 /** most pages a read-ahead request may ask for (a request is one PAGES run, 256 pages at most, with the faulted page) */
@@ -47,6 +48,7 @@ export const PARAMETER_UNITS: Record<ParameterName, string> = {
   'x-blocktime-trace': '',
   'x-postcopy-readahead': 'pages',
   'x-postcopy-heartbeat-ms': 'ms',
+  'x-migration-psk': '',
 };
 
 export class Parameters {
@@ -100,8 +102,9 @@ export class Parameters {
           next[name] = checkInteger(name, v, 1, MAX_BANDWIDTH);
           break;
         case 'x-blocktime-trace':
-          if (typeof v !== 'string') throw new CommandError("Invalid parameter type for 'x-blocktime-trace', expected: string");
-          if (v.includes('\0')) throw new CommandError("Parameter 'x-blocktime-trace' expects a file path");
+        case 'x-migration-psk':
+          if (typeof v !== 'string') throw new CommandError(`Invalid parameter type for '${name}', expected: string`);
+          if (v.includes('\0')) throw new CommandError(`Parameter '${name}' expects a file path`);
           next[name] = v;
           break;
         default:

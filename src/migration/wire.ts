@@ -42,6 +42,14 @@
 //   RP_ACK      offset = bytes of the main stream consumed so far (flow control:
 //               in postcopy the source keeps a bounded window of background
 //               data in flight, so the destination's queue stays short)
+// Pre-shared key exchange (x-migration-psk, channel-auth.ts), before any of the
+// above on every connection of a side that has a key:
+//   AUTH        source -> destination: flags = step (1 its nonce, 2 its proof)
+//   RP_AUTH     destination -> source: flags = step (1 its nonce, 2 its proof)
+//               count = 40; payload: magic u32, version u32, 32 bytes (nonce or HMAC)
+// A side without a key reads the other's first AUTH record as a record it
+// does not expect, and says so naming the key (not a hang: each side's first
+// message goes out at connect).
 // Page requests (destination -> source, on the urgent channel):
 //   REQ_PAGES   offset, count = length in bytes (QEMU's "req pages"); a
 //               REQ_PAGES on the main connection is a protocol error
@@ -86,6 +94,7 @@ export const REC_END = 0x07;
 export const REC_ERROR = 0x08;
 export const REC_RESUME = 0x09;
 export const REC_HEARTBEAT = 0x0a;
+export const REC_AUTH = 0x0b;
 export const RP_REQ_PAGES = 0x41;
 export const RP_ERROR = 0x42;
 export const RP_RUNNING = 0x43;
@@ -96,6 +105,7 @@ export const RP_RESUME_ACK = 0x47;
 export const RP_HEARTBEAT = 0x48;
 /** after a RECV_BITMAP's bitmap (QEMU's RAMBLOCK_RECV_BITMAP_ENDING) */
 export const RECV_BITMAP_END = Buffer.from('PCPYBMAP', 'latin1');
+export const RP_AUTH = 0x49;
 
 export const SWITCHOVER_POSTCOPY = 1;
 export const HEADER_URGENT_CHANNEL = 1;
@@ -398,6 +408,9 @@ export class StreamDecoder extends RecordDecoder {
   protected beginRecord(buf: Buffer, pos: number): number {
     const type = buf[pos];
     const at = this.consumed;
+    if (!this.header && type === REC_AUTH) {
+      throw new WireError('the source opens with a pre-shared key exchange (x-migration-psk), and this destination has no x-migration-psk set');
+    }
     if (!this.header && type !== REC_HEADER) {
       throw new WireError(`stream does not start with a header record (first byte 0x${type.toString(16)}): not a postcopy migration stream`);
     }
@@ -576,6 +589,7 @@ export class ReturnDecoder extends RecordDecoder {
   protected beginRecord(buf: Buffer, pos: number): number {
     const type = buf[pos];
     const at = this.consumed;
+    if (type === RP_AUTH) throw new WireError('the destination asks for a pre-shared key exchange (x-migration-psk), and this source has no x-migration-psk set');
     if (buf[pos + 1] !== 0 || buf[pos + 2] !== 0 || buf[pos + 3] !== 0) throw new WireError(`return path record at byte ${at}: reserved bits set`);
     const count = buf.readUInt32LE(pos + 4);
     switch (type) {

@@ -23,7 +23,7 @@ import { resumeMigration } from './commands-recovery.js';
 export const PARAMETER_NAMES: readonly ParameterName[] = [
   'throttle-trigger-threshold', 'cpu-throttle-initial', 'cpu-throttle-increment', 'cpu-throttle-tailslow', 'max-cpu-throttle',
   'max-bandwidth', 'max-postcopy-bandwidth', 'downtime-limit', 'x-vcpu-dirty-limit-period', 'vcpu-dirty-limit',
-  'x-blocktime-trace', 'x-postcopy-readahead', 'x-postcopy-heartbeat-ms',
+  'x-blocktime-trace', 'x-postcopy-readahead', 'x-postcopy-heartbeat-ms', 'x-migration-psk',
 ];
 
 /** HMP's string input visitor: the integer parameters and their QAPI types */
@@ -74,7 +74,8 @@ export function parameterFromHmp(name: string, value: string): Partial<Migration
       if (value !== 'on' && value !== 'off') throw new CommandError(`Parameter '${name}' expects 'on' or 'off'`);
       return { 'cpu-throttle-tailslow': value === 'on' };
     case 'x-blocktime-trace':
-      return { 'x-blocktime-trace': value };
+    case 'x-migration-psk':
+      return { [name]: value };
     case 'x-postcopy-readahead': {
       if (!/^[0-9]+$/.test(value)) throw new CommandError(`Parameter '${name}' expects a number of pages`);
       return { 'x-postcopy-readahead': Number(value) };

@@ -148,6 +148,7 @@ export function formatParameters(p: Partial<MigrationParameters>): string[] {
     ['x-blocktime-trace', (v) => `'${v}'`],
     ['x-postcopy-readahead', (v) => `${v} pages`],
     ['x-postcopy-heartbeat-ms', (v) => `${u(Number(v))} ms`],
+    ['x-migration-psk', (v) => `'${v}'`],
   ];
   return lines.filter(([name]) => p[name] !== undefined).map(([name, show]) => `${name}: ${show(p[name] as string | number | boolean)}`);
 }

@@ -165,6 +165,7 @@ export function qmpCommands(): QmpCommand[] {
         { name: 'x-blocktime-trace', type: 'str', optional: true },
         { name: 'x-postcopy-readahead', type: 'int', optional: true },
         { name: 'x-postcopy-heartbeat-ms', type: 'int', optional: true },
+        { name: 'x-migration-psk', type: 'str', optional: true },
       ],
       help: 'set migration parameters',
       handler: async (ctx, args) => {

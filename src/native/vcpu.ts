@@ -31,8 +31,10 @@ export interface AccessStamps {
   disable(): void;
   /** the earliest stamp of the vCPUs running their workload, Infinity when none; with `drained`,
    *  a stamp whose fault was reported (native-shim/waiters.c) and taken already (a fault of vCPU i
-   *  dated drained[i] or later) is passed over: no event dated by it is still to come */
-  horizon(drained?: Float64Array): number;
+   *  dated drained[i] or later) on a page not received is passed over. Only while no placer can
+   *  place such a page (a postcopy pause): no event dated by that stamp is still to come, and the
+   *  vCPU sleeps on until a placement after the pause */
+  horizon(asleep?: { drained: Float64Array; received: Uint8Array }): number;
 }
 
 /** bit 63 of a stamp's page field, in its high word: the access's fault was pushed (native-shim/waiters.c TOUCH_REPORTED) */
@@ -143,19 +145,33 @@ export class NativeVcpus {
    * `drained` (per vCPU): see AccessStamps.horizon. A vCPU asleep a long time
    * (a postcopy pause) then holds the accounting back no more.
    */
-  accessHorizon(drained?: Float64Array): number {
+  accessHorizon(asleep?: { drained: Float64Array; received: Uint8Array }): number {
     let h = Infinity;
     for (let i = 0; i < this.count; i++) {
+      // asleep in an access whose fault was taken, on a page nobody can place now (the caller knows
+      // no placer runs): the fault thread pushed any fault of its earlier accesses before that one,
+      // and the vCPU stamps its next access only once a placement woke it
+      if (asleep !== undefined && this.#asleepReported(i, asleep.drained[i], asleep.received)) continue;
       for (let k = 0; k < L.VCPU_TOUCHES; k++) {
         const b = i * L.VCPU_BLOCK_SIZE + L.VCPU_OFF_TOUCH + k * 16;
-        const hi = this.#u32[(b >> 2) + 1];
-        if (this.#u32[b >> 2] === 0 && hi === 0) continue;
+        if (this.#u32[b >> 2] === 0 && this.#u32[(b >> 2) + 1] === 0) continue;
         const t = this.#f64[(b + 8) >> 3];
-        if (drained !== undefined && (hi & TOUCH_REPORTED_HI) !== 0 && drained[i] >= t) continue;
         if (t < h) h = t;
       }
     }
     return h;
+  }
+
+  /** vCPU i's newest access has its fault reported and taken (a fault of it dated `drained` or later),
+   *  on a page not received (bit 0 of `received`, the destination's page flags) */
+  #asleepReported(i: number, drained: number, received: Uint8Array): boolean {
+    const n = this.get64(i, L.VCPU_OFF_TOUCHES);
+    if (n === 0) return false;
+    const b = i * L.VCPU_BLOCK_SIZE + L.VCPU_OFF_TOUCH + ((n - 1) % L.VCPU_TOUCHES) * 16;
+    const hi = this.#u32[(b >> 2) + 1];
+    if ((hi & TOUCH_REPORTED_HI) === 0 || drained < this.#f64[(b + 8) >> 3]) return false;
+    const page = (hi & ~TOUCH_REPORTED_HI) * TWO32 + this.#u32[b >> 2] - 1;
+    return (received[page] & 1) === 0;
   }
 
   /** starts thread i; throws with the pthread error */

@@ -160,7 +160,7 @@ export class VcpuSet {
       blocks: n.blocks, count: n.count,
       enable: (clockBase) => n.setStamping(true, clockBase, this.#pages),
       disable: () => { if (!this.#stopped) n.setStamping(false); },
-      horizon: (drained) => n.accessHorizon(drained),
+      horizon: (asleep) => n.accessHorizon(asleep),
     };
   }
 

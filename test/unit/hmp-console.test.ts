@@ -231,7 +231,7 @@ describe('HMP console, scripts', () => {
     expect(text).toContain("Error: Parameter 'x-postcopy-readahead' expects a number of pages\n");
     expect(text).toContain('Error: invalid parameter value: nonsense (supported: throttle-trigger-threshold, cpu-throttle-initial, '
       + 'cpu-throttle-increment, cpu-throttle-tailslow, max-cpu-throttle, max-bandwidth, max-postcopy-bandwidth, downtime-limit, '
-      + 'x-vcpu-dirty-limit-period, vcpu-dirty-limit, x-blocktime-trace, x-postcopy-readahead, x-postcopy-heartbeat-ms)\n');
+      + 'x-vcpu-dirty-limit-period, vcpu-dirty-limit, x-blocktime-trace, x-postcopy-readahead, x-postcopy-heartbeat-ms, x-migration-psk)\n');
     expect(machine.params['cpu-throttle-initial']).toBe(30);
     expect(machine.params['cpu-throttle-tailslow']).toBe(true);
     expect(machine.params['vcpu-dirty-limit']).toBe(8);

@@ -89,7 +89,7 @@ describe('other info views', () => {
         'cpu-throttle-tailslow: on', 'max-cpu-throttle: 99',
         'max-bandwidth: 134217728 bytes/second', 'max-postcopy-bandwidth: 0 bytes/second',
         'downtime-limit: 300 ms', 'x-vcpu-dirty-limit-period: 1000 ms', 'vcpu-dirty-limit: 1 MB/s',
-        "x-blocktime-trace: ''", 'x-postcopy-readahead: 16 pages', 'x-postcopy-heartbeat-ms: 2000 ms']);
+        "x-blocktime-trace: ''", 'x-postcopy-readahead: 16 pages', 'x-postcopy-heartbeat-ms: 2000 ms', "x-migration-psk: ''"]);
   });
   it('progress line: status, percent, throughput, blocktime; no colour codes when off', () => {
     const line = formatProgress({ status: 'postcopy-active', ram: { ...ram, 'postcopy-requests': 9 } }, 42, false);

@@ -69,7 +69,7 @@ describe('Parameters', () => {
     expect(p.get()).toEqual({
       'throttle-trigger-threshold': 50, 'cpu-throttle-initial': 20, 'cpu-throttle-increment': 10, 'cpu-throttle-tailslow': false,
       'max-cpu-throttle': 99, 'max-bandwidth': 134217728, 'downtime-limit': 300, 'max-postcopy-bandwidth': 0, 'x-blocktime-trace': '',
-      'x-postcopy-readahead': 0, 'x-postcopy-heartbeat-ms': 2000, 'x-vcpu-dirty-limit-period': 1000, 'vcpu-dirty-limit': 1,
+      'x-postcopy-readahead': 0, 'x-postcopy-heartbeat-ms': 2000, 'x-vcpu-dirty-limit-period': 1000, 'vcpu-dirty-limit': 1, 'x-migration-psk': '',
     });
     p.set({ 'max-bandwidth': 1000, 'downtime-limit': 50, 'x-blocktime-trace': '/tmp/t.jsonl', 'x-postcopy-readahead': 255 });
     expect(p.value('x-postcopy-readahead')).toBe(255);
@@ -91,6 +91,8 @@ describe('Parameters', () => {
     [{ 'vcpu-dirty-limit': 0 }, "Parameter 'vcpu-dirty-limit' expects is invalid, it must greater then 1 MB/s"], [{ 'x-blocktime-trace': 5 }, /expected: string/],
     [{ 'x-postcopy-readahead': 256 }, /'x-postcopy-readahead' expects an integer in the range of 0 to 255 \(pages\)/],
     [{ 'x-postcopy-readahead': -1 }, /range of 0 to 255/], [{ 'x-postcopy-readahead': '8' }, /expected: integer/],
+    [{ 'x-migration-psk': 1 }, "Invalid parameter type for 'x-migration-psk', expected: string"],
+    [{ 'x-migration-psk': 'a\0b' }, "Parameter 'x-migration-psk' expects a file path"],
   ])('%j refused, nothing applied', (change, re) => {
     const p = new Parameters();
     expect(() => p.set({ 'max-bandwidth': 5, ...change })).toThrow(re);

@@ -301,7 +301,9 @@ export class IncomingMigration implements StreamHandler {
     this.recovery.listen();
   }
 
-  /** A recovery's main connection that is not the source's (a bad or missing header): refused; the listener goes on. */
+  /** A recovery's main connection that is not the source's (a bad or missing header): refused; the
+   *  oldest connection that came after it, not read yet, is the next candidate (the source's main
+   *  connection, when a stranger came first); the listener goes on. */
   private refuseRecoveryMain(reason: string): void {
     const s = this.socket;
     this.endHandshake();
@@ -309,6 +311,8 @@ export class IncomingMigration implements StreamHandler {
     this.socket = null;
     this.decoder = this.newDecoder();
     if (s) this.pc.refuse(s, reason);
+    const next = this.pc.takeUnread();
+    if (next) this.startMain(next);
   }
 
   switchover(postcopy: boolean, states: Buffer, pos: number, _len: number): void {

@@ -2,7 +2,9 @@
 // QEMU's own flows (tests/qtest/migration: recovery/plain from either side,
 // double failures), a source killed mid-postcopy, and nothing lost at the end
 // (the sweep invariant with running vCPUs, every page by digest with -S).
-import { Lab, setCaps, waitStatus, digest, stableDigest, sweepInvariant, TERMINAL } from './migration-procs.js';
+import { randomBytes } from 'node:crypto';
+import { Lab, setCaps, waitStatus, digest, stableDigest, sweepInvariant, sendTo, TERMINAL } from './migration-procs.js';
+import { encodeHeader, TOKEN_BYTES } from '../../src/migration/wire.js';
 import type { VmProcess } from '../../src/migration/local-destination.js';
 import { requireUffd } from '../helpers/uffd-available.js';
 
@@ -96,6 +98,26 @@ run('postcopy recovery between two VM processes', () => {
     expect(s['error-desc']).toMatch(/Failed to connect to 'unix:.*nobody\.sock'/);
     expect(statuses(src).slice(-3)).toEqual(['postcopy-paused', 'postcopy-recover-setup', 'postcopy-paused']);
     await recover(lab, src, dst, 'again.sock');
+    await finish(src, dst);
+    expect(await digest(dst)).toEqual(await digest(src));
+  });
+
+  test("strangers at migrate_recover's port, before the source (a forged resume, a new migration): refused and named; the source's recovery goes through", async () => {
+    const { src, dst } = await inPostcopy(lab, { ram: '48M', workload: 'random,end=40M,seed=8', dstArgs: ['-S'] });
+    await src.qmp.execute('migrate-pause');
+    await waitStatus(dst, ['postcopy-paused'], 5000);
+    const path = lab.path('again.sock');
+    await dst.qmp.execute('migrate-recover', { uri: `unix:${path}` });
+    const h = { pageSize: 4096, vcpus: 1, ramBytes: 48 * MiB, workload: 'random,end=40M,seed=8', token: randomBytes(TOKEN_BYTES) };
+    const forged = await sendTo(path, encodeHeader({ ...h, resume: true }), false);
+    const fresh = await sendTo(path, encodeHeader({ ...h, postcopy: true }), false);
+    for (const s of [forged, fresh]) s.on('data', () => undefined).on('error', () => undefined);
+    await src.qmp.execute('migrate', { uri: `unix:${path}`, resume: true });
+    await waitStatus(src, ['postcopy-active'], 15000);
+    await waitStatus(dst, ['postcopy-active'], 15000);
+    const refusals = dst.stderr.split('\n').filter((l) => /migration connection refused/.test(l));
+    expect(refusals.some((l) => /does not carry the paused migration's token/.test(l))).toBe(true);
+    expect(refusals.some((l) => /starts a new migration, not the recovery of the paused one/.test(l))).toBe(true);
     await finish(src, dst);
     expect(await digest(dst)).toEqual(await digest(src));
   });

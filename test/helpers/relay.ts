@@ -1,0 +1,79 @@
+// An in-process relay between a migration source and its destination (node
+// net, no deps), for the postcopy recovery tests: it listens on a unix socket
+// and forwards every connection to the destination's, both ways, with
+// backpressure, until told to stall (it stops forwarding and keeps every
+// connection open: a link gone silent, no error, no close on either side) or
+// to cut (it destroys every connection at once: a reset link).
+import net from 'node:net';
+import { rmSync } from 'node:fs';
+
+interface Pair { a: net.Socket; b: net.Socket }
+
+export class Relay {
+  private readonly pairs = new Set<Pair>();
+  private stalled = false;
+  /** connections taken so far */
+  accepted = 0;
+
+  private constructor(private readonly server: net.Server, readonly path: string, private readonly target: string) {}
+
+  /** listens on `path`, forwards to the unix socket `target` */
+  static async start(path: string, target: string): Promise<Relay> {
+    const server = net.createServer({ pauseOnConnect: true });
+    const relay = new Relay(server, path, target);
+    server.on('connection', (a) => relay.take(a));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(path, () => resolve());
+    });
+    return relay;
+  }
+
+  get uri(): string { return `unix:${this.path}`; }
+
+  private take(a: net.Socket): void {
+    this.accepted++;
+    const b = net.connect({ path: this.target });
+    const pair = { a, b };
+    this.pairs.add(pair);
+    const drop = (): void => { a.destroy(); b.destroy(); this.pairs.delete(pair); };
+    for (const s of [a, b]) s.on('error', () => { if (!this.stalled) drop(); });
+    b.once('connect', () => {
+      if (this.stalled) return;
+      this.pipe(a, b);
+      this.pipe(b, a);
+      a.resume();
+    });
+  }
+
+  /** from -> to, pausing `from` while `to` is full; an end is passed on once the data before it went */
+  private pipe(from: net.Socket, to: net.Socket): void {
+    from.on('data', (chunk: Buffer) => {
+      if (this.stalled) return;
+      if (!to.write(chunk)) from.pause();
+    });
+    to.on('drain', () => { if (!this.stalled) from.resume(); });
+    from.on('end', () => { if (!this.stalled) to.end(); });
+    from.on('close', () => { if (!this.stalled) setTimeout(() => to.destroy(), 1000).unref(); });
+  }
+
+  /** Stops forwarding, in both directions, for good: nothing more is read or written, no end or close is
+   *  passed on, and the connections stay open (the peers see silence, never an error). */
+  stall(): void {
+    this.stalled = true;
+    for (const { a, b } of this.pairs) { a.pause(); b.pause(); }
+  }
+
+  /** Destroys every connection (the peers see the link reset); new ones are still taken. */
+  cut(): void {
+    for (const { a, b } of this.pairs) { a.destroy(); b.destroy(); }
+    this.pairs.clear();
+  }
+
+  /** stops listening and drops every connection */
+  async close(): Promise<void> {
+    this.cut();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    rmSync(this.path, { force: true });
+  }
+}

@@ -77,6 +77,11 @@ export class IncomingPostcopy {
   urgentReady = false;
   /** the urgent channel closed; the failure waits URGENT_CLOSE_GRACE_MS for the main stream's reason */
   private urgentClosing = false;
+  /** bumped by each pause and each attach: a loss reported for one link is never acted on after them
+   *  (a grace timer of the link a pause dropped would refuse, or pause again, the recovery that follows) */
+  private epoch = 0;
+  /** the epoch whose link loss is reported already (or, paused, has no link to lose) */
+  private lostEpoch = -1;
 
   constructor(private readonly o: IncomingPostcopyOptions) {
     this.gate = this.newGate();
@@ -105,12 +110,14 @@ export class IncomingPostcopy {
     this.urgent = null;
     this.urgentReady = false;
     this.urgentClosing = false;
+    this.lostEpoch = ++this.epoch; // paused: no link to lose until the next attach
     this.blocktime?.context.pauses.began(monotonicNs());
   }
 
   /** Recovery: the fault thread takes the new urgent channel and asks again for every page still outstanding. */
   attach(s: net.Socket): void {
     this.links++;
+    this.epoch++;
     this.channel!.attach(s, this.o.params.value('x-postcopy-heartbeat-ms'));
   }
 
@@ -153,10 +160,10 @@ export class IncomingPostcopy {
   /** The fault thread lost its link: the migration pauses, after a moment in which the main stream
    *  may still bring the source's reason to end instead (its ERROR record: a cancel, a failure). */
   urgentLost(why: string): void {
-    if (this.o.over() || this.urgentClosing) return;
-    this.urgentClosing = true;
+    if (this.o.over() || this.lostEpoch === this.epoch) return;
+    const epoch = this.lostEpoch = this.epoch;
     setTimeout(() => {
-      if (!this.o.over() && this.linkLost !== null) this.o.lost(`urgent channel: ${why}`);
+      if (!this.o.over() && this.epoch === epoch && this.linkLost !== null) this.o.lost(`urgent channel: ${why}`);
     }, URGENT_CLOSE_GRACE_MS).unref();
   }
 

@@ -21,6 +21,53 @@ async function pausedWithin(vm: VmProcess, ms: number): Promise<{ ms: number; wh
   return { ms: Date.now() - t0, why: info['error-desc'] };
 }
 
+type Cut = 'relay' | 'pause-src' | 'pause-dst';
+const CUTS = 20;
+
+/**
+ * One migration in postcopy through a relay, cut CUTS times at random moments
+ * (seeded: CUTS_SEED=N repeats a run): the relay's connections killed, or
+ * migrate_pause on either side; each time both sides pause, and recover over a
+ * fresh relay to a fresh destination socket. Returns the pair, completed.
+ */
+async function cutAgainAndAgain(lab: Lab, relay: (name: string, target: string) => Promise<Relay>, o: { ram: string; workload: string;
+  dstArgs?: string[]; bandwidth: number; label: string }): Promise<{ src: VmProcess; dst: VmProcess }> {
+  const seed = Number(process.env.CUTS_SEED ?? Math.floor(Math.random() * 2 ** 31));
+  process.stderr.write(`${o.label}: CUTS_SEED=${seed}\n`);
+  const rnd = mulberry32(seed);
+  const cases: string[] = [];
+  const fail = (e: unknown): never => {
+    throw new Error(`${o.label}, CUTS_SEED=${seed}, cuts so far: ${cases.join('; ')}: ${(e as Error).message}`);
+  };
+  let r = await relay('relay-0.sock', 'first.sock');
+  const { src, dst } = await inPostcopy(lab, { ram: o.ram, workload: o.workload, dstArgs: o.dstArgs, connect: r.uri, bandwidth: o.bandwidth });
+  try {
+    for (let i = 1; i <= CUTS; i++) {
+      const after = Math.round(10 + rnd() * 190); // ms of postcopy-active before the cut
+      const x = rnd();
+      const how: Cut = x < 0.6 ? 'relay' : x < 0.8 ? 'pause-src' : 'pause-dst';
+      cases.push(`#${i} ${how} after ${after} ms`);
+      await sleep(after);
+      const st = [(await src.queryMigrate()).status, (await dst.queryMigrate()).status];
+      if (st.join() !== 'postcopy-active,postcopy-active') throw new Error(`before cut ${i}: ${st.join('/')} (postcopy must last through ${CUTS} cuts)`);
+      if (how === 'relay') r.cut();
+      else await (how === 'pause-src' ? src : dst).qmp.execute('migrate-pause');
+      await Promise.all([waitStatus(src, ['postcopy-paused'], 5000), waitStatus(dst, ['postcopy-paused'], 5000)]);
+      const old = r;
+      r = await relay(`relay-${i}.sock`, `dst-${i}.sock`);
+      await old.close();
+      await recover(src, dst, `unix:${lab.path(`dst-${i}.sock`)}`, r.uri);
+    }
+    await finish(src, dst);
+  } catch (e) {
+    fail(e);
+  }
+  const pauses = statuses(dst).filter((x) => x === 'postcopy-paused').length;
+  expect(pauses).toBe(CUTS);
+  expect((await dst.queryMigrate())['x-blocktime']!.pauses).toBe(CUTS);
+  return { src, dst };
+}
+
 run('postcopy links that go silent or are cut, between two VM processes', () => {
   let lab: Lab;
   const relays: Relay[] = [];
@@ -49,6 +96,17 @@ run('postcopy links that go silent or are cut, between two VM processes', () => 
     await finish(src, dst);
     expect(statuses(src).slice(2)).toEqual(['postcopy-active', 'postcopy-paused', 'postcopy-recover-setup', 'postcopy-recover', 'postcopy-active', 'completed']);
     expect(statuses(dst).slice(2)).toEqual(['postcopy-active', 'postcopy-paused', 'postcopy-recover', 'postcopy-active', 'completed']);
+    await dst.qmp.execute('stop');
+    expect(sweepInvariant(await stableDigest(dst), (48 * MiB) / 4096)).toBeNull();
+  });
+
+  test(`${CUTS} cuts at random moments of one postcopy, destination -S: each recovered over a fresh relay; every page identical`, async () => {
+    const { src, dst } = await cutAgainAndAgain(lab, relay, { ram: '48M', workload: 'random,end=40M,seed=7', dstArgs: ['-S'], bandwidth: 2 * MiB, label: '-S' });
+    expect(await digest(dst)).toEqual(await digest(src));
+  });
+
+  test(`${CUTS} cuts at random moments of one postcopy, vCPUs running: each recovered over a fresh relay; the sweep holds`, async () => {
+    const { dst } = await cutAgainAndAgain(lab, relay, { ram: '64M', workload: 'sweep,end=48M', bandwidth: 2 * MiB, label: 'running' });
     await dst.qmp.execute('stop');
     expect(sweepInvariant(await stableDigest(dst), (48 * MiB) / 4096)).toBeNull();
   });

@@ -3,7 +3,8 @@
 // and forwards every connection to the destination's, both ways, with
 // backpressure, until told to stall (it stops forwarding and keeps every
 // connection open: a link gone silent, no error, no close on either side) or
-// to cut (it destroys every connection at once: a reset link).
+// to cut (it destroys every connection at once: a reset link), now or once
+// it has forwarded a given number of bytes (a cut inside a handshake).
 import net from 'node:net';
 import { rmSync } from 'node:fs';
 
@@ -12,6 +13,12 @@ interface Pair { a: net.Socket; b: net.Socket }
 export class Relay {
   private readonly pairs = new Set<Pair>();
   private stalled = false;
+  /** bytes forwarded, both ways, all connections */
+  private forwarded = 0;
+  /** cut once `forwarded` reaches this (then refuse every new connection) */
+  private cutAt = Infinity;
+  private dead = false;
+  private onCut: (() => void) | null = null;
   /** connections taken so far */
   accepted = 0;
 
@@ -29,9 +36,13 @@ export class Relay {
     return relay;
   }
 
+  /** bytes forwarded so far, both ways */
+  get carried(): number { return this.forwarded; }
+
   get uri(): string { return `unix:${this.path}`; }
 
   private take(a: net.Socket): void {
+    if (this.dead) { a.destroy(); return; }
     this.accepted++;
     const b = net.connect({ path: this.target });
     const pair = { a, b };
@@ -49,7 +60,15 @@ export class Relay {
   /** from -> to, pausing `from` while `to` is full; an end is passed on once the data before it went */
   private pipe(from: net.Socket, to: net.Socket): void {
     from.on('data', (chunk: Buffer) => {
-      if (this.stalled) return;
+      if (this.stalled || this.dead) return;
+      const room = this.cutAt - this.forwarded;
+      if (chunk.length >= room) { // the bytes up to the cut go, then the link is cut
+        if (room > 0) to.write(chunk.subarray(0, room));
+        this.forwarded = this.cutAt;
+        this.cut();
+        return;
+      }
+      this.forwarded += chunk.length;
       if (!to.write(chunk)) from.pause();
     });
     to.on('drain', () => { if (!this.stalled) from.resume(); });
@@ -68,6 +87,18 @@ export class Relay {
   cut(): void {
     for (const { a, b } of this.pairs) { a.destroy(); b.destroy(); }
     this.pairs.clear();
+    const armed = this.onCut;
+    this.onCut = null;
+    armed?.();
+  }
+
+  /** Cuts (for good: new connections are refused) once `bytes` more went through; resolves then. */
+  cutAfter(bytes: number): Promise<void> {
+    this.cutAt = this.forwarded + bytes;
+    return new Promise((resolve) => {
+      this.onCut = () => { this.dead = true; resolve(); };
+      if (bytes === 0) this.cut();
+    });
   }
 
   /** stops listening and drops every connection */

@@ -14,57 +14,123 @@ const MiB = 1 << 20;
 const run = requireUffd() ? describe : describe.skip;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** waits until `vm` is postcopy-paused; how long that took */
-async function pausedWithin(vm: VmProcess, ms: number): Promise<{ ms: number; why: string | undefined }> {
-  const t0 = Date.now();
-  const info = await waitStatus(vm, ['postcopy-paused'], ms);
-  return { ms: Date.now() - t0, why: info['error-desc'] };
-}
-
 type Cut = 'relay' | 'pause-src' | 'pause-dst';
 const CUTS = 20;
 
+/** the moves of postcopy recovery each side may make (REFERENCE.md §8), from postcopy-active on */
+const SOURCE_MOVES = ['postcopy-active>postcopy-paused', 'postcopy-paused>postcopy-recover-setup', 'postcopy-recover-setup>postcopy-recover',
+  'postcopy-recover-setup>postcopy-paused', 'postcopy-recover>postcopy-active', 'postcopy-recover>postcopy-paused', 'postcopy-active>completed'];
+const DESTINATION_MOVES = ['postcopy-active>postcopy-paused', 'postcopy-paused>postcopy-recover', 'postcopy-recover>postcopy-active',
+  'postcopy-recover>postcopy-paused', 'postcopy-active>completed'];
+
+/** the moves of `seen` (MIGRATION statuses) from its first postcopy-active on that are not in `allowed` */
+function strayMoves(seen: unknown[], allowed: string[]): string[] {
+  const from = seen.indexOf('postcopy-active');
+  const moves = seen.slice(from).map((x, i, a) => `${a[i - 1]}>${x}`).slice(1);
+  return moves.filter((m) => !allowed.includes(m));
+}
+
+/** waits until `want` holds for both sides' statuses */
+async function both(src: VmProcess, dst: VmProcess, want: string, ms: number): Promise<void> {
+  await Promise.all([waitStatus(src, [want as never], ms), waitStatus(dst, [want as never], ms)]);
+}
+
+/** waits until the VM's MIGRATION events have not changed for `quietMs` (a connection it still reads is read) */
+async function settled(vm: VmProcess, quietMs: number): Promise<void> {
+  for (let n = -1; n !== vm.events.length;) {
+    n = vm.events.length;
+    await sleep(quietMs);
+  }
+}
+
 /**
- * One migration in postcopy through a relay, cut CUTS times at random moments
- * (seeded: CUTS_SEED=N repeats a run): the relay's connections killed, or
- * migrate_pause on either side; each time both sides pause, and recover over a
- * fresh relay to a fresh destination socket. Returns the pair, completed.
+ * One migration in postcopy through a relay, cut at least CUTS times at
+ * random moments (seeded: CUTS_SEED=N repeats a run): while postcopy-active
+ * the relay's connections killed, or migrate_pause on either side, and
+ * sometimes the recovery's own link cut after a random number of its bytes
+ * (inside the handshake, or just after it). Each time both sides pause and
+ * recover over a fresh relay. Returns the pair, completed.
  */
-async function cutAgainAndAgain(lab: Lab, relay: (name: string, target: string) => Promise<Relay>, o: { ram: string; workload: string;
+async function cutAgainAndAgain(lab: Lab, relay: (name: string, target: string) => Promise<Relay>, o: { ramMiB: number; workload: string;
   dstArgs?: string[]; bandwidth: number; label: string }): Promise<{ src: VmProcess; dst: VmProcess }> {
   const seed = Number(process.env.CUTS_SEED ?? Math.floor(Math.random() * 2 ** 31));
   process.stderr.write(`${o.label}: CUTS_SEED=${seed}\n`);
   const rnd = mulberry32(seed);
   const cases: string[] = [];
-  const fail = (e: unknown): never => {
-    throw new Error(`${o.label}, CUTS_SEED=${seed}, cuts so far: ${cases.join('; ')}: ${(e as Error).message}`);
-  };
   let r = await relay('relay-0.sock', 'first.sock');
-  const { src, dst } = await inPostcopy(lab, { ram: o.ram, workload: o.workload, dstArgs: o.dstArgs, connect: r.uri, bandwidth: o.bandwidth });
+  let target = 'first.sock';
+  let links = 0;
+  const { src, dst } = await inPostcopy(lab, { ram: `${o.ramMiB}M`, workload: o.workload, dstArgs: o.dstArgs, connect: r.uri, bandwidth: o.bandwidth });
+
+  /** migrate_recover (unless the destination still listens: a connection refused before its header leaves it
+   *  listening, QEMU's "triggered already"), migrate -r over a fresh relay; `cutAfter`: its link cut after so many bytes */
+  const recoverOnce = async (cutAfter: number | null): Promise<void> => {
+    const name = `dst-${++links}.sock`;
+    try {
+      await dst.qmp.execute('migrate-recover', { uri: `unix:${lab.path(name)}` });
+      target = name;
+    } catch (e) {
+      if (!/Migrate recovery is triggered already/.test((e as Error).message)) throw e;
+    }
+    const old = r;
+    r = await relay(`relay-${links}.sock`, target);
+    await old.close();
+    const fired = cutAfter === null ? null : r.cutAfter(cutAfter);
+    await src.qmp.execute('migrate', { uri: r.uri, resume: true });
+    if (fired === null) {
+      await both(src, dst, 'postcopy-active', 10000);
+      return;
+    }
+    await Promise.race([fired, sleep(10000).then(async () => {
+      const q = [await src.queryMigrate(), await dst.queryMigrate()].map((i) => `${i.status} (${i['error-desc'] ?? ''}), remaining ${i.ram?.remaining}`);
+      throw new Error(`the recovery's link never carried ${cutAfter} bytes (${r.carried} went): source ${q[0]}, destination ${q[1]}`);
+    })]);
+    await both(src, dst, 'postcopy-paused', 5000);
+    await settled(dst, 300);
+    await both(src, dst, 'postcopy-paused', 5000);
+  };
+
   try {
-    for (let i = 1; i <= CUTS; i++) {
-      const after = Math.round(10 + rnd() * 190); // ms of postcopy-active before the cut
+    for (let cut = 1; cut <= CUTS; cut++) {
+      const after = Math.round(10 + rnd() * 110); // ms of postcopy-active before the cut
       const x = rnd();
       const how: Cut = x < 0.6 ? 'relay' : x < 0.8 ? 'pause-src' : 'pause-dst';
-      cases.push(`#${i} ${how} after ${after} ms`);
+      cases.push(`#${cut} ${how} after ${after} ms`);
       await sleep(after);
       const st = [(await src.queryMigrate()).status, (await dst.queryMigrate()).status];
-      if (st.join() !== 'postcopy-active,postcopy-active') throw new Error(`before cut ${i}: ${st.join('/')} (postcopy must last through ${CUTS} cuts)`);
+      if (st.join() !== 'postcopy-active,postcopy-active') throw new Error(`before cut ${cut}: ${st.join('/')} (postcopy must last through ${CUTS} cuts)`);
       if (how === 'relay') r.cut();
       else await (how === 'pause-src' ? src : dst).qmp.execute('migrate-pause');
-      await Promise.all([waitStatus(src, ['postcopy-paused'], 5000), waitStatus(dst, ['postcopy-paused'], 5000)]);
-      const old = r;
-      r = await relay(`relay-${i}.sock`, `dst-${i}.sock`);
-      await old.close();
-      await recover(src, dst, `unix:${lab.path(`dst-${i}.sock`)}`, r.uri);
+      await both(src, dst, 'postcopy-paused', 5000);
+      // a third of the recoveries have their own link cut (again, a third of the time), each a cut of its own
+      while (cut < CUTS && rnd() < 1 / 3) {
+        const bytes = Math.floor(rnd() * ((o.ramMiB * MiB) / 4096 / 8 + 6000)); // the received-page bitmap, and some
+        cases.push(`#${++cut} the recovery's link after ${bytes} bytes`);
+        await recoverOnce(bytes);
+      }
+      cases.push('recovered');
+      await recoverOnce(null);
     }
     await finish(src, dst);
   } catch (e) {
-    fail(e);
+    throw new Error(`${o.label}, CUTS_SEED=${seed}, cuts so far: ${cases.join('; ')}: ${(e as Error).message}`);
   }
-  const pauses = statuses(dst).filter((x) => x === 'postcopy-paused').length;
-  expect(pauses).toBe(CUTS);
-  expect((await dst.queryMigrate())['x-blocktime']!.pauses).toBe(CUTS);
+  // every cut paused the source; each side went only the ways of REFERENCE.md §8
+  const s = statuses(src);
+  const d = statuses(dst);
+  expect(s.filter((x) => x === 'postcopy-paused').length).toBe(CUTS);
+  expect(strayMoves(s, SOURCE_MOVES)).toEqual([]);
+  expect(strayMoves(d, DESTINATION_MOVES)).toEqual([]);
+  // the destination's outages are its pauses from postcopy-active; the blocktime counts them, and its time in them
+  const outages = d.filter((x, i) => x === 'postcopy-paused' && d[i - 1] === 'postcopy-active').length;
+  expect(outages).toBeGreaterThanOrEqual(cases.filter((c) => / after \d+ ms$/.test(c)).length);
+  const bt = (await dst.queryMigrate())['x-blocktime']!;
+  expect(bt.pauses).toBe(outages);
+  expect(bt.pausedNs).toBeGreaterThan(0);
+  for (const v of bt.vcpus) {
+    expect(v.pausedBlocktimeNs).toBeLessThanOrEqual(bt.pausedNs!);
+    expect(v.pausedBlocktimeNs).toBeLessThanOrEqual(v.blocktimeNs);
+  }
   return { src, dst };
 }
 
@@ -89,9 +155,9 @@ run('postcopy links that go silent or are cut, between two VM processes', () => 
     await sleep(300);
     r.stall();
     // heartbeat + room for a loaded machine; each side finds the silence on its own (nothing closes)
-    const [s, d] = await Promise.all([pausedWithin(src, heartbeatMs + 4000), pausedWithin(dst, heartbeatMs + 4000)]);
-    expect(s.why).toMatch(/nothing came from the peer for \d+ ms \(x-postcopy-heartbeat-ms\)/);
-    expect(d.why).toMatch(/nothing came from the peer for \d+ ms \(x-postcopy-heartbeat-ms\)/);
+    const [s, d] = await Promise.all([waitStatus(src, ['postcopy-paused'], heartbeatMs + 4000), waitStatus(dst, ['postcopy-paused'], heartbeatMs + 4000)]);
+    expect(s['error-desc']).toMatch(/nothing came from the peer for \d+ ms \(x-postcopy-heartbeat-ms\)/);
+    expect(d['error-desc']).toMatch(/nothing came from the peer for \d+ ms \(x-postcopy-heartbeat-ms\)/);
     await recover(src, dst, `unix:${lab.path('direct.sock')}`);
     await finish(src, dst);
     expect(statuses(src).slice(2)).toEqual(['postcopy-active', 'postcopy-paused', 'postcopy-recover-setup', 'postcopy-recover', 'postcopy-active', 'completed']);
@@ -101,13 +167,13 @@ run('postcopy links that go silent or are cut, between two VM processes', () => 
   });
 
   test(`${CUTS} cuts at random moments of one postcopy, destination -S: each recovered over a fresh relay; every page identical`, async () => {
-    const { src, dst } = await cutAgainAndAgain(lab, relay, { ram: '48M', workload: 'random,end=40M,seed=7', dstArgs: ['-S'], bandwidth: 2 * MiB, label: '-S' });
+    const { src, dst } = await cutAgainAndAgain(lab, relay, { ramMiB: 48, workload: 'random,end=40M,seed=7', dstArgs: ['-S'], bandwidth: 2 * MiB, label: '-S' });
     expect(await digest(dst)).toEqual(await digest(src));
   });
 
   test(`${CUTS} cuts at random moments of one postcopy, vCPUs running: each recovered over a fresh relay; the sweep holds`, async () => {
-    const { dst } = await cutAgainAndAgain(lab, relay, { ram: '64M', workload: 'sweep,end=48M', bandwidth: 2 * MiB, label: 'running' });
+    const { dst } = await cutAgainAndAgain(lab, relay, { ramMiB: 320, workload: 'sweep,end=304M', bandwidth: 2 * MiB, label: 'running' });
     await dst.qmp.execute('stop');
-    expect(sweepInvariant(await stableDigest(dst), (48 * MiB) / 4096)).toBeNull();
+    expect(sweepInvariant(await stableDigest(dst), (304 * MiB) / 4096)).toBeNull();
   });
 });

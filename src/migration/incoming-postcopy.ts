@@ -163,7 +163,8 @@ export class IncomingPostcopy {
     if (this.o.over() || this.lostEpoch === this.epoch) return;
     const epoch = this.lostEpoch = this.epoch;
     setTimeout(() => {
-      if (!this.o.over() && this.epoch === epoch && this.linkLost !== null) this.o.lost(`urgent channel: ${why}`);
+      // the thread's texts mostly name the channel already ('urgent channel: recv: ...', 'the peer closed the urgent channel')
+      if (!this.o.over() && this.epoch === epoch && this.linkLost !== null) this.o.lost(/urgent channel/.test(why) ? why : `urgent channel: ${why}`);
     }, URGENT_CLOSE_GRACE_MS).unref();
   }
 

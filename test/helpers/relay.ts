@@ -12,6 +12,8 @@ interface Pair { a: net.Socket; b: net.Socket }
 
 export class Relay {
   private readonly pairs = new Set<Pair>();
+  /** connections taken while stalled */
+  private readonly held: net.Socket[] = [];
   private stalled = false;
   /** bytes forwarded, both ways, all connections */
   private forwarded = 0;
@@ -19,6 +21,8 @@ export class Relay {
   private cutAt = Infinity;
   private dead = false;
   private onCut: (() => void) | null = null;
+  /** at cutAt: stall instead of cutting */
+  private silent = false;
   /** connections taken so far */
   accepted = 0;
 
@@ -44,6 +48,11 @@ export class Relay {
   private take(a: net.Socket): void {
     if (this.dead) { a.destroy(); return; }
     this.accepted++;
+    if (this.stalled) { // a black hole: held open, never served
+      a.on('error', () => undefined);
+      this.held.push(a);
+      return;
+    }
     const b = net.connect({ path: this.target });
     const pair = { a, b };
     this.pairs.add(pair);
@@ -62,10 +71,11 @@ export class Relay {
     from.on('data', (chunk: Buffer) => {
       if (this.stalled || this.dead) return;
       const room = this.cutAt - this.forwarded;
-      if (chunk.length >= room) { // the bytes up to the cut go, then the link is cut
+      if (chunk.length >= room) { // the bytes up to the cut go, then the link is cut (or goes silent)
         if (room > 0) to.write(chunk.subarray(0, room));
         this.forwarded = this.cutAt;
-        this.cut();
+        if (this.silent) this.stall(); else this.cut();
+        this.fire();
         return;
       }
       this.forwarded += chunk.length;
@@ -87,23 +97,29 @@ export class Relay {
   cut(): void {
     for (const { a, b } of this.pairs) { a.destroy(); b.destroy(); }
     this.pairs.clear();
+  }
+
+  private fire(): void {
     const armed = this.onCut;
     this.onCut = null;
     armed?.();
   }
 
-  /** Cuts (for good: new connections are refused) once `bytes` more went through; resolves then. */
-  cutAfter(bytes: number): Promise<void> {
+  /** Cuts (for good: new connections are refused) once `bytes` more went through, or with `silent`
+   *  stalls then (new connections are taken, and never served); resolves then. */
+  cutAfter(bytes: number, silent = false): Promise<void> {
     this.cutAt = this.forwarded + bytes;
+    this.silent = silent;
     return new Promise((resolve) => {
-      this.onCut = () => { this.dead = true; resolve(); };
-      if (bytes === 0) this.cut();
+      this.onCut = () => { if (!silent) this.dead = true; resolve(); };
+      if (bytes === 0) { if (silent) this.stall(); else this.cut(); this.fire(); }
     });
   }
 
   /** stops listening and drops every connection */
   async close(): Promise<void> {
     this.cut();
+    for (const a of this.held.splice(0)) a.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     rmSync(this.path, { force: true });
   }

@@ -1,7 +1,8 @@
 // Issue 13, postcopy recovery, links that go wrong under a real migration
 // between two VM processes, through a relay (test/helpers/relay.ts): a link
 // that goes silent without closing (only the heartbeat can tell: both sides
-// pause on their own), and one migration cut again and again at random
+// pause on their own), one that does so inside a recovery's handshake (the
+// handshake's time limit tells), and one migration cut again and again at random
 // moments of postcopy, each cut recovered over a fresh relay, with nothing
 // lost at the end (every page by digest with -S, the sweep with running vCPUs).
 import { Lab, waitStatus, digest, stableDigest, sweepInvariant, inPostcopy, recover, finish, statuses } from './migration-procs.js';
@@ -164,6 +165,30 @@ run('postcopy links that go silent or are cut, between two VM processes', () => 
     expect(statuses(dst).slice(2)).toEqual(['postcopy-active', 'postcopy-paused', 'postcopy-recover', 'postcopy-active', 'completed']);
     await dst.qmp.execute('stop');
     expect(sweepInvariant(await stableDigest(dst), (48 * MiB) / 4096)).toBeNull();
+  });
+
+  test('a recovery whose link goes silent inside its handshake: each side is paused again on its own within the step limit; a direct recovery completes, every page identical', async () => {
+    const seed = Number(process.env.CUTS_SEED ?? Math.floor(Math.random() * 2 ** 31));
+    // past the recovery's header (under 300 bytes), inside the received-page bitmap (48 MiB: 1.5 KiB) or just after it (the handshake: ~1.7 KB)
+    const bytes = 300 + Math.floor(mulberry32(seed)() * 1300);
+    process.stderr.write(`silent handshake: CUTS_SEED=${seed}, silent after ${bytes} bytes\n`);
+    const { src, dst } = await inPostcopy(lab, { ram: '48M', workload: 'random,end=40M,seed=8', dstArgs: ['-S'] });
+    await src.qmp.execute('migrate-pause');
+    await waitStatus(dst, ['postcopy-paused'], 5000);
+    await dst.qmp.execute('migrate-recover', { uri: `unix:${lab.path('dst-1.sock')}` });
+    const r = await relay('relay-1.sock', 'dst-1.sock');
+    const silent = r.cutAfter(bytes, true);
+    await src.qmp.execute('migrate', { uri: r.uri, resume: true });
+    await silent;
+    // neither side hears from the other again: the step limit (10 s) + room for a loaded machine
+    const [s, d] = await Promise.all([waitStatus(src, ['postcopy-paused'], 15000), waitStatus(dst, ['postcopy-paused'], 15000)]);
+    const tell = `(CUTS_SEED=${seed}, silent after ${bytes} bytes)`;
+    expect([s['error-desc'], tell]).toEqual([expect.stringMatching(/^recovery: no (received-page bitmap|acknowledgement of RESUME) from the destination within 10 s$/), tell]);
+    expect([d['error-desc'], tell]).toEqual([expect.stringMatching(/^recovery: no (RESUME|urgent channel) from the source within 10 s$/), tell]);
+    expect(statuses(dst).slice(-3)).toEqual(['postcopy-paused', 'postcopy-recover', 'postcopy-paused']);
+    await recover(src, dst, `unix:${lab.path('direct.sock')}`);
+    await finish(src, dst);
+    expect(await digest(dst)).toEqual(await digest(src));
   });
 
   test(`${CUTS} cuts at random moments of one postcopy, destination -S: each recovered over a fresh relay; every page identical`, async () => {

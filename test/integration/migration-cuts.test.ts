@@ -52,7 +52,7 @@ async function settled(vm: VmProcess, quietMs: number): Promise<void> {
  * (inside the handshake, or just after it). Each time both sides pause and
  * recover over a fresh relay. Returns the pair, completed.
  */
-async function cutAgainAndAgain(lab: Lab, relay: (name: string, target: string) => Promise<Relay>, o: { ramMiB: number; workload: string;
+async function cutAgainAndAgain(lab: Lab, relay: (name: string, target: string) => Promise<Relay>, o: { ramMiB: number; smp?: number; workload: string;
   dstArgs?: string[]; bandwidth: number; label: string }): Promise<{ src: VmProcess; dst: VmProcess }> {
   const seed = Number(process.env.CUTS_SEED ?? Math.floor(Math.random() * 2 ** 31));
   process.stderr.write(`${o.label}: CUTS_SEED=${seed}\n`);
@@ -61,7 +61,7 @@ async function cutAgainAndAgain(lab: Lab, relay: (name: string, target: string) 
   let r = await relay('relay-0.sock', 'first.sock');
   let target = 'first.sock';
   let links = 0;
-  const { src, dst } = await inPostcopy(lab, { ram: `${o.ramMiB}M`, workload: o.workload, dstArgs: o.dstArgs, connect: r.uri, bandwidth: o.bandwidth });
+  const { src, dst } = await inPostcopy(lab, { ram: `${o.ramMiB}M`, smp: o.smp, workload: o.workload, dstArgs: o.dstArgs, connect: r.uri, bandwidth: o.bandwidth });
 
   /** migrate_recover (unless the destination still listens: a connection refused before its header leaves it
    *  listening, QEMU's "triggered already"), migrate -r over a fresh relay; `cutAfter`: its link cut after so many bytes */
@@ -200,5 +200,13 @@ run('postcopy links that go silent or are cut, between two VM processes', () => 
     const { dst } = await cutAgainAndAgain(lab, relay, { ramMiB: 320, workload: 'sweep,end=304M', bandwidth: 2 * MiB, label: 'running' });
     await dst.qmp.execute('stop');
     expect(sweepInvariant(await stableDigest(dst), (304 * MiB) / 4096)).toBeNull();
+  });
+
+  test(`${CUTS} cuts at random moments of one postcopy, 4 vCPUs sweeping a slice each: every slice's sweep holds`, async () => {
+    const { dst } = await cutAgainAndAgain(lab, relay, { ramMiB: 320, smp: 4, workload: 'sweep,end=320M,split=on', bandwidth: 2 * MiB, label: '4 vCPUs' });
+    await dst.qmp.execute('stop');
+    const d = await stableDigest(dst);
+    const slice = d.length / 4;
+    for (let i = 0; i < 4; i++) expect([i, sweepInvariant(d.slice(i * slice, (i + 1) * slice), slice)]).toEqual([i, null]);
   });
 });

@@ -69,6 +69,8 @@ const MiB = 1 << 20;
 
 export interface InPostcopyOptions {
   ram: string;
+  /** -smp (default 1) */
+  smp?: number;
   workload: string;
   dstArgs?: string[];
   /** max-postcopy-bandwidth (default 2 MiB/s): the push slowed so that postcopy lasts */
@@ -86,7 +88,7 @@ export interface InPostcopyOptions {
 
 /** a pair in postcopy, its push slowed so that it lasts (max-postcopy-bandwidth) */
 export async function inPostcopy(lab: Lab, o: InPostcopyOptions): Promise<{ src: VmProcess; dst: VmProcess }> {
-  const common = ['-m', o.ram, '-smp', '1', '-workload', o.workload];
+  const common = ['-m', o.ram, '-smp', String(o.smp ?? 1), '-workload', o.workload];
   const incoming = o.incoming ?? `unix:${lab.path('first.sock')}`;
   const dst = await lab.vm('dst', [...common, ...(o.dstArgs ?? []), '-incoming', incoming], o.dstWrapper);
   const src = await lab.vm('src', common, o.srcWrapper);

@@ -23,8 +23,6 @@ export class Relay {
   private onCut: (() => void) | null = null;
   /** at cutAt: stall instead of cutting */
   private silent = false;
-  /** connections taken so far */
-  accepted = 0;
 
   private constructor(private readonly server: net.Server, readonly path: string, private readonly target: string) {}
 
@@ -47,7 +45,6 @@ export class Relay {
 
   private take(a: net.Socket): void {
     if (this.dead) { a.destroy(); return; }
-    this.accepted++;
     if (this.stalled) { // a black hole: held open, never served
       a.on('error', () => undefined);
       this.held.push(a);

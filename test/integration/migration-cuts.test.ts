@@ -7,6 +7,7 @@
 // lost at the end (every page by digest with -S, the sweep with running vCPUs).
 import { Lab, waitStatus, digest, stableDigest, sweepInvariant, inPostcopy, recover, finish, statuses } from './migration-procs.js';
 import type { VmProcess } from '../../src/migration/local-destination.js';
+import type { MigrationStatus } from '../../src/migration/api.js';
 import { Relay } from '../helpers/relay.js';
 import { mulberry32 } from '../helpers/prng.js';
 import { requireUffd } from '../helpers/uffd-available.js';
@@ -32,8 +33,8 @@ function strayMoves(seen: unknown[], allowed: string[]): string[] {
 }
 
 /** waits until `want` holds for both sides' statuses */
-async function both(src: VmProcess, dst: VmProcess, want: string, ms: number): Promise<void> {
-  await Promise.all([waitStatus(src, [want as never], ms), waitStatus(dst, [want as never], ms)]);
+async function both(src: VmProcess, dst: VmProcess, want: MigrationStatus, ms: number): Promise<void> {
+  await Promise.all([waitStatus(src, [want], ms), waitStatus(dst, [want], ms)]);
 }
 
 /** waits until the VM's MIGRATION events have not changed for `quietMs` (a connection it still reads is read) */

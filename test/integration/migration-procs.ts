@@ -116,11 +116,15 @@ export async function recover(src: VmProcess, dst: VmProcess, uri: string, conne
   await waitStatus(dst, ['postcopy-active'], 10000);
 }
 
-/** the push unthrottled: both sides complete, with no error */
+/** the push unthrottled: both sides complete, with no error (else both sides' states, and the end of their stderr, say why) */
 export async function finish(src: VmProcess, dst: VmProcess): Promise<void> {
   await src.qmp.execute('migrate-set-parameters', { 'max-postcopy-bandwidth': 0 });
-  const s = await waitStatus(src, TERMINAL as never);
-  const d = await waitStatus(dst, TERMINAL as never);
+  const ended = async (vm: VmProcess): Promise<MigrationInfo | Error> => waitStatus(vm, TERMINAL as never).catch((e: Error) => e);
+  const [s, d] = await Promise.all([ended(src), ended(dst)]);
+  if (s instanceof Error || d instanceof Error) {
+    const said = (vm: VmProcess, i: MigrationInfo | Error): string => `${i instanceof Error ? i.message : i.status}; stderr: ${vm.stderr.trim().split('\n').slice(-4).join(' / ')}`;
+    throw new Error(`the migration did not end: source ${said(src, s)}; destination ${said(dst, d)}`);
+  }
   expect([s.status, d.status, s['error-desc'], d['error-desc']]).toEqual(['completed', 'completed', undefined, undefined]);
 }
 

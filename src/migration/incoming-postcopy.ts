@@ -90,6 +90,11 @@ export class IncomingPostcopy {
   urgentReady = false;
   /** the urgent channel closed; the failure waits URGENT_CLOSE_GRACE_MS for the main stream's reason */
   private urgentClosing = false;
+  /** bumped by each pause and each attach: a loss reported for one link is never acted on after them
+   *  (a grace timer of the link a pause dropped would refuse, or pause again, the recovery that follows) */
+  private epoch = 0;
+  /** the epoch whose link loss is reported already (or, paused, has no link to lose) */
+  private lostEpoch = -1;
 
   constructor(private readonly o: IncomingPostcopyOptions) {
     this.gate = this.newGate();
@@ -119,6 +124,7 @@ export class IncomingPostcopy {
     this.urgent = null;
     this.urgentReady = false;
     this.urgentClosing = false;
+    this.lostEpoch = ++this.epoch; // paused: no link to lose until the next attach
     this.blocktime?.context.pauses.began(monotonicNs());
   }
 
@@ -126,7 +132,7 @@ export class IncomingPostcopy {
   attach(s: net.Socket): void {
     this.pausedLink = false; // before the thread can place again
     this.links++;
-    this.urgentClosing = false; // a loss of the link before (the pause's own) is not this one's
+    this.epoch++;
     this.channel!.attach(s, this.o.params.value('x-postcopy-heartbeat-ms'));
   }
 
@@ -169,10 +175,11 @@ export class IncomingPostcopy {
   /** The fault thread lost its link: the migration pauses, after a moment in which the main stream
    *  may still bring the source's reason to end instead (its ERROR record: a cancel, a failure). */
   urgentLost(why: string): void {
-    if (this.o.over() || this.urgentClosing) return;
-    this.urgentClosing = true;
+    if (this.o.over() || this.lostEpoch === this.epoch) return;
+    const epoch = this.lostEpoch = this.epoch;
     setTimeout(() => {
-      if (!this.o.over() && this.linkLost !== null) this.o.lost(`urgent channel: ${why}`);
+      // the thread's texts mostly name the channel already ('urgent channel: recv: ...', 'the peer closed the urgent channel')
+      if (!this.o.over() && this.epoch === epoch && this.linkLost !== null) this.o.lost(/urgent channel/.test(why) ? why : `urgent channel: ${why}`);
     }, URGENT_CLOSE_GRACE_MS).unref();
   }
 

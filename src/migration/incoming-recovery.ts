@@ -2,12 +2,15 @@
 // postcopy-paused it may listen again; the first connection that brings a
 // HEADER flagged RESUME with the paused migration's token is the source's,
 // and is answered with the received-page bitmap (postcopy-recover); RESUME,
-// and the new urgent channel's admission, make it postcopy-active again. A
+// and the new urgent channel's admission, make it postcopy-active again,
+// within RECOVERY_STEP_MS (the source's own limit on a step), else it is
+// paused again: a source that gave up on a silent link cannot say so. A
 // connection that is not the source's is refused, and the migration stays
 // paused, listening: a stranger cannot take over, or end, a paused guest.
 
 import { timingSafeEqual } from 'node:crypto';
 import { WireError, bitmapBytes, encodeRecvBitmap, type StreamHeader } from './wire.js';
+import { RECOVERY_STEP_MS } from './outgoing-recovery.js';
 
 // page flags (native-shim/channel.h PC_PAGE_RECEIVED)
 const RECEIVED = 1;
@@ -24,6 +27,8 @@ export class IncomingRecovery {
   /** recoveries completed */
   recoveries = 0;
   private readonly scratch: { bitmap: Uint8Array | null } = { bitmap: null };
+  /** the handshake's time limit, from the acceptance on */
+  private timer: NodeJS.Timeout | null = null;
 
   constructor(private readonly pageSize: number) {}
 
@@ -33,11 +38,21 @@ export class IncomingRecovery {
     this.accepted = this.resumed = false;
   }
 
-  accept(): void { this.accepted = true; }
+  /** The source's connection is in (postcopy-recover): `timedOut` unless the recovery is done (or paused) within RECOVERY_STEP_MS. */
+  accept(timedOut: (why: string) => void): void {
+    this.accepted = true;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      timedOut(`recovery: no ${this.resumed ? 'urgent channel' : 'RESUME'} from the source within ${RECOVERY_STEP_MS / 1000} s`);
+    }, RECOVERY_STEP_MS);
+    this.timer.unref();
+  }
 
   /** paused (again): a recovery in progress is over */
   paused(): void {
     this.listening = this.accepted = this.resumed = false;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
   }
 
   /** the recovery completed: postcopy-active again */

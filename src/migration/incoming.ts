@@ -197,7 +197,7 @@ export class IncomingMigration implements StreamHandler {
     if (this.recovery.listening) {
       this.recovery.check(h); // a refusal leaves the migration paused, waiting for the right source
       this.checkHeader(h);
-      this.recovery.accept();
+      this.recovery.accept((why) => this.lost(why)); // paused again if the handshake does not end in time
       this.o.status.moveTo('postcopy-recover');
       this.pc.drain(); // every placement so far is in the flags
       this.reply(this.recovery.bitmap(this.ram.flags, this.pageCount));

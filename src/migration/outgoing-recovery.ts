@@ -92,7 +92,7 @@ export class SourceRecovery {
     }
     h.status.moveTo('postcopy-recover');
     h.stream.send(encodeHeader({ ...h.header, resume: true }));
-    this.await('bitmap', 'a received-page bitmap');
+    this.await('bitmap', 'received-page bitmap');
   }
 
   /** RP_RECV_BITMAP: the pages the destination lacks are due again; then the urgent channel, and RESUME */
@@ -107,7 +107,7 @@ export class SourceRecovery {
       .then(() => {
         if (this.step !== 'ack') return;
         h.stream.send(encodeBare(REC_RESUME));
-        this.await('ack', 'the acknowledgement of RESUME');
+        this.await('ack', 'acknowledgement of RESUME');
       })
       .catch((e: Error) => this.failed(`urgent channel: ${e.message}`));
   }

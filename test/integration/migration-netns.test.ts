@@ -6,10 +6,12 @@
 // under CI=true, where it must run. A kernel without sch_netem (this one has
 // no CONFIG_NET_SCH_NETEM) gets the delay from a relay process in the
 // source's namespace instead: every chunk waits 2 ms before it goes on, in
-// both directions, and the source migrates through it.
+// both directions, and the source migrates through it. A second test cuts
+// the link itself mid-postcopy (the destination's veth set down: TCP sees no
+// error, only the heartbeat tells), and recovers over it once it is back up.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { Lab, setCaps, waitStatus, stableDigest, sweepInvariant, TERMINAL } from './migration-procs.js';
+import { Lab, setCaps, waitStatus, stableDigest, sweepInvariant, inPostcopy, recover, finish, statuses, TERMINAL } from './migration-procs.js';
 import { requireUffd } from '../helpers/uffd-available.js';
 
 function netnsUnavailable(): string | null {
@@ -26,6 +28,7 @@ if (reason && process.env.CI === 'true') throw new Error(`the netns migration te
 if (reason) process.stderr.write(`skipping the netns migration test: ${reason}\n`);
 const run = !reason && requireUffd() ? describe : describe.skip;
 
+const MiB = 1 << 20;
 const tag = `pc${process.pid % 100000}`;
 const nsA = `${tag}a`;
 const nsB = `${tag}b`;
@@ -115,5 +118,37 @@ run('migration across network namespaces (veth + 2 ms each way)', () => {
     expect(bt.latencyMaxNs).toBeGreaterThanOrEqual(4_000_000);
     await dst.qmp.execute('stop');
     expect(sweepInvariant(await stableDigest(dst), (32 << 20) / 4096)).toBeNull();
+  });
+
+  test('the link cut mid-postcopy (ip link set down): both sides pause on the heartbeat; back up, recovered over it, it completes; the sweep holds', async () => {
+    const cutLab = new Lab(); // the first test's VMs live on in `lab`
+    const heartbeatMs = 500;
+    const incoming = `tcp:${addrB}:4444`;
+    const connect = netem ? incoming : `tcp:${addrA}:4445`; // the relay in the source's namespace, if any, stays: the cut is the veth's
+    try {
+      const { src, dst } = await inPostcopy(cutLab, {
+        ram: '64M', workload: 'sweep,end=32M', incoming, connect, heartbeatMs, bandwidth: 2 * MiB,
+        srcWrapper: ['ip', 'netns', 'exec', nsA], dstWrapper: ['ip', 'netns', 'exec', nsB],
+      });
+      await new Promise((r) => setTimeout(r, 300));
+      // the destination's end of the veth down: the source's end loses its carrier too, and nothing gets through
+      sh(['ip', '-n', nsB, 'link', 'set', `${tag}vb`, 'down']);
+      try {
+        // heartbeat + room for a loaded machine; each side finds the silence on its own
+        const [s, d] = await Promise.all([waitStatus(src, ['postcopy-paused'], heartbeatMs + 4000), waitStatus(dst, ['postcopy-paused'], heartbeatMs + 4000)]);
+        expect(s['error-desc']).toMatch(/nothing came from the peer for \d+ ms \(x-postcopy-heartbeat-ms\)/);
+        expect(d['error-desc']).toMatch(/nothing came from the peer for \d+ ms \(x-postcopy-heartbeat-ms\)/);
+      } finally {
+        sh(['ip', '-n', nsB, 'link', 'set', `${tag}vb`, 'up']);
+      }
+      await recover(src, dst, incoming, connect);
+      await finish(src, dst);
+      expect(statuses(src).slice(2)).toEqual(['postcopy-active', 'postcopy-paused', 'postcopy-recover-setup', 'postcopy-recover', 'postcopy-active', 'completed']);
+      expect(statuses(dst).slice(2)).toEqual(['postcopy-active', 'postcopy-paused', 'postcopy-recover', 'postcopy-active', 'completed']);
+      await dst.qmp.execute('stop');
+      expect(sweepInvariant(await stableDigest(dst), (32 << 20) / 4096)).toBeNull();
+    } finally {
+      await cutLab.close();
+    }
   });
 });

@@ -1,6 +1,7 @@
 // Helpers for the migration tests that run real VM processes (`node
 // dist/src/cli.js`, driven over QMP): spawning a source/destination pair,
-// waiting for states, and reading guest RAM through x-query-ram-digest.
+// waiting for states, reading guest RAM through x-query-ram-digest, and the
+// postcopy recovery steps (a pair in postcopy, migrate_recover + migrate -r).
 import net from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -63,6 +64,72 @@ export async function stableDigest(vm: VmProcess): Promise<string[]> {
   }
   throw new Error('guest RAM never settled (vCPUs still writing?)');
 }
+
+const MiB = 1 << 20;
+
+export interface InPostcopyOptions {
+  ram: string;
+  /** -smp (default 1) */
+  smp?: number;
+  workload: string;
+  dstArgs?: string[];
+  /** max-postcopy-bandwidth (default 2 MiB/s): the push slowed so that postcopy lasts */
+  bandwidth?: number;
+  /** where the destination listens (-incoming), default unix:first.sock in the lab */
+  incoming?: string;
+  /** where the source migrates to (a relay in between), default `incoming` */
+  connect?: string;
+  /** commands the VMs run under (ip netns exec NS) */
+  srcWrapper?: string[];
+  dstWrapper?: string[];
+  /** x-postcopy-heartbeat-ms on both sides (default: the VMs' own, 2000) */
+  heartbeatMs?: number;
+}
+
+/** a pair in postcopy, its push slowed so that it lasts (max-postcopy-bandwidth) */
+export async function inPostcopy(lab: Lab, o: InPostcopyOptions): Promise<{ src: VmProcess; dst: VmProcess }> {
+  const common = ['-m', o.ram, '-smp', String(o.smp ?? 1), '-workload', o.workload];
+  const incoming = o.incoming ?? `unix:${lab.path('first.sock')}`;
+  const dst = await lab.vm('dst', [...common, ...(o.dstArgs ?? []), '-incoming', incoming], o.dstWrapper);
+  const src = await lab.vm('src', common, o.srcWrapper);
+  await setCaps(dst, ['postcopy-ram', 'postcopy-blocktime', 'events']);
+  await setCaps(src, ['postcopy-ram', 'events']);
+  if (o.heartbeatMs !== undefined) {
+    for (const vm of [src, dst]) await vm.qmp.execute('migrate-set-parameters', { 'x-postcopy-heartbeat-ms': o.heartbeatMs });
+  }
+  await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 32 * MiB, 'max-postcopy-bandwidth': o.bandwidth ?? 2 * MiB });
+  await new Promise((r) => setTimeout(r, 300));
+  await src.qmp.execute('migrate', { uri: o.connect ?? incoming });
+  await waitStatus(src, ['active']);
+  await new Promise((r) => setTimeout(r, 100));
+  await src.qmp.execute('migrate-start-postcopy');
+  await waitStatus(src, ['postcopy-active']);
+  await waitStatus(dst, ['postcopy-active']);
+  return { src, dst };
+}
+
+/** migrate_recover URI on the destination, migrate -r on the source (to `connect`, default the same URI), both postcopy-active again */
+export async function recover(src: VmProcess, dst: VmProcess, uri: string, connect = uri): Promise<void> {
+  await dst.qmp.execute('migrate-recover', { uri });
+  await src.qmp.execute('migrate', { uri: connect, resume: true });
+  await waitStatus(src, ['postcopy-active'], 10000);
+  await waitStatus(dst, ['postcopy-active'], 10000);
+}
+
+/** the push unthrottled: both sides complete, with no error (else both sides' states, and the end of their stderr, say why) */
+export async function finish(src: VmProcess, dst: VmProcess): Promise<void> {
+  await src.qmp.execute('migrate-set-parameters', { 'max-postcopy-bandwidth': 0 });
+  const ended = async (vm: VmProcess): Promise<MigrationInfo | Error> => waitStatus(vm, TERMINAL as never).catch((e: Error) => e);
+  const [s, d] = await Promise.all([ended(src), ended(dst)]);
+  if (s instanceof Error || d instanceof Error) {
+    const said = (vm: VmProcess, i: MigrationInfo | Error): string => `${i instanceof Error ? i.message : i.status}; stderr: ${vm.stderr.trim().split('\n').slice(-4).join(' / ')}`;
+    throw new Error(`the migration did not end: source ${said(src, s)}; destination ${said(dst, d)}`);
+  }
+  expect([s.status, d.status, s['error-desc'], d['error-desc']]).toEqual(['completed', 'completed', undefined, undefined]);
+}
+
+/** the statuses of the VM's MIGRATION events, in order */
+export const statuses = (vm: VmProcess): unknown[] => vm.events.filter((e) => e.event === 'MIGRATION').map((e) => e.data?.status);
 
 /** digest of a page whose first byte is b and the rest zero -> b */
 let table: Map<string, number> | undefined;

@@ -292,11 +292,16 @@ static void drain_wake(struct pc_channel *c)
     if (read(c->wake_fd, &v, sizeof v) < 0) { /* cleared already */ }
 }
 
-/* TypeScript's requests to the thread (pc_fault_thread_attach/detach) */
+/* TypeScript's requests to the thread (pc_fault_thread_attach/detach),
+ * numbered in the order they were made: the thread may find both an attach
+ * and a detach when it looks (a recovery right after a pause, or a pause
+ * right after a recovery's attach) and applies them in that order */
 struct link {
     int pending_sock; /* a new urgent channel to take (-1: none) */
     int detach;       /* drop the link (the migration paused on the other channel, or migrate_pause) */
     uint32_t heartbeat_ms; /* the silence that loses the pending link */
+    uint32_t seq;     /* requests made (TypeScript's thread only writes it) */
+    uint32_t attach_seq, detach_seq; /* the number of the latest attach, detach */
 };
 
 /* A page still to come that this thread asked for (`ahead`: as read-ahead). */
@@ -345,11 +350,28 @@ static void lose_link(struct pc_channel *c)
     __atomic_store_n(&c->st->state, PC_CH_PAUSED, __ATOMIC_RELEASE);
 }
 
-/* TypeScript's requests: a new link (the requests outstanding go on it), or dropping the link. */
+/* A detach: the link is dropped (if there is one). */
+static void detach_link(struct pc_channel *c)
+{
+    if (c->st->state != PC_CH_RUNNING)
+        return;
+    pc_channel_fail(c, PC_CH_CLOSED, 0, "the migration paused");
+    lose_link(c);
+}
+
+/* TypeScript's requests: a new link (the requests outstanding go on it), or dropping the link;
+ * both found at once are applied in the order they were made (the last one wins). */
 static void take_requests(struct pc_channel *c)
 {
     struct link *l = c->side;
+    int detach = __atomic_exchange_n(&l->detach, 0, __ATOMIC_ACQ_REL);
     int sock = __atomic_exchange_n(&l->pending_sock, -1, __ATOMIC_ACQ_REL);
+    /* a number read may be of a request made since the exchanges: it is then the newest of its kind,
+     * and what it asks for is taken at the next look, which ends on it */
+    int detach_last = detach && (int32_t)(__atomic_load_n(&l->detach_seq, __ATOMIC_ACQUIRE) -
+                                          __atomic_load_n(&l->attach_seq, __ATOMIC_ACQUIRE)) > 0;
+    if (detach && !detach_last)
+        detach_link(c); /* a pause, then a recovery: the new link is not the pause's to drop */
     if (sock >= 0) {
         if (c->sock >= 0)
             close(c->sock);
@@ -366,10 +388,8 @@ static void take_requests(struct pc_channel *c)
         double links = c->st->stats[PC_DST_LINKS] + 1;
         __atomic_store(&c->st->stats[PC_DST_LINKS], &links, __ATOMIC_RELEASE);
     }
-    if (__atomic_exchange_n(&l->detach, 0, __ATOMIC_ACQ_REL) && c->st->state == PC_CH_RUNNING) {
-        pc_channel_fail(c, PC_CH_CLOSED, 0, "the migration paused");
-        lose_link(c);
-    }
+    if (detach_last)
+        detach_link(c); /* a recovery's attach, then a pause: taken (and counted), then dropped */
 }
 
 static void *fault_thread_run(void *arg)
@@ -468,6 +488,7 @@ int pc_fault_thread_attach(uint64_t handle, int sock, uint32_t heartbeat_ms)
         return -EINVAL;
     struct link *l = c->side;
     __atomic_store_n(&l->heartbeat_ms, heartbeat_ms, __ATOMIC_RELEASE);
+    __atomic_store_n(&l->attach_seq, ++l->seq, __ATOMIC_RELEASE);
     int old = __atomic_exchange_n(&l->pending_sock, sock, __ATOMIC_ACQ_REL);
     if (old >= 0)
         close(old);
@@ -484,6 +505,7 @@ int pc_fault_thread_detach(uint64_t handle)
     if (!c)
         return -EINVAL;
     struct link *l = c->side;
+    __atomic_store_n(&l->detach_seq, ++l->seq, __ATOMIC_RELEASE);
     __atomic_store_n(&l->detach, 1, __ATOMIC_RELEASE);
     uint64_t one = 1;
     if (write(c->wake_fd, &one, sizeof one) < 0) { /* seen at the next look */ }

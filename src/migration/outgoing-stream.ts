@@ -17,6 +17,8 @@ export class SourceStream {
   private sender: PageChannel | null = null;
   /** the counters of the senders before this one (a recovery starts one per connection) */
   private readonly carried = new CarriedFigures([SenderStat.Normal, SenderStat.Zero, SenderStat.BytesOut, SenderStat.BytesIn, SenderStat.Sent, SenderStat.Writes]);
+  /** since when the sender has been held up at `bytes` out (stalledFor) */
+  private readonly stall: { sender: PageChannel | null; bytes: number; since: number } = { sender: null, bytes: -1, since: 0 };
   /** passes queued to this sender; it is idle when SenderStat.Passes reaches this */
   private passes = 0;
   /** resolved when the sender finished every queued pass */
@@ -72,6 +74,24 @@ export class SourceStream {
 
   get state(): string { return this.sender?.state ?? 'stopped'; }
   get error(): string { return this.sender?.error ?? ''; }
+
+  /** How long this connection's sender has been held up with not one byte going out: its socket
+   *  full (a writev waiting), or its postcopy window of unacknowledged bytes full (ms; 0 when it is
+   *  not held up). A rate limit holds it up too, but not with its socket or window full. */
+  stalledFor(nowMs: number): number {
+    const s = this.sender;
+    if (s === null) return 0;
+    const out = s.stat(SenderStat.BytesOut);
+    const window = s.stat(SenderStat.Window);
+    const held = s.stat(SenderStat.Writing) > out || (window > 0 && out - s.stat(SenderStat.Acked) > window);
+    if (!held || out !== this.stall.bytes || s !== this.stall.sender) {
+      this.stall.bytes = out;
+      this.stall.sender = s;
+      this.stall.since = nowMs;
+      return 0;
+    }
+    return nowMs - this.stall.since;
+  }
 
   /** the senders' counters (this connection's and those before), the live one's other figures */
   figures(): Float64Array {

@@ -96,6 +96,8 @@ export class OutgoingMigration implements ReturnHandler {
   private readonly recovery: SourceRecovery;
   /** connections made so far: a late event of one replaced by a recovery is ignored */
   private link = 0;
+  /** watchMainStream's second look is due */
+  private stallCheck = false;
 
   constructor(private readonly o: OutgoingOptions) {
     this.ram = o.ram;
@@ -242,6 +244,7 @@ export class OutgoingMigration implements ReturnHandler {
     if (s.state === 'failed') { this.fail(`sending: ${s.error}`); return; }
     // a lost link in precopy: the return path says why (RP_ERROR, or its close)
     if (s.state === 'closed' && this.postcopyStatesSent) { this.lost(s.error); return; }
+    if (this.postcopyStatesSent) this.watchMainStream();
     // the round ends for a postcopy request; the push ends once every page
     // is sent (the page server may send the last ones), even while it waits
     // on its rate limit or window (said again each tick: an interrupt applies
@@ -260,6 +263,23 @@ export class OutgoingMigration implements ReturnHandler {
       this.fail(`sending: ${(e as Error).message}`);
     }
   };
+
+  /** Postcopy: the main stream alone gone silent (the urgent channel's heartbeat still comes, so
+   *  neither side notices that way) holds the push back for good: a sender held up, its socket or
+   *  its window full, for x-postcopy-heartbeat-ms loses the link. Said again after the loop read
+   *  its sockets (an acknowledgement read late is no silence). */
+  private watchMainStream(): void {
+    const hb = this.o.params.value('x-postcopy-heartbeat-ms');
+    if (hb === 0 || this.stallCheck || this.stream.stalledFor(performance.now()) <= hb) return;
+    this.stallCheck = true;
+    const link = this.link;
+    setImmediate(() => {
+      this.stallCheck = false;
+      if (link !== this.link || this.phase === 'done') return;
+      const ms = this.stream.stalledFor(performance.now());
+      if (ms > hb) this.lost(`main stream: not one byte went out for ${Math.round(ms)} ms, the socket or the window of unacknowledged bytes full (x-postcopy-heartbeat-ms)`);
+    });
+  }
 
   /** the rate limit for the phase (a parameter set meanwhile applies within a tick) */
   private setLimit(): void {

@@ -8,7 +8,7 @@
 import net from 'node:net';
 import { rmSync } from 'node:fs';
 
-interface Pair { a: net.Socket; b: net.Socket }
+interface Pair { a: net.Socket; b: net.Socket; stalled?: boolean }
 
 export class Relay {
   private readonly pairs = new Set<Pair>();
@@ -51,22 +51,22 @@ export class Relay {
       return;
     }
     const b = net.connect({ path: this.target });
-    const pair = { a, b };
+    const pair: Pair = { a, b };
     this.pairs.add(pair);
     const drop = (): void => { a.destroy(); b.destroy(); this.pairs.delete(pair); };
     for (const s of [a, b]) s.on('error', () => { if (!this.stalled) drop(); });
     b.once('connect', () => {
       if (this.stalled) return;
-      this.pipe(a, b);
-      this.pipe(b, a);
+      this.pipe(a, b, pair);
+      this.pipe(b, a, pair);
       a.resume();
     });
   }
 
   /** from -> to, pausing `from` while `to` is full; an end is passed on once the data before it went */
-  private pipe(from: net.Socket, to: net.Socket): void {
+  private pipe(from: net.Socket, to: net.Socket, pair: Pair): void {
     from.on('data', (chunk: Buffer) => {
-      if (this.stalled || this.dead) return;
+      if (this.stalled || this.dead || pair.stalled) return;
       const room = this.cutAt - this.forwarded;
       if (chunk.length >= room) { // the bytes up to the cut go, then the link is cut (or goes silent)
         if (room > 0) to.write(chunk.subarray(0, room));
@@ -78,7 +78,7 @@ export class Relay {
       this.forwarded += chunk.length;
       if (!to.write(chunk)) from.pause();
     });
-    to.on('drain', () => { if (!this.stalled) from.resume(); });
+    to.on('drain', () => { if (!this.stalled && !pair.stalled) from.resume(); });
     from.on('end', () => { if (!this.stalled) to.end(); });
     from.on('close', () => { if (!this.stalled) setTimeout(() => to.destroy(), 1000).unref(); });
   }
@@ -88,6 +88,15 @@ export class Relay {
   stall(): void {
     this.stalled = true;
     for (const { a, b } of this.pairs) { a.pause(); b.pause(); }
+  }
+
+  /** Stalls the `index`th connection taken (0: the main stream's) alone, both ways, for good; the others go on. */
+  stallOne(index: number): void {
+    const pair = [...this.pairs][index];
+    if (!pair) throw new Error(`the relay has no connection ${index}`);
+    pair.stalled = true;
+    pair.a.pause();
+    pair.b.pause();
   }
 
   /** Destroys every connection (the peers see the link reset); new ones are still taken. */

@@ -168,6 +168,20 @@ run('postcopy links that go silent or are cut, between two VM processes', () => 
     expect(sweepInvariant(await stableDigest(dst), (48 * MiB) / 4096)).toBeNull();
   });
 
+  test('the main stream alone goes silent (the urgent channel still beats): the source pauses once its push is held up for the heartbeat, the destination follows; recovered, complete', async () => {
+    const heartbeatMs = 600;
+    const r = await relay('relay.sock', 'first.sock');
+    const { src, dst } = await inPostcopy(lab, { ram: '128M', workload: 'sweep,end=120M', connect: r.uri, heartbeatMs, bandwidth: 64 * MiB });
+    r.stallOne(0);
+    const [s, d] = await Promise.all([waitStatus(src, ['postcopy-paused'], heartbeatMs + 4000), waitStatus(dst, ['postcopy-paused'], heartbeatMs + 4000)]);
+    expect(s['error-desc']).toMatch(/main stream: not one byte went out for \d+ ms, the socket or the window of unacknowledged bytes full \(x-postcopy-heartbeat-ms\)/);
+    expect(d['error-desc']).toMatch(/urgent channel/);
+    await recover(src, dst, `unix:${lab.path('direct.sock')}`);
+    await finish(src, dst);
+    await dst.qmp.execute('stop');
+    expect(sweepInvariant(await stableDigest(dst), (120 * MiB) / 4096)).toBeNull();
+  });
+
   test('a recovery whose link goes silent inside its handshake: each side is paused again on its own within the step limit; a direct recovery completes, every page identical', async () => {
     const seed = Number(process.env.CUTS_SEED ?? Math.floor(Math.random() * 2 ** 31));
     // past the recovery's header (under 300 bytes), inside the received-page bitmap (48 MiB: 1.5 KiB) or just after it (the handshake: ~1.7 KB)

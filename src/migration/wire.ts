@@ -363,6 +363,7 @@ export class StreamDecoder extends RecordDecoder {
     if (type !== REC_PAGES && type !== REC_ZERO && type !== REC_DISCARD && (buf.readUInt32LE(pos + 8) !== 0 || buf.readUInt32LE(pos + 12) !== 0)) {
       throw new WireError(`record at byte ${at}: offset set on a record that has none`);
     }
+    if (type === REC_END && count !== 0) throw new WireError(`END record at byte ${at}: count set on a record that has none`);
     if (!this.header) {
       if (count < HEADER_FIXED || count > MAX_VAR_PAYLOAD) throw new WireError(`header record has a bad length ${count}`);
       const flags = buf[pos + 1];
@@ -514,6 +515,14 @@ export class ReturnDecoder extends RecordDecoder {
     const at = this.consumed;
     if (buf[pos + 1] !== 0 || buf[pos + 2] !== 0 || buf[pos + 3] !== 0) throw new WireError(`return path record at byte ${at}: reserved bits set`);
     const count = buf.readUInt32LE(pos + 4);
+    // a field a record does not use is reserved (0): a garbled RP_ACK or RP_RUNNING must not read as RP_COMPLETE
+    const name = RETURN_NAMES[type];
+    if (name !== undefined && type !== RP_REQ_PAGES) {
+      if (type !== RP_ACK && (buf.readUInt32LE(pos + 8) !== 0 || buf.readUInt32LE(pos + 12) !== 0)) {
+        throw new WireError(`return path ${name} record at byte ${at}: offset set on a record that has none`);
+      }
+      if (type !== RP_ERROR && count !== 0) throw new WireError(`return path ${name} record at byte ${at}: count set on a record that has none`);
+    }
     switch (type) {
       case RP_REQ_PAGES: case RP_RUNNING: case RP_COMPLETE: case RP_ACK: return 0;
       case RP_ERROR:

@@ -255,6 +255,7 @@ export class IncomingMigration implements StreamHandler {
   }
 
   private complete(): void {
+    const postcopyRan = this.pc.started; // before the threads stop
     this.pc.closeGate();
     this.server?.close();
     this.server = null;
@@ -266,7 +267,8 @@ export class IncomingMigration implements StreamHandler {
     // un-register first: once 'completed' is visible, guest RAM is plain
     // memory again (after precopy the vCPUs start on plain memory)
     this.release();
-    if (!this.postcopy) this.startVcpus();
+    // precopy, or a postcopy whose urgent channel never came (the push brought every page): they start now
+    if (!this.postcopy || !postcopyRan) this.startVcpus();
     this.o.status.moveTo('completed');
     this.reply(encodeBare(RP_COMPLETE));
     this.socket?.end();

@@ -10,7 +10,7 @@ import net from 'node:net';
 import { Lab, setCaps, waitStatus, sendTo, expectFailedAndUsable, TERMINAL } from './migration-procs.js';
 import type { MigrationInfo } from '../../src/migration/api.js';
 import {
-  encodeHeader, encodeSwitchover, writeRecordHeader, RECORD_HEADER_BYTES, REC_PAGES, REC_ZERO, RP_REQ_PAGES, RP_RUNNING, VCPU_STATE_BYTES,
+  encodeHeader, encodeSwitchover, encodeBare, writeRecordHeader, RECORD_HEADER_BYTES, REC_PAGES, REC_ZERO, REC_END, RP_REQ_PAGES, RP_RUNNING, VCPU_STATE_BYTES,
 } from '../../src/migration/wire.js';
 import { encodeVcpuState } from '../../src/vm/vcpu-state.js';
 import { requireUffd } from '../helpers/uffd-available.js';
@@ -143,6 +143,24 @@ run('a migration peer that is no migration engine', () => {
     const d = await waitStatus(dst, TERMINAL as never, 10000);
     main.destroy();
     await expectFailedAndUsable(dst, d, /postcopy switchover, but the urgent channel did not come within 5 s/, { status: 'paused' });
+  });
+
+  // found by the stream fuzzer (an urgent channel refused for a flipped HEADER byte, the push fast enough):
+  // the destination completed with its vCPUs never started, run state inmigrate, which no `cont` could change
+  test('destination told to switch to postcopy whose urgent channel never comes, but every page does: completed, and its guest runs', async () => {
+    const path = lab.path('push-only.sock');
+    const dst = await lab.vm('dst', ['-m', '64M', '-smp', '1', '-workload', 'sweep,end=64M', '-incoming', `unix:${path}`]);
+    const main = await sendTo(path, Buffer.concat([
+      encodeHeader({ pageSize: 4096, vcpus: 1, ramBytes: 64 * MiB, workload: 'sweep,end=64M', postcopy: true }),
+      encodeSwitchover(true, sweepFromStart()),
+      rec(REC_ZERO, 0, (64 * MiB) / 4096, 0), // every page, in the background stream
+      encodeBare(REC_END),
+    ]), false);
+    main.on('data', () => undefined);
+    const d = await waitStatus(dst, TERMINAL as never, 10000);
+    main.destroy();
+    expect([d.status, d['error-desc']]).toEqual(['completed', undefined]);
+    expect(await dst.qmp.execute('query-status')).toMatchObject({ status: 'running', running: true });
   });
 
   test('source in postcopy sent a bad page request on the urgent channel: failed with the reason, monitor still answers', async () => {

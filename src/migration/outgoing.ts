@@ -40,6 +40,8 @@ import { SourceStream } from './outgoing-stream.js';
  *  132-181 ms of blocktime, against 105-283 ms and 46-96 ms with 8 MiB;
  *  32 MiB gained nothing more) */
 const POSTCOPY_WINDOW = 8 * 1024 * 1024;
+/** how long the destination may take to say it completed once END is out */
+const COMPLETE_TIMEOUT_MS = 5000;
 /** how often the sender's progress is looked at (and its rate limit set) */
 const TICK_MS = 2;
 
@@ -218,8 +220,7 @@ export class OutgoingMigration implements ReturnHandler {
         if (this.postcopyRequested) void this.switchToPostcopy();
         else this.endOfRound();
       } else if (this.phase === 'postcopy' && this.state.needed === 0) {
-        this.phase = 'finishing';
-        s.send(encodeBare(REC_END));
+        this.sendEnd();
       }
     } catch (e) {
       this.fail(`sending: ${(e as Error).message}`);
@@ -274,8 +275,7 @@ export class OutgoingMigration implements ReturnHandler {
       await this.stream.idle();
       if (this.isOver()) return;
       this.stream.send(this.statesRecord(false));
-      this.phase = 'finishing';
-      this.stream.send(encodeBare(REC_END));
+      this.sendEnd();
     } catch (e) {
       this.fail(`switchover: ${(e as Error).message}`);
     }
@@ -303,6 +303,17 @@ export class OutgoingMigration implements ReturnHandler {
     } catch (e) {
       this.fail(`postcopy switchover: ${(e as Error).message}`);
     }
+  }
+
+  /** Every page is sent: END, then the destination's RP_COMPLETE within COMPLETE_TIMEOUT_MS (one that
+   *  waits inside a record whose length was garbled on the way never sends it; nor would any byte more
+   *  come to end its wait: without the bound both sides waited for ever) */
+  private sendEnd(): void {
+    this.phase = 'finishing';
+    this.stream.send(encodeBare(REC_END));
+    setTimeout(() => {
+      if (this.phase === 'finishing') this.fail(`the destination did not complete within ${COMPLETE_TIMEOUT_MS / 1000} s of the end of the stream`);
+    }, COMPLETE_TIMEOUT_MS).unref();
   }
 
   private isOver(): boolean {

@@ -163,6 +163,27 @@ run('a migration peer that is no migration engine', () => {
     expect(await dst.qmp.execute('query-status')).toMatchObject({ status: 'running', running: true });
   });
 
+  // found by the stream fuzzer: 4 bytes inserted in SWITCHOVER's header made its length 0xb3 (say): the
+  // destination waited for payload bytes that never came, the source for RP_COMPLETE, both for ever
+  test('a destination that takes every byte and never completes: the source fails 5 s after the end of its stream, its guest runs again', async () => {
+    const path = lab.path('silent.sock');
+    const conns: net.Socket[] = [];
+    const fake = net.createServer((c) => { conns.push(c); c.on('data', () => undefined); c.on('error', () => undefined); });
+    await new Promise<void>((r) => fake.listen(path, r));
+    try {
+      const src = await lab.vm('src', ['-m', '16M', '-smp', '1', '-workload', 'idle']);
+      await src.qmp.execute('migrate', { uri: `unix:${path}` });
+      await waitStatus(src, ['device']);
+      const t0 = Date.now();
+      const s = await waitStatus(src, TERMINAL as never, 10000);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(4500);
+      await expectFailedAndUsable(src, s, /^the destination did not complete within 5 s of the end of the stream$/, { status: 'running', running: true });
+    } finally {
+      for (const c of conns) c.destroy();
+      fake.close();
+    }
+  });
+
   test('source in postcopy sent a bad page request on the urgent channel: failed with the reason, monitor still answers', async () => {
     const path = lab.path('fake-pc.sock');
     const conns: net.Socket[] = [];

@@ -13,6 +13,8 @@
 #include <string.h>
 
 #define page_is_zero pc_page_is_zero
+/* wire.ts RP_ERROR: the destination says why (it refused this connection as its urgent channel) */
+#define RP_ERROR 0x42
 
 /* the source's page flags and the sender's hint (stream_sender.c), or NULL */
 struct server {
@@ -80,6 +82,12 @@ static int serve(struct pc_channel *c)
         const uint8_t *r = c->in + pos;
         uint32_t len = pc_le32(r + 4);
         uint64_t off = pc_le64(r + 8);
+        if (r[0] == RP_ERROR && r[1] == 0 && r[2] == 0 && r[3] == 0 && off == 0 && len <= 4096) { /* its text as far as it came */
+            size_t have = c->in_len - pos - PC_RECORD_HEADER;
+            pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: the destination says: %.*s",
+                            (int)(len < have ? len : have), (const char *)(r + PC_RECORD_HEADER));
+            return -1;
+        }
         if (r[0] != PC_RP_REQ_PAGES || (r[1] & ~PC_REQ_READAHEAD) != 0 || r[2] != 0 || r[3] != 0) {
             pc_channel_fail(c, PC_CH_FAILED, 0, r[0] != PC_RP_REQ_PAGES
                             ? "urgent channel: unexpected record type 0x%02x from the destination (expected a page request)"

@@ -10,7 +10,7 @@ import net from 'node:net';
 import { Lab, setCaps, waitStatus, sendTo, expectFailedAndUsable, TERMINAL } from './migration-procs.js';
 import type { MigrationInfo } from '../../src/migration/api.js';
 import {
-  encodeHeader, encodeSwitchover, encodeBare, writeRecordHeader, RECORD_HEADER_BYTES, REC_PAGES, REC_ZERO, REC_END, RP_REQ_PAGES, RP_RUNNING, VCPU_STATE_BYTES,
+  encodeHeader, encodeSwitchover, encodeBare, encodeText, writeRecordHeader, RECORD_HEADER_BYTES, REC_PAGES, REC_ZERO, REC_END, RP_REQ_PAGES, RP_RUNNING, RP_ERROR, VCPU_STATE_BYTES,
 } from '../../src/migration/wire.js';
 import { encodeVcpuState } from '../../src/vm/vcpu-state.js';
 import { requireUffd } from '../helpers/uffd-available.js';
@@ -206,6 +206,30 @@ run('a migration peer that is no migration engine', () => {
       conns[1].write(req);
       const s = await waitStatus(src, TERMINAL as never, 10000);
       await expectFailedAndUsable(src, s, /urgent channel: bad page request: offset 67108864 length 4096 \(RAM is 16384 pages of 4096 bytes\)/, { status: 'postmigrate' });
+    } finally {
+      for (const c of conns) c.destroy();
+      fake.close();
+    }
+  });
+
+  // found by the stream fuzzer: a destination that refused the urgent channel (a byte inserted in its
+  // HEADER) once the page server had taken it failed the source with "unexpected record type 0x42"
+  test('source in postcopy whose urgent channel the destination refuses: failed with the destination\'s reason', async () => {
+    const path = lab.path('refusing.sock');
+    const conns: net.Socket[] = [];
+    const fake = net.createServer((c) => { conns.push(c); c.on('data', () => undefined); c.on('error', () => undefined); });
+    await new Promise<void>((r) => fake.listen(path, r));
+    try {
+      const src = await lab.vm('src', ['-m', '64M', '-smp', '1']);
+      await setCaps(src, ['postcopy-ram']);
+      await src.qmp.execute('migrate', { uri: `unix:${path}` });
+      await src.qmp.execute('migrate-start-postcopy');
+      await waitStatus(src, ['postcopy-active']);
+      while (conns.length < 2) await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, 200)); // the page server has taken the urgent channel
+      conns[1].end(encodeText(RP_ERROR, 'migration connection refused: its header does not carry this migration\'s token'));
+      const s = await waitStatus(src, TERMINAL as never, 10000);
+      await expectFailedAndUsable(src, s, /^urgent channel: the destination says: migration connection refused: its header does not carry this migration's token$/, { status: 'postmigrate' });
     } finally {
       for (const c of conns) c.destroy();
       fake.close();

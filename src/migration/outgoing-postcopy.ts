@@ -9,7 +9,7 @@
 
 import net from 'node:net';
 import { PageChannel, PageServerStat, type ChannelEventSink } from '../native/page-channel.js';
-import { encodeHeader } from './wire.js';
+import { encodeHeader, RECORD_HEADER_BYTES, RP_ERROR, MAX_TEXT_BYTES } from './wire.js';
 import type { MigrationAddress } from './uri.js';
 
 const CONNECT_TIMEOUT_MS = 10000;
@@ -35,6 +35,8 @@ export class SourcePostcopy {
   private server: PageChannel | null = null;
   /** the page server's counters once it stopped (PageServerStat indices) */
   private finalStats: Float64Array = new Float64Array(16);
+  /** why the urgent channel closed: the destination's words when it refused the channel */
+  private closed = 'the destination closed the urgent channel';
 
   constructor(private readonly o: {
     /** the urgent channel went wrong (the main connection may say why first) */
@@ -59,12 +61,15 @@ export class SourcePostcopy {
         u.setNoDelay(true);
         u.write(encodeHeader({ ...h, urgent: true }), (e) => { if (e) reject(new Error(`urgent channel: ${e.message}`)); else resolve(); });
       });
-      u.once('close', () => reject(new Error('the destination closed the urgent channel')));
+      u.once('close', () => reject(new Error(this.closed)));
     });
     this.ready.catch(() => undefined); // failures are reported by the listeners below
-    u.on('data', () => { /* nothing comes back on this channel before the page server takes it */ });
+    u.on('data', (b: Buffer) => { // nothing comes back on this channel before the page server takes it but a refusal
+      const n = b.length >= RECORD_HEADER_BYTES && b[0] === RP_ERROR ? Math.min(b.readUInt32LE(4), MAX_TEXT_BYTES) : -1;
+      if (n >= 0) this.closed = `urgent channel: the destination says: ${b.toString('utf8', RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + n)}`;
+    });
     u.on('error', (e) => this.o.failLater(`urgent channel error: ${e.message}`));
-    u.on('close', () => { if (!this.o.done()) this.o.failLater('the destination closed the urgent channel'); });
+    u.on('close', () => { if (!this.o.done()) this.o.failLater(this.closed); });
   }
 
   /** Starts the page server once the urgent channel is up (before the
@@ -72,7 +77,7 @@ export class SourcePostcopy {
   async start(o: { ramBase: number; pageSize: number; pages: number; flags: number; sender: PageChannel }): Promise<void> {
     await this.ready;
     const u = this.socket;
-    if (u === null || u.destroyed) throw new Error('the destination closed the urgent channel');
+    if (u === null || u.destroyed) throw new Error(this.closed);
     const server = PageChannel.startPageServer({ sock: u, ...o });
     this.server = server;
     server.tickEvery(DRAIN_EVERY_MS, () => {

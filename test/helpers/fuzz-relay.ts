@@ -1,18 +1,20 @@
 // A relay that sits between a migration source and its destination (the
 // source migrates to the relay's unix socket, the relay connects on to the
 // destination) and forwards both directions of every connection, spoiling
-// one of them once: a byte flipped, the connection cut, or bytes inserted,
+// one of them once: a byte flipped, the connection cut, bytes inserted,
 // at a byte chosen by record (the nth PAGES record, 20 bytes in) or by
 // offset. It keeps the connections' order (the destination takes its first
 // connection as the main stream, the next as the urgent channel: a
-// connection is passed on only once the one before it is connected), and
+// connection is passed on only once the one before it is connected), or
+// sending one record twice, and
 // says where the mutation landed: which record, which page, and whether the
 // postcopy switchover had gone through before it.
 import net from 'node:net';
 import { FrameTracker, frameName, type Direction, type Frame } from './stream-frames.js';
-import { REC_SWITCHOVER, REC_END, SWITCHOVER_POSTCOPY, RECORD_HEADER_BYTES } from '../../src/migration/wire.js';
+import { REC_SWITCHOVER, REC_END, SWITCHOVER_POSTCOPY, RECORD_HEADER_BYTES, writeRecordHeader } from '../../src/migration/wire.js';
 
-export type MutationKind = 'flip' | 'truncate' | 'insert';
+/** repeat: the record goes twice (a record without payload before itself, one with payload after itself) */
+export type MutationKind = 'flip' | 'truncate' | 'insert' | 'repeat';
 
 export interface Mutation {
   dir: Direction;
@@ -41,8 +43,8 @@ export interface Landing {
 }
 
 export function describeMutation(m: Mutation, dirName = m.dir): string {
-  const what = m.kind === 'flip' ? `flip ^0x${m.xor.toString(16)}` : m.kind === 'insert' ? `insert ${m.bytes.length} bytes` : 'truncate';
-  const where = m.type === null ? `at byte ${m.at}` : `in ${frameName(m.dir, m.type)} #${m.nth} at +${m.at}`;
+  const what = m.kind === 'flip' ? `flip ^0x${m.xor.toString(16)}` : m.kind === 'insert' ? `insert ${m.bytes.length} bytes` : m.kind;
+  const where = m.type === null ? `at byte ${m.at}` : `in ${frameName(m.dir, m.type)} #${m.nth}${m.kind === 'repeat' ? '' : ` at +${m.at}`}`;
   return `${what} on ${dirName} ${where}`;
 }
 
@@ -66,6 +68,8 @@ export class RelaySession {
   private mainForwarded = 0;
   private target = -1;
   private seen = 0;
+  /** repeat: the record's bytes [start, end) as they go by, to send again */
+  private copy: { start: number; end: number; bytes: Buffer[] } | null = null;
   private lastFrame: Frame | null = null;
   private readonly sockets: net.Socket[] = [];
   /** the connection before the next one (the next connects upstream only once this one did) */
@@ -119,7 +123,13 @@ export class RelaySession {
       const n = unit.length - tracker.partialHeader;
       held = Buffer.from(unit.subarray(n));
       const out = unit.subarray(0, n);
-      if (this.mutation?.dir === dir && this.landing === null && this.target >= base && this.target < base + n) {
+      const cp = this.copy;
+      if (cp && this.mutation?.dir === dir && cp.end > base && cp.start < base + n) {
+        cp.bytes.push(Buffer.from(out.subarray(Math.max(0, cp.start - base), Math.min(n, cp.end - base))));
+      }
+      // a record repeated after itself may be the last of the stream for now: its copy goes right after it
+      const last = cp !== null && this.target === base + n && cp.bytes.reduce((a, b) => a + b.length, 0) === cp.end - cp.start;
+      if (this.mutation?.dir === dir && this.landing === null && this.target >= base && (this.target < base + n || last)) {
         const k = this.target - base;
         this.land(dir);
         const m = this.mutation;
@@ -127,8 +137,8 @@ export class RelaySession {
           const copy = Buffer.from(out);
           copy[k] ^= m.xor;
           send(copy);
-        } else if (m.kind === 'insert') {
-          send(Buffer.concat([out.subarray(0, k), m.bytes, out.subarray(k)]));
+        } else if (m.kind === 'insert' || m.kind === 'repeat') {
+          send(Buffer.concat([out.subarray(0, k), m.kind === 'insert' ? m.bytes : Buffer.concat(this.copy!.bytes), out.subarray(k)]));
         } else {
           send(out.subarray(0, k));
           dead = true;
@@ -159,6 +169,14 @@ export class RelaySession {
     if (f.type !== m.type || this.seen++ !== m.nth) return;
     this.lastFrame = f;
     const H = RECORD_HEADER_BYTES;
+    if (m.kind === 'repeat') { // without payload its bytes are known now: again before it; else after it, once they went by
+      this.target = f.length === H ? f.start : f.start + f.length;
+      if (f.length > H) { this.copy = { start: f.start, end: f.start + f.length, bytes: [] }; return; }
+      const h = Buffer.alloc(H);
+      writeRecordHeader(h, 0, f.type, f.flags, f.count, f.offset);
+      this.copy = { start: 0, end: 0, bytes: [h] };
+      return;
+    }
     this.target = f.start + (m.at < H || f.length === H ? m.at % H : H + ((m.at - H) % (f.length - H)));
   }
 

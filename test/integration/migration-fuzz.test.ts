@@ -1,13 +1,14 @@
 // Stream fuzzing (issue 13): hundreds of migrations of a small guest between
 // real VM processes, each through a relay (test/helpers/fuzz-relay.ts) that
 // spoils one direction of one connection once -- a byte flipped, the
-// connection cut, bytes inserted -- in the main stream, the return path or
+// connection cut, bytes inserted, a record sent twice -- in the main stream, the return path or
 // the urgent channel either way, at a record and byte drawn from a seeded
 // PRNG (FUZZ_SEED, FUZZ_CASES). Each case must end within 10 s on both
 // sides: completed (a flip the wire cannot notice: no checksum, as in QEMU;
 // then only the pages it spoilt may differ), or failed with an error-desc
-// that names the problem; both processes still answer QMP afterwards, and a
-// clean migration now and then shows that the reused processes still migrate.
+// that names the problem; both processes still answer QMP afterwards (and quit
+// when asked), and a clean migration now and then shows that processes reused
+// after failed migrations still migrate.
 import { Lab, VmChain, digest, stableDigest, sweepInvariant, differingPages } from './migration-procs.js';
 import { FuzzRelay, describeLanding, type Landing } from '../helpers/fuzz-relay.js';
 import { frameName, type Direction } from '../helpers/stream-frames.js';
@@ -37,7 +38,7 @@ const run = requireUffd() ? describe : describe.skip;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 interface End { info: MigrationInfo; postcopy: boolean }
-interface Result { c: FuzzCase; landing: Landing | null; src: End; dst: End; ms: number; refs: Reference }
+interface Result { c: FuzzCase; landing: Landing | null; src: End; dst: End; ms: number; refs: Reference; reused: boolean }
 
 /** The side's end after `mark`, from its MIGRATION events (this migration's setup, then an end: a
  *  query-migrate alone may still show the last migration's end), and whether postcopy-active came. */
@@ -85,6 +86,9 @@ function judge(c: FuzzCase, l: Landing | null, s: End, d: End, counts: Map<strin
   if (sc && dc && !mayComplete(c, l)) out.push('completed on both sides, though the wire should have noticed this mutation');
   return out;
 }
+
+/** migrations each process failed so far (a clean case on processes that failed before shows they still migrate) */
+const failures = new Map<VmProcess, number>();
 
 /** what each process's guest holds spoilt: a completed case's flips go on with the guest, to the next migration */
 const spoiltIn = new Map<VmProcess, Spoilt>();
@@ -148,7 +152,7 @@ run('stream fuzzing: flips, cuts and insertions in every direction of a migratio
   beforeAll(async () => {
     lab = new Lab();
     relay = await FuzzRelay.listen(lab.path('relay.sock'), PAGE);
-    chain = new VmChain(lab, ['-m', '4M', '-smp', '1', '-workload', 'sweep,end=3M'], async () => undefined);
+    chain = new VmChain(lab, ['-m', '4M', '-smp', '1', '-workload', 'sweep,end=3M']);
   });
   afterAll(async () => {
     await chain?.close();
@@ -184,7 +188,9 @@ run('stream fuzzing: flips, cuts and insertions in every direction of a migratio
         if (e.status === 'fulfilled') return e.value;
         throw new Error(ends.map((x, j) => `${j === 0 ? 'source' : 'destination'}: ${x.status === 'fulfilled' ? x.value.info.status : (x.reason as Error).message}`).join('; '));
       });
-      r = { c, landing: session.landing, src: s, dst: d, ms: Date.now() - t0, refs: { counts: session.counts, bytes: session.bytes } };
+      const reused = (failures.get(src) ?? 0) + (failures.get(dst.vm) ?? 0) > 0;
+      r = { c, landing: session.landing, src: s, dst: d, ms: Date.now() - t0, refs: { counts: session.counts, bytes: session.bytes }, reused };
+      for (const [vm, e] of [[src, s], [dst.vm, d]] as const) if (e.info.status !== 'completed') failures.set(vm, (failures.get(vm) ?? 0) + 1);
       problems.push(...judge(c, r.landing, s, d, session.counts));
       if (d.info.status === 'completed') problems.push(...await checkPages(c, r, src, dst.vm));
     } catch (e) {
@@ -224,8 +230,13 @@ run('stream fuzzing: flips, cuts and insertions in every direction of a migratio
     }
     const last = await runCase({ index: cases.length, mode: 'precopy', mutation: null, switchAfterMs: 0 });
     problems.push(...last.problems);
-    console.log(summary(results, problems, chain.spawned, Date.now() - t0, refs));
+    await chain.close();
+    problems.push(...(await lab.dropped()).map((p) => `seed ${SEED}: ${p} did not quit when asked after its migrations: killed`));
+    const clean = [...results, ...(last.r ? [last.r] : [])].filter((r) => r.c.mutation === null);
+    console.log(`${summary(results, problems, chain.spawned, Date.now() - t0, refs)}\n`
+      + `clean migrations: ${clean.length}, ${clean.filter((r) => r.reused).length} of them between processes that had failed migrations before`);
     expect(problems).toEqual([]);
+    expect(clean.filter((r) => r.reused).length).toBeGreaterThan(0);
     if (!only) expect(results.filter((r) => r.c.mutation !== null).length).toBe(CASES);
   }, 400000);
 });

@@ -16,6 +16,7 @@ export class Lab {
   readonly dir = mkdtempSync(join(tmpdir(), 'pc-mig-'));
   private readonly vms: VmProcess[] = [];
   private readonly quitting: Promise<void>[] = [];
+  private readonly killed: string[] = [];
 
   async vm(name: string, args: string[], wrapper: string[] = []): Promise<VmProcess> {
     const vm = await VmProcess.spawn(args, join(this.dir, `${name}.qmp`), 20000, wrapper);
@@ -29,7 +30,15 @@ export class Lab {
   drop(vm: VmProcess): void {
     const i = this.vms.indexOf(vm);
     if (i >= 0) this.vms.splice(i, 1);
-    this.quitting.push(vm.quit().catch(() => undefined));
+    this.quitting.push(vm.quit().catch(() => undefined).then(() => {
+      if (vm.child.signalCode !== null) this.killed.push(`process ${vm.child.pid} (${vm.child.signalCode})`);
+    }));
+  }
+
+  /** the VMs dropped so far that did not exit when asked to quit (killed), once all have gone */
+  async dropped(): Promise<string[]> {
+    await Promise.all(this.quitting);
+    return this.killed;
   }
 
   async close(): Promise<void> {
@@ -162,9 +171,8 @@ export class VmChain {
   /** processes started so far */
   spawned = 0;
 
-  /** `args`: every VM's (RAM, vCPUs, workload); `setup`: once for each new process (capabilities...) */
-  constructor(private readonly lab: Lab, private readonly args: string[], private readonly setup: (vm: VmProcess) => Promise<void>,
-    private readonly spares = { src: 1, dst: 2 }) {}
+  /** `args`: every VM's (RAM, vCPUs, workload) */
+  constructor(private readonly lab: Lab, private readonly args: string[], private readonly spares = { src: 1, dst: 2 }) {}
 
   /** a source (paused: `cont` it) and an armed destination */
   async ready(): Promise<{ src: VmProcess; dst: Armed }> {
@@ -221,8 +229,6 @@ export class VmChain {
 
   private async start(name: string, extra: string[]): Promise<VmProcess> {
     this.spawned++;
-    const vm = await this.lab.vm(name, [...this.args, ...extra]);
-    await this.setup(vm);
-    return vm;
+    return this.lab.vm(name, [...this.args, ...extra]);
   }
 }

@@ -84,6 +84,8 @@ export class OutgoingMigration implements ReturnHandler {
    *  the destination now, so it never runs here again */
   private postcopyStatesSent = false;
   private destRunning = false;
+  /** END went out and the destination never said it completed (sendEnd) */
+  private unanswered = false;
   /** the last RP_ACK taken (main-stream bytes the destination consumed) */
   private acked = 0;
   private startMs = 0;
@@ -312,7 +314,9 @@ export class OutgoingMigration implements ReturnHandler {
     this.phase = 'finishing';
     this.stream.send(encodeBare(REC_END));
     setTimeout(() => {
-      if (this.phase === 'finishing') this.fail(`the destination did not complete within ${COMPLETE_TIMEOUT_MS / 1000} s of the end of the stream`);
+      if (this.phase !== 'finishing') return;
+      this.unanswered = true; // it may hold the whole guest and run it: this one stays paused (`cont` it if not)
+      this.fail(`the destination did not complete within ${COMPLETE_TIMEOUT_MS / 1000} s of the end of the stream (the guest stays paused here)`);
     }, COMPLETE_TIMEOUT_MS).unref();
   }
 
@@ -357,6 +361,8 @@ export class OutgoingMigration implements ReturnHandler {
     if (how === 'completed' || (switched && this.destRunning) || this.postcopyStatesSent) {
       // the guest now lives on the destination: never run it here again
       this.o.setRunState('postmigrate');
+    } else if (this.unanswered) {
+      this.o.setRunState('paused');
     } else if (this.vcpusStopped || !this.o.wasRunning) {
       if (this.o.wasRunning) { this.o.vcpus.resume(); this.o.setRunState('running'); } else this.o.setRunState('paused');
     }

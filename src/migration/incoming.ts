@@ -17,7 +17,7 @@ import type { MigrationStatusMachine } from './status.js';
 import type { Parameters } from './parameters.js';
 import type { MigrationAddress } from './uri.js';
 import {
-  StreamDecoder, encodeBare, encodeText, WireError, RP_RUNNING, RP_COMPLETE, RP_ERROR,
+  StreamDecoder, encodeBare, encodeText, printable, WireError, RP_RUNNING, RP_COMPLETE, RP_ERROR,
   type StreamHandler, type StreamHeader,
 } from './wire.js';
 import { FaultThreadStat, ReceiverStat } from '../native/page-channel.js';
@@ -177,7 +177,7 @@ export class IncomingMigration implements StreamHandler {
     if (h.ramBytes !== this.o.ram.bytes) problems.push(`RAM size mismatch: the source has ${h.ramBytes} bytes, this VM ${this.o.ram.bytes} (-m)`);
     if (h.vcpus !== this.o.vcpus.count) problems.push(`vCPU count mismatch: the source has ${h.vcpus}, this VM ${this.o.vcpus.count} (-smp)`);
     if (h.pageSize !== this.ps) problems.push(`page size mismatch: the source uses ${h.pageSize}, this VM ${this.ps}`);
-    if (h.workload !== this.o.workload) problems.push(`workload mismatch: the source runs '${h.workload}', this VM was started with '${this.o.workload}' (-workload)`);
+    if (h.workload !== this.o.workload) problems.push(`workload mismatch: the source runs '${printable(h.workload)}', this VM was started with '${this.o.workload}' (-workload)`);
     if (problems.length > 0) throw new WireError(problems.join('; '));
   }
 

@@ -9,7 +9,7 @@
 
 import net from 'node:net';
 import { PageChannel, PageServerStat, type ChannelEventSink } from '../native/page-channel.js';
-import { encodeHeader, RECORD_HEADER_BYTES, RP_ERROR, MAX_TEXT_BYTES } from './wire.js';
+import { encodeHeader, printable, RECORD_HEADER_BYTES, RP_ERROR, MAX_TEXT_BYTES } from './wire.js';
 import type { MigrationAddress } from './uri.js';
 
 const CONNECT_TIMEOUT_MS = 10000;
@@ -66,7 +66,7 @@ export class SourcePostcopy {
     this.ready.catch(() => undefined); // failures are reported by the listeners below
     u.on('data', (b: Buffer) => { // nothing comes back on this channel before the page server takes it but a refusal
       const n = b.length >= RECORD_HEADER_BYTES && b[0] === RP_ERROR ? Math.min(b.readUInt32LE(4), MAX_TEXT_BYTES) : -1;
-      if (n >= 0) this.closed = `urgent channel: the destination says: ${b.toString('utf8', RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + n)}`;
+      if (n >= 0) this.closed = `urgent channel: the destination says: ${printable(b.toString('utf8', RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + n))}`;
     });
     u.on('error', (e) => this.o.failLater(`urgent channel error: ${e.message}`));
     u.on('close', () => { if (!this.o.done()) this.o.failLater(this.closed); });

@@ -91,6 +91,12 @@ export const HEADER_POSTCOPY = 2;
 /** longest text payload (ERROR, RP_ERROR), in bytes */
 export const MAX_TEXT_BYTES = 4096;
 
+/** `text` from the peer made fit to quote in a message an operator reads: control characters (a line
+ *  break, a terminal's escape) as \xNN, so that they neither break HMP's lines nor reach a terminal */
+export function printable(text: string): string {
+  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
 /** Malformed, truncated or unexpected input; the message says what and where. */
 export class WireError extends Error {
   constructor(message: string) {
@@ -187,6 +193,7 @@ export interface StreamHandler {
   endRound(round: number): void;
   switchover(postcopy: boolean, states: Buffer, pos: number, len: number): void;
   end(): void;
+  /** the source gave up: its reason (printable()) */
   error(reason: string): void;
 }
 
@@ -458,7 +465,7 @@ export class StreamDecoder extends RecordDecoder {
         return;
       case REC_ERROR:
         this.done = true;
-        this.handler.error(buf.toString('utf8', p, p + count));
+        this.handler.error(printable(buf.toString('utf8', p, p + count)));
         return;
     }
   }
@@ -550,7 +557,7 @@ export class ReturnDecoder extends RecordDecoder {
       case RP_COMPLETE: this.done = true; this.handler.complete(); return;
       case RP_ERROR:
         this.done = true;
-        this.handler.error(buf.toString('utf8', pos + RECORD_HEADER_BYTES, pos + RECORD_HEADER_BYTES + count));
+        this.handler.error(printable(buf.toString('utf8', pos + RECORD_HEADER_BYTES, pos + RECORD_HEADER_BYTES + count)));
         return;
     }
   }

@@ -32,6 +32,21 @@ run('a migration peer that is no migration engine', () => {
 
   const header = (version?: number): Buffer => encodeHeader({ pageSize: 4096, vcpus: 1, ramBytes: 64 * MiB, workload: 'sweep,end=64M', version });
 
+  // found by the stream fuzzer (bytes inserted in the HEADER's workload): the peer's text went into error-desc as
+  // it came, and its line break cut HMP's `info migrate` in two
+  test('destination fed a header whose workload holds a line break and a terminal escape: the error quotes them as \\xNN', async () => {
+    const uri = `unix:${lab.path('in.sock')}`;
+    const dst = await lab.vm('dst', ['-m', '64M', '-smp', '1', '-workload', 'sweep,end=64M', '-incoming', uri]);
+    const evil = encodeHeader({ pageSize: 4096, vcpus: 1, ramBytes: 64 * MiB, workload: 'sweep\nStatus: completed\u001b[2J' });
+    const s = await sendTo(lab.path('in.sock'), evil, true);
+    const d = await waitStatus(dst, TERMINAL as never, 10000);
+    s.destroy();
+    const why = "workload mismatch: the source runs 'sweep\\x0aStatus: completed\\x1b[2J', this VM was started with 'sweep,end=64M' (-workload)";
+    expect(d['error-desc']).toBe(`migration stream: ${why}`);
+    const hmp = await dst.qmp.execute<string>('human-monitor-command', { 'command-line': 'info migrate' });
+    expect(hmp.split('\n')[0]).toBe(`Status: \t\tfailed (migration stream: ${why})`);
+  });
+
   test.each([
     ['random bytes', Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), true, /not a postcopy migration stream/],
     ['a wrong stream version', header(7), true, /unsupported stream version 7/],

@@ -2,8 +2,8 @@
 // 13): the migration's token travels in HEADER, and no flag bit or field the
 // wire does not define is accepted.
 import {
-  StreamDecoder, ReturnDecoder, WireError, encodeHeader, encodeSwitchover, encodeBare, encodeText, writeRecordHeader,
-  TOKEN_BYTES, VCPU_STATE_BYTES, REC_END, RP_ACK, RP_RUNNING, RP_COMPLETE, RP_ERROR,
+  StreamDecoder, ReturnDecoder, WireError, encodeHeader, encodeSwitchover, encodeBare, encodeText, writeRecordHeader, printable,
+  TOKEN_BYTES, VCPU_STATE_BYTES, REC_END, REC_ERROR, RP_ACK, RP_RUNNING, RP_COMPLETE, RP_ERROR,
   type StreamHandler, type StreamHeader, type ReturnHandler,
 } from '../../src/migration/wire.js';
 
@@ -91,5 +91,25 @@ describe('fields a record does not use are reserved', () => {
     d.push(encodeHeader({ pageSize: PS, vcpus: 1, ramBytes: RAM, workload: '' }));
     d.push(encodeSwitchover(false, Buffer.alloc(VCPU_STATE_BYTES)));
     expect(() => d.push(encodeBare(REC_END, 0x100))).toThrow(/END record at byte \d+: count set on a record that has none/);
+  });
+});
+
+// found by the stream fuzzer: a reason (or a workload) from the peer went into error-desc as it came, and a line break
+// in it broke HMP's `info migrate` in two; a terminal's escape would have reached the operator's terminal
+describe('text from the peer, quoted in a message', () => {
+  test('printable() writes control characters as \\xNN and leaves the rest', () => {
+    expect(printable('sweep,e\u00ef\u00bf\u00bd\n\u001b[2J\u007f\u0085 é ok')).toBe('sweep,e\u00ef\u00bf\u00bd\\x0a\\x1b[2J\\x7f\\x85 é ok');
+  });
+
+  test('the reason of an ERROR record and of an RP_ERROR arrives printable', () => {
+    const reasons: string[] = [];
+    const ignore = (): void => undefined;
+    const d = new StreamDecoder({
+      header: ignore, pages: ignore, zero: ignore, discard: ignore, endRound: ignore, switchover: ignore, end: ignore, error: (r) => reasons.push(r),
+    });
+    d.push(Buffer.concat([encodeHeader({ pageSize: PS, vcpus: 1, ramBytes: RAM, workload: '' }), encodeText(REC_ERROR, 'out of\nmemory\u001b[0m')]));
+    const rp = new ReturnDecoder({ requestPages: ignore, error: (r) => reasons.push(r), running: ignore, complete: ignore, ack: ignore }, RAM, PS);
+    rp.push(encodeText(RP_ERROR, 'refused:\r\nStatus: completed'));
+    expect(reasons).toEqual(['out of\\x0amemory\\x1b[0m', 'refused:\\x0d\\x0aStatus: completed']);
   });
 });

@@ -83,9 +83,12 @@ static int serve(struct pc_channel *c)
         uint32_t len = pc_le32(r + 4);
         uint64_t off = pc_le64(r + 8);
         if (r[0] == RP_ERROR && r[1] == 0 && r[2] == 0 && r[3] == 0 && off == 0 && len <= 4096) { /* its text as far as it came */
-            size_t have = c->in_len - pos - PC_RECORD_HEADER;
-            pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: the destination says: %.*s",
-                            (int)(len < have ? len : have), (const char *)(r + PC_RECORD_HEADER));
+            char text[PC_ERROR_BYTES];
+            size_t have = c->in_len - pos - PC_RECORD_HEADER, n = 0;
+            for (const uint8_t *t = r + PC_RECORD_HEADER; n < len && n < have && n < sizeof text - 1; n++) /* no control characters */
+                text[n] = t[n] < 0x20 || t[n] == 0x7f ? '?' : (char)t[n];
+            text[n] = 0;
+            pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: the destination says: %s", text);
             return -1;
         }
         if (r[0] != PC_RP_REQ_PAGES || (r[1] & ~PC_REQ_READAHEAD) != 0 || r[2] != 0 || r[3] != 0) {

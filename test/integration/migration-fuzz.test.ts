@@ -1,14 +1,15 @@
 // Stream fuzzing (issue 13): hundreds of migrations of a small guest between
 // real VM processes, each through a relay (test/helpers/fuzz-relay.ts) that
 // spoils one direction of one connection once -- a byte flipped, the
-// connection cut, bytes inserted, a record sent twice -- in the main stream, the return path or
-// the urgent channel either way, at a record and byte drawn from a seeded
-// PRNG (FUZZ_SEED, FUZZ_CASES). Each case must end within 10 s on both
-// sides: completed (a flip the wire cannot notice: no checksum, as in QEMU;
-// then only the pages it spoilt may differ), or failed with an error-desc
-// that names the problem; both processes still answer QMP afterwards (and quit
-// when asked), and a clean migration now and then shows that processes reused
-// after failed migrations still migrate.
+// connection cut, bytes inserted, a record sent twice -- in the main stream,
+// the return path or the urgent channel either way, at a record and byte
+// drawn from a seeded PRNG (FUZZ_SEED, FUZZ_CASES; FUZZ_ONLY to replay cases,
+// FUZZ_VERBOSE to print each). Each case must end within 10 s on both sides:
+// completed (a flip the wire cannot notice: no checksum, as in QEMU; then only
+// the pages it spoilt may differ), or failed with an error-desc that names the
+// problem (HMP info migrate shows it); both processes still answer QMP
+// afterwards (and quit when asked), and a clean migration now and then shows
+// that processes reused after failed migrations still migrate.
 import { Lab, VmChain, digest, stableDigest, sweepInvariant, differingPages } from './migration-procs.js';
 import { FuzzRelay, describeLanding, type Landing } from '../helpers/fuzz-relay.js';
 import { frameName, type Direction } from '../helpers/stream-frames.js';
@@ -192,6 +193,12 @@ run('stream fuzzing: flips, cuts and insertions in every direction of a migratio
       r = { c, landing: session.landing, src: s, dst: d, ms: Date.now() - t0, refs: { counts: session.counts, bytes: session.bytes }, reused };
       for (const [vm, e] of [[src, s], [dst.vm, d]] as const) if (e.info.status !== 'completed') failures.set(vm, (failures.get(vm) ?? 0) + 1);
       problems.push(...judge(c, r.landing, s, d, session.counts));
+      for (const [vm, e] of [[src, s], [dst.vm, d]] as const) { // what an operator reads: HMP's `info migrate` says why
+        if (e.info.status === 'completed') continue;
+        const hmp = await vm.qmp.execute<string>('human-monitor-command', { 'command-line': 'info migrate' });
+        const want = `Status: \t\t${e.info.status} (${e.info['error-desc']})`;
+        if (hmp.split('\n')[0] !== want) problems.push(`HMP info migrate begins '${hmp.split('\n')[0]}', not '${want}'`);
+      }
       if (d.info.status === 'completed') problems.push(...await checkPages(c, r, src, dst.vm));
     } catch (e) {
       problems.push((e as Error).message);

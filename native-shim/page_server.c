@@ -13,6 +13,8 @@
 #include <string.h>
 
 #define page_is_zero pc_page_is_zero
+/* wire.ts RP_ERROR: the destination says why (it refused this connection as its urgent channel) */
+#define RP_ERROR 0x42
 
 /* the source's page flags and the sender's hint (stream_sender.c), or NULL */
 struct server {
@@ -91,6 +93,15 @@ static int serve(struct pc_channel *c)
             }
             answered |= 1ull << (pos / PC_RECORD_HEADER);
             continue;
+        }
+        if (r[0] == RP_ERROR && r[1] == 0 && r[2] == 0 && r[3] == 0 && off == 0 && len <= 4096) { /* its text as far as it came */
+            char text[PC_ERROR_BYTES];
+            size_t have = c->in_len - pos - PC_RECORD_HEADER, n = 0;
+            for (const uint8_t *t = r + PC_RECORD_HEADER; n < len && n < have && n < sizeof text - 1; n++) /* no control characters */
+                text[n] = t[n] < 0x20 || t[n] == 0x7f ? '?' : (char)t[n];
+            text[n] = 0;
+            pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: the destination says: %s", text);
+            return -1;
         }
         if (r[0] != PC_RP_REQ_PAGES || (r[1] & ~PC_REQ_READAHEAD) != 0 || r[2] != 0 || r[3] != 0) {
             pc_channel_fail(c, PC_CH_FAILED, 0, r[0] != PC_RP_REQ_PAGES

@@ -17,7 +17,7 @@ import type { MigrationStatusMachine } from './status.js';
 import type { Parameters } from './parameters.js';
 import type { MigrationAddress } from './uri.js';
 import {
-  StreamDecoder, encodeBare, encodeText, WireError, RP_RUNNING, RP_COMPLETE, RP_ERROR, RP_RESUME_ACK,
+  StreamDecoder, encodeBare, encodeText, printable, WireError, RP_RUNNING, RP_COMPLETE, RP_ERROR, RP_RESUME_ACK,
   type StreamHandler, type StreamHeader,
 } from './wire.js';
 import { IncomingRecovery } from './incoming-recovery.js';
@@ -217,7 +217,7 @@ export class IncomingMigration implements StreamHandler {
     if (h.ramBytes !== this.o.ram.bytes) problems.push(`RAM size mismatch: the source has ${h.ramBytes} bytes, this VM ${this.o.ram.bytes} (-m)`);
     if (h.vcpus !== this.o.vcpus.count) problems.push(`vCPU count mismatch: the source has ${h.vcpus}, this VM ${this.o.vcpus.count} (-smp)`);
     if (h.pageSize !== this.ps) problems.push(`page size mismatch: the source uses ${h.pageSize}, this VM ${this.ps}`);
-    if (h.workload !== this.o.workload) problems.push(`workload mismatch: the source runs '${h.workload}', this VM was started with '${this.o.workload}' (-workload)`);
+    if (h.workload !== this.o.workload) problems.push(`workload mismatch: the source runs '${printable(h.workload)}', this VM was started with '${this.o.workload}' (-workload)`);
     if (problems.length > 0) throw new WireError(problems.join('; '));
   }
 
@@ -366,6 +366,11 @@ export class IncomingMigration implements StreamHandler {
         this.endPending = true;
         return;
       }
+      const lost = this.pc.linkLost;
+      if (lost !== null) { // the rest was on the urgent channel, whose link is lost: a recovery brings it
+        this.lost(`${/urgent channel/.test(lost) ? lost : `urgent channel: ${lost}`} (${missing} pages still to come on it at the end of the stream)`);
+        return;
+      }
       throw new WireError(`the stream ended with ${missing} of ${this.pageCount} pages never received`);
     }
     this.complete();
@@ -379,6 +384,7 @@ export class IncomingMigration implements StreamHandler {
   }
 
   private complete(): void {
+    const postcopyRan = this.pc.started; // before the threads stop
     this.pc.closeGate();
     this.server?.close();
     this.server = null;
@@ -390,7 +396,8 @@ export class IncomingMigration implements StreamHandler {
     // un-register first: once 'completed' is visible, guest RAM is plain
     // memory again (after precopy the vCPUs start on plain memory)
     this.release();
-    if (!this.postcopy) this.startVcpus();
+    // precopy, or a postcopy whose urgent channel never came (the push brought every page): they start now
+    if (!this.postcopy || !postcopyRan) this.startVcpus();
     this.o.status.moveTo('completed');
     this.reply(encodeBare(RP_COMPLETE));
     this.socket?.end();

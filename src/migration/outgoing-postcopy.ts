@@ -9,7 +9,7 @@
 
 import net from 'node:net';
 import { PageChannel, PageServerStat, type ChannelEventSink } from '../native/page-channel.js';
-import { encodeHeader } from './wire.js';
+import { encodeHeader, printable, RECORD_HEADER_BYTES, RP_ERROR, MAX_TEXT_BYTES } from './wire.js';
 import type { MigrationAddress } from './uri.js';
 import { CarriedFigures } from '../native/carried-figures.js';
 import { authenticateConnector } from './channel-auth.js';
@@ -37,13 +37,15 @@ export class SourcePostcopy {
   private server: PageChannel | null = null;
   /** the counters of the page servers before this one (a recovery starts one per connection) */
   private readonly carried = new CarriedFigures([0, 1, 2, 3, 4, 5, 6, 7]);
+  /** why the urgent channel closed: the destination's words when it refused the channel */
+  private closed = 'the destination closed the urgent channel';
+  /** the destination refused the channel (RP_ERROR): a failure, not a lost link */
+  private refused = false;
 
   constructor(private readonly o: {
     /** the urgent channel went wrong (the main connection may say why first) */
-    failLater(why: string): void;
+    failLater(why: string, linkLost?: boolean): void;
     fail(why: string): void;
-    /** the urgent channel's link is lost in postcopy (EOF, a socket error, heartbeat silence) */
-    lost(why: string): void;
     /** x-postcopy-heartbeat-ms */
     heartbeatMs(): number;
     done(): boolean;
@@ -57,6 +59,8 @@ export class SourcePostcopy {
   connect(addr: MigrationAddress, h: UrgentHeader, psk: Buffer | null = null): void {
     const u = addr.transport === 'tcp' ? net.connect({ host: addr.host, port: addr.port }) : net.connect({ path: addr.path });
     this.socket = u;
+    this.closed = 'the destination closed the urgent channel';
+    this.refused = false;
     const mine = (): boolean => this.socket === u; // a recovery's new channel replaces this one
     const timer = setTimeout(() => u.destroy(new Error(`connecting timed out after ${CONNECT_TIMEOUT_MS / 1000} s`)), CONNECT_TIMEOUT_MS);
     timer.unref();
@@ -67,12 +71,20 @@ export class SourcePostcopy {
         authenticateConnector(u, psk).then(() => u.write(encodeHeader({ ...h, urgent: true }), (e) => { if (e) reject(new Error(`urgent channel: ${e.message}`)); else resolve(); }),
           (e: Error) => { reject(e); this.o.fail(`urgent channel: ${e.message}`); });
       });
-      u.once('close', () => reject(new Error('the destination closed the urgent channel')));
+      u.once('close', () => reject(new Error(this.closed)));
     });
     this.ready.catch(() => undefined); // failures are reported by the listeners below
-    u.on('data', () => { /* nothing comes back on this channel before the page server takes it */ });
+    u.on('data', (b: Buffer) => { // nothing comes back on this channel before the page server takes it but a refusal
+      const n = b.length >= RECORD_HEADER_BYTES && b[0] === RP_ERROR ? Math.min(b.readUInt32LE(4), MAX_TEXT_BYTES) : -1;
+      if (n < 0) return;
+      this.closed = `urgent channel: the destination says: ${printable(b.toString('utf8', RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + n))}`;
+      this.refused = true;
+    });
     u.on('error', (e) => { if (mine()) this.o.failLater(`urgent channel error: ${e.message}`); });
-    u.on('close', () => { if (mine() && !this.o.done()) this.o.failLater('the destination closed the urgent channel'); });
+    u.on('close', () => {
+      if (!mine() || this.o.done()) return;
+      this.o.failLater(this.closed, !this.refused); // a refusal fails, even in postcopy; a close loses the link
+    });
     u.setKeepAlive(true, Math.max(1000, this.o.heartbeatMs()));
   }
 
@@ -81,7 +93,7 @@ export class SourcePostcopy {
   async start(o: { ramBase: number; pageSize: number; pages: number; flags: number; sender: PageChannel }): Promise<void> {
     await this.ready;
     const u = this.socket;
-    if (u === null || u.destroyed) throw new Error('the destination closed the urgent channel');
+    if (u === null || u.destroyed) throw new Error(this.closed);
     const server = PageChannel.startPageServer({ sock: u, ...o, heartbeatMs: this.o.heartbeatMs() });
     this.server = server;
     server.tickEvery(DRAIN_EVERY_MS, () => {
@@ -94,7 +106,8 @@ export class SourcePostcopy {
       // released guest RAM; that connection decides (RP_COMPLETE, RP_ERROR,
       // or closing early)
       if (st === 'failed') this.o.fail(server.error);
-      else if (!this.o.done() && this.o.needed() > 0) this.o.lost(server.error || 'the destination closed the urgent channel');
+      // the main connection may bring the reason first (RP_ERROR: the destination failed), else the link is lost
+      else if (!this.o.done() && this.o.needed() > 0) this.o.failLater(server.error || 'the destination closed the urgent channel');
     });
   }
 

@@ -41,6 +41,8 @@ import { SourceStream } from './outgoing-stream.js';
  *  132-181 ms of blocktime, against 105-283 ms and 46-96 ms with 8 MiB;
  *  32 MiB gained nothing more) */
 const POSTCOPY_WINDOW = 8 * 1024 * 1024;
+/** how long the destination may take to say it completed once END is out */
+const COMPLETE_TIMEOUT_MS = 5000;
 /** how often the sender's progress is looked at (and its rate limit set) */
 const TICK_MS = 2;
 
@@ -86,6 +88,8 @@ export class OutgoingMigration implements ReturnHandler {
    *  the destination now, so it never runs here again */
   private postcopyStatesSent = false;
   private destRunning = false;
+  /** END went out and the destination never said it completed (sendEnd) */
+  private unanswered = false;
   /** the last RP_ACK taken (main-stream bytes the destination consumed) */
   private acked = 0;
   private startMs = 0;
@@ -104,7 +108,7 @@ export class OutgoingMigration implements ReturnHandler {
     this.ps = o.ram.pageSize;
     this.state = new SourceRam(o.ram, { sender: () => this.stream.figures(), server: () => this.urgent.figures() });
     this.urgent = new SourcePostcopy({
-      failLater: (why) => this.failLater(why), fail: (why) => this.fail(why), lost: (why) => this.lost(why),
+      failLater: (why, linkLost) => this.failLater(why, linkLost), fail: (why) => this.fail(why),
       heartbeatMs: () => o.params.value('x-postcopy-heartbeat-ms'), done: () => this.phase === 'done', needed: () => this.state.needed,
     });
     this.rounds = new PrecopyRounds(() => performance.now(), this.ps, o.throttle);
@@ -160,12 +164,13 @@ export class OutgoingMigration implements ReturnHandler {
    *  well (RP_COMPLETE, sent just before the destination closes both): give it
    *  a moment to win. Timers run before the loop reads sockets, so after a
    *  loop held up longer than the moment (64 busy vCPUs on 2 cores) the
-   *  timer would beat data already waiting: fail only after one more poll. */
-  private failLater(why: string): void {
+   *  timer would beat data already waiting: fail only after one more poll.
+   *  `linkLost`: the link went (in postcopy that pauses), not a refusal. */
+  private failLater(why: string, linkLost = true): void {
     const link = this.link;
     setTimeout(() => setImmediate(() => {
       if (link !== this.link) return; // a connection a recovery replaced
-      if (this.postcopyStatesSent) this.lost(why); else this.fail(why);
+      if (this.postcopyStatesSent && linkLost) this.lost(why); else this.fail(why);
     }), 500).unref();
   }
 
@@ -256,8 +261,7 @@ export class OutgoingMigration implements ReturnHandler {
         if (this.postcopyRequested) void this.switchToPostcopy();
         else this.endOfRound();
       } else if (this.phase === 'postcopy' && this.state.needed === 0) {
-        this.phase = 'finishing';
-        s.send(encodeBare(REC_END));
+        this.sendEnd();
       }
     } catch (e) {
       this.fail(`sending: ${(e as Error).message}`);
@@ -329,8 +333,7 @@ export class OutgoingMigration implements ReturnHandler {
       await this.stream.idle();
       if (this.isOver()) return;
       this.stream.send(this.statesRecord(false));
-      this.phase = 'finishing';
-      this.stream.send(encodeBare(REC_END));
+      this.sendEnd();
     } catch (e) {
       this.fail(`switchover: ${(e as Error).message}`);
     }
@@ -358,6 +361,23 @@ export class OutgoingMigration implements ReturnHandler {
     } catch (e) {
       this.fail(`postcopy switchover: ${(e as Error).message}`);
     }
+  }
+
+  /** Every page is sent: END, then the destination's RP_COMPLETE within COMPLETE_TIMEOUT_MS (one that
+   *  waits inside a record whose length was garbled on the way never sends it; nor would any byte more
+   *  come to end its wait: without the bound both sides waited for ever) */
+  private sendEnd(): void {
+    this.phase = 'finishing';
+    this.stream.send(encodeBare(REC_END));
+    const link = this.link;
+    setTimeout(() => {
+      if (this.phase !== 'finishing' || link !== this.link) return;
+      const why = `the destination did not complete within ${COMPLETE_TIMEOUT_MS / 1000} s of the end of the stream`;
+      // in postcopy the guest is split between the two: paused, a recovery can still bring it whole
+      if (this.postcopyStatesSent) { this.lost(why); return; }
+      this.unanswered = true; // it may hold the whole guest and run it: this one stays paused (`cont` it if not)
+      this.fail(`${why} (the guest stays paused here)`);
+    }, COMPLETE_TIMEOUT_MS).unref();
   }
 
   /** the migration ended, or paused (the switchover's steps stop there; a recovery resumes the push) */
@@ -454,6 +474,8 @@ export class OutgoingMigration implements ReturnHandler {
     if (how === 'completed' || (switched && this.destRunning) || this.postcopyStatesSent) {
       // the guest now lives on the destination: never run it here again
       this.o.setRunState('postmigrate');
+    } else if (this.unanswered) {
+      this.o.setRunState('paused');
     } else if (this.vcpusStopped || !this.o.wasRunning) {
       if (this.o.wasRunning) { this.o.vcpus.resume(); this.o.setRunState('running'); } else this.o.setRunState('paused');
     }

@@ -119,6 +119,12 @@ export const HEADER_RESUME = 4;
 /** longest text payload (ERROR, RP_ERROR), in bytes */
 export const MAX_TEXT_BYTES = 4096;
 
+/** `text` from the peer made fit to quote in a message an operator reads: control characters (a line
+ *  break, a terminal's escape) as \xNN, so that they neither break HMP's lines nor reach a terminal */
+export function printable(text: string): string {
+  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
 /** Malformed, truncated or unexpected input; the message says what and where. */
 export class WireError extends Error {
   constructor(message: string) {
@@ -231,6 +237,7 @@ export interface StreamHandler {
   endRound(round: number): void;
   switchover(postcopy: boolean, states: Buffer, pos: number, len: number): void;
   end(): void;
+  /** the source gave up: its reason (printable()) */
   error(reason: string): void;
   /** RESUME (a recovery's stream only) */
   resume?(): void;
@@ -421,6 +428,7 @@ export class StreamDecoder extends RecordDecoder {
     if (type !== REC_PAGES && type !== REC_ZERO && type !== REC_DISCARD && (buf.readUInt32LE(pos + 8) !== 0 || buf.readUInt32LE(pos + 12) !== 0)) {
       throw new WireError(`record at byte ${at}: offset set on a record that has none`);
     }
+    if (type === REC_END && count !== 0) throw new WireError(`END record at byte ${at}: count set on a record that has none`);
     if (!this.header) {
       if (count < HEADER_FIXED || count > MAX_VAR_PAYLOAD) throw new WireError(`header record has a bad length ${count}`);
       const flags = buf[pos + 1];
@@ -530,7 +538,7 @@ export class StreamDecoder extends RecordDecoder {
         return;
       case REC_ERROR:
         this.done = true;
-        this.handler.error(buf.toString('utf8', p, p + count));
+        this.handler.error(printable(buf.toString('utf8', p, p + count)));
         return;
     }
   }
@@ -592,6 +600,14 @@ export class ReturnDecoder extends RecordDecoder {
     if (type === RP_AUTH) throw new WireError('the destination asks for a pre-shared key exchange (x-migration-psk), and this source has no x-migration-psk set');
     if (buf[pos + 1] !== 0 || buf[pos + 2] !== 0 || buf[pos + 3] !== 0) throw new WireError(`return path record at byte ${at}: reserved bits set`);
     const count = buf.readUInt32LE(pos + 4);
+    // a field a record does not use is reserved (0): a garbled RP_ACK or RP_RUNNING must not read as RP_COMPLETE
+    const name = RETURN_NAMES[type];
+    if (name !== undefined && type !== RP_REQ_PAGES && type !== RP_RECV_BITMAP) { // RECV_BITMAP uses both (checked below)
+      if (type !== RP_ACK && (buf.readUInt32LE(pos + 8) !== 0 || buf.readUInt32LE(pos + 12) !== 0)) {
+        throw new WireError(`return path ${name} record at byte ${at}: offset set on a record that has none`);
+      }
+      if (type !== RP_ERROR && count !== 0) throw new WireError(`return path ${name} record at byte ${at}: count set on a record that has none`);
+    }
     switch (type) {
       case RP_REQ_PAGES: case RP_RUNNING: case RP_COMPLETE: case RP_ACK: return 0;
       case RP_ERROR:
@@ -639,7 +655,7 @@ export class ReturnDecoder extends RecordDecoder {
       case RP_COMPLETE: this.done = true; this.handler.complete(); return;
       case RP_ERROR:
         this.done = true;
-        this.handler.error(buf.toString('utf8', pos + RECORD_HEADER_BYTES, pos + RECORD_HEADER_BYTES + count));
+        this.handler.error(printable(buf.toString('utf8', pos + RECORD_HEADER_BYTES, pos + RECORD_HEADER_BYTES + count)));
         return;
     }
   }

@@ -10,7 +10,7 @@ import net from 'node:net';
 import { Lab, setCaps, waitStatus, sendTo, expectFailedAndUsable, TERMINAL } from './migration-procs.js';
 import type { MigrationInfo } from '../../src/migration/api.js';
 import {
-  encodeHeader, encodeSwitchover, writeRecordHeader, RECORD_HEADER_BYTES, REC_PAGES, REC_ZERO, RP_REQ_PAGES, RP_RUNNING, VCPU_STATE_BYTES,
+  encodeHeader, encodeSwitchover, encodeBare, encodeText, writeRecordHeader, RECORD_HEADER_BYTES, REC_PAGES, REC_ZERO, REC_END, RP_REQ_PAGES, RP_RUNNING, RP_ERROR, VCPU_STATE_BYTES,
 } from '../../src/migration/wire.js';
 import { encodeVcpuState } from '../../src/vm/vcpu-state.js';
 import { requireUffd } from '../helpers/uffd-available.js';
@@ -31,6 +31,21 @@ run('a migration peer that is no migration engine', () => {
   afterEach(async () => { await lab.close(); });
 
   const header = (version?: number): Buffer => encodeHeader({ pageSize: 4096, vcpus: 1, ramBytes: 64 * MiB, workload: 'sweep,end=64M', version });
+
+  // found by the stream fuzzer (bytes inserted in the HEADER's workload): the peer's text went into error-desc as
+  // it came, and its line break cut HMP's `info migrate` in two
+  test('destination fed a header whose workload holds a line break and a terminal escape: the error quotes them as \\xNN', async () => {
+    const uri = `unix:${lab.path('in.sock')}`;
+    const dst = await lab.vm('dst', ['-m', '64M', '-smp', '1', '-workload', 'sweep,end=64M', '-incoming', uri]);
+    const evil = encodeHeader({ pageSize: 4096, vcpus: 1, ramBytes: 64 * MiB, workload: 'sweep\nStatus: completed\u001b[2J' });
+    const s = await sendTo(lab.path('in.sock'), evil, true);
+    const d = await waitStatus(dst, TERMINAL as never, 10000);
+    s.destroy();
+    const why = "workload mismatch: the source runs 'sweep\\x0aStatus: completed\\x1b[2J', this VM was started with 'sweep,end=64M' (-workload)";
+    expect(d['error-desc']).toBe(`migration stream: ${why}`);
+    const hmp = await dst.qmp.execute<string>('human-monitor-command', { 'command-line': 'info migrate' });
+    expect(hmp.split('\n')[0]).toBe(`Status: \t\tfailed (migration stream: ${why})`);
+  });
 
   test.each([
     ['random bytes', Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), true, /not a postcopy migration stream/],
@@ -145,6 +160,48 @@ run('a migration peer that is no migration engine', () => {
     await expectFailedAndUsable(dst, d, /postcopy switchover, but the urgent channel did not come within 5 s/, { status: 'paused' });
   });
 
+  // found by the stream fuzzer (an urgent channel refused for a flipped HEADER byte, the push fast enough):
+  // the destination completed with its vCPUs never started, run state inmigrate, which no `cont` could change
+  test('destination told to switch to postcopy whose urgent channel never comes, but every page does: completed, and its guest runs', async () => {
+    const path = lab.path('push-only.sock');
+    const dst = await lab.vm('dst', ['-m', '64M', '-smp', '1', '-workload', 'sweep,end=64M', '-incoming', `unix:${path}`]);
+    const main = await sendTo(path, Buffer.concat([
+      encodeHeader({ pageSize: 4096, vcpus: 1, ramBytes: 64 * MiB, workload: 'sweep,end=64M', postcopy: true }),
+      encodeSwitchover(true, sweepFromStart()),
+      rec(REC_ZERO, 0, (64 * MiB) / 4096, 0), // every page, in the background stream
+      encodeBare(REC_END),
+    ]), false);
+    main.on('data', () => undefined);
+    const d = await waitStatus(dst, TERMINAL as never, 10000);
+    main.destroy();
+    expect([d.status, d['error-desc']]).toEqual(['completed', undefined]);
+    expect(await dst.qmp.execute('query-status')).toMatchObject({ status: 'running', running: true });
+  });
+
+  // found by the stream fuzzer: 4 bytes inserted in SWITCHOVER's header made its length 0xb3 (say): the
+  // destination waited for payload bytes that never came, the source for RP_COMPLETE, both for ever
+  test('a destination that takes every byte and never completes: the source fails 5 s after the end of its stream, its guest stays paused', async () => {
+    const path = lab.path('silent.sock');
+    const conns: net.Socket[] = [];
+    const fake = net.createServer((c) => { conns.push(c); c.on('data', () => undefined); c.on('error', () => undefined); });
+    await new Promise<void>((r) => fake.listen(path, r));
+    try {
+      const src = await lab.vm('src', ['-m', '16M', '-smp', '1', '-workload', 'idle']);
+      await src.qmp.execute('migrate', { uri: `unix:${path}` });
+      await waitStatus(src, ['device']);
+      const t0 = Date.now();
+      const s = await waitStatus(src, TERMINAL as never, 10000);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(4500);
+      // that destination may hold the whole guest and run it: the source does not run it too unless told (cont)
+      await expectFailedAndUsable(src, s, /^the destination did not complete within 5 s of the end of the stream \(the guest stays paused here\)$/, { status: 'paused', running: false });
+      await src.qmp.execute('cont');
+      expect(await src.qmp.execute('query-status')).toMatchObject({ status: 'running', running: true });
+    } finally {
+      for (const c of conns) c.destroy();
+      fake.close();
+    }
+  });
+
   test('source in postcopy sent a bad page request on the urgent channel: failed with the reason, monitor still answers', async () => {
     const path = lab.path('fake-pc.sock');
     const conns: net.Socket[] = [];
@@ -173,13 +230,44 @@ run('a migration peer that is no migration engine', () => {
     }
   });
 
-  test('a destination that drops the urgent channel: postcopy never starts, the source fails and its guest runs again', async () => {
+  // found by the stream fuzzer: a destination that refused the urgent channel (a byte inserted in its
+  // HEADER) once the page server had taken it failed the source with "unexpected record type 0x42"
+  test('source in postcopy whose urgent channel the destination refuses: failed with the destination\'s reason', async () => {
+    const path = lab.path('refusing.sock');
+    const conns: net.Socket[] = [];
+    const fake = net.createServer((c) => { conns.push(c); c.on('data', () => undefined); c.on('error', () => undefined); });
+    await new Promise<void>((r) => fake.listen(path, r));
+    try {
+      const src = await lab.vm('src', ['-m', '64M', '-smp', '1']);
+      await setCaps(src, ['postcopy-ram']);
+      await src.qmp.execute('migrate', { uri: `unix:${path}` });
+      await src.qmp.execute('migrate-start-postcopy');
+      await waitStatus(src, ['postcopy-active']);
+      while (conns.length < 2) await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, 200)); // the page server has taken the urgent channel
+      conns[1].end(encodeText(RP_ERROR, 'migration connection refused: its header does not carry this migration\'s token'));
+      const s = await waitStatus(src, TERMINAL as never, 10000);
+      await expectFailedAndUsable(src, s, /^urgent channel: the destination says: migration connection refused: its header does not carry this migration's token$/, { status: 'postmigrate' });
+    } finally {
+      for (const c of conns) c.destroy();
+      fake.close();
+    }
+  });
+
+  test.each([
+    ['drops', (c: net.Socket): void => { c.destroy(); }, /urgent channel/],
+    // the refusal's words, not only "closed" (found by the stream fuzzer: a byte inserted in the urgent channel's HEADER)
+    ['refuses', (c: net.Socket): void => { c.end(encodeText(RP_ERROR, 'migration connection refused: it sent no header within 5 s')); },
+      /urgent channel: the destination says: migration connection refused: it sent no header within 5 s$/],
+  ])('a destination that %s the urgent channel: postcopy never starts, the source fails and its guest runs again', async (_what, refuse, reason) => {
     const path = lab.path('no-urgent.sock');
     let n = 0;
     const kept: net.Socket[] = [];
+    let refused: () => void = () => undefined;
+    const done = new Promise<void>((r) => { refused = r; });
     const fake = net.createServer((c) => {
       c.on('error', () => undefined);
-      if (n++ === 0) { kept.push(c); c.on('data', () => undefined); } else c.destroy();
+      if (n++ === 0) { kept.push(c); c.on('data', () => undefined); } else { refuse(c); refused(); }
     });
     await new Promise<void>((r) => fake.listen(path, r));
     try {
@@ -187,9 +275,13 @@ run('a migration peer that is no migration engine', () => {
       await setCaps(src, ['postcopy-ram']);
       await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 1 << 20 }); // still in precopy when asked to switch
       await src.qmp.execute('migrate', { uri: `unix:${path}` });
-      await src.qmp.execute('migrate-start-postcopy');
+      // asked to switch once the channel is gone (this test's server may come late to it when the machine is busy:
+      // the switchover had gone through, the page server read the refusal)
+      await done;
+      await new Promise((r) => setTimeout(r, 100));
+      await src.qmp.execute('migrate-start-postcopy').catch(() => undefined); // it may have failed already
       const s = await waitStatus(src, TERMINAL as never, 10000);
-      await expectFailedAndUsable(src, s, /urgent channel/, { status: 'running', running: true });
+      await expectFailedAndUsable(src, s, reason, { status: 'running', running: true });
     } finally {
       for (const c of kept) c.destroy();
       fake.close();

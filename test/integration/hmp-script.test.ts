@@ -62,8 +62,9 @@ describe('piped scripts', () => {
     expect(lines).toContain('downtime-limit: 300 ms');
     // no migration yet: QEMU's info migrate prints nothing
     expect(lines[lines.length - 1]).toBe('');
-    expect(lines[lines.length - 4]).toMatch(/^x-blocktime-trace: /);
-    expect(lines[lines.length - 3]).toBe('x-postcopy-readahead: 0 pages');
+    expect(lines[lines.length - 5]).toMatch(/^x-blocktime-trace: /);
+    expect(lines[lines.length - 4]).toBe('x-postcopy-readahead: 0 pages');
+    expect(lines[lines.length - 3]).toBe('x-postcopy-heartbeat-ms: 2000 ms');
     expect(lines[lines.length - 2]).toBe("x-migration-psk: ''");
   });
 

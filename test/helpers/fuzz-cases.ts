@@ -2,9 +2,9 @@
 // drawn from a seeded PRNG (the same seed, the same cases), and what the wire
 // lets a mutation do unnoticed: there is no checksum on the wire (as in
 // QEMU), so a flipped byte of page data, of a page record's range, of the
-// vCPU state or of an acknowledgement may go through; a reserved bit or field,
-// a cut or bytes inserted must not. For a case that completed, the pages the
-// mutation may have spoilt.
+// vCPU state or of an acknowledgement may go through, and so may a record
+// sent twice; a reserved bit or field, a cut or bytes inserted must not. For
+// a case that completed, what the mutation may have spoilt.
 import { mulberry32 } from './prng.js';
 import { describeMutation, type Mutation, type MutationKind, type Landing } from './fuzz-relay.js';
 import { frameName, type Direction } from './stream-frames.js';
@@ -22,6 +22,9 @@ export interface FuzzCase {
   mutation: Mutation | null;
   /** postcopy: ms between migrate and migrate-start-postcopy */
   switchAfterMs: number;
+  /** postcopy: the destination's x-postcopy-readahead (pages asked for after a faulted one), the push's MiB/s (0: no limit) */
+  readahead: number;
+  pushMiBs: number;
 }
 
 /** records of a migration per `dir:type`, and bytes per direction */
@@ -40,9 +43,9 @@ export const NOMINAL: Record<Mode, Reference> = {
   postcopy: {
     counts: new Map([[k('main', REC_HEADER), 1], [k('main', REC_PAGES), 4], [k('main', REC_ZERO), 1], [k('main', REC_DISCARD), 1],
       [k('main', REC_SWITCHOVER), 1], [k('main', REC_END), 1], [k('return', RP_RUNNING), 1], [k('return', RP_COMPLETE), 1],
-      [k('return', RP_ACK), 30], [k('urgent', REC_HEADER), 1], [k('urgent', REC_PAGES), 100], [k('urgent', REC_ZERO), 1],
-      [k('requests', RP_REQ_PAGES), 100]]),
-    bytes: { main: 2_000_000, return: 500 },
+      [k('return', RP_ACK), 20], [k('urgent', REC_HEADER), 1], [k('urgent', REC_PAGES), 40], [k('urgent', REC_ZERO), 1],
+      [k('requests', RP_REQ_PAGES), 40]]),
+    bytes: { main: 1_200_000, return: 300 },
   },
 };
 
@@ -76,8 +79,8 @@ export function drawCases(seed: number, n: number, postcopyShare: number, cleanE
   const out: FuzzCase[] = [];
   for (let index = 0; out.length - Math.floor(index / cleanEvery) < n; index++) {
     const mode: Mode = rnd() < postcopyShare ? 'postcopy' : 'precopy';
-    const switchAfterMs = int(40);
-    if (index % cleanEvery === cleanEvery - 1) { out.push({ index, mode, mutation: null, switchAfterMs }); continue; }
+    const postcopy = { switchAfterMs: int(40), readahead: [0, 8, 64][int(3)], pushMiBs: [16, 48, 0][int(3)] };
+    if (index % cleanEvery === cleanEvery - 1) { out.push({ index, mode, mutation: null, ...postcopy }); continue; }
     const ref = refs[mode];
     const sites = SITES.filter((s) => s.modes.includes(mode) && (s.type === null || (ref.counts.get(k(s.dir, s.type)) ?? 0) > 0));
     let w = rnd() * sites.reduce((a, s) => a + s.weight, 0);
@@ -88,7 +91,7 @@ export function drawCases(seed: number, n: number, postcopyShare: number, cleanE
     const kind = drawn === 'repeat' && site.type === null ? 'insert' : drawn; // a record repeated is one drawn by record
     const bytes = Buffer.from(Array.from({ length: 1 + int(rnd() < 0.5 ? 4 : 40) }, () => int(256)));
     out.push({
-      index, mode, switchAfterMs,
+      index, mode, ...postcopy,
       mutation: {
         dir: site.dir, kind, type: site.type,
         nth: int(Math.max(1, Math.floor(seen * 0.9))),
@@ -101,7 +104,8 @@ export function drawCases(seed: number, n: number, postcopyShare: number, cleanE
 }
 
 export function describeCase(seed: number, c: FuzzCase): string {
-  return `seed ${seed} case ${c.index} (${c.mode}${c.mode === 'postcopy' ? `, switch after ${c.switchAfterMs} ms` : ''}): ${c.mutation ? describeMutation(c.mutation) : 'clean'}`;
+  const pc = c.mode === 'postcopy' ? `, switch after ${c.switchAfterMs} ms, read-ahead ${c.readahead}, push ${c.pushMiBs || 'unlimited'} MiB/s` : '';
+  return `seed ${seed} case ${c.index} (${c.mode}${pc}): ${c.mutation ? describeMutation(c.mutation) : 'clean'}`;
 }
 
 /**
@@ -109,16 +113,16 @@ export function describeCase(seed: number, c: FuzzCase): string {
  * page, a page record's range or type, a round number, the vCPU state, an
  * acknowledged offset, a page request: no checksum notices it) or a record
  * sent twice (but HEADER, SWITCHOVER), never after a reserved bit or field,
- * a cut, or bytes inserted -- but for the urgent
- * channel, which the migration may do without: in precopy, when it was
- * refused for its HEADER (the switchover waits 5 s for another), or lost in
- * postcopy (the destination fails 200 ms later, the source 500 ms): the
- * background push may bring every page first.
+ * a cut, or bytes inserted -- but for the urgent channel, which the migration
+ * may do without: in precopy, when it was refused for its HEADER (the
+ * switchover waits 5 s for another), or lost in postcopy (the destination
+ * fails 200 ms later, the source 500 ms): the push may bring every page
+ * first; and once END went by, the destination is done with it.
  */
 export function mayComplete(c: FuzzCase, l: Landing): boolean {
   const m = c.mutation!;
   const urgent = m.dir === 'urgent' || m.dir === 'requests';
-  if (urgent && (c.mode === 'precopy' || m.kind === 'truncate' || l.frame.type === REC_HEADER)) return true;
+  if (urgent && (c.mode === 'precopy' || m.kind === 'truncate' || l.frame.type === REC_HEADER || l.ended)) return true;
   // a record sent twice is taken twice (the same pages again, the same acknowledgement...), but a second HEADER or SWITCHOVER
   if (m.kind === 'repeat') return !(m.dir === 'main' && (l.frame.type === REC_HEADER || l.frame.type === REC_SWITCHOVER));
   if (m.kind !== 'flip') return false;

@@ -22,7 +22,8 @@ import type { MigrationInfo, MigrationStatus } from '../../src/migration/api.js'
 import { requireUffd } from '../helpers/uffd-available.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 13);
-const CASES = Number(process.env.FUZZ_CASES ?? 200);
+/** mutated cases; some (about 5 %) never land: their stream was shorter than the byte drawn */
+const CASES = Number(process.env.FUZZ_CASES ?? 225);
 const PAGE = 4096;
 const PAGES = 1024; // -m 4M
 const SWEPT = 768; // the guest writes 3 MiB of it: the rest goes as ZERO records
@@ -103,6 +104,8 @@ const failures = new Map<VmProcess, number>();
 /** what each process's guest holds spoilt: a completed case's flips go on with the guest, to the next migration */
 const spoiltIn = new Map<VmProcess, Spoilt>();
 const list = (p: Set<number>): string => [...p].slice(0, 8).join(', ') || 'none';
+/** precopy completions whose destination differs from the source, and only in the pages spoilt */
+let spoiltSeen = 0;
 
 /** The destination's guest after a completion: RAM as the source's but where this case spoilt it, or the
  *  sweep's pattern where it had not been spoilt before; its vCPU runs (postcopy). */
@@ -111,7 +114,9 @@ async function checkPages(c: FuzzCase, r: { landing: Landing | null; src: End },
   const all = mergeSpoilt(spoiltIn.get(src), now);
   spoiltIn.set(dst, all);
   if (c.mode === 'precopy' && r.src.info.status === 'completed') { // both stopped
-    const wrong = differingPages(await digest(src), await digest(dst)).filter((p) => !now.pages.has(p));
+    const differ = differingPages(await digest(src), await digest(dst));
+    const wrong = differ.filter((p) => !now.pages.has(p));
+    if (differ.length > 0 && wrong.length === 0) spoiltSeen++;
     return wrong.length > 0 ? [`pages ${wrong.slice(0, 8).join(', ')} differ from the source's (spoilt: ${list(now.pages)})`] : [];
   }
   const out: string[] = [];
@@ -177,8 +182,9 @@ run('stream fuzzing: flips, cuts and insertions in every direction of a migratio
     const caps = { capabilities: [{ capability: 'events', state: true }, { capability: 'postcopy-ram', state: pc }] };
     await Promise.all([
       src.qmp.execute('migrate-set-capabilities', caps), dst.vm.qmp.execute('migrate-set-capabilities', caps),
-      // postcopy: a slow precopy (the switch lands in it), a push slow enough that the vCPU faults
-      src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': pc ? 32 * MiB : 0, 'max-postcopy-bandwidth': pc ? 48 * MiB : 0 }),
+      // postcopy: a slow precopy (the switch lands in it), a push slow enough that the vCPU faults (or none)
+      src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': pc ? 32 * MiB : 0, 'max-postcopy-bandwidth': pc ? c.pushMiBs * MiB : 0 }),
+      dst.vm.qmp.execute('migrate-set-parameters', { 'x-postcopy-readahead': pc ? c.readahead : 0 }),
       src.qmp.execute('cont'),
       dst.vm.qmp.execute(pc ? 'cont' : 'stop'), // postcopy: the guest runs there at once (and faults); precopy: it stays as it came
     ]);
@@ -226,14 +232,14 @@ run('stream fuzzing: flips, cuts and insertions in every direction of a migratio
     return { r, problems: problems.map((p) => `${where}${ends}: ${p}`) };
   }
 
-  test(`${CASES} cases, precopy and postcopy, end in a clear state within ${BOUND_MS / 1000} s; no process crashes`, async () => {
+  test(`${CASES} mutated cases, precopy and postcopy, end in a clear state within ${BOUND_MS / 1000} s; no process crashes`, async () => {
     const t0 = Date.now();
     const results: Result[] = [];
     const problems: string[] = [];
     // clean migrations first: they work (their records are printed beside those the sites are drawn from)
     const refs = {} as Record<Mode, Reference>;
     for (const mode of ['precopy', 'postcopy'] as const) {
-      const { r, problems: p } = await runCase({ index: -1, mode, mutation: null, switchAfterMs: 10 });
+      const { r, problems: p } = await runCase({ index: -1, mode, mutation: null, switchAfterMs: 10, readahead: 0, pushMiBs: 48 });
       expect(p).toEqual([]);
       refs[mode] = r!.refs;
     }
@@ -244,15 +250,19 @@ run('stream fuzzing: flips, cuts and insertions in every direction of a migratio
       if (r) results.push(r);
       problems.push(...p);
     }
-    const last = await runCase({ index: cases.length, mode: 'precopy', mutation: null, switchAfterMs: 0 });
+    const last = await runCase({ index: cases.length, mode: 'precopy', mutation: null, switchAfterMs: 0, readahead: 0, pushMiBs: 0 });
     problems.push(...last.problems);
     await chain.close();
     problems.push(...(await lab.dropped()).map((p) => `seed ${SEED}: ${p} did not quit when asked after its migrations: killed`));
     const clean = [...results, ...(last.r ? [last.r] : [])].filter((r) => r.c.mutation === null);
     console.log(`${summary(results, problems, chain.spawned, Date.now() - t0, refs)}\n`
-      + `clean migrations: ${clean.length}, ${clean.filter((r) => r.reused).length} of them between processes that had failed migrations before`);
+      + `clean migrations: ${clean.length}, ${clean.filter((r) => r.reused).length} of them between processes that had failed migrations before\n`
+      + `precopy completions that brought a spoilt page (all other pages equal): ${spoiltSeen}`);
     expect(problems).toEqual([]);
     expect(clean.filter((r) => r.reused).length).toBeGreaterThan(0);
-    if (!only) expect(results.filter((r) => r.c.mutation !== null).length).toBe(CASES);
+    if (!only) {
+      expect(results.filter((r) => r.c.mutation !== null).length).toBe(CASES);
+      expect(results.filter((r) => r.landing !== null).length).toBeGreaterThanOrEqual(Math.floor(CASES * 0.89)); // 200 of 225
+    }
   }, 400000);
 });

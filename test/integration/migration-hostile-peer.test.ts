@@ -202,7 +202,17 @@ run('a migration peer that is no migration engine', () => {
     }
   });
 
-  test('source in postcopy sent a bad page request on the urgent channel: failed with the reason, monitor still answers', async () => {
+  test.each([
+    ['a page request one page past the end of RAM', (() => {
+      const req = Buffer.alloc(RECORD_HEADER_BYTES);
+      writeRecordHeader(req, 0, RP_REQ_PAGES, 0, 4096, 64 * MiB);
+      return req;
+    })(), /urgent channel: bad page request: offset 67108864 length 4096 \(RAM is 16384 pages of 4096 bytes\)/],
+    // found by the stream fuzzer: a destination that refused the urgent channel (a byte inserted in its HEADER)
+    // once the page server had taken it failed the source with "unexpected record type 0x42"
+    ['its refusal of the channel (RP_ERROR)', encodeText(RP_ERROR, 'migration connection refused: its header does not carry this migration\'s token'),
+      /^urgent channel: the destination says: migration connection refused: its header does not carry this migration's token$/],
+  ])('source in postcopy that is sent %s on the urgent channel: failed with the reason, monitor still answers', async (_what, bytes, reason) => {
     const path = lab.path('fake-pc.sock');
     const conns: net.Socket[] = [];
     const fake = net.createServer((c) => {
@@ -219,35 +229,9 @@ run('a migration peer that is no migration engine', () => {
       await waitStatus(src, ['postcopy-active']);
       while (conns.length < 2) await new Promise((r) => setTimeout(r, 10));
       await new Promise((r) => setTimeout(r, 200)); // the page server has taken the urgent channel
-      const req = Buffer.alloc(RECORD_HEADER_BYTES);
-      writeRecordHeader(req, 0, RP_REQ_PAGES, 0, 4096, 64 * MiB); // one page past the end of RAM
-      conns[1].write(req);
+      conns[1].write(bytes);
       const s = await waitStatus(src, TERMINAL as never, 10000);
-      await expectFailedAndUsable(src, s, /urgent channel: bad page request: offset 67108864 length 4096 \(RAM is 16384 pages of 4096 bytes\)/, { status: 'postmigrate' });
-    } finally {
-      for (const c of conns) c.destroy();
-      fake.close();
-    }
-  });
-
-  // found by the stream fuzzer: a destination that refused the urgent channel (a byte inserted in its
-  // HEADER) once the page server had taken it failed the source with "unexpected record type 0x42"
-  test('source in postcopy whose urgent channel the destination refuses: failed with the destination\'s reason', async () => {
-    const path = lab.path('refusing.sock');
-    const conns: net.Socket[] = [];
-    const fake = net.createServer((c) => { conns.push(c); c.on('data', () => undefined); c.on('error', () => undefined); });
-    await new Promise<void>((r) => fake.listen(path, r));
-    try {
-      const src = await lab.vm('src', ['-m', '64M', '-smp', '1']);
-      await setCaps(src, ['postcopy-ram']);
-      await src.qmp.execute('migrate', { uri: `unix:${path}` });
-      await src.qmp.execute('migrate-start-postcopy');
-      await waitStatus(src, ['postcopy-active']);
-      while (conns.length < 2) await new Promise((r) => setTimeout(r, 10));
-      await new Promise((r) => setTimeout(r, 200)); // the page server has taken the urgent channel
-      conns[1].end(encodeText(RP_ERROR, 'migration connection refused: its header does not carry this migration\'s token'));
-      const s = await waitStatus(src, TERMINAL as never, 10000);
-      await expectFailedAndUsable(src, s, /^urgent channel: the destination says: migration connection refused: its header does not carry this migration's token$/, { status: 'postmigrate' });
+      await expectFailedAndUsable(src, s, reason, { status: 'postmigrate' });
     } finally {
       for (const c of conns) c.destroy();
       fake.close();

@@ -147,7 +147,10 @@ export class IncomingPostcopy {
     if (ch === null) return null;
     const taken = ch.stat(FaultThreadStat.Links); // before the state: the thread stores them the other way round
     const st = ch.state;
-    return (st === 'paused' || st === 'closed') && taken === this.links ? ch.error || 'the urgent channel closed' : null;
+    if ((st !== 'paused' && st !== 'closed') || taken !== this.links) return null;
+    // the thread's texts mostly name the channel already ('urgent channel: recv: ...', 'the peer closed the urgent channel')
+    const why = ch.error || 'the urgent channel closed';
+    return /urgent channel/.test(why) ? why : `urgent channel: ${why}`;
   }
 
   /** bytes Node read on the urgent channel (up to its header) */
@@ -178,8 +181,7 @@ export class IncomingPostcopy {
     if (this.o.over() || this.lostEpoch === this.epoch) return;
     const epoch = this.lostEpoch = this.epoch;
     setTimeout(() => {
-      // the thread's texts mostly name the channel already ('urgent channel: recv: ...', 'the peer closed the urgent channel')
-      if (!this.o.over() && this.epoch === epoch && this.linkLost !== null) this.o.lost(/urgent channel/.test(why) ? why : `urgent channel: ${why}`);
+      if (!this.o.over() && this.epoch === epoch && this.linkLost !== null) this.o.lost(why);
     }, URGENT_CLOSE_GRACE_MS).unref();
   }
 

@@ -26,7 +26,8 @@ export class IncomingRecovery {
   resumed = false;
   /** recoveries completed */
   recoveries = 0;
-  private readonly scratch: { bitmap: Uint8Array | null } = { bitmap: null };
+  /** the bitmap's bytes, kept for the next recovery */
+  private bits: Uint8Array | null = null;
   /** the handshake's time limit, from the acceptance on */
   private timer: NodeJS.Timeout | null = null;
 
@@ -73,7 +74,7 @@ export class IncomingRecovery {
   /** RP_RECV_BITMAP of the pages received (`flags`, the threads' page flags) */
   bitmap(flags: Uint8Array, pages: number): Buffer {
     const n = bitmapBytes(pages);
-    const b = this.scratch.bitmap?.length === n ? this.scratch.bitmap.fill(0) : (this.scratch.bitmap = new Uint8Array(n));
+    const b = this.bits?.length === n ? this.bits.fill(0) : (this.bits = new Uint8Array(n));
     for (let p = 0; p < pages; p++) if (flags[p] & RECEIVED) b[p >> 3] |= 1 << (p & 7);
     return encodeRecvBitmap(pages, b);
   }

@@ -368,7 +368,7 @@ export class IncomingMigration implements StreamHandler {
       }
       const lost = this.pc.linkLost;
       if (lost !== null) { // the rest was on the urgent channel, whose link is lost: a recovery brings it
-        this.lost(`${/urgent channel/.test(lost) ? lost : `urgent channel: ${lost}`} (${missing} pages still to come on it at the end of the stream)`);
+        this.lost(`${lost} (${missing} pages still to come on it at the end of the stream)`);
         return;
       }
       throw new WireError(`the stream ended with ${missing} of ${this.pageCount} pages never received`);

@@ -29,7 +29,7 @@ export interface RecoveryHost {
   urgent: SourcePostcopy;
   state: SourceRam;
   /** the migration's header fields and token, as its first connection had them */
-  header: UrgentHeader;
+  header(): UrgentHeader;
   /** x-migration-psk's key, proved on each new connection too (channel-auth.ts), or null */
   psk: Buffer | null;
   /** the return path's handler (the migration: acknowledgements, completion, and this handshake's records) */
@@ -91,7 +91,7 @@ export class SourceRecovery {
       return;
     }
     h.status.moveTo('postcopy-recover');
-    h.stream.send(encodeHeader({ ...h.header, resume: true }));
+    h.stream.send(encodeHeader({ ...h.header(), resume: true }));
     this.await('bitmap', 'received-page bitmap');
   }
 
@@ -101,7 +101,7 @@ export class SourceRecovery {
     if (this.step !== 'bitmap') throw new WireError('a received-page bitmap the source did not ask for');
     this.resent += h.state.fromReceivedBitmap(bitmap); // the view is valid during this call only
     this.step = 'ack';
-    h.urgent.connect(this.addr!, h.header, h.psk);
+    h.urgent.connect(this.addr!, h.header(), h.psk);
     // the page server first: the destination asks again for its outstanding pages as soon as it takes the channel
     h.urgent.start({ ramBase: h.ramBase, pageSize: h.pageSize, pages: h.state.pages, flags: h.state.address, sender: h.stream.channel! })
       .then(() => {

@@ -112,10 +112,9 @@ export class OutgoingMigration implements ReturnHandler {
       heartbeatMs: () => o.params.value('x-postcopy-heartbeat-ms'), done: () => this.phase === 'done', needed: () => this.state.needed,
     });
     this.rounds = new PrecopyRounds(() => performance.now(), this.ps, o.throttle);
-    const self = this; // eslint-disable-line @typescript-eslint/no-this-alias
     this.recovery = new SourceRecovery({
       ramBase: o.ram.base, ramBytes: o.ram.bytes, pageSize: this.ps, status: o.status, stream: this.stream, urgent: this.urgent, state: this.state,
-      get header() { return self.header!; },
+      header: () => this.header!,
       psk: o.psk ?? null,
       returnPath: this, setSocket: (s) => { this.socket = s; }, lost: (why) => this.lost(why), fail: (why) => this.fail(why),
       done: () => this.phase === 'done', resumed: () => this.resumed(),

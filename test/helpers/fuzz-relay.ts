@@ -65,6 +65,9 @@ export class RelaySession {
   /** where the main stream's postcopy SWITCHOVER / END end (-1: not seen yet), and the bytes of it passed on */
   private switchEnd = -1;
   private endEnd = -1;
+  /** where the postcopy SWITCHOVER the source wrote ends, seen also after a cut on main (the relay reads on, unforwarded) */
+  private switchWrittenEnd = -1;
+  private mainWritten = 0;
   private mainForwarded = 0;
   private target = -1;
   private seen = 0;
@@ -113,11 +116,17 @@ export class RelaySession {
       if (!to.write(b)) { from.pause(); to.once('drain', () => from.resume()); }
     };
     from.on('data', (chunk: Buffer) => {
-      if (dead) return;
+      if (dead) {
+        if (tracker === null || dir !== 'main') return;
+        tracker.feed(chunk, (f) => this.written(f));
+        this.mainWritten = tracker.offset;
+        return;
+      }
       if (tracker === null || dir === null) { send(chunk); return; }
       const base = tracker.offset - held.length;
       tracker.feed(chunk, (f) => this.framed(dir, f));
       this.bytes[dir] = tracker.offset;
+      if (dir === 'main') this.mainWritten = tracker.offset;
       const unit = held.length > 0 ? Buffer.concat([held, chunk]) : chunk;
       // a record header is never split between two writes: its record is known before any of it goes on
       const n = unit.length - tracker.partialHeader;
@@ -154,8 +163,20 @@ export class RelaySession {
     from.on('close', () => setTimeout(() => to.destroy(), 1000).unref());
   }
 
+  /** the source wrote the postcopy SWITCHOVER whole on main, whether or not the relay passed it on: from
+   *  then on it has handed the guest over and must pause, not fail, when the link goes */
+  get switchWritten(): boolean {
+    return this.switchWrittenEnd >= 0 && this.switchWrittenEnd <= this.mainWritten;
+  }
+
+  /** a record header the source wrote on main */
+  private written(f: Frame): void {
+    if (f.type === REC_SWITCHOVER && (f.flags & SWITCHOVER_POSTCOPY) && this.switchWrittenEnd < 0) this.switchWrittenEnd = f.start + f.length;
+  }
+
   /** a record header went by on `dir` */
   private framed(dir: Direction, f: Frame): void {
+    if (dir === 'main') this.written(f);
     if (dir === 'main' && f.type === REC_SWITCHOVER && (f.flags & SWITCHOVER_POSTCOPY) && this.switchEnd < 0) this.switchEnd = f.start + f.length;
     if (dir === 'main' && f.type === REC_END && this.endEnd < 0) this.endEnd = f.start + f.length;
     const key = `${dir}:${f.type}`;

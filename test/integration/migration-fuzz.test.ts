@@ -17,7 +17,7 @@ import {
   drawCases, describeCase, mayComplete, spoiltBy, mergeSpoilt, siteName, type FuzzCase, type Mode, type Reference, type Spoilt,
 } from '../helpers/fuzz-cases.js';
 import type { VmProcess } from '../../src/migration/local-destination.js';
-import { RP_RUNNING, RP_COMPLETE, REC_SWITCHOVER, recordName } from '../../src/migration/wire.js';
+import { RP_RUNNING, RP_COMPLETE, recordName } from '../../src/migration/wire.js';
 import type { MigrationInfo, MigrationStatus } from '../../src/migration/api.js';
 import { requireUffd } from '../helpers/uffd-available.js';
 
@@ -56,22 +56,24 @@ async function waitEnd(vm: VmProcess, mark: number, deadline: number): Promise<E
 }
 
 /** what the rules say of how both sides ended (and, untouched, what the destination said); [] when they hold */
-function judge(c: FuzzCase, l: Landing | null, s: End, d: End, counts: Map<string, number>): string[] {
+function judge(c: FuzzCase, l: Landing | null, s: End, d: End, counts: Map<string, number>, sentSwitch: boolean): string[] {
   const out: string[] = [];
   const m = c.mutation;
   for (const [name, e] of [['source', s], ['destination', d]] as const) {
     const st = e.info.status;
     if (st === 'completed') continue;
-    // a cut pauses once the guest may run on the destination: after the switchover went (the source
-    // is postcopy-active a moment before it sends it, and fails if the cut comes first). A cut inside
-    // SWITCHOVER: the source sent it whole and cannot know that the destination did not get it (and
-    // fails, never having run the guest): it pauses, as QEMU's would
-    const sentSwitch = l?.switched === true || (m?.dir === 'main' && l?.frame.type === REC_SWITCHOVER);
-    const want = e.postcopy && m?.kind === 'truncate' && (name === 'destination' || sentSwitch) ? IO_ERROR_IN_POSTCOPY : 'failed';
+    // a cut pauses once the guest may run on the destination. The source is postcopy-active a moment
+    // before it writes the SWITCHOVER, and fails if it learns of the cut first; once it wrote it, it
+    // cannot know that the destination did not get it (a cut on main before or inside it: the
+    // destination fails, never having run the guest), and pauses, as QEMU's would. Written but not
+    // yet seen by the relay when it noticed: either end
+    const truncated = e.postcopy && m?.kind === 'truncate';
+    const want = truncated && (name === 'destination' || sentSwitch) ? IO_ERROR_IN_POSTCOPY : 'failed';
+    const either = truncated && name === 'source' && !sentSwitch && st === IO_ERROR_IN_POSTCOPY;
     // a spoilt offset in postcopy can leave a page never placed: the source's wait for completion ends
     // in a pause (a recovery then asks for the page), and the destination follows
     const stuck = st === 'postcopy-paused' && /did not complete within \d+ s of the end of the stream/.test(s.info['error-desc'] ?? '');
-    if (st !== want && !stuck) out.push(`the ${name} ended ${st}, expected ${want} (or completed)`);
+    if (st !== want && !stuck && !either) out.push(`the ${name} ended ${st}, expected ${want} (or completed)`);
     const err = e.info['error-desc'] ?? '';
     if (err.trim() === '') out.push(`the ${name} ended ${st} without an error-desc`);
     if (/a bug|undefined|\[object|NaN/.test(err)) out.push(`the ${name}'s error-desc reads like an internal error: ${err}`);
@@ -207,7 +209,7 @@ run('stream fuzzing: flips, cuts and insertions in every direction of a migratio
       const reused = (failures.get(src) ?? 0) + (failures.get(dst.vm) ?? 0) > 0;
       r = { c, landing: session.landing, src: s, dst: d, ms: Date.now() - t0, refs: { counts: session.counts, bytes: session.bytes }, reused };
       for (const [vm, e] of [[src, s], [dst.vm, d]] as const) if (e.info.status !== 'completed') failures.set(vm, (failures.get(vm) ?? 0) + 1);
-      problems.push(...judge(c, r.landing, s, d, session.counts));
+      problems.push(...judge(c, r.landing, s, d, session.counts, session.switchWritten || r.landing?.switched === true));
       for (const [vm, e] of [[src, s], [dst.vm, d]] as const) { // what an operator reads: HMP's `info migrate` says why
         if (e.info.status === 'completed') continue;
         const hmp = await vm.qmp.execute<string>('human-monitor-command', { 'command-line': 'info migrate' });
@@ -259,8 +261,8 @@ run('stream fuzzing: flips, cuts and insertions in every direction of a migratio
       + `clean migrations: ${clean.length}, ${clean.filter((r) => r.reused).length} of them between processes that had failed migrations before\n`
       + `precopy completions that brought a spoilt page (all other pages equal): ${spoiltSeen}`);
     expect(problems).toEqual([]);
-    expect(clean.filter((r) => r.reused).length).toBeGreaterThan(0);
-    if (!only) {
+    if (!only) { // a replay of a few cases may fail none before its last, clean one
+      expect(clean.filter((r) => r.reused).length).toBeGreaterThan(0);
       expect(results.filter((r) => r.c.mutation !== null).length).toBe(CASES);
       expect(results.filter((r) => r.landing !== null).length).toBeGreaterThanOrEqual(Math.floor(CASES * 0.89)); // 200 of 225
     }

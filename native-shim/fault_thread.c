@@ -93,15 +93,22 @@ static size_t record_length(struct pc_channel *c, const uint8_t *r)
         return 0;
     }
     /* every bit but READAHEAD is reserved: nothing of this thread's own is
-     * ever kept in the bytes it read (a mark there could come from the peer) */
-    if ((r[1] & ~PC_REQ_READAHEAD) != 0 || r[2] != 0 || r[3] != 0) {
+     * ever kept in the bytes it read (a mark there could come from the peer);
+     * bytes 2-3 name the RAM block */
+    if ((r[1] & ~PC_REQ_READAHEAD) != 0) {
         pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: %s record with reserved bits set (flags 0x%02x)",
                         r[0] == PC_REC_PAGES ? "PAGES" : "ZERO", r[1]);
         return 0;
     }
-    if (count == 0 || count > c->max_run || off % ps != 0 || off / ps >= c->pages || count > c->pages - off / ps) {
-        pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: %s record of %u pages at offset %llu is outside guest RAM (%llu pages)",
-                        r[0] == PC_REC_PAGES ? "PAGES" : "ZERO", count, (unsigned long long)off, (unsigned long long)c->pages);
+    if (count == 0 || count > c->max_run || pc_record_page(c, r, count) < 0) {
+        const struct pc_ramblock *b = pc_record_block(c, r);
+        if (c->nblocks == 1 && b)
+            pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: %s record of %u pages at offset %llu is outside guest RAM (%llu pages)",
+                            r[0] == PC_REC_PAGES ? "PAGES" : "ZERO", count, (unsigned long long)off, (unsigned long long)c->pages);
+        else
+            pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: %s record of %u pages at offset %llu is outside RAM block %u (%llu pages)",
+                            r[0] == PC_REC_PAGES ? "PAGES" : "ZERO", count, (unsigned long long)off, (unsigned)r[2] | (unsigned)r[3] << 8,
+                            (unsigned long long)(b ? b->pages : 0));
         return 0;
     }
     return PC_RECORD_HEADER + (r[0] == PC_REC_PAGES ? (size_t)count * ps : 0);
@@ -112,7 +119,7 @@ static size_t record_length(struct pc_channel *c, const uint8_t *r)
 static int place_record(struct pc_channel *c, const uint8_t *r, uint64_t from, uint64_t to)
 {
     const uint64_t ps = c->page_size;
-    uint64_t off = pc_le64(r + 8);
+    uint64_t off = (uint64_t)pc_record_page(c, r, pc_le32(r + 4)) * ps; /* checked by record_length() */
     const uint8_t *data = r[0] == PC_REC_PAGES ? r + PC_RECORD_HEADER : NULL;
     while (from < to) {
         uint64_t n = (r[1] & PC_REQ_READAHEAD) && to - from > READAHEAD_PIECE ? READAHEAD_PIECE : to - from;
@@ -177,20 +184,20 @@ static int place_arrived(struct pc_channel *c)
  * first and its vCPU resumes before the rest is placed). */
 static void request(struct pc_channel *c, uint64_t page)
 {
-    const uint64_t ps = c->page_size;
+    const uint64_t ps = c->page_size, block_end = pc_block_end(c, page);
     uint64_t end = page + 1;
-    while (end < c->pages && end - page <= c->readahead && c->requested[end] == 0 &&
+    while (end < block_end && end - page <= c->readahead && c->requested[end] == 0 &&
            !(__atomic_load_n(&c->flags[end], __ATOMIC_ACQUIRE) & PC_PAGE_RECEIVED))
         end++;
     c->requested[page] = ASKED;
     memset(c->requested + page + 1, ASKED | AHEAD, end - page - 1);
     if (c->sock < 0)
         return; /* paused: asked for when a link is attached again (request_outstanding()) */
-    pc_put_record(c->out + c->out_len, PC_RP_REQ_PAGES, 0, (uint32_t)ps, page * ps);
+    pc_put_page_record(c, c->out + c->out_len, PC_RP_REQ_PAGES, 0, (uint32_t)ps, page);
     c->out_len += PC_RECORD_HEADER;
     c->st->stats[PC_DST_REQUESTS]++;
     if (end > page + 1) {
-        pc_put_record(c->out + c->out_len, PC_RP_REQ_PAGES, PC_REQ_READAHEAD, (uint32_t)((end - page - 1) * ps), (page + 1) * ps);
+        pc_put_page_record(c, c->out + c->out_len, PC_RP_REQ_PAGES, PC_REQ_READAHEAD, (uint32_t)((end - page - 1) * ps), page + 1);
         c->out_len += PC_RECORD_HEADER;
         c->st->stats[PC_DST_READAHEAD] += (double)(end - page - 1);
     }
@@ -324,11 +331,11 @@ static void request_outstanding(struct pc_channel *c)
                 p++;
                 continue;
             }
-            uint64_t q = p + 1;
-            while (q < c->pages && q - p < c->max_run && outstanding(c, q, ahead))
+            uint64_t q = p + 1, block_end = pc_block_end(c, p);
+            while (q < block_end && q - p < c->max_run && outstanding(c, q, ahead))
                 q++;
             if (c->out_cap - c->out_len >= PC_RECORD_HEADER) {
-                pc_put_record(c->out + c->out_len, PC_RP_REQ_PAGES, ahead ? PC_REQ_READAHEAD : 0, (uint32_t)((q - p) * ps), p * ps);
+                pc_put_page_record(c, c->out + c->out_len, PC_RP_REQ_PAGES, ahead ? PC_REQ_READAHEAD : 0, (uint32_t)((q - p) * ps), p);
                 c->out_len += PC_RECORD_HEADER;
                 c->st->stats[PC_DST_REREQUESTS] += (double)(q - p);
             } else if (ahead) {
@@ -435,12 +442,13 @@ static void *fault_thread_run(void *arg)
 /* Starts the fault thread: faults from `uffd` (guest RAM registered MISSING,
  * non-blocking), requests and pages on `sock` (the urgent channel,
  * non-blocking), `flags` = TypeScript's page flags (bit RECEIVED),
- * `readahead` = pages after a faulted one asked for with it (see request()).
+ * `readahead` = pages after a faulted one asked for with it (see request()),
+ * `blocks` = the RAM block table (nblocks entries, 0: one block).
  * Returns a handle for pc_channel_stop(), or 0 when it could not start. */
 uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, uint64_t flags,
                                uint32_t readahead, struct pc_channel_status *st, double *ring, uint32_t ring_size, int blocktime,
                                double clock_base, const struct pc_vcpu *vcpus, int nvcpus, uint64_t zero_src,
-                               uint32_t heartbeat_ms)
+                               uint32_t heartbeat_ms, uint64_t blocks, uint32_t nblocks)
 {
     size_t rec = PC_RECORD_HEADER + pc_max_run_pages(page_size) * page_size;
     struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base,
@@ -456,7 +464,7 @@ uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t p
     c->requested = calloc(pages, 1);
     struct link *l = calloc(1, sizeof *l);
     c->side = l;
-    if (!c->requested || !l) {
+    if (!c->requested || !l || pc_channel_blocks(c, blocks, nblocks) < 0) {
         pc_channel_free(c);
         return 0;
     }

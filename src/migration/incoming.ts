@@ -218,8 +218,9 @@ export class IncomingMigration implements StreamHandler {
     if (h.ramBytes !== this.o.ram.bytes) problems.push(`RAM size mismatch: the source has ${h.ramBytes} bytes, this VM ${this.o.ram.bytes} (-m)`);
     if (h.vcpus !== this.o.vcpus.count) problems.push(`vCPU count mismatch: the source has ${h.vcpus}, this VM ${this.o.vcpus.count} (-smp)`);
     if (h.pageSize !== this.ps) problems.push(`page size mismatch: the source uses ${h.pageSize}, this VM ${this.ps}`);
-    // several blocks, or one of another name: QEMU's block checks (one block of another size is said above)
-    const blocks = problems.length === 0 || h.blocks.count > 1 || this.o.ram.blocks.count > 1 ? ramBlocksMismatch(h.blocks, this.o.ram.blocks) : null;
+    // several blocks: QEMU's block checks, naming the block. One block on each side is guest RAM whatever its
+    // name (-mem-path's pc.ram takes -machine memory-backend=ID's, as before several blocks were known)
+    const blocks = h.blocks.count > 1 || this.o.ram.blocks.count > 1 ? ramBlocksMismatch(h.blocks, this.o.ram.blocks) : null;
     if (blocks !== null) problems.unshift(blocks);
     if (h.workload !== this.o.workload) problems.push(`workload mismatch: the source runs '${printable(h.workload)}', this VM was started with '${this.o.workload}' (-workload)`);
     if (problems.length > 0) throw new WireError(problems.join('; '));

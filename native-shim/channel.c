@@ -304,6 +304,8 @@ void pc_put_record(uint8_t *p, int type, int flags, uint32_t count, uint64_t off
 int pc_place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *src, int stat_existed, int events)
 {
     const uint64_t ps = c->page_size;
+    /* a run lies in one block; a huge-page block beside smaller pages takes whole host pages */
+    const uint64_t unit = pc_host_units(c, off / ps);
     /* with the waiting map, the waiters are woken after their faults are
      * taken (pc_waiters_wake), not by the ioctl */
     const uint64_t quiet = c->waiting ? UFFDIO_COPY_MODE_DONTWAKE : 0;
@@ -317,7 +319,7 @@ int pc_place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *
             /* on hugetlbfs (no UFFDIO_ZEROPAGE) zero pages are copied from c->zero_src, page by page */
             const uint8_t *from = src ? src + done * ps : c->zero_src;
             if (!src)
-                len = ps;
+                len = unit * ps;
             struct uffdio_copy cp = { .dst = dst, .src = (uint64_t)(uintptr_t)from, .len = len, .mode = quiet };
             rc = ioctl(c->uffd, UFFDIO_COPY, &cp);
             e = errno;
@@ -350,11 +352,11 @@ int pc_place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *
         }
         if (e == EEXIST) { /* placed by the other placer: it wakes the waiters (woke them, unless quiet) */
             if (!quiet) {
-                struct uffdio_range r = { .start = c->base + off + done * ps, .len = ps };
+                struct uffdio_range r = { .start = c->base + off + done * ps, .len = unit * ps };
                 ioctl(c->uffd, UFFDIO_WAKE, &r);
             }
             c->st->stats[stat_existed]++;
-            done++;
+            done += unit;
             continue;
         }
         pc_channel_fail(c, PC_CH_FAILED, e, "%s of %llu pages at offset %llu: %s", src ? "UFFDIO_COPY" : "UFFDIO_ZEROPAGE",
@@ -377,10 +379,13 @@ int pc_channel_blocks(struct pc_channel *c, uint64_t table, uint32_t n)
     } else {
         memcpy(b, (const void *)(uintptr_t)table, n * sizeof *b);
     }
-    /* back to back from page 0, in order, covering every page, of this channel's page size */
+    /* back to back from page 0, in order, covering every page; host pages of
+     * this channel's page size or a power-of-two multiple of it, aligned */
     uint64_t next = 0;
     for (uint32_t i = 0; i < n; i++) {
-        if (b[i].first != next || b[i].pages == 0 || b[i].page_size != c->page_size) {
+        uint64_t ps = b[i].page_size;
+        if (b[i].first != next || b[i].pages == 0 || ps < c->page_size || (ps & (ps - 1)) != 0 ||
+            b[i].offset != b[i].first * c->page_size || b[i].offset % ps != 0 || (b[i].pages * c->page_size) % ps != 0) {
             free(b);
             return -1;
         }
@@ -413,7 +418,7 @@ void pc_put_page_record(const struct pc_channel *c, uint8_t *p, int type, int fl
 {
     uint32_t i = pc_block_index(c, page);
     const struct pc_ramblock *b = &c->blocks[i];
-    pc_put_record(p, type, flags, count, (page - b->first) * b->page_size);
+    pc_put_record(p, type, flags, count, (page - b->first) * c->page_size);
     p[2] = (uint8_t)(i & 0xff);
     p[3] = (uint8_t)(i >> 8);
 }
@@ -429,8 +434,18 @@ int64_t pc_record_page(const struct pc_channel *c, const uint8_t *r, uint64_t n)
     const struct pc_ramblock *b = pc_record_block(c, r);
     if (!b)
         return -1;
-    uint64_t off = pc_le64(r + 8), ps = b->page_size;
-    if (off % ps != 0 || off / ps >= b->pages || n > b->pages - off / ps)
+    uint64_t off = pc_le64(r + 8), u = c->page_size;
+    if (off % b->page_size != 0 || (n * u) % b->page_size != 0 || off / u >= b->pages || n > b->pages - off / u)
         return -1;
-    return (int64_t)(b->first + off / ps);
+    return (int64_t)(b->first + off / u);
+}
+
+uint64_t pc_blocks_max_page(uint64_t table, uint32_t n, uint64_t page_size)
+{
+    const struct pc_ramblock *b = (const struct pc_ramblock *)(uintptr_t)table;
+    uint64_t most = page_size;
+    for (uint32_t i = 0; i < n && i < PC_MAX_BLOCKS; i++)
+        if (b[i].page_size > most && b[i].page_size <= (1u << 30))
+            most = b[i].page_size;
+    return most;
 }

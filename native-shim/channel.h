@@ -101,12 +101,16 @@ enum { PC_RCV_NORMAL = 0, PC_RCV_ZERO, PC_RCV_RECEIVED, PC_RCV_PLACE_CALLS, PC_R
  * every thread holds guest RAM's pages numbered from 0 across the blocks,
  * which lie back to back in guest RAM's one mapping, in this order.
  * TypeScript writes the table (src/native/ram-block-table.ts); each thread
- * copies it at start. No table (0 blocks): one block of all of guest RAM. */
+ * copies it at start. No table (0 blocks): one block of all of guest RAM.
+ * A page is the channel's page_size, the smallest page of all blocks (QEMU's
+ * target page); a block of huge pages beside 4 KiB ones moves in whole host
+ * pages (page_size / c->page_size pages: its "host units"), as QEMU's
+ * postcopy does: requested, sent, placed and discarded whole. */
 struct pc_ramblock {
     uint64_t offset;    /* its first byte in guest RAM (QEMU's block->offset) */
     uint64_t first;     /* its first page among guest RAM's pages */
-    uint64_t pages;     /* used_length / page_size */
-    uint64_t page_size;
+    uint64_t pages;     /* used_length / the channel's page size */
+    uint64_t page_size; /* its host page size */
 };
 #define PC_MAX_BLOCKS 64
 
@@ -245,13 +249,31 @@ static inline uint64_t pc_block_end(const struct pc_channel *c, uint64_t page)
     const struct pc_ramblock *b = &c->blocks[pc_block_index(c, page)];
     return b->first + b->pages;
 }
+/* pages per host page of block b: 1, or a huge page's beside smaller pages */
+static inline uint64_t pc_block_units(const struct pc_channel *c, const struct pc_ramblock *b)
+{
+    return b->page_size / c->page_size;
+}
+/* pages per host page of the block holding `page` (1 with one block) */
+static inline uint64_t pc_host_units(const struct pc_channel *c, uint64_t page)
+{
+    return c->nblocks == 1 ? 1 : pc_block_units(c, &c->blocks[pc_block_index(c, page)]);
+}
+/* pages one PAGES record of block b holds at most: one host page of a huge-page block, else c->max_run */
+static inline uint64_t pc_block_max_run(const struct pc_channel *c, const struct pc_ramblock *b)
+{
+    uint64_t u = pc_block_units(c, b);
+    return u > 1 ? u : c->max_run;
+}
+/* the largest host page of a block table (n entries at `table`), at least page_size: what buffers hold */
+uint64_t pc_blocks_max_page(uint64_t table, uint32_t n, uint64_t page_size);
 /* writes a page record header (PAGES, ZERO, REQ_PAGES) for guest page
  * `page`: its block's index and the page's offset in the block */
 void pc_put_page_record(const struct pc_channel *c, uint8_t *p, int type, int flags, uint32_t count, uint64_t page);
 /* the block a page record names (bytes 2-3), or NULL when there is none */
 const struct pc_ramblock *pc_record_block(const struct pc_channel *c, const uint8_t *r);
 /* the guest page where the page record at r starts, when it and the n-1
- * pages after it lie inside its block (offset aligned), else -1 */
+ * pages after it lie inside its block, in whole host pages, else -1 */
 int64_t pc_record_page(const struct pc_channel *c, const uint8_t *r, uint64_t n);
 
 /* most pages in one PAGES record of page_size-byte pages (256 of 4 KiB, one huge page) */

@@ -55,11 +55,14 @@ static int answer(struct pc_channel *c, const uint8_t *r)
     c->st->stats[readahead ? PC_SRC_READAHEAD : PC_SRC_REQUESTS] += (double)count;
     take_pages(c, first, count);
     const uint8_t *src = (const uint8_t *)(uintptr_t)(c->base + first * ps);
-    for (uint64_t i = 0; i < count;) { /* runs of zero pages and of data pages */
-        int zero = page_is_zero(src + i * ps, ps);
-        uint64_t j = i + 1;
-        while (j < count && page_is_zero(src + j * ps, ps) == zero)
-            j++;
+    /* runs of zero pages and of data pages; a huge-page block beside smaller
+     * pages in whole host pages (its requests are whole host pages) */
+    const uint64_t unit = pc_host_units(c, first);
+    for (uint64_t i = 0; i < count;) {
+        int zero = page_is_zero(src + i * ps, unit * ps);
+        uint64_t j = i + unit;
+        while (j < count && page_is_zero(src + j * ps, unit * ps) == zero)
+            j += unit;
         size_t bytes = PC_RECORD_HEADER + (zero ? 0 : (j - i) * ps);
         pc_put_page_record(c, c->out + c->out_len, zero ? PC_REC_ZERO : PC_REC_PAGES, readahead, (uint32_t)(j - i), first + i);
         if (!zero)
@@ -110,9 +113,9 @@ static int serve(struct pc_channel *c)
             return -1;
         }
         /* bytes 2-3 name the RAM block, the offset is inside it */
-        if (len == 0 || len % ps != 0 || len / ps > c->max_run || pc_record_page(c, r, len / ps) < 0) {
+        const struct pc_ramblock *b = pc_record_block(c, r);
+        if (len == 0 || len % ps != 0 || !b || len / ps > pc_block_max_run(c, b) || pc_record_page(c, r, len / ps) < 0) {
             uint32_t blk = (uint32_t)r[2] | (uint32_t)r[3] << 8;
-            const struct pc_ramblock *b = pc_record_block(c, r);
             if (!b)
                 pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: bad page request: RAM block %u (this VM has %u)", blk, c->nblocks);
             else if (c->nblocks == 1)
@@ -183,7 +186,9 @@ uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, u
                               struct pc_channel_status *st, double *ring, uint32_t ring_size,
                               double clock_base, uint32_t heartbeat_ms, uint64_t blocks, uint32_t nblocks)
 {
-    size_t rec = PC_RECORD_HEADER + pc_max_run_pages(page_size) * page_size;
+    size_t rec = PC_RECORD_HEADER + pc_max_run_pages(page_size) * page_size, host = PC_RECORD_HEADER + pc_blocks_max_page(blocks, nblocks, page_size);
+    if (rec < host)
+        rec = host; /* a huge-page block's host page beside smaller pages: one record */
     /* 64 requests in at most: serve()'s bitmap of answered ones is one word */
     struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base,
                                           64 * PC_RECORD_HEADER, 2 * rec, PC_SRC_BYTES_IN, PC_SRC_BYTES_OUT);

@@ -162,6 +162,34 @@ static int page_zero(const struct pc_channel *c, uint64_t p)
     return pc_page_is_zero((const uint8_t *)(uintptr_t)(c->base + p * c->page_size), c->page_size);
 }
 
+/* Takes the host page of `units` pages from p (a huge-page block beside
+ * smaller pages: it moves whole) as one record of its own, PAGES or ZERO,
+ * when any of its pages needs sending. Returns the payload bytes it added. */
+static uint64_t take_host_page(struct pc_channel *c, struct sender *s, uint64_t p, uint64_t units)
+{
+    int need = 0;
+    for (uint64_t q = p; q < p + units; q++)
+        need |= __atomic_load_n(&s->flags[q], __ATOMIC_RELAXED) & PC_SRC_NEED;
+    if (!need)
+        return 0;
+    need = 0;
+    for (uint64_t q = p; q < p + units; q++) /* NEED -> HAS; a page not needed has HAS already */
+        need |= __atomic_exchange_n(&s->flags[q], PC_SRC_HAS, __ATOMIC_ACQ_REL) & PC_SRC_NEED;
+    if (!need)
+        return 0; /* the page server sent it meanwhile */
+    const uint64_t bytes = units * c->page_size;
+    const uint8_t *at = (const uint8_t *)(uintptr_t)(c->base + p * c->page_size);
+    int zero = pc_page_is_zero(at, bytes);
+    c->st->stats[PC_SND_SENT] += (double)units;
+    c->st->stats[zero ? PC_SND_ZERO : PC_SND_NORMAL] += (double)units;
+    pc_put_page_record(c, s->hdr[s->nhdr], zero ? PC_REC_ZERO : PC_REC_PAGES, 0, (uint32_t)units, p);
+    s->iov[s->niov++] = (struct iovec){ .iov_base = s->hdr[s->nhdr++], .iov_len = PC_RECORD_HEADER };
+    if (zero)
+        return 0;
+    s->iov[s->niov++] = (struct iovec){ .iov_base = (void *)(uintptr_t)at, .iov_len = bytes };
+    return bytes;
+}
+
 /* Gathers the next batch from the cursor on: pages that need sending, as
  * PAGES and ZERO runs (iovecs into guest RAM), none crossing the end of a
  * RAM block. `wrap`: go round (postcopy). Returns the pages it looked at. */
@@ -171,6 +199,7 @@ static uint64_t fill_batch(struct pc_channel *c, struct sender *s, int wrap)
     uint64_t scanned = 0, payload = 0;
     int kind = 0; /* open run: 0 none, 1 pages, 2 zero */
     uint64_t run_start = 0, run_len = 0, run_end = 0; /* run_end: the end of the run's block */
+    uint64_t blk_first = 0, blk_end = 0, blk_units = 1; /* the block of the last page looked at (several blocks) */
     s->niov = s->nhdr = 0;
     while (payload < BATCH_PAYLOAD && s->nhdr < BATCH_IOV / 2 - 1) {
         if (s->cursor >= c->pages) {
@@ -182,6 +211,25 @@ static uint64_t fill_batch(struct pc_channel *c, struct sender *s, int wrap)
             break;
         uint64_t p = s->cursor++;
         scanned++;
+        if (c->nblocks > 1) {
+            if (p < blk_first || p >= blk_end) {
+                const struct pc_ramblock *b = &c->blocks[pc_block_index(c, p)];
+                blk_first = b->first;
+                blk_end = b->first + b->pages;
+                blk_units = pc_block_units(c, b);
+            }
+            if (blk_units > 1) { /* a huge-page block beside smaller pages: whole host pages, a record each */
+                p -= (p - blk_first) % blk_units;
+                s->cursor = p + blk_units;
+                scanned += blk_units - 1;
+                if (kind != 0) { /* the open run is another block's: it ends here */
+                    pc_put_page_record(c, s->hdr[s->nhdr - 1], kind == 1 ? PC_REC_PAGES : PC_REC_ZERO, 0, (uint32_t)run_len, run_start);
+                    kind = 0;
+                }
+                payload += take_host_page(c, s, p, blk_units);
+                continue;
+            }
+        }
         if (!(__atomic_load_n(&s->flags[p], __ATOMIC_RELAXED) & PC_SRC_NEED))
             continue;
         if (!(__atomic_exchange_n(&s->flags[p], PC_SRC_HAS, __ATOMIC_ACQ_REL) & PC_SRC_NEED))

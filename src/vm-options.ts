@@ -84,7 +84,7 @@ Options (QEMU spelling; --name works too):
   -object memory-backend-ram,id=ID,size=SIZE[,prealloc=on]
                      a memory backend, used with -machine memory-backend=ID
                      or -numa node,memdev=ID (one RAM block each; repeat
-                     -numa for several blocks, of one page size)
+                     -numa for several blocks)
   -smp N             number of vCPUs, 1..512 (default 2; cpus=N and
                      sockets/cores/threads spellings accepted)
   -workload NAME[,key=value...]

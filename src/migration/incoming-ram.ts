@@ -67,7 +67,8 @@ export class DestinationRam {
       return;
     }
     this.uffd = uffd;
-    if ((ioctls & IOCTL_ZEROPAGE) === 0) this.zeroPage = StagingArea.create(1, this.pageSize); // never written: zeros
+    // never written: zeros, a page of the largest page size (a huge-page block beside 4 KiB ones has no UFFDIO_ZEROPAGE either)
+    if ((ioctls & IOCTL_ZEROPAGE) === 0) this.zeroPage = StagingArea.create(1, this.ram.blocks.maxPageSize);
   }
 
   /** the zero page's address for the native threads (0: they use UFFDIO_ZEROPAGE) */

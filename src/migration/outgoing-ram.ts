@@ -51,9 +51,28 @@ export class SourceRam {
 
   /** A dirty sync (the sender idle): pages written since the last one need sending again; returns how many. */
   sync(tracker: DirtyTracker): number {
-    const n = tracker.collect(this.flags);
+    const n = tracker.collect(this.flags) + this.wholeHostPages();
     this.marked += n;
     return n;
+  }
+
+  /** A huge-page block beside smaller pages moves in whole host pages (QEMU's postcopy_chunk_hostpages):
+   *  a host page with a page to send is sent whole, and discarded whole. Returns the pages it marked. */
+  private wholeHostPages(): number {
+    const flags = this.flags;
+    let marked = 0;
+    for (const b of this.blocks.list) {
+      if (b.hostPages === 1) continue;
+      for (let h = b.firstPage, end = b.firstPage + b.pages; h < end; h += b.hostPages) {
+        let need = false;
+        for (let p = h; p < h + b.hostPages && !need; p++) need = (flags[p] & NEED) !== 0;
+        if (!need) continue;
+        for (let p = h; p < h + b.hostPages; p++) {
+          if ((flags[p] & NEED) === 0) { flags[p] |= NEED; marked++; }
+        }
+      }
+    }
+    return marked;
   }
 
   /** DISCARD records for the pages dirtied since the destination got them

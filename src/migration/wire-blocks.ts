@@ -7,6 +7,9 @@
 import { RamBlocks, MAX_IDSTR_BYTES, MAX_RAM_BLOCKS, type RamBlockSpec } from '../vm/ram-blocks.js';
 import { printable } from './wire-text.js';
 
+/** the largest host page a block may have (2 MiB huge pages: src/native/hugetlbfs.ts MAX_HUGE_PAGE) */
+const MAX_BLOCK_PAGE = 2 ** 21;
+
 /** Malformed block list; wire.ts turns it into its WireError */
 export class BlockListError extends Error {}
 
@@ -50,10 +53,13 @@ export function readBlockList(buf: Buffer, pos: number, end: number, ramBytes: n
     const used = hi * 0x100000000 + buf.readUInt32LE(p + 4);
     p += 12;
     if (len === 0 || len > MAX_IDSTR_BYTES) throw new BlockListError(`RAM block ${i}: empty name`);
-    if (ps !== pageSize) {
-      throw new BlockListError(`RAM block ${printable(idstr)} has pages of ${ps} bytes and the stream ${pageSize}: blocks of different page sizes are not supported yet`);
+    if (ps < pageSize || ps > MAX_BLOCK_PAGE || (ps & (ps - 1)) !== 0) {
+      throw new BlockListError(`RAM block ${printable(idstr)} has pages of ${ps} bytes, and the stream's pages are ${pageSize} bytes`);
     }
     specs.push({ idstr, usedLength: used, pageSize: ps });
+  }
+  if (Math.min(...specs.map((b) => b.pageSize)) !== pageSize) {
+    throw new BlockListError(`the stream's pages are ${pageSize} bytes, but no RAM block has pages that small`);
   }
   let blocks: RamBlocks;
   try {

@@ -460,7 +460,9 @@ export class StreamDecoder extends RecordDecoder {
     }
     switch (type) {
       case REC_PAGES: {
-        if (count < 1 || count > this.maxRun) throw new WireError(`PAGES record at byte ${at}: bad page count ${count} (1..${this.maxRun})`);
+        // a huge-page block beside smaller pages: one host page a record
+        const most = Math.max(this.maxRun, this.blocks!.list[buf.readUInt16LE(pos + 2)]?.hostPages ?? 0);
+        if (count < 1 || count > most) throw new WireError(`PAGES record at byte ${at}: bad page count ${count} (1..${most})`);
         const offset = this.checkRange('PAGES', buf, pos, count, at);
         this.runOffset = offset;
         this.runLeft = count;
@@ -698,6 +700,7 @@ function blockRange(blocks: RamBlocks, index: number, offset: number, count: num
   const b = blocks.list[index];
   if (b === undefined) throw new WireError(`${what}: RAM block ${index}, but the header lists ${blocks.count}`);
   if (offset % b.pageSize !== 0) throw new WireError(`${what}: offset ${offset} is not page aligned`);
+  if (count % b.hostPages !== 0) throw new WireError(`${what}: ${count} pages are not whole host pages of RAM block ${b.idstr} (${b.hostPages} pages each)`);
   const where = blocks.count === 1 ? 'guest RAM' : `RAM block ${b.idstr}`;
   throw new WireError(`${what}: ${count} pages at offset ${offset} lie outside ${where} (${b.usedLength} bytes)`);
 }

@@ -43,19 +43,19 @@ export class BlockMapping {
     this.windows = new MemoryWindows(base, bytes, pageSize);
   }
 
-  /** maps `bytes` of blocks laid out at `blocks[i].offset` (sorted, inside [0, bytes)), aligned to `pageSize`.
-   *  Closes every file on failure. */
-  static create(bytes: number, pageSize: number, blocks: readonly BlockBacking[]): BlockMapping {
+  /** maps `bytes` of blocks laid out at `blocks[i].offset` (sorted, inside [0, bytes)), aligned to `align` (the
+   *  largest page size); `pageSize` is the unit of its page numbers (the smallest). Closes every file on failure. */
+  static create(bytes: number, pageSize: number, align: number, blocks: readonly BlockBacking[]): BlockMapping {
     const closeAll = (): void => closeBackings(blocks.map((b) => b.file));
-    const reserved = bytes + pageSize;
+    const reserved = bytes + align;
     const ptr = libc.mmap(null, reserved, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE, -1, 0);
     if (ptr === libc.MAP_FAILED || ptr === 0n || ptr === -1n) {
       const e = libc.errno();
       closeAll();
       throw new NativeMappingError(`mmap of ${reserved} bytes failed: ${libc.strerror(e)} (${libc.errnoName(e)})`, e);
     }
-    const ps = BigInt(pageSize);
-    const base = (ptr + ps - 1n) / ps * ps;
+    const a = BigInt(align);
+    const base = (ptr + a - 1n) / a * a;
     for (const b of blocks) {
       if (!b.file) continue;
       const at = base + BigInt(b.offset);

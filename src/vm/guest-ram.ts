@@ -80,7 +80,8 @@ export class GuestRam {
   }
 
   /** maps the RAM blocks of `backends` (memory-backend-ram or -file, each with its size), one block each, in
-   *  order, back to back in one mapping. Blocks of different page sizes are refused (not supported yet). */
+   *  order, back to back in one mapping. With blocks of different page sizes (hugetlbfs beside 4 KiB), guest
+   *  RAM's pages are the smallest (QEMU's target page) and a huge page is several of them (RamBlocks.unit). */
   static createBlocks(backends: readonly MemoryBackend[]): GuestRam {
     if (backends.length < 2) return GuestRam.create(backends[0]?.size ?? 0, backends[0] ?? null);
     const files: BlockBacking['file'][] = [];
@@ -95,11 +96,6 @@ export class GuestRam {
       closeFiles();
       throw new CommandError(e instanceof Error ? e.message : String(e));
     }
-    if (blocks.minPageSize !== blocks.maxPageSize) {
-      closeFiles();
-      const sizes = blocks.list.map((b) => `${b.idstr}: ${formatSize(b.pageSize)}`).join(', ');
-      throw new CommandError(`RAM blocks of different page sizes (${sizes}): this engine migrates several RAM blocks of one page size (mixed page sizes are not supported yet)`);
-    }
     if (blocks.bytes > MAX_RAM_BYTES) {
       closeFiles();
       throw new CommandError(`guest RAM of ${formatSize(blocks.bytes)} is more than ${formatSize(MAX_RAM_BYTES)}`);
@@ -109,7 +105,8 @@ export class GuestRam {
       : new CommandError(`cannot map ${formatSize(blocks.bytes)} of guest RAM: ${e instanceof Error ? e.message : String(e)}`));
     let map: BlockMapping;
     try {
-      map = BlockMapping.create(blocks.bytes, blocks.maxPageSize, blocks.list.map((b, i) => ({ offset: b.offset, bytes: b.usedLength, file: files[i] })));
+      map = BlockMapping.create(blocks.bytes, blocks.unit, blocks.maxPageSize,
+        blocks.list.map((b, i) => ({ offset: b.offset, bytes: b.usedLength, file: files[i] })));
     } catch (e) {
       throw failed(e);
     }

@@ -185,7 +185,7 @@ function objectText(b: MemoryBackend, bytes: number): string {
 }
 
 /** where the RAM blocks of `backends` lie in guest RAM, for the workload's block key (before guest RAM is
- *  mapped): back to back, as src/vm/ram-blocks.ts lays blocks of one page size out; none = pc.ram */
+ *  mapped): back to back, as src/vm/ram-blocks.ts lays them out (it leaves no hole); none = pc.ram */
 export function workloadBlocks(backends: readonly MemoryBackend[], ramBytes: number): WorkloadBlock[] {
   if (backends.length <= 1) return [{ idstr: backends[0]?.id ?? DEFAULT_RAM_ID, offset: 0, usedLength: ramBytes }];
   let offset = 0;

@@ -3,10 +3,15 @@
 // backend's id), its used_length and its page size. The blocks lie back to
 // back in guest RAM's one mapping (QEMU's ram_addr_t space: the block's
 // `offset`), in the order given, each aligned to its page size; guest RAM's
-// pages are numbered from 0 across them (`firstPage`). The stream addresses a
-// page by block and offset inside it, as QEMU's idstr + offset do: the block
-// by its index in the stream header's list. Pure: the layout and lookups
-// (a binary search over the few blocks, never a scan per page).
+// pages are numbered from 0 across them (`firstPage`), in units of the
+// smallest page size of all blocks (QEMU's target page: `unit`), so a block
+// of huge pages beside 4 KiB blocks is `pageSize / unit` pages a host page,
+// which move whole. The stream addresses a page by block and offset inside
+// it, as QEMU's idstr + offset do: the block by its index in the stream
+// header's list. Pure: the layout and lookups (a binary search over the few
+// blocks, never a scan per page).
+
+import { formatSize } from './size.js';
 
 /** what a RAM block is, before it is placed */
 export interface RamBlockSpec {
@@ -23,9 +28,12 @@ export interface RamBlock extends RamBlockSpec {
   readonly index: number;
   /** its first byte in guest RAM's mapping (QEMU's block->offset) */
   readonly offset: number;
-  /** its first page among guest RAM's pages */
+  /** its first page among guest RAM's pages (in units) */
   readonly firstPage: number;
+  /** usedLength / unit */
   readonly pages: number;
+  /** pages (units) per host page: 1, or a huge page's beside smaller pages */
+  readonly hostPages: number;
 }
 
 /** the most RAM blocks a VM has (the stream's block index is 16 bits; native-shim PC_MAX_BLOCKS) */
@@ -42,13 +50,16 @@ export class RamBlocks {
   readonly minPageSize: number;
   /** the largest (guest RAM's mapping is aligned to it) */
   readonly maxPageSize: number;
+  /** the unit of guest pages: minPageSize (QEMU's target page) */
+  readonly unit: number;
 
-  private constructor(list: RamBlock[]) {
+  private constructor(list: RamBlock[], unit: number) {
     this.list = list;
     const last = list[list.length - 1];
     this.bytes = last.offset + last.usedLength;
     this.pages = last.firstPage + last.pages;
-    this.minPageSize = Math.min(...list.map((b) => b.pageSize));
+    this.unit = unit;
+    this.minPageSize = unit;
     this.maxPageSize = Math.max(...list.map((b) => b.pageSize));
   }
 
@@ -57,8 +68,8 @@ export class RamBlocks {
     if (specs.length === 0 || specs.length > MAX_RAM_BLOCKS) throw new RangeError(`${specs.length} RAM blocks: give 1 to ${MAX_RAM_BLOCKS}`);
     const list: RamBlock[] = [];
     const names = new Set<string>();
+    const unit = Math.min(...specs.map((s) => s.pageSize));
     let offset = 0;
-    let firstPage = 0;
     for (const [index, s] of specs.entries()) {
       if (s.idstr === '' || Buffer.byteLength(s.idstr) > MAX_IDSTR_BYTES) throw new RangeError(`RAM block name '${s.idstr}' is empty or longer than ${MAX_IDSTR_BYTES} bytes`);
       if (names.has(s.idstr)) throw new RangeError(`RAM block '${s.idstr}' given twice`);
@@ -68,12 +79,14 @@ export class RamBlocks {
       if (!(Number.isSafeInteger(s.usedLength) && s.usedLength > 0 && s.usedLength % ps === 0)) {
         throw new RangeError(`RAM block ${s.idstr}: size ${s.usedLength} is not a positive multiple of its page size ${ps}`);
       }
-      offset = Math.ceil(offset / ps) * ps;
-      list.push({ idstr: s.idstr, usedLength: s.usedLength, pageSize: ps, index, offset, firstPage, pages: s.usedLength / ps });
+      if (offset % ps !== 0) { // no holes between blocks: every page of the mapping is a block's
+        throw new RangeError(`RAM block ${s.idstr} has pages of ${ps} bytes, and the blocks before it add up to 0x${offset.toString(16)} bytes, `
+          + `no multiple of that: give them sizes that are multiples of ${formatSize(ps)}, or give this block first`);
+      }
+      list.push({ idstr: s.idstr, usedLength: s.usedLength, pageSize: ps, index, offset, firstPage: offset / unit, pages: s.usedLength / unit, hostPages: ps / unit });
       offset += s.usedLength;
-      firstPage += s.usedLength / ps;
     }
-    return new RamBlocks(list);
+    return new RamBlocks(list, unit);
   }
 
   /** one block of all of guest RAM (the default: pc.ram) */
@@ -106,11 +119,11 @@ export class RamBlocks {
     return lo;
   }
 
-  /** the byte offset in guest RAM's mapping of `count` pages at `offset` inside block `index`, or -1 when
-   *  there is no such block, the offset is not page aligned or the pages do not all lie inside it */
+  /** the byte offset in guest RAM's mapping of `count` pages (units) at `offset` inside block `index`, or -1
+   *  when there is no such block, the pages are not whole host pages of it or do not all lie inside it */
   fromBlock(index: number, offset: number, count: number): number {
     const b = this.list[index];
-    if (b === undefined || offset % b.pageSize !== 0 || count < 1 || offset + count * b.pageSize > b.usedLength) return -1;
+    if (b === undefined || offset % b.pageSize !== 0 || count < 1 || count % b.hostPages !== 0 || offset + count * this.unit > b.usedLength) return -1;
     return b.offset + offset;
   }
 }

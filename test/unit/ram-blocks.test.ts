@@ -31,9 +31,18 @@ describe('the RAM block layout', () => {
     expect(b.fromBlock(2, 0, 1)).toBe(-1); // no such block
   });
 
-  it('aligns a block to its page size and refuses bad blocks naming them', () => {
-    const b = RamBlocks.layout([{ idstr: 'a', usedLength: 4096, pageSize: 4096 }, { idstr: 'h', usedLength: 2 * MiB, pageSize: 2 * MiB }]);
-    expect(b.list[1].offset).toBe(2 * MiB);
+  it('numbers pages in the smallest page size: a huge-page block is host pages of several of them', () => {
+    const b = RamBlocks.layout([{ idstr: 'h', usedLength: 4 * MiB, pageSize: 2 * MiB }, { idstr: 'a', usedLength: 8192, pageSize: 4096 }]);
+    expect(b.list.map((x) => [x.offset, x.firstPage, x.pages, x.hostPages])).toEqual([[0, 0, 1024, 512], [4 * MiB, 1024, 2, 1]]);
+    expect([b.unit, b.maxPageSize, b.pages]).toEqual([4096, 2 * MiB, 1026]);
+    expect(b.fromBlock(0, 2 * MiB, 512)).toBe(2 * MiB); // one host page
+    expect(b.fromBlock(0, 0, 1)).toBe(-1); // part of one
+    expect(b.fromBlock(0, 4096, 512)).toBe(-1); // not at a host page's start
+  });
+
+  it('refuses a hole before a huge-page block, and bad blocks, naming them', () => {
+    expect(() => RamBlocks.layout([{ idstr: 'a', usedLength: 4096, pageSize: 4096 }, { idstr: 'h', usedLength: 2 * MiB, pageSize: 2 * MiB }]))
+      .toThrow(/^RAM block h has pages of 2097152 bytes, and the blocks before it add up to 0x1000 bytes, no multiple of that: give them sizes that are multiples of 2M, or give this block first$/);
     expect(() => RamBlocks.layout([...TWO, TWO[0]])).toThrow(/RAM block 'm0' given twice/);
     expect(() => RamBlocks.layout([{ idstr: 'x', usedLength: 5000, pageSize: PS }])).toThrow(/RAM block x: size 5000 is not a positive multiple of its page size 4096/);
     expect(() => RamBlocks.layout([])).toThrow(/0 RAM blocks/);
@@ -110,11 +119,25 @@ describe('the stream with several RAM blocks', () => {
     expect(() => new StreamDecoder(new Log()).push(Buffer.concat([header(), rec]))).toThrow(why);
   });
 
-  it('a header whose blocks do not add up, or with a block of another page size, is refused', () => {
+  it('a header whose blocks do not add up, or whose page size is none of its blocks\', is refused', () => {
     const short = encodeHeader({ pageSize: PS, vcpus: 1, ramBytes: 16 * MiB, workload: '', blocks: TWO });
     expect(() => new StreamDecoder(new Log()).push(short)).toThrow(/RAM blocks add up to 12582912 bytes, not the 16777216 it says/);
-    const mixed = encodeHeader({ pageSize: PS, vcpus: 1, ramBytes: 12 * MiB, workload: '', blocks: [TWO[0], { idstr: 'h', usedLength: 4 * MiB, pageSize: 2 * MiB }] });
-    expect(() => new StreamDecoder(new Log()).push(mixed)).toThrow(/RAM block h has pages of 2097152 bytes and the stream 4096/);
+    const huge = [{ idstr: 'h', usedLength: 4 * MiB, pageSize: 2 * MiB }];
+    expect(() => new StreamDecoder(new Log()).push(encodeHeader({ pageSize: PS, vcpus: 1, ramBytes: 4 * MiB, workload: '', blocks: huge })))
+      .toThrow(/the stream's pages are 4096 bytes, but no RAM block has pages that small/);
+    const small = [{ idstr: 's', usedLength: 4 * MiB, pageSize: 1024 }];
+    expect(() => new StreamDecoder(new Log()).push(encodeHeader({ pageSize: PS, vcpus: 1, ramBytes: 4 * MiB, workload: '', blocks: small })))
+      .toThrow(/RAM block s has pages of 1024 bytes, and the stream's pages are 4096 bytes/);
+  });
+
+  it('a huge-page block beside a 4 KiB block: its records are whole host pages of 4 KiB pages', () => {
+    const mixed = [{ idstr: 'h', usedLength: 4 * MiB, pageSize: 2 * MiB }, { idstr: 'm', usedLength: 4 * MiB, pageSize: PS }];
+    const log = new Log();
+    const d = new StreamDecoder(log);
+    d.push(Buffer.concat([encodeHeader({ pageSize: PS, vcpus: 1, ramBytes: 8 * MiB, workload: '', blocks: mixed }),
+      record(REC_ZERO, 512, 2 * MiB, 0), record(REC_ZERO, 3, PS, 1)]));
+    expect(log.seen).toEqual([`zero ${2 * MiB}+512`, `zero ${4 * MiB + PS}+3`]);
+    expect(() => d.push(record(REC_ZERO, 1, 0, 0))).toThrow(/ZERO record at byte \d+: 1 pages are not whole host pages of RAM block h \(512 pages each\)/);
   });
 
   it('a page request on the return path names its block', () => {

@@ -20,6 +20,10 @@ import type { MigrationInfo } from '../../src/migration/api.js';
 
 const uffd = requireUffd();
 const run = uffd ? describe : describe.skip;
+/** a source's and a destination's two blocks of 8 MiB (16 huge pages), with room */
+const hp = uffd ? requireHugePages(24) : null;
+const testHuge = hp ? test : test.skip;
+afterAll(() => hp?.release());
 
 /** -object/-numa options of the blocks `id=size[:mem-path]` */
 function blocks(...specs: string[]): string[] {
@@ -143,20 +147,9 @@ run('several RAM blocks', () => {
     expect([s2.status, d2.status]).toEqual(['failed', 'failed']);
     expect(d2['error-desc']).toMatch(/Unknown ramblock "m1", cannot accept migration/);
   });
-});
 
-/** a source's and a destination's two blocks of 8 MiB (16 huge pages), with room */
-const hp = uffd ? requireHugePages(24) : null;
-const runHuge = hp ? describe : describe.skip;
-afterAll(() => hp?.release());
-
-runHuge('several RAM blocks on hugetlbfs', () => {
-  let lab: Lab;
-  beforeAll(() => ensureBuilt());
-  beforeEach(() => { lab = new Lab(); });
-  afterEach(async () => { await lab.close(); });
-
-  test('postcopy of two blocks of 2 MiB pages: every page identical', async () => {
+  // on hugetlbfs
+  testHuge('postcopy of two blocks of 2 MiB pages: every page identical', async () => {
     const uri = `unix:${lab.path('mig.sock')}`;
     const common = [...blocks(`h0=8M:${hp!.dir}`, `h1=8M:${hp!.dir}`), '-smp', '2', '-workload', 'random,seed=9,accesses=4000'];
     const dst = await lab.vm('dst', [...common, '-incoming', uri]);
@@ -168,7 +161,7 @@ runHuge('several RAM blocks on hugetlbfs', () => {
     expect(info.ram!['page-size']).toBe(HUGE_PAGE);
   });
 
-  test.each([['before', 'h0', 'm1'], ['after', 'm0', 'h1']])('a hugetlbfs block %s a 4 KiB block: postcopy, every page identical, huge pages moved whole', async (_, first, second) => {
+  testHuge.each([['before', 'h0', 'm1'], ['after', 'm0', 'h1']])('a hugetlbfs block %s a 4 KiB block: postcopy, every page identical, huge pages moved whole', async (_, first, second) => {
     const uri = `unix:${lab.path('mig.sock')}`;
     const spec = (id: string): string => (id.startsWith('h') ? `${id}=8M:${hp!.dir}` : `${id}=8M`);
     const common = [...blocks(spec(first), spec(second)), '-smp', '2', '-workload', 'random,seed=3,accesses=3000'];
@@ -187,7 +180,7 @@ runHuge('several RAM blocks on hugetlbfs', () => {
     expect(d.ram!['page-size']).toBe(4096);
   });
 
-  test('a sweep across a hugetlbfs block and a 4 KiB block migrates while it runs: faults in both, every page alike at the end', async () => {
+  testHuge('a sweep across a hugetlbfs block and a 4 KiB block migrates while it runs: faults in both, every page alike at the end', async () => {
     const uri = `unix:${lab.path('mig.sock')}`;
     const common = [...blocks(`h0=8M:${hp!.dir}`, 'm1=8M'), '-smp', '1', '-workload', 'sweep,sweeps=100000'];
     const dst = await lab.vm('dst', [...common, '-incoming', uri]);
@@ -206,7 +199,7 @@ runHuge('several RAM blocks on hugetlbfs', () => {
     expect(faults.filter((a) => a >= 8 * 2 ** 20 && a < 16 * 2 ** 20).length).toBeGreaterThan(0);
   }, 150000);
 
-  test('a hugetlbfs block after a 4 KiB block whose size is no multiple of 2 MiB: refused at start, saying what to change', () => {
+  testHuge('a hugetlbfs block after a 4 KiB block whose size is no multiple of 2 MiB: refused at start, saying what to change', () => {
     const r = spawnSync(process.execPath, [cli, ...blocks('m0=3M', `h1=8M:${hp!.dir}`), '-monitor', 'none'], { encoding: 'utf8', timeout: 30000 });
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/RAM block h1 has pages of 2097152 bytes, and the blocks before it add up to 0x300000 bytes, no multiple of that: give them sizes that are multiples of 2M, or give this block first/);

@@ -12,7 +12,7 @@ import { VCPU_BLOCK_SIZE, VCPU_OFF_POSITION } from './vcpu-layout.js';
 /** struct pc_channel_status: sizeof * 1000 + offsetof(stats) (page-channel.ts mirrors it) */
 const CHANNEL_LAYOUT = 416 * 1000 + 16;
 
-export const SHIM_VERSION = 8;
+export const SHIM_VERSION = 9;
 const LIB_NAME = 'libpostcopy_shim.so';
 
 /** the library path: $POSTCOPY_SHIM, else native-shim/build/ of the nearest enclosing package */

@@ -13,7 +13,8 @@
 import { createInterface, type Interface } from 'node:readline';
 import type { Machine, MigrationStatus } from '../migration/api.js';
 import { TERMINAL_STATUSES } from '../migration/api.js';
-import { escapeControls, type CommandContext, type HmpRunResult, type Registry } from './registry.js';
+import type { CommandContext, HmpRunResult, Registry } from './registry.js';
+import { escapeControls } from './hmp-args.js';
 import { fitWidth, formatProgress, painter } from './format.js';
 import { LiveFrame, readlineKeys } from './live-frame.js';
 import { HISTORY_SIZE, loadHistory, saveHistory } from './history-file.js';

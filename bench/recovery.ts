@@ -11,9 +11,10 @@
 //  - the destination's blocktime inside the pause against the pause's length
 //    (a vCPU that touches a missing page in the outage is blocked for all of
 //    it: its blocktime in the pause should come near the pause).
-// No QEMU reference: Debian's QEMU 7.2 does pause and recover, but says
-// nothing of the blocktime in the pause (REFERENCE.md §8).
-import net from 'node:net';
+// Beside each of our runs, in the same minutes, Debian's QEMU through the
+// same relay and the same cut (bench/_recovery-qemu.ts): its cut -> paused
+// and migrate -r -> postcopy-active, and ours over QEMU's. QEMU says nothing
+// of pages sent again nor of the blocktime in the pause (REFERENCE.md §8).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,27 +22,12 @@ import { VmProcess } from '../src/migration/local-destination.js';
 import type { MigrationInfo, MigrationStatus } from '../src/migration/api.js';
 import { median, round } from './_migrations.js';
 import { numberOption } from './_options.js';
+import { relay } from './_relay.js';
+import { eventMs, qemuRecoveryOnce, type QemuRecoveryFigures } from './_recovery-qemu.js';
+import { requireQemu, QEMU } from '../test/helpers/qemu.js';
 
 const MiB = 1 << 20;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** a relay from `listen` to `to` whose connections can all be dropped at once */
-async function relay(listen: string, to: string): Promise<{ cut(): number; close(): void }> {
-  const sockets: net.Socket[] = [];
-  const server = net.createServer((a) => {
-    const b = net.connect({ path: to });
-    sockets.push(a, b);
-    a.pipe(b);
-    b.pipe(a);
-    a.on('error', () => undefined);
-    b.on('error', () => undefined);
-  });
-  await new Promise<void>((r) => server.listen(listen, r));
-  return {
-    cut: () => { const t = Date.now(); for (const s of sockets) s.destroy(); return t; },
-    close: () => server.close(),
-  };
-}
 
 async function waitFor(vm: VmProcess, want: MigrationStatus[], ms: number): Promise<MigrationInfo> {
   const until = Date.now() + ms;
@@ -51,13 +37,6 @@ async function waitFor(vm: VmProcess, want: MigrationStatus[], ms: number): Prom
     if (Date.now() > until) throw new Error(`status ${info.status} (${info['error-desc'] ?? ''}), wanted ${want.join('/')}`);
     await sleep(5);
   }
-}
-
-/** the wall-clock ms of the last MIGRATION event with `status` */
-function eventMs(vm: VmProcess, status: string): number {
-  const e = [...vm.events].reverse().find((x) => x.event === 'MIGRATION' && x.data?.status === status);
-  if (!e) throw new Error(`no MIGRATION ${status} event`);
-  return e.timestamp.seconds * 1000 + e.timestamp.microseconds / 1000;
 }
 
 interface RunFigures { srcPausedMs: number; dstPausedMs: number; recoverMs: number; resent: number; rerequested: number; pauseMs: number; inPauseMs: number }
@@ -94,9 +73,9 @@ async function once(dir: string, n: number, vcpus: number, pauseMs: number): Pro
     if (s.status !== 'completed' || f.status !== 'completed') throw new Error(`source ${s.status}, destination ${f.status}: ${s['error-desc'] ?? f['error-desc']}`);
     const bt = f['x-blocktime']!;
     return {
-      srcPausedMs: eventMs(src, 'postcopy-paused') - cutAt,
-      dstPausedMs: eventMs(dst, 'postcopy-paused') - cutAt,
-      recoverMs: eventMs(src, 'postcopy-active') - resumeAt,
+      srcPausedMs: eventMs(src.events, 'postcopy-paused') - cutAt,
+      dstPausedMs: eventMs(dst.events, 'postcopy-paused') - cutAt,
+      recoverMs: eventMs(src.events, 'postcopy-active') - resumeAt,
       resent: s['x-recovery']?.['pages-resent'] ?? 0,
       rerequested: f['x-recovery']?.['pages-requested-again'] ?? 0,
       pauseMs: (bt.pausedNs ?? 0) / 1e6,
@@ -117,10 +96,22 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const dir = mkdtempSync(join(tmpdir(), 'pc-bench-recovery-'));
   const rows: Record<string, unknown>[] = [];
   try {
+    const withQemu = requireQemu();
     for (const vcpus of [1, 4]) {
       const all: RunFigures[] = [];
-      for (let i = 0; i < runs; i++) all.push(await once(dir, vcpus * 100 + i, vcpus, pauseMs));
+      const qemu: QemuRecoveryFigures[] = [];
+      for (let i = 0; i < runs; i++) { // alternating: the host's swings hit both alike
+        all.push(await once(dir, vcpus * 100 + i, vcpus, pauseMs));
+        if (withQemu) qemu.push(await qemuRecoveryOnce(dir, vcpus * 100 + i, vcpus, pauseMs, relay));
+      }
       const col = (k: keyof RunFigures): number[] => all.map((x) => x[k]);
+      const q = (k: keyof QemuRecoveryFigures): number[] => qemu.map((x) => x[k]);
+      const reference = withQemu ? {
+        qemu_cut_to_paused_source_ms: stats(q('srcPausedMs')),
+        qemu_cut_to_paused_destination_ms: stats(q('dstPausedMs')),
+        qemu_resume_to_active_ms: stats(q('recoverMs')),
+        resume_to_active_ratio: round(median(col('recoverMs')) / median(q('recoverMs')), 2),
+      } : { qemu: `not run: ${QEMU} missing` };
       rows.push({
         vcpus,
         cut_to_paused_source_ms: stats(col('srcPausedMs')),
@@ -130,6 +121,7 @@ export async function run(argv: string[]): Promise<Record<string, unknown>> {
         pages_requested_again: stats(col('rerequested'), 0),
         pause_ms: stats(col('pauseMs')),
         worst_vcpu_blocktime_in_pause_ms: stats(col('inPauseMs')),
+        ...reference,
       });
     }
   } finally {

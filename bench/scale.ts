@@ -1,7 +1,7 @@
-// `npm run bench -- scale [--json] [--reps N (3)] [--vcpus N (64)]`: an
+// `npm run bench -- scale [--json] [--reps N (3)] [--vcpus N (64)] [--readahead N (0)]`: an
 // 8 GiB guest migrated through postcopy between two real VM processes on
 // loopback (`postcopy run -m 8G -smp N -workload random,end=256M,split=on
-// --warm 1 --postcopy-after 0.5`), with 1 vCPU and with --vcpus vCPUs,
+// --warm 1 --postcopy-after 0.5`, x-postcopy-readahead N), with 1 vCPU and with --vcpus vCPUs,
 // alternating, --reps runs each; medians with [min, max].
 //
 // - rss_overhead_pct: the destination's resident memory beyond its guest RAM
@@ -22,18 +22,18 @@ import { median, checkCompleted, round, residentBeyondGuestRam } from './_migrat
 const GiB = 2 ** 30;
 const RAM = 8 * GiB;
 
-function batch(vcpus: number): BatchOptions {
+function batch(vcpus: number, readahead: number): BatchOptions {
   return {
     ramBytes: RAM, vcpus, workload: 'random,end=256M,split=on,seed=3', warmS: 1, postcopyAfterS: 0.5,
-    transport: 'tcp', blocktime: true, trace: '', timeoutS: 300, json: true, readahead: 0,
+    transport: 'tcp', blocktime: true, trace: '', timeoutS: 300, json: true, readahead,
   };
 }
 
 interface Run { rssPct: number; nsPerEvent: number; horizonUs: number; events: number; faults: number; wallS: number; latencyP50Us: number }
 
-async function once(vcpus: number): Promise<Run> {
+async function once(vcpus: number, readahead: number): Promise<Run> {
   let rss = 0;
-  const r: BatchResult = await runBatch(batch(vcpus), (p) => { rss = residentBeyondGuestRam(p.destinationPid, RAM); });
+  const r: BatchResult = await runBatch(batch(vcpus, readahead), (p) => { rss = residentBeyondGuestRam(p.destinationPid, RAM); });
   checkCompleted(r, `8 GiB, ${vcpus} vCPUs`);
   const bt = r.destination['x-blocktime'];
   const feed = bt?.feed;
@@ -64,17 +64,19 @@ function summary(runs: Run[]): Record<string, unknown> {
 export async function run(argv: string[]): Promise<Record<string, unknown>> {
   const reps = Math.floor(numberOption(argv, 'reps', 3, 1));
   const many = Math.floor(numberOption(argv, 'vcpus', 64, 2));
+  const readahead = Math.floor(numberOption(argv, 'readahead', 0, 0));
   const one: Run[] = [];
   const lots: Run[] = [];
   for (let i = 0; i < reps; i++) { // alternating: machine load hits both alike
-    one.push(await once(1));
-    lots.push(await once(many));
+    one.push(await once(1, readahead));
+    lots.push(await once(many, readahead));
   }
   const ratios = lots.map((r, i) => r.nsPerEvent / one[i].nsPerEvent);
   return {
     bench: 'scale',
     guest_gib: RAM / GiB,
     reps,
+    readahead,
     rss_overhead_pct: round(median(lots.map((r) => r.rssPct)), 2),
     per_event_ratio: round(median(lots.map((r) => r.nsPerEvent)) / median(one.map((r) => r.nsPerEvent)), 2),
     per_event_ratio_range: [round(Math.min(...ratios), 2), round(Math.max(...ratios), 2)],

@@ -10,7 +10,8 @@
  * blocktime), QEMU's cpu throttle (auto-converge: after each 10 ms of running,
  * sleep pct/(100-pct) of that) and a dirty log (a byte per guest page: the
  * first write to a clean page counts for this vCPU; with ring_sleep_us set,
- * every PC_DIRTY_RING such pages cost a sleep: dirty-limit). Sleeps wait on
+ * every PC_DIRTY_RING such pages cost a sleep: dirty-limit), and a sample of
+ * the thread's kernel times taken by itself (vcpu_sample.c). Sleeps wait on
  * the command word, so a pause or stop ends them at once. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,7 +26,8 @@
 #include <unistd.h>
 #include "vcpu.h"
 
-_Static_assert(sizeof(struct pc_vcpu) == 320, "pc_vcpu is 320 bytes");
+_Static_assert(sizeof(struct pc_vcpu) == 384, "pc_vcpu is 384 bytes");
+_Static_assert(offsetof(struct pc_vcpu, sample_seq) == 320, "sample_seq at 320");
 _Static_assert(offsetof(struct pc_vcpu, touch) == 192, "touch at 192");
 _Static_assert(offsetof(struct pc_vcpu, position) == 40, "position at 40");
 _Static_assert(offsetof(struct pc_vcpu, thread) == 104, "thread at 104");
@@ -196,6 +198,8 @@ static inline void hooks(struct pc_vcpu *v, struct hook_state *h, uint64_t page)
         if (log && !__atomic_load_n(&log[page], __ATOMIC_RELAXED))
             dirtied(v, h, log, page);
     }
+    if (k & PC_HOOK_SAMPLE)
+        pc_vcpu_self_sample(v);
     if (k & PC_HOOK_STAMP)
         stamp(v, page);
 }

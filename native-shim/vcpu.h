@@ -1,8 +1,9 @@
 /* The vCPU control block shared between a vCPU thread and TypeScript. The
  * memory comes from koffi.alloc (never a JS Buffer); TypeScript reads and
  * writes it at the fixed offsets below (src/native/vcpu-layout.ts mirrors them,
- * and pc_vcpu_layout() lets it check). One block per vCPU, 320 bytes (five
- * cache lines; the access stamps have the last three to themselves). */
+ * and pc_vcpu_layout() lets it check). One block per vCPU, 384 bytes (six
+ * cache lines; the access stamps have lines 3-5 to themselves, the
+ * thread's own sample of its kernel times the last). */
 #ifndef POSTCOPY_VCPU_H
 #define POSTCOPY_VCPU_H
 #include <stdint.h>
@@ -17,8 +18,9 @@ enum pc_vcpu_state {
 };
 #define PC_TOUCHES 8
 /* hooks: bit 0 stamp every access (destination, postcopy, blocktime on);
- * bit 1 cpu throttle; bit 2 dirty log (count, and with ring_sleep_us limit) */
-enum { PC_HOOK_STAMP = 1, PC_HOOK_THROTTLE = 2, PC_HOOK_DIRTY = 4 };
+ * bit 1 cpu throttle; bit 2 dirty log (count, and with ring_sleep_us limit);
+ * bit 3 sample the thread's kernel times once, then clear the bit */
+enum { PC_HOOK_STAMP = 1, PC_HOOK_THROTTLE = 2, PC_HOOK_DIRTY = 4, PC_HOOK_SAMPLE = 8 };
 /* QEMU's throttle timeslice: run this long, then sleep pct/(100-pct) of it */
 #define PC_THROTTLE_SLICE_NS 10000000ULL
 /* the dirty "ring": pages dirtied between two dirty-limit sleeps */
@@ -60,6 +62,16 @@ struct pc_vcpu {
      * after the vCPU was woken and went on. page = page index + 1, 0 = none
      * (not running its workload). */
     struct pc_touch { uint64_t page; double t; } touch[PC_TOUCHES];
+    /* 320: the thread's kernel times as it read them itself (PC_HOOK_SAMPLE: vcpu_sample.c) */
+    uint64_t sample_seq;   /* 320 bumped (release) once the fields below hold a new sample */
+    double sample_t;       /* 328 its moment: CLOCK_MONOTONIC ns, the middle of the read */
+    uint64_t sample_run;   /* 336 time on a CPU (the thread's CPU clock), ns */
+    uint64_t sample_wait;  /* 344 run-queue wait (schedstat), ns */
+    uint64_t sample_took;  /* 352 how long the read took, ns */
+    uint64_t spare[3];     /* 360 */
 };
+
+/* reads this thread's kernel times into sample_*, then clears PC_HOOK_SAMPLE */
+void pc_vcpu_self_sample(struct pc_vcpu *v);
 
 #endif

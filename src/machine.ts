@@ -133,14 +133,7 @@ class VmMachine implements Machine {
       saveStates: (out, pos) => { for (let i = 0; i < v.count; i++) encodeVcpuState(v.state(i), out, pos + i * VCPU_STATE_BYTES); },
       loadStates: (buf, pos) => { for (let i = 0; i < v.count; i++) v.setState(i, decodeVcpuState(buf, pos + i * VCPU_STATE_BYTES)); },
       accessStamps: () => v.accessStamps(),
-      kernelSample: (i) => {
-        const why = (sample: string) => ({ t: monotonicNs(), sample, settled: true });
-        if (!v.running) return why('the vCPUs are paused');
-        if (v.specs[i]?.name === 'idle') return why(`vCPU ${i} runs the idle workload (it sleeps: the kernel's figure says nothing of faults)`);
-        const status = v.status(i); // 'paused' for a moment after resume(): woken, not yet running
-        return status === 'done' || status === 'stopped'
-          ? why(`vCPU ${i} is ${status}, not running its workload`) : sampleThread(v.threadIds()[i]);
-      },
+      kernelSample: (i) => v.kernelSample(i),
       yieldCpu,
       throttle: v.throttle,
     };

@@ -3,7 +3,7 @@
 // trace's file recorder and replay live in src/blocktime-trace/.
 
 export { BlocktimeContext, type BlocktimeContextOptions, type BlocktimeContextState } from './context.js';
-export { monotonicNs, type Clock } from './clock.js';
+export { monotonicNs, monotonicBaseNs, type Clock } from './clock.js';
 export { emptyReport, kernelError } from './report.js';
 export type { TraceSink } from './trace.js';
 export * from './types.js';

@@ -160,7 +160,7 @@ export class DestinationBlocktime {
       const v = this.o.vcpus;
       for (let i = 0; i < v.count; i++) {
         const s = v.kernelSample(i);
-        if (s.settled) bt.kernelSample(i, s.t, s.sample, false);
+        if (s.unsettled === undefined) bt.kernelSample(i, s.t, s.sample, false);
       }
     }
     const r = bt.report();
@@ -185,13 +185,13 @@ export class DestinationBlocktime {
       const again: number[] = [];
       for (const i of pending) {
         const s = v.kernelSample(i);
-        if (s.settled) this.accounting.kernelSample(i, s.t, s.sample);
-        else if (monotonicNs() >= until) {
-          this.accounting.kernelSample(i, s.t, `vCPU ${i} kept waiting for a CPU while it was sampled (its run-queue wait in progress is not counted yet)`);
-        } else again.push(i);
+        if (s.unsettled === undefined) this.accounting.kernelSample(i, s.t, s.sample);
+        else if (monotonicNs() >= until) this.accounting.kernelSample(i, s.t, `vCPU ${i} ${s.unsettled}`);
+        else again.push(i);
       }
       pending = again;
-      if (pending.length > 0) v.yieldCpu(1000);
+      // 0.5-2 ms, never the same twice running: a fixed period can keep meeting one vCPU just preempted
+      if (pending.length > 0) v.yieldCpu(500 + ((round * 617) % 1500));
     }
   }
 

@@ -5,7 +5,7 @@
 // adapts src/vm's GuestRam and VcpuSet to them; the engine knows nothing else
 // about the VM, which keeps source and destination testable on their own.
 
-import type { KernelTimes } from '../blocktime/types.js';
+import type { ThreadSample } from '../vm/schedstat.js';
 import type { RamBlocks } from '../vm/ram-blocks.js';
 import type { AccessStamps } from '../native/vcpu.js';
 
@@ -56,7 +56,7 @@ export interface VcpuControl {
   /** the kernel's times of vCPU i's thread now (with the moment, the
    *  blocktime clock), or why they say nothing of its blocktime (no
    *  schedstat; the vCPU is not running its workload) */
-  kernelSample(i: number): { t: number; sample: KernelTimes | string; settled: boolean };
+  kernelSample(i: number): ThreadSample;
   /** gives the CPU away for `us` microseconds (so a vCPU waiting for one runs) */
   yieldCpu(us: number): void;
   /** the vCPUs' access stamps, or null when they have none */

@@ -18,7 +18,7 @@ import type { Parameters } from './parameters.js';
 import {
   PageChannel, ChannelEvent, FaultThreadStat, CHANNEL_EVENT_MASK, FAULT_CAUSE_SHIFT, type ChannelBlocks, type ChannelEventSink,
 } from '../native/page-channel.js';
-import { monotonicNs, type BlocktimeReport } from '../blocktime/index.js';
+import { monotonicNs, monotonicBaseNs, type BlocktimeReport } from '../blocktime/index.js';
 import { DestinationBlocktime } from './destination-blocktime.js';
 import type { Userfaultfd } from '../uffd/index.js';
 import type { AccessStamps } from '../native/vcpu.js';
@@ -226,7 +226,7 @@ export class IncomingPostcopy {
       }
     }
     // stamps on first: the fault thread takes the vCPUs' waiting map as it starts (native-shim/waiters.c)
-    this.blocktime?.stampWith(PageChannel.processClockBase());
+    this.blocktime?.stampWith(monotonicBaseNs());
     this.channel = PageChannel.startFaultThread({
       uffd: uffd.fd, sock: this.urgent!, ramBase: o.base, pageSize: o.pageSize, pages: o.pages,
       flags: o.flagsAddress, blocktime: this.blocktime !== null, zeroSrc,

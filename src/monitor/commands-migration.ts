@@ -12,7 +12,7 @@ import {
   type CapabilityName, type Machine, type MigrationParameters, type MigrationStatus, type ParameterName,
 } from '../migration/api.js';
 import type { HmpCommand, Registry } from './registry.js';
-import { parseSizeMiB } from './registry.js';
+import { parseSizeMiB } from './hmp-args.js';
 import { formatCapabilities, formatInfoMigrate, formatParameters, formatThrottle } from './format.js';
 import { formatBlocktimeQemu, formatBlocktimeRich } from './format-blocktime.js';
 import { resumeMigration } from './commands-recovery.js';

@@ -13,15 +13,16 @@
 import { createInterface, type Interface } from 'node:readline';
 import type { Machine, MigrationStatus } from '../migration/api.js';
 import { TERMINAL_STATUSES } from '../migration/api.js';
-import { escapeControls, type CommandContext, type HmpRunResult, type Registry } from './registry.js';
-import { fitWidth, formatProgress, painter } from './format.js';
+import type { CommandContext, HmpRunResult, Registry } from './registry.js';
+import { escapeControls } from './hmp-args.js';
+import { painter } from './format.js';
+import { ProgressLine } from './progress-line.js';
 import { LiveFrame, readlineKeys } from './live-frame.js';
 import { HISTORY_SIZE, loadHistory, saveHistory } from './history-file.js';
 
 /** QEMU's readline keeps at most 4095 characters; longer lines are refused. */
 export const MAX_LINE = 4096;
 export { HISTORY_SIZE } from './history-file.js';
-const PROGRESS_INTERVAL_MS = 500;
 const PROMPT = '(qemu) ';
 
 export interface ConsoleOptions {
@@ -68,10 +69,8 @@ export class HmpConsole {
   private abort: AbortController | undefined;
   /** the running command's live area (live-frame.ts) */
   private live: LiveFrame | undefined;
-  // progress line state (interactive only)
-  private progressTimer: NodeJS.Timeout | undefined;
-  private progressShown = false;
-  private progressBusy = false;
+  /** the live line above the prompt (interactive only) */
+  private readonly progress: ProgressLine;
   /** a migration's end seen while a command ran (its failure, or any end
    *  under a command's frames): shown after the command's output, unless
    *  that output already said `desc` */
@@ -82,6 +81,10 @@ export class HmpConsole {
 
   constructor(private readonly opts: ConsoleOptions) {
     this.done = new Promise((res) => { this.resolveDone = res; });
+    this.progress = new ProgressLine({
+      machine: opts.machine, output: opts.output, color: opts.color,
+      rl: () => (opts.interactive ? this.rl : undefined), mayDraw: () => !this.ended && !this.live?.drawing,
+    });
   }
 
   /** Starts reading (or running -e commands). */
@@ -106,7 +109,7 @@ export class HmpConsole {
     if (this.ended) return;
     const out = this.opts.output;
     if (!this.opts.interactive || !this.rl) { out.write(`${escapeControls(line)}\n`); return; }
-    this.clearStatusLine();
+    this.progress.clear();
     out.write(`\r\x1b[2K${escapeControls(line)}\n`);
     this.rl.prompt(true);
   }
@@ -144,7 +147,7 @@ export class HmpConsole {
     o.input.on('error', gone);
     rl.on('history', (h: string[]) => { if (o.historyFile) saveHistory(o.historyFile, h); });
     rl.on('line', (line) => {
-      this.progressShown = false; // the prompt line scrolled up
+      this.progress.forget(); // the prompt line scrolled up
       if (this.answer) { this.answer(line); return; }
       if (this.live?.wantsKeys) return; // the Enter that stops a command redrawing (-w)
       this.queue.push(line);
@@ -155,7 +158,7 @@ export class HmpConsole {
       // drop the line being typed, as a shell does: "^C", then a fresh prompt
       rl.write(null, { ctrl: true, name: 'e' });
       this.opts.output.write('^C\n');
-      this.progressShown = false;
+      this.progress.forget();
       rl.write(null, { ctrl: true, name: 'u' });
       rl.prompt();
     });
@@ -171,7 +174,7 @@ export class HmpConsole {
     if (o.banner) o.output.write(o.banner);
     o.machine.events.on('migration', this.onMigration);
     const st = o.machine.queryMigrate().status;
-    if (st !== 'none' && !TERMINAL_STATUSES.has(st)) this.startProgress();
+    if (st !== 'none' && !TERMINAL_STATUSES.has(st)) this.progress.start();
     rl.prompt();
   }
 
@@ -289,7 +292,7 @@ export class HmpConsole {
     return new LiveFrame({
       output: o.output,
       inPlace: true,
-      beforeFirst: () => this.clearStatusLine(),
+      beforeFirst: () => this.progress.clear(),
       onKey: readlineKeys(o.input, () => this.rl),
     });
   }
@@ -298,21 +301,14 @@ export class HmpConsole {
     if (text === '') return;
     const c = painter(this.opts.color);
     const out = isError && this.opts.color ? text.split('\n').map((l) => (l === '' ? l : c.red(l))).join('\n') : text;
-    if (this.opts.interactive) {
-      // the cursor sits on the line of what was typed meanwhile (if anything),
-      // under the live line if one shows: the output replaces both, and the
-      // prompt with the typed text comes back after it
-      if (this.progressShown && this.rl) this.opts.output.write(`\x1b[${this.rowsToStatusLine(this.rl)}A\r\x1b[J`);
-      else this.opts.output.write('\r\x1b[2K');
-      this.progressShown = false;
-    }
+    if (this.opts.interactive) this.progress.eraseForOutput();
     this.opts.output.write(out);
   }
 
   private finish(end: ConsoleEnd): void {
     if (this.ended) return;
     this.ended = true;
-    this.stopProgress();
+    this.progress.stop();
     this.opts.machine.events.off('migration', this.onMigration);
     const rl = this.rl;
     this.rl = undefined;
@@ -333,7 +329,7 @@ export class HmpConsole {
   private migrationChanged(s: MigrationStatus): void {
     if (this.ended) return;
     if (TERMINAL_STATUSES.has(s)) {
-      this.stopProgress();
+      this.progress.stop();
       const info = this.opts.machine.queryMigrate();
       const c = painter(this.opts.color);
       let line: string;
@@ -348,7 +344,7 @@ export class HmpConsole {
       }
       if (s === 'failed' && this.busy) {
         // a waiting command (migrate, migrate_wait) says it as its Error: once is enough
-        this.clearStatusLine();
+        this.progress.clear();
         this.deferredFailure = { line, desc: info['error-desc'] ?? '' };
         return;
       }
@@ -356,76 +352,11 @@ export class HmpConsole {
         this.deferredFailure = { line };
         return;
       }
-      this.showStatusLine(line);
-      this.progressShown = false;
-    } else if (s !== 'none') {
-      this.startProgress();
-      void this.drawProgress();
+      this.progress.show(line);
+      this.progress.forget(); // the end's words stay where they are
+    } else if (s !== 'none' && this.opts.interactive) {
+      this.progress.start();
+      void this.progress.draw();
     }
-  }
-
-  private startProgress(): void {
-    if (this.progressTimer || !this.opts.interactive) return;
-    this.progressTimer = setInterval(() => { void this.drawProgress(); }, PROGRESS_INTERVAL_MS);
-    this.progressTimer.unref();
-  }
-
-  private stopProgress(): void {
-    if (this.progressTimer) clearInterval(this.progressTimer);
-    this.progressTimer = undefined;
-  }
-
-  private async drawProgress(): Promise<void> {
-    if (this.progressBusy || this.ended || this.live?.drawing) return;
-    this.progressBusy = true;
-    try {
-      const m = this.opts.machine;
-      const info = m.queryMigrate();
-      if (info.status === 'none' || TERMINAL_STATUSES.has(info.status)) return;
-      let blocktimeMs: number | undefined;
-      if (info.status === 'postcopy-active') {
-        try { blocktimeMs = (await m.blocktime())?.['postcopy-blocktime']; } catch { /* figures not reachable now */ }
-      }
-      if (this.ended || !this.progressTimer || this.live?.drawing) return;
-      this.showStatusLine(formatProgress(m.queryMigrate(), blocktimeMs, this.opts.color));
-    } finally {
-      this.progressBusy = false;
-    }
-  }
-
-  /** Shows `text` on the line above the prompt (or, while a command runs,
-   *  above what is typed meanwhile) without touching the line being typed:
-   *  the first time that line is pushed down by one, later the same line is
-   *  rewritten in place (cursor saved and restored). */
-  private showStatusLine(text: string): void {
-    const rl = this.rl;
-    const out = this.opts.output;
-    if (!rl || !this.opts.interactive) return;
-    const width = Math.max(20, (out.columns ?? 80) - 1);
-    const fitted = fitWidth(text, width);
-    if (!this.progressShown) {
-      // from the first row of the prompt line (it may wrap) down
-      const up = rl.getCursorPos().rows;
-      out.write(`${up > 0 ? `\x1b[${up}A` : ''}\r\x1b[J`);
-      out.write(`${fitted}\n`);
-      rl.prompt(true);
-      this.progressShown = true;
-      return;
-    }
-    out.write(`\x1b7\x1b[${this.rowsToStatusLine(rl)}A\r\x1b[2K${fitted}\x1b8`);
-  }
-
-  /** Removes the live line and shows the typed line where it was. */
-  private clearStatusLine(): void {
-    const rl = this.rl;
-    if (!rl || !this.opts.interactive || !this.progressShown) return;
-    this.opts.output.write(`\x1b[${this.rowsToStatusLine(rl)}A\r\x1b[J`);
-    this.progressShown = false;
-    rl.prompt(true);
-  }
-
-  /** rows from the cursor up to the live line (it sits just above the typed line) */
-  private rowsToStatusLine(rl: Interface): number {
-    return rl.getCursorPos().rows + 1;
   }
 }

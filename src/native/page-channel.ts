@@ -9,7 +9,7 @@
 // memory; nothing is allocated or decoded per event.
 import type net from 'node:net';
 import * as libc from './libc.js';
-import { performance } from 'node:perf_hooks';
+import { monotonicBaseNs } from '../blocktime/clock.js';
 import { NativeBlock } from './memory.js';
 import { loadShim } from './shim.js';
 import { handOverSocket, dupSocket } from './socket-handover.js';
@@ -60,17 +60,6 @@ export type ChannelEventSink = (kind: number, page: number, arg: number, tNs: nu
  *  A full ring makes the thread wait, never drop an event. */
 const RING_ENTRIES = 1 << 14;
 
-/**
- * CLOCK_MONOTONIC ns minus this = the blocktime clock (monotonicNs, which is
- * performance.now(): ns since this process's time origin).
- */
-function clockBaseNs(): number {
-  return Math.round(Number(process.hrtime.bigint()) - performance.now() * 1e6); // whole ns: event times stay integers, as traces write them
-}
-/** one for the process: the two clocks are read apart, so each reading differs by up to a
- *  microsecond, and the threads whose events are merged in time order must agree */
-let processClockBase: number | undefined;
-const sharedClockBase = (): number => (processClockBase ??= clockBaseNs());
 
 /** the RAM block table a thread takes (src/native/ram-block-table.ts), copied at its start; none = one block */
 export interface ChannelBlocks {
@@ -89,9 +78,7 @@ export class PageChannel {
   readonly #events = new Float64Array(this.#ring.buffer);
   #handle = 0n;
   /** CLOCK_MONOTONIC ns minus this = the blocktime clock (monotonicNs), as the thread computes its times */
-  readonly clockBase = sharedClockBase();
-  /** the clock base every channel of this process stamps with (as `clockBase`), before one is started */
-  static processClockBase(): number { return sharedClockBase(); }
+  readonly clockBase = monotonicBaseNs();
   #stopped = false;
   #ticker: NodeJS.Timeout | null = null;
 

@@ -12,8 +12,8 @@ import { VCPU_BLOCK_SIZE, VCPU_OFF_POSITION } from './vcpu-layout.js';
 /** struct pc_channel_status: sizeof * 1000 + offsetof(stats) (page-channel.ts mirrors it) */
 const CHANNEL_LAYOUT = 416 * 1000 + 16;
 
-/** 9: each page-path thread takes the RAM block table (channel.h struct pc_ramblock) */
-export const SHIM_VERSION = 9;
+/** 9: the vCPUs' kernel samples (vcpu_sample.c); 10: each page-path thread takes the RAM block table (channel.h struct pc_ramblock) */
+export const SHIM_VERSION = 10;
 const LIB_NAME = 'libpostcopy_shim.so';
 
 /** the library path: $POSTCOPY_SHIM, else native-shim/build/ of the nearest enclosing package */

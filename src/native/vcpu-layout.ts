@@ -2,7 +2,7 @@
 // control block a vCPU thread shares with TypeScript, and its enum values.
 // shim.ts checks the size and one offset against the library at load time.
 
-export const VCPU_BLOCK_SIZE = 320;
+export const VCPU_BLOCK_SIZE = 384;
 export const VCPU_OFF_CMD = 0;        // i32
 export const VCPU_OFF_STATE = 4;      // i32
 export const VCPU_OFF_TID = 8;        // i32
@@ -32,8 +32,12 @@ export const VCPU_OFF_LIMIT_NS = 176;      // u64: time slept for the dirty limi
 export const VCPU_OFF_WAITING = 184;       // u64: the waiting map's page-aligned address | bit (index & 63), 0 = none
 export const VCPU_OFF_TOUCH = 192;       // VCPU_TOUCHES x {u64 page + 1 (0 = none), double t (blocktime clock)}
 export const VCPU_TOUCHES = 8;
+export const VCPU_OFF_SAMPLE_SEQ = 320;  // u64: samples the thread took of its own kernel times (HOOK_SAMPLE)
+export const VCPU_OFF_SAMPLE_T = 328;    // double: the last one's moment, CLOCK_MONOTONIC ns
+export const VCPU_OFF_SAMPLE_RUN = 336;  // u64: its time on a CPU, ns
+export const VCPU_OFF_SAMPLE_WAIT = 344; // u64: its run-queue wait (schedstat), ns
 
-export const HOOK_STAMP = 1, HOOK_THROTTLE = 2, HOOK_DIRTY = 4;
+export const HOOK_STAMP = 1, HOOK_THROTTLE = 2, HOOK_DIRTY = 4, HOOK_SAMPLE = 8;
 /** pages a vCPU dirties between two dirty-limit sleeps (native-shim's PC_DIRTY_RING) */
 export const DIRTY_RING = 64;
 

@@ -134,6 +134,19 @@ export class NativeVcpus {
     }
   }
 
+  /** asks vCPU i's thread to read its own kernel times before its next access (native-shim/vcpu_sample.c) */
+  requestSample(i: number): void { Atomics.or(this.#i32, this.#w(i, L.VCPU_OFF_HOOKS), L.HOOK_SAMPLE); }
+
+  /** how many samples vCPU i's thread took of itself; then its last one (read after the count) */
+  samples(i: number): number { return Atomics.load(this.#i32, this.#w(i, L.VCPU_OFF_SAMPLE_SEQ)) >>> 0; }
+  lastSample(i: number): { monotonicNs: number; runNs: number; waitNs: number } {
+    return {
+      monotonicNs: this.#f64[(i * L.VCPU_BLOCK_SIZE + L.VCPU_OFF_SAMPLE_T) >> 3],
+      runNs: this.get64(i, L.VCPU_OFF_SAMPLE_RUN),
+      waitNs: this.get64(i, L.VCPU_OFF_SAMPLE_WAIT),
+    };
+  }
+
   /** a u32 field of vCPU i's block, written so its thread sees it at once */
   set32(i: number, off: number, v: number): void { Atomics.store(this.#i32, this.#w(i, off), v | 0); }
 

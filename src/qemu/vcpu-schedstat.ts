@@ -63,7 +63,7 @@ export class QemuVcpuSampler {
     const origin = performance.timeOrigin * 1e6;
     return this.tids.map((tid, vcpu) => {
       const s = sampleThread(tid, `/proc/${this.pid}/task`);
-      const sample = s.settled ? s.sample : `vCPU ${vcpu} kept waiting for a CPU while it was sampled`;
+      const sample = s.unsettled === undefined ? s.sample : `vCPU ${vcpu} ${s.unsettled}`;
       return { vcpu, realtimeNs: origin + s.t, sample };
     });
   }

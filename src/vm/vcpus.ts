@@ -15,6 +15,8 @@ import type { AccessStamps } from '../native/vcpu.js';
 import type { GuestRam } from './guest-ram.js';
 import { PAGE_SIZE, checkVcpuCount } from './size.js';
 import type { VcpuState } from './vcpu-state.js';
+import { sampleThread, type ThreadSample } from './schedstat.js';
+import { monotonicBaseNs, monotonicNs } from '../blocktime/clock.js';
 import { NativeVcpuThrottle } from './vcpu-throttle.js';
 import { DEFAULT_FRACTION, DEFAULT_SEED, DEFAULT_SHARE, type WorkloadSpec } from './workload.js';
 
@@ -74,10 +76,13 @@ export class VcpuSet {
   readonly throttle: NativeVcpuThrottle;
   /** guest RAM's 4 KiB pages (the waiting map's size) */
   readonly #pages: number;
+  /** per vCPU: its count of own samples when one was asked for (kernelSample), -1 = none asked */
+  readonly #sampleAsked: Int32Array;
 
   private constructor(native: NativeVcpus, specs: WorkloadSpec[], ranges: Array<[number, number]>, running: boolean, pages: number) {
     this.#native = native;
     this.count = native.count;
+    this.#sampleAsked = new Int32Array(native.count).fill(-1);
     this.specs = specs;
     this.#ranges = ranges;
     this.#running = running;
@@ -162,6 +167,35 @@ export class VcpuSet {
       disable: () => { if (!this.#stopped) n.setStamping(false); },
       horizon: (asleep) => n.accessHorizon(asleep),
     };
+  }
+
+  /**
+   * The kernel's times of vCPU i's thread now (src/vm/schedstat.ts), or why
+   * they say nothing of its blocktime. A thread found waiting for a CPU (or
+   * read too slowly) is asked to read them itself before its next access
+   * (native-shim/vcpu_sample.c): running, it has no wait in progress. A later
+   * call returns that sample, dated when it was taken (a little earlier).
+   */
+  kernelSample(i: number): ThreadSample {
+    const why = (sample: string): ThreadSample => ({ t: monotonicNs(), sample });
+    if (!this.#running) return why('the vCPUs are paused');
+    if (this.specs[i]?.name === 'idle') return why(`vCPU ${i} runs the idle workload (it sleeps: the kernel's figure says nothing of faults)`);
+    const status = this.status(i); // 'paused' for a moment after resume(): woken, not yet running
+    if (status === 'done' || status === 'stopped') return why(`vCPU ${i} is ${status}, not running its workload`);
+    const n = this.#native;
+    const asked = this.#sampleAsked[i];
+    if (asked >= 0 && n.samples(i) !== asked) {
+      this.#sampleAsked[i] = -1;
+      const own = n.lastSample(i);
+      return { t: own.monotonicNs - monotonicBaseNs(), sample: { runNs: own.runNs, waitNs: own.waitNs } };
+    }
+    const s = sampleThread(this.#tids[i]);
+    if (s.unsettled === undefined) this.#sampleAsked[i] = -1;
+    else if (asked < 0) {
+      this.#sampleAsked[i] = n.samples(i);
+      n.requestSample(i);
+    }
+    return s;
   }
 
   /** [startPage, endPage) of vCPU i's workload */

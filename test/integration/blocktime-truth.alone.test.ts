@@ -60,16 +60,11 @@ maybe.each(cases)('%s, %i vCPUs, read-ahead %i: replay = live, times in order, o
   // slept), within 10 % for vCPUs it saw blocked 20 ms or more (the bench
   // carries the 5 % target, met in every row: within 3.0 % in all 24 of its
   // runs; 25.6 % before the faults nobody read were counted: docs/blocktime.md)
-  let compared = 0;
   for (const v of x.vcpus) {
-    // the one reason a loaded host may give: a thread that kept waiting for a CPU as it was sampled
-    if (v.kernelUnavailable !== undefined) {
-      expect(v.kernelUnavailable).toMatch(/kept waiting for a CPU while it was sampled/);
-      continue;
-    }
+    // every vCPU has the kernel's figure: one found waiting for a CPU reads its own (native-shim/vcpu_sample.c)
+    expect([v.index, v.kernelUnavailable]).toEqual([v.index, undefined]);
     const k = v.kernelBlockedNs as number;
     expect(k).toBeGreaterThan(0);
-    compared++;
     const e = kernelError(v) as number;
     const ms = (ns: number | undefined): string => ((ns ?? NaN) / 1e6).toFixed(1);
     if (k >= 20e6) {
@@ -77,5 +72,4 @@ maybe.each(cases)('%s, %i vCPUs, read-ahead %i: replay = live, times in order, o
         .toBe('within 10 %');
     }
   }
-  expect(compared).toBeGreaterThan(0);
 }, 120_000);

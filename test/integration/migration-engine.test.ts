@@ -52,7 +52,7 @@ class PausedVcpus implements VcpuControl {
   resume(): void { this.resumed++; }
   saveStates(out: Buffer, pos: number): void { this.state.copy(out, pos); }
   loadStates(buf: Buffer, pos: number): void { buf.copy(this.state, 0, pos, pos + this.state.length); }
-  kernelSample(i: number): { t: number; sample: string; settled: boolean } { return { t: 0, sample: `vCPU ${i} of this test never runs`, settled: true }; }
+  kernelSample(i: number): { t: number; sample: string } { return { t: 0, sample: `vCPU ${i} of this test never runs` }; }
   yieldCpu(): void { /* nothing runs */ }
   accessStamps(): null { return null; }
 }

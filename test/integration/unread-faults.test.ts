@@ -17,6 +17,7 @@ import {
 } from '../../src/native/page-channel.js';
 import { writeRecordHeader, RECORD_HEADER_BYTES, REC_PAGES } from '../../src/migration/wire.js';
 import { FaultCause } from '../../src/blocktime/trace.js';
+import { monotonicBaseNs } from '../../src/blocktime/clock.js';
 import { socketPair } from '../helpers/socket-pair.js';
 import { requireUffd } from '../helpers/uffd-available.js';
 
@@ -49,7 +50,7 @@ maybe('faults nobody read', () => {
     const rc = PageChannel.startStreamReceiver({ sock: mine, ramBase: ram.base, pageSize: PS, pages: ram.pages, flags: flags.address, control });
     const stamps = stamping ? vcpus.accessStamps() : null;
     try {
-      stamps?.enable(PageChannel.processClockBase());
+      stamps?.enable(monotonicBaseNs());
       rc.resume(ReceiverMode.Pages | ReceiverMode.Postcopy, uffd.fd, 0, stamps);
       vcpus.resume();
       await sleep(30);

@@ -1,5 +1,5 @@
 // The -qmp argument: what is accepted, and a clear error for the rest.
-import { parseQmpSpec, formatQmpSpec } from '../../src/monitor/qmp.js';
+import { parseQmpSpec, formatQmpSpec } from '../../src/monitor/qmp-spec.js';
 import { parseQmpClientAddress } from '../../src/qmp/client.js';
 import { CommandError } from '../../src/errors.js';
 

@@ -1,6 +1,7 @@
 // The command table parses lines the way QEMU's monitor does: args_type
 // kinds, QEMU's error texts, help lines, completion and QMP argument checks.
-import { Registry, parseArgsType, parseSizeMiB, HmpParseError, type CommandContext, type HmpCommand } from '../../src/monitor/registry.js';
+import { Registry, HmpParseError, type CommandContext, type HmpCommand } from '../../src/monitor/registry.js';
+import { parseArgsType, parseSizeMiB } from '../../src/monitor/hmp-args.js';
 import { CommandError } from '../../src/errors.js';
 import type { Machine } from '../../src/migration/api.js';
 

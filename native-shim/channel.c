@@ -220,6 +220,7 @@ void pc_channel_free(struct pc_channel *c)
     free(c->out);
     free(c->requested);
     free(c->vcpu_tids);
+    free(c->blocks);
     if (c->side_free)
         c->side_free(c->side);
     else
@@ -303,6 +304,8 @@ void pc_put_record(uint8_t *p, int type, int flags, uint32_t count, uint64_t off
 int pc_place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *src, int stat_existed, int events)
 {
     const uint64_t ps = c->page_size;
+    /* a run lies in one block; a huge-page block beside smaller pages takes whole host pages */
+    const uint64_t unit = pc_host_units(c, off / ps);
     /* with the waiting map, the waiters are woken after their faults are
      * taken (pc_waiters_wake), not by the ioctl */
     const uint64_t quiet = c->waiting ? UFFDIO_COPY_MODE_DONTWAKE : 0;
@@ -316,7 +319,7 @@ int pc_place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *
             /* on hugetlbfs (no UFFDIO_ZEROPAGE) zero pages are copied from c->zero_src, page by page */
             const uint8_t *from = src ? src + done * ps : c->zero_src;
             if (!src)
-                len = ps;
+                len = unit * ps;
             struct uffdio_copy cp = { .dst = dst, .src = (uint64_t)(uintptr_t)from, .len = len, .mode = quiet };
             rc = ioctl(c->uffd, UFFDIO_COPY, &cp);
             e = errno;
@@ -349,11 +352,11 @@ int pc_place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8_t *
         }
         if (e == EEXIST) { /* placed by the other placer: it wakes the waiters (woke them, unless quiet) */
             if (!quiet) {
-                struct uffdio_range r = { .start = c->base + off + done * ps, .len = ps };
+                struct uffdio_range r = { .start = c->base + off + done * ps, .len = unit * ps };
                 ioctl(c->uffd, UFFDIO_WAKE, &r);
             }
             c->st->stats[stat_existed]++;
-            done++;
+            done += unit;
             continue;
         }
         pc_channel_fail(c, PC_CH_FAILED, e, "%s of %llu pages at offset %llu: %s", src ? "UFFDIO_COPY" : "UFFDIO_ZEROPAGE",

@@ -95,6 +95,25 @@ enum { PC_RCV_NORMAL = 0, PC_RCV_ZERO, PC_RCV_RECEIVED, PC_RCV_PLACE_CALLS, PC_R
 #define PC_RCV_MODE_PAGES 1
 #define PC_RCV_MODE_POSTCOPY 2
 
+/* One RAM block (QEMU's RAMBlock) as the page path sees it. Page records
+ * name their block in bytes 2-3 of the record header (its index in the
+ * stream header's list) and an offset inside it, as QEMU's idstr + offset;
+ * every thread holds guest RAM's pages numbered from 0 across the blocks,
+ * which lie back to back in guest RAM's one mapping, in this order.
+ * TypeScript writes the table (src/native/ram-block-table.ts); each thread
+ * copies it at start. No table (0 blocks): one block of all of guest RAM.
+ * A page is the channel's page_size, the smallest page of all blocks (QEMU's
+ * target page); a block of huge pages beside 4 KiB ones moves in whole host
+ * pages (page_size / c->page_size pages: its "host units"), as QEMU's
+ * postcopy does: requested, sent, placed and discarded whole. */
+struct pc_ramblock {
+    uint64_t offset;    /* its first byte in guest RAM (QEMU's block->offset) */
+    uint64_t first;     /* its first page among guest RAM's pages */
+    uint64_t pages;     /* used_length / the channel's page size */
+    uint64_t page_size; /* its host page size */
+};
+#define PC_MAX_BLOCKS 64
+
 #define PC_STATS 16
 #define PC_ERROR_BYTES 256
 
@@ -122,6 +141,8 @@ struct pc_channel {
     int wake_fd;          /* eventfd: pc_channel_stop() wakes the thread */
     int stop;
     uint64_t base, page_size, pages;
+    struct pc_ramblock *blocks; /* the RAM blocks, sorted by first page (pc_channel_blocks) */
+    uint32_t nblocks;
     uint64_t max_run;     /* pages in one PAGES record at most (pc_max_run_pages) */
     struct pc_channel_status *st;
     double *ring;
@@ -216,6 +237,44 @@ static inline double pc_placed_at(const struct pc_channel *c)
 {
     return c->waiting ? c->woken_at : pc_channel_now(c);
 }
+
+/* takes the RAM block table (n entries at `table`, copied; 0: one block of
+ * all of guest RAM); -1 when it is malformed or out of memory */
+int pc_channel_blocks(struct pc_channel *c, uint64_t table, uint32_t n);
+/* the index of the block holding `page` (a binary search: few blocks) */
+uint32_t pc_block_index(const struct pc_channel *c, uint64_t page);
+/* the first page after the block holding `page` (a run never crosses it) */
+static inline uint64_t pc_block_end(const struct pc_channel *c, uint64_t page)
+{
+    const struct pc_ramblock *b = &c->blocks[pc_block_index(c, page)];
+    return b->first + b->pages;
+}
+/* pages per host page of block b: 1, or a huge page's beside smaller pages */
+static inline uint64_t pc_block_units(const struct pc_channel *c, const struct pc_ramblock *b)
+{
+    return b->page_size / c->page_size;
+}
+/* pages per host page of the block holding `page` (1 with one block) */
+static inline uint64_t pc_host_units(const struct pc_channel *c, uint64_t page)
+{
+    return c->nblocks == 1 ? 1 : pc_block_units(c, &c->blocks[pc_block_index(c, page)]);
+}
+/* pages one PAGES record of block b holds at most: one host page of a huge-page block, else c->max_run */
+static inline uint64_t pc_block_max_run(const struct pc_channel *c, const struct pc_ramblock *b)
+{
+    uint64_t u = pc_block_units(c, b);
+    return u > 1 ? u : c->max_run;
+}
+/* the largest host page of a block table (n entries at `table`), at least page_size: what buffers hold */
+uint64_t pc_blocks_max_page(uint64_t table, uint32_t n, uint64_t page_size);
+/* writes a page record header (PAGES, ZERO, REQ_PAGES) for guest page
+ * `page`: its block's index and the page's offset in the block */
+void pc_put_page_record(const struct pc_channel *c, uint8_t *p, int type, int flags, uint32_t count, uint64_t page);
+/* the block a page record names (bytes 2-3), or NULL when there is none */
+const struct pc_ramblock *pc_record_block(const struct pc_channel *c, const uint8_t *r);
+/* the guest page where the page record at r starts, when it and the n-1
+ * pages after it lie inside its block, in whole host pages, else -1 */
+int64_t pc_record_page(const struct pc_channel *c, const uint8_t *r, uint64_t n);
 
 /* most pages in one PAGES record of page_size-byte pages (256 of 4 KiB, one huge page) */
 uint64_t pc_max_run_pages(uint64_t page_size);

@@ -53,22 +53,22 @@ static int place(struct pc_channel *c, uint64_t off, uint64_t count, const uint8
 
 static int read_faults(struct pc_channel *c);
 
-/* One zero page at addr, at once: UFFDIO_ZEROPAGE, or UFFDIO_COPY of the zero
- * page on hugetlbfs. 0 = placed. */
-static int zero_one(struct pc_channel *c, uint64_t addr)
+/* One zero page at addr (`units` pages: a host page), at once:
+ * UFFDIO_ZEROPAGE, or UFFDIO_COPY of the zero page on hugetlbfs. 0 = placed. */
+static int zero_one(struct pc_channel *c, uint64_t addr, uint64_t units)
 {
     int rc;
     if (c->zero_src) {
-        struct uffdio_copy cp = { .dst = addr, .src = (uint64_t)(uintptr_t)c->zero_src, .len = c->page_size,
+        struct uffdio_copy cp = { .dst = addr, .src = (uint64_t)(uintptr_t)c->zero_src, .len = units * c->page_size,
                                   .mode = c->waiting ? UFFDIO_COPY_MODE_DONTWAKE : 0 };
         rc = ioctl(c->uffd, UFFDIO_COPY, &cp);
     } else {
-        struct uffdio_zeropage zp = { .range = { .start = addr, .len = c->page_size },
+        struct uffdio_zeropage zp = { .range = { .start = addr, .len = units * c->page_size },
                                       .mode = c->waiting ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0 };
         rc = ioctl(c->uffd, UFFDIO_ZEROPAGE, &zp);
     }
     if (rc == 0 && c->waiting)
-        pc_waiters_wake(c, (addr - c->base) / c->page_size, 1);
+        pc_waiters_wake(c, (addr - c->base) / c->page_size, units);
     return rc;
 }
 
@@ -93,15 +93,22 @@ static size_t record_length(struct pc_channel *c, const uint8_t *r)
         return 0;
     }
     /* every bit but READAHEAD is reserved: nothing of this thread's own is
-     * ever kept in the bytes it read (a mark there could come from the peer) */
-    if ((r[1] & ~PC_REQ_READAHEAD) != 0 || r[2] != 0 || r[3] != 0) {
+     * ever kept in the bytes it read (a mark there could come from the peer);
+     * bytes 2-3 name the RAM block */
+    if ((r[1] & ~PC_REQ_READAHEAD) != 0) {
         pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: %s record with reserved bits set (flags 0x%02x)",
                         r[0] == PC_REC_PAGES ? "PAGES" : "ZERO", r[1]);
         return 0;
     }
-    if (count == 0 || count > c->max_run || off % ps != 0 || off / ps >= c->pages || count > c->pages - off / ps) {
-        pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: %s record of %u pages at offset %llu is outside guest RAM (%llu pages)",
-                        r[0] == PC_REC_PAGES ? "PAGES" : "ZERO", count, (unsigned long long)off, (unsigned long long)c->pages);
+    const struct pc_ramblock *b = pc_record_block(c, r);
+    if (count == 0 || !b || count > pc_block_max_run(c, b) || pc_record_page(c, r, count) < 0) {
+        if (c->nblocks == 1 && b)
+            pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: %s record of %u pages at offset %llu is outside guest RAM (%llu pages)",
+                            r[0] == PC_REC_PAGES ? "PAGES" : "ZERO", count, (unsigned long long)off, (unsigned long long)c->pages);
+        else
+            pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: %s record of %u pages at offset %llu is outside RAM block %u (%llu pages)",
+                            r[0] == PC_REC_PAGES ? "PAGES" : "ZERO", count, (unsigned long long)off, (unsigned)r[2] | (unsigned)r[3] << 8,
+                            (unsigned long long)(b ? b->pages : 0));
         return 0;
     }
     return PC_RECORD_HEADER + (r[0] == PC_REC_PAGES ? (size_t)count * ps : 0);
@@ -112,10 +119,11 @@ static size_t record_length(struct pc_channel *c, const uint8_t *r)
 static int place_record(struct pc_channel *c, const uint8_t *r, uint64_t from, uint64_t to)
 {
     const uint64_t ps = c->page_size;
-    uint64_t off = pc_le64(r + 8);
+    uint64_t off = (uint64_t)pc_record_page(c, r, pc_le32(r + 4)) * ps; /* checked by record_length() */
     const uint8_t *data = r[0] == PC_REC_PAGES ? r + PC_RECORD_HEADER : NULL;
+    const uint64_t piece = READAHEAD_PIECE > pc_host_units(c, off / ps) ? READAHEAD_PIECE : pc_host_units(c, off / ps);
     while (from < to) {
-        uint64_t n = (r[1] & PC_REQ_READAHEAD) && to - from > READAHEAD_PIECE ? READAHEAD_PIECE : to - from;
+        uint64_t n = (r[1] & PC_REQ_READAHEAD) && to - from > piece ? piece : to - from;
         if (place(c, off + from * ps, n, data ? data + from * ps : NULL) < 0)
             return -1;
         from += n;
@@ -156,6 +164,8 @@ static int place_arrived(struct pc_channel *c)
     uint64_t done = end == 0 ? c->head_placed : 0;
     if (c->in_len - end >= PC_RECORD_HEADER && c->in[end] == PC_REC_PAGES) { /* arriving: its whole pages */
         uint64_t whole = (c->in_len - end - PC_RECORD_HEADER) / c->page_size;
+        if (c->nblocks > 1) /* whole host pages of a huge-page block */
+            whole -= whole % pc_host_units(c, (uint64_t)pc_record_page(c, c->in + end, pc_le32(c->in + end + 4)));
         if (whole > done) {
             if (place_record(c, c->in + end, done, whole) < 0)
                 return -1;
@@ -177,20 +187,20 @@ static int place_arrived(struct pc_channel *c)
  * first and its vCPU resumes before the rest is placed). */
 static void request(struct pc_channel *c, uint64_t page)
 {
-    const uint64_t ps = c->page_size;
-    uint64_t end = page + 1;
-    while (end < c->pages && end - page <= c->readahead && c->requested[end] == 0 &&
+    const uint64_t ps = c->page_size, block_end = pc_block_end(c, page), units = pc_host_units(c, page);
+    uint64_t end = page + units; /* a huge-page block beside smaller pages: its whole host page, no read-ahead */
+    while (units == 1 && end < block_end && end - page <= c->readahead && c->requested[end] == 0 &&
            !(__atomic_load_n(&c->flags[end], __ATOMIC_ACQUIRE) & PC_PAGE_RECEIVED))
         end++;
-    c->requested[page] = ASKED;
-    memset(c->requested + page + 1, ASKED | AHEAD, end - page - 1);
+    memset(c->requested + page, ASKED, units);
+    memset(c->requested + page + units, ASKED | AHEAD, end - page - units);
     if (c->sock < 0)
         return; /* paused: asked for when a link is attached again (request_outstanding()) */
-    pc_put_record(c->out + c->out_len, PC_RP_REQ_PAGES, 0, (uint32_t)ps, page * ps);
+    pc_put_page_record(c, c->out + c->out_len, PC_RP_REQ_PAGES, 0, (uint32_t)(units * ps), page);
     c->out_len += PC_RECORD_HEADER;
     c->st->stats[PC_DST_REQUESTS]++;
-    if (end > page + 1) {
-        pc_put_record(c->out + c->out_len, PC_RP_REQ_PAGES, PC_REQ_READAHEAD, (uint32_t)((end - page - 1) * ps), (page + 1) * ps);
+    if (end > page + units) {
+        pc_put_page_record(c, c->out + c->out_len, PC_RP_REQ_PAGES, PC_REQ_READAHEAD, (uint32_t)((end - page - 1) * ps), page + 1);
         c->out_len += PC_RECORD_HEADER;
         c->st->stats[PC_DST_READAHEAD] += (double)(end - page - 1);
     }
@@ -205,6 +215,16 @@ static int64_t fault_page(const struct pc_channel *c, const struct uffd_msg *m)
     if (addr < c->base || (addr - c->base) / c->page_size >= c->pages)
         return -1;
     return (int64_t)((addr - c->base) / c->page_size);
+}
+
+/* The first page of the host page holding `page`: itself, but in a
+ * huge-page block beside smaller pages (it moves whole). */
+static uint64_t host_start(const struct pc_channel *c, uint64_t page)
+{
+    if (c->nblocks == 1)
+        return page;
+    const struct pc_ramblock *b = &c->blocks[pc_block_index(c, page)];
+    return page - (page - b->first) % pc_block_units(c, b);
 }
 
 /* How a fault on `page` is served (enum pc_fault_cause); asks for the page
@@ -253,7 +273,7 @@ static int read_faults(struct pc_channel *c)
         if (page < 0)
             continue;
         c->st->stats[PC_DST_FAULTS]++;
-        cause[i] = (uint8_t)serve(c, (uint64_t)page);
+        cause[i] = (uint8_t)serve(c, host_start(c, (uint64_t)page));
         uint32_t tid = msgs[i].arg.pagefault.feat.ptid;
         double t;
         if (c->blocktime && pc_waiters_claim(c, tid, (uint64_t)page, seen, &t) &&
@@ -266,20 +286,20 @@ static int read_faults(struct pc_channel *c)
         int64_t sp = fault_page(c, &msgs[i]);
         if (sp < 0)
             continue;
-        uint64_t page = (uint64_t)sp, addr = c->base + page * ps;
+        uint64_t page = host_start(c, (uint64_t)sp), addr = c->base + page * ps, units = pc_host_units(c, page);
         if (cause[i] == PC_CAUSE_RECEIVED) {
             /* known to be zero and never written (placed here, now: the
              * fault waited for this), or placed by the main stream since the
              * fault (EEXIST: that placement woke it) */
-            if (zero_one(c, addr) != 0)
-                wake(c, addr, ps);
-            else if (c->blocktime && pc_channel_push(c, PC_EV_PLACED, (double)page, 1, pc_placed_at(c)) < 0)
+            if (zero_one(c, addr, units) != 0)
+                wake(c, addr, units * ps);
+            else if (c->blocktime && pc_channel_push(c, PC_EV_PLACED, (double)page, (double)units, pc_placed_at(c)) < 0)
                 return -1;
             c->st->stats[PC_DST_LOCAL_ZERO]++;
         } else if (c->requested[page] & PLACED_HERE) {
             /* raised while this thread was placing it (a vCPU running ahead
              * into pages the source read ahead): that placement woke it */
-            wake(c, addr, ps);
+            wake(c, addr, units * ps);
         }
     }
     return k;
@@ -324,11 +344,12 @@ static void request_outstanding(struct pc_channel *c)
                 p++;
                 continue;
             }
-            uint64_t q = p + 1;
-            while (q < c->pages && q - p < c->max_run && outstanding(c, q, ahead))
+            const struct pc_ramblock *b = &c->blocks[pc_block_index(c, p)];
+            uint64_t q = p + 1, block_end = b->first + b->pages, most = pc_block_max_run(c, b);
+            while (q < block_end && q - p < most && outstanding(c, q, ahead))
                 q++;
             if (c->out_cap - c->out_len >= PC_RECORD_HEADER) {
-                pc_put_record(c->out + c->out_len, PC_RP_REQ_PAGES, ahead ? PC_REQ_READAHEAD : 0, (uint32_t)((q - p) * ps), p * ps);
+                pc_put_page_record(c, c->out + c->out_len, PC_RP_REQ_PAGES, ahead ? PC_REQ_READAHEAD : 0, (uint32_t)((q - p) * ps), p);
                 c->out_len += PC_RECORD_HEADER;
                 c->st->stats[PC_DST_REREQUESTS] += (double)(q - p);
             } else if (ahead) {
@@ -435,14 +456,17 @@ static void *fault_thread_run(void *arg)
 /* Starts the fault thread: faults from `uffd` (guest RAM registered MISSING,
  * non-blocking), requests and pages on `sock` (the urgent channel,
  * non-blocking), `flags` = TypeScript's page flags (bit RECEIVED),
- * `readahead` = pages after a faulted one asked for with it (see request()).
+ * `readahead` = pages after a faulted one asked for with it (see request()),
+ * `blocks` = the RAM block table (nblocks entries, 0: one block).
  * Returns a handle for pc_channel_stop(), or 0 when it could not start. */
 uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, uint64_t flags,
                                uint32_t readahead, struct pc_channel_status *st, double *ring, uint32_t ring_size, int blocktime,
                                double clock_base, const struct pc_vcpu *vcpus, int nvcpus, uint64_t zero_src,
-                               uint32_t heartbeat_ms)
+                               uint32_t heartbeat_ms, uint64_t blocks, uint32_t nblocks)
 {
-    size_t rec = PC_RECORD_HEADER + pc_max_run_pages(page_size) * page_size;
+    size_t rec = PC_RECORD_HEADER + pc_max_run_pages(page_size) * page_size, host = PC_RECORD_HEADER + pc_blocks_max_page(blocks, nblocks, page_size);
+    if (rec < host)
+        rec = host; /* a huge-page block's host page beside smaller pages: one record */
     struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base,
                                           2 * rec, 4096 * PC_RECORD_HEADER, PC_DST_BYTES_IN, PC_DST_BYTES_OUT);
     if (!c)
@@ -456,7 +480,7 @@ uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t p
     c->requested = calloc(pages, 1);
     struct link *l = calloc(1, sizeof *l);
     c->side = l;
-    if (!c->requested || !l) {
+    if (!c->requested || !l || pc_channel_blocks(c, blocks, nblocks) < 0) {
         pc_channel_free(c);
         return 0;
     }

@@ -46,29 +46,32 @@ static void take_pages(struct pc_channel *c, uint64_t first, uint64_t count)
 static int answer(struct pc_channel *c, const uint8_t *r)
 {
     const uint64_t ps = c->page_size;
-    uint64_t off = pc_le64(r + 8);
     uint64_t count = pc_le32(r + 4) / ps;
+    uint64_t first = (uint64_t)pc_record_page(c, r, count); /* checked by serve() */
     int readahead = r[1] & PC_REQ_READAHEAD;
     /* worst case: every page a record of its own */
     if (c->out_cap - c->out_len < count * (PC_RECORD_HEADER + ps))
         return 0;
     c->st->stats[readahead ? PC_SRC_READAHEAD : PC_SRC_REQUESTS] += (double)count;
-    take_pages(c, off / ps, count);
-    const uint8_t *src = (const uint8_t *)(uintptr_t)(c->base + off);
-    for (uint64_t i = 0; i < count;) { /* runs of zero pages and of data pages */
-        int zero = page_is_zero(src + i * ps, ps);
-        uint64_t j = i + 1;
-        while (j < count && page_is_zero(src + j * ps, ps) == zero)
-            j++;
+    take_pages(c, first, count);
+    const uint8_t *src = (const uint8_t *)(uintptr_t)(c->base + first * ps);
+    /* runs of zero pages and of data pages; a huge-page block beside smaller
+     * pages in whole host pages (its requests are whole host pages) */
+    const uint64_t unit = pc_host_units(c, first);
+    for (uint64_t i = 0; i < count;) {
+        int zero = page_is_zero(src + i * ps, unit * ps);
+        uint64_t j = i + unit;
+        while (j < count && page_is_zero(src + j * ps, unit * ps) == zero)
+            j += unit;
         size_t bytes = PC_RECORD_HEADER + (zero ? 0 : (j - i) * ps);
-        pc_put_record(c->out + c->out_len, zero ? PC_REC_ZERO : PC_REC_PAGES, readahead, (uint32_t)(j - i), off + i * ps);
+        pc_put_page_record(c, c->out + c->out_len, zero ? PC_REC_ZERO : PC_REC_PAGES, readahead, (uint32_t)(j - i), first + i);
         if (!zero)
             memcpy(c->out + c->out_len + PC_RECORD_HEADER, src + i * ps, (j - i) * ps);
         c->out_len += bytes;
         c->st->stats[zero ? PC_SRC_ZERO : PC_SRC_NORMAL] += (double)(j - i);
         i = j;
     }
-    return pc_channel_push(c, PC_EV_SERVED, (double)(off / ps), (double)count, pc_channel_now(c)) < 0 ? -1 : 1;
+    return pc_channel_push(c, PC_EV_SERVED, (double)first, (double)count, pc_channel_now(c)) < 0 ? -1 : 1;
 }
 
 /* Answers the complete requests in c->in while the output has room: those
@@ -103,16 +106,24 @@ static int serve(struct pc_channel *c)
             pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: the destination says: %s", text);
             return -1;
         }
-        if (r[0] != PC_RP_REQ_PAGES || (r[1] & ~PC_REQ_READAHEAD) != 0 || r[2] != 0 || r[3] != 0) {
+        if (r[0] != PC_RP_REQ_PAGES || (r[1] & ~PC_REQ_READAHEAD) != 0) {
             pc_channel_fail(c, PC_CH_FAILED, 0, r[0] != PC_RP_REQ_PAGES
                             ? "urgent channel: unexpected record type 0x%02x from the destination (expected a page request)"
                             : "urgent channel: page request with reserved bits set (type 0x%02x)", r[0]);
             return -1;
         }
-        if (len == 0 || len % ps != 0 || len / ps > c->max_run || off % ps != 0 || off / ps >= c->pages ||
-            len / ps > c->pages - off / ps) {
-            pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: bad page request: offset %llu length %u (RAM is %llu pages of %llu bytes)",
-                            (unsigned long long)off, len, (unsigned long long)c->pages, (unsigned long long)ps);
+        /* bytes 2-3 name the RAM block, the offset is inside it */
+        const struct pc_ramblock *b = pc_record_block(c, r);
+        if (len == 0 || len % ps != 0 || !b || len / ps > pc_block_max_run(c, b) || pc_record_page(c, r, len / ps) < 0) {
+            uint32_t blk = (uint32_t)r[2] | (uint32_t)r[3] << 8;
+            if (!b)
+                pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: bad page request: RAM block %u (this VM has %u)", blk, c->nblocks);
+            else if (c->nblocks == 1)
+                pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: bad page request: offset %llu length %u (RAM is %llu pages of %llu bytes)",
+                                (unsigned long long)off, len, (unsigned long long)c->pages, (unsigned long long)ps);
+            else
+                pc_channel_fail(c, PC_CH_FAILED, 0, "urgent channel: bad page request: offset %llu length %u (RAM block %u is %llu pages of %llu bytes)",
+                                (unsigned long long)off, len, blk, (unsigned long long)b->pages, (unsigned long long)ps);
             return -1;
         }
     }
@@ -168,20 +179,24 @@ static void *page_server_run(void *arg)
 
 /* Starts the page server on `sock` (the urgent channel, non-blocking);
  * `flags` (0: none) = the source's page flags, `hint` (NULL: none) = where
- * the sender reads the page to go on from (see take_pages()).
+ * the sender reads the page to go on from (see take_pages()), `blocks` =
+ * the RAM block table (nblocks entries, 0: one block).
  * Returns a handle for pc_channel_stop(), or 0 when it could not start. */
 uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, uint64_t flags, double *hint,
                               struct pc_channel_status *st, double *ring, uint32_t ring_size,
-                              double clock_base, uint32_t heartbeat_ms)
+                              double clock_base, uint32_t heartbeat_ms, uint64_t blocks, uint32_t nblocks)
 {
-    size_t rec = PC_RECORD_HEADER + pc_max_run_pages(page_size) * page_size;
+    size_t rec = PC_RECORD_HEADER + pc_max_run_pages(page_size) * page_size, host = PC_RECORD_HEADER + pc_blocks_max_page(blocks, nblocks, page_size);
+    if (rec < host)
+        rec = host; /* a huge-page block's host page beside smaller pages: one record */
     /* 64 requests in at most: serve()'s bitmap of answered ones is one word */
     struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base,
                                           64 * PC_RECORD_HEADER, 2 * rec, PC_SRC_BYTES_IN, PC_SRC_BYTES_OUT);
     if (!c)
         return 0;
     struct server *sv = calloc(1, sizeof *sv);
-    if (!sv) {
+    if (!sv || pc_channel_blocks(c, blocks, nblocks) < 0) {
+        free(sv);
         pc_channel_free(c);
         return 0;
     }

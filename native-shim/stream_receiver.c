@@ -55,6 +55,7 @@ struct receiver {
     int mode;             /* PC_RCV_MODE_*, set by TypeScript on resume */
     uint64_t consumed;    /* stream bytes parsed */
     uint64_t run_off, run_left; /* a PAGES record whose payload is arriving */
+    uint64_t run_units;    /* its pages are placed this many at a time (a huge-page block's host page) */
     uint64_t acked;
     int terminal;         /* END or ERROR handed back: nothing follows, nothing more is read */
     uint8_t ack[PC_RECORD_HEADER];
@@ -83,11 +84,12 @@ static void take(struct receiver *r, const uint8_t *rec, size_t n)
 static int placeable(const struct pc_channel *c, const uint8_t *h, int mode)
 {
     uint32_t count = pc_le32(h + 4);
-    uint64_t off = pc_le64(h + 8), ps = c->page_size;
-    /* a ZERO run has no payload, hence no bound but guest RAM's; a PAGES run
-     * at most c->max_run pages (one record of huge pages is one page: wire.ts maxRunPages) */
-    return (mode & PC_RCV_MODE_PAGES) && h[1] == 0 && h[2] == 0 && h[3] == 0 && count >= 1 &&
-           (h[0] == PC_REC_ZERO || count <= c->max_run) && off % ps == 0 && off / ps < c->pages && count <= c->pages - off / ps;
+    /* a ZERO run has no payload, hence no bound but its RAM block's; a PAGES
+     * run at most its block's run (one record of huge pages is one page:
+     * wire.ts maxRunPages); bytes 2-3 name the block */
+    const struct pc_ramblock *b = pc_record_block(c, h);
+    return (mode & PC_RCV_MODE_PAGES) && h[1] == 0 && count >= 1 && b &&
+           (h[0] == PC_REC_ZERO || count <= pc_block_max_run(c, b)) && pc_record_page(c, h, count) >= 0;
 }
 
 /* payload bytes of a control record, or -1 when it is none wire.ts accepts
@@ -187,6 +189,7 @@ static int parse(struct pc_channel *c, struct receiver *r)
             uint64_t whole = (len - pos) / ps;
             if (whole > r->run_left)
                 whole = r->run_left;
+            whole -= whole % r->run_units; /* a huge-page block's host page goes in whole */
             if (whole == 0)
                 break;
             if (place_pages(c, r, r->run_off, whole, c->in + pos, mode) < 0) {
@@ -213,12 +216,13 @@ static int parse(struct pc_channel *c, struct receiver *r)
                 break;
             }
             uint32_t count = pc_le32(h + 4);
-            uint64_t off = pc_le64(h + 8);
+            uint64_t off = (uint64_t)pc_record_page(c, h, count) * ps; /* in guest RAM (placeable() checked it) */
             pos += PC_RECORD_HEADER;
             r->consumed += PC_RECORD_HEADER;
             if (h[0] == PC_REC_PAGES) {
                 r->run_off = off;
                 r->run_left = count;
+                r->run_units = pc_host_units(c, off / ps);
             } else if (place_zero(c, r, off, count, mode) < 0) {
                 rc = -1;
                 break;
@@ -320,15 +324,18 @@ static void *receiver_run(void *arg)
 /* Starts the reader on `sock` (the main connection, non-blocking; the
  * thread reads it, TypeScript still writes the return path on its own fd):
  * `flags` = the page flags, `ctl` = the control buffer (at least
- * 16 + 256 KiB). Guest RAM's userfaultfd comes with the first resume (it is
+ * 16 + 256 KiB), `blocks` = the RAM block table (nblocks entries, 0: one
+ * block). Guest RAM's userfaultfd comes with the first resume (it is
  * opened once the header is checked). Returns a handle for
  * pc_channel_stop() and pc_stream_receiver_resume(), or 0. */
 uint64_t pc_stream_receiver_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, uint64_t flags, uint8_t *ctl,
-                                  uint32_t ctl_cap, struct pc_channel_status *st, double *ring, uint32_t ring_size, double clock_base)
+                                  uint32_t ctl_cap, struct pc_channel_status *st, double *ring, uint32_t ring_size, double clock_base,
+                                  uint64_t blocks, uint32_t nblocks)
 {
     size_t in_cap = 512u << 10; /* stays in cache between recv and UFFDIO_COPY */
-    if (in_cap < 4 * page_size + PC_RECORD_HEADER + MAX_VAR_PAYLOAD)
-        in_cap = 4 * page_size + PC_RECORD_HEADER + MAX_VAR_PAYLOAD;
+    const uint64_t host = pc_blocks_max_page(blocks, nblocks, page_size); /* a huge-page block's host page beside smaller pages */
+    if (in_cap < 4 * host + PC_RECORD_HEADER + MAX_VAR_PAYLOAD)
+        in_cap = 4 * host + PC_RECORD_HEADER + MAX_VAR_PAYLOAD;
     if (ctl_cap < PC_RECORD_HEADER + MAX_VAR_PAYLOAD) {
         close(sock);
         return 0;
@@ -338,12 +345,14 @@ uint64_t pc_stream_receiver_start(int sock, uint64_t ram_base, uint64_t page_siz
     if (!c)
         return 0;
     struct receiver *r = calloc(1, sizeof *r);
-    if (!r) {
+    if (!r || pc_channel_blocks(c, blocks, nblocks) < 0) {
+        free(r);
         pc_channel_free(c);
         return 0;
     }
     r->ctl = ctl;
     r->ctl_cap = ctl_cap;
+    r->run_units = 1;
     r->flags = (uint8_t *)(uintptr_t)flags;
     c->side = r;
     c->what = "migration stream";

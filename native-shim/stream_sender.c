@@ -162,15 +162,44 @@ static int page_zero(const struct pc_channel *c, uint64_t p)
     return pc_page_is_zero((const uint8_t *)(uintptr_t)(c->base + p * c->page_size), c->page_size);
 }
 
+/* Takes the host page of `units` pages from p (a huge-page block beside
+ * smaller pages: it moves whole) as one record of its own, PAGES or ZERO,
+ * when any of its pages needs sending. Returns the payload bytes it added. */
+static uint64_t take_host_page(struct pc_channel *c, struct sender *s, uint64_t p, uint64_t units)
+{
+    int need = 0;
+    for (uint64_t q = p; q < p + units; q++)
+        need |= __atomic_load_n(&s->flags[q], __ATOMIC_RELAXED) & PC_SRC_NEED;
+    if (!need)
+        return 0;
+    need = 0;
+    for (uint64_t q = p; q < p + units; q++) /* NEED -> HAS; a page not needed has HAS already */
+        need |= __atomic_exchange_n(&s->flags[q], PC_SRC_HAS, __ATOMIC_ACQ_REL) & PC_SRC_NEED;
+    if (!need)
+        return 0; /* the page server sent it meanwhile */
+    const uint64_t bytes = units * c->page_size;
+    const uint8_t *at = (const uint8_t *)(uintptr_t)(c->base + p * c->page_size);
+    int zero = pc_page_is_zero(at, bytes);
+    c->st->stats[PC_SND_SENT] += (double)units;
+    c->st->stats[zero ? PC_SND_ZERO : PC_SND_NORMAL] += (double)units;
+    pc_put_page_record(c, s->hdr[s->nhdr], zero ? PC_REC_ZERO : PC_REC_PAGES, 0, (uint32_t)units, p);
+    s->iov[s->niov++] = (struct iovec){ .iov_base = s->hdr[s->nhdr++], .iov_len = PC_RECORD_HEADER };
+    if (zero)
+        return 0;
+    s->iov[s->niov++] = (struct iovec){ .iov_base = (void *)(uintptr_t)at, .iov_len = bytes };
+    return bytes;
+}
+
 /* Gathers the next batch from the cursor on: pages that need sending, as
- * PAGES and ZERO runs (iovecs into guest RAM). `wrap`: go round (postcopy).
- * Returns the pages it looked at. */
+ * PAGES and ZERO runs (iovecs into guest RAM), none crossing the end of a
+ * RAM block. `wrap`: go round (postcopy). Returns the pages it looked at. */
 static uint64_t fill_batch(struct pc_channel *c, struct sender *s, int wrap)
 {
     const uint64_t ps = c->page_size;
     uint64_t scanned = 0, payload = 0;
     int kind = 0; /* open run: 0 none, 1 pages, 2 zero */
-    uint64_t run_start = 0, run_len = 0;
+    uint64_t run_start = 0, run_len = 0, run_end = 0; /* run_end: the end of the run's block */
+    uint64_t blk_first = 0, blk_end = 0, blk_units = 1; /* the block of the last page looked at (several blocks) */
     s->niov = s->nhdr = 0;
     while (payload < BATCH_PAYLOAD && s->nhdr < BATCH_IOV / 2 - 1) {
         if (s->cursor >= c->pages) {
@@ -182,18 +211,38 @@ static uint64_t fill_batch(struct pc_channel *c, struct sender *s, int wrap)
             break;
         uint64_t p = s->cursor++;
         scanned++;
+        if (c->nblocks > 1) {
+            if (p < blk_first || p >= blk_end) {
+                const struct pc_ramblock *b = &c->blocks[pc_block_index(c, p)];
+                blk_first = b->first;
+                blk_end = b->first + b->pages;
+                blk_units = pc_block_units(c, b);
+            }
+            if (blk_units > 1) { /* a huge-page block beside smaller pages: whole host pages, a record each */
+                p -= (p - blk_first) % blk_units;
+                s->cursor = p + blk_units;
+                scanned += blk_units - 1;
+                if (kind != 0) { /* the open run is another block's: it ends here */
+                    pc_put_page_record(c, s->hdr[s->nhdr - 1], kind == 1 ? PC_REC_PAGES : PC_REC_ZERO, 0, (uint32_t)run_len, run_start);
+                    kind = 0;
+                }
+                payload += take_host_page(c, s, p, blk_units);
+                continue;
+            }
+        }
         if (!(__atomic_load_n(&s->flags[p], __ATOMIC_RELAXED) & PC_SRC_NEED))
             continue;
         if (!(__atomic_exchange_n(&s->flags[p], PC_SRC_HAS, __ATOMIC_ACQ_REL) & PC_SRC_NEED))
             continue; /* the page server sent it meanwhile */
         c->st->stats[PC_SND_SENT]++;
         int k = page_zero(c, p) ? 2 : 1;
-        if (kind != k || p != run_start + run_len || (k == 1 && run_len >= c->max_run)) {
+        if (kind != k || p != run_start + run_len || p >= run_end || (k == 1 && run_len >= c->max_run)) {
             if (kind != 0)
-                pc_put_record(s->hdr[s->nhdr - 1], kind == 1 ? PC_REC_PAGES : PC_REC_ZERO, 0, (uint32_t)run_len, run_start * ps);
+                pc_put_page_record(c, s->hdr[s->nhdr - 1], kind == 1 ? PC_REC_PAGES : PC_REC_ZERO, 0, (uint32_t)run_len, run_start);
             kind = k;
             run_start = p;
             run_len = 0;
+            run_end = pc_block_end(c, p);
             s->iov[s->niov++] = (struct iovec){ .iov_base = s->hdr[s->nhdr++], .iov_len = PC_RECORD_HEADER };
             if (k == 1)
                 s->iov[s->niov++] = (struct iovec){ .iov_base = (void *)(uintptr_t)(c->base + p * ps), .iov_len = 0 };
@@ -208,7 +257,7 @@ static uint64_t fill_batch(struct pc_channel *c, struct sender *s, int wrap)
         }
     }
     if (kind != 0)
-        pc_put_record(s->hdr[s->nhdr - 1], kind == 1 ? PC_REC_PAGES : PC_REC_ZERO, 0, (uint32_t)run_len, run_start * ps);
+        pc_put_page_record(c, s->hdr[s->nhdr - 1], kind == 1 ? PC_REC_PAGES : PC_REC_ZERO, 0, (uint32_t)run_len, run_start);
     return scanned;
 }
 
@@ -340,14 +389,20 @@ static int enqueue(struct pc_channel *c, int kind, const uint8_t *data, uint32_t
 /* Starts the writer on `sock` (the main connection, non-blocking; Node
  * still reads the return path on its own fd). `flags` = the page flags
  * (PC_SRC_NEED / PC_SRC_HAS), shared with TypeScript's dirty syncs (made
- * between passes) and the page server. Returns a handle, or 0. */
+ * between passes) and the page server; `blocks` = the RAM block table
+ * (nblocks entries, 0: one block). Returns a handle, or 0. */
 uint64_t pc_stream_sender_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, uint64_t flags,
-                                struct pc_channel_status *st, double *ring, uint32_t ring_size, double clock_base)
+                                struct pc_channel_status *st, double *ring, uint32_t ring_size, double clock_base,
+                                uint64_t blocks, uint32_t nblocks)
 {
     struct pc_channel *c = pc_channel_new(sock, ram_base, page_size, pages, st, ring, ring_size, clock_base, 16, 16,
                                           PC_SND_BYTES_IN, PC_SND_BYTES_OUT);
     if (!c)
         return 0;
+    if (pc_channel_blocks(c, blocks, nblocks) < 0) {
+        pc_channel_free(c);
+        return 0;
+    }
     struct sender *s = calloc(1, sizeof *s);
     if (!s) {
         pc_channel_free(c);

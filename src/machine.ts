@@ -26,7 +26,7 @@ import { sampleThread, yieldCpu } from './vm/schedstat.js';
 import { monotonicNs } from './blocktime/clock.js';
 import type { DirtyTrackingMode } from './migration/dirty-tracker.js';
 import { ConvergenceTools } from './migration/convergence-tools.js';
-import { DEFAULT_RAM_ID, memoryBackendArgs, type MemoryBackend } from './vm/memory-backend.js';
+import { memoryBackendsArgs, type MemoryBackend } from './vm/memory-backend.js';
 
 const MAX_STRING_LENGTH = constants.MAX_STRING_LENGTH;
 
@@ -37,6 +37,8 @@ export interface MachineOptions {
   ramBytes: number;
   /** what backs guest RAM (-mem-path, memory-backend-file): null or absent = anonymous 4 KiB pages */
   memoryBackend?: MemoryBackend | null;
+  /** several RAM blocks (-numa node,memdev=ID repeated): their backends, in order (overrides memoryBackend) */
+  memoryBackends?: MemoryBackend[];
   vcpus: number;
   workload: WorkloadSpec;
   /** 'tcp:H:P' | 'unix:PATH' | 'defer': this VM is a destination */
@@ -50,7 +52,7 @@ export interface MachineOptions {
 /** guest RAM as the migration engine sees it (src/migration/guest.ts) */
 export function guestMemoryOf(ram: GuestRam): GuestMemory {
   return {
-    base: ram.base, bytes: ram.bytes, pageSize: ram.pageSize,
+    base: ram.base, bytes: ram.bytes, pageSize: ram.pageSize, blocks: ram.blocks, blockTable: ram.blockTable,
     contents: ram.windows,
     discard: (offset, len) => ram.discard(offset / ram.pageSize, len / ram.pageSize),
   };
@@ -59,7 +61,7 @@ export function guestMemoryOf(ram: GuestRam): GuestMemory {
 export async function createMachine(opts: MachineOptions): Promise<Machine> {
   const incoming = opts.incoming;
   if (incoming !== undefined && incoming !== 'defer') parseMigrationUri(incoming); // bad URI: refuse before mapping RAM
-  const ram = GuestRam.create(opts.ramBytes, opts.memoryBackend ?? null);
+  const ram = (opts.memoryBackends?.length ?? 0) > 1 ? GuestRam.createBlocks(opts.memoryBackends!) : GuestRam.create(opts.ramBytes, opts.memoryBackend ?? null);
   let vcpus: VcpuSet;
   try {
     vcpus = await VcpuSet.create(ram, opts.vcpus, opts.workload, { paused: incoming !== undefined || opts.startPaused });
@@ -156,10 +158,9 @@ class VmMachine implements Machine {
     return {
       role: this.isDestination ? 'destination' : 'source',
       ramBytes: this.ram.bytes, pageSize: this.ram.pageSize, vcpus: this.vcpus.count, workload: this.workloadText,
-      ramBlock: {
-        name: this.ram.backend?.id ?? DEFAULT_RAM_ID, pageSize: this.ram.pageSize, offset: 0,
-        used: this.ram.bytes, total: this.ram.bytes, hva: this.ram.base,
-      },
+      ramBlocks: this.ram.blocks.list.map((b) => ({
+        name: b.idstr, pageSize: b.pageSize, offset: b.offset, used: b.usedLength, total: b.usedLength, hva: this.ram.base + b.offset,
+      })),
     };
   }
 
@@ -248,7 +249,7 @@ class VmMachine implements Machine {
       await this.releaseLab();
       const { LocalDestination } = await import('./migration/local-destination.js');
       this.local = await LocalDestination.spawn({
-        ramBytes: this.ram.bytes, memoryArgs: memoryBackendArgs(this.ram.backend, this.ram.bytes), vcpus: this.vcpus.count, workload: this.workloadText,
+        ramBytes: this.ram.bytes, memoryArgs: memoryBackendsArgs(this.ram.backends, this.ram.bytes), vcpus: this.vcpus.count, workload: this.workloadText,
         capabilities: this.caps.list(), parameters: this.params.get(),
       });
       if (this.quitting) { await this.releaseLab(); this.live('migrate'); } // it quit while the lab started

@@ -17,7 +17,7 @@ import { HmpConsole } from './monitor/hmp.js';
 import { colorWanted, formatBanner } from './monitor/format.js';
 import type { Registry } from './monitor/registry.js';
 import { parseWorkload, type WorkloadSpec } from './vm/workload.js';
-import type { MemoryBackend } from './vm/memory-backend.js';
+import { workloadBlocks, type MemoryBackend } from './vm/memory-backend.js';
 import { OWNED_DIR_ENV } from './migration/local-destination.js';
 import { runDaemonized, signalReady } from './daemonize.js';
 
@@ -72,7 +72,8 @@ async function loadEngine(): Promise<VmEngine> {
   if (typeof create !== 'function') throw new Error(`this build has no VM engine (${machineModule} has no createMachine)`);
   return {
     createMachine: (o) => create({
-      ramBytes: o.ramBytes, memoryBackend: o.memoryBackend, vcpus: o.vcpus, workload: parseWorkload(o.workload, o.ramBytes),
+      ramBytes: o.ramBytes, memoryBackend: o.memoryBackend, memoryBackends: o.memoryBackends, vcpus: o.vcpus,
+      workload: parseWorkload(o.workload, o.ramBytes, workloadBlocks(o.memoryBackends, o.ramBytes)),
       incoming: o.incoming, startPaused: o.startPaused,
     }),
   };
@@ -82,6 +83,7 @@ async function loadEngine(): Promise<VmEngine> {
 interface MachineOptions {
   ramBytes: number;
   memoryBackend: MemoryBackend | null;
+  memoryBackends: MemoryBackend[];
   vcpus: number;
   workload: WorkloadSpec;
   incoming?: string;

@@ -11,7 +11,7 @@ import { parseMigrationUri } from './migration/uri.js';
 import { MAX_VCPUS, parseSize, parseSmp } from './vm/size.js';
 import { parseWorkload } from './vm/workload.js';
 import {
-  emptyMemoryOptions, parseMachineOption, parseNumaNode, resolveMemory, type MemoryBackend, type MemoryOptions,
+  emptyMemoryOptions, parseMachineOption, parseNumaNode, resolveMemory, workloadBlocks, type MemoryBackend, type MemoryOptions,
 } from './vm/memory-backend.js';
 
 export class VmOptionError extends Error {
@@ -33,8 +33,10 @@ export interface QmpOption {
 
 export interface VmOptions {
   ramBytes: number;
-  /** what backs guest RAM (-mem-path, -object memory-backend-*), null = anonymous 4 KiB pages */
+  /** what backs guest RAM (-mem-path, -object memory-backend-*), null = anonymous 4 KiB pages (or several blocks) */
   memoryBackend: MemoryBackend | null;
+  /** the backends of guest RAM's blocks, in order (-numa node,memdev=ID repeated: several; [] = anonymous pc.ram) */
+  memoryBackends: MemoryBackend[];
   /** the memory options as given (resolved into ramBytes and memoryBackend once all are read) */
   memory: MemoryOptions;
   /** -m was given */
@@ -81,12 +83,14 @@ Options (QEMU spelling; --name works too):
   -object memory-backend-file,id=ID,mem-path=DIR,size=SIZE[,prealloc=on][,share=on]
   -object memory-backend-ram,id=ID,size=SIZE[,prealloc=on]
                      a memory backend, used with -machine memory-backend=ID
-                     or -numa node,memdev=ID (one RAM block)
+                     or -numa node,memdev=ID (one RAM block each; repeat
+                     -numa for several blocks)
   -smp N             number of vCPUs, 1..512 (default 2; cpus=N and
                      sockets/cores/threads spellings accepted)
   -workload NAME[,key=value...]
                      what the vCPUs run (default sweep): sweep, random,
-                     hotset, idle; keys e.g. start=, end=, seed=, fraction=
+                     hotset, idle; keys e.g. start=, end=, seed=, fraction=,
+                     block=ID (start/end inside that RAM block)
   -incoming URI      wait for an incoming migration: tcp:HOST:PORT, unix:PATH,
                      or defer (start it later with migrate_incoming)
   -qmp unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off
@@ -224,7 +228,7 @@ const FLAGS: Record<string, (o: VmOptions) => void> = {
 
 export function defaultVmOptions(): VmOptions {
   return {
-    ramBytes: DEFAULT_RAM_BYTES, memoryBackend: null, memory: emptyMemoryOptions(), ramGiven: false, vcpus: DEFAULT_VCPUS, workload: DEFAULT_WORKLOAD, qmp: [],
+    ramBytes: DEFAULT_RAM_BYTES, memoryBackend: null, memoryBackends: [], memory: emptyMemoryOptions(), ramGiven: false, vcpus: DEFAULT_VCPUS, workload: DEFAULT_WORKLOAD, qmp: [],
     monitor: 'stdio', startPaused: false, exitOnError: false, exitWithParent: false, daemonize: false, help: false, version: false,
   };
 }
@@ -261,7 +265,8 @@ export function parseVmOptions(argv: readonly string[]): VmOptions {
   const mem = asOptionError('', '', () => resolveMemory(o.memory, o.ramGiven ? o.ramBytes : undefined, DEFAULT_RAM_BYTES));
   o.ramBytes = mem.ramBytes;
   o.memoryBackend = mem.backend;
-  asOptionError('-workload', o.workload, () => parseWorkload(o.workload, o.ramBytes));
+  o.memoryBackends = mem.backends;
+  asOptionError('-workload', o.workload, () => parseWorkload(o.workload, o.ramBytes, workloadBlocks(o.memoryBackends, o.ramBytes)));
   if (o.monitor === 'none' && o.execute) throw new VmOptionError(`-e needs the console: drop '-monitor none'`);
   if (o.daemonize && o.monitor === 'stdio') {
     throw new VmOptionError('-daemonize needs -monitor none: a daemon has no terminal for the console (drive it with -qmp)');

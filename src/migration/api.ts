@@ -141,8 +141,8 @@ export interface MachineInfo {
   workload: string;
   /** the version of the real QEMU this machine is (attach), absent for ours */
   qemu?: string;
-  /** guest RAM's one RAM block (QEMU's `info ramblock`) */
-  ramBlock?: RamBlockInfo;
+  /** guest RAM's RAM blocks, in order (QEMU's `info ramblock`); absent when unknown (a real QEMU) */
+  ramBlocks?: RamBlockInfo[];
 }
 
 /** A RAM block as QEMU's `info ramblock` shows it. */

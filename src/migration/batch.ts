@@ -12,7 +12,7 @@ import { CommandError } from '../errors.js';
 import { parseSize, parseSmp, parseWorkload, formatWorkload } from '../vm/index.js';
 import { LocalDestination, VmProcess } from './local-destination.js';
 import {
-  emptyMemoryOptions, memoryBackendArgs, parseMachineOption, parseNumaNode, resolveMemory, type MemoryBackend,
+  emptyMemoryOptions, memoryBackendArgs, memoryBackendsArgs, parseMachineOption, parseNumaNode, resolveMemory, workloadBlocks, type MemoryBackend,
 } from '../vm/memory-backend.js';
 import { checkTracePath } from '../blocktime-trace/index.js';
 import { MAX_POSTCOPY_READAHEAD } from './parameters.js';
@@ -48,6 +48,8 @@ export interface BatchOptions {
   ramBytes: number;
   /** guest RAM's backend for both processes (null: anonymous 4 KiB pages) */
   memoryBackend?: MemoryBackend | null;
+  /** the backends of several RAM blocks (-numa node,memdev=ID repeated), for both processes */
+  memoryBackends?: MemoryBackend[];
   vcpus: number;
   workload: string;
   warmS: number;
@@ -131,10 +133,11 @@ export function parseBatchArgs(argv: string[]): BatchOptions {
   const resolved = resolveMemory(mem, ramGiven ? o.ramBytes : undefined, o.ramBytes);
   o.ramBytes = resolved.ramBytes;
   o.memoryBackend = resolved.backend;
+  o.memoryBackends = resolved.backends;
   if (!ramGiven) ramText = `${o.ramBytes}B`;
   // the workload must fit the RAM size (whatever the order of -m and -workload)
   try {
-    o.workload = formatWorkload(parseWorkload(o.workload, o.ramBytes));
+    o.workload = formatWorkload(parseWorkload(o.workload, o.ramBytes, workloadBlocks(resolved.backends, o.ramBytes)));
   } catch (e) {
     throw new CommandError(`${(e as Error).message} (with -m ${ramText})`);
   }
@@ -163,7 +166,8 @@ export async function runBatch(o: BatchOptions, atEnd?: (p: BatchProcesses) => v
   let dest: LocalDestination | null = null;
   let source: VmProcess | null = null;
   try {
-    const memoryArgs = memoryBackendArgs(o.memoryBackend ?? null, o.ramBytes);
+    const memoryArgs = o.memoryBackends && o.memoryBackends.length > 1 ? memoryBackendsArgs(o.memoryBackends, o.ramBytes)
+      : memoryBackendArgs(o.memoryBackend ?? null, o.ramBytes);
     const common = ['-m', `${o.ramBytes}B`, ...memoryArgs, '-smp', String(o.vcpus), '-workload', o.workload];
     [dest, source] = await Promise.all([
       LocalDestination.spawn({

@@ -13,7 +13,9 @@
 //
 // Both are exact for anonymous memory and for hugetlbfs (whose huge page is
 // the unit: the kernel write-protects and reports whole huge pages; pagemap
-// still has one entry per 4 KiB, so a huge page is read at its first entry);
+// still has one entry per 4 KiB, so a huge page is read at its first entry;
+// a huge-page block beside 4 KiB blocks is read at each of its 4 KiB pages,
+// which report their huge page);
 // collect() marks a page dirty when it was written since the previous
 // collect() (or since start()).
 
@@ -160,9 +162,16 @@ class SyncWpTracker implements DirtyTracker {
     for (let i = 0; i < n; i++) {
       if (this.uffd.eventKind(i) !== EVENT_PAGEFAULT || (this.uffd.faultFlags(i) & PAGEFAULT_FLAG_WP) === 0) continue;
       const addr = this.uffd.faultAddress(i);
-      const page = Math.floor((addr - this.ram.base) / ps);
-      this.dirty[page] = 1;
-      this.uffd.writeProtect(this.ram.base + page * ps, ps, false); // wakes the writer
+      let page = Math.floor((addr - this.ram.base) / ps);
+      let n = 1;
+      const blocks = this.ram.blocks;
+      if (blocks.count > 1) { // a huge-page block beside smaller pages: its whole host page
+        const b = blocks.list[blocks.indexAtPage(page)];
+        page -= (page - b.firstPage) % b.hostPages;
+        n = b.hostPages;
+      }
+      this.dirty.fill(1, page, page + n);
+      this.uffd.writeProtect(this.ram.base + page * ps, n * ps, false); // wakes the writer
     }
     return n;
   };

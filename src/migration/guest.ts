@@ -6,6 +6,7 @@
 // about the VM, which keeps source and destination testable on their own.
 
 import type { ThreadSample } from '../vm/schedstat.js';
+import type { RamBlocks } from '../vm/ram-blocks.js';
 import type { AccessStamps } from '../native/vcpu.js';
 
 /** Copies and zero tests on guest RAM, split internally at the windows one
@@ -25,10 +26,20 @@ export interface GuestMemory {
   readonly base: number;
   readonly bytes: number;
   readonly pageSize: number;
+  /** its RAM blocks (QEMU's RAMBlocks) in its one mapping: the stream's HEADER lists them, page records name them */
+  readonly blocks: RamBlocks;
+  /** the block table the native page-path threads take (src/native/ram-block-table.ts), or null: one block */
+  readonly blockTable: NativeBlockTable | null;
   /** guest RAM's bytes (src/native's MemoryWindows); touching them populates pages */
   readonly contents: GuestBytes;
   /** MADV_DONTNEED: [offset, offset+len) becomes unpopulated (reads as zero, faults again under userfaultfd) */
   discard(offset: number, len: number): void;
+}
+
+/** native memory holding the RAM block table, `count` entries */
+export interface NativeBlockTable {
+  readonly address: number;
+  readonly count: number;
 }
 
 export interface VcpuControl {

@@ -16,7 +16,7 @@ import { UrgentGate } from './incoming-urgent.js';
 import type { VcpuControl } from './guest.js';
 import type { Parameters } from './parameters.js';
 import {
-  PageChannel, ChannelEvent, FaultThreadStat, CHANNEL_EVENT_MASK, FAULT_CAUSE_SHIFT, type ChannelEventSink,
+  PageChannel, ChannelEvent, FaultThreadStat, CHANNEL_EVENT_MASK, FAULT_CAUSE_SHIFT, type ChannelBlocks, type ChannelEventSink,
 } from '../native/page-channel.js';
 import { monotonicNs, monotonicBaseNs, type BlocktimeReport } from '../blocktime/index.js';
 import { DestinationBlocktime } from './destination-blocktime.js';
@@ -37,6 +37,8 @@ export interface IncomingPostcopyOptions {
   base: number;
   pageSize: number;
   pages: number;
+  /** the RAM block table the fault thread takes (null: one block) */
+  blockTable: ChannelBlocks | null;
   /** the page flags (native memory the threads read) and their address */
   flags: Uint8Array;
   flagsAddress: number;
@@ -231,6 +233,7 @@ export class IncomingPostcopy {
       readahead: o.params.value('x-postcopy-readahead'),
       stamps: this.blocktime?.stamps,
       heartbeatMs: o.params.value('x-postcopy-heartbeat-ms'),
+      blocks: o.blockTable,
     });
     this.links = 1;
     this.channel.tickEvery(DRAIN_EVERY_MS, tick);

@@ -4,7 +4,7 @@
 // userfaultfd registration, and the count of pages received, kept exact
 // without a scan: those marked here plus those the receiver marked.
 
-import type { GuestMemory } from './guest.js';
+import type { GuestMemory, NativeBlockTable } from './guest.js';
 import { Userfaultfd, StagingArea, IOCTL_ZEROPAGE } from '../uffd/index.js';
 import { NativeBlock } from '../native/memory.js';
 import { WireError } from './wire.js';
@@ -16,6 +16,8 @@ export class DestinationRam {
   readonly base: number;
   readonly pageSize: number;
   readonly pages: number;
+  /** the RAM block table the native threads take (null: one block) */
+  readonly blockTable: NativeBlockTable | null;
   private readonly block: NativeBlock;
   readonly flags: Uint8Array;
   /** pages marked received here (the receiver counts those it marked in precopy) */
@@ -31,6 +33,7 @@ export class DestinationRam {
     this.base = ram.base;
     this.pageSize = ram.pageSize;
     this.pages = ram.bytes / ram.pageSize;
+    this.blockTable = ram.blockTable;
     this.block = new NativeBlock(this.pages);
     this.flags = new Uint8Array(this.block.buffer, 0, this.pages);
   }
@@ -64,7 +67,8 @@ export class DestinationRam {
       return;
     }
     this.uffd = uffd;
-    if ((ioctls & IOCTL_ZEROPAGE) === 0) this.zeroPage = StagingArea.create(1, this.pageSize); // never written: zeros
+    // never written: zeros, a page of the largest page size (a huge-page block beside 4 KiB ones has no UFFDIO_ZEROPAGE either)
+    if ((ioctls & IOCTL_ZEROPAGE) === 0) this.zeroPage = StagingArea.create(1, this.ram.blocks.maxPageSize);
   }
 
   /** the zero page's address for the native threads (0: they use UFFDIO_ZEROPAGE) */

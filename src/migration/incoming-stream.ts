@@ -52,7 +52,7 @@ export class IncomingStream {
     if (this.receiver !== null) throw new Error('the stream receiver runs already');
     try {
       this.receiver = PageChannel.startStreamReceiver({
-        sock, ramBase: r.base, pageSize: r.pageSize, pages: r.pages, flags: r.address, control: this.control,
+        sock, ramBase: r.base, pageSize: r.pageSize, pages: r.pages, flags: r.address, control: this.control, blocks: r.blockTable,
       });
     } catch (e) {
       this.o.fail(`migration: ${(e as Error).message}`, true);

@@ -22,6 +22,7 @@ import {
 } from './wire.js';
 import { IncomingRecovery } from './incoming-recovery.js';
 import { FaultThreadStat, ReceiverStat } from '../native/page-channel.js';
+import { ramBlocksMismatch } from './wire-blocks.js';
 import type { BlocktimeReport } from '../blocktime/index.js';
 import { IncomingPostcopy } from './incoming-postcopy.js';
 import { IncomingStream } from './incoming-stream.js';
@@ -84,7 +85,7 @@ export class IncomingMigration implements StreamHandler {
     this.decoder = this.newDecoder();
     this.recovery = new IncomingRecovery(this.ps);
     this.pc = new IncomingPostcopy({
-      vcpus: o.vcpus, params: o.params, events: o.events, base: this.ram.base, pageSize: this.ps, pages: this.pageCount,
+      vcpus: o.vcpus, params: o.params, events: o.events, base: this.ram.base, pageSize: this.ps, pages: this.pageCount, blockTable: this.ram.blockTable,
       flags: this.ram.flags, flagsAddress: this.ram.address, receiver: () => this.stream.channel,
       received: (first, count) => this.ram.received(first, count),
       checkHeader: (h) => this.checkHeader(h), urgentReady: (s) => this.urgentAdmitted(s),
@@ -217,6 +218,10 @@ export class IncomingMigration implements StreamHandler {
     if (h.ramBytes !== this.o.ram.bytes) problems.push(`RAM size mismatch: the source has ${h.ramBytes} bytes, this VM ${this.o.ram.bytes} (-m)`);
     if (h.vcpus !== this.o.vcpus.count) problems.push(`vCPU count mismatch: the source has ${h.vcpus}, this VM ${this.o.vcpus.count} (-smp)`);
     if (h.pageSize !== this.ps) problems.push(`page size mismatch: the source uses ${h.pageSize}, this VM ${this.ps}`);
+    // several blocks: QEMU's block checks, naming the block. One block on each side is guest RAM whatever its
+    // name (-mem-path's pc.ram takes -machine memory-backend=ID's, as before several blocks were known)
+    const blocks = h.blocks.count > 1 || this.o.ram.blocks.count > 1 ? ramBlocksMismatch(h.blocks, this.o.ram.blocks) : null;
+    if (blocks !== null) problems.unshift(blocks);
     if (h.workload !== this.o.workload) problems.push(`workload mismatch: the source runs '${printable(h.workload)}', this VM was started with '${this.o.workload}' (-workload)`);
     if (problems.length > 0) throw new WireError(problems.join('; '));
   }

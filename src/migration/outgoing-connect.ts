@@ -4,6 +4,7 @@
 // garbled return path or an early close says what went wrong. The stream
 // itself is written by the native sender (outgoing-stream.ts).
 
+import type { RamBlocks } from '../vm/ram-blocks.js';
 import net from 'node:net';
 import { systemErrorText } from '../errors.js';
 import { formatMigrationUri, type MigrationAddress } from './uri.js';
@@ -25,12 +26,14 @@ export interface MainConnection {
   lost(why: string): void;
   /** x-migration-psk's key, proved before the stream starts (channel-auth.ts), or null */
   psk?: Buffer | null;
+  /** guest RAM's blocks, which page requests name (default: one block) */
+  blocks?: RamBlocks;
 }
 
 /** Connects to `addr`; the return path goes to `rp` (`recovery`: a postcopy recovery's, with its bitmap). */
 export function connectMain(addr: MigrationAddress, rp: ReturnHandler, ramBytes: number, pageSize: number, h: MainConnection,
   recovery = false): net.Socket {
-  const decoder = new ReturnDecoder(rp, ramBytes, pageSize, recovery);
+  const decoder = new ReturnDecoder(rp, ramBytes, pageSize, recovery, h.blocks);
   const sock = addr.transport === 'tcp' ? net.connect({ host: addr.host, port: addr.port }) : net.connect({ path: addr.path });
   const timer = setTimeout(() => sock.destroy(new Error(`timed out after ${CONNECT_TIMEOUT_MS / 1000} s`)), CONNECT_TIMEOUT_MS);
   sock.once('connect', () => {

@@ -7,8 +7,9 @@
 // neighbours are the likeliest next faults); nothing of it goes through this
 // event loop but its figures and its state.
 
+import type { RamBlockSpec } from '../vm/ram-blocks.js';
 import net from 'node:net';
-import { PageChannel, PageServerStat, type ChannelEventSink } from '../native/page-channel.js';
+import { PageChannel, PageServerStat, type ChannelBlocks, type ChannelEventSink } from '../native/page-channel.js';
 import { encodeHeader, printable, RECORD_HEADER_BYTES, RP_ERROR, MAX_TEXT_BYTES } from './wire.js';
 import type { MigrationAddress } from './uri.js';
 import { CarriedFigures } from '../native/carried-figures.js';
@@ -23,6 +24,8 @@ export interface UrgentHeader {
   vcpus: number;
   ramBytes: number;
   workload: string;
+  /** guest RAM's blocks (the HEADER lists them) */
+  blocks: readonly RamBlockSpec[];
   /** the migration's token, as in the main stream's HEADER */
   token: Buffer;
 }
@@ -90,7 +93,7 @@ export class SourcePostcopy {
 
   /** Starts the page server once the urgent channel is up (before the
    *  destination's vCPUs can run). `flags`: the page flags' address. */
-  async start(o: { ramBase: number; pageSize: number; pages: number; flags: number; sender: PageChannel }): Promise<void> {
+  async start(o: { ramBase: number; pageSize: number; pages: number; flags: number; sender: PageChannel; blocks: ChannelBlocks | null }): Promise<void> {
     await this.ready;
     const u = this.socket;
     if (u === null || u.destroyed) throw new Error(this.closed);

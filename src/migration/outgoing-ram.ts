@@ -6,6 +6,7 @@
 // here, minus those the two threads took.
 
 import type { GuestMemory } from './guest.js';
+import type { RamBlocks } from '../vm/ram-blocks.js';
 import type { DirtyTracker } from './dirty-tracker.js';
 import { NativeBlock } from '../native/memory.js';
 import { SenderStat, PageServerStat } from '../native/page-channel.js';
@@ -28,9 +29,12 @@ export class SourceRam {
   private readonly flags: Uint8Array;
   /** pages marked NEED: all at the start, then each dirty sync's */
   private marked: number;
+  /** guest RAM's blocks: a DISCARD run names its block and stops at its end */
+  private readonly blocks: RamBlocks;
 
   constructor(ram: GuestMemory, private readonly taken: TakenFigures) {
     this.pageSize = ram.pageSize;
+    this.blocks = ram.blocks;
     this.pages = ram.bytes / ram.pageSize;
     this.block = new NativeBlock(this.pages);
     this.flags = new Uint8Array(this.block.buffer, 0, this.pages).fill(NEED);
@@ -47,26 +51,49 @@ export class SourceRam {
 
   /** A dirty sync (the sender idle): pages written since the last one need sending again; returns how many. */
   sync(tracker: DirtyTracker): number {
-    const n = tracker.collect(this.flags);
+    const n = tracker.collect(this.flags) + this.wholeHostPages();
     this.marked += n;
     return n;
   }
 
+  /** A huge-page block beside smaller pages moves in whole host pages (QEMU's postcopy_chunk_hostpages):
+   *  a host page with a page to send is sent whole, and discarded whole. Returns the pages it marked. */
+  private wholeHostPages(): number {
+    const flags = this.flags;
+    let marked = 0;
+    for (const b of this.blocks.list) {
+      if (b.hostPages === 1) continue;
+      for (let h = b.firstPage, end = b.firstPage + b.pages; h < end; h += b.hostPages) {
+        let need = false;
+        for (let p = h; p < h + b.hostPages && !need; p++) need = (flags[p] & NEED) !== 0;
+        if (!need) continue;
+        for (let p = h; p < h + b.hostPages; p++) {
+          if ((flags[p] & NEED) === 0) { flags[p] |= NEED; marked++; }
+        }
+      }
+    }
+    return marked;
+  }
+
   /** DISCARD records for the pages dirtied since the destination got them
-   *  (it must drop its copy), their flags back to NEED only. */
+   *  (it must drop its copy), their flags back to NEED only; a run stops at
+   *  its RAM block's end and names the block. */
   discards(): Buffer {
     const flags = this.flags;
     const runs: number[] = [];
     for (let p = 0; p < this.pages; p++) {
       if (flags[p] !== (NEED | HAS)) continue;
+      const b = this.blocks.list[this.blocks.indexAtPage(p)];
+      const end = b.firstPage + b.pages;
       let q = p;
-      while (q < this.pages && flags[q] === (NEED | HAS)) { flags[q] = NEED; q++; }
-      runs.push(p, q - p);
-      p = q;
+      while (q < end && flags[q] === (NEED | HAS)) { flags[q] = NEED; q++; }
+      runs.push(p, q - p, b.index);
+      p = q - 1; // the next page may start the next block's run
     }
-    const out = Buffer.allocUnsafe((runs.length / 2) * RECORD_HEADER_BYTES);
-    for (let i = 0; i < runs.length; i += 2) {
-      writeRecordHeader(out, (i / 2) * RECORD_HEADER_BYTES, REC_DISCARD, 0, runs[i + 1], runs[i] * this.pageSize);
+    const out = Buffer.allocUnsafe((runs.length / 3) * RECORD_HEADER_BYTES);
+    for (let i = 0; i < runs.length; i += 3) {
+      const b = this.blocks.list[runs[i + 2]];
+      writeRecordHeader(out, (i / 3) * RECORD_HEADER_BYTES, REC_DISCARD, 0, runs[i + 1], (runs[i] - b.firstPage) * b.pageSize, b.index);
     }
     return out;
   }

@@ -8,6 +8,8 @@
 // failure on the way goes back to postcopy-paused: the guest lives on the
 // destination, so a recovery is never worth failing the migration for.
 
+import type { RamBlocks } from '../vm/ram-blocks.js';
+import type { ChannelBlocks } from '../native/page-channel.js';
 import type net from 'node:net';
 import type { MigrationStatusMachine } from './status.js';
 import type { MigrationAddress } from './uri.js';
@@ -24,6 +26,8 @@ export interface RecoveryHost {
   ramBase: number;
   ramBytes: number;
   pageSize: number;
+  blocks: RamBlocks;
+  blockTable: ChannelBlocks | null;
   status: MigrationStatusMachine;
   stream: SourceStream;
   urgent: SourcePostcopy;
@@ -78,6 +82,7 @@ export class SourceRecovery {
       connecting: () => this.step === 'connect',
       done: () => h.done(),
       psk: h.psk,
+      blocks: h.blocks,
     }, true));
   }
 
@@ -85,7 +90,7 @@ export class SourceRecovery {
     const h = this.h;
     if (this.step !== 'connect') return;
     try {
-      h.stream.start({ sock, ramBase: h.ramBase, pageSize: h.pageSize, pages: h.state.pages, flags: h.state.address });
+      h.stream.start({ sock, ramBase: h.ramBase, pageSize: h.pageSize, pages: h.state.pages, flags: h.state.address, blocks: h.blockTable });
     } catch (e) {
       this.failed(`cannot start the stream sender: ${(e as Error).message}`);
       return;
@@ -103,7 +108,7 @@ export class SourceRecovery {
     this.step = 'ack';
     h.urgent.connect(this.addr!, h.header(), h.psk);
     // the page server first: the destination asks again for its outstanding pages as soon as it takes the channel
-    h.urgent.start({ ramBase: h.ramBase, pageSize: h.pageSize, pages: h.state.pages, flags: h.state.address, sender: h.stream.channel! })
+    h.urgent.start({ ramBase: h.ramBase, pageSize: h.pageSize, pages: h.state.pages, flags: h.state.address, sender: h.stream.channel!, blocks: h.blockTable })
       .then(() => {
         if (this.step !== 'ack') return;
         h.stream.send(encodeBare(REC_RESUME));

@@ -6,7 +6,7 @@
 // window and the destination's acknowledgements, and knows when it is idle.
 
 import type net from 'node:net';
-import { PageChannel, SenderStat, PageServerStat } from '../native/page-channel.js';
+import { PageChannel, SenderStat, PageServerStat, type ChannelBlocks } from '../native/page-channel.js';
 import type { RamCounters } from './ram-stats.js';
 import { CarriedFigures } from '../native/carried-figures.js';
 
@@ -27,7 +27,7 @@ export class SourceStream {
   private readonly at = { postcopy: -1, stopped: -1, running: -1 };
 
   /** Starts the sender on the main connection (Node still reads the return path on it). */
-  start(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags: number }): void {
+  start(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags: number; blocks: ChannelBlocks | null }): void {
     if (this.sender !== null) throw new Error('the stream sender runs already');
     this.passes = 0;
     this.sender = PageChannel.startStreamSender(o);

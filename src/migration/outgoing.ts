@@ -113,7 +113,7 @@ export class OutgoingMigration implements ReturnHandler {
     });
     this.rounds = new PrecopyRounds(() => performance.now(), this.ps, o.throttle);
     this.recovery = new SourceRecovery({
-      ramBase: o.ram.base, ramBytes: o.ram.bytes, pageSize: this.ps, status: o.status, stream: this.stream, urgent: this.urgent, state: this.state,
+      ramBase: o.ram.base, ramBytes: o.ram.bytes, pageSize: this.ps, blocks: o.ram.blocks, blockTable: o.ram.blockTable, status: o.status, stream: this.stream, urgent: this.urgent, state: this.state,
       header: () => this.header!,
       psk: o.psk ?? null,
       returnPath: this, setSocket: (s) => { this.socket = s; }, lost: (why) => this.lost(why), fail: (why) => this.fail(why),
@@ -134,19 +134,23 @@ export class OutgoingMigration implements ReturnHandler {
     this.socket = connectMain(addr, this, this.ram.bytes, this.ps, {
       connected: (sock) => mine(() => this.connected(sock, addr)), fail: (why) => mine(() => this.fail(why)),
       lost: (why) => mine(() => this.lost(why)), connecting: () => this.phase === 'connecting', done: () => this.phase === 'done', psk: this.o.psk,
+      blocks: this.ram.blocks,
     });
   }
 
   private connected(sock: net.Socket, addr: MigrationAddress): void {
     try {
       this.tracker = startDirtyTracking(this.ram, this.o.trackingMode);
-      this.stream.start({ sock, ramBase: this.ram.base, pageSize: this.ps, pages: this.state.pages, flags: this.state.address });
+      this.stream.start({ sock, ramBase: this.ram.base, pageSize: this.ps, pages: this.state.pages, flags: this.state.address, blocks: this.ram.blockTable });
     } catch (e) {
       this.fail(`cannot ${this.tracker ? 'start the stream sender' : 'track dirty pages'}: ${(e as Error).message}`);
       return;
     }
     // the urgent channel carries the main stream's random token: the destination refuses any other
-    const h = { pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload, token: randomBytes(TOKEN_BYTES) };
+    const h = {
+      pageSize: this.ps, vcpus: this.o.vcpus.count, ramBytes: this.ram.bytes, workload: this.o.workload, token: randomBytes(TOKEN_BYTES),
+      blocks: this.ram.blocks.list,
+    };
     this.header = h;
     sock.setKeepAlive(true, Math.max(1000, this.o.params.value('x-postcopy-heartbeat-ms')));
     this.stream.send(encodeHeader({ ...h, postcopy: this.o.postcopy }));
@@ -345,7 +349,9 @@ export class OutgoingMigration implements ReturnHandler {
       const discards = this.state.discards(); // pages dirtied since the destination got them
       if (discards.length > 0) this.stream.send(discards);
       // the page server must be serving before the destination's vCPUs run
-      await this.urgent.start({ ramBase: this.ram.base, pageSize: this.ps, pages: this.state.pages, flags: this.state.address, sender: this.stream.channel! });
+      await this.urgent.start({
+        ramBase: this.ram.base, pageSize: this.ps, pages: this.state.pages, flags: this.state.address, sender: this.stream.channel!, blocks: this.ram.blockTable,
+      });
       if (this.isOver()) return;
       this.postcopyStatesSent = true;
       const states = this.statesRecord(true);

@@ -4,14 +4,20 @@
 // pure (no sockets, no RAM) lets it be tested at every byte boundary.
 //
 // Every record starts with a fixed 16-byte header (little endian):
-//   u8 type | u8 flags | u16 reserved (0) | u32 count | u32 offset_lo | u32 offset_hi
+//   u8 type | u8 flags | u16 block | u32 count | u32 offset_lo | u32 offset_hi
 // `count` is a page count for page records, a byte length for records with a
-// variable payload, and a round number for END_ROUND. Offsets are guest RAM
-// offsets in bytes (page aligned), exact up to 2^53.
+// variable payload, and a round number for END_ROUND. A page record (PAGES,
+// ZERO, DISCARD, REQ_PAGES) addresses its pages as QEMU's RAMBlock idstr +
+// offset do: `block` is the RAM block's index in the HEADER's list, the
+// offset is in bytes inside that block (page aligned), exact up to 2^53; a
+// run never crosses a block's end. Every other record has block 0. The
+// handlers below get offsets in guest RAM's one mapping (src/vm/ram-blocks.ts).
 //
 // Stream (source -> destination):
 //   HEADER      count = payload bytes; flags bit 0 = urgent channel; payload: magic u32, version u32,
-//               page size u32, vCPUs u32, RAM bytes (lo u32, hi u32), token (16 bytes), workload (utf8).
+//               page size u32, vCPUs u32, RAM bytes (lo u32, hi u32), token (16 bytes), the RAM
+//               block list (wire-blocks.ts: u16 count, then each block's u8 name length, name,
+//               u32 page size, u64 used_length), workload (utf8).
 //               The token is random per migration: the urgent channel's HEADER must carry the
 //               main stream's, so a connection from anyone else is refused (incoming-urgent.ts)
 //   PAGES       offset, count pages (1..MAX_RUN_PAGES), payload = count * page size
@@ -61,9 +67,13 @@
 // (buffer, offset) views into that chunk, and only a page that straddles two
 // chunks is assembled in a preallocated buffer.
 
+import { printable } from './wire-text.js';
+import { RamBlocks, type RamBlockSpec } from '../vm/ram-blocks.js';
+import { BlockListError, blockListBytes, readBlockList, writeBlockList } from './wire-blocks.js';
+
 export const WIRE_MAGIC = 0x59504350; // "PCPY" little endian
-/** 2: the HEADER carries the migration's token */
-export const WIRE_VERSION = 2;
+/** 2: the HEADER carries the migration's token; 3: its RAM block list, and page records name their block */
+export const WIRE_VERSION = 3;
 export const RECORD_HEADER_BYTES = 16;
 /** most pages in one PAGES record (1 MiB of 4 KiB pages) */
 export const MAX_RUN_PAGES = 256;
@@ -119,11 +129,7 @@ export const HEADER_RESUME = 4;
 /** longest text payload (ERROR, RP_ERROR), in bytes */
 export const MAX_TEXT_BYTES = 4096;
 
-/** `text` from the peer made fit to quote in a message an operator reads: control characters (a line
- *  break, a terminal's escape) as \xNN, so that they neither break HMP's lines nor reach a terminal */
-export function printable(text: string): string {
-  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
-}
+export { printable };
 
 /** Malformed, truncated or unexpected input; the message says what and where. */
 export class WireError extends Error {
@@ -145,27 +151,34 @@ export interface StreamHeader {
   token: Buffer;
   /** a postcopy recovery's stream (HEADER_RESUME) */
   resume?: boolean;
+  /** the source's RAM blocks, laid out as the source has them (wire-blocks.ts) */
+  blocks: RamBlocks;
 }
 
 // ---------------------------------------------------------------- encoding
 
-/** Writes a record header at buf[pos..pos+16). */
-export function writeRecordHeader(buf: Buffer, pos: number, type: number, flags: number, count: number, offset: number): void {
+/** Writes a record header at buf[pos..pos+16); a page record's `offset` is inside RAM block `block`. */
+export function writeRecordHeader(buf: Buffer, pos: number, type: number, flags: number, count: number, offset: number, block = 0): void {
   buf[pos] = type;
   buf[pos + 1] = flags;
-  buf.writeUInt16LE(0, pos + 2);
+  buf.writeUInt16LE(block, pos + 2);
   buf.writeUInt32LE(count >>> 0, pos + 4);
   buf.writeUInt32LE(offset % 0x100000000, pos + 8);
   buf.writeUInt32LE(Math.floor(offset / 0x100000000), pos + 12);
 }
 
+/** The HEADER record. `blocks`: the RAM block list (default: one block, pc.ram, of all of RAM). */
 export function encodeHeader(
-  h: Omit<StreamHeader, 'version' | 'postcopy' | 'token'> & { version?: number; urgent?: boolean; postcopy?: boolean; token?: Buffer },
+  h: Omit<StreamHeader, 'version' | 'postcopy' | 'token' | 'blocks'> & {
+    version?: number; urgent?: boolean; postcopy?: boolean; token?: Buffer; blocks?: readonly RamBlockSpec[];
+  },
 ): Buffer {
   const wl = Buffer.from(h.workload, 'utf8');
-  const out = Buffer.alloc(RECORD_HEADER_BYTES + HEADER_FIXED + wl.length);
+  const blocks = h.blocks ?? [{ idstr: 'pc.ram', usedLength: h.ramBytes, pageSize: h.pageSize }];
+  const list = blockListBytes(blocks);
+  const out = Buffer.alloc(RECORD_HEADER_BYTES + HEADER_FIXED + list + wl.length);
   const flags = h.urgent ? HEADER_URGENT_CHANNEL : h.resume ? HEADER_RESUME : h.postcopy ? HEADER_POSTCOPY : 0;
-  writeRecordHeader(out, 0, REC_HEADER, flags, HEADER_FIXED + wl.length, 0);
+  writeRecordHeader(out, 0, REC_HEADER, flags, HEADER_FIXED + list + wl.length, 0);
   const p = RECORD_HEADER_BYTES;
   out.writeUInt32LE(WIRE_MAGIC, p);
   out.writeUInt32LE(h.version ?? WIRE_VERSION, p + 4);
@@ -177,7 +190,7 @@ export function encodeHeader(
     if (h.token.length !== TOKEN_BYTES) throw new Error(`a migration token has ${TOKEN_BYTES} bytes, not ${h.token.length}`);
     h.token.copy(out, p + 24);
   }
-  wl.copy(out, p + HEADER_FIXED);
+  wl.copy(out, writeBlockList(out, p + HEADER_FIXED, blocks));
   return out;
 }
 
@@ -389,7 +402,8 @@ abstract class RecordDecoder {
 export class StreamDecoder extends RecordDecoder {
   private header: StreamHeader | null = null;
   private pageSize = 0;
-  private ramBytes = 0;
+  /** the header's RAM blocks: a page record's (block, offset) -> offset in guest RAM */
+  private blocks: RamBlocks | null = null;
   private vcpus = 0;
   private maxRun = MAX_RUN_PAGES;
   private switched = false;
@@ -421,7 +435,8 @@ export class StreamDecoder extends RecordDecoder {
     if (!this.header && type !== REC_HEADER) {
       throw new WireError(`stream does not start with a header record (first byte 0x${type.toString(16)}): not a postcopy migration stream`);
     }
-    if (buf[pos + 2] !== 0 || buf[pos + 3] !== 0 || (buf[pos + 1] !== 0 && type !== REC_SWITCHOVER && type !== REC_HEADER)) {
+    const paged = this.header !== null && (type === REC_PAGES || type === REC_ZERO || type === REC_DISCARD); // bytes 2-3: its block
+    if ((!paged && (buf[pos + 2] !== 0 || buf[pos + 3] !== 0)) || (buf[pos + 1] !== 0 && type !== REC_SWITCHOVER && type !== REC_HEADER)) {
       throw new WireError(`record at byte ${at}: reserved bits set (not a migration stream?)`);
     }
     const count = buf.readUInt32LE(pos + 4);
@@ -445,7 +460,9 @@ export class StreamDecoder extends RecordDecoder {
     }
     switch (type) {
       case REC_PAGES: {
-        if (count < 1 || count > this.maxRun) throw new WireError(`PAGES record at byte ${at}: bad page count ${count} (1..${this.maxRun})`);
+        // a huge-page block beside smaller pages: one host page a record
+        const most = Math.max(this.maxRun, this.blocks!.list[buf.readUInt16LE(pos + 2)]?.hostPages ?? 0);
+        if (count < 1 || count > most) throw new WireError(`PAGES record at byte ${at}: bad page count ${count} (1..${most})`);
         const offset = this.checkRange('PAGES', buf, pos, count, at);
         this.runOffset = offset;
         this.runLeft = count;
@@ -473,13 +490,10 @@ export class StreamDecoder extends RecordDecoder {
     }
   }
 
+  /** the offset in guest RAM of the page record at buf[pos] (its block and the offset inside it), checked */
   private checkRange(name: string, buf: Buffer, pos: number, count: number, at: number): number {
     const offset = RecordDecoder.offsetAt(buf, pos);
-    if (offset % this.pageSize !== 0) throw new WireError(`${name} record at byte ${at}: offset ${offset} is not page aligned`);
-    if (count < 1 || offset + count * this.pageSize > this.ramBytes) {
-      throw new WireError(`${name} record at byte ${at}: ${count} pages at offset ${offset} lie outside guest RAM (${this.ramBytes} bytes)`);
-    }
-    return offset;
+    return blockRange(this.blocks!, buf.readUInt16LE(pos + 2), offset, count, name, at);
   }
 
   protected completeRecord(buf: Buffer, pos: number): void {
@@ -500,14 +514,20 @@ export class StreamDecoder extends RecordDecoder {
       if (hi >= 0x200000) throw new WireError('RAM size in header out of range');
       const ramBytes = hi * 0x100000000 + buf.readUInt32LE(p + 16);
       if (ramBytes === 0 || ramBytes % pageSize !== 0) throw new WireError(`bad RAM size ${ramBytes} in header`);
-      const workload = buf.toString('utf8', p + HEADER_FIXED, p + count);
+      let list: ReturnType<typeof readBlockList>;
+      try {
+        list = readBlockList(buf, p + HEADER_FIXED, p + count, ramBytes, pageSize);
+      } catch (e) {
+        throw new WireError(e instanceof BlockListError ? e.message : String(e));
+      }
+      const workload = buf.toString('utf8', list.end, p + count);
       const token = Buffer.from(buf.subarray(p + 24, p + 24 + TOKEN_BYTES));
       const resume = buf[pos + 1] === HEADER_RESUME;
-      this.header = { version, pageSize, vcpus, ramBytes, workload, postcopy: buf[pos + 1] === HEADER_POSTCOPY || resume, token, resume };
+      this.header = { version, pageSize, vcpus, ramBytes, workload, postcopy: buf[pos + 1] === HEADER_POSTCOPY || resume, token, resume, blocks: list.blocks };
       // a recovery's stream continues a postcopy: past the switchover, its pages after RESUME
       this.switched = this.resuming = resume;
       this.pageSize = pageSize;
-      this.ramBytes = ramBytes;
+      this.blocks = list.blocks;
       this.vcpus = vcpus;
       this.maxRun = maxRunPages(pageSize);
       this.handler.header(this.header); // refuses a page size other than this VM's
@@ -587,18 +607,23 @@ export class StreamDecoder extends RecordDecoder {
 /** Source side: decodes the destination's return path. */
 export class ReturnDecoder extends RecordDecoder {
   private readonly pages: number;
-  /** `recovery`: a recovery's return path (RECV_BITMAP, RESUME_ACK; room to assemble the bitmap) */
-  constructor(private readonly handler: ReturnHandler, private readonly ramBytes: number, private readonly pageSize: number,
-    private readonly recovery = false) {
+  private readonly blocks: RamBlocks;
+  /** `recovery`: a recovery's return path (RECV_BITMAP, RESUME_ACK; room to assemble the bitmap);
+   *  `blocks`: this VM's RAM blocks (default: one of all of RAM), which page requests name */
+  constructor(private readonly handler: ReturnHandler, ramBytes: number, pageSize: number,
+    private readonly recovery = false, blocks?: RamBlocks) {
     super(RECORD_HEADER_BYTES + Math.max(MAX_TEXT_BYTES, recovery ? bitmapBytes(ramBytes / pageSize) + RECV_BITMAP_END.length : 0));
     this.pages = ramBytes / pageSize;
+    this.blocks = blocks ?? RamBlocks.single('pc.ram', ramBytes, pageSize);
   }
 
   protected beginRecord(buf: Buffer, pos: number): number {
     const type = buf[pos];
     const at = this.consumed;
     if (type === RP_AUTH) throw new WireError('the destination asks for a pre-shared key exchange (x-migration-psk), and this source has no x-migration-psk set');
-    if (buf[pos + 1] !== 0 || buf[pos + 2] !== 0 || buf[pos + 3] !== 0) throw new WireError(`return path record at byte ${at}: reserved bits set`);
+    if (buf[pos + 1] !== 0 || (type !== RP_REQ_PAGES && (buf[pos + 2] !== 0 || buf[pos + 3] !== 0))) { // a request's bytes 2-3: its block
+      throw new WireError(`return path record at byte ${at}: reserved bits set`);
+    }
     const count = buf.readUInt32LE(pos + 4);
     // a field a record does not use is reserved (0): a garbled RP_ACK or RP_RUNNING must not read as RP_COMPLETE
     const name = RETURN_NAMES[type];
@@ -635,10 +660,11 @@ export class ReturnDecoder extends RecordDecoder {
     switch (type) {
       case RP_REQ_PAGES: {
         const offset = RecordDecoder.offsetAt(buf, pos);
-        if (offset % this.pageSize !== 0 || count === 0 || offset + count > this.ramBytes) {
-          throw new WireError(`page request at byte ${at}: ${count} bytes at offset ${offset} is not a page range inside guest RAM`);
+        const b = this.blocks.list[buf.readUInt16LE(pos + 2)];
+        if (b === undefined || offset % b.pageSize !== 0 || count === 0 || count % b.pageSize !== 0 || offset + count > b.usedLength) {
+          throw new WireError(`page request at byte ${at}: ${count} bytes at offset ${offset} of RAM block ${buf.readUInt16LE(pos + 2)} is not a page range inside guest RAM`);
         }
-        this.handler.requestPages(offset, count);
+        this.handler.requestPages(b.offset + offset, count);
         return;
       }
       case RP_RUNNING: this.handler.running(); return;
@@ -663,6 +689,20 @@ export class ReturnDecoder extends RecordDecoder {
   protected missingEnd(): string | null {
     return this.done ? null : 'return path closed by the destination';
   }
+}
+
+/** the offset in guest RAM of `count` pages at `offset` inside block `index` of `blocks`; throws WireError
+ *  naming the record (`name` at stream byte `at`) when there is no such block or the pages do not lie inside it */
+function blockRange(blocks: RamBlocks, index: number, offset: number, count: number, name: string, at: number): number {
+  const inRam = blocks.fromBlock(index, offset, count);
+  if (inRam >= 0) return inRam;
+  const what = `${name} record at byte ${at}`;
+  const b = blocks.list[index];
+  if (b === undefined) throw new WireError(`${what}: RAM block ${index}, but the header lists ${blocks.count}`);
+  if (offset % b.pageSize !== 0) throw new WireError(`${what}: offset ${offset} is not page aligned`);
+  if (count % b.hostPages !== 0) throw new WireError(`${what}: ${count} pages are not whole host pages of RAM block ${b.idstr} (${b.hostPages} pages each)`);
+  const where = blocks.count === 1 ? 'guest RAM' : `RAM block ${b.idstr}`;
+  throw new WireError(`${what}: ${count} pages at offset ${offset} lie outside ${where} (${b.usedLength} bytes)`);
 }
 
 export function recordName(type: number, returnPath = false): string {

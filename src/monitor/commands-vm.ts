@@ -67,8 +67,7 @@ const infoRamblock: HmpCommand = {
   params: '',
   help: 'Display system RAMBlock information',
   handler: async (ctx) => {
-    const b = ctx.machine.info().ramBlock;
-    const blocks = b ? [b] : [];
+    const blocks = ctx.machine.info().ramBlocks ?? [];
     return { text: formatRamBlocks(blocks), data: blocks };
   },
 };

@@ -6,7 +6,7 @@
 import { closeSync, ftruncateSync, openSync, readFileSync, statSync, statfsSync, unlinkSync, constants } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { NativeMapping, NativeMappingError } from './memory.js';
+import { NativeMapping, NativeMappingError, type FileBacking } from './memory.js';
 import { E } from './libc.js';
 
 /** statfs f_type of hugetlbfs (linux/magic.h) */
@@ -59,6 +59,27 @@ export function hugePagePool(pageSize: number): { free: number; total: number; r
 
 /** Maps `bytes` of a new, unlinked file in `memPath` (a hugetlbfs directory). */
 export function mapHugetlbfs(f: HugetlbfsFile): NativeMapping {
+  const file = openHugetlbfs(f);
+  let map: NativeMapping;
+  try {
+    map = NativeMapping.mapFile(f.bytes, file);
+  } catch (e) {
+    throw hugetlbfsMapError(e, f.bytes, file.pageSize);
+  }
+  if (f.prealloc) {
+    try {
+      map.populate();
+    } catch (e) {
+      map.dispose();
+      throw hugetlbfsMapError(e, f.bytes, file.pageSize);
+    }
+  }
+  return map;
+}
+
+/** A new, unlinked file of `bytes` in `memPath` (a hugetlbfs directory), open, for a mapping to take;
+ *  throws HugetlbfsError naming what is wrong (QEMU's words) */
+export function openHugetlbfs(f: HugetlbfsFile): FileBacking {
   const pageSize = hugetlbfsPageSize(f.memPath);
   if (pageSize > MAX_HUGE_PAGE) {
     throw new HugetlbfsError(`${f.memPath} has huge pages of ${pageSize / 2 ** 20} MiB: this engine takes pages up to 2 MiB (mount hugetlbfs with -o pagesize=2M)`);
@@ -86,21 +107,12 @@ export function mapHugetlbfs(f: HugetlbfsFile): NativeMapping {
     closeSync(fd);
     throw new HugetlbfsError(`ftruncate of ${file}: ${(e as Error).message}`);
   }
-  let map: NativeMapping;
-  try {
-    map = NativeMapping.mapFile(f.bytes, { fd, pageSize, shared: f.shared === true });
-  } catch (e) {
-    throw new HugetlbfsError(`${(e as Error).message}${poolHint(e, f.bytes, pageSize)}`);
-  }
-  if (f.prealloc) {
-    try {
-      map.populate();
-    } catch (e) {
-      map.dispose();
-      throw new HugetlbfsError(`${(e as Error).message}${poolHint(e, f.bytes, pageSize)}`);
-    }
-  }
-  return map;
+  return { fd, pageSize, shared: f.shared === true };
+}
+
+/** a failed mmap or prealloc of huge pages, with what the pool holds when too few huge pages were the cause */
+export function hugetlbfsMapError(e: unknown, bytes: number, pageSize: number): HugetlbfsError {
+  return new HugetlbfsError(`${e instanceof Error ? e.message : String(e)}${poolHint(e, bytes, pageSize)}`);
 }
 
 /** what the huge page pool holds, when too few huge pages were the cause */

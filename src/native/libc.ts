@@ -77,7 +77,7 @@ export const O_NONBLOCK = 0o4000;
 export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
 export const PROT_NONE = 0, PROT_READ = 1, PROT_WRITE = 2;
-export const MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_ANONYMOUS = 0x20, MAP_NORESERVE = 0x4000;
+export const MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_FIXED = 0x10, MAP_ANONYMOUS = 0x20, MAP_NORESERVE = 0x4000;
 export const MAP_FAILED = 0xffffffffffffffffn;
 /** MADV_REMOVE on a shared hugetlbfs mapping punches a hole in the file (its pages go back to the pool) */
 export const MADV_DONTNEED = 4, MADV_REMOVE = 9, MADV_POPULATE_WRITE = 23;

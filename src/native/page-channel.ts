@@ -61,6 +61,12 @@ export type ChannelEventSink = (kind: number, page: number, arg: number, tNs: nu
 const RING_ENTRIES = 1 << 14;
 
 
+/** the RAM block table a thread takes (src/native/ram-block-table.ts), copied at its start; none = one block */
+export interface ChannelBlocks {
+  readonly address: number;
+  readonly count: number;
+}
+
 /** One native page-path thread: its status block, its ring, its handle. */
 export class PageChannel {
   readonly #status = new NativeBlock(STATUS_BYTES);
@@ -91,12 +97,14 @@ export class PageChannel {
     stamps?: AccessStamps | null;
     /** silence on the urgent channel that loses the link (ms, 0: none) */
     heartbeatMs?: number;
+    blocks?: ChannelBlocks | null;
   }): PageChannel {
     const fd = handOverSocket(o.sock); // before the native memory: a refused hand-over leaks nothing
     const ch = new PageChannel();
     const s = o.stamps ?? null;
     ch.#start(loadShim().faultThreadStart(o.uffd, fd, o.ramBase, o.pageSize, o.pages, o.flags, o.readahead, ch.#status.ptr, ch.#ring.ptr,
-      RING_ENTRIES, o.blocktime ? 1 : 0, ch.clockBase, s?.blocks ?? null, s?.count ?? 0, o.zeroSrc ?? 0, o.heartbeatMs ?? 0), 'fault thread');
+      RING_ENTRIES, o.blocktime ? 1 : 0, ch.clockBase, s?.blocks ?? null, s?.count ?? 0, o.zeroSrc ?? 0, o.heartbeatMs ?? 0,
+      o.blocks?.address ?? 0, o.blocks?.count ?? 0), 'fault thread');
     return ch;
   }
 
@@ -119,12 +127,13 @@ export class PageChannel {
     sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags?: number; sender?: PageChannel;
     /** silence on the urgent channel that loses the link (ms, 0: none), once the destination spoke */
     heartbeatMs?: number;
+    blocks?: ChannelBlocks | null;
   }): PageChannel {
     const fd = handOverSocket(o.sock); // before the native memory: a refused hand-over leaks nothing
     const ch = new PageChannel();
     const hint = o.sender ? o.sender.#status.ptr + BigInt(ST_STATS_BYTES + 8 * SenderStat.Hint) : null;
     ch.#start(loadShim().pageServerStart(fd, o.ramBase, o.pageSize, o.pages, o.flags ?? 0, hint, ch.#status.ptr, ch.#ring.ptr,
-      RING_ENTRIES, ch.clockBase, o.heartbeatMs ?? 0), 'page server');
+      RING_ENTRIES, ch.clockBase, o.heartbeatMs ?? 0, o.blocks?.address ?? 0, o.blocks?.count ?? 0), 'page server');
     return ch;
   }
 
@@ -134,11 +143,11 @@ export class PageChannel {
    * (send(), pass()); Node still reads the return path on the socket.
    * `flags` = the page flags' address (NEED 1, HAS 2).
    */
-  static startStreamSender(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags: number }): PageChannel {
+  static startStreamSender(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags: number; blocks?: ChannelBlocks | null }): PageChannel {
     const fd = dupSocket(o.sock);
     const ch = new PageChannel();
     ch.#start(loadShim().streamSenderStart(fd, o.ramBase, o.pageSize, o.pages, o.flags, ch.#status.ptr, ch.#ring.ptr, RING_ENTRIES,
-      ch.clockBase), 'stream sender');
+      ch.clockBase, o.blocks?.address ?? 0, o.blocks?.count ?? 0), 'stream sender');
     return ch;
   }
 
@@ -186,11 +195,13 @@ export class PageChannel {
    * the page flags' address, `control` = RECEIVER_CONTROL_BYTES of native
    * memory where the thread hands back the records it does not place.
    */
-  static startStreamReceiver(o: { sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags: number; control: NativeBlock }): PageChannel {
+  static startStreamReceiver(o: {
+    sock: net.Socket; ramBase: number; pageSize: number; pages: number; flags: number; control: NativeBlock; blocks?: ChannelBlocks | null;
+  }): PageChannel {
     const fd = dupSocket(o.sock);
     const ch = new PageChannel();
     ch.#start(loadShim().streamReceiverStart(fd, o.ramBase, o.pageSize, o.pages, o.flags, o.control.ptr, o.control.bytes,
-      ch.#status.ptr, ch.#ring.ptr, RING_ENTRIES, ch.clockBase), 'stream receiver');
+      ch.#status.ptr, ch.#ring.ptr, RING_ENTRIES, ch.clockBase, o.blocks?.address ?? 0, o.blocks?.count ?? 0), 'stream receiver');
     return ch;
   }
 

@@ -12,7 +12,8 @@ import { VCPU_BLOCK_SIZE, VCPU_OFF_POSITION } from './vcpu-layout.js';
 /** struct pc_channel_status: sizeof * 1000 + offsetof(stats) (page-channel.ts mirrors it) */
 const CHANNEL_LAYOUT = 416 * 1000 + 16;
 
-export const SHIM_VERSION = 9;
+/** 9: the vCPUs' kernel samples (vcpu_sample.c); 10: each page-path thread takes the RAM block table (channel.h struct pc_ramblock) */
+export const SHIM_VERSION = 10;
 const LIB_NAME = 'libpostcopy_shim.so';
 
 /** the library path: $POSTCOPY_SHIM, else native-shim/build/ of the nearest enclosing package */
@@ -44,20 +45,20 @@ export interface Shim {
   streamBaseline: KoffiFunc<[bytes: number, tcp: number], number | bigint>;
   faultThreadStart(uffd: number, sock: number, ramBase: number, pageSize: number, pages: number, flags: number, readahead: number,
     status: bigint, ring: bigint, ringSize: number, blocktime: number, clockBase: number, vcpus: bigint | null, nvcpus: number, zeroSrc: number,
-    heartbeatMs: number): number | bigint;
+    heartbeatMs: number, blocks: number, nblocks: number): number | bigint;
   faultThreadAttach(handle: bigint, sock: number, heartbeatMs: number): number;
   faultThreadDetach(handle: bigint): number;
   pageServerStart(sock: number, ramBase: number, pageSize: number, pages: number, flags: number, hint: bigint | null,
-    status: bigint, ring: bigint, ringSize: number, clockBase: number, heartbeatMs: number): number | bigint;
+    status: bigint, ring: bigint, ringSize: number, clockBase: number, heartbeatMs: number, blocks: number, nblocks: number): number | bigint;
   streamSenderStart(sock: number, ramBase: number, pageSize: number, pages: number, flags: number,
-    status: bigint, ring: bigint, ringSize: number, clockBase: number): number | bigint;
+    status: bigint, ring: bigint, ringSize: number, clockBase: number, blocks: number, nblocks: number): number | bigint;
   streamSenderBytes(handle: bigint, bytes: Uint8Array, len: number): number;
   streamSenderPass(handle: bigint, wrap: number): number;
   streamSenderInterrupt(handle: bigint): number;
   streamSenderStop(handle: bigint, last: Uint8Array, len: number): number;
   streamSenderAbort(handle: bigint): number;
   streamReceiverStart(sock: number, ramBase: number, pageSize: number, pages: number, flags: number, control: bigint, controlBytes: number,
-    status: bigint, ring: bigint, ringSize: number, clockBase: number): number | bigint;
+    status: bigint, ring: bigint, ringSize: number, clockBase: number, blocks: number, nblocks: number): number | bigint;
   streamReceiverResume(handle: bigint, mode: number, uffd: number, zeroSrc: number, vcpus: bigint | null, nvcpus: number): number;
   channelStop(handle: bigint): number;
   remoteFaultBaseline: KoffiFunc<[pages: number, tcp: number], number>;
@@ -99,21 +100,24 @@ export function loadShim(): Shim {
     streamBaseline: lib.func('int64_t pc_stream_baseline(uint64_t bytes, int tcp)') as unknown as Shim['streamBaseline'],
     faultThreadStart: lib.func('uint64_t pc_fault_thread_start(int uffd, int sock, uint64_t ram_base, uint64_t page_size, ' +
       'uint64_t pages, uint64_t flags, uint32_t readahead, void *status, void *ring, uint32_t ring_size, int blocktime, double clock_base, ' +
-      'const void *vcpus, int nvcpus, uint64_t zero_src, uint32_t heartbeat_ms)') as
+      'const void *vcpus, int nvcpus, uint64_t zero_src, uint32_t heartbeat_ms, uint64_t blocks, uint32_t nblocks)') as
       Shim['faultThreadStart'],
     faultThreadAttach: lib.func('int pc_fault_thread_attach(uint64_t handle, int sock, uint32_t heartbeat_ms)') as Shim['faultThreadAttach'],
     faultThreadDetach: lib.func('int pc_fault_thread_detach(uint64_t handle)') as Shim['faultThreadDetach'],
     pageServerStart: lib.func('uint64_t pc_page_server_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, ' +
-      'uint64_t flags, void *hint, void *status, void *ring, uint32_t ring_size, double clock_base, uint32_t heartbeat_ms)') as Shim['pageServerStart'],
+      'uint64_t flags, void *hint, void *status, void *ring, uint32_t ring_size, double clock_base, uint32_t heartbeat_ms, ' +
+      'uint64_t blocks, uint32_t nblocks)') as Shim['pageServerStart'],
     streamSenderStart: lib.func('uint64_t pc_stream_sender_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, ' +
-      'uint64_t flags, void *status, void *ring, uint32_t ring_size, double clock_base)') as Shim['streamSenderStart'],
+      'uint64_t flags, void *status, void *ring, uint32_t ring_size, double clock_base, uint64_t blocks, uint32_t nblocks)') as
+      Shim['streamSenderStart'],
     streamSenderBytes: lib.func('int pc_stream_sender_bytes(uint64_t handle, const uint8_t *data, uint32_t len)') as Shim['streamSenderBytes'],
     streamSenderPass: lib.func('int pc_stream_sender_pass(uint64_t handle, int wrap)') as Shim['streamSenderPass'],
     streamSenderInterrupt: lib.func('int pc_stream_sender_interrupt(uint64_t handle)') as Shim['streamSenderInterrupt'],
     streamSenderStop: lib.func('int pc_stream_sender_stop(uint64_t handle, const uint8_t *last, uint32_t len)') as Shim['streamSenderStop'],
     streamSenderAbort: lib.func('int pc_stream_sender_abort(uint64_t handle)') as Shim['streamSenderAbort'],
     streamReceiverStart: lib.func('uint64_t pc_stream_receiver_start(int sock, uint64_t ram_base, uint64_t page_size, uint64_t pages, ' +
-      'uint64_t flags, void *ctl, uint32_t ctl_cap, void *status, void *ring, uint32_t ring_size, double clock_base)') as
+      'uint64_t flags, void *ctl, uint32_t ctl_cap, void *status, void *ring, uint32_t ring_size, double clock_base, ' +
+      'uint64_t blocks, uint32_t nblocks)') as
       Shim['streamReceiverStart'],
     streamReceiverResume: lib.func('int pc_stream_receiver_resume(uint64_t handle, int mode, int uffd, uint64_t zero_src, const void *vcpus, int nvcpus)') as Shim['streamReceiverResume'],
     channelStop: lib.func('int pc_channel_stop(uint64_t handle)') as Shim['channelStop'],

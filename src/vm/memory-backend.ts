@@ -1,11 +1,13 @@
-// QEMU's ways of saying what backs guest RAM, resolved to one backend (this
-// engine has one RAM block): `-mem-path DIR` [-mem-prealloc], or
+// QEMU's ways of saying what backs guest RAM, resolved to its RAM blocks'
+// backends: `-mem-path DIR` [-mem-prealloc] (one block, pc.ram), or
 // `-object memory-backend-file,id=ID,mem-path=DIR,size=SIZE[,prealloc=on][,share=on]`
-// (or memory-backend-ram) with `-machine memory-backend=ID` or
-// `-numa node,memdev=ID`. Pure: parsing and QEMU's consistency rules, with
-// QEMU's error texts; the mapping itself is src/native/hugetlbfs.ts.
+// (or memory-backend-ram,id=ID,size=SIZE) with `-machine memory-backend=ID`
+// (one block) or `-numa node,memdev=ID` repeated (a RAM block per node, in
+// order). Pure: parsing and QEMU's consistency rules, with QEMU's error texts;
+// the mapping itself is src/vm/guest-ram.ts and src/native/hugetlbfs.ts.
 import { CommandError } from '../errors.js';
 import { parseSizeText } from './size.js';
+import type { WorkloadBlock } from './workload.js';
 
 export type MemoryBackendType = 'memory-backend-file' | 'memory-backend-ram';
 
@@ -111,51 +113,85 @@ export function parseMachineOption(text: string): string | undefined {
   return id;
 }
 
+/** guest RAM's size and what backs it: `backends` in the order of the RAM blocks ([] = plain
+ *  anonymous pc.ram); `backend` = the only one, or null (none, or several RAM blocks) */
+export interface ResolvedMemory {
+  ramBytes: number;
+  backend: MemoryBackend | null;
+  backends: MemoryBackend[];
+}
+
 /**
- * The one backend of guest RAM and its size, by QEMU's rules: -m, when given,
- * must equal the backend's size; without -m the backend's size is the RAM
- * size. `ramBytes` is -m (undefined when not given). null = plain anonymous RAM.
+ * Guest RAM's backends and its size, by QEMU's rules: -m, when given, must
+ * equal the backends' total; without -m that total is the RAM size. Each
+ * `-numa node,memdev=ID` is one RAM block, in order (several: several
+ * blocks); `-machine memory-backend=ID` is the one block. `ramBytes` is -m
+ * (undefined when not given).
  */
-export function resolveMemory(o: MemoryOptions, ramBytes: number | undefined, defaultRamBytes: number): { ramBytes: number; backend: MemoryBackend | null } {
+export function resolveMemory(o: MemoryOptions, ramBytes: number | undefined, defaultRamBytes: number): ResolvedMemory {
   const objects = new Map<string, MemoryBackend>();
   for (const text of o.objects) {
     const b = parseMemoryObject(text);
     if (objects.has(b.id)) throw new CommandError(`attempt to add duplicate property '${b.id}' to object (type 'container')`);
     objects.set(b.id, b);
   }
-  if (o.numaMemdevs.length > 1) {
-    throw new CommandError(`${o.numaMemdevs.length} NUMA nodes: this engine migrates one RAM block (several RAM blocks are not supported yet)`);
+  const numa = o.numaMemdevs;
+  if (o.machineBackend !== undefined && numa.length > 0 && (numa.length > 1 || numa[0] !== o.machineBackend)) {
+    throw new CommandError("'-machine memory-backend' and '-numa memdev' properties are mutually exclusive");
   }
-  if (o.machineBackend !== undefined && o.numaMemdevs.length > 0 && o.numaMemdevs[0] !== o.machineBackend) {
-    throw new CommandError(`-machine memory-backend=${o.machineBackend} and -numa node,memdev=${o.numaMemdevs[0]}: this engine has one RAM block, give one backend`);
-  }
-  const id = o.machineBackend ?? o.numaMemdevs[0];
-  if (id === undefined) {
+  const ids = numa.length > 0 ? numa : o.machineBackend !== undefined ? [o.machineBackend] : [];
+  if (ids.length === 0) {
     const unused = [...objects.keys()];
     if (unused.length > 0) throw new CommandError(`memory backend '${unused[0]}' is not used: add -machine memory-backend=${unused[0]}`);
-    if (o.memPath === undefined && !o.memPrealloc) return { ramBytes: ramBytes ?? defaultRamBytes, backend: null };
-    return {
-      ramBytes: ramBytes ?? defaultRamBytes,
-      backend: { type: o.memPath !== undefined ? 'memory-backend-file' : 'memory-backend-ram', id: DEFAULT_RAM_ID, memPath: o.memPath, prealloc: o.memPrealloc, share: false },
-    };
+    if (o.memPath === undefined && !o.memPrealloc) return { ramBytes: ramBytes ?? defaultRamBytes, backend: null, backends: [] };
+    const b: MemoryBackend = { type: o.memPath !== undefined ? 'memory-backend-file' : 'memory-backend-ram', id: DEFAULT_RAM_ID, memPath: o.memPath, prealloc: o.memPrealloc, share: false };
+    return { ramBytes: ramBytes ?? defaultRamBytes, backend: b, backends: [b] };
   }
   if (o.memPath !== undefined) throw new CommandError("'-mem-path' can't be used together with '-machine memory-backend' (give the backend a mem-path)");
-  const b = objects.get(id);
-  if (!b) throw new CommandError(`Memory backend '${id}' not found`);
-  for (const other of objects.keys()) if (other !== id) throw new CommandError(`memory backend '${other}' is not used: this engine has one RAM block ('${id}')`);
-  const size = b.size!;
-  if (ramBytes !== undefined && ramBytes !== size) {
-    throw new CommandError(o.numaMemdevs.length > 0
-      ? `total memory for NUMA nodes (0x${size.toString(16)}) should equal RAM size (0x${ramBytes.toString(16)})`
+  const backends: MemoryBackend[] = [];
+  for (const id of ids) {
+    const b = objects.get(id);
+    if (!b) throw new CommandError(`Memory backend '${id}' not found`);
+    if (backends.some((x) => x.id === id)) throw new CommandError(`memdev ${id} is used by two NUMA nodes (memory backend '${id}' is already in use)`);
+    backends.push({ ...b, prealloc: b.prealloc || o.memPrealloc });
+  }
+  for (const other of objects.keys()) {
+    if (!ids.includes(other)) throw new CommandError(`memory backend '${other}' is not used: give it a NUMA node (-numa node,memdev=${other})`);
+  }
+  const total = backends.reduce((n, b) => n + b.size!, 0);
+  if (ramBytes !== undefined && ramBytes !== total) {
+    throw new CommandError(numa.length > 0
+      ? `total memory for NUMA nodes (0x${total.toString(16)}) should equal RAM size (0x${ramBytes.toString(16)})`
       : 'Machine memory size does not match the size of the memory backend');
   }
-  return { ramBytes: size, backend: { ...b, prealloc: b.prealloc || o.memPrealloc } };
+  return { ramBytes: total, backend: backends.length === 1 ? backends[0] : null, backends };
 }
 
 /** the backend as command-line options that give it again (for the processes `migrate` and `postcopy run` start) */
 export function memoryBackendArgs(b: MemoryBackend | null, ramBytes: number): string[] {
   if (b === null) return [];
-  const kv = [`${b.type},id=${b.id}`, ...(b.memPath !== undefined ? [`mem-path=${b.memPath}`] : []), `size=${ramBytes}`,
-    `prealloc=${b.prealloc ? 'on' : 'off'}`, `share=${b.share ? 'on' : 'off'}`];
-  return ['-object', kv.join(','), '-machine', `memory-backend=${b.id}`];
+  return ['-object', objectText(b, ramBytes), '-machine', `memory-backend=${b.id}`];
+}
+
+/** the backends of several RAM blocks (or of one: memoryBackendArgs) as command-line options that give them again */
+export function memoryBackendsArgs(backends: readonly MemoryBackend[], ramBytes: number): string[] {
+  if (backends.length <= 1) return memoryBackendArgs(backends[0] ?? null, ramBytes);
+  return backends.flatMap((b) => ['-object', objectText(b, b.size!), '-numa', `node,memdev=${b.id}`]);
+}
+
+function objectText(b: MemoryBackend, bytes: number): string {
+  return [`${b.type},id=${b.id}`, ...(b.memPath !== undefined ? [`mem-path=${b.memPath}`] : []), `size=${bytes}`,
+    `prealloc=${b.prealloc ? 'on' : 'off'}`, `share=${b.share ? 'on' : 'off'}`].join(',');
+}
+
+/** where the RAM blocks of `backends` lie in guest RAM, for the workload's block key (before guest RAM is
+ *  mapped): back to back, as src/vm/ram-blocks.ts lays them out (it leaves no hole); none = pc.ram */
+export function workloadBlocks(backends: readonly MemoryBackend[], ramBytes: number): WorkloadBlock[] {
+  if (backends.length <= 1) return [{ idstr: backends[0]?.id ?? DEFAULT_RAM_ID, offset: 0, usedLength: ramBytes }];
+  let offset = 0;
+  return backends.map((b) => {
+    const w = { idstr: b.id, offset, usedLength: b.size! };
+    offset += b.size!;
+    return w;
+  });
 }

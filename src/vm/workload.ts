@@ -6,7 +6,9 @@
 //          keys start, end, seed, fraction, share, accesses, split
 //   idle   never touches memory
 // start/end are byte offsets into guest RAM (suffixes K/M/G/T; plain = bytes),
-// start rounded down and end rounded up to a page. `sweeps`/`accesses` bound the
+// start rounded down and end rounded up to a page; with `block=ID` they are
+// offsets into that RAM block (QEMU's idstr: the memory backend's id, pc.ram
+// by default), whose whole range is the default. `sweeps`/`accesses` bound the
 // work (the vCPU parks as "done" when it reaches them); `split=on` gives each
 // vCPU its own contiguous slice of [start,end) instead of the whole range.
 import { CommandError } from '../errors.js';
@@ -30,12 +32,21 @@ export interface WorkloadSpec {
   accesses?: number;
   /** each vCPU takes its own slice of [start, end) */
   split?: boolean;
+  /** block=ID: the RAM block [start, end) lies in (start/end are still guest RAM offsets) */
+  block?: { idstr: string; offset: number };
+}
+
+/** a RAM block as a workload sees it: where it lies in guest RAM */
+export interface WorkloadBlock {
+  idstr: string;
+  offset: number;
+  usedLength: number;
 }
 
 const KEYS: Record<WorkloadName, readonly string[]> = {
-  sweep: ['start', 'end', 'sweeps', 'accesses', 'split'],
-  random: ['start', 'end', 'seed', 'accesses', 'split'],
-  hotset: ['start', 'end', 'seed', 'fraction', 'share', 'accesses', 'split'],
+  sweep: ['block', 'start', 'end', 'sweeps', 'accesses', 'split'],
+  random: ['block', 'start', 'end', 'seed', 'accesses', 'split'],
+  hotset: ['block', 'start', 'end', 'seed', 'fraction', 'share', 'accesses', 'split'],
   idle: [],
 };
 
@@ -65,8 +76,9 @@ function bool(key: string, value: string): boolean {
   throw new CommandError(`workload key '${key}=${value}': expected 'on' or 'off'`);
 }
 
-/** parses a workload spec for a guest of `ramBytes`; throws CommandError naming the bad part */
-export function parseWorkload(text: string, ramBytes: number): WorkloadSpec {
+/** parses a workload spec for a guest of `ramBytes` whose RAM blocks are `blocks` (default: one, pc.ram);
+ *  throws CommandError naming the bad part */
+export function parseWorkload(text: string, ramBytes: number, blocks?: readonly WorkloadBlock[]): WorkloadSpec {
   const parts = String(text).trim().split(',');
   const name = parts[0].trim() as WorkloadName;
   if (name === ('' as WorkloadName)) throw new CommandError(`workload is empty: expected one of ${WORKLOAD_NAMES.join(', ')}`);
@@ -97,19 +109,33 @@ export function parseWorkload(text: string, ramBytes: number): WorkloadSpec {
       case 'fraction': spec.fraction = decimal(key, value, 0, true, 1); break;
       case 'share': spec.share = decimal(key, value, 0, false, 1); break;
       case 'split': spec.split = bool(key, value); break;
+      case 'block': {
+        const list = blocks ?? [{ idstr: 'pc.ram', offset: 0, usedLength: ramBytes }];
+        const b = list.find((x) => x.idstr === value);
+        if (!b) throw new CommandError(`workload key 'block=${value}': no RAM block '${value}' (blocks: ${list.map((x) => x.idstr).join(', ')})`);
+        spec.block = { idstr: b.idstr, offset: b.offset };
+        break;
+      }
     }
   }
+  // within a block, start/end and their bounds are the block's; the spec keeps guest RAM offsets
+  const base = spec.block?.offset ?? 0;
+  const size = spec.block ? blocks?.find((x) => x.idstr === spec.block!.idstr)?.usedLength ?? ramBytes : ramBytes;
+  const where = spec.block ? `RAM block ${spec.block.idstr}` : 'guest RAM';
+  if (!seen.has('end')) spec.end = size;
   spec.start = Math.floor(spec.start / PAGE_SIZE) * PAGE_SIZE;
   spec.end = Math.ceil(spec.end / PAGE_SIZE) * PAGE_SIZE;
-  if (spec.start >= ramBytes) {
-    throw new CommandError(`workload start '${startText}' is outside guest RAM (${formatSize(ramBytes)})`);
+  if (spec.start >= size) {
+    throw new CommandError(`workload start '${startText}' is outside ${where} (${formatSize(size)})`);
   }
-  if (spec.end > ramBytes) {
-    throw new CommandError(`workload end '${endText}' is beyond guest RAM (${formatSize(ramBytes)})`);
+  if (spec.end > size) {
+    throw new CommandError(`workload end '${endText}' is beyond ${where} (${formatSize(size)})`);
   }
   if (spec.end <= spec.start) {
-    throw new CommandError(`workload range is empty: end '${endText ?? formatSize(ramBytes)}' must be above start '${startText}'`);
+    throw new CommandError(`workload range is empty: end '${endText ?? formatSize(size)}' must be above start '${startText}'`);
   }
+  spec.start += base;
+  spec.end += base;
   if (name === 'random' || name === 'hotset') spec.seed ??= DEFAULT_SEED;
   if (name === 'hotset') {
     spec.fraction ??= DEFAULT_FRACTION;
@@ -118,12 +144,14 @@ export function parseWorkload(text: string, ramBytes: number): WorkloadSpec {
   return spec;
 }
 
-/** the canonical text of a spec; parseWorkload(formatWorkload(s), ram) gives s back */
+/** the canonical text of a spec; parseWorkload(formatWorkload(s), ram, blocks) gives s back */
 export function formatWorkload(spec: WorkloadSpec): string {
   if (spec.name === 'idle') return 'idle';
   const out: string[] = [spec.name];
-  if (spec.start !== 0) out.push(`start=${formatSize(spec.start)}`);
-  out.push(`end=${formatSize(spec.end)}`);
+  const base = spec.block?.offset ?? 0;
+  if (spec.block) out.push(`block=${spec.block.idstr}`);
+  if (spec.start !== base) out.push(`start=${formatSize(spec.start - base)}`);
+  out.push(`end=${formatSize(spec.end - base)}`);
   if (spec.seed !== undefined) out.push(`seed=${spec.seed}`);
   if (spec.fraction !== undefined) out.push(`fraction=${spec.fraction}`);
   if (spec.share !== undefined) out.push(`share=${spec.share}`);

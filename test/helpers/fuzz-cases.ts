@@ -108,6 +108,9 @@ export function describeCase(seed: number, c: FuzzCase): string {
   return `seed ${seed} case ${c.index} (${c.mode}${pc}): ${c.mutation ? describeMutation(c.mutation) : 'clean'}`;
 }
 
+/** where the HEADER's one block's name (pc.ram) starts: after the fixed fields (40 bytes), the block count (2) and the name's length (1) */
+const ONE_BLOCK_NAME = H + 40 + 3;
+
 /**
  * Whether the migration may still complete: after a flipped byte of data (a
  * page, a page record's range or type, a round number, the vCPU state, an
@@ -132,8 +135,9 @@ export function mayComplete(c: FuzzCase, l: Landing): boolean {
   const range = [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
   const count = [4, 5, 6, 7];
   if (m.dir === 'main') {
-    // the postcopy advise bit; the token (only the urgent channel is refused for it)
-    if (t === REC_HEADER) return (i === 1 && m.xor === HEADER_POSTCOPY) || (i >= H + 24 && i < H + 40);
+    // the postcopy advise bit; the token (only the urgent channel is refused for it); the name of the
+    // guest's one RAM block, pc.ram (one block on each side is guest RAM whatever its name)
+    if (t === REC_HEADER) return (i === 1 && m.xor === HEADER_POSTCOPY) || (i >= H + 24 && i < H + 40) || (i >= ONE_BLOCK_NAME && i < ONE_BLOCK_NAME + 6);
     if (t === REC_PAGES) return i >= H || head(range);
     if (t === REC_ZERO || t === REC_DISCARD) return head(range);
     if (t === REC_END_ROUND) return head(count);

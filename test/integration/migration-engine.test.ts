@@ -16,6 +16,7 @@ import { MigrationStatusMachine } from '../../src/migration/status.js';
 import { Parameters } from '../../src/migration/parameters.js';
 import { parseMigrationUri } from '../../src/migration/uri.js';
 import { VCPU_STATE_BYTES } from '../../src/migration/wire.js';
+import { RamBlocks } from '../../src/vm/ram-blocks.js';
 import type { GuestMemory, VcpuControl } from '../../src/migration/guest.js';
 import type { MigrationStatus } from '../../src/migration/api.js';
 import { requireUffd } from '../helpers/uffd-available.js';
@@ -36,7 +37,7 @@ const PS = 4096;
 function guest(bytes: number): GuestMemory & { map: NativeMapping; whole(): Buffer } {
   const map = NativeMapping.create(bytes);
   return {
-    map, base: map.address, bytes, pageSize: PS, contents: map.windows,
+    map, base: map.address, bytes, pageSize: PS, blocks: RamBlocks.single('pc.ram', bytes, PS), blockTable: null, contents: map.windows,
     whole: () => map.windows.view(0, bytes), discard: (o, l) => map.discard(o, l),
   };
 }

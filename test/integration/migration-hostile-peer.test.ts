@@ -73,13 +73,13 @@ run('a migration peer that is no migration engine', () => {
   // what the native receiver reads after a good header: it places only page
   // records it can prove valid, and wire.ts names what is wrong with the rest
   test.each([
-    ['pages outside guest RAM', rec(REC_PAGES, 0, 1, 64 * MiB, 4096), /PAGES record at byte 85: 1 pages at offset 67108864 lie outside guest RAM/],
-    ['zero pages running past guest RAM', rec(REC_ZERO, 0, 2, 64 * MiB - 4096), /ZERO record at byte 85: 2 pages at offset 67104768 lie outside guest RAM/],
-    ['pages with unknown flag bits', rec(REC_PAGES, 0x40, 1, 0, 4096), /record at byte 85: reserved bits set/],
-    ['a run of 300 pages', rec(REC_PAGES, 0, 300, 0), /PAGES record at byte 85: bad page count 300/],
+    ['pages outside guest RAM', rec(REC_PAGES, 0, 1, 64 * MiB, 4096), /PAGES record at byte 106: 1 pages at offset 67108864 lie outside guest RAM/],
+    ['zero pages running past guest RAM', rec(REC_ZERO, 0, 2, 64 * MiB - 4096), /ZERO record at byte 106: 2 pages at offset 67104768 lie outside guest RAM/],
+    ['pages with unknown flag bits', rec(REC_PAGES, 0x40, 1, 0, 4096), /record at byte 106: reserved bits set/],
+    ['a run of 300 pages', rec(REC_PAGES, 0, 300, 0), /PAGES record at byte 106: bad page count 300/],
     ['pages at an unaligned offset', rec(REC_PAGES, 0, 1, 100, 4096), /offset 100 is not page aligned/],
-    ['an unknown record type', rec(0x99, 0, 0, 0), /unknown record type 0x99 at byte 85/],
-    ['a run cut in its second page', rec(REC_PAGES, 0, 2, 0, 4096 + 100), /truncated stream: ended inside a record at byte 4197/],
+    ['an unknown record type', rec(0x99, 0, 0, 0), /unknown record type 0x99 at byte 106/],
+    ['a run cut in its second page', rec(REC_PAGES, 0, 2, 0, 4096 + 100), /truncated stream: ended inside a record at byte 4218/],
   ])('destination fed a good header then %s: failed with the reason, monitor still answers', async (_what, bad, reason) => {
     const uri = `unix:${lab.path('in.sock')}`;
     const dst = await lab.vm('dst', ['-m', '64M', '-smp', '1', '-workload', 'sweep,end=64M', '-incoming', uri]);

@@ -6,6 +6,7 @@
 import { IncomingRecovery } from '../../src/migration/incoming-recovery.js';
 import { SourceRam } from '../../src/migration/outgoing-ram.js';
 import { ReturnDecoder, type ReturnHandler } from '../../src/migration/wire.js';
+import { RamBlocks } from '../../src/vm/ram-blocks.js';
 import type { GuestMemory } from '../../src/migration/guest.js';
 
 const PS = 4096;
@@ -25,7 +26,7 @@ test('the destination lacks pages 3, 4 and 20: exactly those are due again; 3 an
   expect(bitmap).not.toBeNull();
 
   const taken = new Float64Array(16);
-  const ram = { base: 0, bytes: PAGES * PS, pageSize: PS } as unknown as GuestMemory;
+  const ram = { base: 0, bytes: PAGES * PS, pageSize: PS, blocks: RamBlocks.single('pc.ram', PAGES * PS, PS), blockTable: null } as unknown as GuestMemory;
   const src = new SourceRam(ram, { sender: () => taken, server: () => new Float64Array(16) });
   try {
     // the sender took every page but 20 (its flags read as raw bytes below: NEED 1, HAS 2)

@@ -25,7 +25,7 @@ const err = (argv: string[]): string => {
 describe('parseVmOptions', () => {
   it('no arguments is the lab: 256 MiB, 2 vCPUs, sweep, console on stdio', () => {
     expect(parseVmOptions([])).toEqual({
-      ramBytes: DEFAULT_RAM_BYTES, memoryBackend: null, memory: { memPrealloc: false, objects: [], numaMemdevs: [] }, ramGiven: false,
+      ramBytes: DEFAULT_RAM_BYTES, memoryBackend: null, memoryBackends: [], memory: { memPrealloc: false, objects: [], numaMemdevs: [] }, ramGiven: false,
       vcpus: 2, workload: 'sweep', qmp: [], monitor: 'stdio',
       startPaused: false, exitOnError: false, exitWithParent: false, daemonize: false, help: false, version: false,
     });
@@ -131,7 +131,12 @@ describe('memory backend options', () => {
     [['-object', 'memory-backend-ram,id=m,size=1G', '-object', 'memory-backend-ram,id=m,size=1G', '-machine', 'memory-backend=m'], /^attempt to add duplicate property 'm' to object \(type 'container'\)$/],
     [['-object', 'memory-backend-ram,id=m,size=1G'], /^memory backend 'm' is not used: add -machine memory-backend=m$/],
     [['-mem-path', '/hp', '-object', 'memory-backend-ram,id=m,size=1G', '-machine', 'memory-backend=m'], /^'-mem-path' can't be used together with '-machine memory-backend'/],
-    [['-object', 'memory-backend-ram,id=a,size=1G', '-object', 'memory-backend-ram,id=b,size=1G', '-numa', 'node,memdev=a', '-numa', 'node,memdev=b'], /several RAM blocks are not supported yet/],
+    [['-object', 'memory-backend-ram,id=a,size=1G', '-object', 'memory-backend-ram,id=b,size=1G', '-numa', 'node,memdev=a', '-numa', 'node,memdev=a'], /^memdev a is used by two NUMA nodes/],
+    [['-object', 'memory-backend-ram,id=a,size=1G', '-object', 'memory-backend-ram,id=b,size=1G', '-numa', 'node,memdev=a'], /^memory backend 'b' is not used: give it a NUMA node \(-numa node,memdev=b\)$/],
+    [['-object', 'memory-backend-ram,id=a,size=1G', '-object', 'memory-backend-ram,id=b,size=1G', '-numa', 'node,memdev=a', '-numa', 'node,memdev=b', '-machine', 'memory-backend=a'], /^'-machine memory-backend' and '-numa memdev' properties are mutually exclusive$/],
+    [['-m', '1G', '-object', 'memory-backend-ram,id=a,size=1G', '-object', 'memory-backend-ram,id=b,size=1G', '-numa', 'node,memdev=a', '-numa', 'node,memdev=b'], /^total memory for NUMA nodes \(0x80000000\) should equal RAM size \(0x40000000\)$/],
+    [['-object', 'memory-backend-ram,id=a,size=16M', '-object', 'memory-backend-ram,id=b,size=16M', '-numa', 'node,memdev=a', '-numa', 'node,memdev=b', '-workload', 'sweep,block=c'], /^-workload sweep,block=c: workload key 'block=c': no RAM block 'c' \(blocks: a, b\)$/],
+    [['-object', 'memory-backend-ram,id=a,size=16M', '-object', 'memory-backend-ram,id=b,size=16M', '-numa', 'node,memdev=a', '-numa', 'node,memdev=b', '-workload', 'sweep,block=b,end=17M'], /^-workload sweep,block=b,end=17M: workload end '17M' is beyond RAM block b \(16M\)$/],
     [['-machine', 'accel=kvm'], /^-machine accel=kvm: 'accel' is not supported \(only memory-backend=ID\)$/],
     [['-numa', 'node,nodeid=0'], /^-numa node,nodeid=0: this engine needs memdev=ID/],
     [['-mem-path'], /^-mem-path needs a value/],

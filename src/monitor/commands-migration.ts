@@ -173,7 +173,7 @@ const migrateWait: HmpCommand = {
   name: 'migrate_wait',
   argsType: 'seconds:i?',
   params: '[seconds]',
-  help: "wait until the migration (outgoing, or incoming on a destination) ends; fails when it failed or the timeout passed (ours, not QEMU's)",
+  help: "wait until the migration (outgoing, or incoming on a destination) ends; fails when it failed, paused in postcopy or the timeout passed (ours, not QEMU's)",
   handler: async (ctx, args) => {
     const m = ctx.machine;
     const seconds = args.optInt('seconds');
@@ -184,7 +184,8 @@ const migrateWait: HmpCommand = {
     if (!ctx.canWait) throw new CommandError('this monitor cannot wait; poll query-migrate instead');
     // A finished migration counts only when it is not the one we still expect
     // (a destination at 'none' has not received its migration yet).
-    const outcome = await waitForMigration(m, isTerminal, {
+    // a postcopy pause ends the wait too: nothing goes on until someone recovers it
+    const outcome = await waitForMigration(m, (s) => isTerminal(s) || s === 'postcopy-paused', {
       signal: ctx.signal, timeoutMs: seconds !== undefined ? seconds * 1000 : undefined,
     });
     if (outcome === 'interrupted') return { text: 'stopped waiting; the migration goes on' };
@@ -192,6 +193,10 @@ const migrateWait: HmpCommand = {
     if (outcome === 'shutdown') throw new CommandError('the VM is shutting down');
     const info = m.queryMigrate();
     if (info.status === 'failed') throw new CommandError(info['error-desc'] ?? 'migration failed');
+    if (info.status === 'postcopy-paused') {
+      const how = incoming ? "'migrate_recover URI' here, then 'migrate -r URI' on the source" : "'migrate_recover URI' on the destination, then 'migrate -r URI' here";
+      throw new CommandError(`migration paused in postcopy (${info['error-desc'] ?? 'no reason given'}): ${how} resumes it`);
+    }
     return { text: '', data: info };
   },
 };

@@ -304,6 +304,19 @@ describe('HMP console, migration', () => {
     expect((await s.result).failures).toBe(1);
   });
 
+  it('migrate_wait ends when postcopy pauses, with the reason and how to resume (a script does not hang on it)', async () => {
+    const s = open();
+    s.input.write('migrate -d\nmigrate_wait\ninfo status\n');
+    await new Promise((r) => setTimeout(r, 20));
+    s.machine.setStatus('postcopy-active');
+    s.machine.setStatus('postcopy-paused', 'return path closed by the destination');
+    await waitOutput(s, 'VM status: running');
+    expect(s.output()).toContain("Error: migration paused in postcopy (return path closed by the destination): "
+      + "'migrate_recover URI' on the destination, then 'migrate -r URI' here resumes it");
+    s.input.end();
+    expect((await s.result).failures).toBe(1);
+  });
+
   it('migrate_cancel in postcopy: a script cancels at once (as QEMU) and gets a warning line', async () => {
     const m = new FakeMachine();
     m.status = 'postcopy-active';

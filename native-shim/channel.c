@@ -113,6 +113,14 @@ int pc_channel_heartbeat(struct pc_channel *c)
     if (!c->heartbeat_type)
         return -1; /* no heartbeats: poll without a limit */
     const double now = pc_channel_now(c), every = PC_HEARTBEAT_EVERY_MS * 1e6;
+    /* bytes of the peer's waiting unread are no silence: this thread, not
+     * the link, was held up (off its CPU on a loaded host, or its input full
+     * while its own socket would not take an answer) */
+    if (c->heartbeat_ns > 0 && c->heartbeat_armed && now - c->last_rx > c->heartbeat_ns) {
+        struct pollfd p = { .fd = c->sock, .events = POLLIN };
+        if (poll(&p, 1, 0) > 0 && (p.revents & POLLIN))
+            c->last_rx = now;
+    }
     if (c->heartbeat_ns > 0 && c->heartbeat_armed && now - c->last_rx > c->heartbeat_ns) {
         pc_channel_fail(c, PC_CH_CLOSED, ETIMEDOUT, "%s: nothing came from the peer for %.0f ms (x-postcopy-heartbeat-ms)",
                         c->what, (now - c->last_rx) / 1e6);

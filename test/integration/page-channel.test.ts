@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { NativeMapping, NativeBlock } from '../../src/native/memory.js';
 import { PageChannel, PageServerStat, ChannelEvent } from '../../src/native/page-channel.js';
 import { socketPair } from '../helpers/socket-pair.js';
-import { writeRecordHeader, RECORD_HEADER_BYTES, RP_REQ_PAGES, REC_PAGES, REC_ZERO } from '../../src/migration/wire.js';
+import { writeRecordHeader, RECORD_HEADER_BYTES, RP_REQ_PAGES, RP_HEARTBEAT, REC_PAGES, REC_ZERO } from '../../src/migration/wire.js';
 
 const PS = 4096;
 const PAGES = 64;
@@ -69,6 +69,23 @@ describe('page server', () => {
     expect(ch.stat(PageServerStat.Readahead)).toBe(6);
     expect(ch.stat(PageServerStat.Zero)).toBe(2);
     expect(ch.stat(PageServerStat.Normal)).toBe(5);
+    ch.dispose();
+    peer.destroy();
+  });
+
+  test('a destination that reads no answer for a while but goes on speaking is not silent (x-postcopy-heartbeat-ms)', async () => {
+    const [mine, peer] = await socketPair(dir, 'hb.sock');
+    peer.pause(); // it reads nothing: the answers fill the socket, then the server's input fills with requests
+    const ch = PageChannel.startPageServer({ sock: mine, ramBase: ram.address, pageSize: PS, pages: PAGES, heartbeatMs: 300 });
+    peer.write(Buffer.concat(Array.from({ length: 512 }, () => request(0, PAGES, false)))); // 128 MiB of answers
+    const hb = Buffer.alloc(RECORD_HEADER_BYTES);
+    writeRecordHeader(hb, 0, RP_HEARTBEAT, 0, 0, 0);
+    const beat = setInterval(() => peer.write(hb), 50); // its heartbeats wait, unread, in the server's socket
+    await new Promise((r) => setTimeout(r, 1500));
+    clearInterval(beat);
+    // before: "urgent channel: nothing came from the peer for 301 ms", the link lost, postcopy paused
+    expect([ch.state, ch.error]).toEqual(['running', '']);
+    peer.resume(); // it reads again: every answer comes
     ch.dispose();
     peer.destroy();
   });

@@ -67,8 +67,10 @@ maybe(`a real postcopy migration between two QEMUs (${qemuAccel()}): the importe
     await q.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-ram', state: true }] });
   }
   await dst.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-blocktime', state: true }] });
-  // slow precopy down so that postcopy starts with most of RAM still to send
-  await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 50 << 20 });
+  // slow precopy down so that postcopy starts with most of RAM still to send, and the push too: on a
+  // loaded host the destination's vCPU may get its CPU only after an unlimited push brought every page
+  // (then it never faults: no request, nothing to compare)
+  await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 50 << 20, 'max-postcopy-bandwidth': 32 << 20 });
   const cpus = await dst.qmp.execute<{ 'cpu-index': number; 'thread-id': number }[]>('query-cpus-fast');
   const vcpus = [...cpus].sort((x, y) => x['cpu-index'] - y['cpu-index']).map((c) => c['thread-id']);
 

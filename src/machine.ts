@@ -133,7 +133,7 @@ class VmMachine implements Machine {
       saveStates: (out, pos) => { for (let i = 0; i < v.count; i++) encodeVcpuState(v.state(i), out, pos + i * VCPU_STATE_BYTES); },
       loadStates: (buf, pos) => { for (let i = 0; i < v.count; i++) v.setState(i, decodeVcpuState(buf, pos + i * VCPU_STATE_BYTES)); },
       accessStamps: () => v.accessStamps(),
-      kernelSample: (i) => v.kernelSample(i),
+      kernelSample: (i, fresh) => v.kernelSample(i, fresh),
       yieldCpu,
       throttle: v.throttle,
     };

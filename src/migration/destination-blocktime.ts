@@ -159,7 +159,7 @@ export class DestinationBlocktime {
       bt.flushTrace();
       const v = this.o.vcpus;
       for (let i = 0; i < v.count; i++) {
-        const s = v.kernelSample(i);
+        const s = v.kernelSample(i, true);
         if (s.unsettled === undefined) bt.kernelSample(i, s.t, s.sample, false);
       }
     }
@@ -184,7 +184,7 @@ export class DestinationBlocktime {
     for (let round = 0; pending.length > 0; round++) {
       const again: number[] = [];
       for (const i of pending) {
-        const s = v.kernelSample(i);
+        const s = v.kernelSample(i, round === 0);
         if (s.unsettled === undefined) this.accounting.kernelSample(i, s.t, s.sample);
         else if (monotonicNs() >= until) this.accounting.kernelSample(i, s.t, `vCPU ${i} ${s.unsettled}`);
         else again.push(i);

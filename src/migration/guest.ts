@@ -56,7 +56,7 @@ export interface VcpuControl {
   /** the kernel's times of vCPU i's thread now (with the moment, the
    *  blocktime clock), or why they say nothing of its blocktime (no
    *  schedstat; the vCPU is not running its workload) */
-  kernelSample(i: number): ThreadSample;
+  kernelSample(i: number, fresh?: boolean): ThreadSample;
   /** gives the CPU away for `us` microseconds (so a vCPU waiting for one runs) */
   yieldCpu(us: number): void;
   /** the vCPUs' access stamps, or null when they have none */

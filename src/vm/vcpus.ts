@@ -175,14 +175,18 @@ export class VcpuSet {
    * read too slowly) is asked to read them itself before its next access
    * (native-shim/vcpu_sample.c): running, it has no wait in progress. A later
    * call returns that sample, dated when it was taken (a little earlier).
+   * `fresh`: a new sampling begins, and a sample asked for before it is not
+   * taken (it may be older than events accounted since: the trace would go
+   * back in time).
    */
-  kernelSample(i: number): ThreadSample {
+  kernelSample(i: number, fresh = false): ThreadSample {
     const why = (sample: string): ThreadSample => ({ t: monotonicNs(), sample });
     if (!this.#running) return why('the vCPUs are paused');
     if (this.specs[i]?.name === 'idle') return why(`vCPU ${i} runs the idle workload (it sleeps: the kernel's figure says nothing of faults)`);
     const status = this.status(i); // 'paused' for a moment after resume(): woken, not yet running
     if (status === 'done' || status === 'stopped') return why(`vCPU ${i} is ${status}, not running its workload`);
     const n = this.#native;
+    if (fresh) this.#sampleAsked[i] = -1;
     const asked = this.#sampleAsked[i];
     if (asked >= 0 && n.samples(i) !== asked) {
       this.#sampleAsked[i] = -1;

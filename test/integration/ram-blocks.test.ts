@@ -121,7 +121,7 @@ run('several RAM blocks', () => {
 
   test('postcopy run gives both of its processes the same blocks; the sweep in one block faults there', () => {
     const r = spawnSync(process.execPath, [cli, 'run', ...blocks('m0=16M', 'm1=16M'), '-smp', '1', '-workload', 'sweep,block=m1,end=12M',
-      '--warm', '0.3', '--postcopy-after', '0.1', '--json'], { encoding: 'utf8', timeout: 60000 });
+      '--warm', '0.3', '--postcopy-after', '0.1', '--max-postcopy-bandwidth', '8388608', '--json'], { encoding: 'utf8', timeout: 60000 });
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
     const out = JSON.parse(r.stdout) as { source: Record<string, any>; destination: Record<string, any> };

@@ -67,8 +67,7 @@ struct pc_vcpu {
     double sample_t;       /* 328 its moment: CLOCK_MONOTONIC ns, the middle of the read */
     uint64_t sample_run;   /* 336 time on a CPU (the thread's CPU clock), ns */
     uint64_t sample_wait;  /* 344 run-queue wait (schedstat), ns */
-    uint64_t sample_took;  /* 352 how long the read took, ns */
-    uint64_t spare[3];     /* 360 */
+    uint64_t spare[4];     /* 352 */
 };
 
 /* reads this thread's kernel times into sample_*, then clears PC_HOOK_SAMPLE */

@@ -46,7 +46,6 @@ void pc_vcpu_self_sample(struct pc_vcpu *v)
         v->sample_t = (double)(t1 + (t2 - t1) / 2);
         v->sample_run = (uint64_t)cpu.tv_sec * 1000000000ULL + (uint64_t)cpu.tv_nsec;
         v->sample_wait = wait;
-        v->sample_took = t2 - t1;
         __atomic_store_n(&v->sample_seq, v->sample_seq + 1, __ATOMIC_RELEASE);
         break;
     }

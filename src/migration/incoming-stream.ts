@@ -2,12 +2,13 @@
 // thread (native-shim/stream_receiver.c) that places PAGES and ZERO runs
 // itself, with no event loop on the way. Every other record, and any page
 // record it cannot prove valid, it hands back here whole, in a control buffer
-// of native memory; wire.ts decodes those (one codec, one definition of each
+// of native memory; stream-decoder.ts decodes those (one codec, one definition of each
 // record) and calls the migration's handlers, then the thread resumes, in
 // postcopy mode once the switchover came. Looked at every few milliseconds.
 
 import type net from 'node:net';
-import { StreamDecoder, WireError } from './wire.js';
+import { WireError } from './wire.js';
+import { StreamDecoder } from './stream-decoder.js';
 import { NativeBlock } from '../native/memory.js';
 import {
   PageChannel, ReceiverStat, ReceiverMode, RECEIVER_CONTROL_BYTES, type ChannelEventSink,
@@ -78,7 +79,7 @@ export class IncomingStream {
     else if (st === 'failed') this.o.fail(`migration stream: ${rc.error}`, true);
   };
 
-  /** wire.ts decodes the handed-back records (and the handlers act); then the receiver goes on. */
+  /** stream-decoder.ts decodes the handed-back records (and the handlers act); then the receiver goes on. */
   private takeControl(rc: PageChannel): void {
     const d = this.o.decoder();
     try {

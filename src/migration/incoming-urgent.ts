@@ -10,7 +10,8 @@
 
 import type net from 'node:net';
 import { timingSafeEqual } from 'node:crypto';
-import { StreamDecoder, WireError, encodeText, RP_ERROR, type StreamHandler, type StreamHeader } from './wire.js';
+import { WireError, encodeText, RP_ERROR, type StreamHeader } from './wire.js';
+import { StreamDecoder, type StreamHandler } from './stream-decoder.js';
 
 /** how long an accepted connection may take to send its HEADER */
 export const HANDSHAKE_TIMEOUT_MS = 5000;

@@ -4,7 +4,7 @@
 // their faults (incoming-postcopy.ts). The main stream is read by a native
 // thread (native-shim/stream_receiver.c) that places PAGES and ZERO runs
 // itself, with no event loop on the way, and hands every other record back
-// here, whole, for wire.ts to decode; it resumes once they are acted on.
+// here, whole, for stream-decoder.ts to decode; it resumes once they are acted on.
 // The connection is accepted paused: Node never reads it, and still writes
 // the return path on it.
 
@@ -17,9 +17,9 @@ import type { MigrationStatusMachine } from './status.js';
 import type { Parameters } from './parameters.js';
 import type { MigrationAddress } from './uri.js';
 import {
-  StreamDecoder, encodeBare, encodeText, printable, WireError, RP_RUNNING, RP_COMPLETE, RP_ERROR, RP_RESUME_ACK,
-  type StreamHandler, type StreamHeader,
+  encodeBare, encodeText, printable, WireError, RP_RUNNING, RP_COMPLETE, RP_ERROR, RP_RESUME_ACK, type StreamHeader,
 } from './wire.js';
+import { StreamDecoder, type StreamHandler } from './stream-decoder.js';
 import { IncomingRecovery } from './incoming-recovery.js';
 import { FaultThreadStat, ReceiverStat } from '../native/page-channel.js';
 import { ramBlocksMismatch } from './wire-blocks.js';

@@ -1,6 +1,6 @@
 // The source's main connection (QEMU's migrate URI and its return path):
 // connect within a time limit, then read the destination's return path
-// (wire.ts's ReturnDecoder); a failure to connect names the address, a
+// (return-decoder.ts); a failure to connect names the address, a
 // garbled return path or an early close says what went wrong. The stream
 // itself is written by the native sender (outgoing-stream.ts).
 
@@ -8,7 +8,8 @@ import type { RamBlocks } from '../vm/ram-blocks.js';
 import net from 'node:net';
 import { systemErrorText } from '../errors.js';
 import { formatMigrationUri, type MigrationAddress } from './uri.js';
-import { ReturnDecoder, WireError, type ReturnHandler } from './wire.js';
+import { WireError } from './wire.js';
+import { ReturnDecoder, type ReturnHandler } from './return-decoder.js';
 import { authenticateConnector } from './channel-auth.js';
 
 const CONNECT_TIMEOUT_MS = 10000;

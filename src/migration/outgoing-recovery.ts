@@ -17,7 +17,8 @@ import type { SourceStream } from './outgoing-stream.js';
 import type { SourcePostcopy, UrgentHeader } from './outgoing-postcopy.js';
 import type { SourceRam } from './outgoing-ram.js';
 import { connectMain } from './outgoing-connect.js';
-import { encodeBare, encodeHeader, REC_RESUME, WireError, type ReturnHandler } from './wire.js';
+import { encodeBare, encodeHeader, REC_RESUME, WireError } from './wire.js';
+import { type ReturnHandler } from './return-decoder.js';
 
 /** how long each step of the handshake may take (the bitmap, the acknowledgement) */
 export const RECOVERY_STEP_MS = 10000;

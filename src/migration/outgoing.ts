@@ -23,8 +23,9 @@ import { startDirtyTracking, type DirtyTracker, type DirtyTrackingMode } from '.
 import type { MigrationAddress } from './uri.js';
 import { SenderStat } from '../native/page-channel.js';
 import {
-  encodeHeader, encodeBare, encodeSwitchover, encodeText, REC_END_ROUND, REC_END, REC_ERROR, VCPU_STATE_BYTES, TOKEN_BYTES, type ReturnHandler,
+  encodeHeader, encodeBare, encodeSwitchover, encodeText, REC_END_ROUND, REC_END, REC_ERROR, VCPU_STATE_BYTES, TOKEN_BYTES,
 } from './wire.js';
+import { type ReturnHandler } from './return-decoder.js';
 import { connectMain } from './outgoing-connect.js';
 import { SourceRam } from './outgoing-ram.js';
 import { SourcePostcopy, type UrgentHeader } from './outgoing-postcopy.js';

@@ -13,10 +13,9 @@ import { socketPair } from '../helpers/socket-pair.js';
 import {
   authenticateConnector, authenticateListener, authenticatedConnections, loadMigrationKey, AUTH_MAGIC, AUTH_MESSAGE_BYTES, AUTH_VERSION,
 } from '../../src/migration/channel-auth.js';
-import {
-  ReturnDecoder, StreamDecoder, encodeHeader, encodeText, writeRecordHeader, RECORD_HEADER_BYTES, REC_AUTH, RP_AUTH, RP_ERROR,
-  type ReturnHandler, type StreamHandler,
-} from '../../src/migration/wire.js';
+import { encodeHeader, encodeText, writeRecordHeader, RECORD_HEADER_BYTES, REC_AUTH, RP_AUTH, RP_ERROR } from '../../src/migration/wire.js';
+import { ReturnDecoder, type ReturnHandler } from '../../src/migration/return-decoder.js';
+import { StreamDecoder, type StreamHandler } from '../../src/migration/stream-decoder.js';
 
 let dir: string;
 let n = 0;

@@ -1,10 +1,9 @@
 // The wire codec against every way a stream can be split, cut short or garbled.
 import {
-  StreamDecoder, ReturnDecoder, WireError, encodeHeader, encodeBare, encodeText, encodeSwitchover,
-  writeRecordHeader, RECORD_HEADER_BYTES, REC_PAGES, REC_ZERO, REC_DISCARD, REC_END, REC_END_ROUND, REC_ERROR,
-  RP_REQ_PAGES, RP_RUNNING, RP_COMPLETE, RP_ERROR, RP_ACK, VCPU_STATE_BYTES, WIRE_VERSION, maxRunPages,
-  type StreamHandler, type StreamHeader, type ReturnHandler,
+  WireError, encodeHeader, encodeBare, encodeText, encodeSwitchover, writeRecordHeader, RECORD_HEADER_BYTES, REC_PAGES, REC_ZERO, REC_DISCARD, REC_END, REC_END_ROUND, REC_ERROR, RP_REQ_PAGES, RP_RUNNING, RP_COMPLETE, RP_ERROR, RP_ACK, VCPU_STATE_BYTES, WIRE_VERSION, maxRunPages, type StreamHeader,
 } from '../../src/migration/wire.js';
+import { ReturnDecoder, type ReturnHandler } from '../../src/migration/return-decoder.js';
+import { StreamDecoder, type StreamHandler } from '../../src/migration/stream-decoder.js';
 
 const PS = 4096;
 const RAM = 64 * PS;

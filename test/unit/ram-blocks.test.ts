@@ -8,10 +8,9 @@ import { RamBlocks } from '../../src/vm/ram-blocks.js';
 import { parseVmOptions } from '../../src/vm-options.js';
 import { memoryBackendsArgs } from '../../src/vm/memory-backend.js';
 import { formatWorkload, parseWorkload } from '../../src/vm/workload.js';
-import {
-  StreamDecoder, ReturnDecoder, encodeHeader, writeRecordHeader, RECORD_HEADER_BYTES, REC_ZERO, REC_DISCARD, RP_REQ_PAGES,
-  type StreamHandler, type StreamHeader, type ReturnHandler,
-} from '../../src/migration/wire.js';
+import { encodeHeader, writeRecordHeader, RECORD_HEADER_BYTES, REC_ZERO, REC_DISCARD, RP_REQ_PAGES, type StreamHeader } from '../../src/migration/wire.js';
+import { ReturnDecoder, type ReturnHandler } from '../../src/migration/return-decoder.js';
+import { StreamDecoder, type StreamHandler } from '../../src/migration/stream-decoder.js';
 import { ramBlocksMismatch } from '../../src/migration/wire-blocks.js';
 
 const MiB = 2 ** 20;

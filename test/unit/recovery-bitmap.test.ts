@@ -5,7 +5,7 @@
 // apart from those it never sent (outgoing-ram.ts).
 import { IncomingRecovery } from '../../src/migration/incoming-recovery.js';
 import { SourceRam } from '../../src/migration/outgoing-ram.js';
-import { ReturnDecoder, type ReturnHandler } from '../../src/migration/wire.js';
+import { ReturnDecoder, type ReturnHandler } from '../../src/migration/return-decoder.js';
 import { RamBlocks } from '../../src/vm/ram-blocks.js';
 import type { GuestMemory } from '../../src/migration/guest.js';
 

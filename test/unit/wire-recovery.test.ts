@@ -3,9 +3,10 @@
 // bitmap on the return path with its end marker, and the refusals of each
 // out of place, every one a WireError that names the problem.
 import {
-  StreamDecoder, ReturnDecoder, encodeHeader, encodeBare, encodeRecvBitmap, writeRecordHeader, bitmapBytes,
-  REC_RESUME, REC_ZERO, RP_RESUME_ACK, RECORD_HEADER_BYTES, TOKEN_BYTES, type StreamHandler, type ReturnHandler,
+  encodeHeader, encodeBare, encodeRecvBitmap, writeRecordHeader, bitmapBytes, REC_RESUME, REC_ZERO, RP_RESUME_ACK, RECORD_HEADER_BYTES, TOKEN_BYTES,
 } from '../../src/migration/wire.js';
+import { ReturnDecoder, type ReturnHandler } from '../../src/migration/return-decoder.js';
+import { StreamDecoder, type StreamHandler } from '../../src/migration/stream-decoder.js';
 
 const PS = 4096;
 const PAGES = 20;

@@ -2,10 +2,10 @@
 // 13): the migration's token travels in HEADER, and no flag bit or field the
 // wire does not define is accepted.
 import {
-  StreamDecoder, ReturnDecoder, WireError, encodeHeader, encodeSwitchover, encodeBare, encodeText, writeRecordHeader, printable,
-  TOKEN_BYTES, VCPU_STATE_BYTES, REC_END, REC_ERROR, RP_ACK, RP_RUNNING, RP_COMPLETE, RP_ERROR,
-  type StreamHandler, type StreamHeader, type ReturnHandler,
+  WireError, encodeHeader, encodeSwitchover, encodeBare, encodeText, writeRecordHeader, printable, TOKEN_BYTES, VCPU_STATE_BYTES, REC_END, REC_ERROR, RP_ACK, RP_RUNNING, RP_COMPLETE, RP_ERROR, type StreamHeader,
 } from '../../src/migration/wire.js';
+import { ReturnDecoder, type ReturnHandler } from '../../src/migration/return-decoder.js';
+import { StreamDecoder, type StreamHandler } from '../../src/migration/stream-decoder.js';
 
 const PS = 4096;
 const RAM = 64 * PS;

@@ -4,7 +4,7 @@
 #include <stddef.h>
 #include "vcpu.h"
 
-int postcopy_shim_version(void) { return 10; }
+int postcopy_shim_version(void) { return 11; }
 
 /* sizeof(struct pc_vcpu) * 1000 + offsetof(position): one number to compare */
 int pc_vcpu_layout(void) { return (int)(sizeof(struct pc_vcpu) * 1000 + offsetof(struct pc_vcpu, position)); }

@@ -198,10 +198,17 @@ export class IncomingPostcopy {
   /** The source closed the urgent channel: the migration fails, after a
    *  moment in which the main stream may still bring the source's reason (a
    *  cancel closes both connections at once, and the main one's last record
-   *  says why). */
+   *  says why); in a recovery's handshake it pauses again. */
   urgentClosed(): void {
     if (this.o.over() || this.urgentClosing) return;
     this.urgentClosing = true;
+    if (this.pausedLink) { // a recovery's channel, admitted and not yet taken by the fault thread: paused again
+      const epoch = this.epoch;
+      setTimeout(() => {
+        if (!this.o.over() && this.epoch === epoch) this.o.lost('urgent channel: the source closed it during the recovery');
+      }, URGENT_CLOSE_GRACE_MS).unref();
+      return;
+    }
     setTimeout(() => {
       if (!this.o.over()) this.o.fail('the source closed the urgent channel before the migration completed', false);
     }, URGENT_CLOSE_GRACE_MS).unref();

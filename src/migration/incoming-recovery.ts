@@ -11,6 +11,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import { WireError, bitmapBytes, encodeRecvBitmap, type StreamHeader } from './wire.js';
 import { RECOVERY_STEP_MS } from './outgoing-recovery.js';
+import { loadShim } from '../native/shim.js';
 
 // page flags (native-shim/channel.h PC_PAGE_RECEIVED)
 const RECEIVED = 1;
@@ -74,8 +75,8 @@ export class IncomingRecovery {
   /** RP_RECV_BITMAP of the pages received (`flags`, the threads' page flags) */
   bitmap(flags: Uint8Array, pages: number): Buffer {
     const n = bitmapBytes(pages);
-    const b = this.bits?.length === n ? this.bits.fill(0) : (this.bits = new Uint8Array(n));
-    for (let p = 0; p < pages; p++) if (flags[p] & RECEIVED) b[p >> 3] |= 1 << (p & 7);
+    const b = this.bits?.length === n ? this.bits : (this.bits = new Uint8Array(n));
+    loadShim().recvBitmapBuild(flags, pages, RECEIVED, b); // every byte written
     return encodeRecvBitmap(pages, b);
   }
 }

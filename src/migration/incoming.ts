@@ -178,12 +178,8 @@ export class IncomingMigration implements StreamHandler {
     this.server?.close();
     this.server = null;
     this.removeSocketFile();
-    if (this.recovery.accepted) { // the fault thread takes it, and asks again for what is outstanding
-      this.pc.attach(s);
-      this.maybeRecovered();
-    } else {
-      this.maybeStartPostcopy();
-    }
+    if (this.recovery.listening) this.maybeRecovered(); // the fault thread takes it after RESUME
+    else this.maybeStartPostcopy();
   }
 
   private endHandshake(): void {
@@ -246,6 +242,9 @@ export class IncomingMigration implements StreamHandler {
 
   private maybeRecovered(): void {
     if (!this.recovery.resumed || !this.pc.urgentReady || this.over) return;
+    // the fault thread takes the new urgent channel and asks again for what is outstanding: only
+    // after RESUME, so the source (whose page server is up already) has applied the bitmap first
+    this.pc.attach(this.urgentSocket!);
     this.recovery.done();
     this.o.status.moveTo('postcopy-active');
     this.pc.resumed();

@@ -9,6 +9,7 @@ import type { GuestMemory } from './guest.js';
 import type { RamBlocks } from '../vm/ram-blocks.js';
 import type { DirtyTracker } from './dirty-tracker.js';
 import { NativeBlock } from '../native/memory.js';
+import { loadShim } from '../native/shim.js';
 import { SenderStat, PageServerStat } from '../native/page-channel.js';
 import { writeRecordHeader, RECORD_HEADER_BYTES, REC_DISCARD } from './wire.js';
 
@@ -27,6 +28,8 @@ export class SourceRam {
   readonly pages: number;
   private readonly block: NativeBlock;
   private readonly flags: Uint8Array;
+  /** fromReceivedBitmap's two counts (native-shim/recv_bitmap.c) */
+  private readonly counts = new Float64Array(2);
   /** pages marked NEED: all at the start, then each dirty sync's */
   private marked: number;
   /** guest RAM's blocks: a DISCARD run names its block and stops at its end */
@@ -98,25 +101,16 @@ export class SourceRam {
     return out;
   }
 
-  /** Postcopy recovery (the threads stopped): the destination has exactly
+  /** Postcopy recovery (no thread writes the flags meanwhile: the sender
+   *  is between passes, the page server gets no request before RESUME): the destination has exactly
    *  the pages its received-page bitmap says (bit p & 7 of byte p >> 3);
    *  every other page needs sending, again if it was sent (lost in flight,
    *  or in a run cut in half). Returns the pages to send again. */
   fromReceivedBitmap(bitmap: Uint8Array): number {
-    const flags = this.flags;
-    let again = 0;
-    let need = 0;
-    for (let p = 0; p < this.pages; p++) {
-      if ((bitmap[p >> 3] >> (p & 7)) & 1) {
-        flags[p] = HAS;
-      } else {
-        if (flags[p] === HAS) again++;
-        flags[p] = NEED;
-        need++;
-      }
-    }
-    this.marked = need + this.taken.sender()[SenderStat.Sent] + this.taken.server()[PageServerStat.Cleared];
-    return again;
+    const counts = this.counts;
+    loadShim().recvBitmapApply(this.flags, this.pages, bitmap, HAS, NEED, counts); // [NEED now, of them HAS before]
+    this.marked = counts[0] + this.taken.sender()[SenderStat.Sent] + this.taken.server()[PageServerStat.Cleared];
+    return counts[1];
   }
 
   /** once no thread uses the flags any more */

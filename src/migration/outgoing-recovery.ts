@@ -1,10 +1,11 @@
 // The source's side of postcopy recovery (QEMU's migrate -r, "resume"):
 // from postcopy-paused, connect the main channel again (postcopy-recover-
 // setup), send a HEADER flagged RESUME with the paused migration's token
-// (postcopy-recover), take the destination's received-page bitmap and make
-// every page it lacks due again, connect the urgent channel and start the
-// page server on it, say RESUME, and once the destination acknowledges, the
-// migration is postcopy-active again (the caller restarts the push). Any
+// (postcopy-recover) and, meanwhile, connect the urgent channel and start the
+// page server on it; take the destination's received-page bitmap and make
+// every page it lacks due again, say RESUME, and once the destination
+// acknowledges, the migration is postcopy-active again (the caller restarts
+// the push). Any
 // failure on the way goes back to postcopy-paused: the guest lives on the
 // destination, so a recovery is never worth failing the migration for.
 
@@ -56,6 +57,8 @@ export class SourceRecovery {
   private step: 'connect' | 'bitmap' | 'ack' | null = null;
   private timer: NodeJS.Timeout | null = null;
   private addr: MigrationAddress | null = null;
+  /** the urgent channel's page server is up (started with the recovery's main connection) */
+  private urgentUp: Promise<void> | null = null;
   /** attempts started: a late event of an earlier attempt's connection is ignored */
   private attempt = 0;
   /** pages sent again over all recoveries (the destination lacked them) */
@@ -99,23 +102,28 @@ export class SourceRecovery {
     h.status.moveTo('postcopy-recover');
     h.stream.send(encodeHeader({ ...h.header(), resume: true }));
     this.await('bitmap', 'received-page bitmap');
+    // the urgent channel and its page server meanwhile, while the destination
+    // makes its bitmap (its fault thread takes the channel, and asks again for
+    // the pages it waits on, only after RESUME, so nothing is served before
+    // the bitmap is applied)
+    const attempt = this.attempt;
+    h.urgent.connect(this.addr!, h.header(), h.psk);
+    this.urgentUp = h.urgent.start({ ramBase: h.ramBase, pageSize: h.pageSize, pages: h.state.pages, flags: h.state.address, sender: h.stream.channel!, blocks: h.blockTable });
+    this.urgentUp.catch((e: Error) => { if (attempt === this.attempt) this.failed(`urgent channel: ${e.message}`); });
   }
 
-  /** RP_RECV_BITMAP: the pages the destination lacks are due again; then the urgent channel, and RESUME */
+  /** RP_RECV_BITMAP: the pages the destination lacks are due again; RESUME once the urgent channel is up */
   bitmap(bitmap: Buffer): void {
     const h = this.h;
     if (this.step !== 'bitmap') throw new WireError('a received-page bitmap the source did not ask for');
     this.resent += h.state.fromReceivedBitmap(bitmap); // the view is valid during this call only
     this.step = 'ack';
-    h.urgent.connect(this.addr!, h.header(), h.psk);
-    // the page server first: the destination asks again for its outstanding pages as soon as it takes the channel
-    h.urgent.start({ ramBase: h.ramBase, pageSize: h.pageSize, pages: h.state.pages, flags: h.state.address, sender: h.stream.channel!, blocks: h.blockTable })
-      .then(() => {
-        if (this.step !== 'ack') return;
-        h.stream.send(encodeBare(REC_RESUME));
-        this.await('ack', 'acknowledgement of RESUME');
-      })
-      .catch((e: Error) => this.failed(`urgent channel: ${e.message}`));
+    const attempt = this.attempt;
+    this.urgentUp!.then(() => {
+      if (attempt !== this.attempt || this.step !== 'ack') return;
+      h.stream.send(encodeBare(REC_RESUME));
+      this.await('ack', 'acknowledgement of RESUME');
+    }, () => undefined); // its failure is taken above
   }
 
   /** RP_RESUME_ACK */

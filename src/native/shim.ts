@@ -12,8 +12,9 @@ import { VCPU_BLOCK_SIZE, VCPU_OFF_POSITION } from './vcpu-layout.js';
 /** struct pc_channel_status: sizeof * 1000 + offsetof(stats) (page-channel.ts mirrors it) */
 const CHANNEL_LAYOUT = 416 * 1000 + 16;
 
-/** 9: the vCPUs' kernel samples (vcpu_sample.c); 10: each page-path thread takes the RAM block table (channel.h struct pc_ramblock) */
-export const SHIM_VERSION = 10;
+/** 9: the vCPUs' kernel samples (vcpu_sample.c); 10: each page-path thread takes the RAM block table (channel.h struct pc_ramblock);
+ *  11: recovery's received-page bitmap (recv_bitmap.c) */
+export const SHIM_VERSION = 11;
 const LIB_NAME = 'libpostcopy_shim.so';
 
 /** the library path: $POSTCOPY_SHIM, else native-shim/build/ of the nearest enclosing package */
@@ -62,6 +63,8 @@ export interface Shim {
   streamReceiverResume(handle: bigint, mode: number, uffd: number, zeroSrc: number, vcpus: bigint | null, nvcpus: number): number;
   channelStop(handle: bigint): number;
   remoteFaultBaseline: KoffiFunc<[pages: number, tcp: number], number>;
+  recvBitmapBuild(flags: Uint8Array, pages: number, received: number, out: Uint8Array): number;
+  recvBitmapApply(flags: Uint8Array, pages: number, bitmap: Uint8Array, has: number, need: number, counts: Float64Array): void;
 }
 
 let shim: Shim | undefined;
@@ -122,6 +125,8 @@ export function loadShim(): Shim {
     streamReceiverResume: lib.func('int pc_stream_receiver_resume(uint64_t handle, int mode, int uffd, uint64_t zero_src, const void *vcpus, int nvcpus)') as Shim['streamReceiverResume'],
     channelStop: lib.func('int pc_channel_stop(uint64_t handle)') as Shim['channelStop'],
     remoteFaultBaseline: lib.func('double pc_remote_fault_baseline(uint64_t pages, int tcp)') as unknown as Shim['remoteFaultBaseline'],
+    recvBitmapBuild: lib.func('uint64_t pc_recv_bitmap_build(const uint8_t *flags, uint64_t pages, uint32_t received, uint8_t *out)') as Shim['recvBitmapBuild'],
+    recvBitmapApply: lib.func('void pc_recv_bitmap_apply(uint8_t *flags, uint64_t pages, const uint8_t *bitmap, uint32_t has, uint32_t need, double *counts)') as Shim['recvBitmapApply'],
   };
   return shim;
 }

@@ -42,3 +42,32 @@ test('the destination lacks pages 3, 4 and 20: exactly those are due again; 3 an
     src.free();
   }
 });
+
+test('a guest of 70001 pages, a random tenth of them missing: the bitmap names exactly those, and the source makes exactly those due again', () => {
+  const pages = 70001;
+  let seed = 7;
+  const rand = (): number => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const flags = new Uint8Array(pages).fill(1);
+  const missing: number[] = [];
+  for (let p = 0; p < pages; p++) if (rand() < 0.1) { flags[p] = 0; missing.push(p); } else if (rand() < 0.5) flags[p] = 1 | 2;
+  const record = new IncomingRecovery(PS).bitmap(flags, pages);
+  let bitmap: Buffer | null = null;
+  new ReturnDecoder({
+    requestPages: () => undefined, error: () => undefined, running: () => undefined, complete: () => undefined, ack: () => undefined,
+    recvBitmap: (b) => { bitmap = Buffer.from(b); },
+  }, pages * PS, PS, true).push(record);
+  const taken = new Float64Array(16);
+  const ram = { base: 0, bytes: pages * PS, pageSize: PS, blocks: RamBlocks.single('pc.ram', pages * PS, PS), blockTable: null } as unknown as GuestMemory;
+  const src = new SourceRam(ram, { sender: () => taken, server: () => new Float64Array(16) });
+  try {
+    const raw = new Uint8Array((src as unknown as { block: { buffer: ArrayBuffer } }).block.buffer, 0, pages);
+    raw.fill(2); // every page sent
+    taken[4] = pages;
+    expect(src.fromReceivedBitmap(bitmap!)).toBe(missing.length);
+    expect(src.needed).toBe(missing.length);
+    expect([...raw].map((f, p) => (f === 1 ? p : -1)).filter((p) => p >= 0)).toEqual(missing);
+    expect(raw.every((f) => f === 1 || f === 2)).toBe(true);
+  } finally {
+    src.free();
+  }
+});

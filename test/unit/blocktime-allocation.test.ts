@@ -1,6 +1,6 @@
 // "No allocation per event in steady state" (the blocktime issue), checked:
 // a million begin/end events on a 512-vCPU context, after a warm-up, must not
-// make V8 collect young garbage more than once. Addresses and times are small
+// make V8 collect garbage more than once while they run. Addresses and times are small
 // integers here, so what is measured is the context's own allocation, not the
 // boxing of the caller's numbers.
 import { PerformanceObserver, type PerformanceEntry } from 'node:perf_hooks';
@@ -29,11 +29,15 @@ test('a million fault/placement pairs allocate nothing that needs collecting', a
   const obs = new PerformanceObserver((list) => { gcs.push(...list.getEntries()); });
   obs.observe({ entryTypes: ['gc'] });
   await new Promise((r) => setTimeout(r, 50)); // let anything pending from the warm-up settle
-  gcs.length = 0;
+  const t0 = performance.now();
   drive(ctx, clock, 1_000_000);
+  const t1 = performance.now();
   await new Promise((r) => setTimeout(r, 50)); // deliver the entries
   obs.disconnect();
-  expect(gcs.length).toBeLessThanOrEqual(1);
+  // only the collections that began while the events ran: the test runner's own
+  // work in the waits around them (its messages, timers) is not the context's
+  const during = gcs.filter((g) => g.startTime >= t0 && g.startTime <= t1);
+  expect(during.length).toBeLessThanOrEqual(1);
   expect(ctx.report()['x-blocktime'].faults).toBeGreaterThan(1_000_000); // the events really were accounted
   ctx.destroy();
 });

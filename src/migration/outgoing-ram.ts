@@ -101,11 +101,12 @@ export class SourceRam {
     return out;
   }
 
-  /** Postcopy recovery (no thread writes the flags meanwhile: the sender
-   *  is between passes, the page server gets no request before RESUME): the destination has exactly
-   *  the pages its received-page bitmap says (bit p & 7 of byte p >> 3);
-   *  every other page needs sending, again if it was sent (lost in flight,
-   *  or in a run cut in half). Returns the pages to send again. */
+  /** Postcopy recovery: the destination has exactly the pages its
+   *  received-page bitmap says (bit p & 7 of byte p >> 3); every other page
+   *  needs sending, again if it was sent (lost in flight, or in a run cut in
+   *  half). Returns the pages to send again. No thread writes the flags
+   *  meanwhile: the sender is between passes, and the page server gets no
+   *  request before RESUME. */
   fromReceivedBitmap(bitmap: Uint8Array): number {
     const counts = this.counts;
     loadShim().recvBitmapApply(this.flags, this.pages, bitmap, HAS, NEED, counts); // [NEED now, of them HAS before]

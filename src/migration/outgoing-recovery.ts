@@ -5,9 +5,9 @@
 // page server on it; take the destination's received-page bitmap and make
 // every page it lacks due again, say RESUME, and once the destination
 // acknowledges, the migration is postcopy-active again (the caller restarts
-// the push). Any
-// failure on the way goes back to postcopy-paused: the guest lives on the
-// destination, so a recovery is never worth failing the migration for.
+// the push). Any failure on the way goes back to postcopy-paused: the guest
+// lives on the destination, so a recovery is never worth failing the
+// migration for.
 
 import type { RamBlocks } from '../vm/ram-blocks.js';
 import type { ChannelBlocks } from '../native/page-channel.js';

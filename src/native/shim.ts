@@ -63,7 +63,7 @@ export interface Shim {
   streamReceiverResume(handle: bigint, mode: number, uffd: number, zeroSrc: number, vcpus: bigint | null, nvcpus: number): number;
   channelStop(handle: bigint): number;
   remoteFaultBaseline: KoffiFunc<[pages: number, tcp: number], number>;
-  recvBitmapBuild(flags: Uint8Array, pages: number, received: number, out: Uint8Array): number;
+  recvBitmapBuild(flags: Uint8Array, pages: number, received: number, out: Uint8Array): number | bigint;
   recvBitmapApply(flags: Uint8Array, pages: number, bitmap: Uint8Array, has: number, need: number, counts: Float64Array): void;
 }
 

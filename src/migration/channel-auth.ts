@@ -28,7 +28,7 @@ import { CommandError } from '../errors.js';
 import { PrivateFileError, readPrivateFile } from '../private-file.js';
 import { dupSocket } from '../native/socket-handover.js';
 import { HANDSHAKE_TIMEOUT_MS } from './incoming-urgent.js';
-import { MAX_TEXT_BYTES, RECORD_HEADER_BYTES, REC_AUTH, REC_HEADER, RP_AUTH, RP_ERROR, writeRecordHeader } from './wire.js';
+import { MAX_TEXT_BYTES, RECORD_HEADER_BYTES, REC_AUTH, REC_ERROR, REC_HEADER, RP_AUTH, RP_ERROR, writeRecordHeader } from './wire.js';
 
 export const AUTH_MAGIC = 0x4b535050; // "PPSK" little endian
 export const AUTH_VERSION = 1;
@@ -119,7 +119,9 @@ class Inbox {
     const fail = (why: string): never => { throw new ChannelAuthError(why); };
     if (m[0] !== this.type) {
       if (this.type === RP_AUTH && m[0] === RP_ERROR) return this.refused(m);
-      if (this.type === REC_AUTH && m[0] === REC_HEADER && step === 1) {
+      // a source without a key opens with its HEADER, or, when our RP_AUTH
+      // made it give up before its HEADER went out, with its ERROR record
+      if (this.type === REC_AUTH && (m[0] === REC_HEADER || m[0] === REC_ERROR) && step === 1) {
         fail(`${this.peer} sent a migration stream without the pre-shared key exchange (x-migration-psk is set here: none on the source?)`);
       }
       fail(`${this.peer} does not speak the pre-shared key exchange (record type 0x${m[0].toString(16)} where its message ${step} was due; x-migration-psk is set here)`);

@@ -13,7 +13,7 @@ import { socketPair } from '../helpers/socket-pair.js';
 import {
   authenticateConnector, authenticateListener, authenticatedConnections, loadMigrationKey, AUTH_MAGIC, AUTH_MESSAGE_BYTES, AUTH_VERSION,
 } from '../../src/migration/channel-auth.js';
-import { encodeHeader, encodeText, writeRecordHeader, RECORD_HEADER_BYTES, REC_AUTH, RP_AUTH, RP_ERROR } from '../../src/migration/wire.js';
+import { encodeHeader, encodeText, writeRecordHeader, RECORD_HEADER_BYTES, REC_AUTH, REC_ERROR, RP_AUTH, RP_ERROR } from '../../src/migration/wire.js';
 import { ReturnDecoder, type ReturnHandler } from '../../src/migration/return-decoder.js';
 import { StreamDecoder, type StreamHandler } from '../../src/migration/stream-decoder.js';
 
@@ -102,6 +102,14 @@ describe('the pre-shared key exchange', () => {
     expect(listener).toMatch(/^it sent a migration stream without the pre-shared key exchange \(x-migration-psk is set here: none on the source\?\)$/);
     await until(() => sourceError !== '');
     expect(sourceError).toBe('the destination asks for a pre-shared key exchange (x-migration-psk), and this source has no x-migration-psk set');
+    src.destroy();
+  });
+
+  test('a source without a key that gave up on our RP_AUTH before its HEADER went out (its ERROR first) is refused the same way', async () => {
+    const [dst, src] = await pair();
+    src.write(encodeText(REC_ERROR, 'the destination asks for a pre-shared key exchange (x-migration-psk), and this source has no x-migration-psk set'));
+    const listener = await listenAndRefuse(dst, KEY);
+    expect(listener).toMatch(/^it sent a migration stream without the pre-shared key exchange \(x-migration-psk is set here: none on the source\?\)$/);
     src.destroy();
   });
 

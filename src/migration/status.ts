@@ -20,10 +20,11 @@ const NEXT: Record<MigrationStatus, readonly MigrationStatus[]> = {
   'pre-switchover': [],
   // postcopy recovery (REFERENCE.md §8): the source connects (recover-setup)
   // then hands over (recover); the destination goes to recover once the new
-  // main connection is in. A failure in recovery pauses again.
-  'postcopy-paused': ['postcopy-recover-setup', 'postcopy-recover', 'failed'],
-  'postcopy-recover-setup': ['postcopy-recover', 'postcopy-paused', 'failed'],
-  'postcopy-recover': ['postcopy-active', 'postcopy-paused', 'failed'],
+  // main connection is in. A failure in recovery pauses again. A cancel (or
+  // quit) is taken in each of them, as QEMU's migrate_fd_cancel does.
+  'postcopy-paused': ['postcopy-recover-setup', 'postcopy-recover', 'failed', 'cancelling'],
+  'postcopy-recover-setup': ['postcopy-recover', 'postcopy-paused', 'failed', 'cancelling'],
+  'postcopy-recover': ['postcopy-active', 'postcopy-paused', 'failed', 'cancelling'],
 };
 
 export type Clock = () => number;

@@ -202,15 +202,12 @@ export class IncomingPostcopy {
   urgentClosed(): void {
     if (this.o.over() || this.urgentClosing) return;
     this.urgentClosing = true;
-    if (this.pausedLink) { // a recovery's channel, admitted and not yet taken by the fault thread: paused again
-      const epoch = this.epoch;
-      setTimeout(() => {
-        if (!this.o.over() && this.epoch === epoch) this.o.lost('urgent channel: the source closed it during the recovery');
-      }, URGENT_CLOSE_GRACE_MS).unref();
-      return;
-    }
+    const recovering = this.pausedLink; // a recovery's channel, admitted and not yet taken by the fault thread
+    const epoch = this.epoch;
     setTimeout(() => {
-      if (!this.o.over()) this.o.fail('the source closed the urgent channel before the migration completed', false);
+      if (this.o.over()) return;
+      if (!recovering) this.o.fail('the source closed the urgent channel before the migration completed', false);
+      else if (this.epoch === epoch) this.o.lost('urgent channel: the source closed it during the recovery');
     }, URGENT_CLOSE_GRACE_MS).unref();
   }
 
